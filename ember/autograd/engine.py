@@ -1,0 +1,303 @@
+"""The backward engine: a reverse topological sweep over the graph.
+
+Gradients are summed per (node, output), reduced to each input's shape (un-broadcast) and
+cast to its dtype, then handed on. The sweep runs with grad mode off unless
+``create_graph=True``, so the common case records nothing.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from ember.autograd.grad_mode import _State
+from ember.autograd.graph import AccumulateGrad, Node, accumulate_node
+from ember.tensor import Tensor
+
+
+def _root_node(t: Tensor, i: int) -> tuple:
+    if not t._requires_grad:
+        raise RuntimeError(f"element {i} of tensors does not require grad and does not have a "
+                           "grad_fn")
+    if t._grad_fn is None:
+        return accumulate_node(t), 0
+    return t._grad_fn, t._output_nr
+
+
+def _make_root_grad(t: Tensor, g: Any, i: int) -> Tensor:
+    import ember
+    if g is None:
+        if t._data.size != 1:
+            raise RuntimeError("grad can be implicitly created only for scalar outputs "
+                               f"(output {i} has shape {tuple(t.shape)})")
+        return ember.ones_like(t)
+    if not isinstance(g, Tensor):
+        g = ember.tensor(g, dtype=t._dtype, device=t._device)
+    if g._data.shape != t._data.shape:
+        raise RuntimeError(f"Mismatch in shape: grad_output[{i}] has a shape of {g.shape} and "
+                           f"output[{i}] has a shape of {t.shape}.")
+    return g
+
+
+def run_backward(tensors: Sequence[Tensor], grads: Sequence[Any], retain_graph: bool,
+                 create_graph: bool, inputs: Sequence[Tensor] | None = None,
+                 capture: bool = False, allow_unused: bool = False) -> list | None:
+    """Backpropagate from ``tensors``.
+
+    With ``capture`` (``autograd.grad``) the gradients of ``inputs`` are returned instead of
+    accumulated; with ``inputs`` and no capture (``backward(inputs=...)``) only those leaves
+    accumulate.
+    """
+    roots = []
+    for i, (t, g) in enumerate(zip(tensors, grads)):
+        node, nr = _root_node(t, i)
+        roots.append((node, nr, _make_root_grad(t, g, i)))
+
+    # Targets: where gradients are captured (grad) or the only places accumulated (inputs=).
+    targets: dict = {}
+    if inputs is not None:
+        for k, t in enumerate(inputs):
+            if not t._requires_grad:
+                raise RuntimeError(f"One of the differentiated Tensors (input {k}) does not "
+                                   "require grad")
+            if t._grad_fn is None:
+                targets[(accumulate_node(t), 0)] = k
+            else:
+                targets[(t._grad_fn, t._output_nr)] = k
+
+    # Topological order of the reachable graph (iterative DFS, post-order).
+    deps: dict = {}
+    order: list = []
+    seen = set()
+    stack = [(r[0], False) for r in roots]
+    while stack:
+        node, done = stack.pop()
+        if done:
+            order.append(node)
+            continue
+        if node in seen:
+            continue
+        seen.add(node)
+        stack.append((node, True))
+        for e in node.next_edges:
+            if e is not None:
+                nxt = e[0]
+                deps[nxt] = deps.get(nxt, 0) + 1
+                if nxt not in seen:
+                    stack.append((nxt, False))
+    order.reverse()
+
+    needed = None
+    if targets:
+        target_nodes = {k[0] for k in targets}
+        needed = set()
+        for node in reversed(order):  # children before parents
+            if node in target_nodes or any(e is not None and e[0] in needed
+                                           for e in node.next_edges):
+                needed.add(node)
+
+    buffers: dict = {}
+    for node, nr, g in roots:
+        buf = buffers.setdefault(node, [None] * max(node.n_outputs, nr + 1))
+        buf[nr] = g if buf[nr] is None else buf[nr] + g
+
+    captured: list = [None] * len(inputs) if inputs is not None else []
+    stolen = {id(r[2]._data) for r in roots}  # user-given grads are never stolen
+    prev = _State.enabled
+    _State.enabled = bool(create_graph)
+    try:
+        for node in order:
+            buf = buffers.pop(node, None)
+            if buf is None or (needed is not None and node not in needed):
+                continue
+            buf = _pre_hooks(node, buf)
+            if targets:
+                for nr, g in enumerate(buf):
+                    k = targets.get((node, nr))
+                    if k is not None and g is not None:
+                        captured[k] = g if captured[k] is None else captured[k] + g
+            if isinstance(node, AccumulateGrad):
+                if capture:
+                    continue
+                if targets and (node, 0) not in targets:
+                    continue
+                if buf[0] is not None:
+                    _accumulate(node.variable, buf[0], create_graph, stolen)
+                continue
+            _run_node(node, buf, buffers, retain_graph)
+    finally:
+        _State.enabled = prev
+
+    if capture:
+        if not allow_unused:
+            for k, g in enumerate(captured):
+                if g is None:
+                    raise RuntimeError(
+                        f"One of the differentiated Tensors (input {k}) appears to not have been "
+                        "used in the graph. Set allow_unused=True if this is the desired "
+                        "behavior.")
+        return captured
+    return None
+
+
+def _pre_hooks(node: Node, buf: list) -> list:
+    tph = node._tensor_pre_hooks
+    if tph:
+        for nr, hooks in tph.items():
+            if nr < len(buf) and buf[nr] is not None:
+                for fn in list(hooks.values()):
+                    res = fn(buf[nr])
+                    if res is not None:
+                        buf[nr] = res
+    ret = node._retains
+    if ret:
+        for nr, ref in ret.items():
+            t = ref()
+            if t is not None and nr < len(buf) and buf[nr] is not None:
+                g = buf[nr]
+                t._grad = g.detach().clone() if t._grad is None else t._grad + g.detach()
+    if node._pre_hooks:
+        for fn in list(node._pre_hooks.values()):
+            res = fn(tuple(buf))
+            if res is not None:
+                buf = list(res)
+    return buf
+
+
+def _run_node(node: Node, buf: list, buffers: dict, retain_graph: bool) -> None:
+    import ember
+    if node.n_outputs > 1 and any(g is None for g in buf):
+        if all(g is None for g in buf):
+            return
+        buf = [g if g is not None else ember.zeros(m[0], dtype=m[1], device=m[2])
+               for g, m in zip(buf, node.out_meta)]
+    try:
+        res = node.apply_backward(buf)
+    except Exception as exc:
+        if node._traceback is not None:
+            _anomaly_report(node)
+        raise exc
+    edges = node.next_edges
+    if len(res) != len(edges):
+        raise RuntimeError(f"function {node.name()} returned an incorrect number of gradients "
+                           f"(expected {len(edges)}, got {len(res)})")
+    if _State.anomaly:
+        _check_finite(node, res)
+    if node._post_hooks:
+        for fn in list(node._post_hooks.values()):
+            fn(tuple(res), tuple(buf))
+    for e, g in zip(edges, res):
+        if e is None or g is None:
+            continue
+        nxt, nr, shape, dt = e
+        if not isinstance(g, Tensor):
+            raise TypeError(f"function {node.name()} returned a gradient of type "
+                            f"{type(g).__name__}; expected a Tensor")
+        if g._data.shape != shape:
+            g = _reduce_to(g, shape, node)
+        if g._dtype is not dt:
+            g = g.to(dt)
+        nbuf = buffers.get(nxt)
+        if nbuf is None:
+            nbuf = buffers[nxt] = [None] * nxt.n_outputs if nxt.n_outputs > nr else [None] * (nr + 1)
+        nbuf[nr] = g if nbuf[nr] is None else nbuf[nr] + g
+    if not retain_graph:
+        node.release()
+
+
+def _reduce_to(g: Tensor, shape: tuple, node: Node) -> Tensor:
+    """Sum a gradient over broadcast dimensions back to the input's shape."""
+    gs = g._data.shape
+    lead = len(gs) - len(shape)
+    if lead < 0 or any(s != 1 and s != gs[lead + i] for i, s in enumerate(shape)):
+        raise RuntimeError(f"function {node.name()} returned an invalid gradient: shape "
+                           f"{tuple(gs)} can't be reduced to the input's shape {tuple(shape)}")
+    return g.sum_to_size(shape)
+
+
+def _accumulate(leaf: Tensor, g: Tensor, create_graph: bool, stolen: set) -> None:
+    if leaf._hooks:
+        for fn in list(leaf._hooks.values()):
+            res = fn(g)
+            if res is not None:
+                g = res
+    if leaf._grad is None:
+        if not create_graph:
+            arr = g._data
+            # Steal the gradient only when nothing else can see or alias its memory.
+            if (id(arr) in stolen or g._base is not None or not _owns(arr)
+                    or not arr.flags.writeable or not arr.flags.c_contiguous):
+                arr = arr.copy()
+            stolen.add(id(arr))
+            from ember.tensor import _make
+            leaf._grad = _make(arr, leaf._dtype, leaf._device)
+        else:
+            leaf._grad = g
+    elif create_graph or leaf._grad._requires_grad:
+        leaf._grad = leaf._grad + g
+    else:
+        leaf._grad._data += g._data
+        leaf._grad._version[0] += 1
+    hooks = leaf.__dict__.get("_post_acc_hooks") if leaf.__dict__ else None
+    if hooks:
+        for fn in list(hooks.values()):
+            fn(leaf)
+
+
+def _owns(arr: Any) -> bool:
+    # NumPy exposes owndata; CuPy arrays that are views have a base.
+    flags = arr.flags
+    return bool(flags.owndata) if hasattr(flags, "owndata") else arr.base is None
+
+
+def _check_finite(node: Node, res: tuple) -> None:
+    for i, g in enumerate(res):
+        if isinstance(g, Tensor) and g._dtype.category >= 2:
+            xp = g._data
+            import numpy as np
+            mod = np if isinstance(xp, np.ndarray) else __import__("cupy")
+            if not bool(mod.isfinite(xp).all()):
+                if node._traceback is not None:
+                    _anomaly_report(node)
+                raise RuntimeError(f"Function '{node.name()}' returned nan values in its {i}th "
+                                   "output.")
+
+
+def _anomaly_report(node: Node) -> None:
+    import warnings
+    tb = "".join(node._traceback or [])
+    warnings.warn(f"Error detected in {node.name()}. Traceback of forward call that caused the "
+                  f"error:\n{tb}", RuntimeWarning, stacklevel=2)
+
+
+class CopySlices(Node):
+    """History of a base tensor after an in-place op wrote through one of its views.
+
+    Backward: the base's old value gets the gradient outside the view's region; the op that
+    produced the view's new value gets the gradient inside it.
+    """
+
+    _name = "CopySlices"
+    _pre_hooks = None
+    _tensor_pre_hooks = None
+    _post_hooks = None
+    _retains = None
+    _traceback = None
+
+    def __init__(self, base: Tensor, chain: tuple, out: Tensor) -> None:
+        super().__init__()
+        self.chain = chain
+        self.out_meta = [(base._data.shape, base._dtype, base._device)]
+        base_edge = None
+        if base._requires_grad:
+            node = base._grad_fn if base._grad_fn is not None else accumulate_node(base)
+            base_edge = (node, base._output_nr, base._data.shape, base._dtype)
+        out_edge = (out._grad_fn, out._output_nr, out._data.shape, out._dtype)
+        self.next_edges = [base_edge, out_edge]
+
+    def apply_backward(self, grads: list) -> tuple:
+        import ember
+        from ember.ops.registry import _replay_view
+        g = grads[0]
+        with ember.no_grad():
+            mask = ember.ones(g.shape, dtype=g.dtype, device=g.device)
+            _replay_view(mask, self.chain).zero_()
+        return g * mask, _replay_view(g, self.chain)

@@ -1,0 +1,46 @@
+"""The backend layer: the only place that picks numpy or cupy for computing.
+
+``get_xp(device)`` returns the array module for a device; op forwards receive it as ``xp``
+(Chainer's ``get_array_module`` pattern), so array code is written once for both.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ember.backend.device import device, cpu_device, to_device
+
+__all__ = ["device", "get_xp", "device_of_array", "to_device", "cpu_device", "cuda_available"]
+
+
+def get_xp(dev: device) -> Any:
+    """The array module (numpy or cupy) that computes on ``dev``."""
+    if dev.type == "cpu":
+        return np
+    from ember.backend import cuda
+    return cuda.xp()
+
+
+def device_of_array(arr: Any) -> device:
+    """The ember device an array lives on."""
+    if isinstance(arr, np.ndarray) or np.isscalar(arr):
+        return cpu_device
+    dev = getattr(arr, "device", None)
+    if dev is not None and hasattr(dev, "id"):
+        return device("cuda", dev.id)
+    return cpu_device
+
+
+def cuda_available() -> bool:
+    from ember.backend import cuda
+    return cuda.is_available()
+
+
+def special(xp: Any) -> Any:
+    """scipy.special or cupyx.scipy.special, imported on first use."""
+    if xp is np:
+        import scipy.special as sp
+        return sp
+    import cupyx.scipy.special as csp
+    return csp

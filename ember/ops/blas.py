@@ -1,0 +1,255 @@
+"""Matrix products: matmul, mm, bmm, mv, dot, addmm, einsum (BLAS through ``xp.matmul``)."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from ember.errors import check, make
+from ember.ops import meta as M
+from ember.ops.registry import OPS, OpDef, TensorMeta, apply, composite, register
+from ember.tensor import Tensor
+
+
+def _same_dtype(op: str, a: Tensor, b: Tensor) -> None:
+    check(a._dtype is b._dtype, op, f"expected both operands to have the same dtype, but got: "
+                                    f"input {a._dtype} {tuple(a.shape)} and other {b._dtype} "
+                                    f"{tuple(b.shape)}", hint="cast one side with .to(dtype)")
+
+
+def _matmul_meta(op: Any, input: Any, other: Any) -> TensorMeta:
+    for name, t in (("input", input), ("other", other)):
+        check(isinstance(t, Tensor), op.name, f"argument '{name}' must be Tensor, not "
+                                              f"{type(t).__name__}", TypeError)
+    a, b = input._data.shape, other._data.shape
+    check(len(a) >= 1 and len(b) >= 1, op.name,
+          f"both arguments to matmul need to be at least 1D, but they are {len(a)}D and "
+          f"{len(b)}D")
+    _same_dtype(op.name, input, other)
+    k_a = a[-1]
+    k_b = b[-2] if len(b) >= 2 else b[0]
+    if k_a != k_b:
+        shown_b = f"{tuple(b)}"
+        raise make(RuntimeError, op.name,
+                   f"inner dimensions differ: input {tuple(a)} @ other {shown_b} "
+                   f"({k_a} != {k_b})",
+                   hint="the last dim of input must equal the second-to-last dim of other")
+    batch = M.broadcast_shapes(op.name, tuple(a[:-2]), tuple(b[:-2])) if len(a) > 2 or len(b) > 2 \
+        else ()
+    out = tuple(batch) + ((a[-2],) if len(a) >= 2 else ()) + ((b[-1],) if len(b) >= 2 else ())
+    return TensorMeta(out)
+
+
+@register("matmul", meta=_matmul_meta, sig="input, other", dunders=("__matmul__",),
+          onnx="MatMul")
+class Matmul(OpDef):
+    """Matrix product with NumPy's rules for 1-d operands and broadcast batch dims."""
+
+    def forward(ctx, xp, input, other):
+        ctx.save(input, other)
+        return xp.matmul(input, other)
+
+    def backward(ctx, grad):
+        a, b = ctx.saved
+        a2 = a.unsqueeze(0) if a.ndim == 1 else a
+        b2 = b.unsqueeze(-1) if b.ndim == 1 else b
+        g = grad
+        if a.ndim == 1:
+            g = g.unsqueeze(-2 if b.ndim >= 2 else 0)
+        if b.ndim == 1:
+            g = g.unsqueeze(-1)
+        ga = gb = None
+        if ctx.next_edges[0] is not None:
+            ga = g.matmul(b2.transpose(-1, -2).conj() if b2.is_complex() else b2.transpose(-1, -2))
+            if a.ndim == 1:
+                ga = ga.squeeze(-2)
+        if ctx.next_edges[1] is not None:
+            at = a2.transpose(-1, -2)
+            gb = (at.conj() if at.is_complex() else at).matmul(g)
+            if b.ndim == 1:
+                gb = gb.squeeze(-1)
+        return ga, gb
+
+
+def _dims(op: str, t: Tensor, n: int, name: str) -> None:
+    check(t.ndim == n, op, f"{name} must be a {n}D tensor, got shape {tuple(t.shape)}")
+
+
+@composite()
+def mm(input: Tensor, mat2: Tensor) -> Tensor:
+    """Product of two matrices, ``(n, m) @ (m, p)``."""
+    _dims("mm", input, 2, "input")
+    _dims("mm", mat2, 2, "mat2")
+    check(input.shape[1] == mat2.shape[0], "mm",
+          f"mat1 and mat2 shapes cannot be multiplied ({input.shape[0]}x{input.shape[1]} and "
+          f"{mat2.shape[0]}x{mat2.shape[1]})")
+    return input.matmul(mat2)
+
+
+@composite()
+def bmm(input: Tensor, mat2: Tensor) -> Tensor:
+    """Batched product, ``(b, n, m) @ (b, m, p)``."""
+    _dims("bmm", input, 3, "batch1")
+    _dims("bmm", mat2, 3, "batch2")
+    check(input.shape[0] == mat2.shape[0], "bmm", f"batch1 and batch2 must have same number of "
+                                                  f"batches, got {input.shape[0]} and "
+                                                  f"{mat2.shape[0]}")
+    check(input.shape[2] == mat2.shape[1], "bmm",
+          f"Expected size for first two dimensions of batch2 tensor to be: [{input.shape[0]}, "
+          f"{input.shape[2]}] but got: [{mat2.shape[0]}, {mat2.shape[1]}].")
+    return input.matmul(mat2)
+
+
+@composite()
+def mv(input: Tensor, vec: Tensor) -> Tensor:
+    """Matrix-vector product, ``(n, m) @ (m,)``."""
+    _dims("mv", input, 2, "input")
+    _dims("mv", vec, 1, "vec")
+    return input.matmul(vec)
+
+
+@composite()
+def dot(input: Tensor, other: Tensor) -> Tensor:
+    """Inner product of two 1-d tensors."""
+    check(input.ndim == 1 and other.ndim == 1, "dot",
+          f"1D tensors expected, but got {input.ndim}D and {other.ndim}D tensors")
+    check(input.shape[0] == other.shape[0], "dot",
+          f"inconsistent tensor size, expected tensor [{input.shape[0]}] and src "
+          f"[{other.shape[0]}] to have the same number of elements, but got {input.shape[0]} "
+          f"and {other.shape[0]} elements respectively")
+    return input.matmul(other)
+
+
+@composite()
+def addmm(input: Tensor, mat1: Tensor, mat2: Tensor, *, beta: float = 1,
+          alpha: float = 1) -> Tensor:
+    """``beta * input + alpha * (mat1 @ mat2)``."""
+    prod = mm(mat1, mat2)
+    if alpha != 1:
+        prod = prod * alpha
+    if beta == 0:
+        return prod  # torch ignores input entirely (NaNs in it do not propagate)
+    return prod + (input if beta == 1 else input * beta)
+
+
+# ---------------------------------------------------------------------- einsum
+_LETTERS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+def _parse_einsum(eq: str, shapes: Sequence[tuple]) -> tuple[list[str], str]:
+    """Explicit subscripts, with '...' replaced by letters the equation doesn't use."""
+    eq = eq.replace(" ", "")
+    lhs, arrow, rhs = eq.partition("->")
+    ins = lhs.split(",")
+    check(len(ins) == len(shapes), "einsum", f"more operands were provided than specified in the "
+                                             f"equation" if len(shapes) > len(ins) else
+          "fewer operands were provided than specified in the equation")
+    used = set(c for c in eq if c.isalpha())
+    free = [c for c in _LETTERS if c not in used]
+    ell_n = 0
+    for s, shp in zip(ins, shapes):
+        if "..." in s:
+            ell_n = max(ell_n, len(shp) - (len(s) - 3))
+    ell = "".join(free[:ell_n])
+    new_ins = []
+    for s, shp in zip(ins, shapes):
+        if "..." in s:
+            k = len(shp) - (len(s) - 3)
+            s = s.replace("...", ell[ell_n - k:] if k else "")
+        check(len(s) == len(shp), "einsum", f"the number of subscripts in the equation "
+                                            f"({len(s)}) does not match the number of dimensions "
+                                            f"({len(shp)}) for operand {len(new_ins)}")
+        new_ins.append(s)
+    if arrow:
+        out = rhs.replace("...", ell)
+    else:
+        counts: dict = {}
+        for s in new_ins:
+            for c in s:
+                counts[c] = counts.get(c, 0) + 1
+        out = ell + "".join(sorted(c for c, n in counts.items() if n == 1 and c not in ell))
+    return new_ins, out
+
+
+def _einsum_meta(op: Any, operands: tuple, equation: str) -> TensorMeta:
+    ins, out = _parse_einsum(equation, [t._data.shape for t in operands])
+    sizes: dict = {}
+    for s, t in zip(ins, operands):
+        for c, n in zip(s, t._data.shape):
+            if c in sizes and sizes[c] != n and n != 1 and sizes[c] != 1:
+                raise make(RuntimeError, "einsum", f"operands do not broadcast: subscript {c} has "
+                                                   f"size {sizes[c]} and {n}")
+            sizes[c] = max(n, sizes.get(c, n))
+    return TensorMeta(tuple(sizes[c] for c in out))
+
+
+@register("einsum", meta=_einsum_meta, promote="default", variadic=True, method=False,
+          function=False)
+class Einsum(OpDef):
+    """Einstein summation over the operands."""
+
+    def forward(ctx, xp, operands, equation):
+        ins, out = _parse_einsum(equation, [o.shape for o in operands])
+        ctx.ins, ctx.out = ins, out
+        ctx.save(*operands)
+        expr = ",".join(ins) + "->" + out
+        if len(operands) > 2 and xp.__name__ == "numpy":
+            return xp.einsum(expr, *operands, optimize=True)
+        return xp.einsum(expr, *operands)
+
+    def backward(ctx, grad):
+        ops = ctx.saved
+        grads = []
+        for i, s in enumerate(ctx.ins):
+            if ctx.next_edges[i] is None:
+                grads.append(None)
+                continue
+            others = [o for j, o in enumerate(ops) if j != i]
+            other_subs = [t for j, t in enumerate(ctx.ins) if j != i]
+            avail = set(ctx.out).union(*[set(t) for t in other_subs]) if other_subs else set(ctx.out)
+            # letters repeated within operand i (a diagonal) or missing elsewhere are rebuilt
+            target = "".join(dict.fromkeys(c for c in s if c in avail))
+            expr = ",".join([ctx.out] + other_subs) + "->" + target
+            g = einsum(expr, grad, *others)
+            grads.append(_expand_subscripts(g, target, s, ops[i].shape))
+        return grads, None
+
+
+def _expand_subscripts(g: Tensor, have: str, want: str, shape: tuple) -> Tensor:
+    """Turn a gradient over subscripts ``have`` into one of operand subscripts ``want``."""
+    import ember
+    if have == want:
+        return g
+    # insert summed-away letters as broadcast dims
+    letters = list(dict.fromkeys(want))
+    sizes = {c: n for c, n in zip(want, shape)}
+    for c in letters:
+        if c not in have:
+            g = g.unsqueeze(-1).expand(*g.shape, sizes[c])
+            have = have + c
+    g = g.permute([have.index(c) for c in letters])
+    if len(letters) == len(want):
+        return g.permute([letters.index(c) for c in want]) if "".join(letters) != want else g
+    # repeated letters: place values on the diagonal
+    out = ember.zeros(shape, dtype=g.dtype, device=g.device)
+    idx = []
+    for c in want:
+        n = sizes[c]
+        ar = ember.arange(n, device=g.device)
+        view = [1] * len(letters)
+        view[letters.index(c)] = n
+        idx.append(ar.reshape(view))
+    return apply(OPS["_put"], (out, tuple(i._data for i in idx), g, True))
+
+
+def einsum(equation: str, *operands: Any) -> Tensor:
+    """Einstein summation, e.g. ``einsum('bij,bjk->bik', a, b)``."""
+    if len(operands) == 1 and isinstance(operands[0], (list, tuple)):
+        operands = tuple(operands[0])
+    if not isinstance(equation, str):
+        raise make(TypeError, "einsum", "the first argument must be the equation string; the "
+                                        "sublist format is not supported")
+    return apply(OPS["einsum"], (operands, equation))
+
+
+from ember.ops.registry import PUBLIC_FUNCTIONS  # noqa: E402
+
+PUBLIC_FUNCTIONS["einsum"] = einsum

@@ -1,0 +1,613 @@
+"""The op registry: one declaration per op, and the dispatcher that runs it.
+
+A declaration is a class decorated with :func:`register`::
+
+    @register("exp", meta=same_shape, promote="int_to_float", onnx="Exp")
+    class Exp(OpDef):
+        def forward(ctx, xp, input):
+            y = xp.exp(input)
+            ctx.save(y)                 # save only what backward needs
+            return y
+
+        def backward(ctx, grad):         # ember ops, so double backward comes free
+            (y,) = ctx.saved
+            return grad * y
+
+From it the registry makes ``ember.exp``, ``Tensor.exp``, ``Tensor.exp_`` (with
+``inplace=True``), the autograd node class ``ExpBackward0``, and the entries a tracer and an
+exporter walk (``OPS``). ``forward`` gets arrays and the array module ``xp``; ``backward`` gets
+and returns Tensors, one gradient per positional argument of ``forward``.
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable, NamedTuple
+
+import numpy as np
+
+from ember import dtypes as _dt
+from ember._state import _State
+from ember.autograd.graph import Node, accumulate_node
+from ember.backend import get_xp
+from ember.errors import EmberError, op_error
+from ember.tensor import Tensor, _make
+
+OPS: dict[str, "OpDef"] = {}
+_FROM_NP = _dt._FROM_NP
+
+
+class TensorMeta(NamedTuple):
+    """What a meta rule returns: the output shape, and its dtype (None: the promoted dtype)."""
+
+    shape: tuple
+    dtype: Any = None
+
+
+class OpDef:
+    """Base class of op declarations; the attributes are set by :func:`register`."""
+
+    name: str = ""
+    meta: Callable | None = None
+    promote: str | None = None
+    promote_args: tuple = (0,)
+    differentiable: bool = True
+    view: bool = False
+    variadic: bool = False
+    nondiff_outputs: tuple = ()
+    onnx: Any = None
+    node_cls: type = None  # type: ignore[assignment]
+    changes_device: bool = False  # outputs may live on another device (``_to_copy``)
+    out_type: Any = None   # a namedtuple type for multi-output ops (values, indices)
+
+    def forward(ctx, xp, *args):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def backward(ctx, *grads):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"<op {self.name}>"
+
+
+# ---------------------------------------------------------------------- autograd node for ops
+class OpNode(Node):
+    """The ``grad_fn`` of an op call; it is also the op's ``ctx`` during forward."""
+
+    op: OpDef
+    _pre_hooks = None
+    _tensor_pre_hooks = None
+    _post_hooks = None
+    _retains = None
+    _traceback = None
+    _saved = ()
+    _raw = ()
+    _released = False
+    n_outputs = 1
+
+    def __init__(self) -> None:  # lean on purpose: runs once per recorded op call
+        if _State.anomaly:
+            import traceback
+            self._traceback = traceback.format_stack()[:-3]
+
+    @property
+    def metadata(self) -> dict:
+        md = self.__dict__.get("_metadata")
+        if md is None:
+            md = self.__dict__["_metadata"] = {}
+        return md
+
+    def save(self, *arrays: Any) -> None:
+        """Forward-time: keep these arrays (inputs, outputs or temporaries) for backward."""
+        self._raw = arrays
+
+    def save_for_backward(self, *arrays: Any) -> None:
+        self._raw = arrays
+
+    @property
+    def saved(self) -> tuple:
+        """Backward-time: the saved values as Tensors, after the in-place version check."""
+        if self._released:
+            raise RuntimeError(
+                "Trying to backward through the graph a second time (or directly access saved "
+                "tensors after they have already been freed). Saved intermediate values of the "
+                "graph are freed when you call .backward() or autograd.grad(). Specify "
+                "retain_graph=True if you need to backward through the graph a second time or if "
+                "you need to access saved tensors after calling backward.")
+        out = []
+        for entry in self._saved:
+            kind = entry[0]
+            if kind == 1:    # an input tensor
+                t, version = entry[1], entry[2]
+                if t._version[0] != version:
+                    raise _version_error(t, self, version)
+                out.append(t)
+            elif kind == 2:  # one of our outputs: re-wrap, pointing back at this node
+                _, k, arr, vlist, version, dt, dev = entry
+                if vlist[0] != version:
+                    raise _version_error(_make(arr, dt, dev), self, version, vlist[0], k)
+                t = _make(arr, dt, dev, True)
+                t._grad_fn = self
+                t._output_nr = k
+                t._version = vlist
+                out.append(t)
+            elif kind == 3:  # a temporary array: a constant for backward
+                arr = entry[1]
+                out.append(_make(arr, _FROM_NP[arr.dtype], entry[2]))
+            else:
+                out.append(None)
+        return tuple(out)
+
+    saved_tensors = saved
+
+    @property
+    def needs_input_grad(self) -> tuple:
+        return tuple(e is not None for e in self.next_edges)
+
+    def apply_backward(self, grads: list) -> tuple:
+        res = self.op.backward(self, *grads)
+        if not isinstance(res, (tuple, list)):
+            res = (res,)
+        return res
+
+    def release(self) -> None:
+        self._saved = ()
+        self._released = True
+
+
+def _version_error(t: Tensor, node: Node, expected: int, actual: int | None = None,
+                   k: int | None = None) -> RuntimeError:
+    actual = t._version[0] if actual is None else actual
+    shape = list(t._data.shape)
+    owner = f", which is output {k} of {node.name()}," if k is not None else ""
+    return RuntimeError(
+        "one of the variables needed for gradient computation has been modified by an inplace "
+        f"operation: [{t._dtype} {shape}]{owner} is at version {actual}; expected version "
+        f"{expected} instead. Hint: enable anomaly detection to find the operation that failed "
+        "to compute its gradient, with ember.autograd.set_detect_anomaly(True).")
+
+
+# ---------------------------------------------------------------------- promotion
+def _compute_dtype(op: OpDef, args: tuple) -> tuple[_dt.dtype, _dt.dtype]:
+    """(dtype the operands are cast to, dtype of the result) for an op's promotion kind."""
+    operands = args[0] if op.variadic else [args[i] for i in op.promote_args if i < len(args)]
+    common = _dt.result_type_of(operands)
+    kind = op.promote if isinstance(op.promote, str) else op.promote(args)
+    if kind == "default":
+        return common, common
+    if kind == "int_to_float":
+        if common.category < 2:
+            common = _dt.get_default_dtype()
+        return common, common
+    if kind == "bool":
+        return common, _dt.bool
+    if kind == "float_only":
+        if common.category < 2:
+            common = _dt.get_default_dtype()
+        return common, common
+    raise ValueError(f"unknown promotion kind {kind!r} for op {op.name}")
+
+
+def _cast_operand(a: Any, dt: _dt.dtype, xp: Any) -> Any:
+    """The array of one operand in the compute dtype; Python scalars stay (NumPy 2 keeps them weak)."""
+    if isinstance(a, Tensor):
+        if a._dtype is dt:
+            return a._data
+        if a._requires_grad and _State.enabled:
+            return a.to(dt)  # differentiable cast: the cast tensor becomes the input
+        return a._data.astype(dt.np)
+    if isinstance(a, bool) and dt.category != 0:
+        return int(a)
+    if dt.category <= 1 and isinstance(a, float):
+        return a
+    if dt.category == 1 and isinstance(a, int) and not isinstance(a, bool):
+        # Torch wraps out-of-range integer scalars; NumPy would raise OverflowError.
+        info = np.iinfo(dt.np)
+        if not info.min <= a <= info.max:
+            return np.array(a).astype(dt.np)
+    return a
+
+
+# ---------------------------------------------------------------------- dispatcher
+def apply(op: OpDef, args: tuple) -> Any:
+    """Run one op call: checks, meta rule, promotion, forward on xp, and graph recording."""
+    if op.variadic:
+        seq = tuple(args[0])
+        for i, t in enumerate(seq):
+            if not isinstance(t, Tensor):
+                raise TypeError(f"[{op.name}] expected a sequence of Tensors, but element {i} "
+                                f"is {type(t).__name__}")
+        tin = seq
+    else:
+        tin = [a for a in args if isinstance(a, Tensor)]
+    if tin:
+        dev = tin[0]._device
+        for t in tin:
+            if t._device is not dev:
+                dev = _check_devices(op, tin)
+                break
+    else:
+        from ember.backend.device import cpu_device
+        dev = cpu_device
+    if op.meta is not None:
+        op.meta(op, *args)
+    xp = get_xp(dev)
+
+    # Promotion: cast operands to the compute dtype first (torch's rule, not NumPy's).
+    if op.promote is not None:
+        cdt, _ = _compute_dtype(op, args)
+        if op.variadic:
+            casted = tuple(_cast_operand(t, cdt, xp) for t in seq)
+            seq = tuple(c if isinstance(c, Tensor) else t for c, t in zip(casted, seq))
+            arr_args = (tuple(c._data if isinstance(c, Tensor) else c for c in casted),) + args[1:]
+            tin = seq
+        else:
+            new_args = list(args)
+            arr = list(args)
+            for i in op.promote_args:
+                if i < len(args):
+                    c = _cast_operand(args[i], cdt, xp)
+                    if isinstance(c, Tensor):
+                        new_args[i] = c
+                        c = c._data
+                    arr[i] = c
+            for i, a in enumerate(args):
+                if isinstance(a, Tensor) and i not in op.promote_args:
+                    arr[i] = a._data
+            args = tuple(new_args)
+            arr_args = tuple(arr)
+            tin = [a for a in args if isinstance(a, Tensor)]
+    elif op.variadic:
+        arr_args = (tuple(t._data for t in seq),) + tuple(args[1:])
+    else:
+        arr_args = tuple(a._data if isinstance(a, Tensor) else a for a in args)
+
+    need_grad = False
+    if _State.enabled and op.differentiable:
+        for t in tin:
+            if t._requires_grad:
+                need_grad = True
+                break
+    ctx = op.node_cls() if need_grad else _NoCtx()
+    try:
+        out = op.forward(ctx, xp, *arr_args)
+    except EmberError:
+        raise
+    except (TypeError, ValueError, IndexError, RuntimeError, ArithmeticError, AttributeError,
+            KeyError, NotImplementedError) as exc:
+        raise op_error(op.name, exc, args) from None
+
+    multi = isinstance(out, tuple)
+    outs = out if multi else (out,)
+    results = []
+    for arr in outs:
+        if op.changes_device:
+            from ember.backend import device_of_array
+            odev = device_of_array(arr)
+        else:
+            odev = dev
+            if not isinstance(arr, xp.ndarray):
+                arr = xp.asarray(arr)
+        dt = _FROM_NP.get(arr.dtype)
+        if dt is None:
+            raise op_error(op.name, TypeError(f"produced unsupported dtype {arr.dtype}"), args)
+        results.append(_make(arr, dt, odev))
+
+    if op.view:
+        _link_views(op, args, results, xp)
+    if need_grad:
+        _record(op, ctx, args, arr_args, results, tin)
+    if multi:
+        return op.out_type(*results) if op.out_type is not None else tuple(results)
+    return results[0]
+
+
+class _NoCtx:
+    """The ctx handed to forward when no graph is recorded: saving is a no-op."""
+
+    __slots__ = ("__dict__",)
+
+    def save(self, *arrays: Any) -> None:
+        pass
+
+    save_for_backward = save
+
+
+def _check_devices(op: OpDef, tin: list) -> Any:
+    # Torch lets 0-dim CPU tensors mix with tensors on another device (they act as scalars).
+    devs = {t._device for t in tin if not (t._device.type == "cpu" and t._data.ndim == 0)}
+    if len(devs) > 1:
+        desc = ", ".join(f"{tuple(t._data.shape)} on {t._device}" for t in tin)
+        names = sorted(str(d) for d in devs)
+        raise RuntimeError(f"[{op.name}] Expected all tensors to be on the same device, but found "
+                           f"at least two devices, {names[0]} and {names[1]}! Tensors: {desc}")
+    return devs.pop() if devs else tin[0]._device
+
+
+def _link_views(op: OpDef, args: tuple, results: list, xp: Any) -> None:
+    src = args[0]
+    root = src._base if src._base is not None else src
+    chain = (src._view_chain or ()) + ((op, args[1:]),)
+    for r in results:
+        if op.view == "maybe" and not xp.may_share_memory(r._data, src._data):
+            continue
+        r._base = root
+        r._version = src._version
+        r._view_chain = chain
+
+
+def _record(op: OpDef, ctx: OpNode, args: tuple, arr_args: tuple, results: list,
+            tin: list) -> None:
+    inputs = args[0] if op.variadic else args
+    edges = []
+    for a in inputs:
+        if isinstance(a, Tensor) and a._requires_grad:
+            node = a._grad_fn
+            if node is None:
+                node = accumulate_node(a)
+            edges.append((node, a._output_nr, a._data.shape, a._dtype))
+        else:
+            edges.append(None)
+    ctx.next_edges = edges
+    ctx.n_outputs = len(results)
+    ctx.out_meta = [(r._data.shape, r._dtype, r._device) for r in results]
+    raw = ctx._raw
+    if raw:
+        arrays = arr_args[0] if op.variadic else arr_args
+        saved = []
+        for s in raw:
+            entry = None
+            if s is None:
+                entry = (0,)
+            else:
+                for i, a in enumerate(arrays):
+                    if a is s and isinstance(inputs[i], Tensor):
+                        t = inputs[i]
+                        entry = (1, t, t._version[0])
+                        break
+                if entry is None:
+                    for k, r in enumerate(results):
+                        if r._data is s:
+                            entry = (2, k, s, r._version, r._version[0], r._dtype, r._device)
+                            break
+                if entry is None:
+                    if isinstance(s, Tensor):
+                        entry = (1, s, s._version[0])
+                    else:
+                        entry = (3, s, results[0]._device)
+            saved.append(entry)
+        ctx._saved = tuple(saved)
+        ctx._raw = ()
+    nondiff = op.nondiff_outputs
+    for k, r in enumerate(results):
+        if k in nondiff or r._dtype.category < 2:
+            continue
+        r._requires_grad = True
+        r._grad_fn = ctx
+        r._output_nr = k
+
+
+# ---------------------------------------------------------------------- in-place
+def apply_inplace(op: OpDef, self: Tensor, args: tuple) -> Tensor:
+    """Run ``op`` out of place, then write the result into ``self`` and rebase its history."""
+    if _State.enabled:
+        if self._requires_grad and self._grad_fn is None:
+            raise RuntimeError(
+                f"[{op.name}_] a leaf Variable that requires grad is being used in an in-place "
+                "operation.\n  hint: wrap it in `with ember.no_grad():` (as initialisers and "
+                "optimizers do), or clone() the tensor first")
+        base = self._base
+        if base is not None and base._requires_grad and base._grad_fn is None:
+            raise RuntimeError(
+                f"[{op.name}_] a view of a leaf Variable that requires grad is being used in an "
+                "in-place operation.")
+    out = apply(op, args)
+    if isinstance(out, tuple):
+        out = out[0]
+    return write_inplace(self, out, op.name + "_")
+
+
+def write_inplace(self: Tensor, out: Tensor, name: str) -> Tensor:
+    """Store ``out``'s values in ``self`` (same shape, castable dtype) and record it for autograd."""
+    if not _dt.can_cast(out._dtype, self._dtype):
+        raise RuntimeError(f"[{name}] result type {_torch_name(out._dtype)} can't be cast to the "
+                           f"desired output type {_torch_name(self._dtype)}")
+    if out._data.shape != self._data.shape:
+        raise RuntimeError(f"[{name}] output with shape {list(self._data.shape)} doesn't match the "
+                           f"broadcast shape {list(out._data.shape)}")
+    if not self._data.flags.writeable:
+        raise RuntimeError(
+            f"[{name}] unsupported operation: more than one element of the written-to tensor "
+            "refers to a single memory location. Please clone() the tensor before performing "
+            "the operation.")
+    track = out._requires_grad and _State.enabled
+    if track:
+        _snapshot_saved_self(out._grad_fn, self)
+    data = out._data
+    if self._data.ndim == 0:
+        self._data[()] = data
+    else:
+        self._data[...] = data
+    self._version[0] += 1
+    if track:
+        _rebase_history(self, out)
+    return self
+
+
+def _snapshot_saved_self(node: Any, self: Tensor) -> None:
+    """Nodes that saved ``self`` get a copy of its old value before ``self`` is overwritten."""
+    saved = getattr(node, "_saved", ())
+    if not saved:
+        return
+    new = []
+    for entry in saved:
+        if entry[0] == 1 and entry[1] is self:
+            snap = _make(self._data.copy(), self._dtype, self._device, self._requires_grad)
+            snap._grad_fn = self._grad_fn
+            snap._output_nr = self._output_nr
+            if self._grad_fn is None and self._requires_grad:
+                snap._acc = self._acc
+                snap._grad_fn = None
+            entry = (1, snap, 0)
+        new.append(entry)
+    node._saved = tuple(new)
+
+
+def _rebase_history(self: Tensor, out: Tensor) -> None:
+    base = self._base
+    if base is None:
+        self._grad_fn = out._grad_fn
+        self._output_nr = out._output_nr
+        self._requires_grad = True
+        return
+    # self is a view: the base's new history scatters the view's new value into it
+    # (torch's CopySlices), and the view is regenerated from the new base.
+    from ember.autograd.engine import CopySlices
+    node = CopySlices(base, self._view_chain, out)
+    base._grad_fn = node
+    base._output_nr = 0
+    base._requires_grad = True
+    regenerated = _replay_view(base, self._view_chain)
+    self._grad_fn = regenerated._grad_fn
+    self._output_nr = regenerated._output_nr
+    self._requires_grad = True
+
+
+def _replay_view(base: Tensor, chain: tuple) -> Tensor:
+    t = base
+    for op, params in chain:
+        t = apply(op, (t,) + tuple(params))
+    return t
+
+
+def _torch_name(d: _dt.dtype) -> str:
+    return {"float32": "Float", "float64": "Double", "float16": "Half", "bfloat16": "BFloat16",
+            "int64": "Long", "int32": "Int", "int16": "Short", "int8": "Char", "uint8": "Byte",
+            "bool": "Bool", "complex64": "ComplexFloat", "complex128": "ComplexDouble"}[d.name]
+
+
+# ---------------------------------------------------------------------- registration
+_METHOD_TEMPLATE = """
+def {fname}({sig}):
+    return _apply(_op, ({call},))
+"""
+
+
+def register(name: str, *, meta: Callable | None = None, promote: str | None = None,
+             promote_args: tuple = (0,), sig: str | None = None, method: bool | str = True,
+             function: bool | str = True, inplace: bool = False, dunders: tuple = (),
+             differentiable: bool = True, view: bool | str = False, variadic: bool = False,
+             nondiff_outputs: tuple = (), onnx: Any = None, out_type: Any = None,
+             node_name: str | None = None, call: str | None = None,
+             env: dict | None = None) -> Callable[[type], OpDef]:
+    """Declare an op; see the module docstring.
+
+    Args:
+        name: torch's name of the op.
+        meta: shape/dtype rule run before any compute; raises on bad input.
+        promote: type-promotion kind (``default``, ``int_to_float``, ``bool``) over the
+            arguments at ``promote_args``.
+        sig: the public signature, when it differs from ``forward``'s (``*`` and defaults).
+        method/function: also expose as ``Tensor.<name>`` / ``ember.<name>`` (a string renames).
+        inplace: also make ``Tensor.<name>_``.
+        dunders: operator methods bound to the op (``__add__``...).
+        view: the output shares memory with input 0 (``"maybe"``: when NumPy could avoid a copy).
+        variadic: the first argument is a sequence of tensors (``cat``, ``stack``).
+        call: with ``sig``, the expression list passed to forward (``input, _size(shape)``);
+            ``env`` supplies the helpers it names.
+        nondiff_outputs: output indices that never carry gradients (indices of ``max``).
+        onnx: ONNX op type or converter, for the exporter.
+    """
+    def deco(cls: type) -> OpDef:
+        op = cls()
+        op.name = name
+        op.meta = meta
+        op.promote = promote
+        op.promote_args = promote_args
+        op.differentiable = differentiable
+        op.view = view
+        op.variadic = variadic
+        op.nondiff_outputs = nondiff_outputs
+        op.onnx = onnx
+        op.out_type = out_type
+        for attr in ("forward", "backward"):
+            fn = cls.__dict__.get(attr)
+            if fn is not None and not isinstance(fn, staticmethod):
+                setattr(op, attr, fn)
+        camel = node_name or "".join(p.capitalize() for p in name.strip("_").split("_"))
+        op.node_cls = type(f"{camel}Backward0", (OpNode,), {"op": op, "_name": f"{camel}Backward0"})
+        if name in OPS:
+            raise RuntimeError(f"op {name!r} is declared twice")
+        OPS[name] = op
+        _bind(op, sig, method, function, inplace, dunders, call, env)
+        return op
+    return deco
+
+
+def _param_list(op: OpDef, sig: str | None) -> tuple[str, str]:
+    """(public signature, the call tuple in forward order)."""
+    params = list(inspect.signature(op.forward).parameters.values())[2:]
+    names = [p.name for p in params]
+    if sig is None:
+        parts = []
+        for p in params:
+            if p.kind is p.VAR_POSITIONAL:
+                raise TypeError(f"op {op.name}: use variadic=True instead of *args")
+            parts.append(p.name if p.default is p.empty else f"{p.name}={p.default!r}")
+        sig = ", ".join(parts)
+    return sig, ", ".join(names)
+
+
+PUBLIC_FUNCTIONS: dict[str, Callable] = {}
+
+
+def _bind(op: OpDef, sig: str | None, method: bool | str, function: bool | str, inplace: bool,
+          dunders: tuple, call_expr: str | None = None, extra_env: dict | None = None) -> None:
+    psig, call = _param_list(op, sig)
+    if call_expr is not None:
+        call = call_expr
+    first = call.split(",")[0].strip()
+    env = {"_apply": apply, "_op": op, "_apply_inplace": apply_inplace, **(extra_env or {})}
+    fname = function if isinstance(function, str) else op.name
+    code = _METHOD_TEMPLATE.format(fname=fname, sig=psig, call=call)
+    exec(code, env)  # noqa: S102 - builds a plain function with the op's exact signature
+    fn = env[fname]
+    fn.__doc__ = (type(op).__doc__ or "").strip() or None
+    fn.__qualname__ = fname
+    fn.__module__ = "ember"
+    op.function = fn
+    if function:
+        PUBLIC_FUNCTIONS[fname] = fn
+    if method:
+        mname = method if isinstance(method, str) else op.name
+        setattr(Tensor, mname, _as_method(fn, mname))
+    if inplace:
+        ip_sig = psig.replace(first, "self", 1)
+        ip_call = call.replace(first, "self", 1)
+        code = (f"def {op.name}_({ip_sig}):\n"
+                f"    return _apply_inplace(_op, self, ({ip_call},))\n")
+        exec(code, env)  # noqa: S102
+        setattr(Tensor, op.name + "_", env[op.name + "_"])
+    for d in dunders:
+        setattr(Tensor, d, _as_method(fn, d))
+
+
+def _as_method(fn: Callable, name: str) -> Callable:
+    return fn  # a plain function binds as a method already; keep one object per op
+
+
+COMPOSITES: dict[str, Callable] = {}
+
+
+def composite(name: str | None = None, *, method: bool | str = True,
+              function: bool = True) -> Callable[[Callable], Callable]:
+    """Declare a composite op: a function written in ember ops (gradients, devices and tracing
+    come from the primitives it calls). It becomes ``ember.<name>`` and ``Tensor.<name>``."""
+    def deco(fn: Callable) -> Callable:
+        n = name or fn.__name__
+        COMPOSITES[n] = fn
+        if function:
+            PUBLIC_FUNCTIONS[n] = fn
+        if method:
+            setattr(Tensor, method if isinstance(method, str) else n, fn)
+        return fn
+    return deco
