@@ -24,7 +24,7 @@ def _numerical_jacobian(fn: Callable, inputs: tuple, outputs: tuple, eps: float)
     """J[i][o]: (numel(out o), numel(in i)) by central differences."""
     import ember
     jac = []
-    with ember.no_grad():
+    if True:  # grad mode stays on: gradgradcheck's function differentiates inside
         for i in _diff_inputs(inputs):
             x = inputs[i]
             flat = x._data.reshape(-1) if x._data.flags.c_contiguous else None
@@ -35,15 +35,18 @@ def _numerical_jacobian(fn: Callable, inputs: tuple, outputs: tuple, eps: float)
             for j in range(x.numel()):
                 orig = flat[j].copy()
                 flat[j] = orig + eps
-                plus = _as_tuple(fn(*inputs))
+                # copy: a view op's output would otherwise follow the restored input
+                plus = [o.detach().clone() if isinstance(o, Tensor) else o
+                        for o in _as_tuple(fn(*inputs))]
                 flat[j] = orig - eps
-                minus = _as_tuple(fn(*inputs))
+                minus = [o.detach().clone() if isinstance(o, Tensor) else o
+                         for o in _as_tuple(fn(*inputs))]
                 flat[j] = orig
                 for k, (p, m) in enumerate(zip(plus, minus)):
                     if isinstance(p, Tensor) and p.is_floating_point() or (
                             isinstance(p, Tensor) and p.is_complex()):
-                        d = (np.asarray(p._host(), np.complex128 if p.is_complex() else np.float64)
-                             - np.asarray(m._host(), np.complex128 if p.is_complex() else np.float64))
+                        kind = np.complex128 if p.is_complex() else np.float64
+                        d = np.asarray(p._host(), kind) - np.asarray(m._host(), kind)
                         cols[k][:, j] = (d / (2 * eps)).reshape(-1)
             jac.append(cols)
     return jac

@@ -94,6 +94,10 @@ def _keep_int(fn: Callable) -> Callable:
     return fwd
 
 
+def _no_int(name: str, x: Any) -> Any:
+    raise RuntimeError(f'"{name}" not implemented for integer dtype {x.dtype}')
+
+
 def _cj(t: Any) -> Any:
     """Conjugate for complex tensors (Wirtinger gradients); real tensors pass through."""
     return t.conj() if isinstance(t, Tensor) and t._dtype.is_complex else t
@@ -108,7 +112,8 @@ unary_op("floor", _keep_int(lambda xp, x: xp.floor(x)), _zeros_bwd, save="", pro
 unary_op("ceil", _keep_int(lambda xp, x: xp.ceil(x)), _zeros_bwd, save="", promote=None,
          onnx="Ceil")
 unary_op("trunc", _keep_int(lambda xp, x: xp.trunc(x)), _zeros_bwd, save="", promote=None)
-unary_op("frac", lambda xp, x: x - xp.trunc(x), lambda g, x, y: g, save="", promote=None)
+unary_op("frac", lambda xp, x: x - xp.trunc(x) if x.dtype.kind in "fc" else _no_int("frac", x),
+         lambda g, x, y: g, save="", promote=None)
 unary_op("neg", lambda xp, x: -x, lambda g, x, y: -g, save="", promote=None, onnx="Neg")
 unary_op("positive", lambda xp, x: x.copy(), lambda g, x, y: g, save="", promote=None,
          inplace=False)
@@ -137,6 +142,8 @@ class Round(OpDef):
 
     def forward(ctx, xp, input, decimals=0):
         if input.dtype.kind in "iub":
+            if decimals:
+                raise RuntimeError(f'"round_decimals" not implemented for {input.dtype}')
             return input.copy()
         if decimals == 0:
             return xp.round(input)
@@ -144,7 +151,7 @@ class Round(OpDef):
         return (xp.round(input * scale) / scale).astype(input.dtype)
 
     def backward(ctx, grad):
-        return grad * 0
+        return grad * 0, None
 
 
 # ---------------------------------------------------------------------- binary arithmetic
@@ -274,7 +281,7 @@ class Fmod(OpDef):
 
 
 @register("floor_divide", meta=M.elementwise, promote="default", promote_args=(0, 1),
-          inplace=True, dunders=("__floordiv__",))
+          inplace=True, dunders=("__floordiv__",), differentiable=False)
 class FloorDivide(OpDef):
     """``floor(input / other)``."""
 

@@ -223,7 +223,7 @@ def _arg(name: str, fn: str) -> None:
     class Arg(OpDef):
         __doc__ = f"Index of the {fn[3:]}imum over ``dim`` (of the flattened input when None)."
 
-        def forward(ctx, xp, input, dim, keepdim):
+        def forward(ctx, xp, input, dim=None, keepdim=False):
             if dim is None:
                 flat = input.reshape(-1)
                 r = getattr(xp, fn)(flat) if flat.size else xp.asarray(0)

@@ -133,6 +133,8 @@ class OpNode(Node):
             elif kind == 3:  # a temporary array: a constant for backward
                 arr = entry[1]
                 out.append(_make(arr, _FROM_NP[arr.dtype], entry[2]))
+            elif kind == 4:  # a Python value (a scalar operand)
+                out.append(entry[1])
             else:
                 out.append(None)
         return tuple(out)
@@ -145,6 +147,8 @@ class OpNode(Node):
 
     def apply_backward(self, grads: list) -> tuple:
         res = self.op.backward(self, *grads)
+        if self.op.variadic:
+            return tuple(res[0])  # one gradient per tensor of the sequence argument
         if not isinstance(res, (tuple, list)):
             res = (res,)
         return res
@@ -286,7 +290,11 @@ def apply(op: OpDef, args: tuple) -> Any:
         else:
             odev = dev
             if not isinstance(arr, xp.ndarray):
-                arr = xp.asarray(arr)
+                # NumPy returns scalars for 0-d results; keep what forward saved pointing at
+                # the output array that the tensor will hold.
+                orig, arr = arr, xp.asarray(arr)
+                if need_grad and ctx._raw:
+                    ctx._raw = tuple(arr if r is orig else r for r in ctx._raw)
         dt = _FROM_NP.get(arr.dtype)
         if dt is None:
             raise op_error(op.name, TypeError(f"produced unsupported dtype {arr.dtype}"), args)
@@ -372,8 +380,10 @@ def _record(op: OpDef, ctx: OpNode, args: tuple, arr_args: tuple, results: list,
                 if entry is None:
                     if isinstance(s, Tensor):
                         entry = (1, s, s._version[0])
-                    else:
+                    elif hasattr(s, "dtype") and hasattr(s, "shape"):
                         entry = (3, s, results[0]._device)
+                    else:
+                        entry = (4, s)
             saved.append(entry)
         ctx._saved = tuple(saved)
         ctx._raw = ()

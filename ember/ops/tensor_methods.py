@@ -427,24 +427,26 @@ def norm(input: Tensor, p: Any = "fro", dim: Any = None, keepdim: bool = False,
     return OPS["linalg_vector_norm"].function(input, p, dim, keepdim, dtype=dtype)
 
 
-@composite(method=False)
 def is_tensor(obj: Any) -> bool:
+    """Whether ``obj`` is an ember Tensor."""
     return isinstance(obj, Tensor)
 
 
-@composite()
 def numel(input: Tensor) -> int:
     return input._data.size
 
 
-@composite()
 def is_floating_point(input: Tensor) -> bool:
     return input._dtype.is_floating_point
 
 
-@composite()
 def is_complex(input: Tensor) -> bool:
     return input._dtype.is_complex
+
+
+# Plain queries, not ops: exposed as ember.* functions without registry records.
+for _f in (is_tensor, numel, is_floating_point, is_complex):
+    PUBLIC_FUNCTIONS[_f.__name__] = _f
 
 
 for _clamp in ("clamp_min", "clamp_max"):
