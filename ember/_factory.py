@@ -327,14 +327,16 @@ def linspace(start: Any, end: Any, steps: int, *, out: Any = None, dtype: Any = 
     start = start.item() if isinstance(start, Tensor) else start
     end = end.item() if isinstance(end, Tensor) else end
     dt = _dt.to_dtype(dtype) if dtype is not None else _dt.get_default_dtype()
+    work = dt.np.type if dt.category == 2 and dt.itemsize >= 4 else np.float64
     if steps == 1:
-        arr = np.array([start], dtype=np.float64)
+        arr = np.array([start], dtype=work)
     else:
-        # torch fills the first half from start and the second half from end (symmetric error)
-        i = np.arange(steps, dtype=np.float64)
-        step = (end - start) / (steps - 1)
+        # torch fills the first half from start and the second half from end, computing in
+        # the output precision (so float32 results round like torch's)
+        i = np.arange(steps, dtype=work)
+        step = (work(end) - work(start)) / work(steps - 1)
         half = steps // 2
-        arr = np.where(i < half, start + step * i, end - step * (steps - 1 - i))
+        arr = np.where(i < half, work(start) + step * i, work(end) - step * (steps - 1 - i))
     if dt.category < 2:
         arr = np.trunc(arr)
     return _finish(arr.astype(dt.np), dt, _resolve_device(device), requires_grad)

@@ -48,11 +48,7 @@ class device:
         return self._str
 
     def __eq__(self, other: Any) -> bool:
-        if isinstance(other, str):
-            try:
-                other = device(other)
-            except (RuntimeError, ValueError):
-                return False
+        # Like torch, a device never equals a string: device("cpu") == "cpu" is False.
         return self is other
 
     def __hash__(self) -> int:

@@ -186,7 +186,7 @@ class Sub(OpDef):
     def forward(ctx, xp, input, other, alpha):
         dt = getattr(input, "dtype", getattr(other, "dtype", None))
         if dt is not None and dt.kind == "b":
-            raise TypeError("Subtraction, the `-` operator, with two bool tensors is not "
+            raise RuntimeError("Subtraction, the `-` operator, with two bool tensors is not "
                             "supported. Use the `^` or `logical_xor()` operator instead.")
         ctx.alpha = alpha
         return xp.subtract(input, other * alpha if alpha != 1 else other)

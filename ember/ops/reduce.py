@@ -13,8 +13,21 @@ from ember.ops.registry import OpDef, register
 from ember.tensor import Tensor
 
 values_indices = namedtuple("values_indices", ["values", "indices"])
-max_out = type("max", (values_indices,), {"__slots__": ()})
-min_out = type("min", (values_indices,), {"__slots__": ()})
+
+
+def return_type(name: str, fields: tuple = ("values", "indices")) -> type:
+    """A named tuple printed like torch's ``torch.return_types.<name>``."""
+    base = namedtuple(name, fields)
+
+    def __repr__(self) -> str:
+        body = ",\n".join(f"{f}={getattr(self, f)!r}" for f in fields)
+        return f"ember.return_types.{name}(\n{body})"
+    return type(name, (base,), {"__slots__": (), "__repr__": __repr__,
+                                "__module__": "ember.return_types"})
+
+
+max_out = return_type("max")
+min_out = return_type("min")
 
 
 def _axes(dim: Any, ndim: int, op: str) -> tuple:

@@ -237,8 +237,9 @@ def apply(op: OpDef, args: tuple) -> Any:
     xp = get_xp(dev)
 
     # Promotion: cast operands to the compute dtype first (torch's rule, not NumPy's).
+    out_dt = None
     if op.promote is not None:
-        cdt, _ = _compute_dtype(op, args)
+        cdt, out_dt = _compute_dtype(op, args)
         if op.variadic:
             casted = tuple(_cast_operand(t, cdt, xp) for t in seq)
             seq = tuple(c if isinstance(c, Tensor) else t for c, t in zip(casted, seq))
@@ -296,6 +297,11 @@ def apply(op: OpDef, args: tuple) -> Any:
                 if need_grad and ctx._raw:
                     ctx._raw = tuple(arr if r is orig else r for r in ctx._raw)
         dt = _FROM_NP.get(arr.dtype)
+        if out_dt is not None and dt is not out_dt and not multi and dt is not None and \
+                dt.category == out_dt.category and out_dt is not _dt.bool:
+            # Python-scalar-only operands: NumPy picked float64/int64; torch's is weaker.
+            arr = arr.astype(out_dt.np)
+            dt = out_dt
         if dt is None:
             raise op_error(op.name, TypeError(f"produced unsupported dtype {arr.dtype}"), args)
         results.append(_make(arr, dt, odev))
