@@ -68,7 +68,8 @@ def _infer_np(data: Any) -> tuple[np.ndarray, _dt.dtype]:
         raise make(TypeError, "tensor", f"could not infer dtype of "
                                         f"{type(_first_leaf(data)).__name__}")
     if k in "US":
-        raise make(TypeError, "tensor", "new(): invalid data type 'str'")
+        raise make(ValueError, "tensor", "too many dimensions 'str'",
+                   hint="tensors hold numbers; encode strings (e.g. a vocabulary) first")
     raise make(TypeError, "tensor", f"could not convert data of dtype {arr.dtype}")
 
 

@@ -68,7 +68,8 @@ def normalize_key(key: Any, t: Tensor, op: str = "getitem") -> tuple[tuple, bool
             out.append(arr)
             basic = False
         else:
-            raise make(IndexError, op, "only integers, slices (`:`), ellipsis (`...`), None and "
+            kind = TypeError if isinstance(k, (str, bytes, float)) else IndexError
+            raise make(kind, op, "only integers, slices (`:`), ellipsis (`...`), None and "
                                        f"long or byte Variables are valid indices (got "
                                        f"{type(k).__name__})")
     return tuple(out), basic
