@@ -1,0 +1,261 @@
+"""Scaled dot-product attention: a primitive with a fused forward (scores, mask, stable
+softmax, dropout, weighted sum in one pass) and a fused backward.
+
+The decomposition in ember ops (:func:`sdpa_decomposition`) is the reference the tests
+compare against, and the backward falls back on it when a graph of the backward is wanted
+(``create_graph=True``), so double backward stays exact.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from ember import dtypes as _dt
+from ember._state import _State
+from ember.errors import check, make
+from ember.ops import meta as M
+from ember.ops.registry import OpDef, TensorMeta, register
+from ember.tensor import Tensor, _make
+
+_OP = "scaled_dot_product_attention"
+
+
+def _sdpa_meta(op: Any, query: Any, key: Any, value: Any, attn_mask: Any = None,
+               dropout_p: float = 0.0, is_causal: bool = False, scale: Any = None,
+               enable_gqa: bool = False) -> TensorMeta:
+    for name, t in (("query", query), ("key", key), ("value", value)):
+        check(isinstance(t, Tensor), _OP, f"argument '{name}' must be Tensor, not "
+                                          f"{type(t).__name__}", TypeError)
+        check(t._data.ndim >= 2, _OP, f"{name} must have at least 2 dims (..., L, E), got shape "
+                                      f"{tuple(t._data.shape)}")
+    q, k, v = query._data, key._data, value._data
+    if not (query._dtype is key._dtype is value._dtype):
+        raise make(RuntimeError, _OP,
+                   f"Expected query, key, and value to have the same dtype, but got "
+                   f"query.dtype: {query._dtype.name} key.dtype: {key._dtype.name} and "
+                   f"value.dtype: {value._dtype.name} instead.")
+    check(query._dtype.category >= 2, _OP,
+          f"query, key and value must be floating point, got {query._dtype.name}")
+    check(q.shape[-1] == k.shape[-1], _OP,
+          f"query and key must have the same embedding size (last dim): query "
+          f"{tuple(q.shape)}, key {tuple(k.shape)}")
+    check(k.shape[-2] == v.shape[-2], _OP,
+          f"key and value must have the same sequence length (dim -2): key {tuple(k.shape)}, "
+          f"value {tuple(v.shape)}")
+    check(0.0 <= dropout_p <= 1.0, _OP, f"dropout_p must be in [0, 1], got {dropout_p}")
+    if is_causal and attn_mask is not None:
+        raise make(RuntimeError, _OP,
+                   "_scaled_dot_product_attention: Explicit attn_mask should not be set when "
+                   "is_causal=True")
+    kb, vb = k.shape[:-2], v.shape[:-2]
+    if enable_gqa and q.ndim >= 3 and k.ndim >= 3:
+        hq, hk, hv = q.shape[-3], k.shape[-3], v.shape[-3]
+        if hk == 0 or hv == 0 or hq % hk or hq % hv:
+            raise make(RuntimeError, _OP,
+                       f"Number of heads in key and value must divide the number of heads in "
+                       f"query: query {tuple(q.shape)}, key {tuple(k.shape)}, value "
+                       f"{tuple(v.shape)}")
+        kb = kb[:-1] + (hq,)
+        vb = vb[:-1] + (hq,)
+    batch = M.broadcast_shapes(_OP, q.shape[:-2], kb, vb)
+    L, S = q.shape[-2], k.shape[-2]
+    if attn_mask is not None:
+        check(isinstance(attn_mask, Tensor), _OP, "attn_mask must be a Tensor or None", TypeError)
+        am = attn_mask._data
+        check(attn_mask._dtype is _dt.bool or attn_mask._dtype is query._dtype, _OP,
+              f"Expected attn_mask dtype to be bool or {query._dtype.name} (the query's dtype), "
+              f"but got attn_mask.dtype: {attn_mask._dtype.name}")
+        try:
+            M.broadcast_shapes(_OP, am.shape, batch + (L, S))
+        except RuntimeError:
+            raise make(RuntimeError, _OP,
+                       f"attn_mask of shape {tuple(am.shape)} does not broadcast to the "
+                       f"attention scores' shape {batch + (L, S)}") from None
+    return TensorMeta(batch + (L, v.shape[-1]))
+
+
+def _expand_heads(xp: Any, x: Any, hq: int) -> Any:
+    rep = hq // x.shape[-3]
+    return x if rep == 1 else xp.repeat(x, rep, axis=-3)
+
+
+def _causal(xp: Any, L: int, S: int) -> Any:
+    # torch aligns the causal mask top-left: query i sees keys 0..i
+    return xp.tril(xp.ones((L, S), dtype=bool))
+
+
+@register(_OP, meta=_sdpa_meta, method=False, onnx=None, node_name="ScaledDotProductAttention",
+          sig="query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, "
+              "enable_gqa=False")
+class ScaledDotProductAttention(OpDef):
+    """``softmax(q @ k^T * scale + mask) @ v`` (with dropout on the weights).
+
+    Args:
+        query: ``(..., Hq, L, E)``; key ``(..., Hk, S, E)``; value ``(..., Hk, S, Ev)``.
+        attn_mask: bool (True = take part) or float (added to the scores), broadcastable to
+            ``(..., L, S)``.
+        dropout_p: dropout probability on the attention weights.
+        is_causal: apply a top-left causal mask (query ``i`` sees keys ``0..i``).
+        scale: defaults to ``1/sqrt(E)``.
+        enable_gqa: key/value heads are shared by groups of ``Hq // Hk`` query heads.
+    """
+
+    def forward(ctx, xp, query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa):
+        s = 1.0 / math.sqrt(query.shape[-1]) if scale is None else float(scale)
+        hq = query.shape[-3] if query.ndim >= 3 else 1
+        gqa = enable_gqa and query.ndim >= 3 and key.ndim >= 3
+        k = _expand_heads(xp, key, hq) if gqa else key
+        v = _expand_heads(xp, value, hq) if gqa else value
+        # half types accumulate in float32, like torch's CPU math kernels
+        work = xp.float32 if query.dtype.itemsize < 4 else query.dtype
+        qw, kw, vw = (a.astype(work, copy=False) for a in (query, k, v))
+        scores = xp.matmul(qw, xp.swapaxes(kw, -1, -2))
+        scores *= s
+        L, S = scores.shape[-2], scores.shape[-1]
+        mask = _causal(xp, L, S) if is_causal else None
+        if attn_mask is not None:
+            if attn_mask.dtype == bool:
+                mask = attn_mask
+            else:
+                scores = scores + attn_mask.astype(work, copy=False)
+        if mask is not None:
+            scores = xp.where(mask, scores, -xp.inf)
+        m = scores.max(axis=-1, keepdims=True) if S else scores.sum(axis=-1, keepdims=True)
+        m = xp.where(xp.isfinite(m), m, 0)
+        p = xp.exp(scores - m)
+        denom = p.sum(axis=-1, keepdims=True)
+        # rows with every key masked give zeros (torch's safe softmax), not NaN
+        p /= xp.where(denom == 0, 1, denom)
+        keep = None
+        if dropout_p > 0.0:
+            import ember
+            u = ember.rand(p.shape, dtype=_dt._FROM_NP[xp.dtype(work)],
+                           device=ctx_device(query))._data
+            keep = (u >= dropout_p).astype(work) / (1.0 - dropout_p) if dropout_p < 1.0 \
+                else xp.zeros(p.shape, work)
+            pd = p * keep
+        else:
+            pd = p
+        out = xp.matmul(pd, vw).astype(query.dtype, copy=False)
+        ctx.info = (s, gqa, hq, is_causal, attn_mask is not None and attn_mask.dtype != bool)
+        ctx.p, ctx.keep = p, keep
+        ctx.save(query, key, value, attn_mask)
+        return out
+
+    def backward(ctx, grad):
+        query, key, value, attn_mask = ctx.saved
+        s, gqa, hq, is_causal, float_mask = ctx.info
+        if _State.enabled:
+            # A graph of the backward is wanted: differentiate the decomposition instead, so
+            # the second derivative is exact.
+            return _decomposition_vjp(ctx, grad, query, key, value, attn_mask)
+        g = grad._data
+        xp = _xp(grad)
+        work = ctx.p.dtype
+        k = _expand_heads(xp, key._data, hq) if gqa else key._data
+        v = _expand_heads(xp, value._data, hq) if gqa else value._data
+        gw = g.astype(work, copy=False)
+        p, keep = ctx.p, ctx.keep
+        pd = p * keep if keep is not None else p
+        dv = xp.matmul(xp.swapaxes(pd, -1, -2), gw)
+        dp = xp.matmul(gw, xp.swapaxes(v.astype(work, copy=False), -1, -2))
+        if keep is not None:
+            dp *= keep
+        ds = p * (dp - (dp * p).sum(axis=-1, keepdims=True))
+        dq = xp.matmul(ds, k.astype(work, copy=False)) * s
+        dk = xp.matmul(xp.swapaxes(ds, -1, -2), query._data.astype(work, copy=False)) * s
+        if gqa:
+            dk = _group_sum(dk, key._data.shape[-3])
+            dv = _group_sum(dv, value._data.shape[-3])
+        dt = query._dtype
+        dmask = _wrap(ds.astype(dt.np, copy=False), grad) if float_mask else None
+        return (_wrap(dq.astype(dt.np, copy=False), grad), _wrap(dk.astype(dt.np, copy=False),
+                                                                  grad),
+                _wrap(dv.astype(dt.np, copy=False), grad), dmask, None, None, None, None)
+
+
+def ctx_device(arr: Any) -> Any:
+    from ember.backend import device_of_array
+    return device_of_array(arr)
+
+
+def _xp(t: Tensor) -> Any:
+    from ember.backend import get_xp
+    return get_xp(t.device)
+
+
+def _wrap(arr: Any, like: Tensor) -> Tensor:
+    return _make(arr, _dt._FROM_NP[arr.dtype], like.device)
+
+
+def _group_sum(x: Any, hk: int) -> Any:
+    """Sum the gradients of the query-head copies back onto the shared key/value heads."""
+    shape = x.shape
+    return x.reshape(shape[:-3] + (hk, shape[-3] // hk) + shape[-2:]).sum(axis=-3)
+
+
+def _decomposition_vjp(ctx: Any, grad: Tensor, query: Tensor, key: Tensor, value: Tensor,
+                       attn_mask: Tensor | None) -> tuple:
+    import ember
+    s, gqa, hq, is_causal, float_mask = ctx.info
+    keep = _wrap(ctx.keep, grad) if ctx.keep is not None else None
+    inputs = [t for t in (query, key, value, attn_mask if float_mask else None)
+              if t is not None and t.requires_grad]
+    with ember.enable_grad():
+        out = sdpa_decomposition(query, key, value, attn_mask, is_causal=is_causal, scale=s,
+                                 enable_gqa=gqa, dropout_scale=keep)
+    grads = ember.autograd.grad(out, inputs, grad, create_graph=True, allow_unused=True)
+    found = dict(zip(map(id, inputs), grads))
+    res = [found.get(id(t)) if t is not None else None
+           for t in (query, key, value, attn_mask if float_mask else None)]
+    return tuple(res) + (None, None, None, None)
+
+
+def sdpa_decomposition(query: Tensor, key: Tensor, value: Tensor, attn_mask: Tensor | None = None,
+                       dropout_p: float = 0.0, is_causal: bool = False, scale: float | None = None,
+                       enable_gqa: bool = False, dropout_scale: Tensor | None = None) -> Tensor:
+    """Scaled dot-product attention written in ember ops (torch's documented reference).
+
+    ``dropout_scale`` (keep-mask / (1 - p)) replaces sampling a new dropout mask, so the
+    decomposition can replay a forward exactly.
+    """
+    import ember
+    L, S = query.shape[-2], key.shape[-2]
+    s = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
+    if enable_gqa and query.dim() >= 3 and key.dim() >= 3:
+        rep_k = query.shape[-3] // key.shape[-3]
+        rep_v = query.shape[-3] // value.shape[-3]
+        key = _repeat_heads(key, rep_k)
+        value = _repeat_heads(value, rep_v)
+    scores = ember.matmul(query, key.transpose(-2, -1)) * s
+    if is_causal:
+        rows = ember.arange(L, device=query.device).unsqueeze(-1)
+        cols = ember.arange(S, device=query.device)
+        attn_mask = rows >= cols
+    if attn_mask is not None:
+        if attn_mask.dtype == ember.bool:
+            scores = ember.where(attn_mask, scores, float("-inf"))
+        else:
+            scores = scores + attn_mask
+    m = scores.amax(-1, keepdim=True).detach()
+    m = ember.where(m.isfinite(), m, 0.0)
+    e = (scores - m).exp()
+    denom = e.sum(-1, keepdim=True)
+    p = e / ember.where(denom == 0, 1.0, denom)
+    if dropout_scale is not None:
+        p = p * dropout_scale
+    elif dropout_p > 0.0:
+        keep = (ember.rand(p.shape, dtype=p.dtype, device=p.device) >= dropout_p).to(p.dtype)
+        p = p * keep / (1.0 - dropout_p)
+    return ember.matmul(p, value)
+
+
+def _repeat_heads(x: Tensor, rep: int) -> Tensor:
+    if rep == 1:
+        return x
+    shape = tuple(x.shape)
+    y = x.unsqueeze(-3).expand(*shape[:-2], rep, *shape[-2:])
+    return y.reshape(*shape[:-3], shape[-3] * rep, *shape[-2:])
+
+
+__all__: list = []
