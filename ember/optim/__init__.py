@@ -1,0 +1,17 @@
+"""``ember.optim``: optimizers (SGD, Adam, AdamW, ... LBFGS), ``lr_scheduler`` and ``swa_utils``.
+
+The same names and behaviour as ``torch.optim``: ``import ember as torch`` and
+``torch.optim.Adam(model.parameters(), lr=1e-3)`` works unchanged, state dicts included.
+"""
+from ember.optim.optimizer import (  # noqa: F401
+    Optimizer, register_optimizer_step_post_hook, register_optimizer_step_pre_hook)
+from ember.optim.sgd import SGD, ASGD  # noqa: F401
+from ember.optim.adam import Adam, AdamW  # noqa: F401
+from ember.optim.adam_variants import Adamax, NAdam, RAdam  # noqa: F401
+from ember.optim.adagrad import Adagrad, Adadelta  # noqa: F401
+from ember.optim.rmsprop import RMSprop, Rprop  # noqa: F401
+from ember.optim.lbfgs import LBFGS  # noqa: F401
+from ember.optim import lr_scheduler, swa_utils  # noqa: F401,E402
+
+__all__ = ["Adadelta", "Adagrad", "Adam", "Adamax", "AdamW", "ASGD", "LBFGS", "lr_scheduler",
+           "NAdam", "Optimizer", "RAdam", "RMSprop", "Rprop", "SGD", "swa_utils"]

@@ -1,0 +1,187 @@
+"""Adam and AdamW (Adam with decoupled weight decay; AdamW extends Adam)."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import ember
+from ember.optim.optimizer import (Optimizer, ParamsT, _bump, _check_fused, _check_fused_flags,
+                                   _check_lr, _lerp_, _real, _step_tensor, _to_scalar, _xp)
+
+__all__ = ["Adam", "AdamW", "adam_update"]
+
+
+def adam_update(xp: Any, param: Any, grad: Any, exp_avg: Any, exp_avg_sq: Any,
+                max_exp_avg_sq: Any, step: float, *, lr: float, beta1: float, beta2: float,
+                eps: float, weight_decay: float, amsgrad: bool, maximize: bool,
+                decoupled_weight_decay: bool) -> None:
+    """One Adam step on arrays, in place on ``param`` and the moment buffers.
+
+    Kingma & Ba, "Adam: A Method for Stochastic Optimization" (2015); AMSGrad from Reddi et
+    al., "On the Convergence of Adam and Beyond" (2018); decoupled weight decay (AdamW) from
+    Loshchilov & Hutter, "Decoupled Weight Decay Regularization" (2019).
+
+    .. math::
+        m \\leftarrow \\beta_1 m + (1-\\beta_1) g,\\quad
+        v \\leftarrow \\beta_2 v + (1-\\beta_2) g^2,\\quad
+        \\theta \\leftarrow \\theta - \\frac{\\gamma}{1-\\beta_1^t}
+            \\frac{m}{\\sqrt{v}/\\sqrt{1-\\beta_2^t} + \\epsilon}
+
+    ``step`` is the step count *after* increment (t >= 1).
+    """
+    g = -grad if maximize else grad
+    if weight_decay != 0:
+        if decoupled_weight_decay:
+            param *= 1 - lr * weight_decay
+        else:
+            g = g + weight_decay * param
+    tmp = xp.empty_like(param)
+    _lerp_(xp, exp_avg, g, 1 - beta1, tmp)
+    exp_avg_sq *= beta2
+    xp.multiply(g, g, out=tmp)
+    tmp *= 1 - beta2
+    exp_avg_sq += tmp
+
+    bias_correction1 = 1 - beta1 ** step
+    bias_correction2 = 1 - beta2 ** step
+    step_size = lr / bias_correction1
+    bias_correction2_sqrt = bias_correction2 ** 0.5
+    if amsgrad:
+        xp.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq)
+        xp.sqrt(max_exp_avg_sq, out=tmp)
+    else:
+        xp.sqrt(exp_avg_sq, out=tmp)
+    tmp /= bias_correction2_sqrt
+    tmp += eps
+    xp.divide(exp_avg, tmp, out=tmp)
+    tmp *= -step_size
+    param += tmp
+
+
+class Adam(Optimizer):
+    """Adam: adaptive moment estimation (Kingma & Ba, 2015).
+
+    Args:
+        params: parameters or parameter groups.
+        lr: learning rate (default 1e-3); a one-element Tensor is accepted.
+        betas: coefficients of the running averages of the gradient and its square
+            (default (0.9, 0.999)).
+        eps: added to the denominator for numerical stability (default 1e-8).
+        weight_decay: L2 penalty added to the gradient (default 0), or decoupled from it
+            when ``decoupled_weight_decay=True`` (which makes this AdamW).
+        amsgrad: use the AMSGrad variant (maximum of past squared-gradient averages).
+        foreach, maximize, capturable, differentiable, fused: as in torch; ember runs one
+            in-place array implementation for all of them.
+
+    Example::
+
+        >>> opt = ember.optim.Adam(model.parameters(), lr=1e-3)
+    """
+
+    def __init__(self, params: ParamsT, lr: float = 1e-3, betas: tuple = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0, amsgrad: bool = False, *,
+                 foreach: bool | None = None, maximize: bool = False, capturable: bool = False,
+                 differentiable: bool = False, fused: bool | None = None,
+                 decoupled_weight_decay: bool = False) -> None:
+        if isinstance(lr, ember.Tensor):
+            if foreach and not capturable:
+                raise ValueError("lr as a Tensor is not supported for capturable=False and "
+                                 "foreach=True")
+        _check_lr(lr)
+        if not 0.0 <= eps:
+            raise ValueError(f"Invalid epsilon value: {eps}")
+        if not 0.0 <= betas[0] < 1.0:
+            raise ValueError(f"Invalid beta parameter at index 0: {betas[0]}")
+        if not 0.0 <= betas[1] < 1.0:
+            raise ValueError(f"Invalid beta parameter at index 1: {betas[1]}")
+        if not 0.0 <= weight_decay:
+            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        if not ((isinstance(betas[0], float) and isinstance(betas[1], float))
+                or (isinstance(betas[0], ember.Tensor) and isinstance(betas[1], ember.Tensor))):
+            raise ValueError("betas must be either both floats or both Tensors")
+        for i in (0, 1):
+            if isinstance(betas[i], ember.Tensor):
+                if not capturable and foreach:
+                    raise ValueError(f"betas[{i}] as a Tensor is not supported for "
+                                     "capturable=False and foreach=True")
+                if betas[i].numel() != 1:
+                    raise ValueError(f"Tensor betas[{i}] must be 1-element")
+        betas = tuple(b.squeeze() if isinstance(b, ember.Tensor) and b.dim() != 0 else b
+                      for b in betas)
+        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                        amsgrad=amsgrad, maximize=maximize, foreach=foreach,
+                        capturable=capturable, differentiable=differentiable, fused=fused,
+                        decoupled_weight_decay=decoupled_weight_decay)
+        super().__init__(params, defaults)
+        if fused:
+            self._step_supports_amp_scaling = True
+        _check_fused_flags(defaults)
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group.setdefault("amsgrad", False)
+            group.setdefault("maximize", False)
+            group.setdefault("foreach", None)
+            group.setdefault("capturable", False)
+            group.setdefault("differentiable", False)
+            group.setdefault("decoupled_weight_decay", False)
+            group.setdefault("fused", None)
+            for p in group["params"]:
+                p_state = self.state.get(p, [])
+                if len(p_state) != 0 and not isinstance(p_state["step"], ember.Tensor):
+                    p_state["step"] = _step_tensor(p, group, float(p_state["step"]))
+
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """Perform a single optimization step; ``closure`` re-evaluates and returns the loss."""
+        loss = self._run_closure(closure)
+        for group in self.param_groups:
+            lr = _to_scalar(group["lr"])
+            beta1, beta2 = (_to_scalar(b) for b in group["betas"])
+            amsgrad = group["amsgrad"]
+            for p in self._params_with_grad(group):
+                state = self.state[p]
+                if len(state) == 0:
+                    if group["fused"]:
+                        _check_fused(p)
+                    state["step"] = _step_tensor(p, group)
+                    state["exp_avg"] = ember.zeros_like(p)
+                    state["exp_avg_sq"] = ember.zeros_like(p)
+                    if amsgrad:
+                        state["max_exp_avg_sq"] = ember.zeros_like(p)
+                step_t = state["step"]
+                step_t._data += 1
+                max_sq = _real(state["max_exp_avg_sq"]._data) if amsgrad else None
+                adam_update(_xp(p), _real(p._data), _real(p._grad._data),
+                            _real(state["exp_avg"]._data), _real(state["exp_avg_sq"]._data),
+                            max_sq, float(step_t._data), lr=lr, beta1=beta1, beta2=beta2,
+                            eps=group["eps"], weight_decay=group["weight_decay"],
+                            amsgrad=amsgrad, maximize=group["maximize"],
+                            decoupled_weight_decay=group["decoupled_weight_decay"])
+                _bump(p, step_t, state["exp_avg"], state["exp_avg_sq"])
+                if amsgrad:
+                    _bump(state["max_exp_avg_sq"])
+        return loss
+
+
+class AdamW(Adam):
+    """AdamW: Adam with decoupled weight decay (Loshchilov & Hutter, 2019).
+
+    The parameter first shrinks by :math:`\\theta \\leftarrow \\theta(1-\\gamma\\lambda)`,
+    then takes the Adam step; the decay never enters the moment estimates.
+    Same arguments as :class:`Adam`, with ``weight_decay`` defaulting to 1e-2.
+    """
+
+    def __init__(self, params: ParamsT, lr: float = 1e-3, betas: tuple = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 1e-2, amsgrad: bool = False, *,
+                 maximize: bool = False, foreach: bool | None = None, capturable: bool = False,
+                 differentiable: bool = False, fused: bool | None = None) -> None:
+        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach,
+                         maximize=maximize, capturable=capturable,
+                         differentiable=differentiable, fused=fused,
+                         decoupled_weight_decay=True)
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        # AdamW always decouples, whatever a loaded state says.
+        for group in self.param_groups:
+            group["decoupled_weight_decay"] = True

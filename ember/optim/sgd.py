@@ -1,0 +1,198 @@
+"""Stochastic gradient descent: SGD (with momentum / Nesterov) and averaged SGD (ASGD)."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import ember
+from ember.optim.optimizer import (Optimizer, ParamsT, _bump, _check_fused_flags, _check_lr,
+                                   _get_scalar_dtype, _real, _to_scalar, _xp)
+from ember.tensor import _make
+
+__all__ = ["SGD", "ASGD", "sgd_update", "asgd_update"]
+
+
+def sgd_update(xp: Any, param: Any, grad: Any, buf: Any, *, lr: float, momentum: float,
+               dampening: float, weight_decay: float, nesterov: bool, maximize: bool) -> Any:
+    """One SGD step on arrays, in place on ``param`` (and ``buf``).
+
+    .. math::
+        g \\leftarrow \\pm\\nabla + \\lambda\\theta,\\quad
+        b \\leftarrow \\mu b + (1-\\tau) g \\;(b_1 = g),\\quad
+        \\theta \\leftarrow \\theta - \\gamma\\,(g + \\mu b \\text{ if nesterov else } b)
+
+    Nesterov momentum follows Sutskever et al., "On the importance of initialization and
+    momentum in deep learning" (2013), in torch's formulation.
+
+    Returns:
+        the momentum buffer (a new array on the first step), or None without momentum.
+    """
+    g = -grad if maximize else grad
+    if weight_decay != 0:
+        g = g + weight_decay * param
+    if momentum != 0:
+        if buf is None:
+            buf = g.copy()
+        else:
+            buf *= momentum
+            buf += (1 - dampening) * g
+        g = g + momentum * buf if nesterov else buf
+    param -= lr * g
+    return buf
+
+
+def asgd_update(xp: Any, param: Any, grad: Any, ax: Any, eta: float, mu: float, *,
+                lambd: float, weight_decay: float, maximize: bool) -> None:
+    """One averaged-SGD step on arrays (Polyak & Juditsky, "Acceleration of stochastic
+    approximation by averaging", 1992), in place on ``param`` and the average ``ax``.
+
+    .. math::
+        \\theta \\leftarrow \\theta (1 - \\lambda\\eta) - \\eta g,\\quad
+        \\bar\\theta \\leftarrow \\bar\\theta + \\mu(\\theta - \\bar\\theta)
+    """
+    g = -grad if maximize else grad
+    if weight_decay != 0:
+        g = g + weight_decay * param
+    param *= 1 - lambd * eta
+    param -= eta * g
+    if mu != 1:
+        ax += (param - ax) * mu
+    else:
+        ax[...] = param
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent, optionally with momentum and Nesterov momentum.
+
+    Args:
+        params: parameters or parameter groups to optimize.
+        lr: learning rate (default 1e-3).
+        momentum: momentum factor (default 0).
+        dampening: dampening of the momentum (default 0).
+        weight_decay: L2 penalty (default 0).
+        nesterov: use Nesterov momentum (needs momentum > 0 and dampening 0).
+        maximize: maximize the objective instead of minimizing.
+        foreach, differentiable, fused: accepted for torch compatibility; ember runs one
+            in-place array implementation for all of them.
+
+    Example::
+
+        >>> opt = ember.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        >>> opt.zero_grad(); loss_fn(model(x), y).backward(); opt.step()
+    """
+
+    def __init__(self, params: ParamsT, lr: float = 1e-3, momentum: float = 0,
+                 dampening: float = 0, weight_decay: float = 0, nesterov: bool = False, *,
+                 maximize: bool = False, foreach: bool | None = None,
+                 differentiable: bool = False, fused: bool | None = None) -> None:
+        _check_lr(lr)
+        if momentum < 0.0:
+            raise ValueError(f"Invalid momentum value: {momentum}")
+        if weight_decay < 0.0:
+            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        defaults = dict(lr=lr, momentum=momentum, dampening=dampening,
+                        weight_decay=weight_decay, nesterov=nesterov, maximize=maximize,
+                        foreach=foreach, differentiable=differentiable, fused=fused)
+        if nesterov and (momentum <= 0 or dampening != 0):
+            raise ValueError("Nesterov momentum requires a momentum and zero dampening")
+        super().__init__(params, defaults)
+        if fused:
+            self._step_supports_amp_scaling = True
+            self._need_device_dtype_check_for_fused = True
+        _check_fused_flags(defaults)
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group.setdefault("nesterov", False)
+            group.setdefault("maximize", False)
+            group.setdefault("foreach", None)
+            group.setdefault("differentiable", False)
+            group.setdefault("fused", False)
+
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """Perform a single optimization step; ``closure`` re-evaluates and returns the loss."""
+        loss = self._run_closure(closure)
+        for group in self.param_groups:
+            lr = _to_scalar(group["lr"])
+            momentum = group["momentum"]
+            for p in self._params_with_grad(group):
+                buf_t = self.state[p].get("momentum_buffer") if momentum != 0 else None
+                buf = None if buf_t is None else _real(buf_t._data)
+                new_buf = sgd_update(_xp(p), _real(p._data), _real(p._grad._data), buf, lr=lr,
+                                     momentum=momentum, dampening=group["dampening"],
+                                     weight_decay=_to_scalar(group["weight_decay"]),
+                                     nesterov=group["nesterov"], maximize=group["maximize"])
+                _bump(p)
+                if momentum != 0:
+                    if buf_t is None:
+                        data = new_buf.view(p._data.dtype) if p.is_complex() else new_buf
+                        self.state[p]["momentum_buffer"] = _make(data, p.dtype, p.device)
+                    else:
+                        _bump(buf_t)
+        return loss
+
+
+class ASGD(Optimizer):
+    """Averaged stochastic gradient descent.
+
+    From Polyak & Juditsky, "Acceleration of stochastic approximation by averaging" (1992).
+    The step size decays as :math:`\\eta_t = \\gamma / (1 + \\lambda\\gamma t)^\\alpha`; the
+    running average ``state['ax']`` starts after ``t0`` steps with weight
+    :math:`\\mu_t = 1/\\max(1, t - t_0)`.
+
+    Args:
+        params: parameters or parameter groups.
+        lr: learning rate (default 1e-2).
+        lambd: decay term (default 1e-4).
+        alpha: power for the eta update (default 0.75).
+        t0: step at which averaging starts (default 1e6).
+        weight_decay: L2 penalty (default 0).
+        foreach, maximize, differentiable, capturable: as in torch.
+    """
+
+    def __init__(self, params: ParamsT, lr: float = 1e-2, lambd: float = 1e-4,
+                 alpha: float = 0.75, t0: float = 1e6, weight_decay: float = 0,
+                 foreach: bool | None = None, maximize: bool = False,
+                 differentiable: bool = False, capturable: bool = False) -> None:
+        _check_lr(lr)
+        if not 0.0 <= weight_decay:
+            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        defaults = dict(lr=lr, lambd=lambd, alpha=alpha, t0=t0, weight_decay=weight_decay,
+                        foreach=foreach, maximize=maximize, differentiable=differentiable,
+                        capturable=capturable)
+        super().__init__(params, defaults)
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group.setdefault("foreach", None)
+            group.setdefault("maximize", False)
+            group.setdefault("differentiable", False)
+            group.setdefault("capturable", False)
+
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """Perform a single optimization step; ``closure`` re-evaluates and returns the loss."""
+        loss = self._run_closure(closure)
+        for group in self.param_groups:
+            lr = _to_scalar(group["lr"])
+            lambd, alpha, t0 = group["lambd"], group["alpha"], group["t0"]
+            for p in self._params_with_grad(group):
+                state = self.state[p]
+                if len(state) == 0:
+                    sdt = _get_scalar_dtype()
+                    state["step"] = ember.zeros((), device=p.device, dtype=sdt)
+                    state["eta"] = ember.full((), lr, device=p.device, dtype=sdt)
+                    state["mu"] = ember.ones((), device=p.device, dtype=sdt)
+                    state["ax"] = ember.zeros_like(p)
+                step_t, eta_t, mu_t, ax_t = state["step"], state["eta"], state["mu"], state["ax"]
+                step_t._data += 1
+                # eta and mu live in float32 scalar tensors: read back the rounded values,
+                # exactly as torch does, so trajectories agree bit for bit.
+                asgd_update(_xp(p), _real(p._data), _real(p._grad._data), _real(ax_t._data),
+                            float(eta_t._data), float(mu_t._data), lambd=lambd,
+                            weight_decay=group["weight_decay"], maximize=group["maximize"])
+                step = float(step_t._data)
+                eta_t._data[...] = lr / ((1 + lambd * lr * step) ** alpha)
+                mu_t._data[...] = 1 / max(1, step - t0)
+                _bump(p, step_t, eta_t, mu_t, ax_t)
+        return loss
