@@ -164,7 +164,8 @@ def _pre_hooks(node: Node, buf: list) -> list:
 
 def _run_node(node: Node, buf: list, buffers: dict, retain_graph: bool) -> None:
     import ember
-    if node.n_outputs > 1 and any(g is None for g in buf):
+    if node.n_outputs > 1 and getattr(node, "materialize_grads", True) and \
+            any(g is None for g in buf):
         if all(g is None for g in buf):
             return
         buf = [g if g is not None else ember.zeros(m[0], dtype=m[1], device=m[2])

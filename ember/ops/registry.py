@@ -142,6 +142,14 @@ class OpNode(Node):
     saved_tensors = saved
 
     @property
+    def next_functions(self) -> tuple:
+        # torch lists its tensor operands (a Python scalar operand shows as (None, 0)), not
+        # non-tensor parameters such as alpha or dim.
+        keep = set(self.op.promote_args) | {0}
+        return tuple((e[0], e[1]) if e is not None else (None, 0)
+                     for i, e in enumerate(self.next_edges) if e is not None or i in keep)
+
+    @property
     def needs_input_grad(self) -> tuple:
         return tuple(e is not None for e in self.next_edges)
 
@@ -445,8 +453,22 @@ def write_inplace(self: Tensor, out: Tensor, name: str) -> Tensor:
         self._data[...] = data
     self._version[0] += 1
     if track:
+        _alias_saved_output(out, self)
         _rebase_history(self, out)
     return self
+
+
+def _alias_saved_output(out: Tensor, self: Tensor) -> None:
+    """A node that saved its output now sees ``self`` (which holds that value): a later
+    in-place write to ``self`` is then caught by the version check, as in torch."""
+    node = out._grad_fn
+    saved = getattr(node, "_saved", ())
+    if not saved:
+        return
+    k = out._output_nr
+    node._saved = tuple(
+        (2, k, self._data, self._version, self._version[0], self._dtype, self._device)
+        if e[0] == 2 and e[1] == k else e for e in saved)
 
 
 def _snapshot_saved_self(node: Any, self: Tensor) -> None:

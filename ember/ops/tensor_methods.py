@@ -117,9 +117,10 @@ def cuda(self: Tensor, device: Any = None, non_blocking: bool = False,
 
 def detach(self: Tensor) -> Tensor:
     """A tensor sharing data (and version counter) with ``self``, outside the graph."""
+    # Shares data and the version counter, but is not a view for autograd: in-place writes
+    # to it are allowed even when ``self`` is a leaf that requires grad (as in torch).
     out = _make(self._data, self._dtype, self._device)
     out._version = self._version
-    out._base = self._base if self._base is not None else self
     return out
 
 
