@@ -11,7 +11,19 @@ from ember.optim.adam_variants import Adamax, NAdam, RAdam  # noqa: F401
 from ember.optim.adagrad import Adagrad, Adadelta  # noqa: F401
 from ember.optim.rmsprop import RMSprop, Rprop  # noqa: F401
 from ember.optim.lbfgs import LBFGS  # noqa: F401
-from ember.optim import lr_scheduler, swa_utils  # noqa: F401,E402
+from ember.optim import lr_scheduler  # noqa: F401,E402
+
+
+def __getattr__(name: str):
+    # swa_utils needs ember.nn (AveragedModel is a Module): load it on first use so that
+    # ``import ember.optim`` does not pull in the whole nn package.
+    if name == "swa_utils":
+        import importlib
+        mod = importlib.import_module("ember.optim.swa_utils")
+        globals()["swa_utils"] = mod
+        return mod
+    raise AttributeError(f"module 'ember.optim' has no attribute '{name}'")
+
 
 __all__ = ["Adadelta", "Adagrad", "Adam", "Adamax", "AdamW", "ASGD", "LBFGS", "lr_scheduler",
            "NAdam", "Optimizer", "RAdam", "RMSprop", "Rprop", "SGD", "swa_utils"]
