@@ -23,18 +23,26 @@ def _root_node(t: Tensor, i: int) -> tuple:
 
 
 def _make_root_grad(t: Tensor, g: Any, i: int) -> Tensor:
-    import ember
     if g is None:
         if t._data.size != 1:
             raise RuntimeError("grad can be implicitly created only for scalar outputs "
                                f"(output {i} has shape {tuple(t.shape)})")
-        return ember.ones_like(t)
+        from ember.tensor import _make
+        return _make(_ones_like(t._data), t._dtype, t._device)
+    import ember
     if not isinstance(g, Tensor):
         g = ember.tensor(g, dtype=t._dtype, device=t._device)
     if g._data.shape != t._data.shape:
         raise RuntimeError(f"Mismatch in shape: grad_output[{i}] has a shape of {g.shape} and "
                            f"output[{i}] has a shape of {t.shape}.")
     return g
+
+
+def _ones_like(arr: Any) -> Any:
+    import numpy as np
+    if isinstance(arr, np.ndarray):
+        return np.ones(arr.shape, arr.dtype)
+    return type(arr)(arr.shape, arr.dtype) * 0 + 1
 
 
 def run_backward(tensors: Sequence[Tensor], grads: Sequence[Any], retain_graph: bool,
@@ -63,8 +71,7 @@ def run_backward(tensors: Sequence[Tensor], grads: Sequence[Any], retain_graph: 
             else:
                 targets[(t._grad_fn, t._output_nr)] = k
 
-    # Topological order of the reachable graph (iterative DFS, post-order).
-    deps: dict = {}
+    # Topological order of the reachable graph (iterative DFS, post-order, reversed).
     order: list = []
     seen = set()
     stack = [(r[0], False) for r in roots]
@@ -78,11 +85,8 @@ def run_backward(tensors: Sequence[Tensor], grads: Sequence[Any], retain_graph: 
         seen.add(node)
         stack.append((node, True))
         for e in node.next_edges:
-            if e is not None:
-                nxt = e[0]
-                deps[nxt] = deps.get(nxt, 0) + 1
-                if nxt not in seen:
-                    stack.append((nxt, False))
+            if e is not None and e[0] not in seen:
+                stack.append((e[0], False))
     order.reverse()
 
     needed = None
@@ -108,13 +112,14 @@ def run_backward(tensors: Sequence[Tensor], grads: Sequence[Any], retain_graph: 
             buf = buffers.pop(node, None)
             if buf is None or (needed is not None and node not in needed):
                 continue
-            buf = _pre_hooks(node, buf)
+            if node._tensor_pre_hooks or node._retains or node._pre_hooks:
+                buf = _pre_hooks(node, buf)
             if targets:
                 for nr, g in enumerate(buf):
                     k = targets.get((node, nr))
                     if k is not None and g is not None:
                         captured[k] = g if captured[k] is None else captured[k] + g
-            if isinstance(node, AccumulateGrad):
+            if type(node) is AccumulateGrad:
                 if capture:
                     continue
                 if targets and (node, 0) not in targets:
@@ -163,11 +168,11 @@ def _pre_hooks(node: Node, buf: list) -> list:
 
 
 def _run_node(node: Node, buf: list, buffers: dict, retain_graph: bool) -> None:
-    import ember
     if node.n_outputs > 1 and getattr(node, "materialize_grads", True) and \
             any(g is None for g in buf):
         if all(g is None for g in buf):
             return
+        import ember
         buf = [g if g is not None else ember.zeros(m[0], dtype=m[1], device=m[2])
                for g, m in zip(buf, node.out_meta)]
     try:
@@ -189,7 +194,7 @@ def _run_node(node: Node, buf: list, buffers: dict, retain_graph: bool) -> None:
         if e is None or g is None:
             continue
         nxt, nr, shape, dt = e
-        if not isinstance(g, Tensor):
+        if type(g) is not Tensor and not isinstance(g, Tensor):
             raise TypeError(f"function {node.name()} returned a gradient of type "
                             f"{type(g).__name__}; expected a Tensor")
         if g._data.shape != shape:

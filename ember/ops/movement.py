@@ -256,9 +256,12 @@ class Expand(OpDef):
     """A broadcast view with ``sizes`` (-1 keeps a dim); no memory is copied."""
 
     def forward(ctx, xp, input, sizes):
-        shape = _expand_meta(None, _Shim(input), sizes).shape
+        # the meta rule validated sizes already; only -1 needs resolving here
+        if -1 in sizes:
+            off = len(sizes) - input.ndim
+            sizes = tuple(input.shape[i - off] if s == -1 else s for i, s in enumerate(sizes))
         ctx.shape = input.shape
-        return xp.broadcast_to(input, shape)
+        return xp.broadcast_to(input, sizes)
 
     def backward(ctx, grad):
         return grad.sum_to_size(ctx.shape), None

@@ -36,7 +36,7 @@ def _axes(dim: Any, ndim: int, op: str) -> tuple:
 
 def _expand_back(g: Tensor, shape: tuple, dims: tuple, keepdim: bool) -> Tensor:
     """Undo a reduction's shape: re-insert reduced dims and broadcast to ``shape``."""
-    if not keepdim and len(shape):
+    if not keepdim and len(shape) and g._data.ndim:
         kept = [1 if i in dims else s for i, s in enumerate(shape)]
         g = g.reshape(kept)
     return g.expand(shape)

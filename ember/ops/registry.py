@@ -30,6 +30,7 @@ from ember._state import _State
 from ember.autograd.graph import Node, accumulate_node
 from ember.backend import get_xp
 from ember.errors import EmberError, op_error
+from ember.backend.device import cpu_device as _CPU
 from ember.tensor import Tensor, _make
 
 OPS: dict[str, "OpDef"] = {}
@@ -83,6 +84,7 @@ class OpNode(Node):
     _raw = ()
     _released = False
     n_outputs = 1
+    out_meta = ()
 
     def __init__(self) -> None:  # lean on purpose: runs once per recorded op call
         if _State.anomaly:
@@ -229,50 +231,62 @@ def apply(op: OpDef, args: tuple) -> Any:
                 raise TypeError(f"[{op.name}] expected a sequence of Tensors, but element {i} "
                                 f"is {type(t).__name__}")
         tin = seq
+        dev = _common_device(op, tin)
+        arr_args = None
     else:
-        tin = [a for a in args if isinstance(a, Tensor)]
-    if tin:
-        dev = tin[0]._device
-        for t in tin:
-            if t._device is not dev:
-                dev = _check_devices(op, tin)
-                break
-    else:
-        from ember.backend.device import cpu_device
-        dev = cpu_device
+        # One pass: tensor inputs, their arrays, and the device.
+        tin = []
+        arrs = []
+        dev = None
+        mixed = False
+        for a in args:
+            if isinstance(a, Tensor):
+                tin.append(a)
+                arrs.append(a._data)
+                if dev is None:
+                    dev = a._device
+                elif a._device is not dev:
+                    mixed = True
+            else:
+                arrs.append(a)
+        if mixed:
+            dev = _common_device(op, tin)
+        elif dev is None:
+            dev = _CPU
+        arr_args = tuple(arrs)
     if op.meta is not None:
         op.meta(op, *args)
-    xp = get_xp(dev)
+    xp = _np if dev.type == "cpu" else get_xp(dev)
 
     # Promotion: cast operands to the compute dtype first (torch's rule, not NumPy's).
     out_dt = None
     if op.promote is not None:
-        cdt, out_dt = _compute_dtype(op, args)
-        if op.variadic:
-            casted = tuple(_cast_operand(t, cdt, xp) for t in seq)
-            seq = tuple(c if isinstance(c, Tensor) else t for c, t in zip(casted, seq))
-            arr_args = (tuple(c._data if isinstance(c, Tensor) else c for c in casted),) + args[1:]
-            tin = seq
+        fast = _uniform_dtype(op, args) if not op.variadic else None
+        if fast is not None:
+            out_dt = fast
         else:
-            new_args = list(args)
-            arr = list(args)
-            for i in op.promote_args:
-                if i < len(args):
-                    c = _cast_operand(args[i], cdt, xp)
-                    if isinstance(c, Tensor):
-                        new_args[i] = c
-                        c = c._data
-                    arr[i] = c
-            for i, a in enumerate(args):
-                if isinstance(a, Tensor) and i not in op.promote_args:
-                    arr[i] = a._data
-            args = tuple(new_args)
-            arr_args = tuple(arr)
-            tin = [a for a in args if isinstance(a, Tensor)]
-    elif op.variadic:
+            cdt, out_dt = _compute_dtype(op, args)
+            if op.variadic:
+                casted = tuple(_cast_operand(t, cdt, xp) for t in seq)
+                seq = tuple(c if isinstance(c, Tensor) else t for c, t in zip(casted, seq))
+                arr_args = (tuple(c._data if isinstance(c, Tensor) else c for c in casted),) + \
+                    tuple(args[1:])
+                tin = seq
+            else:
+                new_args = list(args)
+                arr = list(arr_args)
+                for i in op.promote_args:
+                    if i < len(args):
+                        c = _cast_operand(args[i], cdt, xp)
+                        if isinstance(c, Tensor):
+                            new_args[i] = c
+                            c = c._data
+                        arr[i] = c
+                args = tuple(new_args)
+                arr_args = tuple(arr)
+                tin = [a for a in args if isinstance(a, Tensor)]
+    if arr_args is None:
         arr_args = (tuple(t._data for t in seq),) + tuple(args[1:])
-    else:
-        arr_args = tuple(a._data if isinstance(a, Tensor) else a for a in args)
 
     need_grad = False
     if _State.enabled and op.differentiable:
@@ -280,7 +294,7 @@ def apply(op: OpDef, args: tuple) -> Any:
             if t._requires_grad:
                 need_grad = True
                 break
-    ctx = op.node_cls() if need_grad else _NoCtx()
+    ctx = op.node_cls() if need_grad else _NO_CTX
     try:
         out = op.forward(ctx, xp, *arr_args)
     except EmberError:
@@ -324,7 +338,8 @@ def apply(op: OpDef, args: tuple) -> Any:
 
 
 class _NoCtx:
-    """The ctx handed to forward when no graph is recorded: saving is a no-op."""
+    """The ctx handed to forward when no graph is recorded: saving is a no-op. One shared
+    instance; attributes a forward sets on it are never read back."""
 
     __slots__ = ("__dict__",)
 
@@ -332,6 +347,47 @@ class _NoCtx:
         pass
 
     save_for_backward = save
+
+
+_NO_CTX = _NoCtx()
+_np = np
+
+
+def _common_device(op: OpDef, tin: Any) -> Any:
+    if not tin:
+        return _CPU
+    dev = tin[0]._device
+    for t in tin:
+        if t._device is not dev:
+            return _check_devices(op, list(tin))
+    return dev
+
+
+def _uniform_dtype(op: OpDef, args: tuple) -> Any:
+    """The result dtype when every promoted operand is a Tensor of one dtype (the common
+    case, decided without the promotion machinery), else None."""
+    dt = None
+    n = len(args)
+    for i in op.promote_args:
+        if i >= n:
+            continue
+        a = args[i]
+        if a is None:
+            continue
+        if not isinstance(a, Tensor):
+            return None
+        if dt is None:
+            dt = a._dtype
+        elif a._dtype is not dt:
+            return None
+    if dt is None:
+        return None
+    kind = op.promote if isinstance(op.promote, str) else op.promote(args)
+    if kind == "default":
+        return dt
+    if kind == "bool":
+        return _dt.bool
+    return dt if dt.category >= 2 else None
 
 
 def _check_devices(op: OpDef, tin: list) -> Any:
@@ -370,8 +426,9 @@ def _record(op: OpDef, ctx: OpNode, args: tuple, arr_args: tuple, results: list,
         else:
             edges.append(None)
     ctx.next_edges = edges
-    ctx.n_outputs = len(results)
-    ctx.out_meta = [(r._data.shape, r._dtype, r._device) for r in results]
+    if len(results) > 1:
+        ctx.n_outputs = len(results)
+        ctx.out_meta = [(r._data.shape, r._dtype, r._device) for r in results]
     raw = ctx._raw
     if raw:
         arrays = arr_args[0] if op.variadic else arr_args
