@@ -1,0 +1,423 @@
+"""Convolution primitives: N-d convolution and transposed convolution, plus im2col/col2im.
+
+The CPU path is im2col + one GEMM: the padded input is viewed through
+``as_strided`` as ``(N, C, *kernel, *out)`` windows, copied once into a ``(N, C*K, L)``
+column matrix, and multiplied by the ``(O, C*K)`` weight matrix with ``xp.matmul`` (BLAS).
+The same layout gives the two gradients with one GEMM each:
+
+* input gradient  = col2im(W^T @ g), which is also the forward of the transposed conv;
+* weight gradient = sum_n g[n] @ cols[n]^T (``_conv_weight_grad``).
+
+Every backward is written in these ops, so double backward works: the adjoint of a conv
+in its input is a transposed conv and vice versa, and ``_conv_weight_grad`` is bilinear with
+the convs as its partial derivatives.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+
+from ember.errors import check, make
+from ember.ops.registry import OPS, OpDef, TensorMeta, apply, register
+from ember.tensor import Tensor
+
+# Columns bigger than this are recomputed in backward instead of being kept alive.
+_KEEP_COLS_BYTES = 64 * 2 ** 20
+
+
+# ---------------------------------------------------------------------- array helpers
+def ntuple(v: Any, n: int, name: str = "", op: str = "") -> tuple:
+    """``v`` as an n-tuple of ints (an int is repeated; a 1-sequence too, as torch does)."""
+    if isinstance(v, Tensor):
+        v = v.tolist()
+    if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
+        return (int(v),) * n
+    v = tuple(int(x) for x in v)
+    if len(v) == 1 and n > 1:
+        return v * n
+    if len(v) != n:
+        raise make(RuntimeError, op or "conv", f"expected {name or 'argument'} to be a single "
+                                               f"integer value or a list of {n} values to match "
+                                               f"the spatial dimensions, got {list(v)}")
+    return v
+
+
+def work_dtype(xp: Any, a: Any) -> Any:
+    """Half types compute in float32 (NumPy's float16 GEMM is slow, bfloat16 has none)."""
+    if a.dtype.itemsize == 2 and a.dtype.kind not in "iu":
+        return a.astype(xp.float32)
+    return a
+
+
+def as_strided(xp: Any, a: Any, shape: tuple, strides: tuple) -> Any:
+    """A read-only strided view (element strides in bytes, as NumPy's)."""
+    if xp is np:
+        return np.lib.stride_tricks.as_strided(a, shape=shape, strides=strides, writeable=False)
+    return xp.lib.stride_tricks.as_strided(a, shape=shape, strides=strides)
+
+
+def pad_spatial(xp: Any, x: Any, pads: Sequence[tuple], value: float = 0.0) -> Any:
+    """Pad the trailing ``len(pads)`` dims by ``(before, after)`` each with ``value``."""
+    if not any(a or b for a, b in pads):
+        return x
+    lead = x.ndim - len(pads)
+    shape = x.shape[:lead] + tuple(s + a + b for s, (a, b) in zip(x.shape[lead:], pads))
+    out = xp.full(shape, value, dtype=x.dtype)
+    out[(slice(None),) * lead + tuple(slice(a, a + s) for s, (a, _) in
+                                      zip(x.shape[lead:], pads))] = x
+    return out
+
+
+def windows(xp: Any, xpad: Any, ksize: tuple, stride: tuple, dilation: tuple,
+            out: tuple) -> Any:
+    """The view ``(N, C, *kernel, *out)`` of a padded ``(N, C, *spatial)`` array."""
+    st = xpad.strides
+    nd = len(ksize)
+    strides = st[:2] + tuple(st[2 + i] * dilation[i] for i in range(nd)) + \
+        tuple(st[2 + i] * stride[i] for i in range(nd))
+    return as_strided(xp, xpad, xpad.shape[:2] + tuple(ksize) + tuple(out), strides)
+
+
+def out_size(size: int, k: int, s: int, p: int, d: int) -> int:
+    return (size + 2 * p - d * (k - 1) - 1) // s + 1
+
+
+def im2col(xp: Any, x: Any, ksize: tuple, stride: tuple, padding: tuple,
+           dilation: tuple) -> tuple:
+    """``(N, C*K, L)`` columns of ``x`` and the output spatial shape."""
+    n, c = x.shape[:2]
+    sp = x.shape[2:]
+    out = tuple(out_size(sp[i], ksize[i], stride[i], padding[i], dilation[i])
+                for i in range(len(sp)))
+    if all(k == 1 for k in ksize) and all(s == 1 for s in stride) and not any(padding):
+        return x.reshape(n, c, -1), out  # 1x1 conv: the input is its own column matrix
+    xpad = pad_spatial(xp, x, [(p, p) for p in padding])
+    cols = xp.ascontiguousarray(windows(xp, xpad, ksize, stride, dilation, out))
+    return cols.reshape(n, c * math.prod(ksize), math.prod(out)), out
+
+
+def col2im(xp: Any, cols: Any, c: int, sp: tuple, ksize: tuple, stride: tuple,
+           padding: tuple, dilation: tuple) -> Any:
+    """Adjoint of :func:`im2col`: sum ``(N, C*K, L)`` columns back into ``(N, C, *sp)``."""
+    n = cols.shape[0]
+    nd = len(sp)
+    out = tuple(out_size(sp[i], ksize[i], stride[i], padding[i], dilation[i]) for i in range(nd))
+    if all(k == 1 for k in ksize) and all(s == 1 for s in stride) and not any(padding):
+        return cols.reshape((n, c) + tuple(sp))
+    cols = cols.reshape((n, c) + tuple(ksize) + out)
+    padded = tuple(sp[i] + 2 * padding[i] for i in range(nd))
+    # The padded buffer must also hold the reach of the last window (output_padding case).
+    reach = tuple(max(padded[i], dilation[i] * (ksize[i] - 1) + stride[i] * (out[i] - 1) + 1)
+                  for i in range(nd))
+    dx = xp.zeros((n, c) + reach, dtype=cols.dtype)
+    for kidx in np.ndindex(*ksize):
+        sl = tuple(slice(kidx[i] * dilation[i],
+                         kidx[i] * dilation[i] + stride[i] * (out[i] - 1) + 1, stride[i])
+                   for i in range(nd))
+        dx[(slice(None), slice(None)) + sl] += cols[(slice(None), slice(None)) + kidx]
+    crop = tuple(slice(padding[i], padding[i] + sp[i]) for i in range(nd))
+    return xp.ascontiguousarray(dx[(slice(None), slice(None)) + crop])
+
+
+def conv_forward(xp: Any, x: Any, w: Any, stride: tuple, padding: tuple, dilation: tuple,
+                 groups: int) -> tuple:
+    """Correlation of ``x (N, C, *sp)`` with ``w (O, C/groups, *k)``; returns (y, cols)."""
+    n = x.shape[0]
+    o = w.shape[0]
+    ksize = w.shape[2:]
+    cols, out = im2col(xp, x, ksize, stride, padding, dilation)
+    length = cols.shape[-1]
+    if groups == 1:
+        y = xp.matmul(w.reshape(o, -1), cols)
+    else:
+        y = xp.matmul(w.reshape(groups, o // groups, -1),
+                      cols.reshape(n, groups, -1, length)).reshape(n, o, length)
+    return y.reshape((n, o) + out), cols
+
+
+def conv_input_grad(xp: Any, g: Any, w: Any, sp: tuple, stride: tuple, padding: tuple,
+                    dilation: tuple, groups: int) -> Any:
+    """Gradient of the conv in its input (the transposed conv): ``g (N, O, *out)`` -> ``(N, C, *sp)``."""
+    n, o = g.shape[:2]
+    ksize = w.shape[2:]
+    cg = w.shape[1]
+    length = math.prod(g.shape[2:])
+    g2 = g.reshape(n, groups, o // groups, length)
+    wt = w.reshape(groups, o // groups, -1).transpose(0, 2, 1)
+    dcols = xp.matmul(wt, g2).reshape(n, groups * cg * math.prod(ksize), length)
+    return col2im(xp, dcols, groups * cg, sp, ksize, stride, padding, dilation)
+
+
+def conv_weight_grad(xp: Any, x: Any, g: Any, ksize: tuple, stride: tuple, padding: tuple,
+                     dilation: tuple, groups: int, cols: Any = None) -> Any:
+    """Gradient of the conv in its weight: ``(O, C/groups, *k)``."""
+    n, o = g.shape[:2]
+    c = x.shape[1]
+    if cols is None:
+        cols, _ = im2col(xp, x, ksize, stride, padding, dilation)
+    length = cols.shape[-1]
+    # Batched GEMM over n then a sum: cols[n]^T is an F-ordered view BLAS takes without a copy
+    # (folding n into one GEMM would copy the whole column matrix; measured 3-4x slower).
+    g2 = g.reshape(n, groups, o // groups, length)
+    c2 = cols.reshape(n, groups, -1, length).transpose(0, 1, 3, 2)
+    dw = xp.matmul(g2, c2).sum(0)
+    return dw.reshape((o, c // groups) + tuple(ksize))
+
+
+# ---------------------------------------------------------------------- meta
+def _torch_type(t: Tensor) -> str:
+    return {"float32": "float", "float64": "double", "float16": "c10::Half",
+            "bfloat16": "c10::BFloat16"}.get(t._dtype.name, t._dtype.name)
+
+
+def conv_meta(op: Any, input: Any, weight: Any, bias: Any, stride: Any, padding: Any,
+              dilation: Any, transposed: bool, output_padding: Any, groups: int) -> TensorMeta:
+    name = "conv_transpose" if transposed else "conv"
+    for argname, t in (("input", input), ("weight", weight)):
+        check(isinstance(t, Tensor), name, f"argument '{argname}' must be Tensor, not "
+                                           f"{type(t).__name__}", TypeError)
+    xs, ws = input._data.shape, weight._data.shape
+    nd = len(ws) - 2
+    name = f"conv_transpose{nd}d" if transposed else f"conv{nd}d"
+    check(len(ws) >= 3, name, f"weight should have at least three dimensions, got shape "
+                              f"{tuple(ws)}")
+    check(len(xs) == len(ws), name,
+          f"expected {len(ws)}-dim input (N, C, *spatial) for a {len(ws)}-dim weight "
+          f"{tuple(ws)}, got input of shape {tuple(xs)}",
+          hint=f"use conv{len(xs) - 2}d for {len(xs)}-dim input" if len(xs) >= 3 else None)
+    check(input._dtype is weight._dtype, name,
+          f"Input type ({_torch_type(input)}) and weight type ({_torch_type(weight)}) should be "
+          f"the same: input {tuple(xs)}, weight {tuple(ws)}",
+          hint="cast the input with .to(weight.dtype)")
+    check(input._dtype.category >= 2 and not input._dtype.is_complex, name,
+          f'"{name}" not implemented for \'{input._dtype.name}\' input; use a floating dtype')
+    stride = ntuple(stride, nd, "stride", name)
+    padding = ntuple(padding, nd, "padding", name)
+    dilation = ntuple(dilation, nd, "dilation", name)
+    check(all(s > 0 for s in stride), name, f"non-positive stride is not supported: {list(stride)}")
+    check(all(p >= 0 for p in padding), name, f"negative padding is not supported: "
+                                               f"{list(padding)}")
+    check(all(d > 0 for d in dilation), name, f"dilation should be greater than zero: "
+                                               f"{list(dilation)}")
+    check(isinstance(groups, int) and groups > 0, name, f"non-positive groups is not supported: "
+                                                         f"{groups}")
+    if bias is not None:
+        check(isinstance(bias, Tensor), name, "bias must be a Tensor or None", TypeError)
+        check(bias._dtype is input._dtype, name,
+              f"Input type ({_torch_type(input)}) and bias type ({_torch_type(bias)}) should be "
+              f"the same")
+    ks = ws[2:]
+    if not transposed:
+        check(ws[0] % groups == 0, name, f"Given groups={groups}, expected weight to be divisible "
+                                         f"by {groups} at dimension 0, but got weight of size "
+                                         f"{list(ws)} instead")
+        check(xs[1] == ws[1] * groups, name,
+              f"Given groups={groups}, weight of size {list(ws)}, expected input{list(xs)} to "
+              f"have {ws[1] * groups} channels, but got {xs[1]} channels instead")
+        if bias is not None:
+            check(bias._data.shape == (ws[0],), name, f"Given weight of size {list(ws)}, expected "
+                                                      f"bias to be 1-dimensional with {ws[0]} "
+                                                      f"elements, but got bias of size "
+                                                      f"{list(bias._data.shape)} instead")
+        padded = tuple(xs[2 + i] + 2 * padding[i] for i in range(nd))
+        eff = tuple(dilation[i] * (ks[i] - 1) + 1 for i in range(nd))
+        if any(p < e for p, e in zip(padded, eff)):
+            raise make(RuntimeError, name,
+                       f"Calculated padded input size per channel: ({' x '.join(map(str, padded))})."
+                       f" Kernel size: ({' x '.join(map(str, eff))}). Kernel size can't be greater "
+                       f"than actual input size (input {tuple(xs)}, weight {tuple(ws)})")
+        out = tuple(out_size(xs[2 + i], ks[i], stride[i], padding[i], dilation[i])
+                    for i in range(nd))
+        return TensorMeta((xs[0], ws[0]) + out)
+    output_padding = ntuple(output_padding, nd, "output_padding", name)
+    check(xs[1] == ws[0], name,
+          f"Given transposed=1, weight of size {list(ws)}, expected input{list(xs)} to have "
+          f"{ws[0]} channels, but got {xs[1]} channels instead")
+    check(ws[0] % groups == 0, name, f"Given groups={groups}, expected weight to be divisible by "
+                                     f"{groups} at dimension 0, but got weight of size {list(ws)}")
+    for i in range(nd):
+        check(output_padding[i] < max(stride[i], dilation[i]) and output_padding[i] >= 0, name,
+              f"output padding must be smaller than either stride or dilation, but got "
+              f"output_padding={list(output_padding)}, stride={list(stride)}, "
+              f"dilation={list(dilation)}")
+    out = tuple((xs[2 + i] - 1) * stride[i] - 2 * padding[i] + dilation[i] * (ks[i] - 1) +
+                output_padding[i] + 1 for i in range(nd))
+    check(all(o > 0 for o in out), name, f"Given input size per channel {list(xs[2:])}, "
+                                         f"calculated output size {list(out)} is too small")
+    if bias is not None:
+        check(bias._data.shape == (ws[1] * groups,), name,
+              f"Given transposed=1, weight of size {list(ws)}, expected bias to be 1-dimensional "
+              f"with {ws[1] * groups} elements, but got bias of size {list(bias._data.shape)}")
+    return TensorMeta((xs[0], ws[1] * groups) + out)
+
+
+# ---------------------------------------------------------------------- the primitive
+def _params(w: Any, stride: Any, padding: Any, dilation: Any, output_padding: Any) -> tuple:
+    nd = w.ndim - 2
+    return (ntuple(stride, nd), ntuple(padding, nd), ntuple(dilation, nd),
+            ntuple(output_padding, nd))
+
+
+@register("convolution", meta=conv_meta, method=False, onnx="Conv")
+class Convolution(OpDef):
+    """N-d convolution (cross-correlation) or transposed convolution of ``input`` by ``weight``.
+
+    ``input`` is ``(N, C_in, *spatial)``; ``weight`` is ``(C_out, C_in/groups, *kernel)``, or
+    ``(C_in, C_out/groups, *kernel)`` when ``transposed``.
+    """
+
+    def forward(ctx, xp, input, weight, bias, stride, padding, dilation, transposed,
+                output_padding, groups):
+        s, p, d, op = _params(weight, stride, padding, dilation, output_padding)
+        x, w = work_dtype(xp, input), work_dtype(xp, weight)
+        ctx.p = (s, p, d, op, groups, bool(transposed), bias is not None)
+        cols = None
+        if not transposed:
+            y, cols = conv_forward(xp, x, w, s, p, d, groups)
+        else:
+            sp = tuple((x.shape[2 + i] - 1) * s[i] - 2 * p[i] + d[i] * (w.shape[2 + i] - 1) +
+                       op[i] + 1 for i in range(len(s)))
+            y = conv_input_grad(xp, x, w, sp, s, p, d, groups)
+        if bias is not None:
+            y += work_dtype(xp, bias).reshape((1, -1) + (1,) * (y.ndim - 2))
+        y = y.astype(input.dtype, copy=False)
+        keep = cols is not None and cols.nbytes <= _KEEP_COLS_BYTES
+        ctx.save(input, weight, cols if keep else None)
+        return y
+
+    def backward(ctx, grad):
+        x, w, cols = ctx.saved
+        s, p, d, op, groups, transposed, has_bias = ctx.p
+        gx = gw = gb = None
+        need = ctx.needs_input_grad
+        if not transposed:
+            if need[0]:
+                sp = x.shape[2:]
+                outp = tuple(sp[i] - ((grad.shape[2 + i] - 1) * s[i] - 2 * p[i] +
+                                      d[i] * (w.shape[2 + i] - 1) + 1) for i in range(len(s)))
+                gx = apply(OPS["convolution"], (grad, w, None, s, p, d, True, outp, groups))
+            if need[1]:
+                arr = cols._data if cols is not None else None
+                gw = apply(OPS["_conv_weight_grad"], (x, grad, tuple(w.shape[2:]), s, p, d,
+                                                      groups, arr))
+        else:
+            if need[0]:
+                gx = apply(OPS["convolution"], (grad, w, None, s, p, d, False, 0, groups))
+            if need[1]:
+                gw = apply(OPS["_conv_weight_grad"], (grad, x, tuple(w.shape[2:]), s, p, d,
+                                                      groups, None))
+        if has_bias and need[2]:
+            gb = grad.sum([0] + list(range(2, grad.ndim)))
+        return gx, gw, gb, None, None, None, None, None, None
+
+
+@register("_conv_weight_grad", meta=None, method=False, function=False)
+class ConvWeightGrad(OpDef):
+    """Weight gradient of ``convolution(input, w)`` for output gradient ``grad``.
+
+    ``cols`` (an array, optional) is the im2col matrix saved by the forward, reused to skip
+    recomputing it.
+    """
+
+    def forward(ctx, xp, input, grad, ksize, stride, padding, dilation, groups, cols):
+        x, g = work_dtype(xp, input), work_dtype(xp, grad)
+        ctx.p = (stride, padding, dilation, groups)
+        ctx.save(input, grad)
+        dw = conv_weight_grad(xp, x, g, ksize, stride, padding, dilation, groups, cols)
+        return dw.astype(input.dtype, copy=False)
+
+    def backward(ctx, ggw):
+        x, g = ctx.saved
+        s, p, d, groups = ctx.p
+        need = ctx.needs_input_grad
+        gx = gg = None
+        if need[0]:
+            sp = x.shape[2:]
+            outp = tuple(sp[i] - ((g.shape[2 + i] - 1) * s[i] - 2 * p[i] +
+                                  d[i] * (ggw.shape[2 + i] - 1) + 1) for i in range(len(s)))
+            gx = apply(OPS["convolution"], (g, ggw, None, s, p, d, True, outp, groups))
+        if need[1]:
+            gg = apply(OPS["convolution"], (x, ggw, None, s, p, d, False, 0, groups))
+        return gx, gg, None, None, None, None, None, None
+
+
+# ---------------------------------------------------------------------- im2col / col2im
+def _im2col_meta(op: Any, input: Any, kernel_size: Any, dilation: Any, padding: Any,
+                 stride: Any) -> TensorMeta:
+    check(isinstance(input, Tensor), "unfold", f"argument 'input' must be Tensor, not "
+                                               f"{type(input).__name__}", TypeError)
+    xs = input._data.shape
+    nd = len(xs) - 2
+    check(len(xs) >= 3, "unfold", f"expected a batched (N, C, *spatial) input, got shape "
+                                  f"{tuple(xs)}")
+    k, d = ntuple(kernel_size, nd, "kernel_size", "unfold"), ntuple(dilation, nd, "dilation",
+                                                                     "unfold")
+    p, s = ntuple(padding, nd, "padding", "unfold"), ntuple(stride, nd, "stride", "unfold")
+    check(all(v > 0 for v in k + d + s) and all(v >= 0 for v in p), "unfold",
+          f"kernel_size, dilation and stride must be positive and padding non-negative, got "
+          f"kernel_size={list(k)}, dilation={list(d)}, padding={list(p)}, stride={list(s)}")
+    out = tuple(out_size(xs[2 + i], k[i], s[i], p[i], d[i]) for i in range(nd))
+    check(all(o > 0 for o in out), "unfold",
+          f"Given input with spatial size {list(xs[2:])}, kernel_size={list(k)}, "
+          f"dilation={list(d)}, padding={list(p)}, calculated shape of the array of sliding "
+          f"blocks as {list(out)}, but its components must be at least one.")
+    return TensorMeta((xs[0], xs[1] * math.prod(k), math.prod(out)))
+
+
+@register("im2col", meta=_im2col_meta, method=False, function=False)
+class Im2Col(OpDef):
+    """Sliding local blocks ``(N, C*K, L)`` of a batched ``(N, C, *spatial)`` input."""
+
+    def forward(ctx, xp, input, kernel_size, dilation, padding, stride):
+        nd = input.ndim - 2
+        k, d = ntuple(kernel_size, nd), ntuple(dilation, nd)
+        p, s = ntuple(padding, nd), ntuple(stride, nd)
+        ctx.p = (input.shape[1:], k, d, p, s)
+        cols, _ = im2col(xp, input, k, s, p, d)
+        return xp.array(cols, copy=True) if np.shares_memory(cols, input) else cols
+
+    def backward(ctx, grad):
+        sp, k, d, p, s = ctx.p
+        return apply(OPS["col2im"], (grad, tuple(sp[1:]), k, d, p, s)), None, None, None, None
+
+
+def _col2im_meta(op: Any, input: Any, output_size: Any, kernel_size: Any, dilation: Any,
+                 padding: Any, stride: Any) -> TensorMeta:
+    check(isinstance(input, Tensor), "fold", f"argument 'input' must be Tensor, not "
+                                             f"{type(input).__name__}", TypeError)
+    xs = input._data.shape
+    nd = len(output_size)
+    check(len(xs) == 3, "fold", f"expected a batched (N, C*prod(kernel_size), L) input, got "
+                                f"shape {tuple(xs)}")
+    k, d = ntuple(kernel_size, nd, "kernel_size", "fold"), ntuple(dilation, nd, "dilation", "fold")
+    p, s = ntuple(padding, nd, "padding", "fold"), ntuple(stride, nd, "stride", "fold")
+    kk = math.prod(k)
+    check(xs[1] % kk == 0, "fold",
+          f"Expected size of input's dimension 1 to be divisible by the product of kernel_size, "
+          f"but got input.size(1)={xs[1]} and kernel_size={list(k)}")
+    out = tuple(out_size(output_size[i], k[i], s[i], p[i], d[i]) for i in range(nd))
+    check(math.prod(out) == xs[2], "fold",
+          f"Given output_size={list(output_size)}, kernel_size={list(k)}, dilation={list(d)}, "
+          f"padding={list(p)}, stride={list(s)}, expected size of input's dimension 2 to match "
+          f"the calculated number of sliding blocks {' * '.join(map(str, out))} = "
+          f"{math.prod(out)}, but got input.size(2)={xs[2]}.")
+    return TensorMeta((xs[0], xs[1] // kk) + tuple(output_size))
+
+
+@register("col2im", meta=_col2im_meta, method=False, function=False)
+class Col2Im(OpDef):
+    """Sum sliding local blocks ``(N, C*K, L)`` back into ``(N, C, *output_size)``."""
+
+    def forward(ctx, xp, input, output_size, kernel_size, dilation, padding, stride):
+        nd = len(output_size)
+        k, d = ntuple(kernel_size, nd), ntuple(dilation, nd)
+        p, s = ntuple(padding, nd), ntuple(stride, nd)
+        ctx.p = (k, d, p, s)
+        c = input.shape[1] // math.prod(k)
+        return col2im(xp, input, c, tuple(output_size), k, s, p, d)
+
+    def backward(ctx, grad):
+        k, d, p, s = ctx.p
+        return apply(OPS["im2col"], (grad, k, d, p, s)), None, None, None, None, None

@@ -1,0 +1,296 @@
+"""Normalization primitives: batch_norm, layer_norm, group_norm and rms_norm.
+
+Each forward is fused on ``xp`` (statistics, normalization and the affine in a few passes) and
+saves the input and the statistics (mean, 1/std). The backward uses the closed forms
+
+    xhat = (x - mean) * rstd,   gxhat = grad * weight
+    grad_x = rstd * (gxhat - mean(gxhat) - xhat * mean(gxhat * xhat))      (means over the
+    normalized axes; rms_norm drops the mean(gxhat) term)
+
+written in ember ops. Under ``create_graph`` the statistics are recomputed from ``x`` with
+ember ops, so that the second derivative sees their dependence on ``x``; otherwise the
+saved values are used as constants.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import ember
+from ember.errors import check, make
+from ember.ops.nn_conv import work_dtype
+from ember.ops.registry import OpDef, TensorMeta, register
+from ember.tensor import Tensor
+from ember.dtypes import _FROM_NP
+
+
+def _stats_t(x: Tensor, axes: tuple, center: bool, eps: float) -> tuple:
+    """(mean or None, rstd) of ``x`` over ``axes``, differentiable (ember ops)."""
+    if center:
+        mean = x.mean(axes, keepdim=True)
+        xc = x - mean
+    else:
+        mean, xc = None, x
+    rstd = ((xc * xc).mean(axes, keepdim=True) + eps).rsqrt()
+    return mean, rstd
+
+
+def _norm_grad(x: Tensor, g: Tensor, w: Tensor | None, w_shape: tuple, mean: Tensor | None,
+               rstd: Tensor, axes: tuple) -> tuple:
+    """(grad_x, xhat) for normalization over ``axes``; ``w`` broadcasts as ``w_shape``."""
+    xhat = (x - mean) * rstd if mean is not None else x * rstd
+    gxhat = g * w.reshape(w_shape) if w is not None else g
+    inner = gxhat - xhat * (gxhat * xhat).mean(axes, keepdim=True)
+    if mean is not None:
+        inner = inner - gxhat.mean(axes, keepdim=True)
+    return rstd * inner, xhat
+
+
+def _stats(ctx: Any, x: Tensor, axes: tuple, center: bool, eps: float) -> tuple:
+    """The statistics for backward: recomputed (differentiable) under create_graph."""
+    if ember.is_grad_enabled():
+        return _stats_t(x, axes, center, eps)
+    saved = ctx.saved
+    return (saved[2] if center else None), saved[3]
+
+
+def _check_t(name: str, argname: str, t: Any, shape: tuple) -> None:
+    if t is None:
+        return
+    check(isinstance(t, Tensor), name, f"argument '{argname}' must be Tensor or None, not "
+                                       f"{type(t).__name__}", TypeError)
+    check(tuple(t._data.shape) == tuple(shape), name,
+          f"Expected {argname} to be of shape {list(shape)}, but got {argname} of shape "
+          f"{list(t._data.shape)}")
+
+
+def _float(name: str, input: Any) -> None:
+    check(isinstance(input, Tensor), name, f"argument 'input' must be Tensor, not "
+                                           f"{type(input).__name__}", TypeError)
+    check(input._dtype.category >= 2 and not input._dtype.is_complex, name,
+          f'"{name}" not implemented for \'{input._dtype.name}\' (input {tuple(input.shape)})',
+          hint="convert the input with .float()")
+
+
+# ---------------------------------------------------------------------- batch norm
+def _bn_meta(op: Any, input: Any, weight: Any, bias: Any, running_mean: Any, running_var: Any,
+             training: bool, eps: float) -> tuple:
+    _float("batch_norm", input)
+    xs = input._data.shape
+    check(len(xs) >= 2, "batch_norm", f"expected input with at least 2 dims (N, C, ...), got "
+                                      f"shape {tuple(xs)}")
+    c = xs[1]
+    for argname, t in (("weight", weight), ("bias", bias), ("running_mean", running_mean),
+                       ("running_var", running_var)):
+        if t is not None and t._data.shape != (c,):
+            raise make(RuntimeError, "batch_norm",
+                       f"{argname} should contain {c} elements (input channels, input shape "
+                       f"{tuple(xs)}) not {t._data.size} (shape {tuple(t._data.shape)})")
+    if not training:
+        check(running_mean is not None and running_var is not None, "batch_norm",
+              "running_mean and running_var must be defined in evaluation mode")
+    return TensorMeta(xs), TensorMeta((c,)), TensorMeta((c,))
+
+
+@register("_batch_norm", meta=_bn_meta, method=False, function=False, nondiff_outputs=(1, 2),
+          onnx="BatchNormalization")
+class BatchNorm(OpDef):
+    """Batch normalization over ``(N, C, *)``; returns (y, batch mean, biased batch var).
+
+    In training the batch statistics normalize; in evaluation the running ones do (the
+    running statistics are updated by ``F.batch_norm``, not here).
+    """
+
+    def forward(ctx, xp, input, weight, bias, running_mean, running_var, training, eps):
+        x = work_dtype(xp, input)
+        c = x.shape[1]
+        axes = (0,) + tuple(range(2, x.ndim))
+        bshape = (1, c) + (1,) * (x.ndim - 2)
+        if training:
+            mean = x.mean(axis=axes)
+            var = x.var(axis=axes)
+        else:
+            mean = work_dtype(xp, running_mean).astype(x.dtype, copy=False)
+            var = work_dtype(xp, running_var).astype(x.dtype, copy=False)
+        rstd = 1.0 / xp.sqrt(var + eps)
+        scale = rstd if weight is None else rstd * work_dtype(xp, weight)
+        shift = -mean * scale
+        if bias is not None:
+            shift = shift + work_dtype(xp, bias)
+        y = x * scale.reshape(bshape) + shift.reshape(bshape)
+        ctx.p = (bool(training), eps, axes, bshape)
+        ctx.save(input, weight, mean.reshape(bshape), rstd.reshape(bshape))
+        dt = input.dtype
+        return y.astype(dt, copy=False), mean.astype(dt, copy=False), var.astype(dt, copy=False)
+
+    def backward(ctx, g, _gm=None, _gv=None):
+        training, eps, axes, bshape = ctx.p
+        saved = ctx.saved
+        x, w = saved[0], saved[1]
+        need = ctx.needs_input_grad
+        if g is None:
+            return (None,) * 7
+        if training:
+            mean, rstd = _stats(ctx, x, axes, True, eps)
+            gx, xhat = _norm_grad(x, g, w, bshape, mean, rstd, axes)
+        else:
+            mean, rstd = saved[2], saved[3]
+            xhat = (x - mean) * rstd
+            gx = g * rstd * (w.reshape(bshape) if w is not None else 1)
+        gw = (g * xhat).sum(axes) if w is not None and need[1] else None
+        gb = g.sum(axes) if need[2] else None
+        return (gx if need[0] else None), gw, gb, None, None, None, None
+
+
+# ---------------------------------------------------------------------- layer norm
+def _ln_meta(op: Any, input: Any, normalized_shape: Any, weight: Any = None, bias: Any = None,
+             eps: float = 1e-5, cudnn_enable: bool = True) -> TensorMeta:
+    _float("layer_norm", input)
+    ns = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+    xs = tuple(input._data.shape)
+    k = len(ns)
+    if k == 0 or len(xs) < k or xs[len(xs) - k:] != ns:
+        raise make(RuntimeError, "layer_norm",
+                   f"Given normalized_shape={list(ns)}, expected input with shape [*, "
+                   f"{', '.join(map(str, ns))}], but got input of size{list(xs)}",
+                   hint="normalized_shape must equal the trailing dims of the input")
+    _check_t("layer_norm", "weight", weight, ns)
+    _check_t("layer_norm", "bias", bias, ns)
+    return TensorMeta(xs)
+
+
+@register("layer_norm", meta=_ln_meta, method=False, onnx="LayerNormalization")
+class LayerNorm(OpDef):
+    """Normalize over the trailing ``normalized_shape`` dims, then ``* weight + bias``."""
+
+    def forward(ctx, xp, input, normalized_shape, weight=None, bias=None, eps=1e-05,
+                cudnn_enable=True):
+        x = work_dtype(xp, input)
+        k = 1 if isinstance(normalized_shape, int) else len(normalized_shape)
+        axes = tuple(range(x.ndim - k, x.ndim))
+        mean = x.mean(axis=axes, keepdims=True)
+        xc = x - mean
+        rstd = 1.0 / xp.sqrt((xc * xc).mean(axis=axes, keepdims=True) + eps)
+        y = xc * rstd
+        if weight is not None:
+            y *= work_dtype(xp, weight)
+        if bias is not None:
+            y += work_dtype(xp, bias)
+        ctx.p = (axes, eps)
+        ctx.save(input, weight, mean, rstd)
+        return y.astype(input.dtype, copy=False)
+
+    def backward(ctx, g):
+        axes, eps = ctx.p
+        saved = ctx.saved
+        x, w = saved[0], saved[1]
+        need = ctx.needs_input_grad
+        mean, rstd = _stats(ctx, x, axes, True, eps)
+        gx, xhat = _norm_grad(x, g, w, tuple(w.shape) if w is not None else (), mean, rstd, axes)
+        lead = tuple(range(x.ndim - len(axes)))
+        gw = (g * xhat).sum(lead) if w is not None and need[2] else None
+        gb = g.sum(lead) if need[3] else None
+        return (gx if need[0] else None), None, gw, gb, None, None
+
+
+# ---------------------------------------------------------------------- group norm
+def _gn_meta(op: Any, input: Any, num_groups: int, weight: Any = None, bias: Any = None,
+             eps: float = 1e-5, cudnn_enabled: bool = True) -> TensorMeta:
+    _float("group_norm", input)
+    xs = tuple(input._data.shape)
+    check(len(xs) >= 2, "group_norm", f"Expected at least 2 dimensions for input tensor but "
+                                      f"received {len(xs)} (shape {xs})")
+    c = xs[1]
+    check(isinstance(num_groups, int) and num_groups > 0 and c % num_groups == 0, "group_norm",
+          f"Expected number of channels in input to be divisible by num_groups, but got input "
+          f"of shape {list(xs)} and num_groups={num_groups}")
+    _check_t("group_norm", "weight", weight, (c,))
+    _check_t("group_norm", "bias", bias, (c,))
+    return TensorMeta(xs)
+
+
+@register("group_norm", meta=_gn_meta, method=False, onnx="GroupNormalization")
+class GroupNorm(OpDef):
+    """Normalize ``(N, C, *)`` over each group of ``C / num_groups`` channels and the spatial
+    dims, then a per-channel ``* weight + bias``."""
+
+    def forward(ctx, xp, input, num_groups, weight=None, bias=None, eps=1e-05,
+                cudnn_enabled=True):
+        x = work_dtype(xp, input)
+        n, c = x.shape[:2]
+        xr = x.reshape(n, num_groups, -1)
+        mean = xr.mean(axis=2, keepdims=True)
+        xc = xr - mean
+        rstd = 1.0 / xp.sqrt((xc * xc).mean(axis=2, keepdims=True) + eps)
+        y = (xc * rstd).reshape(x.shape)
+        cshape = (1, c) + (1,) * (x.ndim - 2)
+        if weight is not None:
+            y *= work_dtype(xp, weight).reshape(cshape)
+        if bias is not None:
+            y += work_dtype(xp, bias).reshape(cshape)
+        ctx.p = (num_groups, eps, cshape)
+        ctx.save(input, weight, mean, rstd)
+        return y.astype(input.dtype, copy=False)
+
+    def backward(ctx, g):
+        groups, eps, cshape = ctx.p
+        saved = ctx.saved
+        x, w = saved[0], saved[1]
+        need = ctx.needs_input_grad
+        n = x.shape[0]
+        xr = x.reshape(n, groups, -1)
+        mean, rstd = _stats(ctx, xr, (2,), True, eps)
+        gxhat = g * w.reshape(cshape) if w is not None else g
+        gx, xhat = _norm_grad(xr, gxhat.reshape(n, groups, -1), None, (), mean, rstd, (2,))
+        red = (0,) + tuple(range(2, x.ndim))
+        gw = (g * xhat.reshape(x.shape)).sum(red) if w is not None and need[2] else None
+        gb = g.sum(red) if need[3] else None
+        return (gx.reshape(x.shape) if need[0] else None), None, gw, gb, None, None
+
+
+# ---------------------------------------------------------------------- rms norm
+def _rms_meta(op: Any, input: Any, normalized_shape: Any, weight: Any = None,
+              eps: Any = None) -> TensorMeta:
+    _float("rms_norm", input)
+    ns = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+    xs = tuple(input._data.shape)
+    k = len(ns)
+    if k == 0 or len(xs) < k or xs[len(xs) - k:] != ns:
+        raise make(RuntimeError, "rms_norm",
+                   f"Given normalized_shape={list(ns)}, expected input with shape [*, "
+                   f"{', '.join(map(str, ns))}], but got input of size{list(xs)}")
+    _check_t("rms_norm", "weight", weight, ns)
+    return TensorMeta(xs)
+
+
+@register("rms_norm", meta=_rms_meta, method=False, onnx="RMSNormalization")
+class RMSNorm(OpDef):
+    """``x / sqrt(mean(x^2) + eps) * weight`` over the trailing ``normalized_shape`` dims.
+
+    ``eps=None`` uses ``finfo(input.dtype).eps``, as torch does.
+    """
+
+    def forward(ctx, xp, input, normalized_shape, weight=None, eps=None):
+        x = work_dtype(xp, input)
+        k = 1 if isinstance(normalized_shape, int) else len(normalized_shape)
+        axes = tuple(range(x.ndim - k, x.ndim))
+        if eps is None:
+            eps = float(ember.finfo(_FROM_NP[input.dtype]).eps)
+        rstd = 1.0 / xp.sqrt((x * x).mean(axis=axes, keepdims=True) + eps)
+        y = x * rstd
+        if weight is not None:
+            y *= work_dtype(xp, weight)
+        ctx.p = (axes, eps)
+        ctx.save(input, weight, None, rstd)
+        return y.astype(input.dtype, copy=False)
+
+    def backward(ctx, g):
+        axes, eps = ctx.p
+        saved = ctx.saved
+        x, w = saved[0], saved[1]
+        need = ctx.needs_input_grad
+        _, rstd = _stats(ctx, x, axes, False, eps)
+        gx, xhat = _norm_grad(x, g, w, tuple(w.shape) if w is not None else (), None, rstd, axes)
+        lead = tuple(range(x.ndim - len(axes)))
+        gw = (g * xhat).sum(lead) if w is not None and need[2] else None
+        return (gx if need[0] else None), None, gw, None
+
