@@ -1,0 +1,135 @@
+"""Normalization: batch_norm, instance_norm, layer_norm, group_norm, rms_norm and
+local_response_norm (torch.nn.functional's signatures).
+
+batch/layer/group/rms norm run on fused primitives (ember/ops/nn_norm.py); instance_norm is
+batch_norm over ``(1, N*C, *)`` as in torch; local_response_norm is a composite of avg_pool.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import ember
+from ember.errors import check, make
+from ember.ops.registry import OPS, apply
+from ember.tensor import Tensor
+
+__all__ = ["batch_norm", "instance_norm", "layer_norm", "group_norm", "rms_norm",
+           "local_response_norm"]
+
+
+def _update_running(running: Tensor | None, value: Tensor, momentum: float) -> None:
+    """``running = (1 - momentum) * running + momentum * value``, in place (a buffer update)."""
+    if running is None:
+        return
+    with ember.no_grad():
+        running.mul_(1.0 - momentum)
+        running.add_(value.to(running.dtype) * momentum)
+
+
+def batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor | None,
+               weight: Tensor | None = None, bias: Tensor | None = None, training: bool = False,
+               momentum: float = 0.1, eps: float = 1e-5) -> Tensor:
+    """Batch normalization over the channel dim 1 of ``(N, C, *)``.
+
+    In training, the batch mean and (biased) variance normalize, and the running statistics
+    (if given) are updated in place: ``running = (1 - momentum) * running + momentum * stat``,
+    with the unbiased variance. In evaluation the running statistics normalize.
+    """
+    check(isinstance(input, Tensor), "batch_norm", f"argument 'input' must be Tensor, not "
+                                                   f"{type(input).__name__}", TypeError)
+    if training:
+        size = input.shape
+        per_channel = input.numel() // size[1] if input.ndim >= 2 and size[1] else 0
+        if input.ndim >= 2 and per_channel == 1:
+            raise make(ValueError, "batch_norm",
+                       f"Expected more than 1 value per channel when training, got input size "
+                       f"{ember.Size(size)}",
+                       hint="use a batch size > 1, or call .eval() for single-sample inference")
+    y, mean, var = apply(OPS["_batch_norm"], (input, weight, bias, running_mean, running_var,
+                                              bool(training), float(eps)))
+    if training and (running_mean is not None or running_var is not None):
+        n = input.numel() // input.shape[1]
+        _update_running(running_mean, mean, momentum)
+        _update_running(running_var, var * (n / max(n - 1, 1)), momentum)
+    return y
+
+
+def instance_norm(input: Tensor, running_mean: Tensor | None = None,
+                  running_var: Tensor | None = None, weight: Tensor | None = None,
+                  bias: Tensor | None = None, use_input_stats: bool = True,
+                  momentum: float = 0.1, eps: float = 1e-5) -> Tensor:
+    """Normalize each ``(n, c)`` instance of ``(N, C, *)`` over its spatial dims."""
+    check(isinstance(input, Tensor), "instance_norm", f"argument 'input' must be Tensor, not "
+                                                      f"{type(input).__name__}", TypeError)
+    check(input.ndim >= 3, "instance_norm", f"expected input with at least 3 dims (N, C, *), got "
+                                            f"shape {tuple(input.shape)}")
+    if use_input_stats:
+        per = 1
+        for s in input.shape[2:]:
+            per *= s
+        if per == 1:
+            raise make(ValueError, "instance_norm",
+                       f"Expected more than 1 spatial element when training, got input size "
+                       f"{ember.Size(input.shape)}")
+    b, c = input.shape[:2]
+    x = input.reshape(1, b * c, *input.shape[2:])
+    w = weight.repeat(b) if weight is not None else None
+    bb = bias.repeat(b) if bias is not None else None
+    rm = running_mean.repeat(b) if running_mean is not None else None
+    rv = running_var.repeat(b) if running_var is not None else None
+    out = batch_norm(x, rm, rv, w, bb, use_input_stats, momentum, eps)
+    with ember.no_grad():
+        if running_mean is not None and use_input_stats:
+            running_mean.copy_(rm.reshape(b, c).mean(0))
+        if running_var is not None and use_input_stats:
+            running_var.copy_(rv.reshape(b, c).mean(0))
+    return out.reshape(input.shape)
+
+
+def layer_norm(input: Tensor, normalized_shape: Sequence[int], weight: Tensor | None = None,
+               bias: Tensor | None = None, eps: float = 1e-5) -> Tensor:
+    """Normalize over the trailing ``normalized_shape`` dims, then ``* weight + bias``."""
+    ns = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+    return apply(OPS["layer_norm"], (input, ns, weight, bias, float(eps), True))
+
+
+def group_norm(input: Tensor, num_groups: int, weight: Tensor | None = None,
+               bias: Tensor | None = None, eps: float = 1e-5) -> Tensor:
+    """Normalize ``(N, C, *)`` over groups of ``C / num_groups`` channels and all spatial dims."""
+    return apply(OPS["group_norm"], (input, num_groups, weight, bias, float(eps), True))
+
+
+def rms_norm(input: Tensor, normalized_shape: Sequence[int], weight: Tensor | None = None,
+             eps: float | None = None) -> Tensor:
+    """Root-mean-square normalization over the trailing ``normalized_shape`` dims."""
+    ns = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+    return apply(OPS["rms_norm"], (input, ns, weight, eps))
+
+
+def local_response_norm(input: Tensor, size: int, alpha: float = 1e-4, beta: float = 0.75,
+                        k: float = 1.0) -> Tensor:
+    """Normalize each channel by the activity of ``size`` neighbouring channels (AlexNet):
+    ``x / (k + alpha * mean of x^2 over the channel window) ** beta``."""
+    check(isinstance(input, Tensor), "local_response_norm",
+          f"argument 'input' must be Tensor, not {type(input).__name__}", TypeError)
+    dim = input.ndim
+    check(dim >= 3, "local_response_norm",
+          f"Expected 3D or higher dimensionality input (got {dim} dimensions, shape "
+          f"{tuple(input.shape)})", ValueError)
+    if input.numel() == 0:
+        return input
+    from ember.nn.functional.pooling import avg_pool2d, avg_pool3d
+    from ember.nn.functional.vision import pad
+    div = input * input
+    if dim == 3:
+        div = div.unsqueeze(1)
+        div = pad(div, (0, 0, size // 2, (size - 1) // 2))
+        div = avg_pool2d(div, (size, 1), stride=1).squeeze(1)
+    else:
+        sizes = input.shape
+        div = div.reshape(sizes[0], 1, sizes[1], sizes[2], -1)
+        div = pad(div, (0, 0, 0, 0, size // 2, (size - 1) // 2))
+        div = avg_pool3d(div, (size, 1, 1), stride=1).squeeze(1)
+        div = div.reshape(sizes)
+    div = (div * alpha + k).pow(beta)
+    return input / div
