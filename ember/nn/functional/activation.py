@@ -13,6 +13,7 @@ from typing import Any
 
 import ember
 from ember.errors import check, make
+from ember.ops import nn_activation as _nn_activation  # noqa: F401  (registers gelu, silu)
 from ember.ops.registry import OPS, apply
 from ember.tensor import Tensor
 

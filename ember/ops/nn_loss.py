@@ -1,0 +1,214 @@
+"""``cross_entropy``: a fused primitive (log_softmax + negative log likelihood in one pass).
+
+The decomposition ``nll_loss(log_softmax(x), target)`` (and its probability-target and
+label-smoothing forms) is in ``ember/nn/functional/loss.py`` as ``_cross_entropy_reference``;
+the opdb record (tests/opdb/nn_loss.py) checks the primitive against it in NumPy float64 and
+against torch.
+
+Both target kinds reduce to one formula. With per-element class weights ``q`` (a one-hot of
+the target scaled by the class weight and ``1 - label_smoothing``, plus the smoothing mass
+``label_smoothing / C * weight``; or the probability target times the weight), the loss of
+element ``i`` is ``-sum_c q_ic log p_ic``, and its gradient with respect to the logits is
+``p_i * sum_c q_ic - q_i``. ``q`` depends only on the target, so forward builds it once.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from ember import dtypes as _dt
+from ember.errors import make
+from ember.ops.registry import OpDef, TensorMeta, register
+from ember.tensor import Tensor, _make
+
+_REDUCTIONS = ("none", "mean", "sum")
+
+
+def _class_dim(ndim: int) -> int:
+    return 1 if ndim >= 2 else 0
+
+
+def cross_entropy_meta(op: Any, input: Any, target: Any, weight: Any = None,
+                       ignore_index: int = -100, reduction: str = "mean",
+                       label_smoothing: float = 0.0) -> TensorMeta:
+    """Validate shapes/dtypes the way torch does and give the output shape."""
+    name = "cross_entropy"
+    if not isinstance(input, Tensor) or not isinstance(target, Tensor):
+        bad = "input" if not isinstance(input, Tensor) else "target"
+        raise make(TypeError, name, f"argument '{bad}' must be Tensor")
+    if reduction not in _REDUCTIONS:
+        raise make(ValueError, name, f"{reduction} is not a valid value for reduction")
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise make(ValueError, name, f"label_smoothing must be between 0.0 and 1.0. Got: "
+                                     f"{label_smoothing}")
+    ishape = tuple(input.shape)
+    tshape = tuple(target.shape)
+    if input.dim() == 0:
+        raise make(RuntimeError, name, "input must have at least 1 dimension (C) or (N, C, ...), "
+                                       "got a 0-dim tensor")
+    if not input.dtype.is_floating_point:
+        raise make(RuntimeError, name, f"expected a floating point input, got {input.dtype}")
+    cd = _class_dim(input.dim())
+    n_classes = ishape[cd]
+    if weight is not None and (weight.dim() != 1 or weight.shape[0] != n_classes):
+        raise make(RuntimeError, name, f"weight tensor should be defined either for all "
+                                       f"{n_classes} classes or no classes but got weight tensor "
+                                       f"of shape: {list(weight.shape)}")
+    if ishape == tshape:
+        if not target.dtype.is_floating_point:
+            raise make(RuntimeError, name, f"Expected floating point type for target with class "
+                                           f"probabilities, got {_torch_short(target.dtype)}")
+        if ignore_index != -100:
+            pass  # torch ignores ignore_index for probability targets
+        out = () if reduction != "none" else ishape[:cd] + ishape[cd + 1:]
+        return TensorMeta(out, input.dtype)
+    if target.dtype.is_floating_point or target.dtype is _dt.bool:
+        if input.dim() >= 2 and tshape and tshape[0] != ishape[0]:
+            raise make(ValueError, name, f"Expected input batch_size ({ishape[0]}) to match "
+                                         f"target batch_size ({tshape[0]}).")
+        raise make(RuntimeError, name,
+                   f"expected target dtype to be Long or Byte, but got "
+                   f"{_torch_short(target.dtype)} (input {ishape}, target {tshape})",
+                   hint="class-index targets are int64; probability targets must have the "
+                        "input's shape")
+    expected = ishape[:cd] + ishape[cd + 1:]
+    if input.dim() >= 2 and (not tshape or tshape[0] != ishape[0]):
+        raise make(ValueError, name, f"Expected input batch_size ({ishape[0]}) to match target "
+                                     f"batch_size ({tshape[0] if tshape else 0}).")
+    if tshape != expected:
+        if input.dim() <= 2:
+            raise make(RuntimeError, name, f"0D or 1D target tensor expected, multi-target not "
+                                           f"supported (input {ishape}, target {tshape})")
+        raise make(RuntimeError, name, f"size mismatch (got input: {list(ishape)} , target: "
+                                       f"{list(tshape)})")
+    out = () if reduction != "none" else expected
+    return TensorMeta(out, input.dtype)
+
+
+def _torch_short(d: Any) -> str:
+    from ember.ops.registry import _torch_name
+    return _torch_name(d)
+
+
+def _move_class_last(xp: Any, a: Any, cd: int) -> Any:
+    return xp.moveaxis(a, cd, -1) if cd != a.ndim - 1 else a
+
+
+@register("cross_entropy", meta=cross_entropy_meta, method=False, function=False,
+          sig="input, target, weight=None, ignore_index=-100, reduction='mean', "
+              "label_smoothing=0.0", onnx="SoftmaxCrossEntropyLoss")
+class CrossEntropy(OpDef):
+    """Fused ``nll_loss(log_softmax(input, 1), target)`` with class weights, ignore_index,
+    label smoothing and probability targets."""
+
+    def forward(ctx, xp, input, target, weight, ignore_index, reduction, label_smoothing):
+        cd = _class_dim(input.ndim)
+        work = input.astype(xp.float32) if input.dtype.itemsize < 4 else input
+        n_classes = work.shape[cd]
+        # log_softmax along the class dim, after subtracting the max
+        m = xp.max(work, axis=cd, keepdims=True) if work.size else work
+        shifted = work - xp.where(xp.isfinite(m), m, 0) if work.size else work
+        e = xp.exp(shifted)
+        s = xp.sum(e, axis=cd, keepdims=True)
+        logp = shifted - xp.log(s)
+        w = None
+        if weight is not None:
+            w = weight.astype(work.dtype, copy=False)
+            wshape = [1] * work.ndim
+            wshape[cd] = n_classes
+            w_b = w.reshape(wshape)
+        eps = float(label_smoothing)
+        if target.shape == input.shape:   # class probabilities
+            t = target.astype(work.dtype, copy=False)
+            if eps > 0:
+                t = t * (1 - eps) + eps / n_classes
+            q = t * w_b if w is not None else t
+            denom = float(work.size // max(n_classes, 1)) if work.size else 0.0
+            ctx.prob = True
+        else:                             # class indices
+            tgt = target.astype(xp.int64, copy=False)
+            valid = tgt != ignore_index
+            bad = valid & ((tgt < 0) | (tgt >= n_classes))
+            if bool(xp.any(bad)):
+                first = int(tgt[bad].reshape(-1)[0])
+                raise IndexError(f"Target {first} is out of bounds.")
+            safe = xp.where(valid, tgt, 0)
+            onehot = (xp.expand_dims(safe, cd) ==
+                      xp.arange(n_classes).reshape([n_classes if i == cd else 1
+                                                    for i in range(work.ndim)]))
+            w_t = w[safe] if w is not None else xp.ones(safe.shape, work.dtype)
+            w_t = w_t * valid
+            q = onehot * xp.expand_dims(w_t * (1 - eps), cd)
+            if eps > 0:
+                smooth = (w_b if w is not None else 1.0) * (eps / n_classes)
+                q = q + smooth * xp.expand_dims(valid, cd)
+            denom = float(w_t.sum())
+            ctx.prob = False
+        q = q.astype(work.dtype, copy=False)
+        loss_el = -(q * logp).sum(axis=cd)
+        if reduction == "none":
+            out = loss_el
+        elif reduction == "sum":
+            out = loss_el.sum()
+        else:
+            with _errstate(xp):
+                out = loss_el.sum() / work.dtype.type(denom)
+        ctx.cd = cd
+        ctx.q = q
+        ctx.reduction = reduction
+        ctx.denom = denom
+        ctx.eps = eps
+        ctx.w = w
+        ctx.p = (e / s).astype(input.dtype, copy=False)
+        ctx.save(input, target)
+        return xp.asarray(out).astype(input.dtype, copy=False)
+
+    def backward(ctx, grad):
+        import ember
+        input, target = ctx.saved
+        cd = ctx.cd
+        dev = input.device
+        q = _wrap(ctx.q, dev).to(input.dtype)
+        if ctx.reduction == "none":
+            g = grad.unsqueeze(cd)
+        elif ctx.reduction == "sum":
+            g = grad
+        else:
+            g = grad / ctx.denom
+        gx = gt = None
+        if ctx.next_edges[0] is not None:
+            # Recompute softmax in ember ops only when the backward itself is recorded
+            # (double backward); otherwise reuse the forward's probabilities.
+            if ember.is_grad_enabled():
+                p = input.softmax(cd)
+            else:
+                p = _wrap(ctx.p, dev)
+            gx = (p * q.sum(cd, keepdim=True) - q) * g
+        if ctx.prob and ctx.next_edges[1] is not None:
+            logp = input.log_softmax(cd)
+            if ctx.w is not None:
+                shape = [1] * input.dim()
+                shape[cd] = -1
+                logp = logp * _wrap(ctx.w, dev).to(input.dtype).reshape(shape)
+            gt = -logp * (1 - ctx.eps) * g
+        return gx, gt, None, None, None, None
+
+
+def _wrap(arr: Any, dev: Any) -> Tensor:
+    """A constant tensor around a forward-time array (no copy)."""
+    return _make(arr, _dt._FROM_NP[arr.dtype], dev)
+
+
+class _errstate:
+    """Silence NumPy's divide warnings for an all-ignored mean (torch returns nan quietly)."""
+
+    def __init__(self, xp: Any) -> None:
+        self._ctx = xp.errstate(invalid="ignore", divide="ignore") if hasattr(xp, "errstate") \
+            else None
+
+    def __enter__(self) -> None:
+        if self._ctx is not None:
+            self._ctx.__enter__()
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._ctx is not None:
+            self._ctx.__exit__(*exc)
