@@ -1,8 +1,9 @@
 """The worker process side of the multi-process loader: seeding, ``get_worker_info``, the
 fetchers and the loop that turns index messages into batches.
 
-Protocol (main -> worker, on the worker's index queue): ``(send_idx, index)`` to fetch,
-``_ResumeIteration()`` to start a new epoch with persistent workers, ``None`` to exit.
+Protocol (main -> worker, on the worker's index pipe): ``(send_idx, index)`` to fetch,
+``_ResumeIteration()`` to start a new epoch with persistent workers, ``None`` to exit; end of
+file on the pipe (the main process closed it, or died) also means exit.
 Worker -> main, on the worker's own result pipe: one pickled ``(send_idx, data)`` per task,
 where ``data`` is the batch, an ``ExceptionWrapper`` or ``_IterableDatasetStopIteration``.
 Large arrays in the batch travel by shared-memory reference (see ``_shm``).
@@ -10,7 +11,6 @@ Large arrays in the batch travel by shared-memory reference (see ``_shm``).
 from __future__ import annotations
 
 import os
-import queue
 import random
 import sys
 import traceback
@@ -227,7 +227,7 @@ def _send(conn: Any, idx: Any, data: Any, worker_id: int) -> None:
     conn.send_bytes(payload)
 
 
-def _worker_loop(is_iterable: bool, dataset: Any, index_queue: Any, result_conn: Any,
+def _worker_loop(is_iterable: bool, dataset: Any, index_conn: Any, result_conn: Any,
                  done_event: Any, auto_collation: bool, collate_fn: Callable, drop_last: bool,
                  base_seed: int, init_fn: Callable | None, worker_id: int, num_workers: int,
                  persistent_workers: bool, shm_tag: str | None) -> None:
@@ -251,11 +251,13 @@ def _worker_loop(is_iterable: bool, dataset: Any, index_queue: Any, result_conn:
         manager_pid = os.getppid()
         while True:
             try:
-                r = index_queue.get(timeout=MP_STATUS_CHECK_INTERVAL)
-            except queue.Empty:
-                if os.getppid() != manager_pid:
-                    break  # the main process died: nobody will read our results
-                continue
+                if not index_conn.poll(MP_STATUS_CHECK_INTERVAL):
+                    if os.getppid() != manager_pid:
+                        break  # the main process died: nobody will read our results
+                    continue
+                r = index_conn.recv()
+            except (EOFError, OSError):
+                break  # the main process closed our index pipe: shut down
             if isinstance(r, _ResumeIteration):
                 # a new epoch with persistent workers: acknowledge, then start afresh
                 _send(result_conn, r, None, worker_id)
@@ -287,7 +289,8 @@ def _worker_loop(is_iterable: bool, dataset: Any, index_queue: Any, result_conn:
         # Ctrl-C goes to the main process; a closed pipe means the main process shut down.
         pass
     finally:
-        try:
-            result_conn.close()
-        except OSError:
-            pass
+        for conn in (result_conn, index_conn):
+            try:
+                conn.close()
+            except OSError:
+                pass

@@ -440,7 +440,7 @@ class _MultiProcessingDataLoaderIter(_BaseDataLoaderIter):
         self._shutdown = False
         self._shm_tag = _shm.new_tag() if _shm.available() else None
         self._workers_done_event = ctx.Event()
-        self._index_queues: list = []
+        self._index_pipes: list = []
         self._result_conns: list = []
         self._workers: list = []
         with _atexit_lock:
@@ -450,14 +450,15 @@ class _MultiProcessingDataLoaderIter(_BaseDataLoaderIter):
         _LIVE_ITERATORS.add(self)
         try:
             for i in range(self._num_workers):
-                index_queue = ctx.Queue()
-                # never block interpreter exit on flushing indices to a dead worker
-                index_queue.cancel_join_thread()
+                # Plain pipes, not multiprocessing.Queue: a send is done when it returns (no
+                # feeder thread that a garbage-collection finaliser could stop before our exit
+                # message goes out), and closing our end is itself an exit signal (EOF).
+                index_reader, index_writer = ctx.Pipe(duplex=False)
                 reader, writer = ctx.Pipe(duplex=False)
                 w = ctx.Process(
                     target=_worker._worker_loop,
                     args=(self._dataset_kind == _DatasetKind.Iterable, self._dataset,
-                          index_queue, writer, self._workers_done_event, self._auto_collation,
+                          index_reader, writer, self._workers_done_event, self._auto_collation,
                           self._collate_fn, self._drop_last, self._base_seed,
                           loader.worker_init_fn, i, self._num_workers,
                           self._persistent_workers, self._shm_tag))
@@ -466,7 +467,8 @@ class _MultiProcessingDataLoaderIter(_BaseDataLoaderIter):
                 # Only the worker may hold the write end: then EOF on the pipe means the
                 # worker is gone, and workers started later do not inherit it.
                 writer.close()
-                self._index_queues.append(index_queue)
+                index_reader.close()
+                self._index_pipes.append(index_writer)
                 self._result_conns.append(reader)
                 self._workers.append(w)
         except BaseException:
@@ -488,8 +490,8 @@ class _MultiProcessingDataLoaderIter(_BaseDataLoaderIter):
         if not first_iter:
             # Persistent workers: every worker acknowledges the new epoch; results still in
             # flight from the abandoned one are dropped (which releases their shared memory).
-            for q in self._index_queues:
-                q.put(_worker._ResumeIteration())
+            for q in self._index_pipes:
+                q.send(_worker._ResumeIteration())
             pending = self._num_workers
             while pending > 0:
                 return_idx, _data, _wid = self._get_data()
@@ -515,7 +517,7 @@ class _MultiProcessingDataLoaderIter(_BaseDataLoaderIter):
                     break
         else:
             return
-        self._index_queues[worker_queue_idx].put((self._send_idx, index))
+        self._index_pipes[worker_queue_idx].send((self._send_idx, index))
         self._task_info[self._send_idx] = (worker_queue_idx,)
         self._workers_num_tasks[worker_queue_idx] += 1
         self._tasks_outstanding += 1
@@ -654,9 +656,9 @@ class _MultiProcessingDataLoaderIter(_BaseDataLoaderIter):
     def _mark_worker_as_unavailable(self, worker_id: int, shutdown: bool = False) -> None:
         # Tell the worker to exit; it must not be sent more indices.
         try:
-            self._index_queues[worker_id].put(None)
+            self._index_pipes[worker_id].send(None)
         except (OSError, ValueError):
-            pass
+            pass  # already closed (e.g. by a finaliser): the worker sees end of file instead
         self._workers_status[worker_id] = False
 
     def _shutdown_workers(self) -> None:
@@ -669,6 +671,8 @@ class _MultiProcessingDataLoaderIter(_BaseDataLoaderIter):
             self._workers_done_event.set()
             for wid in range(len(self._workers)):
                 self._mark_worker_as_unavailable(wid, shutdown=True)
+            for q in self._index_pipes:
+                q.close()
             # Drain results while waiting, so a worker blocked writing a big message can finish
             # and see the exit message; the bytes are dropped unread.
             deadline = time.monotonic() + _SHUTDOWN_GRACE
@@ -696,8 +700,7 @@ class _MultiProcessingDataLoaderIter(_BaseDataLoaderIter):
             for c in list(self._result_conns):
                 if c is not None:
                     self._close_conn(c)
-            for q in self._index_queues:
-                q.cancel_join_thread()
+            for q in self._index_pipes:
                 q.close()
             if self._shm_tag is not None:
                 _shm.cleanup(self._shm_tag)
