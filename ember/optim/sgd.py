@@ -192,7 +192,9 @@ class ASGD(Optimizer):
                             float(eta_t._data), float(mu_t._data), lambd=lambd,
                             weight_decay=group["weight_decay"], maximize=group["maximize"])
                 step = float(step_t._data)
-                eta_t._data[...] = lr / ((1 + lambd * lr * step) ** alpha)
-                mu_t._data[...] = 1 / max(1, step - t0)
+                # torch builds the new values with as_tensor(python float), i.e. rounded to
+                # the default dtype, before copying them into eta / mu: round the same way.
+                eta_t._data[...] = ember.tensor(lr / ((1 + lambd * lr * step) ** alpha)).item()
+                mu_t._data[...] = ember.tensor(1 / max(1, step - t0)).item()
                 _bump(p, step_t, eta_t, mu_t, ax_t)
         return loss
