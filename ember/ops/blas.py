@@ -45,6 +45,10 @@ class Matmul(OpDef):
 
     def forward(ctx, xp, input, other):
         ctx.save(input, other)
+        if input.ndim > 2 and other.ndim == 2 and input.flags.c_contiguous:
+            # (*, K) @ (K, N) as one GEMM: NumPy would loop over the leading dims
+            return xp.matmul(input.reshape(-1, input.shape[-1]), other).reshape(
+                input.shape[:-1] + (other.shape[1],))
         return xp.matmul(input, other)
 
     def backward(ctx, grad):
@@ -61,7 +65,13 @@ class Matmul(OpDef):
             ga = g.matmul(b2.transpose(-1, -2).conj() if b2.is_complex() else b2.transpose(-1, -2))
             if a.ndim == 1:
                 ga = ga.squeeze(-2)
-        if ctx.next_edges[1] is not None:
+        if ctx.next_edges[1] is not None and a.ndim > 2 and b.ndim == 2:
+            # b was broadcast over a's leading dims: one GEMM over the flattened rows instead
+            # of a batch of per-row-block products summed afterwards (a huge temporary)
+            a_rows = a.reshape(-1, a.shape[-1])
+            a_rows = a_rows.conj() if a_rows.is_complex() else a_rows
+            gb = a_rows.transpose(-1, -2).matmul(g.reshape(-1, g.shape[-1]))
+        elif ctx.next_edges[1] is not None:
             at = a2.transpose(-1, -2)
             gb = (at.conj() if at.is_complex() else at).matmul(g)
             if b.ndim == 1:

@@ -17,6 +17,7 @@ backward is wanted (``create_graph=True``), so double backward stays exact.
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Sequence
 
 from ember import dtypes as _dt
@@ -25,6 +26,31 @@ from ember.backend import special
 from ember.errors import check
 from ember.ops.registry import OpDef, TensorMeta, composite, register
 from ember.tensor import Tensor, _make
+
+
+_BLAS = [None]
+
+
+def _one_blas_thread(xp: Any) -> Any:
+    """A context running BLAS single-threaded, for the per-step loops.
+
+    Each step multiplies a few small matrices (batch x hidden); a threaded BLAS spends more on
+    waking and syncing threads than on the product, and on a busy machine it thrashes (10-30x
+    slower measured). threadpoolctl is optional: without it the loops run as they are.
+    """
+    if xp.__name__ != "numpy":
+        return contextlib.nullcontext()
+    ctl = _BLAS[0]
+    if ctl is None:
+        try:
+            from threadpoolctl import ThreadpoolController
+            ctl = ThreadpoolController()
+        except ImportError:  # pragma: no cover - optional
+            ctl = False
+        _BLAS[0] = ctl
+    if ctl is False:
+        return contextlib.nullcontext()
+    return ctl.limit(limits=1, user_api="blas")
 
 
 def _offsets(batch_sizes: Sequence[int]) -> list:
@@ -51,7 +77,8 @@ def _check_layer(name: str, xproj: Any, h0: Any, w_hh: Any, gates: int,
     check(sum(batch_sizes) == x.shape[0], name,
           f"batch_sizes sum to {sum(batch_sizes)} but xproj has {x.shape[0]} rows")
     check(not batch_sizes or batch_sizes[0] == h.shape[0], name,
-          f"h0 has batch {h.shape[0]} but the first timestep has batch {batch_sizes[0] if batch_sizes else 0}")
+          f"h0 has batch {h.shape[0]} but the first timestep has batch "
+          f"{batch_sizes[0] if batch_sizes else 0}")
     check(all(a >= b for a, b in zip(batch_sizes, batch_sizes[1:])), name,
           "batch_sizes must be non-increasing (sort sequences by length)")
     check(h.shape[1] == w.shape[1], name,
@@ -96,29 +123,30 @@ class LstmLayer(OpDef):
         h_prev = xp.empty((n, P), dt)
         out = xp.empty((n, P), dt)
         h_pre = xp.empty((n, H), dt) if w_hr is not None else None
-        for t in steps:
-            b = batch_sizes[t]
-            lo, hi = off[t], off[t] + b
-            hp = h[:b]
-            h_prev[lo:hi] = hp
-            gates = xp.matmul(hp, w_t)
-            gates += xproj[lo:hi]
-            a = act[lo:hi]
-            expit(gates, out=a)
-            xp.tanh(gates[:, 2 * H:3 * H], out=a[:, 2 * H:3 * H])
-            cp = c[:b]
-            c_prev[lo:hi] = cp
-            cn = a[:, H:2 * H] * cp
-            cn += a[:, :H] * a[:, 2 * H:3 * H]
-            tc = tanh_c[lo:hi]
-            xp.tanh(cn, out=tc)
-            hn = a[:, 3 * H:] * tc
-            if wr_t is not None:
-                h_pre[lo:hi] = hn
-                hn = xp.matmul(hn, wr_t)
-            out[lo:hi] = hn
-            h[:b] = hn
-            c[:b] = cn
+        with _one_blas_thread(xp):
+            for t in steps:
+                b = batch_sizes[t]
+                lo, hi = off[t], off[t] + b
+                hp = h[:b]
+                h_prev[lo:hi] = hp
+                gates = xp.matmul(hp, w_t)
+                gates += xproj[lo:hi]
+                a = act[lo:hi]
+                expit(gates, out=a)
+                xp.tanh(gates[:, 2 * H:3 * H], out=a[:, 2 * H:3 * H])
+                cp = c[:b]
+                c_prev[lo:hi] = cp
+                cn = a[:, H:2 * H] * cp
+                cn += a[:, :H] * a[:, 2 * H:3 * H]
+                tc = tanh_c[lo:hi]
+                xp.tanh(cn, out=tc)
+                hn = a[:, 3 * H:] * tc
+                if wr_t is not None:
+                    h_pre[lo:hi] = hn
+                    hn = xp.matmul(hn, wr_t)
+                out[lo:hi] = hn
+                h[:b] = hn
+                c[:b] = cn
         ctx.cache = (act, tanh_c, c_prev, h_prev, h_pre)
         ctx.args = (tuple(batch_sizes), reverse)
         ctx.save(xproj, h0, c0, w_hh, w_hr)
@@ -145,26 +173,27 @@ class LstmLayer(OpDef):
         dh_out = xp.empty((n, P), dt) if wr is not None else None
         off = _offsets(batch_sizes)
         steps = range(len(batch_sizes)) if reverse else range(len(batch_sizes) - 1, -1, -1)
-        for t in steps:
-            b = batch_sizes[t]
-            lo, hi = off[t], off[t] + b
-            dhs = dh[:b] + go[lo:hi] if go is not None else dh[:b]
-            if wr is not None:
-                dh_out[lo:hi] = dhs
-                dhs = xp.matmul(dhs, wr)
-            a = act[lo:hi]
-            i, f, g, o = a[:, :H], a[:, H:2 * H], a[:, 2 * H:3 * H], a[:, 3 * H:]
-            tc = tanh_c[lo:hi]
-            dcs = dhs * o
-            dcs *= 1 - tc * tc
-            dcs += dc[:b]
-            dg_ = dgates[lo:hi]
-            xp.multiply(dcs * g, i * (1 - i), out=dg_[:, :H])
-            xp.multiply(dcs * c_prev[lo:hi], f * (1 - f), out=dg_[:, H:2 * H])
-            xp.multiply(dcs * i, 1 - g * g, out=dg_[:, 2 * H:3 * H])
-            xp.multiply(dhs * tc, o * (1 - o), out=dg_[:, 3 * H:])
-            dc[:b] = dcs * f
-            dh[:b] = xp.matmul(dg_, w)
+        with _one_blas_thread(xp):
+            for t in steps:
+                b = batch_sizes[t]
+                lo, hi = off[t], off[t] + b
+                dhs = dh[:b] + go[lo:hi] if go is not None else dh[:b]
+                if wr is not None:
+                    dh_out[lo:hi] = dhs
+                    dhs = xp.matmul(dhs, wr)
+                a = act[lo:hi]
+                i, f, g, o = a[:, :H], a[:, H:2 * H], a[:, 2 * H:3 * H], a[:, 3 * H:]
+                tc = tanh_c[lo:hi]
+                dcs = dhs * o
+                dcs *= 1 - tc * tc
+                dcs += dc[:b]
+                dg_ = dgates[lo:hi]
+                xp.multiply(dcs * g, i * (1 - i), out=dg_[:, :H])
+                xp.multiply(dcs * c_prev[lo:hi], f * (1 - f), out=dg_[:, H:2 * H])
+                xp.multiply(dcs * i, 1 - g * g, out=dg_[:, 2 * H:3 * H])
+                xp.multiply(dhs * tc, o * (1 - o), out=dg_[:, 3 * H:])
+                dc[:b] = dcs * f
+                dh[:b] = xp.matmul(dg_, w)
         like = xproj
         res_w = _wrap(xp.matmul(dgates.T, h_prev), like)
         res_wr = _wrap(xp.matmul(dh_out.T, h_pre), like) if wr is not None else None
@@ -226,23 +255,24 @@ class GruLayer(OpDef):
         hh_n = xp.empty((n, H), dt)     # W_hn h + b_hn, needed by the reset gate's gradient
         h_prev = xp.empty((n, H), dt)
         out = xp.empty((n, H), dt)
-        for t in steps:
-            b = batch_sizes[t]
-            lo, hi = off[t], off[t] + b
-            hp = h[:b]
-            h_prev[lo:hi] = hp
-            hh = xp.matmul(hp, w_t)
-            if b_hh is not None:
-                hh += b_hh
-            x = xproj[lo:hi]
-            a = act[lo:hi]
-            expit(x[:, :2 * H] + hh[:, :2 * H], out=a[:, :2 * H])
-            hh_n[lo:hi] = hh[:, 2 * H:]
-            xp.tanh(x[:, 2 * H:] + a[:, :H] * hh[:, 2 * H:], out=a[:, 2 * H:])
-            nn_ = a[:, 2 * H:]
-            hn = nn_ + a[:, H:2 * H] * (hp - nn_)
-            out[lo:hi] = hn
-            h[:b] = hn
+        with _one_blas_thread(xp):
+            for t in steps:
+                b = batch_sizes[t]
+                lo, hi = off[t], off[t] + b
+                hp = h[:b]
+                h_prev[lo:hi] = hp
+                hh = xp.matmul(hp, w_t)
+                if b_hh is not None:
+                    hh += b_hh
+                x = xproj[lo:hi]
+                a = act[lo:hi]
+                expit(x[:, :2 * H] + hh[:, :2 * H], out=a[:, :2 * H])
+                hh_n[lo:hi] = hh[:, 2 * H:]
+                xp.tanh(x[:, 2 * H:] + a[:, :H] * hh[:, 2 * H:], out=a[:, 2 * H:])
+                nn_ = a[:, 2 * H:]
+                hn = nn_ + a[:, H:2 * H] * (hp - nn_)
+                out[lo:hi] = hn
+                h[:b] = hn
         ctx.cache = (act, hh_n, h_prev)
         ctx.args = (tuple(batch_sizes), reverse)
         ctx.save(xproj, h0, w_hh, b_hh)
@@ -266,21 +296,22 @@ class GruLayer(OpDef):
         dhh = xp.empty((n, g3), dt)
         off = _offsets(batch_sizes)
         steps = range(len(batch_sizes)) if reverse else range(len(batch_sizes) - 1, -1, -1)
-        for t in steps:
-            b = batch_sizes[t]
-            lo, hi = off[t], off[t] + b
-            dhs = dh[:b] + go[lo:hi] if go is not None else dh[:b].copy()
-            a = act[lo:hi]
-            r, z, nn_ = a[:, :H], a[:, H:2 * H], a[:, 2 * H:]
-            hp = h_prev[lo:hi]
-            dn = dhs * (1 - z) * (1 - nn_ * nn_)
-            dxs, dhhs = dx[lo:hi], dhh[lo:hi]
-            xp.multiply(dhs * (hp - nn_), z * (1 - z), out=dxs[:, H:2 * H])
-            xp.multiply(dn * hh_n[lo:hi], r * (1 - r), out=dxs[:, :H])
-            dxs[:, 2 * H:] = dn
-            dhhs[:, :2 * H] = dxs[:, :2 * H]
-            xp.multiply(dn, r, out=dhhs[:, 2 * H:])
-            dh[:b] = dhs * z + xp.matmul(dhhs, w)
+        with _one_blas_thread(xp):
+            for t in steps:
+                b = batch_sizes[t]
+                lo, hi = off[t], off[t] + b
+                dhs = dh[:b] + go[lo:hi] if go is not None else dh[:b].copy()
+                a = act[lo:hi]
+                r, z, nn_ = a[:, :H], a[:, H:2 * H], a[:, 2 * H:]
+                hp = h_prev[lo:hi]
+                dn = dhs * (1 - z) * (1 - nn_ * nn_)
+                dxs, dhhs = dx[lo:hi], dhh[lo:hi]
+                xp.multiply(dhs * (hp - nn_), z * (1 - z), out=dxs[:, H:2 * H])
+                xp.multiply(dn * hh_n[lo:hi], r * (1 - r), out=dxs[:, :H])
+                dxs[:, 2 * H:] = dn
+                dhhs[:, :2 * H] = dxs[:, :2 * H]
+                xp.multiply(dn, r, out=dhhs[:, 2 * H:])
+                dh[:b] = dhs * z + xp.matmul(dhhs, w)
         like = xproj
         gw = _wrap(xp.matmul(dhh.T, h_prev), like)
         gb = _wrap(dhh.sum(axis=0), like) if b_hh is not None else None
@@ -334,19 +365,20 @@ class RnnLayer(OpDef):
         h_prev = xp.empty((n, H), xproj.dtype)
         out = xp.empty((n, H), xproj.dtype)
         relu = nonlinearity == "relu"
-        for t in steps:
-            b = batch_sizes[t]
-            lo, hi = off[t], off[t] + b
-            hp = h[:b]
-            h_prev[lo:hi] = hp
-            pre = xp.matmul(hp, w_t)
-            pre += xproj[lo:hi]
-            o = out[lo:hi]
-            if relu:
-                xp.maximum(pre, 0, out=o)
-            else:
-                xp.tanh(pre, out=o)
-            h[:b] = o
+        with _one_blas_thread(xp):
+            for t in steps:
+                b = batch_sizes[t]
+                lo, hi = off[t], off[t] + b
+                hp = h[:b]
+                h_prev[lo:hi] = hp
+                pre = xp.matmul(hp, w_t)
+                pre += xproj[lo:hi]
+                o = out[lo:hi]
+                if relu:
+                    xp.maximum(pre, 0, out=o)
+                else:
+                    xp.tanh(pre, out=o)
+                h[:b] = o
         ctx.cache = (out, h_prev)
         ctx.args = (tuple(batch_sizes), reverse, nonlinearity)
         ctx.save(xproj, h0, w_hh)
@@ -368,17 +400,18 @@ class RnnLayer(OpDef):
         off = _offsets(batch_sizes)
         steps = range(len(batch_sizes)) if reverse else range(len(batch_sizes) - 1, -1, -1)
         relu = nonlinearity == "relu"
-        for t in steps:
-            b = batch_sizes[t]
-            lo, hi = off[t], off[t] + b
-            dhs = dh[:b] + go[lo:hi] if go is not None else dh[:b]
-            y = out[lo:hi]
-            d = dpre[lo:hi]
-            if relu:
-                xp.multiply(dhs, y > 0, out=d)
-            else:
-                xp.multiply(dhs, 1 - y * y, out=d)
-            dh[:b] = xp.matmul(d, w)
+        with _one_blas_thread(xp):
+            for t in steps:
+                b = batch_sizes[t]
+                lo, hi = off[t], off[t] + b
+                dhs = dh[:b] + go[lo:hi] if go is not None else dh[:b]
+                y = out[lo:hi]
+                d = dpre[lo:hi]
+                if relu:
+                    xp.multiply(dhs, y > 0, out=d)
+                else:
+                    xp.multiply(dhs, 1 - y * y, out=d)
+                dh[:b] = xp.matmul(d, w)
         like = xproj
         return (_wrap(dpre, like), _wrap(dh, like), _wrap(xp.matmul(dpre.T, h_prev), like),
                 None, None, None)
@@ -423,7 +456,8 @@ def _reference_vjp(ref: Any, ctx: Any, inputs: tuple, grads: tuple, extra: tuple
         tuple(None for _ in extra)
 
 
-def _cell_args(name: str, input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, gates: int) -> None:
+def _cell_args(name: str, input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor,
+               gates: int) -> None:
     check(input.dim() == 2, name, f"input must be 2-D (batch, input_size), got shape "
                                   f"{tuple(input.shape)}")
     check(w_ih.shape[0] == gates * w_hh.shape[1] and w_ih.shape[1] == input.shape[1], name,
@@ -475,7 +509,8 @@ def _rnn_cell(nonlinearity: str) -> Any:
                                             nonlinearity))
         return hn
     cell.__name__ = f"rnn_{nonlinearity}_cell"
-    cell.__doc__ = f"One Elman RNN step with {nonlinearity} (torch's ``torch.rnn_{nonlinearity}_cell``)."
+        cell.__doc__ = (f"One Elman RNN step with {nonlinearity} "
+                    f"(torch's ``torch.rnn_{nonlinearity}_cell``).")
     return cell
 
 
