@@ -509,7 +509,7 @@ def _rnn_cell(nonlinearity: str) -> Any:
                                             nonlinearity))
         return hn
     cell.__name__ = f"rnn_{nonlinearity}_cell"
-        cell.__doc__ = (f"One Elman RNN step with {nonlinearity} "
+    cell.__doc__ = (f"One Elman RNN step with {nonlinearity} "
                     f"(torch's ``torch.rnn_{nonlinearity}_cell``).")
     return cell
 
