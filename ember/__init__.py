@@ -32,6 +32,7 @@ from ember.random import (  # noqa: F401
     randint_like, poisson)
 from ember._tensor_str import set_printoptions, get_printoptions  # noqa: F401
 from ember import autograd  # noqa: F401
+from ember.serialization import save, load  # noqa: F401
 
 globals().update(_ops.PUBLIC_FUNCTIONS)
 

@@ -74,8 +74,8 @@ class LoadedStorage:
     def cuda(self, device: Any = None, non_blocking: bool = False) -> "LoadedStorage":
         """A copy of this storage on a CUDA device (the current one by default)."""
         if device is None:
-            from ember import cuda
-            device = cuda.current_device()
+            from ember.backend import cuda as _cuda
+            device = _cuda.xp().cuda.runtime.getDevice() if _cuda.is_available() else 0
         dev = device if isinstance(device, _device_cls) else _cuda_device(device)
         return _to_cuda(self, dev)
 

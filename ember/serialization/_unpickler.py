@@ -231,6 +231,24 @@ def _checked_callable(obj: Any) -> Callable[..., Any] | None:
 
 
 # ---------------------------------------------------------------------- the restricted unpickler
+class _External(Exception):
+    """Carries an exception raised by caller code (map_location, an allowlisted class) through
+    the unpickler's own error translation unchanged."""
+
+    def __init__(self, exc: BaseException) -> None:
+        super().__init__()
+        self.exc = exc
+
+
+def _external(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    try:
+        return fn(*args, **kwargs)
+    except CheckpointError:
+        raise
+    except Exception as exc:
+        raise _External(exc) from None
+
+
 _OPNAMES = {op.code.encode("latin-1")[0]: op.name for op in __import__("pickletools").opcodes}
 
 
@@ -317,11 +335,11 @@ class SafeUnpickler:
         if not isinstance(args, tuple):
             raise self._fail(f"{opname} arguments must be a tuple, got {type(args).__name__}")
         safe = _checked_callable(func)
-        if safe is None and self._is_user_type(func):
-            safe = func
-        if safe is None:
-            raise self._fail(f"{opname} refuses to call {func!r}: not an allowed callable")
-        return safe(*args)
+        if safe is not None:
+            return safe(*args)
+        if self._is_user_type(func):
+            return _external(func, *args)
+        raise self._fail(f"{opname} refuses to call {func!r}: not an allowed callable")
 
     # ------------------------------------------------------------------ main loop
     def load(self) -> Any:
@@ -347,6 +365,8 @@ class SafeUnpickler:
                     return self.stack.pop()
         except CheckpointError:
             raise
+        except _External as ext:
+            raise ext.exc
         except (IndexError, KeyError, struct.error, ValueError, TypeError, UnicodeError,
                 OverflowError, AttributeError, RecursionError, EOFError) as exc:
             raise self._fail(f"malformed pickle: {type(exc).__name__}: {exc}") from None
@@ -593,10 +613,10 @@ class SafeUnpickler:
     # persistent ids
     def _persid(self) -> None:
         pid = self.readline().decode("ascii")
-        self._push(self.persistent_load(pid))
+        self._push(_external(self.persistent_load, pid))
 
     def _binpersid(self) -> None:
-        self._push(self.persistent_load(self.stack.pop()))
+        self._push(_external(self.persistent_load, self.stack.pop()))
 
     # globals and calls: the only places where the file could reach code
     def _global(self) -> None:
@@ -636,7 +656,7 @@ class SafeUnpickler:
                 getattr(cls, "__name__", "") == "Parameter" and not kwargs:
             return cls(*args)
         if isinstance(cls, type) and self._is_user_type(cls):
-            return cls.__new__(cls, *args, **kwargs)
+            return _external(cls.__new__, cls, *args, **kwargs)
         raise self._fail(f"{opname} can only create Parameters or classes allowed with "
                          f"add_safe_globals, got {cls!r}")
 
@@ -657,7 +677,7 @@ class SafeUnpickler:
     def _instantiate(self, cls: Any, args: tuple, opname: str) -> Any:
         # INST/OBJ call the class itself: only classes the user allowlisted.
         if isinstance(cls, type) and self._is_user_type(cls):
-            return cls(*args)
+            return _external(cls, *args)
         raise self._fail(f"{opname} may only instantiate classes allowed with add_safe_globals, "
                          f"got {cls!r}")
 
@@ -672,7 +692,7 @@ class SafeUnpickler:
                 raise self._fail("BUILD state for an OrderedDict must be a dict of plain names")
             inst.__dict__.update(state)
         elif self._is_user_type(type(inst)):
-            self._build_user(inst, state)
+            _external(self._build_user, inst, state)
         else:
             raise self._fail(f"BUILD can only set state on tensors, OrderedDict and classes "
                              f"allowed with add_safe_globals, got {type(inst).__name__}")
