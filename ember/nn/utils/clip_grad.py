@@ -1,0 +1,92 @@
+"""Gradient clipping: ``clip_grad_norm_``, ``clip_grad_value_``, ``get_total_norm``,
+``clip_grads_with_norm_``. All run under ``no_grad``; ``foreach`` is accepted and ignored
+(ember has one implementation)."""
+from __future__ import annotations
+
+import warnings
+from typing import Any, Iterable
+
+import ember
+from ember.tensor import Tensor
+
+__all__ = ["clip_grad_norm_", "clip_grad_norm", "clip_grad_value_", "get_total_norm",
+           "clip_grads_with_norm_"]
+
+
+def _as_list(tensors: Any) -> list:
+    if isinstance(tensors, Tensor):
+        return [tensors]
+    return list(tensors)
+
+
+def get_total_norm(tensors: Any, norm_type: float = 2.0, error_if_nonfinite: bool = False,
+                   foreach: bool | None = None) -> Tensor:
+    """The ``norm_type`` norm of all ``tensors`` viewed as one vector."""
+    tensors = [t for t in _as_list(tensors) if t is not None]
+    norm_type = float(norm_type)
+    if len(tensors) == 0:
+        return ember.tensor(0.0)
+    with ember.no_grad():
+        norms = ember.stack([ember.linalg_vector_norm(t, norm_type) for t in tensors])
+        total = ember.linalg_vector_norm(norms, norm_type)
+    if error_if_nonfinite and bool(total.isnan() | total.isinf()):
+        raise RuntimeError(
+            f"The total norm of order {norm_type} for gradients from `parameters` is "
+            "non-finite, so it cannot be clipped. To disable this error and scale the gradients "
+            "by the non-finite norm anyway, set `error_if_nonfinite=False`")
+    return total
+
+
+def clip_grads_with_norm_(parameters: Any, max_norm: float, total_norm: Tensor,
+                          foreach: bool | None = None) -> None:
+    """Scale the gradients by ``max_norm / (total_norm + 1e-6)`` when that is below 1."""
+    grads = [p.grad for p in _as_list(parameters) if p.grad is not None]
+    if not grads:
+        return
+    with ember.no_grad():
+        clip_coef = float(max_norm) / (total_norm + 1e-6)
+        clip_coef_clamped = clip_coef.clamp(max=1.0)
+        for g in grads:
+            g.mul_(clip_coef_clamped.to(g.dtype))
+
+
+def clip_grad_norm_(parameters: Any, max_norm: float, norm_type: float = 2.0,
+                    error_if_nonfinite: bool = False, foreach: bool | None = None) -> Tensor:
+    """Rescale the gradients of ``parameters`` so their joint norm is at most ``max_norm``.
+
+    Args:
+        parameters: a Tensor or an iterable of Tensors whose ``.grad`` is clipped in place.
+        max_norm: the maximum norm.
+        norm_type: the p of the p-norm (``inf`` for the max norm). Default: 2.
+        error_if_nonfinite: raise if the total norm is nan or inf. Default: ``False``.
+        foreach: ignored.
+
+    Returns:
+        The total norm of the gradients before clipping (a 0-dim tensor).
+
+    Example::
+
+        >>> total = nn.utils.clip_grad_norm_(model.parameters(), max_norm=1.0)  # doctest: +SKIP
+    """
+    params = _as_list(parameters)
+    grads = [p.grad for p in params if p.grad is not None]
+    total = get_total_norm(grads, norm_type, error_if_nonfinite, foreach)
+    clip_grads_with_norm_(params, max_norm, total, foreach)
+    return total
+
+
+def clip_grad_norm(parameters: Any, max_norm: float, norm_type: float = 2.0,
+                   error_if_nonfinite: bool = False, foreach: bool | None = None) -> Tensor:
+    """Deprecated alias of :func:`clip_grad_norm_`."""
+    warnings.warn("`torch.nn.utils.clip_grad_norm` is now deprecated in favor of "
+                  "`torch.nn.utils.clip_grad_norm_`.", FutureWarning, stacklevel=2)
+    return clip_grad_norm_(parameters, max_norm, norm_type, error_if_nonfinite, foreach)
+
+
+def clip_grad_value_(parameters: Any, clip_value: float, foreach: bool | None = None) -> None:
+    """Clamp every gradient of ``parameters`` to ``[-clip_value, clip_value]`` in place."""
+    clip_value = float(clip_value)
+    with ember.no_grad():
+        for p in _as_list(parameters):
+            if p.grad is not None:
+                p.grad.clamp_(-clip_value, clip_value)
