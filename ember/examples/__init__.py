@@ -1,0 +1,2 @@
+"""Runnable examples: ``python -m ember.examples.digits`` (the main demo), ``.regression``,
+``.charlm``."""
