@@ -496,3 +496,17 @@ def test_exports_match_torch():
     assert core <= set(torch.optim.__all__)
     for name in core:
         assert hasattr(eoptim, name), name
+
+
+@pytest.mark.parametrize("name", ["Adam", "AdamW", "Adamax", "NAdam", "RAdam", "RMSprop",
+                                  "Rprop", "ASGD", "Adadelta"])
+def test_capturable_on_cpu_asserts_like_torch(name):
+    errs = []
+    for lib, mod in ((torch, torch.optim), (ember, eoptim)):
+        p = lib.zeros(2, requires_grad=True)
+        p.grad = lib.ones(2)
+        with pytest.raises(Exception) as err:
+            getattr(mod, name)([p], capturable=True).step()
+        errs.append(err.value)
+    assert type(errs[1]) is type(errs[0])
+    assert str(errs[1]).split(" must be")[0] == str(errs[0]).split(" must be")[0]

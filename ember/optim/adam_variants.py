@@ -209,6 +209,8 @@ class NAdam(Optimizer):
         foreach, maximize, capturable, differentiable: as in torch.
     """
 
+    _capturable_names = "params, mu_products and state_steps"
+
     def __init__(self, params: ParamsT, lr: float = 2e-3, betas: tuple = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0, momentum_decay: float = 4e-3,
                  decoupled_weight_decay: bool = False, *, foreach: bool | None = None,

@@ -495,10 +495,20 @@ class Optimizer:
 
         Raises RuntimeError for sparse gradients, which ember does not produce."""
         out = []
+        capturable = group.get("capturable", False)
         for p in group["params"]:
             if p._grad is not None:
                 if group.get("fused") and getattr(self, "_need_device_dtype_check_for_fused",
                                                   True):
                     _check_fused(p)
+                if capturable and p.device.type not in _CAPTURABLE_DEVICES:
+                    # torch asserts this too: capturable state lives on the accelerator
+                    raise AssertionError(f"If capturable=True, {self._capturable_names} must be "
+                                         f"on supported devices: {_CAPTURABLE_DEVICES}.")
                 out.append(p)
         return out
+
+    _capturable_names = "params and state_steps"
+
+
+_CAPTURABLE_DEVICES = ["cuda"]
