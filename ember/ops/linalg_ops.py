@@ -125,6 +125,7 @@ def _chsolve_meta(op: Any, B: Any, L: Any, upper: bool = False) -> TensorMeta:
 
 
 @register("cholesky_solve", meta=_chsolve_meta, sig="input, input2, upper=False",
+          call="input, input2, upper",
           node_name="CholeskySolve")
 class CholeskySolve(OpDef):
     """Solve ``A X = B`` given the Cholesky factor of ``A`` (``input2``: L, or U with
@@ -261,7 +262,9 @@ def logdet(input: Tensor) -> Tensor:
     sign, logabs = _op("linalg_slogdet")(input)
     if input.is_complex():
         return sign.log() + logabs
-    return ember.where(sign == -1, logabs * float("nan"), logabs)
+    # a constant NaN where det < 0 (a masked product would leak NaN into the gradient)
+    nan = ember.where(sign.detach() == -1, float("nan"), 0.0).to(logabs.dtype)
+    return logabs + nan
 
 
 # ---------------------------------------------------------------------- decompositions
@@ -616,7 +619,10 @@ def matrix_power(A: Tensor, n: int) -> Tensor:
     check(A.shape[-1] == A.shape[-2], name, f"A must be batches of square matrices, but they "
                                             f"are {A.shape[-2]} by {A.shape[-1]} matrices")
     if n == 0:
-        return eye_like(A.shape[-1], A).expand(*A.shape).clone()
+        # the identity, but connected to A (torch reports a zero gradient, not None)
+        import ember
+        keep = ember.ones(tuple(A.shape), dtype=_dt.bool, device=A.device)
+        return ember.where(keep, eye_like(A.shape[-1], A).expand(*A.shape), A)
     if n < 0:
         A = inv(A)
         n = -n
@@ -711,7 +717,9 @@ def cross(input: Tensor, other: Tensor, *, dim: int = -1, out: Any = None) -> Te
     """Cross product of 3-vectors along ``dim`` (inputs broadcast)."""
     import ember
     name = "linalg.cross"
-    check(input.ndim == other.ndim, name, f"inputs must have the same number of dimensions.")
+    check(input.ndim == other.ndim, name, "inputs must have the same number of dimensions.")
+    shape = M.broadcast_shapes(name, tuple(input.shape), tuple(other.shape))
+    input, other = input.expand(*shape), other.expand(*shape)
     d = M.wrap_dim(name, dim, input.ndim)
     check(input.shape[d] == 3 and other.shape[d] == 3, name,
           f"inputs dimension {dim} must have length 3. Got {input.shape[d]} and "

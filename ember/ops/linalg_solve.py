@@ -209,26 +209,31 @@ class LinalgDet(OpDef):
             return g.unsqueeze(-1).unsqueeze(-1) * A
         import ember
         gd = (g * det.conj()) if det.is_complex() else g * det
-        eps = _dt.finfo(A.dtype).eps
-        singular = det.abs() < 100.0 * eps
-        if bool(singular.any()):
-            # The adjugate of a singular matrix from its SVD (torch's formula): with
-            # A = U S Vh, adj(A)^H = conj(det U det Vh) U diag(prod_{j != i} s_j) Vh.
-            U, S, Vh = OPS_LINALG["linalg_svd"](A, False)
-            alpha = OPS_LINALG["linalg_det"](U) * OPS_LINALG["linalg_det"](Vh)
-            alpha = (alpha.conj() if alpha.is_complex() else alpha) * g
-            D = _prod_others(S) * alpha.unsqueeze(-1)
-            sing = (U * D.unsqueeze(-2)).matmul(Vh)
-            if bool(singular.all()):
-                return sing
-            A_safe = ember.where(singular.unsqueeze(-1).unsqueeze(-1), eye_like(A.shape[-1], A),
-                                 A)
-            gd = ember.where(singular, gd * 0, gd)
-            reg = OPS_LINALG["_linalg_solve"](mH(A_safe), diag_embed(
-                gd.unsqueeze(-1).expand(*gd.shape, A.shape[-1])))
-            return ember.where(singular.unsqueeze(-1).unsqueeze(-1), sing, reg)
-        rhs = diag_embed(gd.unsqueeze(-1).expand(*gd.shape, A.shape[-1]))
-        return OPS_LINALG["_linalg_solve"](mH(A), rhs)
+        n = A.shape[-1]
+        if not ember.is_grad_enabled():
+            # torch's first-order path: solve A^H G = conj(det) g I through LU, with exactly
+            # zero pivots nudged to eps, which makes G = 0 where det == 0
+            _, _, info = OPS_LINALG["linalg_lu_factor_ex"](A)
+            singular = info > 0
+        else:
+            # for higher-order gradients torch switches to the SVD formula near singularity
+            singular = det.abs() < 100.0 * _dt.finfo(A.dtype).eps
+        if not bool(singular.any()):
+            return OPS_LINALG["_linalg_solve"](mH(A), diag_embed(gd.unsqueeze(-1).expand(
+                *gd.shape, n)))
+        mask = singular.unsqueeze(-1).unsqueeze(-1)
+        A_safe = ember.where(mask, eye_like(n, A), A)
+        reg = OPS_LINALG["_linalg_solve"](mH(A_safe), diag_embed(
+            ember.where(singular, gd * 0, gd).unsqueeze(-1).expand(*gd.shape, n)))
+        if not ember.is_grad_enabled():
+            return ember.where(mask, reg * 0, reg)
+        # adj(A)^H from the SVD A = U S Vh: conj(det U det Vh) U diag(prod_{j != i} s_j) Vh
+        U, S, Vh = OPS_LINALG["linalg_svd"](A, False)
+        alpha = OPS_LINALG["linalg_det"](U) * OPS_LINALG["linalg_det"](Vh)
+        alpha = (alpha.conj() if alpha.is_complex() else alpha) * g
+        D = _prod_others(S).to(A.dtype) * alpha.unsqueeze(-1)
+        sing = (U * D.unsqueeze(-2)).matmul(Vh)
+        return ember.where(mask, sing, reg)
 
 
 def _prod_others(s: Tensor) -> Tensor:
