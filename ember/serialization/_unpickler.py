@@ -316,7 +316,7 @@ class SafeUnpickler:
         full = f"{module}.{name}"
         if module.split(".")[0] in _BLOCKED_MODULES or \
                 (module == "builtins" and name in _BLOCKED_BUILTINS):
-            raise self._fail(f"GLOBAL {full} is blocked: loading it could run code")
+            raise self._fail(f"{opname} {full} is blocked: loading it could run code")
         obj = resolve_torch_global(full)
         if obj is not None:
             return obj.fn() if isinstance(obj, _Lazy) else obj

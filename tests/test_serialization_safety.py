@@ -1,0 +1,160 @@
+"""weights_only loading: the hostile corpus is refused without side effects; the allowlist API."""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import io
+import os
+import pickle
+import tracemalloc
+
+import pytest
+
+import ember
+from ember.serialization import (add_safe_globals, clear_safe_globals, get_safe_globals,
+                                 get_unsafe_globals_in_checkpoint, load, safe_globals, save)
+from serialization_corpus import build_corpus, tensor_pickle, torch_zip
+
+
+@dataclasses.dataclass
+class Config:
+    """A user class stored inside a checkpoint."""
+    lr: float = 0.1
+    name: str = "run"
+
+
+class Dangerous:
+    def __reduce__(self):
+        return (os.system, ("echo never",))
+
+
+@pytest.fixture
+def marker(tmp_path):
+    return str(tmp_path / "MARKER")
+
+
+@pytest.fixture(autouse=True)
+def _clean_allowlist():
+    clear_safe_globals()
+    yield
+    clear_safe_globals()
+
+
+def test_corpus_is_large_enough(marker):
+    assert len(build_corpus(marker)) >= 40
+
+
+def _corpus_cases():
+    return sorted(build_corpus("/nonexistent/MARKER"))
+
+
+@pytest.mark.parametrize("case", _corpus_cases())
+def test_hostile_file_rejected_without_side_effect(case, marker, tmp_path):
+    data = build_corpus(marker)[case]
+    path = tmp_path / f"{case}.pt"
+    path.write_bytes(data)
+    tracemalloc.start()
+    try:
+        for source in (io.BytesIO(data), str(path)):
+            with pytest.raises(pickle.UnpicklingError):
+                load(source)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert not os.path.exists(marker), f"{case} ran code"
+    assert peak < 64 * 2 ** 20, f"{case} allocated {peak} bytes before being refused"
+    assert sorted(os.listdir(tmp_path)) == [f"{case}.pt"]  # nothing written next to it
+
+
+def test_rejection_names_the_global_and_opcode(marker):
+    corpus = build_corpus(marker)
+    with pytest.raises(pickle.UnpicklingError, match=r"GLOBAL os\.system.*blocked"):
+        load(io.BytesIO(corpus["global_os_system"]))
+    with pytest.raises(pickle.UnpicklingError, match=r"STACK_GLOBAL builtins\.eval"):
+        load(io.BytesIO(corpus["stack_global_eval"]))
+    with pytest.raises(pickle.UnpicklingError, match=r"opcode EXT1"):
+        load(io.BytesIO(corpus["ext1_copyreg_extension"]))
+    with pytest.raises(pickle.UnpicklingError, match=r"numpy\.testing\._private\.utils\.runstring"):
+        load(io.BytesIO(corpus["global_numpy_runstring"]))
+    with pytest.raises(pickle.UnpicklingError, match="weights_only=False"):
+        load(io.BytesIO(corpus["global_torch_load"]))
+
+
+def test_corruption_errors_are_also_runtime_errors(marker):
+    # torch raises RuntimeError for broken archives; ember's error is both kinds.
+    with pytest.raises(RuntimeError):
+        load(io.BytesIO(build_corpus(marker)["zip_truncated_half"]))
+
+
+def test_dangerous_object_saved_by_ember_is_refused(tmp_path, marker):
+    path = tmp_path / "d.pt"
+    save({"x": ember.ones(1), "bad": Dangerous()}, path)
+    with pytest.raises(pickle.UnpicklingError, match="posix.system|os.system"):
+        load(path)
+    assert get_unsafe_globals_in_checkpoint(path) in (["posix.system"], ["os.system"])
+
+
+def test_the_corpus_baseline_is_loadable():
+    # The hostile files are small edits of this one, which must load.
+    t = load(io.BytesIO(torch_zip(tensor_pickle(), {"0": b"\0" * 16})))
+    assert t.tolist() == [0.0, 0.0, 0.0, 0.0]
+
+
+# ---------------------------------------------------------------------- allowlist API
+def _ckpt_with_config() -> bytes:
+    buf = io.BytesIO()
+    save({"cfg": Config(0.5, "a"), "w": ember.ones(2)}, buf)
+    return buf.getvalue()
+
+
+def test_user_class_refused_then_allowed():
+    raw = _ckpt_with_config()
+    with pytest.raises(pickle.UnpicklingError, match="Config"):
+        load(io.BytesIO(raw))
+    add_safe_globals([Config])
+    assert Config in get_safe_globals()
+    out = load(io.BytesIO(raw))
+    assert out["cfg"] == Config(0.5, "a") and out["w"].tolist() == [1.0, 1.0]
+    clear_safe_globals()
+    assert get_safe_globals() == []
+    with pytest.raises(pickle.UnpicklingError):
+        load(io.BytesIO(raw))
+
+
+def test_safe_globals_context_manager_and_named_tuple_entries():
+    raw = _ckpt_with_config()
+    with safe_globals([Config]):
+        assert load(io.BytesIO(raw))["cfg"].lr == 0.5
+    assert get_safe_globals() == []
+    with pytest.raises(pickle.UnpicklingError):
+        load(io.BytesIO(raw))
+    name = f"{Config.__module__}.{Config.__qualname__}"
+    add_safe_globals([(Config, name)])
+    assert load(io.BytesIO(raw))["cfg"].name == "a"
+    with pytest.raises(ValueError):
+        add_safe_globals([(Config, name, 1)])
+    with pytest.raises(TypeError):
+        add_safe_globals([(Config, 3)])
+
+
+def test_blocked_modules_stay_blocked_even_if_allowlisted(marker):
+    add_safe_globals([os.system, (os.system, "posix.system")])
+    with pytest.raises(pickle.UnpicklingError, match="blocked"):
+        load(io.BytesIO(build_corpus(marker)["global_os_system"]))
+    assert not os.path.exists(marker)
+
+
+def test_weights_only_false_allows_user_classes():
+    out = load(io.BytesIO(_ckpt_with_config()), weights_only=False)
+    assert out["cfg"] == Config(0.5, "a")
+
+
+def test_torch_file_with_user_class():
+    torch = pytest.importorskip("torch")
+    buf = io.BytesIO()
+    torch.save({"cfg": Config(), "od": collections.OrderedDict(a=torch.ones(1))}, buf)
+    with pytest.raises(pickle.UnpicklingError):
+        load(io.BytesIO(buf.getvalue()))
+    with safe_globals([Config]):
+        out = load(io.BytesIO(buf.getvalue()))
+    assert out["cfg"] == Config() and out["od"]["a"].tolist() == [1.0]
