@@ -560,8 +560,8 @@ class Module:
 
         def convert(t: Tensor) -> Tensor:
             if t.is_floating_point() or t.is_complex():
-                return t.to(device, dtype if dtype is not None else t.dtype)
-            return t.to(device) if device is not None else t
+                return t.to(device=device, dtype=dtype, non_blocking=non_blocking)
+            return t.to(device=device, non_blocking=non_blocking) if device is not None else t
         return self._apply(convert)
 
     def share_memory(self) -> "Module":
