@@ -33,6 +33,14 @@ def _tensor_arg(name: str, input: Any) -> None:
           f"argument 'input' must be Tensor, not {type(input).__name__}", TypeError)
 
 
+def _src(input: Tensor, inplace: bool) -> Tensor:
+    """The tensor to compute from. For an in-place call that autograd records, a clone: the
+    graph then saves the clone, which the final write into ``input`` does not invalidate."""
+    if inplace and input.requires_grad and ember.is_grad_enabled():
+        return input.clone()
+    return input
+
+
 def _finish(input: Tensor, out: Tensor, inplace: bool) -> Tensor:
     """Return ``out``, or write it into ``input`` (torch's ``inplace=True``)."""
     if inplace:
@@ -43,8 +51,8 @@ def _finish(input: Tensor, out: Tensor, inplace: bool) -> Tensor:
 def threshold(input: Tensor, threshold: float, value: float, inplace: bool = False) -> Tensor:
     """``y = x if x > threshold else value``."""
     _tensor_arg("threshold", input)
-    out = ember.where(input > threshold, input, ember.tensor(value, dtype=input.dtype,
-                                                            device=input.device))
+    x = _src(input, inplace)
+    out = ember.where(x > threshold, x, ember.tensor(value, dtype=x.dtype, device=x.device))
     return _finish(input, out, inplace)
 
 
@@ -92,7 +100,7 @@ def _elu_core(input: Tensor, alpha: float, scale: float = 1.0, input_scale: floa
 def elu(input: Tensor, alpha: float = 1.0, inplace: bool = False) -> Tensor:
     """``x if x > 0 else alpha * (exp(x) - 1)``."""
     _tensor_arg("elu", input)
-    return _finish(input, _elu_core(input, alpha), inplace)
+    return _finish(input, _elu_core(_src(input, inplace), alpha), inplace)
 
 
 def elu_(input: Tensor, alpha: float = 1.0) -> Tensor:
@@ -102,7 +110,7 @@ def elu_(input: Tensor, alpha: float = 1.0) -> Tensor:
 def selu(input: Tensor, inplace: bool = False) -> Tensor:
     """``scale * elu(x, alpha)`` with the self-normalising constants."""
     _tensor_arg("selu", input)
-    return _finish(input, _elu_core(input, _SELU_ALPHA, _SELU_SCALE), inplace)
+    return _finish(input, _elu_core(_src(input, inplace), _SELU_ALPHA, _SELU_SCALE), inplace)
 
 
 def selu_(input: Tensor) -> Tensor:
@@ -114,7 +122,7 @@ def celu(input: Tensor, alpha: float = 1.0, inplace: bool = False) -> Tensor:
     _tensor_arg("celu", input)
     if alpha == 0:
         raise make(RuntimeError, "celu", "ZeroDivisionError: alpha must not be 0")
-    return _finish(input, _elu_core(input, alpha, 1.0, 1.0 / alpha), inplace)
+    return _finish(input, _elu_core(_src(input, inplace), alpha, 1.0, 1.0 / alpha), inplace)
 
 
 def celu_(input: Tensor, alpha: float = 1.0) -> Tensor:
@@ -124,7 +132,8 @@ def celu_(input: Tensor, alpha: float = 1.0) -> Tensor:
 def leaky_relu(input: Tensor, negative_slope: float = 0.01, inplace: bool = False) -> Tensor:
     """``x if x >= 0 else negative_slope * x``."""
     _tensor_arg("leaky_relu", input)
-    out = ember.where(input > 0, input, input * negative_slope)
+    x = _src(input, inplace)
+    out = ember.where(x > 0, x, x * negative_slope)
     return _finish(input, out, inplace)
 
 
@@ -158,12 +167,12 @@ def rrelu(input: Tensor, lower: float = 1.0 / 8, upper: float = 1.0 / 3, trainin
           inplace: bool = False) -> Tensor:
     """Randomized leaky ReLU: slope ~ U(lower, upper) per element in training, else the mean."""
     _tensor_arg("rrelu", input)
+    x = _src(input, inplace)
     if training:
-        slope = ember.empty(tuple(input.shape), dtype=input.dtype,
-                            device=input.device).uniform_(lower, upper)
-        out = ember.where(input >= 0, input, input * slope)
+        slope = ember.empty(tuple(x.shape), dtype=x.dtype, device=x.device).uniform_(lower, upper)
+        out = ember.where(x >= 0, x, x * slope)
     else:
-        out = leaky_relu(input, (lower + upper) / 2)
+        out = leaky_relu(x, (lower + upper) / 2)
     return _finish(input, out, inplace)
 
 
@@ -305,25 +314,28 @@ def sigmoid(input: Tensor) -> Tensor:
 def hardsigmoid(input: Tensor, inplace: bool = False) -> Tensor:
     """``clamp(x / 6 + 1/2, 0, 1)``."""
     _tensor_arg("hardsigmoid", input)
-    return _finish(input, (input / 6 + 0.5).clamp(0.0, 1.0), inplace)
+    x = _src(input, inplace)
+    return _finish(input, (x / 6 + 0.5).clamp(0.0, 1.0), inplace)
 
 
 def silu(input: Tensor, inplace: bool = False) -> Tensor:
     """``x * sigmoid(x)`` (swish)."""
     _tensor_arg("silu", input)
-    return _finish(input, apply(OPS["silu"], (input,)), inplace)
+    return _finish(input, apply(OPS["silu"], (_src(input, inplace),)), inplace)
 
 
 def mish(input: Tensor, inplace: bool = False) -> Tensor:
     """``x * tanh(softplus(x))``."""
     _tensor_arg("mish", input)
-    return _finish(input, input * softplus(input).tanh(), inplace)
+    x = _src(input, inplace)
+    return _finish(input, x * softplus(x).tanh(), inplace)
 
 
 def hardswish(input: Tensor, inplace: bool = False) -> Tensor:
     """``x * relu6(x + 3) / 6``."""
     _tensor_arg("hardswish", input)
-    return _finish(input, input * (input + 3).clamp(0.0, 6.0) / 6, inplace)
+    x = _src(input, inplace)
+    return _finish(input, x * (x + 3).clamp(0.0, 6.0) / 6, inplace)
 
 
 # ---------------------------------------------------------------------- distances

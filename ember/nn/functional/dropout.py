@@ -34,11 +34,19 @@ def _finish(input: Tensor, out: Tensor, inplace: bool) -> Tensor:
     return input.copy_(out) if inplace else out
 
 
+def _src(input: Tensor, inplace: bool) -> Tensor:
+    # in-place under autograd: compute from a clone so the saved operand stays valid
+    if inplace and input.requires_grad and ember.is_grad_enabled():
+        return input.clone()
+    return input
+
+
 def _dropout_with_mask(input: Tensor, p: float, mask_shape: tuple, inplace: bool) -> Tensor:
+    x = _src(input, inplace)
     if p == 1.0:
-        return _finish(input, input * 0, inplace)
+        return _finish(input, x * 0, inplace)
     mask = _keep_mask(input, mask_shape, p)
-    return _finish(input, input * (mask / (1.0 - p)), inplace)
+    return _finish(input, x * (mask / (1.0 - p)), inplace)
 
 
 def dropout(input: Tensor, p: float = 0.5, training: bool = True, inplace: bool = False) -> Tensor:
@@ -159,7 +167,8 @@ def _alpha(name: str, input: Tensor, p: float, training: bool, inplace: bool,
     a = ((1 - p) * (1 + p * _ALPHA_P ** 2)) ** -0.5
     b = -a * _ALPHA_P * p
     # kept units: a * x + b; dropped units: a * alpha' + b (keeps SELU's mean and variance)
-    out = input * (keep * a) + ((1 - keep) * (a * _ALPHA_P) + b)
+    x = _src(input, inplace)
+    out = x * (keep * a) + ((1 - keep) * (a * _ALPHA_P) + b)
     return _finish(input, out, inplace)
 
 

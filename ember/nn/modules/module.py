@@ -196,6 +196,12 @@ class _BackwardHookFn(ember.autograd.Function):
             st.grad_outputs = grads
             if not st.input_hooked:
                 # No input requires grad: torch calls the hooks with grad_input all None.
+                if st.hooks:
+                    warnings.warn("Full backward hook is firing when gradients are computed with "
+                                  "respect to module outputs since no inputs require gradients. "
+                                  "See https://docs.pytorch.org/docs/main/generated/torch.nn."
+                                  "Module.html#torch.nn.Module.register_full_backward_hook for "
+                                  "more details.", stacklevel=2)
                 for hook in st.hooks:
                     res = hook(st.module, (None,) * max(st.n_inputs, 1), grads)
                     if res is not None and any(r is not None for r in res):
