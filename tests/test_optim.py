@@ -491,10 +491,8 @@ def test_non_float_fused_rejected():
 
 
 def test_exports_match_torch():
-    core = {"Adadelta", "Adagrad", "Adam", "Adamax", "AdamW", "ASGD", "LBFGS", "NAdam",
-            "Optimizer", "RAdam", "RMSprop", "Rprop", "SGD", "lr_scheduler", "swa_utils"}
-    assert core <= set(torch.optim.__all__)
-    for name in core:
+    assert set(torch.optim.__all__) <= set(eoptim.__all__)
+    for name in torch.optim.__all__:
         assert hasattr(eoptim, name), name
 
 
@@ -510,3 +508,99 @@ def test_capturable_on_cpu_asserts_like_torch(name):
         errs.append(err.value)
     assert type(errs[1]) is type(errs[0])
     assert str(errs[1]).split(" must be")[0] == str(errs[0]).split(" must be")[0]
+
+
+# ---------------------------------------------------------------------- Adafactor, Muon, SparseAdam
+@pytest.mark.parametrize("name,kwargs,dtype", [
+    ("Adafactor", dict(lr=0.01), "float64"),
+    ("Adafactor", dict(lr=0.05, weight_decay=0.1, eps=(1e-30, 1e-3), d=1.5, beta2_decay=-0.5,
+                       maximize=True), "float64"),
+    ("Adafactor", dict(lr=0.01), "float32"),
+    ("Muon", dict(lr=0.02), "float32"),
+    ("Muon", dict(lr=0.02, nesterov=False, adjust_lr_fn="match_rms_adamw", momentum=0.3),
+     "float64"),
+])
+def test_adafactor_and_muon_match_torch(name, kwargs, dtype):
+    rng = np.random.default_rng(0)
+    shapes = [(6, 4), (3, 5)] if name == "Muon" else [(5, 4), (4,), (2, 3, 4)]
+    init = [rng.standard_normal(s) for s in shapes]
+    tp = [torch.tensor(a, dtype=getattr(torch, dtype), requires_grad=True) for a in init]
+    ep = [ember.tensor(a, dtype=getattr(ember, dtype), requires_grad=True) for a in init]
+    topt, eopt = getattr(torch.optim, name)(tp, **kwargs), getattr(eoptim, name)(ep, **kwargs)
+    for _ in range(30):
+        for t, e in zip(tp, ep):
+            g = rng.standard_normal(tuple(t.shape))
+            t.grad = torch.tensor(g, dtype=t.dtype)
+            e.grad = ember.tensor(g, dtype=e.dtype)
+        topt.step()
+        eopt.step()
+    rtol = 1e-6 if dtype == "float64" else 1e-5
+    for t, e in zip(tp, ep):
+        np.testing.assert_allclose(e.detach().numpy(), t.detach().numpy(), rtol=rtol, atol=1e-6)
+    ts, es = topt.state_dict()["state"], eopt.state_dict()["state"]
+    assert all(ts[k].keys() == es[k].keys() for k in ts)
+
+
+def test_muon_and_adafactor_errors_match_torch():
+    cases = [("Muon", dict(lr=-1), (2, 2)), ("Muon", dict(momentum=-1), (2, 2)),
+             ("Muon", dict(adjust_lr_fn="x"), (2, 2)), ("Adafactor", dict(beta2_decay=0.5), (2,)),
+             ("Adafactor", dict(d=0.5), (2,)), ("Adafactor", dict(eps=(-1, 1e-3)), (2,)),
+             ("SparseAdam", dict(lr=0.0), (2,)), ("SparseAdam", dict(eps=0.0), (2,))]
+    for name, kw, shape in cases:
+        errs = []
+        for lib, mod in ((torch, torch.optim), (ember, eoptim)):
+            with pytest.raises(Exception) as err:
+                getattr(mod, name)([lib.zeros(shape, requires_grad=True)], **kw)
+            errs.append(err.value)
+        assert type(errs[1]) is type(errs[0]) and str(errs[1]) == str(errs[0])
+    with pytest.raises(ValueError, match="Muon only supports 2D parameters"):
+        eoptim.Muon([ember.zeros(3, requires_grad=True)])
+
+
+def test_sparse_adam_masked_update_matches_torch():
+    from ember.optim.sparse_adam import sparse_adam_update
+    rng = np.random.default_rng(0)
+    init = rng.standard_normal((6, 3))
+    tp = torch.tensor(init, requires_grad=True)
+    topt = torch.optim.SparseAdam([tp], lr=0.1)
+    p, m, v = init.copy(), np.zeros_like(init), np.zeros_like(init)
+    for step in range(1, 8):
+        dense = np.zeros((6, 3))
+        rows = rng.choice(6, size=3, replace=False)
+        dense[rows] = rng.standard_normal((3, 3))
+        tp.grad = torch.tensor(dense).to_sparse()
+        topt.step()
+        coo = tp.grad.coalesce()
+        index = tuple(coo.indices().numpy())
+        sparse_adam_update(np, p, m, v, index, coo.values().numpy(), step, lr=0.1, beta1=0.9,
+                           beta2=0.999, eps=1e-8)
+    np.testing.assert_allclose(p, tp.detach().numpy(), rtol=1e-12)
+    # ember tensors are dense: like torch with a dense grad, SparseAdam refuses
+    ep = ember.zeros(3, requires_grad=True)
+    ep.grad = ember.ones(3)
+    with pytest.raises(RuntimeError, match="SparseAdam does not support dense gradients"):
+        eoptim.SparseAdam([ep]).step()
+
+
+def test_swap_in_optimizer_params_and_state():
+    live = ember.ones(3, requires_grad=True)
+    opt = eoptim.Adam([live], lr=0.1)
+    live.grad = ember.ones(3)
+    opt.step()
+    live_before = live.detach().numpy().copy()
+    other = ember.zeros(3, requires_grad=True)
+    other.grad = ember.ones(3)
+    sd = opt.state_dict()
+    sd = {"state": {0: {k: v.clone() for k, v in sd["state"][0].items()}},
+          "param_groups": sd["param_groups"]}
+    with eoptim.swap_in_optimizer_params_and_state(opt, {"w": other}, sd):
+        assert opt.param_groups[0]["params"] == [other]
+        opt.step()
+    assert opt.param_groups[0]["params"][0] is live
+    np.testing.assert_array_equal(live.detach().numpy(), live_before)
+    assert float(other.detach().numpy()[0]) < 0            # the swapped-in param moved
+    assert float(sd["state"][0]["step"]) == 2.0             # its state advanced in place
+    assert float(opt.state[live]["step"]) == 1.0
+    with pytest.raises(RuntimeError, match="requires initialized optimizer state"):
+        with eoptim.swap_in_optimizer_params_and_state(eoptim.SGD([other]), {"w": other}, sd):
+            pass

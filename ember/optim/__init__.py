@@ -11,6 +11,10 @@ from ember.optim.adam_variants import Adamax, NAdam, RAdam  # noqa: F401
 from ember.optim.adagrad import Adagrad, Adadelta  # noqa: F401
 from ember.optim.rmsprop import RMSprop, Rprop  # noqa: F401
 from ember.optim.lbfgs import LBFGS  # noqa: F401
+from ember.optim.adafactor import Adafactor  # noqa: F401
+from ember.optim.muon import Muon  # noqa: F401
+from ember.optim.sparse_adam import SparseAdam  # noqa: F401
+from ember.optim._stateless import swap_in_optimizer_params_and_state  # noqa: F401
 from ember.optim import lr_scheduler  # noqa: F401,E402
 
 
@@ -25,5 +29,6 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'ember.optim' has no attribute '{name}'")
 
 
-__all__ = ["Adadelta", "Adagrad", "Adam", "Adamax", "AdamW", "ASGD", "LBFGS", "lr_scheduler",
-           "NAdam", "Optimizer", "RAdam", "RMSprop", "Rprop", "SGD", "swa_utils"]
+__all__ = ["Adafactor", "Adadelta", "Adagrad", "Adam", "Adamax", "AdamW", "ASGD", "LBFGS",
+           "lr_scheduler", "Muon", "NAdam", "Optimizer", "RAdam", "RMSprop", "Rprop", "SGD",
+           "SparseAdam", "swap_in_optimizer_params_and_state", "swa_utils"]
