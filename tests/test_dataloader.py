@@ -339,7 +339,8 @@ def test_large_batches_travel_through_shared_memory():
 def test_pickled_message_is_small():
     batch = ed.default_collate([Big()[i] for i in range(4)])  # 256 KiB of float32
     plain = pickle.dumps(batch)
-    _shm.enable_in_worker(_shm.new_tag(), 0)
+    tag = _shm.new_tag()
+    _shm.enable_in_worker(tag, 0)
     try:
         msg = _shm.dumps((0, batch))
         arr = np.arange(50_000, dtype=np.int64)
@@ -354,19 +355,22 @@ def test_pickled_message_is_small():
     assert back[1].tolist() == batch[1].tolist() and back[0].dtype == ember.float32
     np.testing.assert_array_equal(pickle.loads(msg2), arr)
     np.testing.assert_array_equal(pickle.loads(small), np.arange(10))
+    assert _shm.cleanup(tag) == 2
 
 
 def test_bfloat16_and_views_through_shared_memory():
     x = ember.arange(0, 40000, dtype=ember.float32).to(ember.bfloat16)
     view = ember.arange(0, 60000, dtype=ember.float64).reshape(300, 200)[::2, 5:105]
-    _shm.enable_in_worker(_shm.new_tag(), 0)
+    tag = _shm.new_tag()
+    _shm.enable_in_worker(tag, 0)
     try:
-        msg = _shm.dumps([x, view])
+        msg = _shm.dumps([x, view, view])
     finally:
         _shm.enable_in_worker(None, 0)
-    xb, vb = pickle.loads(msg)
+    xb, vb, vb2 = pickle.loads(msg)
     assert xb.dtype == ember.bfloat16 and xb.tolist() == x.tolist()
-    assert vb.tolist() == view.tolist()
+    assert vb.tolist() == view.tolist() and vb2.tolist() == view.tolist()
+    assert vb2 is vb and _shm.cleanup(tag) == 2  # pickle memo: a repeated object goes once
 
 
 # ---------------------------------------------------------------------- failures
@@ -473,3 +477,16 @@ def test_spawn_start_method():
                              timeout=60))
     assert [x.tolist() for x, _ in out] == [[0.0, 1.0, 2.0, 3.0], [4.0, 5.0]]
     assert [y.tolist() for _, y in out] == [[0, 1, 2, 3], [4, 5]]
+
+
+class Unpicklable(ed.Dataset):
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, i):
+        return lambda: i  # a lambda cannot cross the process boundary
+
+
+def test_unpicklable_batch_is_an_error_not_a_hang():
+    with pytest.raises(Exception, match="in DataLoader worker process 0 \\(pickling the batch\\)"):
+        list(ed.DataLoader(Unpicklable(), batch_size=None, num_workers=1, timeout=10))

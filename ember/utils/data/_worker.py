@@ -1,7 +1,8 @@
 """The worker process side of the multi-process loader: seeding, ``get_worker_info``, the
 fetchers and the loop that turns index messages into batches.
 
-Protocol (main -> worker, on the worker's index pipe): ``(send_idx, index)`` to fetch,
+Protocol (main -> worker, on the worker's index pipe): ``(send_idx, index, freed)`` to fetch
+(``freed``: shared-memory segments the main process is done with, see ``_shm``),
 ``_ResumeIteration()`` to start a new epoch with persistent workers, ``None`` to exit; end of
 file on the pipe (the main process closed it, or died) also means exit.
 Worker -> main, on the worker's own result pipe: one pickled ``(send_idx, data)`` per task,
@@ -269,7 +270,9 @@ def _worker_loop(is_iterable: bool, dataset: Any, index_conn: Any, result_conn: 
                 break
             if done_event.is_set() or iteration_end:
                 continue  # draining until the exit message
-            idx, index = r
+            idx, index, freed = r
+            if freed:
+                _shm.release(freed)  # segments of earlier batches, ready for reuse
             if init_exception is not None:
                 data: Any = init_exception
                 init_exception = None

@@ -15,6 +15,8 @@ polling interval. Batches carry large arrays by shared-memory reference (``_shm`
 from __future__ import annotations
 
 import atexit
+import collections.abc
+import copy
 import itertools
 import math
 import multiprocessing
@@ -76,24 +78,35 @@ def _accelerator_available() -> bool:
 
 
 def _pin(data: Any) -> Any:
-    """``pin_memory()`` on every tensor in a (nested) batch, keeping the structure."""
-    if isinstance(data, ember.Tensor):
+    """``pin_memory()`` on every tensor in a (nested) batch, keeping the structure (torch's
+    rules: mutable containers are copied and updated, tuples keep their type)."""
+    if isinstance(data, ember.Tensor) or hasattr(data, "pin_memory"):
         return data.pin_memory()
     if isinstance(data, (str, bytes)):
         return data
-    if isinstance(data, dict):
+    if isinstance(data, collections.abc.Mapping):
         try:
+            if isinstance(data, collections.abc.MutableMapping):
+                clone = copy.copy(data)
+                clone.update({k: _pin(v) for k, v in data.items()})
+                return clone
             return type(data)({k: _pin(v) for k, v in data.items()})
         except TypeError:
             return {k: _pin(v) for k, v in data.items()}
-    if isinstance(data, tuple) and hasattr(data, "_fields"):
-        return type(data)(*(_pin(v) for v in data))
     if isinstance(data, tuple):
-        return [_pin(v) for v in data]  # as torch: tuples come back as lists
-    if isinstance(data, list):
-        return [_pin(v) for v in data]
-    if hasattr(data, "pin_memory"):
-        return data.pin_memory()
+        if hasattr(data, "_fields"):  # namedtuple
+            return type(data)(*(_pin(v) for v in data))
+        return type(data)(_pin(v) for v in data)
+    if isinstance(data, collections.abc.Sequence):
+        try:
+            if isinstance(data, collections.abc.MutableSequence):
+                clone = copy.copy(data)
+                for i, item in enumerate(data):
+                    clone[i] = _pin(item)
+                return clone
+            return type(data)([_pin(v) for v in data])
+        except TypeError:
+            return [_pin(v) for v in data]
     return data
 
 
@@ -439,6 +452,10 @@ class _MultiProcessingDataLoaderIter(_BaseDataLoaderIter):
         ctx = loader.multiprocessing_context or _default_context()
         self._shutdown = False
         self._shm_tag = _shm.new_tag() if _shm.available() else None
+        if self._shm_tag is not None:
+            _shm.register(self._shm_tag)
+        # per worker: shared-memory segments the main process released, to send back for reuse
+        self._released: list[list] = [[] for _ in range(self._num_workers)]
         self._workers_done_event = ctx.Event()
         self._index_pipes: list = []
         self._result_conns: list = []
@@ -517,7 +534,10 @@ class _MultiProcessingDataLoaderIter(_BaseDataLoaderIter):
                     break
         else:
             return
-        self._index_pipes[worker_queue_idx].send((self._send_idx, index))
+        if self._shm_tag is not None:
+            _shm.take_released(self._shm_tag, self._released)
+        freed, self._released[worker_queue_idx] = self._released[worker_queue_idx], []
+        self._index_pipes[worker_queue_idx].send((self._send_idx, index, freed))
         self._task_info[self._send_idx] = (worker_queue_idx,)
         self._workers_num_tasks[worker_queue_idx] += 1
         self._tasks_outstanding += 1
