@@ -106,12 +106,22 @@ import os as _os  # noqa: E402
 
 _THREADS = [_os.cpu_count() or 1]
 
+def autocast(device_type: str = "cuda", dtype: _Any = None, enabled: builtins_bool = True,
+             cache_enabled: _Any = None) -> _Any:
+    """Mixed-precision region; see :class:`ember.amp.autocast`."""
+    from ember.amp import autocast as _ac
+    return _ac(device_type, dtype, enabled, cache_enabled)
+
+
 _LAZY = {"nn", "optim", "utils", "cuda", "amp", "linalg", "fft", "special", "distributed",
          "onnx", "jit", "vision", "multiprocessing", "backends", "testing", "serialization",
          "examples", "compiler", "distributions"}
 
 
 def __getattr__(name: str) -> _Any:
+    if name == "OutOfMemoryError":
+        from ember.cuda.memory import OutOfMemoryError as _oom
+        return _oom
     if name in _LAZY:
         mod = _importlib.import_module(f"ember.{name}")
         globals()[name] = mod

@@ -6,3 +6,4 @@ class _State:
     inference = False       # inference_mode
     anomaly = False         # detect_anomaly
     anomaly_check_nan = True
+    autocast = None         # {device_type: dtype} inside ember.autocast regions

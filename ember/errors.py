@@ -60,6 +60,10 @@ def describe(args: Any) -> str:
 
 def op_error(op: str, exc: BaseException, args: Any) -> Exception:
     """Turn a NumPy/CuPy exception inside an op into ember's error of torch's type."""
+    if type(exc).__name__ == "OutOfMemoryError" or isinstance(exc, MemoryError):
+        from ember.cuda.memory import OutOfMemoryError
+        return OutOfMemoryError(f"[{op}] out of memory: {exc} (inputs: {describe(args)}). "
+                                "Free tensors or call ember.cuda.empty_cache() and retry.")
     if isinstance(exc, IndexError):
         kind = IndexError
     elif isinstance(exc, TypeError):

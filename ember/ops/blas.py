@@ -47,9 +47,12 @@ class Matmul(OpDef):
         ctx.save(input, other)
         if input.ndim > 2 and other.ndim == 2 and input.flags.c_contiguous:
             # (*, K) @ (K, N) as one GEMM: NumPy would loop over the leading dims
-            return xp.matmul(input.reshape(-1, input.shape[-1]), other).reshape(
+            y = xp.matmul(input.reshape(-1, input.shape[-1]), other).reshape(
                 input.shape[:-1] + (other.shape[1],))
-        return xp.matmul(input, other)
+        else:
+            y = xp.matmul(input, other)
+        # NumPy's bfloat16 matmul accumulates and returns float32; round back like torch
+        return y if y.dtype == input.dtype else y.astype(input.dtype)
 
     def backward(ctx, grad):
         a, b = ctx.saved
@@ -77,6 +80,54 @@ class Matmul(OpDef):
             if b.ndim == 1:
                 gb = gb.squeeze(-1)
         return ga, gb
+
+
+def _linear_meta(op: Any, input: Any, weight: Any, bias: Any = None) -> TensorMeta:
+    check(isinstance(input, Tensor), "linear",
+          f"argument 'input' must be Tensor, not {type(input).__name__}", TypeError)
+    check(weight.ndim in (1, 2), "linear", f"weight must be 1-D or 2-D, got shape "
+                                           f"{tuple(weight.shape)}")
+    if input.ndim == 0 or input.shape[-1] != weight.shape[-1]:
+        raise make(RuntimeError, "linear",
+                   f"mat1 and mat2 shapes cannot be multiplied: input {tuple(input.shape)} @ "
+                   f"weight.T {tuple(reversed(tuple(weight.shape)))}",
+                   hint=f"the last dim of input must equal in_features={weight.shape[-1]}")
+    _same_dtype("linear", input, weight)
+    if bias is not None:
+        _same_dtype("linear", input, bias)
+    out = tuple(input.shape[:-1]) + ((weight.shape[0],) if weight.ndim == 2 else ())
+    return TensorMeta(out)
+
+
+@register("linear", meta=_linear_meta, method=False, sig="input, weight, bias=None",
+          onnx="Gemm")
+class Linear(OpDef):
+    """``y = input @ weight.T + bias`` as one op (one GEMM, bias added in place)."""
+
+    def forward(ctx, xp, input, weight, bias):
+        y = xp.matmul(input, weight.T)
+        if y.dtype != input.dtype:  # bfloat16: fp32 accumulation, rounded once
+            y = y.astype(input.dtype)
+        if bias is not None:
+            y += bias
+        ctx.save(input, weight)
+        ctx.has_bias = bias is not None
+        return y
+
+    def backward(ctx, grad):
+        x, w = ctx.saved
+        gx = gw = gb = None
+        if ctx.next_edges[0] is not None:
+            gx = grad.matmul(w) if w.ndim == 2 else grad.unsqueeze(-1) * w
+        if ctx.next_edges[1] is not None:
+            if w.ndim == 2:
+                g2 = grad.reshape(-1, grad.shape[-1])
+                gw = g2.t().matmul(x.reshape(-1, x.shape[-1]))
+            else:
+                gw = (grad.unsqueeze(-1) * x).reshape(-1, x.shape[-1]).sum(0)
+        if ctx.has_bias and ctx.next_edges[2] is not None:
+            gb = grad.reshape(-1, grad.shape[-1]).sum(0) if w.ndim == 2 else grad.sum()
+        return gx, gw, gb
 
 
 def _dims(op: str, t: Tensor, n: int, name: str) -> None:

@@ -254,6 +254,11 @@ def apply(op: OpDef, args: tuple) -> Any:
         elif dev is None:
             dev = _CPU
         arr_args = tuple(arrs)
+    if _State.autocast is not None and not op.variadic:
+        from ember.amp.autocast_mode import cast_args
+        args = cast_args(op.name, args, dev.type)
+        arr_args = tuple(a._data if isinstance(a, Tensor) else a for a in args)
+        tin = [a for a in args if isinstance(a, Tensor)]
     if op.meta is not None:
         op.meta(op, *args)
     xp = _np if dev.type == "cpu" else get_xp(dev)
@@ -300,7 +305,7 @@ def apply(op: OpDef, args: tuple) -> Any:
     except EmberError:
         raise
     except (TypeError, ValueError, IndexError, RuntimeError, ArithmeticError, AttributeError,
-            KeyError, NotImplementedError) as exc:
+            KeyError, NotImplementedError, MemoryError) as exc:
         raise op_error(op.name, exc, args) from None
 
     multi = isinstance(out, tuple)

@@ -444,3 +444,16 @@ add(OpEntry("softmax", lambda m, x, **k: m.softmax(x, **k), _sm_samples, ref=_np
             dtypes=ALL_FLOATS),
     OpEntry("log_softmax", lambda m, x, **k: m.log_softmax(x, **k), _sm_samples,
             ref=lambda x, dim: np.log(_np_softmax(x, dim)), dtypes=ALL_FLOATS))
+
+
+def _lin_samples(rng):
+    r = lambda *s: rng.uniform(-1, 1, s)  # noqa: E731
+    return [Sample((r(3, 4), r(5, 4), r(5))), Sample((r(2, 3, 4), r(5, 4), None)),
+            Sample((r(4,), r(5, 4), r(5))),
+            Sample((r(4, 3), r(5, 3), r(5)), noncontig=True)]
+
+
+add(OpEntry("linear", lambda m, x, w, b: m.nn.functional.linear(x, w, b), _lin_samples,
+            ref=lambda x, w, b: x @ w.T + (b if b is not None else 0),
+            errors=[ErrorInput(Sample((np.ones((64, 100)), np.ones((256, 784)), None)),
+                               RuntimeError, r"\[linear\] mat1 and mat2 shapes cannot be multiplied")]))

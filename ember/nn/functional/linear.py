@@ -9,6 +9,8 @@ from ember.tensor import Tensor
 
 __all__ = ["linear", "bilinear"]
 
+_linear_op = ember.ops.OPS["linear"].function
+
 
 def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """``y = x W^T + b``.
@@ -26,21 +28,8 @@ def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         >>> F.linear(ember.randn(2, 3), ember.randn(4, 3)).shape
         ember.Size([2, 4])
     """
-    check(isinstance(input, Tensor), "linear",
-          f"argument 'input' must be Tensor, not {type(input).__name__}", TypeError)
-    if weight.dim() not in (1, 2):
-        raise make(RuntimeError, "linear", f"weight must be 1-D or 2-D, got shape "
-                                           f"{tuple(weight.shape)}")
-    if input.dim() == 0 or input.shape[-1] != weight.shape[-1]:
-        got = tuple(input.shape)
-        raise make(RuntimeError, "linear",
-                   f"mat1 and mat2 shapes cannot be multiplied: input {got} @ weight.T "
-                   f"{tuple(reversed(tuple(weight.shape)))}",
-                   hint=f"the last dim of input must equal in_features={weight.shape[-1]}")
-    out = input.matmul(weight.t() if weight.dim() == 2 else weight)
-    if bias is not None:
-        out = out + bias
-    return out
+    # One registered primitive (ember.ops.blas.Linear): one graph node, one GEMM.
+    return _linear_op(input, weight, bias)
 
 
 def bilinear(input1: Tensor, input2: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:

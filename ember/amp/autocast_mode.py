@@ -1,0 +1,135 @@
+"""Automatic mixed precision: ``ember.autocast(device_type, dtype)``.
+
+Inside the region, the dispatcher casts the floating inputs of matrix-heavy ops (matmul,
+linear, conv, attention, RNN layers) to the low-precision dtype, and the inputs of
+precision-sensitive ops (softmax, norms, losses, reductions, exp/log ...) to float32 — torch's
+op lists, keyed by ember's registry names. Casts are differentiable, so gradients come back
+in each parameter's own dtype.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from ember import dtypes as _dt
+from ember._state import _State
+
+# Ops that run in the autocast dtype (torch: "lower_precision_fp" list).
+LOWER = frozenset({
+    "matmul", "convolution", "scaled_dot_product_attention", "_lstm_layer", "_gru_layer",
+    "_rnn_layer", "einsum", "baddbmm", "addbmm", "addmv", "addr", "linear", "bilinear",
+    "prelu", "chain_matmul", "multi_dot",
+})
+# Ops that run in float32 (torch: "fp32" list).
+FP32 = frozenset({
+    "exp", "expm1", "log", "log2", "log10", "log1p", "pow", "reciprocal", "rsqrt", "sinh", "cosh",
+    "tan", "acos", "asin", "softmax", "log_softmax", "cross_entropy", "layer_norm",
+    "group_norm", "rms_norm", "_batch_norm", "sum", "prod", "cumsum", "cumprod", "mean",
+    "linalg_vector_norm", "var", "std", "logsumexp", "erfinv", "cdist", "dist", "pdist",
+    "nll_loss", "mse_loss", "l1_loss", "smooth_l1_loss", "huber_loss", "kl_div",
+    "binary_cross_entropy_with_logits", "soft_margin_loss", "softplus", "softmin",
+    "cosine_similarity", "normalize", "embedding_bag",
+})
+_LOW = (_dt.float16, _dt.bfloat16)
+
+
+def cast_args(op_name: str, args: tuple, device_type: str) -> tuple:
+    """The op's arguments cast for the active autocast region (unchanged if not listed)."""
+    dt = _State.autocast.get(device_type)
+    if dt is None:
+        return args
+    from ember.tensor import Tensor
+    if op_name in LOWER:
+        return tuple(a.to(dt) if isinstance(a, Tensor) and a._dtype.category == 2
+                     and a._dtype is not dt else a for a in args)
+    if op_name in FP32:
+        return tuple(a.to(_dt.float32) if isinstance(a, Tensor) and a._dtype in _LOW else a
+                     for a in args)
+    return args
+
+
+class autocast:
+    """Context manager and decorator enabling mixed precision for one device type.
+
+    Args:
+        device_type: ``"cuda"`` or ``"cpu"``.
+        dtype: the low-precision dtype (default float16 on cuda, bfloat16 on cpu).
+        enabled: turn the region off without removing the ``with``.
+        cache_enabled: accepted for torch compatibility (casts are not cached).
+
+    Example::
+
+        >>> with ember.autocast("cpu", dtype=ember.bfloat16):
+        ...     y = model(x)          # matmuls in bfloat16, softmax/losses in float32
+    """
+
+    def __init__(self, device_type: str, dtype: Any = None, enabled: bool = True,
+                 cache_enabled: bool | None = None) -> None:
+        if device_type not in ("cuda", "cpu"):
+            raise RuntimeError(f"User specified an unsupported autocast device_type "
+                               f"'{device_type}'")
+        self.device_type = device_type
+        default = _dt.float16 if device_type == "cuda" else _dt.bfloat16
+        self.dtype = _dt.to_dtype(dtype) if dtype is not None else default
+        if self.dtype not in _LOW:
+            raise RuntimeError(f"In autocast, but the target dtype is not supported. "
+                               f"Disabling autocast. Supported: float16, bfloat16; got "
+                               f"{self.dtype}")
+        self.enabled = enabled
+
+    def __enter__(self) -> "autocast":
+        self._prev = _State.autocast
+        if self.enabled:
+            new = dict(self._prev or {})
+            new[self.device_type] = self.dtype
+            _State.autocast = new
+        else:
+            if self._prev and self.device_type in self._prev:
+                new = dict(self._prev)
+                del new[self.device_type]
+                _State.autocast = new or None
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        _State.autocast = self._prev
+
+    def __call__(self, fn: Any) -> Any:
+        @functools.wraps(fn)
+        def wrapper(*a: Any, **k: Any) -> Any:
+            with autocast(self.device_type, self.dtype, self.enabled):
+                return fn(*a, **k)
+        return wrapper
+
+
+def is_autocast_enabled(device_type: str = "cuda") -> bool:
+    return bool(_State.autocast and device_type in _State.autocast)
+
+
+def get_autocast_dtype(device_type: str) -> Any:
+    if _State.autocast and device_type in _State.autocast:
+        return _State.autocast[device_type]
+    return _dt.float16 if device_type == "cuda" else _dt.bfloat16
+
+
+def custom_fwd(fwd: Any = None, *, device_type: str = "cuda", cast_inputs: Any = None) -> Any:
+    """Decorator for a custom Function's forward: optionally run it with inputs cast and
+    autocast off (torch.amp.custom_fwd)."""
+    if fwd is None:
+        return functools.partial(custom_fwd, device_type=device_type, cast_inputs=cast_inputs)
+
+    @functools.wraps(fwd)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if cast_inputs is None or not is_autocast_enabled(device_type):
+            return fwd(*args, **kwargs)
+        from ember.tensor import Tensor
+        cast = tuple(a.to(cast_inputs) if isinstance(a, Tensor) and a.is_floating_point() else a
+                     for a in args)
+        with autocast(device_type, enabled=False):
+            return fwd(*cast, **kwargs)
+    return wrapper
+
+
+def custom_bwd(bwd: Any = None, *, device_type: str = "cuda") -> Any:
+    if bwd is None:
+        return functools.partial(custom_bwd, device_type=device_type)
+    return bwd

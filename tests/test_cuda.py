@@ -1,0 +1,140 @@
+"""CUDA backend tests (marked ``cuda``; skipped without a GPU)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import ember
+
+pytestmark = pytest.mark.cuda
+
+
+def test_device_management():
+    assert ember.cuda.is_available() and ember.cuda.device_count() >= 1
+    assert ember.cuda.current_device() == 0
+    name = ember.cuda.get_device_name(0)
+    assert isinstance(name, str) and name
+    assert ember.cuda.get_device_capability() >= (7, 0)
+    props = ember.cuda.get_device_properties(0)
+    assert props.total_memory > 2 ** 30
+    with ember.cuda.device(0):
+        assert ember.cuda.current_device() == 0
+    ember.cuda.synchronize()
+
+
+def test_tensors_move_and_compute_on_gpu():
+    x = ember.randn(64, 32)
+    g = x.to("cuda")
+    assert g.is_cuda and g.device == ember.device("cuda", 0) and str(g.device) == "cuda:0"
+    assert "device='cuda:0'" in repr(g)
+    np.testing.assert_allclose((g @ g.T).cpu().numpy(), x.numpy() @ x.numpy().T, rtol=1e-4,
+                               atol=1e-4)
+    assert g.cuda() is g and g.cpu().device.type == "cpu"
+    z = ember.zeros(3, device="cuda")
+    assert z.is_cuda
+    with pytest.raises(RuntimeError, match="same device"):
+        x + g
+
+
+def test_autograd_on_gpu_matches_cpu():
+    rng = np.random.default_rng(0)
+    a_np, b_np = rng.standard_normal((5, 4)), rng.standard_normal((4, 3))
+    res = {}
+    for dev in ("cpu", "cuda"):
+        a = ember.tensor(a_np, device=dev, requires_grad=True)
+        b = ember.tensor(b_np, device=dev, requires_grad=True)
+        y = (a @ b).relu().softmax(-1).log().sum()
+        y.backward()
+        res[dev] = (float(y), a.grad.cpu().numpy(), b.grad.cpu().numpy())
+    assert abs(res["cpu"][0] - res["cuda"][0]) < 1e-8
+    np.testing.assert_allclose(res["cpu"][1], res["cuda"][1], rtol=1e-8)
+    np.testing.assert_allclose(res["cpu"][2], res["cuda"][2], rtol=1e-8)
+
+
+def test_module_optimizer_training_on_gpu():
+    ember.manual_seed(0)
+    model = ember.nn.Sequential(ember.nn.Linear(10, 32), ember.nn.ReLU(),
+                                ember.nn.Linear(32, 2)).to("cuda")
+    opt = ember.optim.Adam(model.parameters(), lr=1e-2)
+    x = ember.randn(128, 10, device="cuda")
+    y = (x[:, 0] > 0).long()
+    for _ in range(100):
+        opt.zero_grad()
+        loss = ember.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+    assert float(loss) < 0.2
+    assert all(p.is_cuda for p in model.parameters())
+
+
+def test_streams_events_and_memory_stats():
+    s = ember.cuda.Stream()
+    start, end = ember.cuda.Event(enable_timing=True), ember.cuda.Event(enable_timing=True)
+    with ember.cuda.stream(s):
+        start.record()
+        x = ember.randn(1024, 1024, device="cuda")
+        y = x @ x
+        end.record()
+    end.synchronize()
+    assert start.elapsed_time(end) > 0
+    ember.cuda.reset_peak_memory_stats()
+    before = ember.cuda.memory_allocated()
+    big = ember.empty(64, 1024, 1024, device="cuda")  # 256 MiB
+    assert ember.cuda.memory_allocated() - before >= 256 * 2 ** 20
+    assert ember.cuda.max_memory_allocated() >= ember.cuda.memory_allocated()
+    del big, x, y
+    ember.cuda.empty_cache()
+    free, total = ember.cuda.mem_get_info()
+    assert 0 < free <= total
+    assert "Allocated memory" in ember.cuda.memory_summary()
+
+
+def test_out_of_memory_is_recoverable():
+    free, total = ember.cuda.mem_get_info()
+    with pytest.raises(ember.cuda.OutOfMemoryError):
+        ember.ones(int(total // 4) * 8, device="cuda") + 1  # twice the card's memory
+    x = ember.ones(10, device="cuda") + 1
+    assert float(x.sum()) == 20.0
+
+
+def test_cuda_rng_reproducible():
+    ember.cuda.manual_seed(3)
+    a = ember.rand(5, device="cuda")
+    ember.cuda.manual_seed(3)
+    b = ember.rand(5, device="cuda")
+    assert ember.equal(a.cpu(), b.cpu()) if hasattr(ember, "equal") else np.array_equal(
+        a.cpu().numpy(), b.cpu().numpy())
+    state = ember.cuda.get_rng_state()
+    c = ember.rand(5, device="cuda")
+    ember.cuda.set_rng_state(state)
+    d = ember.rand(5, device="cuda")
+    np.testing.assert_array_equal(c.cpu().numpy(), d.cpu().numpy())
+
+
+def test_cuda_graph_replays_elementwise_work():
+    x = ember.ones(1000, device="cuda")
+    y = ember.zeros(1000, device="cuda")
+    g = ember.cuda.CUDAGraph()
+    with ember.cuda.graph(g):
+        y.copy_(x * 2 + 1)
+    y.zero_()
+    x.fill_(3)
+    g.replay()
+    ember.cuda.synchronize()
+    assert float(y.sum()) == 7000.0
+
+
+def test_autocast_and_grad_scaler_on_gpu():
+    model = ember.nn.Linear(16, 4).to("cuda")
+    opt = ember.optim.SGD(model.parameters(), lr=0.1)
+    scaler = ember.amp.GradScaler("cuda")
+    x = ember.randn(8, 16, device="cuda")
+    with ember.autocast("cuda", dtype=ember.float16):
+        out = model(x)
+        assert out.dtype is ember.float16
+        loss = out.float().pow(2).mean()
+    scaler.scale(loss).backward()
+    assert model.weight.grad.dtype is ember.float32
+    scaler.step(opt)
+    scaler.update()
+    assert scaler.get_scale() == 2.0 ** 16
