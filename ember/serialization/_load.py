@@ -136,6 +136,16 @@ def _check_pid(pid: Any, length: int) -> tuple:
 
 
 # ---------------------------------------------------------------------- zip format
+def _map_file(path: str | None) -> Any:
+    """The whole file mapped copy-on-write (torch's default MAP_PRIVATE): writes to loaded
+    tensors stay in memory and never reach the file."""
+    import mmap as _mmap
+    with open(path, "rb") as fh:
+        if os.fstat(fh.fileno()).st_size == 0:
+            raise CheckpointError("[load] cannot mmap an empty file")
+        return _mmap.mmap(fh.fileno(), 0, access=_mmap.ACCESS_COPY)
+
+
 def _load_zip(stream: IO[bytes], path: str | None, map_location: Any, pickle_module: Any,
               weights_only: bool, mmap: bool, args: dict) -> Any:
     reader = ZipReader(stream, path)
@@ -150,7 +160,7 @@ def _load_zip(stream: IO[bytes], path: str | None, map_location: Any, pickle_mod
         if byteorder not in ("little", "big"):
             raise CheckpointError(f"[load] unknown byteorder {byteorder!r}")
     restore = make_restore(map_location)
-    mapped = np.memmap(path, dtype=np.uint8, mode="c") if mmap else None
+    mapped = _map_file(path) if mmap else None
     loaded: dict[str, tuple[LoadedStorage, StorageType, int]] = {}
 
     def persistent_load(pid: Any) -> LoadedStorage:
@@ -179,8 +189,9 @@ def _load_zip(stream: IO[bytes], path: str | None, map_location: Any, pickle_mod
             if not reader.is_stored(name):
                 raise CheckpointError(f"[load] mmap needs uncompressed records; {name} is "
                                       "compressed")
-            at = reader.data_offset(name)
-            raw = mapped[at:at + nbytes].view(np.ndarray)
+            # A frombuffer array per storage: its base is the mmap object, so each storage
+            # is its own root (re-saving writes storages, not the whole mapped file).
+            raw = np.frombuffer(mapped, np.uint8, count=nbytes, offset=reader.data_offset(name))
         else:
             raw = np.empty(nbytes, np.uint8)
             reader.read_into(name, memoryview(raw))

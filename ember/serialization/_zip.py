@@ -201,8 +201,12 @@ class ZipReader:
     # ------------------------------------------------------------------ validation
     def _check_entries(self, infos: list[zipfile.ZipInfo]) -> None:
         prefix = self.archive_name + "/"
-        if not _SAFE_SEGMENT.fullmatch(self.archive_name) or self.archive_name in (".", ".."):
-            raise CheckpointError(f"[load] unsafe archive folder name {self.archive_name!r}")
+        # The folder is torch's file stem (any characters a file name may hold); it is only
+        # ever a prefix, but an empty, dot, drive-letter or backslash name is a path trick.
+        folder = self.archive_name
+        if folder in ("", ".", "..") or "\\" in folder or "\0" in folder or \
+                re.fullmatch(r"[A-Za-z]:", folder):
+            raise CheckpointError(f"[load] unsafe archive folder name {folder!r}")
         spans = []
         cd_start = self._central_directory_start()
         for info in infos:
