@@ -268,3 +268,63 @@ def test_every_registered_op_has_a_record() -> None:
         covered.update(e.covers)
     missing = sorted(n for n in list(OPS) + list(COMPOSITES) if n not in covered)
     assert not missing, f"ops without an opdb record: {missing}"
+
+
+def _to_cuda_args(args: list) -> list:
+    out = []
+    for a in args:
+        if isinstance(a, ember.Tensor):
+            out.append(a.detach().to("cuda").requires_grad_(a.requires_grad))
+        elif isinstance(a, list) and a and isinstance(a[0], ember.Tensor):
+            out.append([t.detach().to("cuda").requires_grad_(t.requires_grad) for t in a])
+        else:
+            out.append(a)
+    return out
+
+
+def _leaves(args: list) -> list:
+    flat = []
+    for a in args:
+        if isinstance(a, ember.Tensor):
+            flat.append(a)
+        elif isinstance(a, list):
+            flat.extend(t for t in a if isinstance(t, ember.Tensor))
+    return [t for t in flat if t.requires_grad]
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("entry,sample", _cases())
+def test_cpu_and_cuda_agree(entry: OpEntry, sample: Sample) -> None:
+    """Forward and gradients of every op record on the GPU equal the CPU's (float64)."""
+    args, _ = _convert(ember, sample, "float64", requires_grad=entry.grad)
+    gargs = _to_cuda_args(args)
+    try:
+        c_out = _outputs(entry.call(ember, *args, **sample.kwargs))
+    except Exception as exc:
+        with pytest.raises(type(exc)):
+            entry.call(ember, *gargs, **sample.kwargs)
+        return
+    g_out = _outputs(entry.call(ember, *gargs, **sample.kwargs))
+    assert len(c_out) == len(g_out)
+    for c, g in zip(c_out, g_out):
+        if not isinstance(c, ember.Tensor):
+            assert c == g
+            continue
+        assert g.device.type == "cuda" and g.dtype is c.dtype and g.shape == c.shape
+        np.testing.assert_allclose(_to_np(g), _to_np(c), rtol=1e-7, atol=1e-9, equal_nan=True)
+    if not entry.grad:
+        return
+    rng_c, rng_g = np.random.default_rng(3), np.random.default_rng(3)
+    lc = _weighted_sum(ember, c_out, rng_c)
+    if lc is None:
+        return
+    lg = _weighted_sum(ember, [o.cpu() if isinstance(o, ember.Tensor) else o for o in g_out],
+                       rng_g)
+    lc.backward()
+    lg.backward()
+    for a, b in zip(_leaves(args), _leaves(gargs)):
+        if a.grad is None:
+            assert b.grad is None or not np.any(_to_np(b.grad))
+            continue
+        assert b.grad is not None and b.grad.device.type == "cuda"
+        np.testing.assert_allclose(_to_np(b.grad), _to_np(a.grad), rtol=1e-7, atol=1e-9)
