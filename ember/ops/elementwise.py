@@ -100,6 +100,8 @@ def _no_int(name: str, x: Any) -> Any:
 
 def _cj(t: Any) -> Any:
     """Conjugate for complex tensors (Wirtinger gradients); real tensors pass through."""
+    if isinstance(t, complex):  # a Python complex scalar operand
+        return t.conjugate()
     return t.conj() if isinstance(t, Tensor) and t._dtype.is_complex else t
 
 
