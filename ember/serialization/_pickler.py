@@ -105,7 +105,7 @@ class StorageRegistry:
         item = t._dtype.itemsize
         location = "cpu" if t._device.type == "cpu" else f"cuda:{t._device.index or 0}"
         root = data
-        while getattr(root, "base", None) is not None and hasattr(root.base, "strides"):
+        while getattr(root, "base", None) is not None and hasattr(root.base, "dtype"):
             root = root.base
         size = tuple(data.shape)
         placed = self._place(data, root, item)

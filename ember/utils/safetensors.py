@@ -34,7 +34,7 @@ def _st() -> Any:
 
 
 def _root(arr: Any) -> Any:
-    while getattr(arr, "base", None) is not None and hasattr(arr.base, "strides"):
+    while getattr(arr, "base", None) is not None and hasattr(arr.base, "dtype"):
         arr = arr.base
     return arr
 
