@@ -258,6 +258,13 @@ def test_worker_seeds_and_info():
     assert [float(s["ember"]) for s in again] == [float(s["ember"]) for s in epoch1]
 
 
+def test_numpy_worker_seed_hash_matches_torch():
+    from torch.utils.data._utils.worker import _generate_state
+    for base in [0, 1, 2**32 - 1, 2**32 + 5, 5995351910379070738]:
+        for wid in [0, 1, 7]:
+            assert ed._worker._generate_state(base, wid) == _generate_state(base, wid)
+
+
 def _record_init(worker_id):
     info = ed.get_worker_info()
     assert info.id == worker_id

@@ -145,6 +145,17 @@ def empty(shape: tuple, dtype: Any) -> np.ndarray:
     return np.ndarray(shape, dtype, buffer=mm)
 
 
+def unlink_all() -> None:
+    """Unlink every segment this worker created (at worker exit). Batches the main process
+    holds stay valid; what matters is that no name outlives the loader, even when the main
+    process was killed and cannot clean up itself."""
+    if _State.tag is None:
+        return
+    for i in range(1, _State.counter + 1):
+        _unlink(f"{_State.tag}_{i}")
+    _IDLE.clear()
+
+
 def release(segments: list) -> None:
     """``(name, nbytes)`` of segments the main process no longer uses: keep a few for reuse,
     unlink the rest."""

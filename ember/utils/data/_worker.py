@@ -205,6 +205,8 @@ def _generate_state(base_seed: int, worker_id: int) -> list[int]:
 def _seed_worker(base_seed: int, worker_id: int) -> int:
     """Seed ``random``, ember and NumPy's global RNG for this worker; returns the seed."""
     seed = base_seed + worker_id
+    # one compute thread per worker, as torch: the workers are the parallelism
+    ember.set_num_threads(1)
     random.seed(seed)
     ember.manual_seed(seed)
     np.random.seed(_generate_state(base_seed, worker_id))
@@ -292,6 +294,10 @@ def _worker_loop(is_iterable: bool, dataset: Any, index_conn: Any, result_conn: 
         # Ctrl-C goes to the main process; a closed pipe means the main process shut down.
         pass
     finally:
+        # Every batch this worker sent has been read by now (results of a pipe arrive in
+        # order, before our exit), so our segment names can go; this also covers a main
+        # process that died without cleaning up.
+        _shm.unlink_all()
         for conn in (result_conn, index_conn):
             try:
                 conn.close()
