@@ -45,6 +45,13 @@ def _norm_grad(x: Tensor, g: Tensor, w: Tensor | None, w_shape: tuple, mean: Ten
     return rstd * inner, xhat
 
 
+def _sum_lead(t: Tensor, k: int) -> Tensor:
+    """Sum over all but the trailing ``k`` dims (none to sum: ``t`` itself; dim=() would sum
+    everything)."""
+    lead = tuple(range(t.ndim - k))
+    return t.sum(lead) if lead else t
+
+
 def _stats(ctx: Any, x: Tensor, axes: tuple, center: bool, eps: float) -> tuple:
     """The statistics for backward: recomputed (differentiable) under create_graph."""
     if ember.is_grad_enabled():
@@ -186,9 +193,8 @@ class LayerNorm(OpDef):
         need = ctx.needs_input_grad
         mean, rstd = _stats(ctx, x, axes, True, eps)
         gx, xhat = _norm_grad(x, g, w, tuple(w.shape) if w is not None else (), mean, rstd, axes)
-        lead = tuple(range(x.ndim - len(axes)))
-        gw = (g * xhat).sum(lead) if w is not None and need[2] else None
-        gb = g.sum(lead) if need[3] else None
+        gw = _sum_lead(g * xhat, len(axes)) if w is not None and need[2] else None
+        gb = _sum_lead(g, len(axes)) if need[3] else None
         return (gx if need[0] else None), None, gw, gb, None, None
 
 
@@ -290,7 +296,6 @@ class RMSNorm(OpDef):
         need = ctx.needs_input_grad
         _, rstd = _stats(ctx, x, axes, False, eps)
         gx, xhat = _norm_grad(x, g, w, tuple(w.shape) if w is not None else (), None, rstd, axes)
-        lead = tuple(range(x.ndim - len(axes)))
-        gw = (g * xhat).sum(lead) if w is not None and need[2] else None
+        gw = _sum_lead(g * xhat, len(axes)) if w is not None and need[2] else None
         return (gx if need[0] else None), None, gw, None
 

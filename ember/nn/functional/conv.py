@@ -17,6 +17,8 @@ from ember.tensor import Tensor
 __all__ = ["conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d",
            "conv_transpose3d", "unfold", "fold", "conv_tbc"]
 
+_SPATIAL = {1: "L", 2: "H, W", 3: "D, H, W"}
+
 
 def _batched(name: str, input: Any, nd: int) -> tuple[Tensor, bool]:
     """``input`` with a batch dim, and whether one was added (unbatched input)."""
@@ -28,7 +30,7 @@ def _batched(name: str, input: Any, nd: int) -> tuple[Tensor, bool]:
         raise make(RuntimeError, name,
                    f"Expected {nd + 1}D (unbatched) or {nd + 2}D (batched) input to {name}, but "
                    f"got input of size: {list(input.shape)}",
-                   hint=f"{name} takes (N, C, {', '.join('LHW'[3 - nd:] if nd < 3 else 'DHW')})")
+                   hint=f"{name} takes (N, C, {_SPATIAL[nd]}) or unbatched (C, {_SPATIAL[nd]})")
     return input, False
 
 
