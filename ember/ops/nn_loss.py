@@ -37,9 +37,6 @@ def cross_entropy_meta(op: Any, input: Any, target: Any, weight: Any = None,
         raise make(TypeError, name, f"argument '{bad}' must be Tensor")
     if reduction not in _REDUCTIONS:
         raise make(ValueError, name, f"{reduction} is not a valid value for reduction")
-    if not 0.0 <= label_smoothing <= 1.0:
-        raise make(ValueError, name, f"label_smoothing must be between 0.0 and 1.0. Got: "
-                                     f"{label_smoothing}")
     ishape = tuple(input.shape)
     tshape = tuple(target.shape)
     if input.dim() == 0:
@@ -59,6 +56,7 @@ def cross_entropy_meta(op: Any, input: Any, target: Any, weight: Any = None,
                                            f"probabilities, got {_torch_short(target.dtype)}")
         if ignore_index != -100:
             pass  # torch ignores ignore_index for probability targets
+        _check_smoothing(label_smoothing)
         out = () if reduction != "none" else ishape[:cd] + ishape[cd + 1:]
         return TensorMeta(out, input.dtype)
     if target.dtype.is_floating_point or target.dtype is _dt.bool:
@@ -80,8 +78,15 @@ def cross_entropy_meta(op: Any, input: Any, target: Any, weight: Any = None,
                                            f"supported (input {ishape}, target {tshape})")
         raise make(RuntimeError, name, f"size mismatch (got input: {list(ishape)} , target: "
                                        f"{list(tshape)})")
+    _check_smoothing(label_smoothing)
     out = () if reduction != "none" else expected
     return TensorMeta(out, input.dtype)
+
+
+def _check_smoothing(label_smoothing: float) -> None:
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise make(RuntimeError, "cross_entropy", f"label_smoothing must be between 0.0 and 1.0. "
+                                                  f"Got: {label_smoothing}")
 
 
 def _torch_short(d: Any) -> str:

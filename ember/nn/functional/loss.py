@@ -98,7 +98,7 @@ def _tsize(t: Tensor) -> str:
 
 
 def _pointwise(name: str, input: Tensor, target: Tensor, fn: Callable, reduction: str,
-               weight: Tensor | None = None) -> Tensor:
+               weight: Tensor | None = None, weighted_mean: bool = True) -> Tensor:
     _tensors(name, input=input, target=target)
     _check_reduction(name, reduction)
     _check_same_size(name, input, target)
@@ -109,6 +109,9 @@ def _pointwise(name: str, input: Tensor, target: Tensor, fn: Callable, reduction
                                          f"weight {tuple(weight.shape)} and input "
                                          f"{tuple(input.shape)}")
         loss = loss * weight
+        if reduction == "mean" and weighted_mean:
+            # torch: l1/mse divide a weighted sum by the total weight (huber takes the mean)
+            return loss.sum() / weight.sum()
     return _reduce(name, loss, reduction)
 
 
@@ -155,7 +158,7 @@ def huber_loss(input: Tensor, target: Tensor, reduction: str = "mean", delta: fl
     def fn(d: Tensor) -> Tensor:
         z = d.abs()
         return ember.where(z < delta, 0.5 * d * d, delta * (z - 0.5 * delta))
-    return _pointwise("huber_loss", input, target, fn, reduction, weight)
+    return _pointwise("huber_loss", input, target, fn, reduction, weight, weighted_mean=False)
 
 
 # ---------------------------------------------------------------------- classification
@@ -689,6 +692,13 @@ def ctc_loss(log_probs: Tensor, targets: Tensor, input_lengths: Any, target_leng
     m = pair.amax(1, keepdim=True)
     ll = (m + (pair - m).exp().sum(1, keepdim=True).log()).squeeze(1)
     loss = -ll
+    # torch's CTC backward returns exp(log_probs) - posterior for t < input_length (the
+    # gradient with respect to the logits when log_probs = log_softmax(logits)); this
+    # zero-valued term adds the exp(log_probs) part so gradients match torch exactly.
+    t_idx = ember.arange(t_max, device=dev).reshape(t_max, 1)
+    live = (t_idx < lengths_t.reshape(1, n)).to(log_probs.dtype).unsqueeze(-1)
+    e = log_probs.exp()
+    loss = loss + ((e - e.detach()) * live).sum((0, 2))
     impossible = loss > 1e29
     inf = ember.full((n,), float("inf"), dtype=loss.dtype, device=dev)
     loss = ember.where(impossible, loss * 0 if zero_infinity else inf, loss)

@@ -6,6 +6,7 @@ from typing import Any, Callable
 
 from ember.nn import functional as F
 from ember.nn.functional.loss import legacy_get_string
+from ember.nn.modules.distance import PairwiseDistance
 from ember.nn.modules.module import Module
 from ember.tensor import Tensor
 
@@ -459,8 +460,9 @@ class TripletMarginWithDistanceLoss(_Loss):
         if margin <= 0:
             raise ValueError(f"TripletMarginWithDistanceLoss: expected margin to be greater "
                              f"than 0, got {margin} instead")
+        # torch's default is a PairwiseDistance module (a child: it shows in the repr)
         self.distance_function = distance_function if distance_function is not None \
-            else F.pairwise_distance
+            else PairwiseDistance()
         self.margin = margin
         self.swap = swap
 
