@@ -355,6 +355,17 @@ def test_default_collate_errors_match_torch():
         ed.default_collate([ember.ones(2), ember.ones(3)])
 
 
+def test_collate_fn_map_via_torch_documented_path():
+    # torch documents extending default_collate through torch.utils.data._utils.collate
+    from ember.utils.data._utils.collate import collate, default_collate_fn_map
+    fn_map = {**default_collate_fn_map, str: lambda batch, *, collate_fn_map: "".join(batch)}
+    e = collate([("a", 1), ("b", 2)], collate_fn_map=fn_map)
+    t_collate = td._utils.collate
+    t_map = {**t_collate.default_collate_fn_map, str: lambda batch, *, collate_fn_map: "".join(batch)}
+    t = t_collate.collate([("a", 1), ("b", 2)], collate_fn_map=t_map)
+    assert canon(e) == canon(t)
+
+
 def test_collate_fn_map_extension():
     class Box:
         def __init__(self, v):

@@ -5,6 +5,7 @@ The pieces compose: a :class:`Dataset` maps keys to samples, a :class:`Sampler` 
 keys, ``collate_fn`` merges samples into batches, and :class:`DataLoader` drives them in this
 process or in worker processes.
 """
+from ember.utils.data import _utils  # noqa: F401  (torch's documented _utils.collate paths)
 from ember.utils.data._collate import default_collate, default_convert
 from ember.utils.data._worker import get_worker_info
 from ember.utils.data.dataloader import DataLoader, _DatasetKind

@@ -29,7 +29,7 @@ __all__ = ["WorkerInfo", "get_worker_info", "ExceptionWrapper"]
 MP_STATUS_CHECK_INTERVAL = 1.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class WorkerInfo:
     r"""What a worker knows about itself, returned by :func:`get_worker_info` in a worker.
 
@@ -38,12 +38,17 @@ class WorkerInfo:
         num_workers (int): the total number of workers.
         seed (int): the seed of this worker's RNGs (``base_seed + id``).
         dataset: this worker's copy of the dataset.
+        rng: per-thread RNG state in torch's thread workers; always ``None`` here, since
+            ember's workers are processes with their own global RNGs.
+        worker_method (str): ``"multiprocessing"``.
     """
 
     id: int
     num_workers: int
     seed: int
     dataset: Any
+    rng: Any = None
+    worker_method: str | None = "multiprocessing"
 
 
 _worker_info: WorkerInfo | None = None
