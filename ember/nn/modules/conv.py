@@ -338,7 +338,7 @@ class _LazyConvMixin(LazyModuleMixin):
 
 def _lazy_init(self: Any, base: type, out_channels: int, bias: bool, device: Any, dtype: Any,
                **kw: Any) -> None:
-    base.__init__(self, 0, 0, bias=False, **kw)
+    LazyModuleMixin.__init__(self, 0, 0, bias=False, **kw)  # runs base.__init__ via the MRO
     self.weight = UninitializedParameter(device=device, dtype=dtype)
     self.out_channels = out_channels
     if bias:
