@@ -40,7 +40,7 @@ def _c2c_meta(op: Any, x: Any, dim: tuple, norm: int, forward: bool) -> TensorMe
     return TensorMeta(x.shape)
 
 
-@register("_fft_c2c", meta=_c2c_meta, sig="input, dim, normalization, forward", method=False,
+@register("_fft_c2c", meta=_c2c_meta, method=False,
           function=False, node_name="FftC2C")
 class FftC2C(OpDef):
     """Complex-to-complex DFT over ``dim`` (forward: e^{-2 pi i jk/n}; inverse unscaled)."""
@@ -71,7 +71,7 @@ def _r2c_meta(op: Any, x: Any, dim: tuple, norm: int, onesided: bool) -> TensorM
     return TensorMeta(tuple(shape), cdt)
 
 
-@register("_fft_r2c", meta=_r2c_meta, sig="input, dim, normalization, onesided", method=False,
+@register("_fft_r2c", meta=_r2c_meta, method=False,
           function=False, node_name="FftR2C")
 class FftR2C(OpDef):
     """Real-to-complex forward DFT over ``dim``; ``onesided`` keeps the last dim's
@@ -112,7 +112,7 @@ def _c2r_meta(op: Any, x: Any, dim: tuple, norm: int, last_dim_size: int) -> Ten
     return TensorMeta(tuple(shape), rdt)
 
 
-@register("_fft_c2r", meta=_c2r_meta, sig="input, dim, normalization, last_dim_size",
+@register("_fft_c2r", meta=_c2r_meta,
           method=False, function=False, node_name="FftC2R")
 class FftC2R(OpDef):
     """Complex-to-real inverse DFT over ``dim`` of a one-sided Hermitian spectrum; the last
@@ -164,7 +164,7 @@ def _norm_mode(norm: str | None, forward: bool) -> int:
         return 2 if forward else 0
     if norm == "ortho":
         return 1
-    raise make(ValueError, "fft", f'Invalid normalization mode: "{norm}"')
+    raise make(RuntimeError, "fft", f'Invalid normalization mode: "{norm}"')
 
 
 def _float_input(name: str, x: Tensor, allow_complex: bool = True) -> Tensor:
