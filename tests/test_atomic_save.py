@@ -37,8 +37,8 @@ def test_sigkill_during_save_leaves_old_or_new(tmp_path):
     rng = random.Random(1234)
     last = 0
     kills = 0
-    deadline = time.monotonic() + 12.0
-    while kills < 60 and time.monotonic() < deadline:
+    deadline = time.monotonic() + 8.0
+    while kills < 40 and time.monotonic() < deadline:
         start = last + 1
         pid = os.fork()
         if pid == 0:  # child: save newer and newer checkpoints until killed
@@ -56,7 +56,7 @@ def test_sigkill_during_save_leaves_old_or_new(tmp_path):
         tag = _check(target)  # loadable, consistent, and never older than before
         assert tag == 0 or tag >= last
         last = max(last, tag)
-    assert kills >= 20
+    assert kills >= 15
     assert last > 0, "no save ever completed: the test did not exercise renames"
     # Only the target and temporaries of killed writers are in the directory.
     for name in os.listdir(tmp_path):
