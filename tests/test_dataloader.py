@@ -424,6 +424,21 @@ def test_dead_worker_is_reported_fast(how, pattern):
     assert all(gone(p) for p in pids)  # the other worker is shut down and reaped too
 
 
+def test_worker_killed_from_outside_while_main_is_busy():
+    it = iter(ed.DataLoader(make_ds(ed.Dataset, 40), batch_size=1, num_workers=2, timeout=20))
+    next(it)
+    victim = it._workers[1]
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.join(5)  # main is "busy" elsewhere while the worker dies
+    t0 = time.monotonic()
+    with pytest.raises(RuntimeError, match=rf"DataLoader worker \(pid {victim.pid}\) is killed by "
+                                           r"signal: Killed\. Worker 1 "):
+        for _ in range(40):
+            next(it)
+    assert time.monotonic() - t0 < 2.0
+    assert gone(it._workers[0].pid)
+
+
 def test_hanging_worker_times_out():
     dl = ed.DataLoader(Failing("hang", bad=2), batch_size=2, num_workers=2, timeout=0.5)
     it = iter(dl)

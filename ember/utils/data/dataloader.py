@@ -507,8 +507,8 @@ class _MultiProcessingDataLoaderIter(_BaseDataLoaderIter):
         if not first_iter:
             # Persistent workers: every worker acknowledges the new epoch; results still in
             # flight from the abandoned one are dropped (which releases their shared memory).
-            for q in self._index_pipes:
-                q.send(_worker._ResumeIteration())
+            for wid in range(self._num_workers):
+                self._send_index(wid, _worker._ResumeIteration())
             pending = self._num_workers
             while pending > 0:
                 return_idx, _data, _wid = self._get_data()
@@ -537,11 +537,17 @@ class _MultiProcessingDataLoaderIter(_BaseDataLoaderIter):
         if self._shm_tag is not None:
             _shm.take_released(self._shm_tag, self._released)
         freed, self._released[worker_queue_idx] = self._released[worker_queue_idx], []
-        self._index_pipes[worker_queue_idx].send((self._send_idx, index, freed))
         self._task_info[self._send_idx] = (worker_queue_idx,)
+        self._send_index(worker_queue_idx, (self._send_idx, index, freed))
         self._workers_num_tasks[worker_queue_idx] += 1
         self._tasks_outstanding += 1
         self._send_idx += 1
+
+    def _send_index(self, wid: int, message: Any) -> None:
+        try:
+            self._index_pipes[wid].send(message)
+        except OSError:  # BrokenPipeError: the worker is gone; report it like any death
+            self._worker_failed(wid)
 
     # ------------------------------------------------------------------ receiving
     def _listening(self) -> list[int]:
