@@ -25,7 +25,7 @@ from ember.autograd.grad_mode import (  # noqa: F401
 from ember._factory import (  # noqa: F401
     tensor, as_tensor, asarray, from_numpy, from_dlpack, zeros, ones, full, empty, zeros_like,
     ones_like, full_like, empty_like, arange, linspace, logspace, eye, scalar_tensor,
-    empty_strided)
+    empty_strided, set_default_device, get_default_device)
 from ember.random import (  # noqa: F401
     Generator, default_generator, manual_seed, seed, initial_seed, get_rng_state, set_rng_state,
     rand, randn, randint, randperm, normal, bernoulli, multinomial, rand_like, randn_like,

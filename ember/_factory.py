@@ -14,12 +14,27 @@ from ember.backend.device import cpu_device, device, to_device
 from ember.errors import make
 from ember.tensor import Size, Tensor, _make
 
-__all__ = ["tensor", "as_tensor", "from_numpy", "from_dlpack", "zeros", "ones", "full", "empty",
+__all__ = ["set_default_device", "get_default_device", "tensor", "as_tensor", "from_numpy", "from_dlpack", "zeros", "ones", "full", "empty",
            "zeros_like", "ones_like", "full_like", "empty_like", "arange", "linspace",
            "logspace", "eye", "asarray", "scalar_tensor", "empty_strided"]
 
 
+_DEFAULT_DEVICE = [None]
+
+
+def set_default_device(dev: Any) -> None:
+    """Make factories (``zeros``, ``tensor``, ``randn`` ...) create tensors on ``dev`` by
+    default; ``None`` restores the CPU (torch.set_default_device)."""
+    _DEFAULT_DEVICE[0] = to_device(dev) if dev is not None else None
+
+
+def get_default_device() -> device:
+    return _DEFAULT_DEVICE[0] or to_device(None)
+
+
 def _resolve_device(dev: Any) -> device:
+    if dev is None and _DEFAULT_DEVICE[0] is not None:
+        dev = _DEFAULT_DEVICE[0]
     d = to_device(dev)
     if d.type == "cuda" and d.index is None:
         from ember import cuda
@@ -224,8 +239,15 @@ def _fill(size: tuple, value: Any, dtype: Any, device: Any, requires_grad: bool,
         arr = np.full(size, value, dt.np) if value is not None else np.empty(size, dt.np)
         t = _make(arr, dt, dev)
     else:
-        with xp.cuda.Device(dev.index or 0):
-            arr = xp.full(size, value, dt.np) if value is not None else xp.empty(size, dt.np)
+        try:
+            with xp.cuda.Device(dev.index or 0):
+                arr = xp.full(size, value, dt.np) if value is not None else xp.empty(size, dt.np)
+        except MemoryError as exc:  # CuPy's OutOfMemoryError
+            from ember.cuda.memory import OutOfMemoryError
+            raise OutOfMemoryError(f"[{'empty' if value is None else 'full'}] CUDA out of "
+                                   f"memory creating a tensor of size {tuple(size)}: {exc}. "
+                                   "Free tensors or call ember.cuda.empty_cache() and retry.") \
+                from None
         t = _make(arr, dt, dev)
     if requires_grad:
         t.requires_grad_(True)

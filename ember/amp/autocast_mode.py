@@ -30,6 +30,16 @@ FP32 = frozenset({
     "binary_cross_entropy_with_logits", "soft_margin_loss", "softplus", "softmin",
     "cosine_similarity", "normalize", "embedding_bag",
 })
+# On the CPU torch keeps most math in the autocast dtype and only moves losses and a few
+# numerically fragile ops to float32.
+FP32_CPU = frozenset({
+    "prod", "cdist", "cross_entropy", "nll_loss", "mse_loss", "l1_loss", "smooth_l1_loss",
+    "huber_loss", "kl_div", "binary_cross_entropy_with_logits", "soft_margin_loss",
+    "margin_ranking_loss", "hinge_embedding_loss", "poisson_nll_loss", "triplet_margin_loss",
+    "multi_margin_loss", "multilabel_margin_loss", "cosine_embedding_loss", "ctc_loss",
+    "binary_cross_entropy", "quantile", "nanquantile", "inv_ex", "cholesky_ex", "lu_factor_ex",
+    "eigh", "svd", "qr", "fft_c2c", "fft_r2c", "fft_c2r",
+})
 _LOW = (_dt.float16, _dt.bfloat16)
 
 
@@ -42,7 +52,7 @@ def cast_args(op_name: str, args: tuple, device_type: str) -> tuple:
     if op_name in LOWER:
         return tuple(a.to(dt) if isinstance(a, Tensor) and a._dtype.category == 2
                      and a._dtype is not dt else a for a in args)
-    if op_name in FP32:
+    if op_name in (FP32 if device_type == "cuda" else FP32_CPU):
         return tuple(a.to(_dt.float32) if isinstance(a, Tensor) and a._dtype in _LOW else a
                      for a in args)
     return args

@@ -200,6 +200,8 @@ def _run_node(node: Node, buf: list, buffers: dict, retain_graph: bool) -> None:
         if g._data.shape != shape:
             g = _reduce_to(g, shape, node)
         if g._dtype is not dt:
+            if g._dtype.is_complex and not dt.is_complex:
+                g = g.real  # real inputs take the real part of a complex gradient (torch)
             g = g.to(dt)
         nbuf = buffers.get(nxt)
         if nbuf is None:
@@ -230,7 +232,7 @@ def _accumulate(leaf: Tensor, g: Tensor, create_graph: bool, stolen: set) -> Non
             arr = g._data
             # Steal the gradient only when nothing else can see or alias its memory.
             if (id(arr) in stolen or g._base is not None or not _owns(arr)
-                    or not arr.flags.writeable or not arr.flags.c_contiguous):
+                    or not getattr(arr.flags, "writeable", True) or not arr.flags.c_contiguous):
                 arr = arr.copy()
             stolen.add(id(arr))
             from ember.tensor import _make

@@ -238,7 +238,7 @@ def setitem(self: Tensor, key: Any, value: Any) -> None:
                                             f"{self._device}")
     if not (_State.enabled and (self._requires_grad or (is_t and value._requires_grad))):
         _check_key("setitem", self._data.shape, k)
-        if not self._data.flags.writeable:
+        if not getattr(self._data.flags, "writeable", True):
             raise make(RuntimeError, "setitem",
                        "unsupported operation: more than one element of the written-to tensor "
                        "refers to a single memory location. Please clone() the tensor before "

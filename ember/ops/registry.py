@@ -500,7 +500,7 @@ def write_inplace(self: Tensor, out: Tensor, name: str) -> Tensor:
     if out._data.shape != self._data.shape:
         raise RuntimeError(f"[{name}] output with shape {list(self._data.shape)} doesn't match the "
                            f"broadcast shape {list(out._data.shape)}")
-    if not self._data.flags.writeable:
+    if not getattr(self._data.flags, "writeable", True):
         raise RuntimeError(
             f"[{name}] unsupported operation: more than one element of the written-to tensor "
             "refers to a single memory location. Please clone() the tensor before performing "

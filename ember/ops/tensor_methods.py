@@ -191,7 +191,7 @@ def fill_(self: Tensor, value: Any) -> Tensor:
         _leaf_check(self, "fill_")
         out = (self * 0 + value).to(self._dtype)
         return write_inplace(self, out.detach(), "fill_")
-    if not self._data.flags.writeable:
+    if not getattr(self._data.flags, "writeable", True):
         raise make(RuntimeError, "fill_", "unsupported operation: more than one element of the "
                                           "written-to tensor refers to a single memory location.")
     self._data[...] = value
@@ -222,7 +222,7 @@ def copy_(self: Tensor, src: Any, non_blocking: bool = False) -> Tensor:
     if _State.enabled and (src._requires_grad or self._requires_grad):
         _leaf_check(self, "copy_")
         return write_inplace(self, out * 1 if out is src else out, "copy_")
-    if not self._data.flags.writeable:
+    if not getattr(self._data.flags, "writeable", True):
         raise make(RuntimeError, "copy_", "unsupported operation: more than one element of the "
                                           "written-to tensor refers to a single memory location.")
     self._data[...] = out._data
