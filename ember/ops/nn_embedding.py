@@ -34,11 +34,12 @@ def _check_indices(op: str, indices: Any, arg: str = "indices", pos: int = 1) ->
                    f"arguments for {op})")
 
 
-def _check_range(op: str, xp: Any, indices: Any, num: int) -> None:
-    """Torch raises IndexError for an out-of-range index; NumPy would wrap negatives silently."""
+def _check_range(op: str, xp: Any, indices: Any, num: int, kind: type = IndexError) -> None:
+    """Torch raises for an out-of-range index (IndexError from embedding, RuntimeError from
+    embedding_bag); NumPy would wrap negatives silently."""
     if indices.size and (int(indices.min()) < 0 or int(indices.max()) >= num):
         bad = int(indices.min()) if int(indices.min()) < 0 else int(indices.max())
-        raise make(IndexError, op, f"index out of range in self: index {bad} with "
+        raise make(kind, op, f"index out of range in self: index {bad} with "
                                    f"{num} embeddings (weight rows)")
 
 
@@ -215,21 +216,26 @@ def _bag_meta(op: Any, weight: Any, indices: Any, offsets: Any, scale_grad_by_fr
 
 
 def _bag_ids(xp: Any, offsets: Any, n: int, include_last: bool) -> tuple[Any, int]:
-    """The bag of every index. Like torch, the last bag always runs to the end of the input
-    (with ``include_last_offset`` the final offset only counts the bags)."""
+    """The bag of every index (-1: in no bag). With ``include_last_offset`` the final offset
+    ends the last bag (CSR layout, normally ``len(input)``); otherwise the last bag runs to the
+    end of the input."""
     off = offsets.astype(xp.int64)
     nb = off.shape[0] - (1 if include_last else 0)
     starts = off[:nb]
+    end = min(int(off[-1]), n) if include_last and off.shape[0] else n
     if nb and (int(starts[0]) != 0 or bool((starts[1:] < starts[:-1]).any())
-               or int(starts[-1]) > n):
+               or int(starts[-1]) > end):
         shown = off.tolist()[:8]
         raise make(ValueError, "embedding_bag",
                    f"offsets must start at 0, be non-decreasing and not exceed the input length "
                    f"{n}, got offsets {shown}{'...' if off.shape[0] > 8 else ''}")
     if not nb:
-        return xp.zeros(0, dtype=xp.int64), 0
-    ends = xp.concatenate([starts[1:], xp.asarray([n], dtype=xp.int64)])
-    return xp.repeat(xp.arange(nb, dtype=xp.int64), ends - starts), nb
+        return xp.full(n, -1, dtype=xp.int64), 0
+    ends = xp.concatenate([starts[1:], xp.asarray([end], dtype=xp.int64)])
+    bag = xp.repeat(xp.arange(nb, dtype=xp.int64), ends - starts)
+    if bag.shape[0] < n:
+        bag = xp.concatenate([bag, xp.full(n - bag.shape[0], -1, dtype=xp.int64)])
+    return bag, nb
 
 
 @register("embedding_bag", meta=_bag_meta, method=False, nondiff_outputs=(1, 2, 3),
@@ -246,12 +252,16 @@ class EmbeddingBag(OpDef):
                 sparse=False, per_sample_weights=None, include_last_offset=False,
                 padding_idx=None):
         num, d = weight.shape
-        _check_range("embedding_bag", xp, indices, num)
+        _check_range("embedding_bag", xp, indices, num, RuntimeError)
         n = indices.shape[0]
         bag, nb = _bag_ids(xp, offsets, n, include_last_offset)
         # torch's low-level rule: None means no padding row; a negative index counts from the end
         pad = -1 if padding_idx is None else int(padding_idx) % num
-        valid = xp.ones(n, dtype=bool) if pad < 0 else indices != pad
+        if nb == 0:
+            # no bags: nothing to reduce, and no index reaches the weight gradient
+            bag = xp.full(n, -1, dtype=xp.int64)
+        valid = bag >= 0 if pad < 0 else (bag >= 0) & (indices != pad)
+        safe_bag = xp.maximum(bag, 0)
         rows = xp.take(weight, indices, axis=0)
         if per_sample_weights is not None:
             rows = rows * per_sample_weights[:, None].astype(rows.dtype)
@@ -260,31 +270,34 @@ class EmbeddingBag(OpDef):
         max_idx = xp.zeros((nb, d), dtype=indices.dtype)
         if mode == 2:
             out = xp.full((nb, d), -xp.inf, dtype=rows.dtype)
-            xp.maximum.at(out, vb, rows[valid]) if xp is np else _cupy_max_at(out, vb, rows[valid])
+            if xp is np:
+                np.maximum.at(out, vb, rows[valid])
+            else:
+                _cupy_max_at(out, vb, rows[valid])
             out = xp.where(counts[:, None] > 0, out, xp.zeros((), rows.dtype))
             # The first row that attains each maximum takes the gradient (torch's argmax).
             pos = xp.arange(n, dtype=xp.int64)[:, None]
-            hit = valid[:, None] & (rows == out[bag])
+            hit = valid[:, None] & (rows == (out[safe_bag] if nb else rows))
             first = xp.full((nb, d), n, dtype=xp.int64)
             cand = xp.where(hit, pos, n)
             if xp is np:
                 np.minimum.at(first, vb, cand[valid])
             else:
                 _cupy_min_at(first, vb, cand[valid])
-            winner = (pos == first[bag]) & valid[:, None]
+            winner = (pos == (first[safe_bag] if nb else n)) & valid[:, None]
             if n:
                 picked = indices[xp.minimum(first, n - 1)]
                 max_idx = xp.where(counts[:, None] > 0, picked, 0).astype(indices.dtype)
             scale = winner.astype(rows.dtype)
         else:
             w = valid.astype(rows.dtype)
-            if mode == 1:
+            if mode == 1 and nb:
                 safe = xp.maximum(counts, 1).astype(rows.dtype)
-                w = w / safe[bag]
+                w = w / safe[safe_bag]
             out = scatter_add_rows(xp, nb, vb, (rows * w[:, None])[valid]) if nb else \
                 xp.zeros((0, d), rows.dtype)
             scale = w[:, None]
-        ctx.bag, ctx.scale, ctx.num = bag, scale, num
+        ctx.bag, ctx.scale, ctx.num = safe_bag, scale, num
         ctx.args = (mode, scale_grad_by_freq, pad)
         ctx.save(weight, indices, per_sample_weights)
         return out, bag.astype(indices.dtype), counts.astype(indices.dtype), max_idx
