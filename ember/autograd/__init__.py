@@ -131,3 +131,6 @@ class set_detect_anomaly:
 
 def is_anomaly_enabled() -> bool:
     return _State.anomaly
+
+
+from ember.autograd import functional  # noqa: E402,F401  (torch.autograd.functional)
