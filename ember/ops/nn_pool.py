@@ -103,7 +103,11 @@ def _scatter_meta(op: Any, grad: Any, indices: Any, shape: tuple, unique: bool) 
 
 @register("_pool_scatter", meta=_scatter_meta, method=False, function=False)
 class PoolScatter(OpDef):
-    """Zeros of ``shape (N, C, *spatial)`` with ``grad`` summed at the flat spatial ``indices``."""
+    """Zeros of ``shape (N, C, *spatial)`` with ``grad`` summed at the flat spatial ``indices``.
+
+    ``unique``: the indices don't repeat (or repeats carry one value, as in max_unpool), so a
+    plain assignment replaces the scatter-add.
+    """
 
     def forward(ctx, xp, grad, indices, shape, unique):
         n, c = shape[:2]

@@ -306,7 +306,8 @@ def _unpool(name: str, nd: int, input: Tensor, indices: Tensor, kernel_size: Any
             check(lo < out[i] < hi, name,
                   f"invalid output_size {list(out)} (dim {i} must be between {lo} and {hi})")
     shape = tuple(x.shape[:2]) + out
-    res = apply(OPS["_pool_scatter"], (x, idx, shape, False))
+    # assignment, as torch: overlapping windows may record one position twice (same value)
+    res = apply(OPS["_pool_scatter"], (x, idx, shape, True))
     return _unbatch(res, unb)
 
 
