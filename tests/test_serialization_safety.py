@@ -11,8 +11,9 @@ import tracemalloc
 import pytest
 
 import ember
-from ember.serialization import (add_safe_globals, clear_safe_globals, get_safe_globals,
-                                 get_unsafe_globals_in_checkpoint, load, safe_globals, save)
+from ember.serialization import (WeightsOnlyError, add_safe_globals, clear_safe_globals,
+                                 get_safe_globals, get_unsafe_globals_in_checkpoint, load,
+                                 safe_globals, save)
 from serialization_corpus import build_corpus, tensor_pickle, torch_zip
 
 
@@ -82,8 +83,14 @@ def test_rejection_names_the_global_and_opcode(marker):
 
 def test_corruption_errors_are_also_runtime_errors(marker):
     # torch raises RuntimeError for broken archives; ember's error is both kinds.
-    with pytest.raises(RuntimeError):
-        load(io.BytesIO(build_corpus(marker)["zip_truncated_half"]))
+    corpus = build_corpus(marker)
+    with pytest.raises(RuntimeError) as info:
+        load(io.BytesIO(corpus["zip_truncated_half"]))
+    # A corrupt file is not a policy refusal: no advice to retry with weights_only=False.
+    assert not isinstance(info.value, WeightsOnlyError)
+    assert "weights_only=False" not in str(info.value)
+    with pytest.raises(WeightsOnlyError, match="weights_only=False"):
+        load(io.BytesIO(corpus["global_os_system"]))
 
 
 def test_dangerous_object_saved_by_ember_is_refused(tmp_path, marker):
@@ -158,3 +165,20 @@ def test_torch_file_with_user_class():
     with safe_globals([Config]):
         out = load(io.BytesIO(buf.getvalue()))
     assert out["cfg"] == Config() and out["od"]["a"].tolist() == [1.0]
+
+
+def test_numpy_scalars_need_allowlisting_like_torch():
+    torch = pytest.importorskip("torch")
+    np = pytest.importorskip("numpy")
+    buf = io.BytesIO()
+    torch.save({"epoch": np.int64(3), "acc": np.float64(0.5), "arr": np.arange(3)}, buf)
+    raw = buf.getvalue()
+    with pytest.raises(pickle.UnpicklingError, match="numpy._core.multiarray.scalar"):
+        load(io.BytesIO(raw))
+    assert set(get_unsafe_globals_in_checkpoint(io.BytesIO(raw))) == set(
+        torch.serialization.get_unsafe_globals_in_checkpoint(io.BytesIO(raw)))
+    allowed = [np._core.multiarray.scalar, np.dtype, np.dtypes.Int64DType,
+               np.dtypes.Float64DType, np._core.multiarray._reconstruct, np.ndarray]
+    with safe_globals(allowed):
+        out = load(io.BytesIO(raw))
+    assert out["epoch"] == 3 and out["acc"] == 0.5 and out["arr"].tolist() == [0, 1, 2]

@@ -7,7 +7,7 @@ Files written by ``torch.save`` load into ember tensors, and files written by
 from __future__ import annotations
 
 from ember.serialization._load import load
-from ember.serialization._names import CheckpointError
+from ember.serialization._names import CheckpointError, WeightsOnlyError
 from ember.serialization._rebuild import LoadedStorage
 from ember.serialization._save import DEFAULT_PROTOCOL, save
 from ember.serialization._unpickler import (
@@ -15,7 +15,7 @@ from ember.serialization._unpickler import (
 
 __all__ = ["save", "load", "add_safe_globals", "get_safe_globals", "clear_safe_globals",
            "safe_globals", "get_unsafe_globals_in_checkpoint", "DEFAULT_PROTOCOL",
-           "CheckpointError", "LoadedStorage"]
+           "CheckpointError", "WeightsOnlyError", "LoadedStorage"]
 
 
 def get_unsafe_globals_in_checkpoint(f: object) -> list[str]:

@@ -9,7 +9,7 @@ from typing import IO, Any, Callable
 
 import numpy as np
 
-from ember.serialization._names import CheckpointError, StorageType
+from ember.serialization._names import CheckpointError, StorageType, WeightsOnlyError
 from ember.serialization._rebuild import LoadedStorage, make_restore
 from ember.serialization._save import MAGIC_NUMBER, PROTOCOL_VERSION
 from ember.serialization._unpickler import SafeUnpickler, make_full_unpickler
@@ -95,10 +95,8 @@ def _load_stream(stream: IO[bytes], path: str | None, map_location: Any, pickle_
                                "torch.save your checkpoint with this option in order to use "
                                "mmap.")
         return _load_legacy(stream, map_location, pickle_module, weights_only, args)
-    except pickle.UnpicklingError as exc:
-        if weights_only and not str(exc).endswith(UNSAFE_MESSAGE):
-            raise type(exc)(f"{exc}\n{UNSAFE_MESSAGE}") from None
-        raise
+    except WeightsOnlyError as exc:
+        raise WeightsOnlyError(f"{exc}\n{UNSAFE_MESSAGE}") from None
 
 
 def _unpickle(stream: IO[bytes], weights_only: bool, pickle_module: Any,

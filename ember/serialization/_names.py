@@ -12,7 +12,7 @@ from typing import Any
 
 from ember import dtypes as _dt
 
-__all__ = ["CheckpointError", "StorageType", "STORAGE_TYPES", "STORAGE_NAME_OF_DTYPE",
+__all__ = ["CheckpointError", "WeightsOnlyError", "StorageType", "STORAGE_TYPES", "STORAGE_NAME_OF_DTYPE",
            "TORCH_DTYPE_NAMES", "KNOWN_UNSUPPORTED_DTYPES"]
 
 
@@ -23,6 +23,11 @@ class CheckpointError(pickle.UnpicklingError, RuntimeError):
     :class:`RuntimeError` (what torch raises for a corrupt archive), so code written for
     either keeps working.
     """
+
+
+class WeightsOnlyError(CheckpointError):
+    """A ``weights_only`` refusal: the file names a global, call or opcode outside the
+    allowlist (as opposed to a corrupt file). ``weights_only=False`` would load it."""
 
 
 class StorageType:

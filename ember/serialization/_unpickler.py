@@ -25,7 +25,7 @@ from ember.backend.device import device
 from ember.serialization import _rebuild
 from ember.serialization._names import (
     KNOWN_UNSUPPORTED_DTYPES, STORAGE_TYPES, UNSUPPORTED_STORAGES, CheckpointError,
-    unsupported_dtype)
+    WeightsOnlyError, unsupported_dtype)
 from ember.tensor import Size, Tensor
 
 __all__ = ["add_safe_globals", "get_safe_globals", "clear_safe_globals", "safe_globals",
@@ -202,7 +202,7 @@ def resolve_torch_global(full: str) -> Any:
             raise unsupported_dtype(name)
         return None
     if module == "torch":
-        if name in _rebuild_dtype_names():
+        if name in _dt._NAMES:
             return _dt._NAMES[name]
         if name in KNOWN_UNSUPPORTED_DTYPES:
             raise unsupported_dtype(name)
@@ -211,10 +211,6 @@ def resolve_torch_global(full: str) -> Any:
     if full in ("torch.nn.parameter.Parameter", "torch.nn.Parameter"):
         return _rebuild._parameter_class()
     return None
-
-
-def _rebuild_dtype_names() -> dict:
-    return _dt._NAMES
 
 
 def _checked_callable(obj: Any) -> Callable[..., Any] | None:
@@ -277,9 +273,13 @@ class SafeUnpickler:
         self._user = _user_allowed()
 
     # ------------------------------------------------------------------ helpers
-    def _fail(self, msg: str) -> CheckpointError:
-        return CheckpointError(f"[load] weights_only unpickler: {msg} (opcode {self._opname} at "
-                               f"byte {self._pos})")
+    def _fail(self, msg: str, policy: bool = False) -> CheckpointError:
+        cls = WeightsOnlyError if policy else CheckpointError
+        return cls(f"[load] weights_only unpickler: {msg} (opcode {self._opname} at byte "
+                   f"{self._pos})")
+
+    def _refuse(self, msg: str) -> CheckpointError:
+        return self._fail(msg, policy=True)
 
     def read(self, n: int) -> bytes:
         if n < 0:
@@ -316,13 +316,13 @@ class SafeUnpickler:
         full = f"{module}.{name}"
         if module.split(".")[0] in _BLOCKED_MODULES or \
                 (module == "builtins" and name in _BLOCKED_BUILTINS):
-            raise self._fail(f"{opname} {full} is blocked: loading it could run code")
+            raise self._refuse(f"{opname} {full} is blocked: loading it could run code")
         obj = resolve_torch_global(full)
         if obj is not None:
             return obj.fn() if isinstance(obj, _Lazy) else obj
         if full in self._user:
             return self._user[full]
-        raise self._fail(
+        raise self._refuse(
             f"{opname} {full} is not an allowed global. If you trust this checkpoint, allow it "
             f"with ember.serialization.add_safe_globals([{name}]) or the "
             f"ember.serialization.safe_globals([{name}]) context manager, or load with "
@@ -339,7 +339,7 @@ class SafeUnpickler:
             return safe(*args)
         if self._is_user_type(func):
             return _external(func, *args)
-        raise self._fail(f"{opname} refuses to call {func!r}: not an allowed callable")
+        raise self._refuse(f"{opname} refuses to call {func!r}: not an allowed callable")
 
     # ------------------------------------------------------------------ main loop
     def load(self) -> Any:
@@ -360,7 +360,7 @@ class SafeUnpickler:
                 self._opname = _OPNAMES.get(code, f"0x{code:02x}")
                 handler = dispatch.get(code)
                 if handler is None:
-                    raise self._fail(f"unsupported or unsafe opcode {self._opname}")
+                    raise self._refuse(f"unsupported or unsafe opcode {self._opname}")
                 if handler(self):
                     return self.stack.pop()
         except CheckpointError:
@@ -657,7 +657,7 @@ class SafeUnpickler:
             return cls(*args)
         if isinstance(cls, type) and self._is_user_type(cls):
             return _external(cls.__new__, cls, *args, **kwargs)
-        raise self._fail(f"{opname} can only create Parameters or classes allowed with "
+        raise self._refuse(f"{opname} can only create Parameters or classes allowed with "
                          f"add_safe_globals, got {cls!r}")
 
     def _inst(self) -> None:
@@ -678,7 +678,7 @@ class SafeUnpickler:
         # INST/OBJ call the class itself: only classes the user allowlisted.
         if isinstance(cls, type) and self._is_user_type(cls):
             return _external(cls, *args)
-        raise self._fail(f"{opname} may only instantiate classes allowed with add_safe_globals, "
+        raise self._refuse(f"{opname} may only instantiate classes allowed with add_safe_globals, "
                          f"got {cls!r}")
 
     def _build(self) -> None:
@@ -694,7 +694,7 @@ class SafeUnpickler:
         elif self._is_user_type(type(inst)):
             _external(self._build_user, inst, state)
         else:
-            raise self._fail(f"BUILD can only set state on tensors, OrderedDict and classes "
+            raise self._refuse(f"BUILD can only set state on tensors, OrderedDict and classes "
                              f"allowed with add_safe_globals, got {type(inst).__name__}")
 
     def _build_user(self, inst: Any, state: Any) -> None:
