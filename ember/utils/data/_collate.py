@@ -150,17 +150,16 @@ def collate(batch: Any, *, collate_fn_map: dict | None = None) -> Any:
     raise TypeError(default_collate_err_msg_format.format(elem_type))
 
 
-def _stack_shared(batch: list) -> Tensor | None:
-    """Stack CPU tensors of one dtype and shape straight into shared memory (in a worker);
-    ``None`` when the fast path does not apply and ``ember.stack`` should decide."""
-    elem = batch[0]
-    if elem.device.type != "cpu" or any(t.requires_grad for t in batch):
-        return None
-    dtype, shape = elem.dtype, elem.shape
-    if any(t.dtype != dtype or t.shape != shape or t.device != elem.device for t in batch):
-        return None
-    arrays = [t.numpy() for t in batch]
-    out = _shm.empty((len(batch), *shape), arrays[0].dtype)
+def _stack_arrays(arrays: list) -> Tensor | None:
+    """Stack NumPy arrays of one dtype and shape into a new tensor: in shared memory inside a
+    worker, so the batch reaches the main process without another copy. ``None`` when the
+    arrays differ, leaving ``ember.stack`` to raise torch's error."""
+    first = arrays[0]
+    dtype, shape = first.dtype, first.shape
+    for a in arrays:
+        if a.dtype != dtype or a.shape != shape:
+            return None
+    out = _shm.empty((len(arrays), *shape), dtype)
     np.stack(arrays, axis=0, out=out)
     return ember.from_numpy(out)
 
@@ -168,17 +167,29 @@ def _stack_shared(batch: list) -> Tensor | None:
 def collate_tensor_fn(batch: list, *, collate_fn_map: dict | None = None) -> Tensor:
     """Stack tensors along a new first dimension (into shared memory inside a worker)."""
     if _shm.active():
-        out = _stack_shared(batch)
-        if out is not None:
-            return out
+        # CPU tensors without autograd history stack as plain arrays; anything else (GPU,
+        # requires_grad, mixed dtypes or shapes) goes through ember.stack's rules.
+        if all(t.device.type == "cpu" and not t.requires_grad for t in batch):
+            out = _stack_arrays([t.numpy() for t in batch])
+            if out is not None:
+                return out
     return ember.stack(list(batch), 0)
 
 
 def collate_numpy_array_fn(batch: list, *, collate_fn_map: dict | None = None) -> Any:
-    """NumPy arrays -> tensors, then stacked; arrays of strings or objects are rejected."""
+    """NumPy arrays -> one stacked tensor; arrays of strings or objects are rejected."""
     elem = batch[0]
     if np_str_obj_array_pattern.search(elem.dtype.str) is not None:
         raise TypeError(default_collate_err_msg_format.format(elem.dtype))
+    if type(elem) is np.ndarray and all(type(b) is np.ndarray for b in batch):
+        # Same result as converting each array and stacking the tensors, minus one tensor
+        # per sample; a dtype ember lacks falls through to the per-sample path's error.
+        try:
+            out = _stack_arrays(batch)
+        except (TypeError, ValueError):
+            out = None
+        if out is not None:
+            return out
     return collate([ember.as_tensor(b) for b in batch], collate_fn_map=collate_fn_map)
 
 
