@@ -38,13 +38,14 @@ def augment(img: np.ndarray) -> np.ndarray:
     return ((out.astype(np.float32) - MEAN) / STD).copy()
 
 
-def make_dataset(base: type, images: np.ndarray, labels: np.ndarray):
+def make_dataset(base: type, images: np.ndarray, labels: np.ndarray, transform: bool):
     class Images(base):
         def __len__(self) -> int:
             return len(images)
 
         def __getitem__(self, i: int):
-            return augment(images[i]), int(labels[i])
+            img = augment(images[i]) if transform else images[i]
+            return img, int(labels[i])
     return Images()
 
 
@@ -72,21 +73,24 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--no-transform", action="store_true",
+                        help="raw uint8 images: measures the loader's own overhead")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(args.n, 3, 32, 32), dtype=np.uint8)
     labels = rng.integers(0, 10, size=args.n)
     kw = dict(batch_size=args.batch_size, shuffle=True, num_workers=args.workers)
+    transform = not args.no_transform
     print(f"{args.n} images 3x32x32, batch {args.batch_size}, {args.workers} workers, "
-          f"crop+flip+normalize in NumPy")
+          f"{'crop+flip+normalize in NumPy' if transform else 'no transform'}")
     ember.manual_seed(0)
-    e = bench("ember", edata.DataLoader(make_dataset(edata.Dataset, images, labels), **kw),
+    e = bench("ember", edata.DataLoader(make_dataset(edata.Dataset, images, labels, transform), **kw),
               args.epochs)
     if torch is None:
         print("torch not installed: no ratio")
         return
     torch.manual_seed(0)
-    t = bench("torch", tdata.DataLoader(make_dataset(tdata.Dataset, images, labels), **kw),
+    t = bench("torch", tdata.DataLoader(make_dataset(tdata.Dataset, images, labels, transform), **kw),
               args.epochs)
     print(f"ember/torch time ratio: {e / t:.2f}")
 
