@@ -61,6 +61,8 @@ class ToCopy(OpDef):
         dt, dev = ctx.src
         if dt.category < 2:
             return None, None, None
+        if grad.is_complex() and not dt.is_complex:
+            grad = grad.real  # a real input gets the real part of a complex gradient (torch)
         return grad.to(dtype=dt, device=dev), None, None
 
 

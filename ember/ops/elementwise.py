@@ -44,6 +44,8 @@ def unary_op(name: str, fwd: Callable, bwd: Callable | None, *, save: str = "x",
             saved = ctx.saved
             x = saved[0] if save == "x" else None
             y = saved[0] if save == "y" else None
+            if name != "abs":  # holomorphic f: torch's complex gradient is grad * conj(f'(z))
+                x, y = _cj(x), _cj(y)
             return bwd(grad, x, y)
 
     return register(name, meta=M.unary, promote=promote, inplace=inplace, onnx=onnx,
@@ -319,11 +321,11 @@ class Pow(OpDef):
         gx = ge = None
         if ctx.next_edges[0] is not None:
             if isinstance(e, Tensor):
-                gx = _where(e == 0, grad * 0, grad * e * x.pow(e - 1))
+                gx = _where(e == 0, grad * 0, grad * _cj(e * x.pow(e - 1)))
             else:
-                gx = grad * 0 if e == 0 else grad * e * x.pow(e - 1)
+                gx = grad * 0 if e == 0 else grad * _cj(e * x.pow(e - 1))
         if ctx.next_edges[1] is not None:
-            ge = grad * y * x.log() if isinstance(x, Tensor) else grad * y * math.log(x)
+            ge = grad * _cj(y * x.log()) if isinstance(x, Tensor) else grad * _cj(y) * math.log(x)
             if isinstance(x, Tensor):
                 ge = _where((x == 0) & (e >= 0), grad * 0, ge)
         return gx, ge
