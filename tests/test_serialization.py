@@ -434,3 +434,47 @@ def test_import_does_not_pull_torch_or_heavy_modules():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=os.path.dirname(os.path.dirname(__file__)), timeout=60)
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_training_checkpoint_round_trip_with_ember_optim():
+    ember.manual_seed(0)
+    model = ember.nn.Linear(3, 2)
+    opt = ember.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(2):
+        opt.zero_grad()
+        model(ember.randn(4, 3)).pow(2).sum().backward()
+        opt.step()
+    ckpt = torch.load(io.BytesIO(_ember_bytes({"model": model.state_dict(),
+                                               "optim": opt.state_dict()})), weights_only=True)
+    tmodel = torch.nn.Linear(3, 2)
+    tmodel.load_state_dict(ckpt["model"])
+    topt = torch.optim.Adam(tmodel.parameters(), lr=1e-2)
+    topt.load_state_dict(ckpt["optim"])
+    topt.zero_grad()
+    tmodel(torch.randn(4, 3)).pow(2).sum().backward()
+    topt.step()
+    back = load(io.BytesIO(_torch_roundtrip({"model": tmodel.state_dict(),
+                                             "optim": topt.state_dict()})))
+    model2 = ember.nn.Linear(3, 2)
+    model2.load_state_dict(back["model"])
+    opt2 = ember.optim.Adam(model2.parameters(), lr=1e-2)
+    opt2.load_state_dict(back["optim"])
+    assert float(opt2.state_dict()["state"][0]["step"]) == 3.0
+    assert _bits(model2.weight) == _bits(tmodel.weight)
+
+
+@pytest.mark.cuda
+def test_cuda_tensors_round_trip():
+    x = ember.arange(6, dtype=ember.float32).to("cuda:0")
+    raw = _ember_bytes({"x": x, "v": x[2:]})
+    names = zipfile.ZipFile(io.BytesIO(raw)).namelist()
+    assert [n for n in names if "/data/" in n] == ["archive/data/0"]
+    out = load(io.BytesIO(raw))
+    assert out["x"].device == ember.device("cuda:0") and out["v"].tolist() == [2, 3, 4, 5]
+    on_cpu = load(io.BytesIO(raw), map_location="cpu")
+    assert on_cpu["x"].device == ember.device("cpu")
+    to_gpu = load(io.BytesIO(_torch_roundtrip(torch.ones(2))), map_location="cuda:0")
+    assert to_gpu.device == ember.device("cuda:0") and to_gpu.tolist() == [1.0, 1.0]
+    moved = load(io.BytesIO(_torch_roundtrip(torch.ones(2))),
+                 map_location=lambda s, loc: s.cuda(0))
+    assert moved.device == ember.device("cuda:0")
