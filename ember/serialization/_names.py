@@ -106,6 +106,10 @@ class TorchGlobal:
         self.module = module
         self.name = name
 
+    def __call__(self, *args: Any) -> Any:
+        # pickle insists that a reduce function be callable; this one is only ever written.
+        raise RuntimeError(f"{self!r} is a name written into checkpoints, not a function")
+
     def __repr__(self) -> str:
         return f"<torch global {self.module}.{self.name}>"
 

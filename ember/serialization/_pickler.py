@@ -33,15 +33,8 @@ REBUILD_PARAMETER_STATE = TorchGlobal("torch._utils", "_rebuild_parameter_with_s
 REBUILD_FROM_TYPE = TorchGlobal("torch._tensor", "_rebuild_from_type_v2")
 _STORAGE_GLOBALS = {d: TorchGlobal("torch", n) for d, n in STORAGE_NAME_OF_DTYPE.items()}
 
-
-def _placeholder_call(self: TorchGlobal, *args: Any) -> Any:
-    raise RuntimeError(f"{self!r} is a name written into checkpoints, not a function")
-
-
-# pickle requires a reduce callable to be callable.
-TorchGlobal.__call__ = _placeholder_call  # type: ignore[method-assign]
-
-# id(ember object) -> (module, name) that torch uses for it.
+# id(ember object) -> (module, name) that torch uses for it. Every key is a module-level
+# object (the globals above, dtypes, classes), so the ids stay valid.
 _TORCH_NAMES: dict[int, tuple[str, str]] = {}
 for _g in (REBUILD_V2, REBUILD_PARAMETER, REBUILD_PARAMETER_STATE, REBUILD_FROM_TYPE,
            *_STORAGE_GLOBALS.values()):
@@ -51,8 +44,6 @@ for _d in _dt.ALL_DTYPES:
 _TORCH_NAMES[id(Size)] = ("torch", "Size")
 _TORCH_NAMES[id(device)] = ("torch", "device")
 _TORCH_NAMES[id(Tensor)] = ("torch", "Tensor")
-_KEEP_ALIVE = (REBUILD_V2, REBUILD_PARAMETER, REBUILD_PARAMETER_STATE, REBUILD_FROM_TYPE,
-               _STORAGE_GLOBALS)
 
 
 class StorageRef:
