@@ -323,3 +323,68 @@ def test_cross_entropy_half_and_fused_matches_reference():
     nan_e = F(ember).cross_entropy(ember.randn(2, 3), ember.tensor([-100, -100]))
     nan_t = F(torch).cross_entropy(torch.randn(2, 3), torch.tensor([-100, -100]))
     assert np.isnan(float(nan_e)) and np.isnan(float(nan_t))
+
+
+# ---------------------------------------------------------------------- adaptive / linear CE
+def _copy(tm, em):
+    em.load_state_dict({k: ember.tensor(v.detach().numpy()) for k, v in tm.state_dict().items()})
+
+
+def test_adaptive_log_softmax_matches_torch():
+    tm = torch.nn.AdaptiveLogSoftmaxWithLoss(16, 20, [5, 10], head_bias=True).double()
+    em = ember.nn.AdaptiveLogSoftmaxWithLoss(16, 20, [5, 10], head_bias=True).double()
+    assert repr(em) == repr(tm) and list(em.state_dict()) == list(tm.state_dict())
+    _copy(tm, em)
+    x = RNG.standard_normal((6, 16))
+    tg = np.array([0, 7, 12, 19, 3, 9])
+    tx, ex = torch.tensor(x, requires_grad=True), ember.tensor(x, requires_grad=True)
+    (to, tl), (eo, el) = tm(tx, torch.tensor(tg)), em(ex, ember.tensor(tg))
+    np.testing.assert_allclose(eo.detach().numpy(), to.detach().numpy(), rtol=1e-12)
+    np.testing.assert_allclose(float(el), float(tl.detach()), rtol=1e-12)
+    tl.backward()
+    el.backward()
+    np.testing.assert_allclose(ex.grad.numpy(), tx.grad.numpy(), rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(em.log_prob(ex).detach().numpy(), tm.log_prob(tx).detach().numpy(),
+                               rtol=1e-12)
+    assert em.predict(ex).tolist() == tm.predict(tx).tolist()
+    with pytest.raises(ValueError):
+        ember.nn.AdaptiveLogSoftmaxWithLoss(16, 20, [10, 5])
+    with pytest.raises(RuntimeError, match="Target values"):
+        em(ex, ember.tensor([0, 1, 2, 3, 4, 25]))
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("chunked", [False, True])
+def test_linear_cross_entropy_matches_torch(reduction, chunked):
+    def opts(m):
+        return m.nn.LinearCrossEntropyOptions(batch_chunk_size=3) if chunked else None
+    tm = torch.nn.LinearCrossEntropyLoss(6, 10, bias=True, reduction=reduction,
+                                         options=opts(torch)).double()
+    em = ember.nn.LinearCrossEntropyLoss(6, 10, bias=True, reduction=reduction,
+                                         options=opts(ember)).double()
+    assert repr(em) == repr(tm) and list(em.state_dict()) == list(tm.state_dict())
+    _copy(tm, em)
+    x = RNG.standard_normal((7, 6))
+    tg = np.array([0, 7, -100, 9, 3, 9, 1])
+    tx, ex = torch.tensor(x, requires_grad=True), ember.tensor(x, requires_grad=True)
+    tl, el = tm(tx, torch.tensor(tg)), em(ex, ember.tensor(tg))
+    np.testing.assert_allclose(el.detach().numpy(), tl.detach().numpy(), rtol=1e-12)
+    tl.sum().backward()
+    el.sum().backward()
+    np.testing.assert_allclose(ex.grad.numpy(), tx.grad.numpy(), rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(em.linear.weight.grad.numpy(), tm.linear.weight.grad.numpy(),
+                               rtol=1e-10, atol=1e-14)
+
+
+def test_linear_cross_entropy_kdim_and_errors():
+    tm = torch.nn.LinearCrossEntropyLoss(5, 4, out_features=(3,)).double()
+    em = ember.nn.LinearCrossEntropyLoss(5, 4, out_features=(3,)).double()
+    _copy(tm, em)
+    x = RNG.standard_normal((2, 5))
+    tg = RNG.integers(0, 4, (2, 3))
+    np.testing.assert_allclose(float(em(ember.tensor(x), ember.tensor(tg))),
+                               float(tm(torch.tensor(x), torch.tensor(tg))), rtol=1e-12)
+    with pytest.raises(RuntimeError, match="in_features"):
+        F(ember).linear_cross_entropy(ember.randn(2, 5), ember.randn(4, 6), ember.tensor([0, 1]))
+    with pytest.raises(ValueError):
+        ember.nn.LinearCrossEntropyOptions(acc_policy="fast")
