@@ -604,3 +604,63 @@ def test_swap_in_optimizer_params_and_state():
     with pytest.raises(RuntimeError, match="requires initialized optimizer state"):
         with eoptim.swap_in_optimizer_params_and_state(eoptim.SGD([other]), {"w": other}, sd):
             pass
+
+
+# ---------------------------------------------------------------------- CUDA (CuPy arrays)
+CUDA_CONFIGS = CONFIGS + [("Adafactor", dict(lr=0.01)), ("Muon", dict(lr=0.02)),
+                          ("Adam", dict(lr=0.01, capturable=True)),
+                          ("AdamW", dict(lr=0.01, fused=True)),
+                          ("NAdam", dict(lr=0.01, capturable=True)),
+                          ("ASGD", dict(lr=0.01, capturable=True))]
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("name,kwargs", CUDA_CONFIGS, ids=[f"{n}-{i}" for i, (n, _) in
+                                                           enumerate(CUDA_CONFIGS)])
+def test_cuda_trajectory_matches_torch_cpu(name, kwargs):
+    rng = np.random.default_rng(7)
+    shapes = [(6, 4), (5, 3)] if name == "Muon" else [(6, 4), (4,), (3, 2)]
+    init = [rng.standard_normal(s) for s in shapes]
+    dtype = "float32" if name == "Muon" else "float64"
+    tp = [torch.tensor(a, dtype=getattr(torch, dtype), requires_grad=True) for a in init]
+    ep = [ember.tensor(a, dtype=getattr(ember, dtype), device="cuda", requires_grad=True)
+          for a in init]
+    t_kw = {k: v for k, v in kwargs.items() if k not in ("capturable", "fused")}
+    topt, eopt = getattr(torch.optim, name)(tp, **t_kw), getattr(eoptim, name)(ep, **kwargs)
+    for _ in range(40):
+        noise = [rng.standard_normal(s) for s in shapes]
+        for t, e, n in zip(tp, ep, noise):
+            t.grad = torch.tensor(n + 0.3 * t.detach().numpy(), dtype=t.dtype)
+            e.grad = ember.tensor(n + 0.3 * e.detach().cpu().numpy(), dtype=e.dtype,
+                                  device="cuda")
+        topt.step()
+        eopt.step()
+    rtol = 1e-6 if dtype == "float64" else 1e-4
+    for t, e in zip(tp, ep):
+        assert e.is_cuda
+        np.testing.assert_allclose(e.detach().cpu().numpy(), t.detach().numpy(), rtol=rtol,
+                                   atol=1e-8)
+    for state in eopt.state.values():
+        for key, v in state.items():
+            if isinstance(v, ember.Tensor) and v.dim() > 0:
+                assert v.is_cuda, key
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("kwargs", [dict(), dict(line_search_fn="strong_wolfe")])
+def test_cuda_lbfgs_matches_torch_cpu(kwargs):
+    start = np.array([-1.5, 2.0, 0.5, -0.7])
+    out = []
+    for lib, dev in ((torch, "cpu"), (ember, "cuda")):
+        z = lib.tensor(start, device=dev, requires_grad=True)
+        opt = lib.optim.LBFGS([z], **kwargs)
+
+        def closure():
+            opt.zero_grad()
+            loss = (100 * (z[1:] - z[:-1] ** 2) ** 2 + (1 - z[:-1]) ** 2).sum()
+            loss.backward()
+            return loss
+        for _ in range(4):
+            opt.step(closure)
+        out.append(z.detach().cpu().numpy())
+    np.testing.assert_allclose(out[1], out[0], rtol=1e-6, atol=1e-9)

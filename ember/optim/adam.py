@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import ember
+from ember.optim import _cuda_fused
 from ember.optim.optimizer import (Optimizer, ParamsT, _bump, _check_fused, _check_fused_flags,
                                    _check_lr, _lerp_, _real, _step_tensor, _to_scalar, _xp)
 
@@ -26,8 +27,15 @@ def adam_update(xp: Any, param: Any, grad: Any, exp_avg: Any, exp_avg_sq: Any,
         \\theta \\leftarrow \\theta - \\frac{\\gamma}{1-\\beta_1^t}
             \\frac{m}{\\sqrt{v}/\\sqrt{1-\\beta_2^t} + \\epsilon}
 
-    ``step`` is the step count *after* increment (t >= 1).
+    ``step`` is the step count *after* increment (t >= 1). On CUDA (float32/float64) the
+    same maths runs as one fused kernel.
     """
+    if _cuda_fused.supported(xp, param, grad):
+        _cuda_fused.adam(xp, param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr=lr,
+                         beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
+                         amsgrad=amsgrad, maximize=maximize,
+                         decoupled_weight_decay=decoupled_weight_decay)
+        return
     g = -grad if maximize else grad
     if weight_decay != 0:
         if decoupled_weight_decay:

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import ember
+from ember.optim import _cuda_fused
 from ember.optim.optimizer import (Optimizer, ParamsT, _bump, _check_fused_flags, _check_lr,
                                    _get_scalar_dtype, _real, _to_scalar, _xp)
 from ember.tensor import _make
@@ -25,7 +26,16 @@ def sgd_update(xp: Any, param: Any, grad: Any, buf: Any, *, lr: float, momentum:
 
     Returns:
         the momentum buffer (a new array on the first step), or None without momentum.
+        On CUDA (float32/float64) the step runs as one fused kernel.
     """
+    if _cuda_fused.supported(xp, param, grad):
+        first = momentum != 0 and buf is None
+        if first:
+            buf = xp.empty_like(param)
+        _cuda_fused.sgd(xp, param, grad, buf, first, lr=lr, momentum=momentum,
+                        dampening=dampening, weight_decay=weight_decay, nesterov=nesterov,
+                        maximize=maximize)
+        return buf
     g = -grad if maximize else grad
     if weight_decay != 0:
         g = g + weight_decay * param
