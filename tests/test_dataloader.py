@@ -293,9 +293,9 @@ def test_worker_init_fn_and_worker_dataset_copy():
 def test_in_order_false_yields_ready_batches():
     # batch 0 is slow: in order it comes first, out of order it comes last
     kw = dict(batch_size=1, num_workers=2)
-    ordered = [int(b) for b in ed.DataLoader(Slow(0, 0.5), **kw)]
+    ordered = [int(b) for b in ed.DataLoader(Slow(0, 0.8), **kw)]
     assert ordered == list(range(8))
-    unordered = [int(b) for b in ed.DataLoader(Slow(0, 0.5), in_order=False, **kw)]
+    unordered = [int(b) for b in ed.DataLoader(Slow(0, 0.8), in_order=False, **kw)]
     assert sorted(unordered) == list(range(8)) and unordered[0] != 0
 
 

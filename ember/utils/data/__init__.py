@@ -15,8 +15,8 @@ from ember.utils.data.distributed import DistributedSampler
 from ember.utils.data.sampler import (BatchSampler, RandomSampler, Sampler, SequentialSampler,
                                       SubsetRandomSampler, WeightedRandomSampler)
 
-__all__ = ["BatchSampler", "ChainDataset", "ConcatDataset", "DataLoader", "Dataset",
-           "DistributedSampler", "IterableDataset", "RandomSampler", "Sampler",
+__all__ = ["_DatasetKind", "BatchSampler", "ChainDataset", "ConcatDataset", "DataLoader",
+           "Dataset", "DistributedSampler", "IterableDataset", "RandomSampler", "Sampler",
            "SequentialSampler", "StackDataset", "Subset", "SubsetRandomSampler", "TensorDataset",
            "WeightedRandomSampler", "default_collate", "default_convert", "get_worker_info",
            "random_split"]
