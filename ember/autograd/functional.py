@@ -248,7 +248,8 @@ def jacobian(func: Callable, inputs: Any, create_graph: bool = False, strict: bo
     """
     import ember
     if strategy not in ("forward-mode", "reverse-mode"):
-        raise ValueError('Expected strategy to be either "forward-mode" or "reverse-mode". Hint: '
+        # torch asserts here (an AssertionError); ember raises the same type
+        raise AssertionError('Expected strategy to be either "forward-mode" or "reverse-mode". Hint: '
                          'If your function has more outputs than inputs, "forward-mode" tends to '
                          'be more performant. Otherwise, prefer to use "reverse-mode".')
     if strategy == "forward-mode":
@@ -258,8 +259,10 @@ def jacobian(func: Callable, inputs: Any, create_graph: bool = False, strict: bo
                 '`strategy="forward-mode"` are not supported together (yet). Please either set '
                 '`create_graph=False` or `strategy="reverse-mode"`.')
         if not vectorize:
-            raise ValueError('torch.autograd.functional.jacobian: `strategy="forward-mode"` '
-                             'requires `vectorize=True`.')
+            # torch's type for this combination; the looped version exists but is not exposed
+            raise NotImplementedError("Computing Jacobian using forward-AD or forward-over-"
+                                      "reverse Hessian is only implemented for "
+                                      "`vectorize=True`.")
         if strict:
             raise RuntimeError("torch.autograd.functional.jacobian: `strict=True` and "
                                "`vectorized=True` are not supported together. Please either "
