@@ -358,12 +358,6 @@ class RNN(RNNBase):
                              "'tanh' or 'relu'.")
         super().__init__(mode, *args, **kwargs)
 
-    def extra_repr(self) -> str:
-        s = super().extra_repr()
-        if self.nonlinearity != "tanh":
-            s += f", nonlinearity={self.nonlinearity!r}"
-        return s
-
 
 class LSTM(RNNBase):
     """Long short-term memory, torch's gate order (input, forget, cell, output):

@@ -233,8 +233,8 @@ def pad_sequence(sequences: Tensor | Iterable[Tensor], batch_first: bool = False
     """Stack variable-length tensors ``(L_i, *)`` into ``(T, B, *)`` (``(B, T, *)`` with
     ``batch_first``), filling with ``padding_value`` on the ``padding_side``."""
     if padding_side not in ("left", "right"):
-        raise ValueError(f"[pad_sequence] Expected padding_side to be one of left or right, but "
-                         f"got {padding_side}.")
+        raise RuntimeError(f"[pad_sequence] Expected padding_side to be one of left or right, but "
+                           f"got {padding_side}.")
     if isinstance(sequences, Tensor):
         sequences = sequences.unbind(0)
     seqs = list(sequences)
