@@ -28,29 +28,7 @@ UNSAFE_MESSAGE = (
 
 def load(f: Any, map_location: Any = None, pickle_module: Any = None, *,
          weights_only: bool = True, mmap: bool | None = None, **pickle_load_args: Any) -> Any:
-    """Load an object saved with ``torch.save`` or :func:`ember.save`.
-
-    Args:
-        f: a path (str or ``os.PathLike``) or a seekable binary file object.
-        map_location: where storages go: ``None`` (where they were saved), a device or
-            string (``'cpu'``, ``'cuda:0'``), a dict mapping saved locations to new ones, or a
-            callable ``(storage, location) -> storage | None``.
-        pickle_module: module for unpickling; only with ``weights_only=False``.
-        weights_only: if ``True`` (default), refuse anything that could execute code: only
-            tensors, containers, numbers, strings, ``Size``/``device``/dtypes and globals
-            allowed by :func:`ember.serialization.add_safe_globals` load. Rejections raise
-            :class:`pickle.UnpicklingError`.
-        mmap: map the file into memory instead of reading it (zip checkpoints given by path);
-            storages are copy-on-write views of the file.
-        pickle_load_args: passed to the unpickler (``encoding``, ``errors`` ...).
-
-    Returns:
-        The saved object, with ember tensors in place of torch tensors.
-
-    Example::
-
-        >>> sd = ember.load("model.pt", map_location="cpu")
-    """
+    """Implementation of :func:`ember.serialization.load` (documented there)."""
     if weights_only and pickle_module is not None:
         raise RuntimeError("Can not safely load weights when explicit pickle_module is specified")
     if pickle_module is None:

@@ -21,30 +21,7 @@ PROTOCOL_VERSION = 1001
 def save(obj: Any, f: Any, pickle_module: Any = pickle, pickle_protocol: int = DEFAULT_PROTOCOL,
          _use_new_zipfile_serialization: bool = True,
          _disable_byteorder_record: bool = False) -> None:
-    """Save an object to a file in torch's checkpoint format (``torch.load`` reads it).
-
-    Tensors are stored as raw little-endian storages, each once however many tensors view it,
-    and pickled through ``torch._utils._rebuild_tensor_v2`` (Parameters through
-    ``_rebuild_parameter``), so ``torch.load(..., weights_only=True)`` accepts the file.
-
-    Saving to a path is atomic: the checkpoint is written to a temporary file in the same
-    directory, flushed to disk, and renamed over the target, so a crash leaves either the old
-    file or the new one, never a torn mix.
-
-    Args:
-        obj: the object to save (tensors, state dicts, nested containers ...).
-        f: a path (str or ``os.PathLike``) or a writable binary file object.
-        pickle_module: module used for pickling metadata and objects. Default: ``pickle``.
-        pickle_protocol: pickle protocol. Default: 2 (as torch).
-        _use_new_zipfile_serialization: ``False`` writes torch's legacy (pre-1.6) format.
-        _disable_byteorder_record: omit the ``byteorder`` record (torch's private flag).
-
-    Example::
-
-        >>> ember.save({"w": ember.ones(3)}, "ckpt.pt")
-        >>> ember.load("ckpt.pt")
-        {'w': tensor([1., 1., 1.])}
-    """
+    """Implementation of :func:`ember.serialization.save` (documented there)."""
     if isinstance(f, (str, bytes, os.PathLike)):
         path = os.fsdecode(f)
         _atomic_write(path, lambda stream: _write(obj, stream, _archive_name(path), pickle_module,
