@@ -494,10 +494,12 @@ def test_persistent_workers():
 
 
 def test_spawn_start_method():
-    ds = ed.TensorDataset(ember.arange(6.0), ember.arange(6))
+    # rows of 80 KB, so the batches also take the shared-memory path under spawn
+    x = ember.arange(6 * 20000, dtype=ember.float32).reshape(6, 20000)
+    ds = ed.TensorDataset(x, ember.arange(6))
     out = list(ed.DataLoader(ds, batch_size=4, num_workers=2, multiprocessing_context="spawn",
                              timeout=60))
-    assert [x.tolist() for x, _ in out] == [[0.0, 1.0, 2.0, 3.0], [4.0, 5.0]]
+    assert [xb.tolist() for xb, _ in out] == [x[:4].tolist(), x[4:].tolist()]
     assert [y.tolist() for _, y in out] == [[0, 1, 2, 3], [4, 5]]
 
 
