@@ -309,20 +309,28 @@ def test_pin_memory_accepted():
             assert e == t
 
 
-def test_len_and_iterable_len_warning():
-    class Sized(ed.IterableDataset):
+def make_sized_stream(base, true_len, claimed_len):
+    class Sized(base):
         def __iter__(self):
-            return iter(range(5))
+            return iter(range(true_len))
 
         def __len__(self):
-            return 3
-    dl = ed.DataLoader(Sized(), batch_size=None)
+            return claimed_len
+    return Sized()
+
+
+def test_len_and_iterable_len_warning():
+    dl = ed.DataLoader(make_sized_stream(ed.IterableDataset, 5, 3), batch_size=None)
     assert len(dl) == 3
     with pytest.warns(UserWarning, match="was reported to be 3"):
         list(dl)
-    for bs, drop in [(3, False), (3, True), (None, False)]:
-        assert len(ed.DataLoader(Sized(), batch_size=bs, drop_last=drop)) == \
-            (3 if bs is None else (1 if drop else 1))
+    for bs, drop in [(2, False), (2, True), (4, False), (None, False)]:
+        e = ed.DataLoader(make_sized_stream(ed.IterableDataset, 7, 7), batch_size=bs,
+                          drop_last=drop)
+        t = td.DataLoader(make_sized_stream(td.IterableDataset, 7, 7), batch_size=bs,
+                          drop_last=drop)
+        assert len(e) == len(t)
+        assert [canon(b) for b in e] == [canon(b) for b in t]
 
 
 # ---------------------------------------------------------------------- shared memory
