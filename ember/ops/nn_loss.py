@@ -17,7 +17,7 @@ from typing import Any
 
 from ember import dtypes as _dt
 from ember.errors import make
-from ember.ops.registry import OpDef, TensorMeta, register
+from ember.ops.registry import OpDef, OpNode, TensorMeta, register
 from ember.tensor import Tensor, _make
 
 _REDUCTIONS = ("none", "mean", "sum")
@@ -114,22 +114,24 @@ class CrossEntropy(OpDef):
         shifted = work - xp.where(xp.isfinite(m), m, 0) if work.size else work
         e = xp.exp(shifted)
         s = xp.sum(e, axis=cd, keepdims=True)
-        logp = shifted - xp.log(s)
-        w = None
+        log_s = xp.log(s)
+        w = w_b = None
         if weight is not None:
             w = weight.astype(work.dtype, copy=False)
             wshape = [1] * work.ndim
             wshape[cd] = n_classes
             w_b = w.reshape(wshape)
         eps = float(label_smoothing)
-        if target.shape == input.shape:   # class probabilities
+        ctx.prob = target.shape == input.shape
+        if ctx.prob:                      # class probabilities: needs the full q
             t = target.astype(work.dtype, copy=False)
             if eps > 0:
                 t = t * (1 - eps) + eps / n_classes
             q = t * w_b if w is not None else t
+            loss_el = -(q * (shifted - log_s)).sum(axis=cd)
             denom = float(work.size // max(n_classes, 1)) if work.size else 0.0
-            ctx.prob = True
-        else:                             # class indices
+            ctx.q = q
+        else:                             # class indices: gather, no (N, C) temporaries
             tgt = target.astype(xp.int64, copy=False)
             valid = tgt != ignore_index
             bad = valid & ((tgt < 0) | (tgt >= n_classes))
@@ -137,19 +139,15 @@ class CrossEntropy(OpDef):
                 first = int(tgt[bad].reshape(-1)[0])
                 raise IndexError(f"Target {first} is out of bounds.")
             safe = xp.where(valid, tgt, 0)
-            onehot = (xp.expand_dims(safe, cd) ==
-                      xp.arange(n_classes).reshape([n_classes if i == cd else 1
-                                                    for i in range(work.ndim)]))
-            w_t = w[safe] if w is not None else xp.ones(safe.shape, work.dtype)
-            w_t = w_t * valid
-            q = onehot * xp.expand_dims(w_t * (1 - eps), cd)
+            picked = xp.take_along_axis(shifted, xp.expand_dims(safe, cd), axis=cd)
+            logp_t = (picked - log_s).squeeze(cd) if work.ndim else picked - log_s
+            w_t = (w[safe] if w is not None else xp.ones(safe.shape, work.dtype)) * valid
+            loss_el = -(w_t * logp_t) * (1 - eps)
             if eps > 0:
-                smooth = (w_b if w is not None else 1.0) * (eps / n_classes)
-                q = q + smooth * xp.expand_dims(valid, cd)
+                wl = (shifted - log_s) * w_b if w is not None else shifted - log_s
+                loss_el = loss_el - (eps / n_classes) * wl.sum(axis=cd) * valid
             denom = float(w_t.sum())
-            ctx.prob = False
-        q = q.astype(work.dtype, copy=False)
-        loss_el = -(q * logp).sum(axis=cd)
+            ctx.target_parts = (safe, w_t.astype(work.dtype, copy=False), valid)
         if reduction == "none":
             out = loss_el
         elif reduction == "sum":
@@ -157,14 +155,15 @@ class CrossEntropy(OpDef):
         else:
             with _errstate(xp):
                 out = loss_el.sum() / work.dtype.type(denom)
-        ctx.cd = cd
-        ctx.q = q
-        ctx.reduction = reduction
-        ctx.denom = denom
-        ctx.eps = eps
-        ctx.w = w
-        ctx.p = (e / s).astype(input.dtype, copy=False)
-        ctx.save(input, target)
+        if isinstance(ctx, OpNode):       # a graph is recorded: keep what backward needs
+            ctx.cd = cd
+            ctx.reduction = reduction
+            ctx.denom = denom
+            ctx.eps = eps
+            ctx.w = w
+            ctx.p = (e / s).astype(input.dtype, copy=False)
+            ctx.xp = xp
+            ctx.save(input, target)
         return xp.asarray(out).astype(input.dtype, copy=False)
 
     def backward(ctx, grad):
@@ -172,7 +171,6 @@ class CrossEntropy(OpDef):
         input, target = ctx.saved
         cd = ctx.cd
         dev = input.device
-        q = _wrap(ctx.q, dev).to(input.dtype)
         if ctx.reduction == "none":
             g = grad.unsqueeze(cd)
         elif ctx.reduction == "sum":
@@ -181,6 +179,7 @@ class CrossEntropy(OpDef):
             g = grad / ctx.denom
         gx = gt = None
         if ctx.next_edges[0] is not None:
+            q = _wrap(_index_q(ctx) if not ctx.prob else ctx.q, dev).to(input.dtype)
             # Recompute softmax in ember ops only when the backward itself is recorded
             # (double backward); otherwise reuse the forward's probabilities.
             if ember.is_grad_enabled():
@@ -196,6 +195,24 @@ class CrossEntropy(OpDef):
                 logp = logp * _wrap(ctx.w, dev).to(input.dtype).reshape(shape)
             gt = -logp * (1 - ctx.eps) * g
         return gx, gt, None, None, None, None
+
+
+def _index_q(ctx: Any) -> Any:
+    """The per-element class weights ``q`` of index targets, built at backward time (the
+    forward only gathers): ``(1 - eps) w_t onehot(t) + eps / C * weight``, zero where
+    ignored."""
+    xp = ctx.xp
+    safe, w_t, valid = ctx.target_parts
+    cd, eps = ctx.cd, ctx.eps
+    p = ctx.p
+    n_classes = p.shape[cd]
+    shape = [n_classes if i == cd else 1 for i in range(p.ndim)]
+    onehot = xp.expand_dims(safe, cd) == xp.arange(n_classes).reshape(shape)
+    q = onehot * xp.expand_dims(w_t * (1 - eps), cd)
+    if eps > 0:
+        w_b = ctx.w.reshape(shape) if ctx.w is not None else 1.0
+        q = q + (w_b * (eps / n_classes)) * xp.expand_dims(valid, cd)
+    return q.astype(w_t.dtype, copy=False)
 
 
 def _wrap(arr: Any, dev: Any) -> Tensor:
