@@ -351,6 +351,24 @@ def test_large_batches_travel_through_shared_memory():
     assert shm_entries() == before  # received segments are unlinked at once
 
 
+class Frames(ed.Dataset):
+    def __len__(self):
+        return 65  # 32 batches of 2, then a short one
+
+    def __getitem__(self, i):
+        return np.full((16, 32, 32), i, np.float32)
+
+
+def test_shared_memory_segments_are_recycled():
+    names = set()
+    for k, b in enumerate(ed.DataLoader(Frames(), batch_size=2, num_workers=2)):
+        names |= set(_shm._ATTACHED.keys())
+        assert b[:, 0, 0, 0].tolist() == list(range(2 * k, min(2 * k + 2, 65)))
+        del b  # released: its segment goes back to its worker for a later batch
+    assert k == 32
+    assert len(names) <= 12  # not one fresh segment per batch (33)
+
+
 def test_pickled_message_is_small():
     batch = ed.default_collate([Big()[i] for i in range(4)])  # 256 KiB of float32
     plain = pickle.dumps(batch)

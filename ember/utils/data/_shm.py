@@ -118,12 +118,13 @@ def _unlink(name: str) -> None:
 
 
 def _segment(nbytes: int) -> tuple[str, mmap.mmap]:
-    """A segment of ``nbytes``: an idle one of that size that nothing here maps, else new."""
+    """A segment for ``nbytes``: an idle one nothing here maps, big enough but at most twice
+    the size (so a short last batch reuses a full one), else a new one."""
     for name, size in _IDLE.items():
-        if size == nbytes and name not in _MAPPED:
+        if nbytes <= size <= 2 * nbytes and name not in _MAPPED:
             del _IDLE[name]
             try:
-                return name, _map(name, nbytes, create=False)
+                return name, _map(name, size, create=False)
             except FileNotFoundError:
                 break  # unlinked by a shutdown in progress: make a new one
     _State.counter += 1
