@@ -36,7 +36,10 @@ def _scaled_sum(op: str, input: Tensor, prod: Tensor, beta: Any, alpha: Any) -> 
           f"input of shape {tuple(input.shape)} can't be broadcast to the product's shape "
           f"{tuple(prod.shape)}")
     if beta == 0:
-        return prod
+        # torch ignores input (NaN/inf in it do not propagate) but still gives it a zero grad
+        import ember
+        everywhere = ember.ones((), dtype=ember.bool, device=input.device)
+        return prod + input.masked_fill(everywhere, 0)
     return prod + (input if beta == 1 else input * beta)
 
 
@@ -58,6 +61,9 @@ def ger(input: Tensor, vec2: Tensor) -> Tensor:
 def cross(input: Tensor, other: Tensor, dim: int | None = None) -> Tensor:
     """Cross product of 3-vectors along ``dim`` (inputs broadcast). With ``dim=None`` the
     first dim of size 3 is used, as torch does (with its deprecation warning)."""
+    check(input.ndim == other.ndim, "cross", f"linalg.cross: inputs must have the same number of "
+                                             f"dimensions, got {tuple(input.shape)} and "
+                                             f"{tuple(other.shape)}")
     shape = M.broadcast_shapes("cross", tuple(input.shape), tuple(other.shape))
     a, b = input.expand(*shape), other.expand(*shape)
     if dim is None:
@@ -267,11 +273,9 @@ def combinations(input: Tensor, r: int = 2, with_replacement: bool = False) -> T
     gen = itertools.combinations_with_replacement if with_replacement else \
         itertools.combinations
     combos = list(gen(range(input.shape[0]), r))
-    if not combos:
-        return ember.empty(0, r, dtype=input.dtype, device=input.device)
-    idx = ember.tensor(np.asarray(combos, dtype=np.int64).reshape(-1), device=input.device)
-    out = input.index_select(0, idx).reshape(len(combos), r)
-    return out if r > 1 else out.reshape(-1)
+    idx = ember.tensor(np.asarray(combos, dtype=np.int64).reshape(-1), dtype=ember.int64,
+                       device=input.device)
+    return input.index_select(0, idx).reshape(len(combos), r)
 
 
 @composite()
