@@ -35,20 +35,17 @@ import numpy as np
 import ember
 from ember import Tensor
 
-try:  # POSIX shared memory; absent on Windows, where batches travel pickled
-    import _posixshmem
-except ImportError:  # pragma: no cover - platform dependent
-    _posixshmem = None
-
 # Arrays smaller than this travel pickled: below it a segment's syscalls cost more than the
 # copy they save.
 SHM_THRESHOLD = 32 * 1024
 # Idle (released, not reused) segments a worker keeps for reuse; older ones are unlinked.
 MAX_IDLE_SEGMENTS = 8
 
+# POSIX shared memory on Linux is a tmpfs: shm_open(name) is open("/dev/shm/name"), so plain
+# os calls manage segments. Elsewhere (no /dev/shm) batches travel pickled.
 _SHM_DIR = "/dev/shm"
 # MAP_POPULATE maps every page in one call instead of faulting them in one by one.
-_MAP_FLAGS = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+_MAP_FLAGS = getattr(mmap, "MAP_SHARED", 0) | getattr(mmap, "MAP_POPULATE", 0)
 _NAME_RE = re.compile(r"^(?P<tag>.+)_w(?P<wid>\d+)_\d+$")
 
 
@@ -75,7 +72,7 @@ _RELEASED: dict[str, collections.deque] = {}
 
 
 def available() -> bool:
-    return _posixshmem is not None and sys.platform.startswith("linux")
+    return sys.platform.startswith("linux") and os.path.isdir(_SHM_DIR)
 
 
 def new_tag() -> str:
@@ -97,14 +94,14 @@ def active() -> bool:
 # ---------------------------------------------------------------------- worker side
 def _map(name: str, nbytes: int, create: bool) -> mmap.mmap:
     flags = os.O_RDWR | (os.O_CREAT | os.O_EXCL if create else 0)
-    fd = _posixshmem.shm_open("/" + name, flags, mode=0o600)
+    fd = os.open(os.path.join(_SHM_DIR, name), flags | os.O_CLOEXEC, 0o600)
     try:
         if create:
             os.ftruncate(fd, nbytes)
         return mmap.mmap(fd, nbytes, flags=_MAP_FLAGS)
     except BaseException:
         if create:
-            _posixshmem.shm_unlink("/" + name)
+            _unlink(name)
         raise
     finally:
         os.close(fd)
@@ -112,7 +109,7 @@ def _map(name: str, nbytes: int, create: bool) -> mmap.mmap:
 
 def _unlink(name: str) -> None:
     try:
-        _posixshmem.shm_unlink("/" + name)
+        os.unlink(os.path.join(_SHM_DIR, name))
     except FileNotFoundError:
         pass
 
@@ -284,7 +281,7 @@ def cleanup(tag: str) -> int:
     """Unlink every segment whose name starts with ``tag`` and stop collecting its releases;
     returns how many. Called once the workers that could create such segments have exited."""
     _RELEASED.pop(tag, None)
-    if not available() or not os.path.isdir(_SHM_DIR):
+    if not available():
         return 0
     n = 0
     for fname in os.listdir(_SHM_DIR):
