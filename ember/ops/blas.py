@@ -270,6 +270,12 @@ class Einsum(OpDef):
             target = "".join(dict.fromkeys(c for c in s if c in avail))
             expr = ",".join([ctx.out] + other_subs) + "->" + target
             g = einsum(expr, grad, *others)
+            # a letter of size 1 here but broadcast against a larger one elsewhere: every
+            # position of the larger dim got the same gradient, so expand it back
+            sizes = dict(zip(s, ops[i].shape))
+            full = [sizes[c] if n == 1 else n for c, n in zip(target, g.shape)]
+            if list(g.shape) != full:
+                g = g.expand(*full)
             grads.append(_expand_subscripts(g, target, s, ops[i].shape))
         return grads, None
 

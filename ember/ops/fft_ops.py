@@ -373,12 +373,13 @@ def _shift(name: str, x: Tensor, dim: Any, sign: int) -> Tensor:
         dims = [dim]
     else:
         dims = list(dim)
+    check(len(dims) > 0, name, "`shifts` required")
     dims = [M.wrap_dim(name, d, x.ndim) for d in dims]
     out = x
     for d in dims:
         n = x.shape[d]
         out = _roll(out, n // 2 if sign > 0 else -(n // 2), d)
-    return out if dims else x.clone()
+    return out
 
 
 @composite("fft_fftshift", method=False, function=False)

@@ -31,7 +31,8 @@ min_out = return_type("min")
 
 
 def _axes(dim: Any, ndim: int, op: str) -> tuple:
-    return M.wrap_dims(op, dim, ndim)
+    axes = M.wrap_dims(op, dim, ndim)
+    return axes if ndim else ()  # a 0-dim tensor accepts dim 0/-1 (torch) but has no axes
 
 
 def _expand_back(g: Tensor, shape: tuple, dims: tuple, keepdim: bool) -> Tensor:
