@@ -397,6 +397,25 @@ def test_cuda_location_without_gpu_errors_like_torch():
 
 
 # ---------------------------------------------------------------------- arguments and errors
+def test_minimal_file_objects_and_tar_format():
+    class ReadOnly:  # read/seek/tell only, no readinto
+        def __init__(self, data: bytes) -> None:
+            self._b = io.BytesIO(data)
+            self.read, self.seek, self.tell = self._b.read, self._b.seek, self._b.tell
+
+    for kw in ({}, {"_use_new_zipfile_serialization": False}):
+        raw = _torch_roundtrip({"x": torch.arange(5)}, **kw)
+        assert load(ReadOnly(raw))["x"].tolist() == [0, 1, 2, 3, 4]
+    import tarfile
+    tar = io.BytesIO()
+    with tarfile.open(fileobj=tar, mode="w") as tf:
+        info = tarfile.TarInfo("storages")
+        info.size = 1
+        tf.addfile(info, io.BytesIO(b"\x00"))
+    with pytest.raises(RuntimeError, match="tar"):
+        load(io.BytesIO(tar.getvalue()))
+
+
 def test_argument_errors_match_torch():
     raw = _torch_roundtrip(torch.ones(1))
     with pytest.raises(RuntimeError, match="explicit pickle_module"):
@@ -431,6 +450,13 @@ def test_import_does_not_pull_torch_or_heavy_modules():
     code = ("import sys, ember; ember.save; import io; b = io.BytesIO(); "
             "ember.save({'a': ember.ones(2)}, b); b.seek(0); ember.load(b); "
             "print('torch' in sys.modules)")
+    lazy = ("import sys, ember; print(sorted(m for m in sys.modules if m.startswith("
+            "'ember.serialization.')))")
+    out_lazy = subprocess.run([sys.executable, "-c", lazy], capture_output=True, text=True,
+                              cwd=os.path.dirname(os.path.dirname(__file__)), timeout=60)
+    # import ember loads only the light allowlist and error modules.
+    assert out_lazy.stdout.strip() == ("['ember.serialization._allowlist', "
+                                       "'ember.serialization._names']"), out_lazy.stderr
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=os.path.dirname(os.path.dirname(__file__)), timeout=60)
     assert out.stdout.strip() == "False", out.stderr

@@ -44,6 +44,8 @@ def load(f: Any, map_location: Any = None, pickle_module: Any = None, *,
     if isinstance(f, (bytes, bytearray, memoryview)):
         raise TypeError("[load] expected a path or a file object; wrap raw bytes in io.BytesIO")
     _check_seekable(f)
+    if not (hasattr(f, "readinto") and hasattr(f, "readline")):
+        f = io.BytesIO(f.read())  # a minimal reader (read/seek/tell only): buffer it once
     return _load_stream(f, None, map_location, pickle_module, weights_only, False,
                         pickle_load_args)
 
@@ -60,10 +62,13 @@ def _check_seekable(f: Any) -> None:
 def _load_stream(stream: IO[bytes], path: str | None, map_location: Any, pickle_module: Any,
                  weights_only: bool, mmap: bool, args: dict) -> Any:
     start = stream.tell()
-    head = stream.read(4)
+    head = stream.read(512)
     stream.seek(start)
     if not head:
         raise EOFError("Ran out of input")
+    if head[257:262] == b"ustar":
+        raise CheckpointError("[load] this is torch's pre-0.4 tar checkpoint format, which ember "
+                              "does not read; load it with torch and save it again")
     try:
         if is_zip_start(head):
             return _load_zip(stream, path, map_location, pickle_module, weights_only, mmap, args)
