@@ -1,4 +1,4 @@
-"""``linear`` and ``bilinear``: affine maps written in ember ops (``matmul`` does the GEMM)."""
+"""``linear`` (the fused ``linear`` primitive of ember/ops/blas.py) and ``bilinear`` (einsum)."""
 from __future__ import annotations
 
 from typing import Any
