@@ -6,6 +6,7 @@ Worker tests use tiny datasets and short timeouts; every blocking wait is bounde
 from __future__ import annotations
 
 import gc
+import mmap
 import os
 import pickle
 import random
@@ -124,6 +125,14 @@ def canon(obj):
     if isinstance(obj, (list, tuple)):
         return (type(obj).__name__, [canon(v) for v in obj])
     return obj
+
+
+def backing(t):
+    """The object that owns a CPU tensor's memory."""
+    base = t.numpy()
+    while isinstance(base, np.ndarray):
+        base = base.base
+    return base
 
 
 def shm_entries():
@@ -343,11 +352,7 @@ def test_large_batches_travel_through_shared_memory():
         np.testing.assert_array_equal(x.numpy().ravel(), expect)
         assert y.tolist() == list(range(4 * k, 4 * k + 4))
         # the batch's memory is a mapping of a shared segment, not an unpickled copy
-        base = x.numpy()
-        while isinstance(base, np.ndarray):
-            base = base.base
-        import mmap
-        assert isinstance(base, mmap.mmap)
+        assert isinstance(backing(x), mmap.mmap)
     assert shm_entries() == before  # received segments are unlinked at once
 
 
@@ -367,6 +372,14 @@ def test_shared_memory_segments_are_recycled():
         del b  # released: its segment goes back to its worker for a later batch
     assert k == 32
     assert len(names) <= 12  # not one fresh segment per batch (33)
+
+
+def test_without_shared_memory_batches_are_pickled(monkeypatch):
+    # platforms without /dev/shm: the same loader, batches travel as ordinary pickles
+    monkeypatch.setattr(_shm, "available", lambda: False)
+    for k, (x, y) in enumerate(ed.DataLoader(Big(), batch_size=8, num_workers=2)):
+        assert x[:, 0, 0, 0].tolist() == list(range(8 * k, 8 * k + 8))
+        assert not isinstance(backing(x), mmap.mmap)
 
 
 def test_pickled_message_is_small():
