@@ -1,10 +1,15 @@
-"""conv2d forward+backward: ember vs torch on the CPU, at LeNet and ResNet-ish shapes.
+"""conv2d forward+backward: ember vs torch on the CPU, at LeNet and ResNet-ish shapes, and a
+whole LeNet-5 Adam training step (batch 64, 28x28).
 
-Prints the median time of each framework and the ember/torch ratio (lower is better).
-Run: ``.venv/bin/python bench/bench_conv.py``. Not a test.
+Prints the best-of-N time of each framework and the ember/torch ratio (lower is better); the
+minimum is used because the CPU may be shared and noise only adds. Both frameworks use the
+same thread count: set ``OPENBLAS_NUM_THREADS`` (torch follows it); on a loaded machine
+multi-threaded OpenBLAS can be 10-100x slower than one thread, so compare like with like.
+Run: ``OPENBLAS_NUM_THREADS=1 .venv/bin/python bench/bench_conv.py``. Not a test.
 """
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -46,7 +51,32 @@ def _step(m, x, w, b, stride, padding):
     return run
 
 
+def _lenet(m):
+    nn = m.nn
+    return nn.Sequential(nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                         nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(),
+                         nn.Linear(84, 10))
+
+
+def _lenet_step(m, xa, ya):
+    net = _lenet(m)
+    opt = m.optim.Adam(net.parameters(), lr=1e-3)
+    x, y = m.tensor(xa), m.tensor(ya)
+
+    def run():
+        opt.zero_grad()
+        loss = m.nn.functional.cross_entropy(net(x), y)
+        loss.backward()
+        opt.step()
+    return run
+
+
 def main(reps: int = 20) -> None:
+    threads = int(os.environ.get("OPENBLAS_NUM_THREADS", os.cpu_count() or 1))
+    if torch is not None:
+        torch.set_num_threads(threads)
+    print(f"threads: {threads}")
     rng = np.random.default_rng(0)
     print(f"{'case':34s} {'ember ms':>9s} {'torch ms':>9s} {'ratio':>6s}")
     for name, xs, ws, stride, padding, xgrad in CASES:
@@ -63,6 +93,15 @@ def main(reps: int = 20) -> None:
         tw, tb = torch.tensor(wa, requires_grad=True), torch.tensor(ba, requires_grad=True)
         tt = _time(_step(torch, tx, tw, tb, stride, padding), reps)
         print(f"{name:34s} {te * 1e3:9.2f} {tt * 1e3:9.2f} {te / tt:6.2f}")
+    xa = rng.standard_normal((64, 1, 28, 28)).astype(np.float32)
+    ya = rng.integers(0, 10, 64)
+    te = _time(_lenet_step(ember, xa, ya), reps)
+    name = "LeNet-5 Adam step, batch 64"
+    if torch is None:
+        print(f"{name:34s} {te * 1e3:9.2f}")
+        return
+    tt = _time(_lenet_step(torch, xa, ya), reps)
+    print(f"{name:34s} {te * 1e3:9.2f} {tt * 1e3:9.2f} {te / tt:6.2f}")
 
 
 if __name__ == "__main__":

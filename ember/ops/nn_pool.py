@@ -157,22 +157,20 @@ def _max_meta(op: Any, input: Any, kernel_size: Any, stride: Any, padding: Any, 
     return TensorMeta(shape), TensorMeta(shape)
 
 
-def _indices(xp: Any, am: Any, k: tuple, s: tuple, p: tuple, d: tuple, out: tuple,
-             sp: tuple) -> Any:
-    """Flat input positions of the window-local argmax ``am (N, C, *out)``."""
+def _positions(xp: Any, k: tuple, s: tuple, p: tuple, d: tuple, out: tuple,
+               sp: tuple) -> tuple:
+    """(flat input position of each window's first element, broadcastable to (N, C, *out);
+    flat offset of each kernel element within a window)."""
     nd = len(k)
-    flat = None
-    rem = am
-    for i in reversed(range(nd)):
-        ki = rem % k[i]
-        rem = rem // k[i]
-        shape = [1] * nd
-        shape[i] = out[i]
-        start = (xp.arange(out[i], dtype=xp.int64) * s[i] - p[i]).reshape(shape)
-        pos = start + ki * d[i]
-        term = pos * math.prod(sp[i + 1:])
-        flat = term if flat is None else flat + term
-    return flat
+    base = None
+    for i in range(nd):
+        shape = [1] * (nd + 2)
+        shape[2 + i] = out[i]
+        term = ((xp.arange(out[i], dtype=xp.int64) * s[i] - p[i]) * math.prod(sp[i + 1:]))
+        base = term.reshape(shape) if base is None else base + term.reshape(shape)
+    offsets = [sum(kidx[i] * d[i] * math.prod(sp[i + 1:]) for i in range(nd))
+               for kidx in np.ndindex(*k)]
+    return base, offsets
 
 
 @register("_max_pool", meta=_max_meta, method=False, function=False, nondiff_outputs=(1,),
@@ -190,11 +188,21 @@ class MaxPool(OpDef):
         x = work_dtype(xp, input)
         xpad = pad_spatial(xp, x, _pads(sp, k, s, p, d, out), -xp.inf)
         v = windows(xp, xpad, k, s, d, out)
-        order = (0, 1) + tuple(range(2 + nd, 2 + 2 * nd)) + tuple(range(2, 2 + nd))
-        flat = xp.ascontiguousarray(v.transpose(order)).reshape(input.shape[:2] + out + (-1,))
-        am = flat.argmax(-1)
-        y = xp.take_along_axis(flat, am[..., None], -1)[..., 0]
-        idx = _indices(xp, am, k, s, p, d, out, sp)
+        base, offsets = _positions(xp, k, s, p, d, out, sp)
+        # One pass per kernel element over output-sized views (NumPy's multi-axis max over a
+        # strided window view is ~10x slower). torch's rule: a later element wins when it is
+        # greater or NaN, so NaNs propagate and ties keep the first index.
+        y = idx = None
+        for j, kidx in enumerate(np.ndindex(*k)):
+            vals = v[(slice(None), slice(None)) + kidx]
+            if y is None:
+                y = vals.copy()
+                idx = xp.broadcast_to(base + offsets[0], y.shape).copy()
+                continue
+            upd = (vals > y) | (vals != vals)
+            # where() beats copyto(where=) by ~5x here; maximum() propagates NaN like torch
+            idx = xp.where(upd, base + offsets[j], idx)
+            y = xp.maximum(y, vals)
         ctx.p = (input.shape, all(s[i] >= d[i] * (k[i] - 1) + 1 for i in range(nd)))
         ctx.save(idx)
         return y.astype(input.dtype, copy=False), idx
@@ -334,7 +342,10 @@ class AvgPool(OpDef):
         x = work_dtype(xp, input)
         xpad = pad_spatial(xp, x, _pads(sp, k, s, p, (1,) * nd, out), 0)
         v = windows(xp, xpad, k, s, (1,) * nd, out)
-        total = v.sum(axis=tuple(range(2, 2 + nd)))
+        total = None
+        for kidx in np.ndindex(*k):  # per-element adds beat a multi-axis sum of the view
+            vals = v[(slice(None), slice(None)) + kidx]
+            total = vals.copy() if total is None else xp.add(total, vals, out=total)
         y = total / _divisor(xp, sp, k, s, p, out, count_include_pad, divisor_override, x.dtype)
         ctx.p = (input.shape, k, s, p, ceil_mode, count_include_pad, divisor_override)
         return y.astype(input.dtype, copy=False)
