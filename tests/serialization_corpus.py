@@ -186,6 +186,13 @@ def build_corpus(marker: str) -> dict[str, bytes]:
        + _glob("collections", "OrderedDict") + pickle.SETITEM + pickle.BUILD)
     pk("build_tensor_internal_slot", good_tensor[2:-1] + pickle.EMPTY_DICT + _str("_data")
        + _str("x") + pickle.SETITEM + pickle.BUILD)
+    pk("build_tensor_shadows_method", good_tensor[2:-1] + pickle.EMPTY_DICT + _str("numpy")
+       + _glob("collections", "OrderedDict") + pickle.SETITEM + pickle.BUILD)
+    pk("from_type_state_shadows_method", _call(
+        "torch._tensor", "_rebuild_from_type_v2", _glob("torch._utils", "_rebuild_tensor_v2"),
+        _glob("torch", "Tensor"), good_tensor[2 + len(_glob("torch._utils",
+                                                            "_rebuild_tensor_v2")):-2],
+        pickle.EMPTY_DICT + _str("backward") + _int(1) + pickle.SETITEM))
     pk("build_ordereddict_dunder", _glob("collections", "OrderedDict") + pickle.EMPTY_TUPLE
        + pickle.REDUCE + pickle.EMPTY_DICT + _str("__setstate__") + _glob("builtins", "eval")
        + pickle.SETITEM + pickle.BUILD)

@@ -278,8 +278,20 @@ def _rebuild_tensor_v3(storage: Any, storage_offset: Any, size: Any, stride: Any
 
 
 def _parameter_class() -> type:
-    from ember.nn.parameter import Parameter
+    try:
+        from ember.nn.parameter import Parameter
+    except ImportError:  # a build without ember.nn: Parameters load as leaf tensors
+        return _PlainParameter
     return Parameter
+
+
+class _PlainParameter(Tensor):
+    """Stand-in used only when ember.nn is unavailable: ``_PlainParameter(t, rg)`` is ``t``
+    itself with ``requires_grad`` set (a plain leaf tensor)."""
+
+    def __new__(cls, data: Tensor, requires_grad: bool = True) -> Tensor:  # type: ignore[misc]
+        data._requires_grad = bool(requires_grad)
+        return data
 
 
 def _set_state(obj: Tensor, state: Any) -> Tensor:
@@ -296,7 +308,9 @@ def _set_state(obj: Tensor, state: Any) -> Tensor:
         if not isinstance(state, dict) or not all(type(k) is str for k in state):
             raise CheckpointError("[load] tensor state must be a dict with str keys")
         for k, v in state.items():
-            if k.startswith("__") or k in Tensor.__slots__:
+            # A name the class defines (a method, property or slot) would shadow or clobber
+            # ember's own behaviour: only new, plain attributes are restored.
+            if k.startswith("__") or k in Tensor.__slots__ or hasattr(type(obj), k):
                 raise CheckpointError(f"[load] refusing to restore tensor attribute {k!r}")
             obj.__dict__[k] = v
     if slots:
