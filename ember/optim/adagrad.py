@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import ember
+from ember.optim import _differentiable as _diff
 from ember.optim.optimizer import (Optimizer, ParamsT, _bump, _check_fused, _check_fused_flags,
                                    _check_lr, _real, _step_tensor, _to_scalar, _xp)
 
@@ -142,6 +143,13 @@ class Adagrad(Optimizer):
                     self._init_state(p, group, self.defaults["initial_accumulator_value"])
                 step_t = state["step"]
                 step_t._data += 1
+                if group["differentiable"]:
+                    with ember.enable_grad():
+                        _diff.adagrad(p, p._grad, state["sum"], float(step_t._data), lr=lr,
+                                      lr_decay=group["lr_decay"],
+                                      weight_decay=group["weight_decay"], eps=group["eps"],
+                                      maximize=group["maximize"])
+                    continue
                 adagrad_update(_xp(p), _real(p._data), _real(p._grad._data),
                                _real(state["sum"]._data), float(step_t._data), lr=lr,
                                lr_decay=group["lr_decay"], weight_decay=group["weight_decay"],
@@ -197,6 +205,13 @@ class Adadelta(Optimizer):
                     state["square_avg"] = ember.zeros_like(p)
                     state["acc_delta"] = ember.zeros_like(p)
                 state["step"]._data += 1
+                if group["differentiable"]:
+                    with ember.enable_grad():
+                        _diff.adadelta(p, p._grad, state["square_avg"], state["acc_delta"],
+                                       lr=lr, rho=group["rho"], eps=group["eps"],
+                                       weight_decay=group["weight_decay"],
+                                       maximize=group["maximize"])
+                    continue
                 adadelta_update(_xp(p), _real(p._data), _real(p._grad._data),
                                 _real(state["square_avg"]._data),
                                 _real(state["acc_delta"]._data), lr=lr, rho=group["rho"],

@@ -5,6 +5,7 @@ from typing import Any, Callable
 
 import ember
 from ember.optim import _cuda_fused
+from ember.optim import _differentiable as _diff
 from ember.optim.optimizer import (Optimizer, ParamsT, _bump, _check_fused, _check_fused_flags,
                                    _check_lr, _lerp_, _real, _step_tensor, _to_scalar, _xp)
 
@@ -158,6 +159,15 @@ class Adam(Optimizer):
                         state["max_exp_avg_sq"] = ember.zeros_like(p)
                 step_t = state["step"]
                 step_t._data += 1
+                if group["differentiable"]:
+                    with ember.enable_grad():
+                        _diff.adam(p, p._grad, state["exp_avg"], state["exp_avg_sq"],
+                                   state.get("max_exp_avg_sq"), step_t, lr=lr, beta1=beta1,
+                                   beta2=beta2, eps=group["eps"],
+                                   weight_decay=group["weight_decay"], amsgrad=amsgrad,
+                                   maximize=group["maximize"],
+                                   decoupled_weight_decay=group["decoupled_weight_decay"])
+                    continue
                 max_sq = _real(state["max_exp_avg_sq"]._data) if amsgrad else None
                 adam_update(_xp(p), _real(p._data), _real(p._grad._data),
                             _real(state["exp_avg"]._data), _real(state["exp_avg_sq"]._data),

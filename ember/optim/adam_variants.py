@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import ember
+from ember.optim import _differentiable as _diff
 from ember.optim.optimizer import (Optimizer, ParamsT, _bump, _check_lr, _lerp_, _real,
                                    _step_tensor, _to_scalar, _xp)
 
@@ -183,6 +184,13 @@ class Adamax(Optimizer):
                     state["exp_inf"] = ember.zeros_like(p)
                 step_t = state["step"]
                 step_t._data += 1
+                if group["differentiable"]:
+                    with ember.enable_grad():
+                        _diff.adamax(p, p._grad, state["exp_avg"], state["exp_inf"],
+                                     float(step_t._data), lr=lr, beta1=beta1, beta2=beta2,
+                                     eps=group["eps"], weight_decay=group["weight_decay"],
+                                     maximize=group["maximize"])
+                    continue
                 adamax_update(_xp(p), _real(p._data), _real(p._grad._data),
                               _real(state["exp_avg"]._data), _real(state["exp_inf"]._data),
                               float(step_t._data), lr=lr, beta1=beta1, beta2=beta2,
@@ -252,6 +260,15 @@ class NAdam(Optimizer):
                 step_t, mu_prod_t = state["step"], state["mu_product"]
                 step_t._data += 1
                 step = float(step_t._data)
+                if group["differentiable"]:
+                    with ember.enable_grad():
+                        _diff.nadam(p, p._grad, state["exp_avg"], state["exp_avg_sq"],
+                                    mu_prod_t, step, lr=lr, beta1=beta1, beta2=beta2,
+                                    eps=group["eps"], weight_decay=group["weight_decay"],
+                                    momentum_decay=psi,
+                                    decoupled_weight_decay=group["decoupled_weight_decay"],
+                                    maximize=group["maximize"])
+                    continue
                 mu = beta1 * (1.0 - 0.5 * (0.96 ** (step * psi)))
                 mu_next = beta1 * (1.0 - 0.5 * (0.96 ** ((step + 1) * psi)))
                 # mu_product is a float32 scalar tensor in torch: accumulate in its dtype.
@@ -315,6 +332,14 @@ class RAdam(Optimizer):
                     state["exp_avg_sq"] = ember.zeros_like(p)
                 step_t = state["step"]
                 step_t._data += 1
+                if group["differentiable"]:
+                    with ember.enable_grad():
+                        _diff.radam(p, p._grad, state["exp_avg"], state["exp_avg_sq"],
+                                    float(step_t._data), lr=lr, beta1=beta1, beta2=beta2,
+                                    eps=group["eps"], weight_decay=group["weight_decay"],
+                                    decoupled_weight_decay=group["decoupled_weight_decay"],
+                                    maximize=group["maximize"])
+                    continue
                 radam_update(_xp(p), _real(p._data), _real(p._grad._data),
                              _real(state["exp_avg"]._data), _real(state["exp_avg_sq"]._data),
                              float(step_t._data), lr=lr, beta1=beta1, beta2=beta2,

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import ember
+from ember.optim import _differentiable as _diff
 from ember.optim.optimizer import (Optimizer, ParamsT, _bump, _check_lr, _lerp_, _real,
                                    _step_tensor, _to_scalar, _xp)
 
@@ -142,6 +143,14 @@ class RMSprop(Optimizer):
                     grad_avg = _real(state["grad_avg"]._data)
                     written.append(state["grad_avg"])
                 state["step"]._data += 1
+                if group["differentiable"]:
+                    with ember.enable_grad():
+                        _diff.rmsprop(p, p._grad, state["square_avg"], state.get("grad_avg"),
+                                      state.get("momentum_buffer"), lr=lr, alpha=group["alpha"],
+                                      eps=group["eps"], weight_decay=group["weight_decay"],
+                                      momentum=momentum, centered=centered,
+                                      maximize=group["maximize"])
+                    continue
                 rmsprop_update(_xp(p), _real(p._data), _real(p._grad._data),
                                _real(state["square_avg"]._data), grad_avg, buf, lr=lr,
                                alpha=group["alpha"], eps=group["eps"],
@@ -197,6 +206,13 @@ class Rprop(Optimizer):
                     value = complex(lr, lr) if p.is_complex() else lr
                     state["step_size"] = ember.full_like(p._grad, value)
                 state["step"]._data += 1
+                if group["differentiable"]:
+                    with ember.enable_grad():
+                        _diff.rprop(p, p._grad, state["prev"], state["step_size"],
+                                    etaminus=etaminus, etaplus=etaplus,
+                                    step_size_min=step_size_min, step_size_max=step_size_max,
+                                    maximize=group["maximize"])
+                    continue
                 rprop_update(_xp(p), _real(p._data), _real(p._grad._data),
                              _real(state["prev"]._data), _real(state["step_size"]._data),
                              etaminus=etaminus, etaplus=etaplus, step_size_min=step_size_min,

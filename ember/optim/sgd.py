@@ -5,6 +5,7 @@ from typing import Any, Callable
 
 import ember
 from ember.optim import _cuda_fused
+from ember.optim import _differentiable as _diff
 from ember.optim.optimizer import (Optimizer, ParamsT, _bump, _check_fused_flags, _check_lr,
                                    _get_scalar_dtype, _real, _to_scalar, _xp)
 from ember.tensor import _make
@@ -127,6 +128,16 @@ class SGD(Optimizer):
             momentum = group["momentum"]
             for p in self._params_with_grad(group):
                 buf_t = self.state[p].get("momentum_buffer") if momentum != 0 else None
+                if group["differentiable"]:
+                    with ember.enable_grad():
+                        new_t = _diff.sgd(p, p._grad, buf_t, lr=lr, momentum=momentum,
+                                          dampening=group["dampening"],
+                                          weight_decay=_to_scalar(group["weight_decay"]),
+                                          nesterov=group["nesterov"],
+                                          maximize=group["maximize"])
+                    if momentum != 0 and buf_t is None:
+                        self.state[p]["momentum_buffer"] = new_t
+                    continue
                 buf = None if buf_t is None else _real(buf_t._data)
                 new_buf = sgd_update(_xp(p), _real(p._data), _real(p._grad._data), buf, lr=lr,
                                      momentum=momentum, dampening=group["dampening"],
@@ -200,9 +211,16 @@ class ASGD(Optimizer):
                 step_t._data += 1
                 # eta and mu live in float32 scalar tensors: read back the rounded values,
                 # exactly as torch does, so trajectories agree bit for bit.
-                asgd_update(_xp(p), _real(p._data), _real(p._grad._data), _real(ax_t._data),
-                            float(eta_t._data), float(mu_t._data), lambd=lambd,
-                            weight_decay=group["weight_decay"], maximize=group["maximize"])
+                if group["differentiable"]:
+                    with ember.enable_grad():
+                        _diff.asgd(p, p._grad, ax_t, float(eta_t._data), float(mu_t._data),
+                                   lambd=lambd, weight_decay=group["weight_decay"],
+                                   maximize=group["maximize"])
+                else:
+                    asgd_update(_xp(p), _real(p._data), _real(p._grad._data),
+                                _real(ax_t._data), float(eta_t._data), float(mu_t._data),
+                                lambd=lambd, weight_decay=group["weight_decay"],
+                                maximize=group["maximize"])
                 step = float(step_t._data)
                 # torch builds the new values with as_tensor(python float), i.e. rounded to
                 # the default dtype, before copying them into eta / mu: round the same way.
