@@ -105,7 +105,13 @@ class Linear(OpDef):
     """``y = input @ weight.T + bias`` as one op (one GEMM, bias added in place)."""
 
     def forward(ctx, xp, input, weight, bias):
-        y = xp.matmul(input, weight.T)
+        if input.ndim > 2 and weight.ndim == 2 and input.flags.c_contiguous:
+            # one GEMM over all rows: NumPy loops over the leading dims of a stacked
+            # (*, K) @ (K, N), about 8x slower at (35, 20, 200) @ (200, 10000)
+            y = xp.matmul(input.reshape(-1, input.shape[-1]), weight.T).reshape(
+                input.shape[:-1] + (weight.shape[0],))
+        else:
+            y = xp.matmul(input, weight.T)
         if y.dtype != input.dtype:  # bfloat16: fp32 accumulation, rounded once
             y = y.astype(input.dtype)
         if bias is not None:

@@ -231,11 +231,10 @@ def _bag_ids(xp: Any, offsets: Any, n: int, include_last: bool) -> tuple[Any, in
                    f"{n}, got offsets {shown}{'...' if off.shape[0] > 8 else ''}")
     if not nb:
         return xp.full(n, -1, dtype=xp.int64), 0
-    ends = xp.concatenate([starts[1:], xp.asarray([end], dtype=xp.int64)])
-    bag = xp.repeat(xp.arange(nb, dtype=xp.int64), ends - starts)
-    if bag.shape[0] < n:
-        bag = xp.concatenate([bag, xp.full(n - bag.shape[0], -1, dtype=xp.int64)])
-    return bag, nb
+    # each index belongs to the last bag starting at or before it (empty bags get none)
+    pos = xp.arange(n, dtype=xp.int64)
+    bag = xp.searchsorted(starts, pos, side="right") - 1
+    return xp.where(pos < end, bag, -1), nb
 
 
 @register("embedding_bag", meta=_bag_meta, method=False, nondiff_outputs=(1, 2, 3),
