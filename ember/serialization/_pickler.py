@@ -46,6 +46,11 @@ _TORCH_NAMES[id(device)] = ("torch", "device")
 _TORCH_NAMES[id(Tensor)] = ("torch", "Tensor")
 
 
+# Types the pickler handles unchanged (no tensor is ever one of them).
+_PLAIN_TYPES = frozenset({int, float, str, bytes, bool, type(None), tuple, list, dict, set,
+                          frozenset, complex, bytearray, collections.OrderedDict})
+
+
 class StorageRef:
     """One storage to be written: a flat root array, its torch storage type and its key."""
 
@@ -158,9 +163,11 @@ def make_pickler(pickle_module: Any, stream: Any, protocol: int,
             return None
 
         def reducer_override(self, obj: Any) -> Any:
+            t = type(obj)
+            if t in _PLAIN_TYPES:  # the common case, decided with one lookup
+                return NotImplemented
             if isinstance(obj, Tensor):
                 return self._reduce_tensor(obj)
-            t = type(obj)
             if t is _dt.dtype or t is TorchGlobal:
                 return obj.name  # a str: save_global writes GLOBAL <torch module> <name>
             if t is Size:
@@ -170,7 +177,6 @@ def make_pickler(pickle_module: Any, stream: Any, protocol: int,
             return NotImplemented
 
         def _reduce_tensor(self, t: Tensor) -> tuple:
-            ref, offset, size, stride = registry.view_of(t)
             state = _tensor_state(t)
             if param_cls is not None and isinstance(t, param_cls):
                 data = _make(t._data, t._dtype, t._device)
@@ -178,6 +184,7 @@ def make_pickler(pickle_module: Any, stream: Any, protocol: int,
                     return (REBUILD_PARAMETER_STATE,
                             (data, t._requires_grad, collections.OrderedDict(), state))
                 return (REBUILD_PARAMETER, (data, t._requires_grad, collections.OrderedDict()))
+            ref, offset, size, stride = registry.view_of(t)
             args = (ref, offset, size, stride, t._requires_grad, collections.OrderedDict())
             if type(t) is Tensor and not state:
                 return (REBUILD_V2, args)
