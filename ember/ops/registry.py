@@ -299,7 +299,13 @@ def apply(op: OpDef, args: tuple) -> Any:
             if t._requires_grad:
                 need_grad = True
                 break
-    ctx = op.node_cls() if need_grad else _NO_CTX
+    if need_grad:
+        ctx = _new(op.node_cls)  # no __init__: the node is filled in by _record
+        if _State.anomaly:
+            import traceback
+            ctx._traceback = traceback.format_stack()[:-2]
+    else:
+        ctx = _NO_CTX
     try:
         out = op.forward(ctx, xp, *arr_args)
     except EmberError:
@@ -308,7 +314,17 @@ def apply(op: OpDef, args: tuple) -> Any:
             KeyError, NotImplementedError, MemoryError) as exc:
         raise op_error(op.name, exc, args) from None
 
-    multi = isinstance(out, tuple)
+    multi = type(out) is tuple
+    if not multi and not op.changes_device and type(out) is _ndarray and out_dt is None:
+        # the common case: one CPU array out, dtype decided by the forward
+        dt = _FROM_NP.get(out.dtype)
+        if dt is not None:
+            res = _make(out, dt, dev)
+            if op.view:
+                _link_views(op, args, [res], xp)
+            if need_grad:
+                _record(op, ctx, args, arr_args, [res], tin)
+            return res
     outs = out if multi else (out,)
     results = []
     for arr in outs:
@@ -356,6 +372,8 @@ class _NoCtx:
 
 _NO_CTX = _NoCtx()
 _np = np
+_ndarray = np.ndarray
+_new = object.__new__
 
 
 def _common_device(op: OpDef, tin: Any) -> Any:
@@ -426,7 +444,10 @@ def _record(op: OpDef, ctx: OpNode, args: tuple, arr_args: tuple, results: list,
         if isinstance(a, Tensor) and a._requires_grad:
             node = a._grad_fn
             if node is None:
-                node = accumulate_node(a)
+                ref = a._acc
+                node = ref() if ref is not None else None
+                if node is None:
+                    node = accumulate_node(a)
             edges.append((node, a._output_nr, a._data.shape, a._dtype))
         else:
             edges.append(None)
