@@ -708,3 +708,37 @@ def test_differentiable_step_hypergradient_matches_torch(name, kwargs):
         return
     np.testing.assert_allclose(res[1][0], res[0][0], rtol=1e-6)
     np.testing.assert_allclose(res[1][1], res[0][1], rtol=1e-5, atol=1e-10)
+
+
+def test_user_defined_optimizer_subclass_runs_like_torch():
+    """The classic custom-optimizer pattern: subclass, no_grad step over param_groups."""
+    results = []
+    for lib in (torch, ember):
+        class MySGD(lib.optim.Optimizer):
+            def __init__(self, params, lr=0.1):
+                super().__init__(params, dict(lr=lr))
+
+            @lib.no_grad()
+            def step(self, closure=None):
+                for group in self.param_groups:
+                    for p in group["params"]:
+                        if p.grad is None:
+                            continue
+                        state = self.state[p]
+                        state["n"] = state.get("n", 0) + 1
+                        p.add_(p.grad, alpha=-group["lr"])
+
+        w = lib.tensor([1.0, -2.0], requires_grad=True)
+        opt = MySGD([w], lr=0.25)
+        sched = lib.optim.lr_scheduler.StepLR(opt, 1, gamma=0.5)
+        calls = []
+        opt.register_step_post_hook(lambda o, a, k: calls.append(1))
+        for _ in range(3):
+            opt.zero_grad()
+            (w ** 2).sum().backward()
+            opt.step()
+            sched.step()
+        results.append((w.detach().numpy().copy(), opt.state_dict()["state"][0]["n"],
+                        len(calls), sched.get_last_lr()))
+    np.testing.assert_allclose(results[1][0], results[0][0])
+    assert results[1][1:] == results[0][1:]
