@@ -275,7 +275,10 @@ def trapezoid(y: Tensor, x: Any = None, *, dx: Any = None, dim: int = -1) -> Ten
     yf = y if y.dtype.category >= 2 else y.to(_dt.get_default_dtype())
     n = yf.shape[d]
     if n == 0:
-        return yf.sum(d) * 0
+        import ember
+        # torch: zeros of the reduced shape in y's dtype, outside the graph
+        shape = [s for i, s in enumerate(y.shape) if i != d]
+        return ember.zeros(shape, dtype=y.dtype, device=y.device)
     avg = (yf.narrow(d, 1, n - 1) + yf.narrow(d, 0, n - 1)) / 2
     h = _trapz_spacing("trapezoid", yf, x, dx, d)
     return (avg * h).sum(d)
