@@ -268,26 +268,7 @@ class EmbeddingBag(OpDef):
         counts = xp.bincount(vb, minlength=nb)[:nb] if nb else xp.zeros(0, xp.int64)
         max_idx = xp.zeros((nb, d), dtype=indices.dtype)
         if mode == 2:
-            out = xp.full((nb, d), -xp.inf, dtype=rows.dtype)
-            if xp is np:
-                np.maximum.at(out, vb, rows[valid])
-            else:
-                _cupy_max_at(out, vb, rows[valid])
-            out = xp.where(counts[:, None] > 0, out, xp.zeros((), rows.dtype))
-            # The first row that attains each maximum takes the gradient (torch's argmax).
-            pos = xp.arange(n, dtype=xp.int64)[:, None]
-            hit = valid[:, None] & (rows == (out[safe_bag] if nb else rows))
-            first = xp.full((nb, d), n, dtype=xp.int64)
-            cand = xp.where(hit, pos, n)
-            if xp is np:
-                np.minimum.at(first, vb, cand[valid])
-            else:
-                _cupy_min_at(first, vb, cand[valid])
-            winner = (pos == (first[safe_bag] if nb else n)) & valid[:, None]
-            if n:
-                picked = indices[xp.minimum(first, n - 1)]
-                max_idx = xp.where(counts[:, None] > 0, picked, 0).astype(indices.dtype)
-            scale = winner.astype(rows.dtype)
+            out, scale, max_idx = _bag_max(xp, rows, bag, valid, nb, indices)
         else:
             w = valid.astype(rows.dtype)
             if mode == 1 and nb:
@@ -315,14 +296,36 @@ class EmbeddingBag(OpDef):
         return gw, None, None, None, None, None, g_psw, None, None
 
 
-def _cupy_max_at(out: Any, idx: Any, vals: Any) -> None:
-    import cupyx
-    cupyx.scatter_max(out, idx, vals)
+def _bag_max(xp: Any, rows: Any, bag: Any, valid: Any, nb: int, indices: Any) -> tuple:
+    """Per-bag, per-column maxima; the first row attaining each maximum takes the gradient.
 
-
-def _cupy_min_at(out: Any, idx: Any, vals: Any) -> None:
-    import cupyx
-    cupyx.scatter_min(out, idx, vals)
+    One lexicographic sort over (bag and column, value descending, position) picks the
+    winning row of every (bag, column) exactly, on NumPy and CuPy alike (a scatter-max
+    kernel would need an exact float comparison afterwards to find the winner).
+    Returns (out (nb, d), winner mask (n, d) as the gradient scale, max_indices (nb, d)).
+    """
+    n, d = rows.shape
+    out = xp.zeros(nb * d, dtype=rows.dtype)
+    winner = xp.zeros((n, d), dtype=rows.dtype)
+    max_idx = xp.zeros(nb * d, dtype=indices.dtype)
+    vpos = xp.nonzero(valid)[0]
+    if vpos.size:
+        cols = xp.arange(d, dtype=xp.int64)
+        seg = (bag[vpos][:, None] * d + cols[None, :]).reshape(-1)
+        val = rows[vpos].reshape(-1)
+        pos = xp.broadcast_to(vpos[:, None], (vpos.size, d)).reshape(-1)
+        keys = xp.stack([pos.astype(xp.float64), -val.astype(xp.float64),
+                         seg.astype(xp.float64)])
+        order = xp.lexsort(keys)  # last key first: segment, then value down, then position
+        sseg = seg[order]
+        first = xp.ones(sseg.shape[0], dtype=bool)
+        first[1:] = sseg[1:] != sseg[:-1]
+        win = order[first]
+        win_seg = sseg[first]
+        out[win_seg] = val[win]
+        winner[pos[win], win_seg % d] = 1
+        max_idx[win_seg] = indices[pos[win]]
+    return out.reshape(nb, d), winner, max_idx.reshape(nb, d)
 
 
 __all__: list = []
