@@ -21,7 +21,7 @@ import ember
 
 torch = pytest.importorskip("torch")
 
-N_CALLS = 3000
+N_CALLS = 2000
 SEED = 20261126
 FLOAT = ("float32", "float64")
 NUM = ("int32", "int64", "float32", "float64")

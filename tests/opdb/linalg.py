@@ -53,14 +53,16 @@ add(
                     ErrorInput(Sample((np.array([[1.0, 2.0], [2.0, 4.0]]),)), RuntimeError,
                                r"linalg.inv: The diagonal element 2 is zero, the inversion could "
                                r"not be completed because the input matrix is singular.")]),
-    OpEntry("inverse", lambda m, a: m.inverse(a), _sq_samples, ref=np.linalg.inv, dtypes=F),
+    OpEntry("inverse", lambda m, a: m.inverse(a), _sq_samples, ref=np.linalg.inv, dtypes=F,
+            gradgrad=False),
     OpEntry("linalg.inv_ex", lambda m, a: m.linalg.inv_ex(a), _sq_samples,
             ref=lambda a: (np.linalg.inv(a), np.zeros(a.shape[:-2])), dtypes=F, gradgrad=False),
     OpEntry("linalg.det", lambda m, a: m.linalg.det(a),
             lambda rng: _sq_samples(rng) + [Sample((_singular,), name="singular"),
                                             Sample((np.zeros((0, 0)),), name="0x0")],
             ref=np.linalg.det, dtypes=F, covers=("linalg_det", "det"), errors=[_nonsq]),
-    OpEntry("det", lambda m, a: m.det(a), _sq_samples, ref=np.linalg.det, dtypes=F),
+    OpEntry("det", lambda m, a: m.det(a), _sq_samples, ref=np.linalg.det, dtypes=F,
+            gradgrad=False),
     OpEntry("linalg.slogdet", lambda m, a: m.linalg.slogdet(a), _sq_samples,
             ref=lambda a: tuple(np.linalg.slogdet(a)), dtypes=F,
             covers=("linalg_slogdet", "linalg_slogdet_", "slogdet")),
@@ -153,7 +155,7 @@ add(
             lambda rng: _chol_samples(rng)[:2], ref=lambda a: (_np_chol(a), np.zeros(a.shape[:-2])),
             dtypes=F, gradgrad=False),
     OpEntry("cholesky", lambda m, a, **k: m.cholesky(_spd(m, a), **k), _chol_samples,
-            ref=_np_chol, dtypes=F),
+            ref=_np_chol, dtypes=F, gradgrad=False),
     OpEntry("cholesky_solve", lambda m, b, a, **k: m.cholesky_solve(
                 b, m.linalg.cholesky(_spd(m, a), upper=k.get("upper", False)), **k),
             lambda rng: [Sample((_rect(rng, 3, 2), _rect(rng, 3, 3))),
@@ -187,7 +189,7 @@ add(
     OpEntry("qr", lambda m, a, **k: m.qr(a, **k),
             lambda rng: [Sample((_rect(rng, 4, 3),)), Sample((_rect(rng, 3, 4),), {"some": False})],
             ref=lambda a, some=True: tuple(np.linalg.qr(a, mode="reduced" if some else "complete")),
-            dtypes=F),
+            dtypes=F, gradgrad=False),
 )
 
 
@@ -210,7 +212,9 @@ def _svd_samples(rng):
 
 add(
     OpEntry("linalg.svd", _svd_inv, _svd_samples, ref=_np_svd_inv, dtypes=F,
-            covers=("linalg_svd", "linalg_svd_"), atol=1e-6),
+            covers=("linalg_svd", "linalg_svd_"), atol=1e-6,
+            grad_samples=lambda rng: [Sample((_rect(rng, 3, 2),)), Sample((_rect(rng, 2, 3),)),
+                                      Sample((_rect(rng, 3, 2),), {"full": True})]),
     OpEntry("linalg.svdvals", lambda m, a: m.linalg.svdvals(a), lambda rng: _svd_samples(rng)[:3],
             ref=lambda a: np.linalg.svd(a, compute_uv=False), dtypes=F,
             covers=("linalg_svdvals",)),
@@ -218,7 +222,7 @@ add(
             lambda rng: [Sample((_rect(rng, 4, 3),)), Sample((_rect(rng, 3, 3),))],
             ref=lambda a: (np.linalg.svd(a, compute_uv=False),
                            (lambda u, s, vh: u @ vh)(*np.linalg.svd(a, full_matrices=False))),
-            dtypes=F),
+            dtypes=F, gradgrad=False),
 )
 
 
@@ -236,7 +240,9 @@ add(
     OpEntry("linalg.eigh", _eigh_inv,
             lambda rng: [Sample((_rect(rng, 3, 3),)), Sample((_rect(rng, 2, 4, 4),)),
                          Sample((_rect(rng, 3, 3),), {"UPLO": "U"})],
-            ref=_np_eigh_inv, dtypes=F, covers=("linalg_eigh", "linalg_eigh_")),
+            ref=_np_eigh_inv, dtypes=F, covers=("linalg_eigh", "linalg_eigh_"),
+            grad_samples=lambda rng: [Sample((_rect(rng, 3, 3),)),
+                                      Sample((_rect(rng, 3, 3),), {"UPLO": "U"})]),
     OpEntry("linalg.eigvalsh", lambda m, a: m.linalg.eigvalsh(_sym(m, a)),
             lambda rng: [Sample((_rect(rng, 3, 3),)), Sample((_rect(rng, 2, 4, 4),))],
             ref=lambda a: np.linalg.eigvalsh(a + np.swapaxes(a, -1, -2)), dtypes=F,
@@ -272,6 +278,10 @@ def _lu_samples(rng):
             Sample((_rect(rng, 3, 5),)), Sample((_rect(rng, 5, 3),))]
 
 
+def _lu_grad_samples(rng):  # square, wide and tall, kept small for gradgradcheck
+    return [Sample((_rect(rng, 3, 3),)), Sample((_rect(rng, 2, 3),)), Sample((_rect(rng, 3, 2),))]
+
+
 def _np_lu_factor(a):
     LU, piv = sl.lu_factor(a)
     return LU, piv + 1
@@ -285,12 +295,13 @@ add(
     OpEntry("linalg.lu_factor", lambda m, a: m.linalg.lu_factor(a), _lu_samples,
             ref=_np_lu_factor, dtypes=F,
             covers=("linalg_lu_factor", "linalg_lu_factor_ex", "linalg_lu_factor_ex_"),
+            grad_samples=_lu_grad_samples,
             errors=[ErrorInput(Sample((_singular,)), RuntimeError, "singular")]),
     OpEntry("linalg.lu_factor_ex", lambda m, a: m.linalg.lu_factor_ex(a),
             lambda rng: _lu_samples(rng)[:1], dtypes=F, gradgrad=False),
     OpEntry("linalg.lu", lambda m, a: m.linalg.lu(a), _lu_samples,
             ref=_np_lu, dtypes=F,
-            covers=("linalg_lu", "lu_unpack")),
+            covers=("linalg_lu", "lu_unpack"), grad_samples=_lu_grad_samples),
     OpEntry("lu", lambda m, a: m.lu(a), lambda rng: _lu_samples(rng)[:1], dtypes=F),
     OpEntry("linalg.lu_solve", lambda m, a, b, **k: m.linalg.lu_solve(*m.linalg.lu_factor(a), b,
                                                                       **k),
@@ -300,10 +311,12 @@ add(
                          Sample((_wc(rng, 3, 3), _rect(rng, 2, 3)), {"left": False,
                                                                      "adjoint": True})],
             ref=lambda a, b, left=True, adjoint=False: _np_solve(a.T if adjoint else a, b, left),
-            dtypes=F, covers=("linalg_lu_solve",)),
+            dtypes=F, covers=("linalg_lu_solve",),
+            grad_samples=lambda rng: [Sample((_wc(rng, 2, 2), _rect(rng, 2, 1)), {"adjoint": True}),
+                                      Sample((_wc(rng, 2, 2), _rect(rng, 1, 2)), {"left": False})]),
     OpEntry("lu_solve", lambda m, b, a: m.lu_solve(b, *m.linalg.lu_factor(a)),
             lambda rng: [Sample((_rect(rng, 3, 2), _wc(rng, 3, 3)))],
-            ref=lambda b, a: np.linalg.solve(a, b), dtypes=F),
+            ref=lambda b, a: np.linalg.solve(a, b), dtypes=F, gradgrad=False),
 )
 
 
@@ -329,7 +342,7 @@ add(
                                                           hermitian=hermitian),
             dtypes=F, covers=("linalg_pinv", "linalg_pinv_")),
     OpEntry("pinverse", lambda m, a: m.pinverse(a), lambda rng: [Sample((_rect(rng, 4, 3),))],
-            ref=np.linalg.pinv, dtypes=F),
+            ref=np.linalg.pinv, dtypes=F, gradgrad=False),
     OpEntry("linalg.matrix_rank", lambda m, a, **k: m.linalg.matrix_rank(a, **k),
             lambda rng: [Sample((_rect(rng, 4, 3),)),
                          Sample((np.outer([1.0, 2.0, 3.0], [1.0, -1.0, 0.5]),)),
@@ -345,7 +358,11 @@ add(
                          Sample((_rect(rng, 2, 5, 3), _rect(rng, 2, 5, 2)), {"driver": "gelss"}),
                          Sample((_rect(rng, 5, 3), _rect(rng, 5, 2)), {"driver": "gels"}),
                          Sample((_rect(rng, 3, 5), _rect(rng, 3, 2)), {"driver": "gelsd"})],
-            dtypes=F, covers=("linalg_lstsq",), atol=1e-5, rtol=1e-5),
+            dtypes=F, covers=("linalg_lstsq",), atol=1e-5, rtol=1e-5,
+            grad_samples=lambda rng: [Sample((_rect(rng, 4, 2), _rect(rng, 4, 1))),
+                                      Sample((_rect(rng, 4, 2), _rect(rng, 4, 1)),
+                                             {"driver": "gelsd"}),
+                                      Sample((_rect(rng, 2, 4), _rect(rng, 2, 1)))]),
 )
 
 
@@ -384,7 +401,9 @@ add(
             lambda rng: [Sample((_rect(rng, 4, 3), _rect(rng, 3))),
                          Sample((_rect(rng, 2, 4, 3), _rect(rng, 2, 2))),
                          Sample((_rect(rng, 3, 3), _rect(rng, 3)))],
-            dtypes=F, covers=("linalg_householder_product",)),
+            dtypes=F, covers=("linalg_householder_product",),
+            grad_samples=lambda rng: [Sample((_rect(rng, 3, 2), _rect(rng, 2))),
+                                      Sample((_rect(rng, 3, 3), _rect(rng, 2)))]),
     OpEntry("linalg.tensorinv", lambda m, a, **k: m.linalg.tensorinv(a, **k),
             lambda rng: [Sample((_wc(rng, 6, 6).reshape(6, 2, 3),), {"ind": 1}),
                          Sample((_wc(rng, 4, 4).reshape(2, 2, 2, 2),))],
