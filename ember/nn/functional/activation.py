@@ -7,7 +7,6 @@ torch does, through an in-place copy that autograd records.
 """
 from __future__ import annotations
 
-import math
 import warnings
 from typing import Any
 

@@ -1,10 +1,9 @@
 """``linear`` (the fused ``linear`` primitive of ember/ops/blas.py) and ``bilinear`` (einsum)."""
 from __future__ import annotations
 
-from typing import Any
 
 import ember
-from ember.errors import check, make
+from ember.errors import make
 from ember.tensor import Tensor
 
 __all__ = ["linear", "bilinear"]

@@ -10,7 +10,6 @@ from collections import OrderedDict, abc as container_abcs
 from itertools import chain, islice
 from typing import Any, Iterable, Iterator, Mapping
 
-import ember
 from ember.nn.modules.module import Module, _addindent
 from ember.nn.parameter import Parameter
 from ember.tensor import Tensor

@@ -7,7 +7,8 @@ from typing import Any
 import ember
 from ember.nn import init
 from ember.nn.functional.linear import bilinear, linear
-from ember.nn.modules.module import LazyModuleMixin, Module
+from ember.nn.modules.lazy import LazyModuleMixin
+from ember.nn.modules.module import Module
 from ember.nn.parameter import Parameter, UninitializedParameter
 from ember.tensor import Tensor
 

@@ -21,14 +21,22 @@ import functools
 import itertools
 import sys
 import warnings
-import weakref
 from collections import OrderedDict, namedtuple
 from typing import Any, Callable, Iterator
 
 import ember
-from ember.autograd.graph import RemovableHandle as _BaseHandle
 from ember.errors import make
-from ember.nn.parameter import Buffer, Parameter, UninitializedTensorMixin, is_lazy
+from ember.nn.modules import _hooks
+from ember.nn.modules._hooks import (  # noqa: F401  (re-exported: torch.nn.modules.module)
+    RemovableHandle, _HookState, _apply_hook_fn, _global_backward_hooks,
+    _global_backward_pre_hooks, _global_buffer_registration_hooks, _global_forward_hooks,
+    _global_forward_hooks_always_called, _global_forward_hooks_with_kwargs,
+    _global_forward_pre_hooks, _global_module_registration_hooks,
+    _global_parameter_registration_hooks, register_module_buffer_registration_hook,
+    register_module_forward_hook, register_module_forward_pre_hook,
+    register_module_full_backward_hook, register_module_full_backward_pre_hook,
+    register_module_module_registration_hook, register_module_parameter_registration_hook)
+from ember.nn.parameter import Buffer, Parameter, is_lazy
 from ember.tensor import Tensor
 
 __all__ = ["Module", "register_module_forward_pre_hook", "register_module_forward_hook",
@@ -36,32 +44,6 @@ __all__ = ["Module", "register_module_forward_pre_hook", "register_module_forwar
            "register_module_buffer_registration_hook",
            "register_module_module_registration_hook",
            "register_module_parameter_registration_hook"]
-
-
-class RemovableHandle(_BaseHandle):
-    """A hook handle that can also clear the hook's entries in companion dicts (the
-    ``with_kwargs`` / ``always_call`` flags), like ``torch.utils.hooks.RemovableHandle``."""
-
-    __slots__ = ("_extra",)
-
-    def __init__(self, store: dict, *, extra_dict: Any = None) -> None:
-        super().__init__(store)
-        if extra_dict is None:
-            extra = ()
-        elif isinstance(extra_dict, (list, tuple)):
-            extra = tuple(extra_dict)
-        else:
-            extra = (extra_dict,)
-        self._extra = extra
-
-    @property
-    def id(self) -> int:
-        return self._key
-
-    def remove(self) -> None:
-        super().remove()
-        for d in self._extra:
-            d.pop(self._key, None)
 
 
 class _IncompatibleKeys(namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])):
@@ -82,165 +64,6 @@ def _addindent(s_: str, num_spaces: int) -> str:
     first = lines.pop(0)
     lines = [(num_spaces * " ") + line for line in lines]
     return first + "\n" + "\n".join(lines)
-
-
-# ---------------------------------------------------------------------- global hooks
-_global_buffer_registration_hooks: dict = OrderedDict()
-_global_module_registration_hooks: dict = OrderedDict()
-_global_parameter_registration_hooks: dict = OrderedDict()
-_global_backward_pre_hooks: dict = OrderedDict()
-_global_backward_hooks: dict = OrderedDict()
-_global_is_full_backward_hook: bool | None = None
-_global_forward_pre_hooks: dict = OrderedDict()
-_global_forward_hooks: dict = OrderedDict()
-_global_forward_hooks_always_called: dict = OrderedDict()
-_global_forward_hooks_with_kwargs: dict = OrderedDict()
-
-
-def register_module_buffer_registration_hook(hook: Callable) -> RemovableHandle:
-    """Register ``hook(module, name, buffer) -> None | Tensor`` run by every ``register_buffer``."""
-    handle = RemovableHandle(_global_buffer_registration_hooks)
-    _global_buffer_registration_hooks[handle.id] = hook
-    return handle
-
-
-def register_module_module_registration_hook(hook: Callable) -> RemovableHandle:
-    """Register ``hook(module, name, submodule) -> None | Module`` run by every ``add_module``."""
-    handle = RemovableHandle(_global_module_registration_hooks)
-    _global_module_registration_hooks[handle.id] = hook
-    return handle
-
-
-def register_module_parameter_registration_hook(hook: Callable) -> RemovableHandle:
-    """Register ``hook(module, name, param) -> None | Parameter`` run by ``register_parameter``."""
-    handle = RemovableHandle(_global_parameter_registration_hooks)
-    _global_parameter_registration_hooks[handle.id] = hook
-    return handle
-
-
-def register_module_forward_pre_hook(hook: Callable) -> RemovableHandle:
-    """Register ``hook(module, args) -> None | new args`` run before every module's forward."""
-    handle = RemovableHandle(_global_forward_pre_hooks)
-    _global_forward_pre_hooks[handle.id] = hook
-    return handle
-
-
-def register_module_forward_hook(hook: Callable, *, with_kwargs: bool = False,
-                                 always_call: bool = False) -> RemovableHandle:
-    """Register ``hook(module, args, output) -> None | new output`` run after every forward."""
-    handle = RemovableHandle(_global_forward_hooks,
-                             extra_dict=[_global_forward_hooks_always_called,
-                                         _global_forward_hooks_with_kwargs])
-    _global_forward_hooks[handle.id] = hook
-    if with_kwargs:
-        _global_forward_hooks_with_kwargs[handle.id] = True
-    if always_call:
-        _global_forward_hooks_always_called[handle.id] = True
-    return handle
-
-
-def register_module_full_backward_pre_hook(hook: Callable) -> RemovableHandle:
-    """Register ``hook(module, grad_output) -> None | new grad_output`` for every module."""
-    handle = RemovableHandle(_global_backward_pre_hooks)
-    _global_backward_pre_hooks[handle.id] = hook
-    return handle
-
-
-def register_module_full_backward_hook(hook: Callable) -> RemovableHandle:
-    """Register ``hook(module, grad_input, grad_output) -> None | new grad_input`` for every
-    module."""
-    global _global_is_full_backward_hook
-    if _global_is_full_backward_hook is False:
-        raise RuntimeError("Cannot use both regular backward hooks and full backward hooks as a "
-                           "global Module hook. Please use only one of them.")
-    _global_is_full_backward_hook = True
-    handle = RemovableHandle(_global_backward_hooks)
-    _global_backward_hooks[handle.id] = hook
-    return handle
-
-
-# ---------------------------------------------------------------------- backward hooks
-class _HookState:
-    """Carries grad_output from the output identity node to the input identity node."""
-
-    __slots__ = ("module", "grad_outputs", "n_inputs", "input_hooked", "pre_hooks", "hooks")
-
-    def __init__(self, module: "Module", pre_hooks: list, hooks: list) -> None:
-        self.module = module
-        self.grad_outputs: tuple | None = None
-        self.n_inputs = 0
-        self.input_hooked = False
-        self.pre_hooks = pre_hooks
-        self.hooks = hooks
-
-
-class _BackwardHookFn(ember.autograd.Function):
-    """Identity on a group of tensors; its backward runs the module's backward hooks."""
-
-    @staticmethod
-    def forward(ctx: Any, state: _HookState, is_output: bool, *tensors: Tensor) -> Any:
-        ctx.state = state
-        ctx.is_output = is_output
-        ctx.set_materialize_grads(False)
-        return tuple(t.view_as(t) for t in tensors)
-
-    @staticmethod
-    def backward(ctx: Any, *grads: Any) -> Any:
-        st = ctx.state
-        grads = tuple(grads)
-        if ctx.is_output:
-            for hook in st.pre_hooks:
-                res = hook(st.module, grads)
-                if res is not None:
-                    grads = _check_hook_result("backward pre", res, grads)
-            st.grad_outputs = grads
-            if not st.input_hooked:
-                # No input requires grad: torch calls the hooks with grad_input all None.
-                if st.hooks:
-                    warnings.warn("Full backward hook is firing when gradients are computed with "
-                                  "respect to module outputs since no inputs require gradients. "
-                                  "See https://docs.pytorch.org/docs/main/generated/torch.nn."
-                                  "Module.html#torch.nn.Module.register_full_backward_hook for "
-                                  "more details.", stacklevel=2)
-                for hook in st.hooks:
-                    res = hook(st.module, (None,) * max(st.n_inputs, 1), grads)
-                    if res is not None and any(r is not None for r in res):
-                        raise RuntimeError("Cannot return a non-None gradient for an input of a "
-                                           "module whose inputs do not require gradient")
-        else:
-            for hook in st.hooks:
-                res = hook(st.module, grads, st.grad_outputs)
-                if res is not None:
-                    grads = _check_hook_result("backward", res, grads)
-        return (None, None) + grads
-
-
-def _check_hook_result(kind: str, res: Any, grads: tuple) -> tuple:
-    if not isinstance(res, tuple):
-        res = (res,)
-    if len(res) != len(grads):
-        raise RuntimeError(f"[Module {kind} hook] Hook returned {len(res)} gradients but "
-                           f"{len(grads)} were expected")
-    return res
-
-
-def _apply_hook_fn(state: _HookState, is_output: bool, value: Any) -> Any:
-    """Route every Tensor in ``value`` (a Tensor or a tuple/list of them) through the hook
-    Function; returns the same structure."""
-    if isinstance(value, Tensor):
-        if not value.requires_grad:
-            return value
-        return _BackwardHookFn.apply(state, is_output, value)[0]
-    if isinstance(value, (tuple, list)):
-        pos = [i for i, v in enumerate(value) if isinstance(v, Tensor) and v.requires_grad]
-        if not pos:
-            return value
-        new = _BackwardHookFn.apply(state, is_output, *[value[i] for i in pos])
-        out = list(value)
-        for i, t in zip(pos, new):
-            out[i] = t
-        return type(value)(out) if not hasattr(value, "_fields") else type(value)(*out)
-    return value
 
 
 # ---------------------------------------------------------------------- error paths
@@ -728,7 +551,7 @@ class Module:
 
     def _get_backward_hooks(self) -> tuple[list, list]:
         full = []
-        if self._is_full_backward_hook is not None or _global_is_full_backward_hook:
+        if self._is_full_backward_hook is not None or _hooks._global_is_full_backward_hook:
             full = list(_global_backward_hooks.values()) + list(self._backward_hooks.values())
         pre = list(_global_backward_pre_hooks.values()) + list(self._backward_pre_hooks.values())
         return full, pre
@@ -1045,7 +868,6 @@ class Module:
                                        "modified, it should be done inplace.")
 
         load(self, state_dict)
-        del load
         if strict:
             if len(unexpected_keys) > 0:
                 error_msgs.insert(0, "Unexpected key(s) in state_dict: {}. ".format(
@@ -1211,69 +1033,4 @@ def _tsize(t: Tensor) -> str:
     return "torch.Size(" + str(list(t.shape)) + ")"
 
 
-# ---------------------------------------------------------------------- lazy modules
-class LazyModuleMixin:
-    """A mixin for modules whose parameter shapes are inferred from the first input.
-
-    The module registers :class:`~ember.nn.UninitializedParameter`\\ s; a forward pre-hook
-    calls ``initialize_parameters(*input)`` on the first call, then the module becomes
-    ``cls_to_become`` (e.g. ``LazyLinear`` becomes ``Linear``).
-    """
-
-    cls_to_become: type | None = None
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[call-arg]
-        self._load_hook = self._register_load_state_dict_pre_hook(  # type: ignore[attr-defined]
-            self._lazy_load_hook)
-        self._initialize_hook = self.register_forward_pre_hook(  # type: ignore[attr-defined]
-            _infer_parameters, with_kwargs=True)
-
-    def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
-        for name, param in self._parameters.items():  # type: ignore[attr-defined]
-            if param is not None:
-                destination[prefix + name] = param if keep_vars or is_lazy(param) \
-                    else param.detach()
-        for name, buf in self._buffers.items():  # type: ignore[attr-defined]
-            if buf is not None and name not in self._non_persistent_buffers_set:  # type: ignore
-                destination[prefix + name] = buf if keep_vars or is_lazy(buf) else buf.detach()
-
-    def _lazy_load_hook(self, state_dict: dict, prefix: str, local_metadata: dict, strict: bool,
-                        missing_keys: list, unexpected_keys: list, error_msgs: list) -> None:
-        for name, param in itertools.chain(self._parameters.items(),  # type: ignore
-                                           self._buffers.items()):  # type: ignore
-            key = prefix + name
-            if key in state_dict and param is not None:
-                input_param = state_dict[key]
-                if is_lazy(param) and not is_lazy(input_param):
-                    with ember.no_grad():
-                        param.materialize(input_param.shape)
-
-    def initialize_parameters(self, *args: Any, **kwargs: Any) -> None:
-        raise NotImplementedError(f"initialize_parameters is not implemented for "
-                                  f"{self.__class__.__name__}")
-
-    def has_uninitialized_params(self) -> bool:
-        params = self._parameters.values()  # type: ignore[attr-defined]
-        buffers = self._buffers.values()  # type: ignore[attr-defined]
-        return any(is_lazy(p) for p in itertools.chain(params, buffers))
-
-    def _replicate_for_data_parallel(self) -> Any:
-        raise RuntimeError("Modules with uninitialized parameters can't be used with "
-                           "`DataParallel`. Run a dummy forward pass to correctly initialize "
-                           "the modules")
-
-
-def _infer_parameters(module: Any, args: tuple, kwargs: dict | None = None) -> None:
-    kwargs = kwargs or {}
-    module.initialize_parameters(*args, **kwargs)
-    if module.has_uninitialized_params():
-        raise RuntimeError(f"module {module._get_name()} has not been fully initialized")
-    module._initialize_hook.remove()
-    module._load_hook.remove()
-    delattr(module, "_initialize_hook")
-    delattr(module, "_load_hook")
-    if module.cls_to_become is not None:
-        module.__class__ = module.cls_to_become
-
-
+from ember.nn.modules.lazy import LazyModuleMixin  # noqa: E402,F401  (torch's import path)

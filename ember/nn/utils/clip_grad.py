@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import warnings
-from typing import Any, Iterable
+from typing import Any
 
 import ember
 from ember.tensor import Tensor

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 from enum import Enum, auto
-from typing import Any
 
 import ember
 from ember.nn.functional.activation import normalize
