@@ -212,6 +212,9 @@ def build_corpus(marker: str) -> dict[str, bytes]:
     pk("persid_type_is_string", _tuple(_str("storage"), _str("FloatStorage"), _str("0"),
                                        _str("cpu"), _int(4)) + pickle.BINPERSID)
     pk("persid_text_protocol0", pickle.PERSID + b"0\n")
+    pk("persid_non_ascii_bytes_kind", _tuple(pickle.SHORT_BINBYTES + b"\x02\xff\xfe",
+                                             _glob("torch", "FloatStorage"), _str("0"),
+                                             _str("cpu"), _int(4)) + pickle.BINPERSID)
     cases["persid_key_path_traversal"] = torch_zip(tensor_pickle(key="../../etc/passwd"),
                                                    {"0": floats})
     cases["persid_key_missing_record"] = torch_zip(tensor_pickle(key="7"), {"0": floats})

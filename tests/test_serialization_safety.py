@@ -182,3 +182,37 @@ def test_numpy_scalars_need_allowlisting_like_torch():
     with safe_globals(allowed):
         out = load(io.BytesIO(raw))
     assert out["epoch"] == 3 and out["acc"] == 0.5 and out["arr"].tolist() == [0, 1, 2]
+
+
+def test_mutation_fuzz_only_unpickling_errors():
+    """Random byte flips, insertions and truncations of valid checkpoints (zip and legacy)
+    either load or raise UnpicklingError: no other exception type escapes."""
+    import random
+    base = ember.arange(12, dtype=ember.float32)
+    obj = {"w": base, "v": base[3:7], "p": ember.nn.Parameter(ember.ones(2, 2)),
+           "meta": {"name": "x", "steps": [1, 2.5, None], "size": base.shape},
+           "dtype": ember.bfloat16}
+    seeds = []
+    for kw in ({}, {"_use_new_zipfile_serialization": False}, {"pickle_protocol": 4}):
+        buf = io.BytesIO()
+        save(obj, buf, **kw)
+        seeds.append(buf.getvalue())
+    rng = random.Random(7)
+    for i in range(400):
+        data = bytearray(rng.choice(seeds))
+        kind = i % 4
+        if kind == 0:
+            for _ in range(rng.randint(1, 4)):
+                data[rng.randrange(len(data))] = rng.randrange(256)
+        elif kind == 1:
+            del data[rng.randrange(len(data)):]
+        elif kind == 2:
+            at = rng.randrange(len(data))
+            data[at:at] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 8)))
+        else:
+            at = rng.randrange(len(data))
+            del data[at:at + rng.randint(1, 16)]
+        try:
+            load(io.BytesIO(bytes(data)))
+        except (pickle.UnpicklingError, EOFError):
+            pass

@@ -94,7 +94,14 @@ def _unpickle(stream: IO[bytes], weights_only: bool, pickle_module: Any,
 
 
 def _ascii(value: Any) -> Any:
-    return value.decode("ascii") if isinstance(value, bytes) else value
+    # Python 2 checkpoints hold these names as bytes.
+    if isinstance(value, bytes):
+        try:
+            return value.decode("ascii")
+        except UnicodeDecodeError:
+            raise CheckpointError(f"[load] non-ASCII name {value[:40]!r} in a storage "
+                                  "record") from None
+    return value
 
 
 def _check_pid(pid: Any, length: int) -> tuple:

@@ -45,11 +45,16 @@ _BLOCKED_BUILTINS = {"eval", "exec", "compile", "getattr", "setattr", "delattr",
                      "staticmethod", "property"}
 
 # ---------------------------------------------------------------------- checked callables
+_TEXT_CODECS = frozenset({"latin1", "latin-1", "iso-8859-1", "iso8859-1", "l1", "ascii",
+                          "utf-8", "utf8"})
+
+
 def _safe_encode(text: Any, encoding: Any = "utf-8", *rest: Any) -> bytes:
     # Protocol 2 pickles bytes as _codecs.encode(str, 'latin1'); any other codec could run
     # arbitrary codec machinery, so only the plain text codecs are accepted.
+    # The name is checked as text, before codecs.lookup could import an encodings module.
     if rest or type(text) is not str or type(encoding) is not str or \
-            codecs.lookup(encoding).name not in ("latin-1", "iso8859-1", "ascii", "utf-8"):
+            encoding.lower().replace("_", "-") not in _TEXT_CODECS:
         raise CheckpointError(f"[load] _codecs.encode is allowed only on str with a latin1/"
                               f"ascii/utf-8 codec, got encoding {encoding!r}")
     return text.encode(encoding)
@@ -303,8 +308,8 @@ class SafeUnpickler:
             raise
         except _External as ext:
             raise ext.exc
-        except (IndexError, KeyError, struct.error, ValueError, TypeError, UnicodeError,
-                OverflowError, AttributeError, RecursionError, EOFError) as exc:
+        except (LookupError, struct.error, ValueError, TypeError, UnicodeError, OverflowError,
+                AttributeError, RecursionError, EOFError, MemoryError) as exc:
             raise self._fail(f"malformed pickle: {type(exc).__name__}: {exc}") from None
 
     # ------------------------------------------------------------------ opcode handlers
