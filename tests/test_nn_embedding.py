@@ -89,8 +89,8 @@ def test_embedding_repr_and_state_dict_keys():
     t = torch.nn.Embedding(10, 3, padding_idx=1, max_norm=2.0)
     assert repr(e) == repr(t)
     assert list(e.state_dict()) == list(t.state_dict()) == ["weight"]
-    assert repr(ember.nn.EmbeddingBag(10, 3, mode="sum")) == repr(torch.nn.EmbeddingBag(10, 3,
-                                                                                         mode="sum"))
+    e_bag = ember.nn.EmbeddingBag(10, 3, mode="sum")
+    assert repr(e_bag) == repr(torch.nn.EmbeddingBag(10, 3, mode="sum"))
 
 
 def test_functional_embedding_double_backward():

@@ -130,7 +130,7 @@ class ScaledDotProductAttention(OpDef):
         if dropout_p > 0.0:
             import ember
             u = ember.rand(p.shape, dtype=_dt._FROM_NP[xp.dtype(work)],
-                           device=ctx_device(query))._data
+                           device=_device_of(query))._data
             keep = (u >= dropout_p).astype(work) / (1.0 - dropout_p) if dropout_p < 1.0 \
                 else xp.zeros(p.shape, work)
             pd = p * keep
@@ -174,7 +174,7 @@ class ScaledDotProductAttention(OpDef):
                 _wrap(dv.astype(dt.np, copy=False), grad), dmask, None, None, None, None)
 
 
-def ctx_device(arr: Any) -> Any:
+def _device_of(arr: Any) -> Any:
     from ember.backend import device_of_array
     return device_of_array(arr)
 
