@@ -132,6 +132,20 @@ def test_ember_views_saved_once_and_shared_in_torch():
     assert back["b"][1] == 100.0 and back["c"][0, 1] == 100.0
 
 
+def test_strided_views_made_by_as_strided_share_the_storage():
+    x = ember.arange(16, dtype=ember.float32).reshape(4, 4)
+    obj = {"x": x, "diag": x.diagonal(offset=1), "strided": x.as_strided((2, 2), (5, 1), 2)}
+    raw = _ember_bytes(obj)
+    assert len([n for n in zipfile.ZipFile(io.BytesIO(raw)).namelist() if "/data/" in n]) == 1
+    back = torch.load(io.BytesIO(raw))
+    tx = torch.arange(16, dtype=torch.float32).reshape(4, 4)
+    assert torch.equal(back["diag"], tx.diagonal(offset=1))
+    assert back["diag"].storage_offset() == 1 and back["diag"].stride() == (5,)
+    assert torch.equal(back["strided"], tx.as_strided((2, 2), (5, 1), 2))
+    back["x"][0, 1] = -1.0
+    assert back["diag"][0] == -1.0
+
+
 def test_same_storage_two_dtypes_refused_like_torch():
     x = ember.zeros(4, dtype=ember.float32)
     y = x.view(ember.int32)

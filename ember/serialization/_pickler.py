@@ -100,9 +100,7 @@ class StorageRegistry:
             data = np.asarray(data)
         item = t._dtype.itemsize
         location = "cpu" if t._device.type == "cpu" else f"cuda:{t._device.index or 0}"
-        root = data
-        while getattr(root, "base", None) is not None and hasattr(root.base, "dtype"):
-            root = root.base
+        root = _root_of(data)
         size = tuple(data.shape)
         placed = self._place(data, root, item)
         if placed is None:
@@ -136,6 +134,23 @@ class StorageRegistry:
             if (last + 1) * item > root.nbytes:
                 return None
         return offset, stride
+
+
+def _root_of(arr: Any) -> Any:
+    """The array owning ``arr``'s memory: the end of its chain of views."""
+    while True:
+        base = getattr(arr, "base", None)
+        if base is None:
+            return arr
+        if hasattr(base, "dtype"):
+            arr = base
+            continue
+        # NumPy's as_strided (diagonal, unfold ...) hides its input behind a DummyArray whose
+        # own ``base`` is that input; anything else (bytes, mmap) ends the chain.
+        inner = getattr(base, "base", None)
+        if inner is None or not hasattr(inner, "dtype"):
+            return arr
+        arr = inner
 
 
 def _tensor_state(t: Tensor) -> dict:
