@@ -460,3 +460,26 @@ class Col2Im(OpDef):
     def backward(ctx, grad):
         k, d, p, s = ctx.p
         return apply(OPS["im2col"], (grad, k, d, p, s)), None, None, None, None, None
+
+
+# ---------------------------------------------------------------------- torch.* aliases
+def _lazy_functional(name: str) -> Any:
+    """``ember.<name>`` calling ``ember.nn.functional.<name>`` (imported on first call: nn
+    depends on the ops, not the other way round)."""
+    def fn(*args: Any, **kwargs: Any) -> Any:
+        from ember.nn import functional as F
+        return getattr(F, name)(*args, **kwargs)
+    fn.__name__ = fn.__qualname__ = name
+    fn.__module__ = "ember"
+    fn.__doc__ = f"Same as ``ember.nn.functional.{name}``."
+    return fn
+
+
+def _top_level() -> None:
+    from ember.ops.registry import PUBLIC_FUNCTIONS
+    for name in ("conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d",
+                 "conv_transpose3d", "conv_tbc"):
+        PUBLIC_FUNCTIONS[name] = _lazy_functional(name)
+
+
+_top_level()

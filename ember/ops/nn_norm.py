@@ -60,6 +60,13 @@ def _stats(ctx: Any, x: Tensor, axes: tuple, center: bool, eps: float) -> tuple:
     return (saved[2] if center else None), saved[3]
 
 
+def _up(*ts: Any) -> tuple:
+    """Half-precision tensors as float32: the backward computes like the forward (the engine
+    casts each gradient back to its input's dtype)."""
+    return tuple(t.float() if isinstance(t, Tensor) and t.dtype.itemsize == 2 else t
+                 for t in ts)
+
+
 def _check_t(name: str, argname: str, t: Any, shape: tuple) -> None:
     if t is None:
         return
@@ -133,6 +140,7 @@ class BatchNorm(OpDef):
         training, eps, axes, bshape = ctx.p
         saved = ctx.saved
         x, w = saved[0], saved[1]
+        x, w, g = _up(x, w, g)
         need = ctx.needs_input_grad
         if g is None:
             return (None,) * 7
@@ -190,6 +198,7 @@ class LayerNorm(OpDef):
         axes, eps = ctx.p
         saved = ctx.saved
         x, w = saved[0], saved[1]
+        x, w, g = _up(x, w, g)
         need = ctx.needs_input_grad
         mean, rstd = _stats(ctx, x, axes, True, eps)
         gx, xhat = _norm_grad(x, g, w, tuple(w.shape) if w is not None else (), mean, rstd, axes)
@@ -241,6 +250,7 @@ class GroupNorm(OpDef):
         groups, eps, cshape = ctx.p
         saved = ctx.saved
         x, w = saved[0], saved[1]
+        x, w, g = _up(x, w, g)
         need = ctx.needs_input_grad
         n = x.shape[0]
         xr = x.reshape(n, groups, -1)
@@ -293,9 +303,38 @@ class RMSNorm(OpDef):
         axes, eps = ctx.p
         saved = ctx.saved
         x, w = saved[0], saved[1]
+        x, w, g = _up(x, w, g)
         need = ctx.needs_input_grad
         _, rstd = _stats(ctx, x, axes, False, eps)
         gx, xhat = _norm_grad(x, g, w, tuple(w.shape) if w is not None else (), None, rstd, axes)
         gw = _sum_lead(g * xhat, len(axes)) if w is not None and need[2] else None
         return (gx if need[0] else None), None, gw, None
 
+
+
+# ---------------------------------------------------------------------- torch.* aliases
+def batch_norm(input: Tensor, weight: Tensor | None, bias: Tensor | None,
+               running_mean: Tensor | None, running_var: Tensor | None, training: bool,
+               momentum: float, eps: float, cudnn_enabled: bool = True) -> Tensor:
+    """``torch.batch_norm`` (the argument order differs from ``F.batch_norm``)."""
+    from ember.nn import functional as F
+    return F.batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)
+
+
+def instance_norm(input: Tensor, weight: Tensor | None, bias: Tensor | None,
+                  running_mean: Tensor | None, running_var: Tensor | None,
+                  use_input_stats: bool, momentum: float, eps: float,
+                  cudnn_enabled: bool = True) -> Tensor:
+    """``torch.instance_norm`` (the argument order differs from ``F.instance_norm``)."""
+    from ember.nn import functional as F
+    return F.instance_norm(input, running_mean, running_var, weight, bias, use_input_stats,
+                           momentum, eps)
+
+
+def _top_level() -> None:
+    from ember.ops.registry import PUBLIC_FUNCTIONS
+    PUBLIC_FUNCTIONS["batch_norm"] = batch_norm
+    PUBLIC_FUNCTIONS["instance_norm"] = instance_norm
+
+
+_top_level()

@@ -379,3 +379,21 @@ class AvgPoolBackward(OpDef):
 
     def backward(ctx, gg):
         return (apply(OPS["_avg_pool"], (gg,) + ctx.p),) + (None,) * 7
+
+
+# ---------------------------------------------------------------------- torch.* aliases
+def _top_level() -> None:
+    from ember.ops.nn_conv import _lazy_functional
+    from ember.ops.registry import PUBLIC_FUNCTIONS
+    for name in ("max_pool1d", "max_pool2d", "max_pool3d", "max_pool1d_with_indices",
+                 "avg_pool1d", "adaptive_avg_pool1d"):
+        PUBLIC_FUNCTIONS[name] = _lazy_functional(name)
+
+    def adaptive_max_pool1d(input: Tensor, output_size: Any) -> tuple:
+        """torch.adaptive_max_pool1d: (values, indices)."""
+        from ember.nn import functional as F
+        return F.adaptive_max_pool1d(input, output_size, True)
+    PUBLIC_FUNCTIONS["adaptive_max_pool1d"] = adaptive_max_pool1d
+
+
+_top_level()

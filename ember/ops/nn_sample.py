@@ -198,3 +198,17 @@ def channel_shuffle(input: Tensor, groups: int) -> Tensor:
     n = input.shape[0]
     rest = tuple(input.shape[2:])
     return input.reshape(n, g, c // g, *rest).transpose(1, 2).reshape(n, c, *rest)
+
+
+def constant_pad_nd(input: Tensor, pad: Any, value: float = 0) -> Tensor:
+    """``torch.constant_pad_nd``: constant padding (negative pads crop)."""
+    return apply(OPS["_pad"], (input, tuple(int(p) for p in pad), "constant", value))
+
+
+def _top_level() -> None:
+    from ember.ops.registry import PUBLIC_FUNCTIONS
+    PUBLIC_FUNCTIONS["constant_pad_nd"] = constant_pad_nd
+    PUBLIC_FUNCTIONS["native_channel_shuffle"] = channel_shuffle
+
+
+_top_level()
