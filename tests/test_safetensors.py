@@ -83,6 +83,8 @@ def test_errors_match_safetensors_torch(tmp_path):
     with pytest.raises(RuntimeError, match="share memory"):
         tb = torch.arange(10.)
         st_torch.save({"a": tb, "b": tb[2:5]})
+    with pytest.raises(RuntimeError, match="share memory"):
+        est.save({"a": base, "s": base.as_strided((4,), (1,), 2)})
     est.save({"a": base[:5], "b": base[5:]})  # disjoint slices of one array are fine
     with pytest.raises(ValueError, match="non contiguous"):
         est.save({"t": base.reshape(2, 5).t()})

@@ -100,7 +100,7 @@ class StorageRegistry:
             data = np.asarray(data)
         item = t._dtype.itemsize
         location = "cpu" if t._device.type == "cpu" else f"cuda:{t._device.index or 0}"
-        root = _root_of(data)
+        root = root_of(data)
         size = tuple(data.shape)
         placed = self._place(data, root, item)
         if placed is None:
@@ -136,7 +136,7 @@ class StorageRegistry:
         return offset, stride
 
 
-def _root_of(arr: Any) -> Any:
+def root_of(arr: Any) -> Any:
     """The array owning ``arr``'s memory: the end of its chain of views."""
     while True:
         base = getattr(arr, "base", None)

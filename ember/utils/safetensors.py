@@ -15,6 +15,7 @@ import numpy as np
 
 from ember import dtypes as _dt
 from ember.backend.device import device as _device
+from ember.serialization._pickler import root_of
 from ember.tensor import Tensor, _array_address, _make
 
 __all__ = ["save", "save_file", "load", "load_file", "safe_open", "save_model", "load_model"]
@@ -33,12 +34,6 @@ def _st() -> Any:
     return safetensors
 
 
-def _root(arr: Any) -> Any:
-    while getattr(arr, "base", None) is not None and hasattr(arr.base, "dtype"):
-        arr = arr.base
-    return arr
-
-
 def _check_shared(tensors: dict[str, Tensor]) -> None:
     """safetensors.torch refuses tensors whose memory overlaps (they would be written twice
     and come back as independent copies); the same check, on the NumPy view chain."""
@@ -48,7 +43,7 @@ def _check_shared(tensors: dict[str, Tensor]) -> None:
             continue
         data = t._data
         start = _array_address(data)
-        groups.setdefault(id(_root(data)), []).append((start, start + data.nbytes, name))
+        groups.setdefault(id(root_of(data)), []).append((start, start + data.nbytes, name))
     shared = []
     for spans in groups.values():
         spans.sort()
@@ -215,7 +210,7 @@ def _dedupe_shared(state: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[st
     kept: dict[str, Tensor] = {}
     aliases: dict[str, str] = {}
     for name, t in state.items():
-        key = (id(_root(t._data)), _array_address(t._data), t._data.nbytes)
+        key = (id(root_of(t._data)), _array_address(t._data), t._data.nbytes)
         if t.numel() and key in seen:
             aliases[name] = seen[key]
             continue
