@@ -282,6 +282,18 @@ def _to_cuda_args(args: list) -> list:
     return out
 
 
+def _as_leaves(args: list) -> list:
+    out = []
+    for a in args:
+        if isinstance(a, ember.Tensor):
+            out.append(a.detach().requires_grad_(a.requires_grad))
+        elif isinstance(a, list) and a and isinstance(a[0], ember.Tensor):
+            out.append([t.detach().requires_grad_(t.requires_grad) for t in a])
+        else:
+            out.append(a)
+    return out
+
+
 def _leaves(args: list) -> list:
     flat = []
     for a in args:
@@ -306,6 +318,7 @@ def _on_cuda(fn):
 def test_cpu_and_cuda_agree(entry: OpEntry, sample: Sample) -> None:
     """Forward and gradients of every op record on the GPU equal the CPU's (float64)."""
     args, _ = _convert(ember, sample, "float64", requires_grad=entry.grad)
+    args = _as_leaves(args)  # non-contiguous samples arrive as views; make both sides leaves
     gargs = _to_cuda_args(args)
     try:
         c_out = _outputs(entry.call(ember, *args, **sample.kwargs))

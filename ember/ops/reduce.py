@@ -141,7 +141,6 @@ class Prod(OpDef):
             return g * yk / x, None, None, None
         # With zeros, y / x is undefined: multiply the other elements directly.
         import ember
-        others = ember.ones_like(x)
         flat_axes = ctx.axes
         moved = x.movedim(flat_axes, tuple(range(x.ndim - len(flat_axes), x.ndim)))
         lead = moved.shape[: x.ndim - len(flat_axes)]
@@ -149,7 +148,7 @@ class Prod(OpDef):
         n = m.shape[-1]
         cols = []
         for j in range(n):
-            mask = ember.ones(n, dtype=x.dtype)
+            mask = ember.ones(n, dtype=x.dtype, device=x.device)
             mask[j] = 0
             cols.append((m * mask + (1 - mask)).prod(-1))
         others = ember.stack(cols, -1).reshape(moved.shape)
