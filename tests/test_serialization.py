@@ -518,3 +518,12 @@ def test_cuda_tensors_round_trip():
     moved = load(io.BytesIO(_torch_roundtrip(torch.ones(2))),
                  map_location=lambda s, loc: s.cuda(0))
     assert moved.device == ember.device("cuda:0")
+
+
+def test_torch_features_ember_lacks_give_clear_errors():
+    cases = [(torch.zeros(3, dtype=torch.uint16), "torch.uint16"),
+             (torch.zeros(2, dtype=torch.float8_e4m3fn), "float8_e4m3fn"),
+             (torch.zeros(2).to_sparse(), "strided layout")]
+    for t, msg in cases:
+        with pytest.raises(RuntimeError, match=msg):
+            load(io.BytesIO(_torch_roundtrip({"t": t})))
