@@ -232,7 +232,7 @@ def inverse(input: Tensor, *, out: Any = None) -> Tensor:
     return inv(input)
 
 
-@composite("linalg_det", method=False, function=False)
+@composite("linalg_det_", method=False, function=False)
 def det(A: Tensor, *, out: Any = None) -> Tensor:
     """Determinant of each square matrix."""
     return _op("linalg_det")(A)
@@ -375,7 +375,7 @@ def lu_factor(A: Tensor, *, pivot: bool = True, out: Any = None) -> Any:
     return lu_factor_out(LU, piv)
 
 
-@composite("lu_unpack")
+@composite("lu_unpack", method=False)
 def lu_unpack(LU_data: Tensor, LU_pivots: Tensor, unpack_data: bool = True,
               unpack_pivots: bool = True, *, out: Any = None) -> Any:
     """``(P, L, U)`` from the packed output of :func:`lu_factor`."""
@@ -487,7 +487,10 @@ def matrix_norm(A: Tensor, ord: Any = "fro", dim: Any = (-2, -1), keepdim: bool 
         check(ord in (1, -1, 2, -2, math.inf, -math.inf), name, f"Order {ord} not supported.")
         if abs(ord) == 2:
             s = svdvals(A.movedim((d0, d1), (-2, -1)))
-            out = s.amax(-1) if ord > 0 else s.amin(-1)
+            if s.shape[-1] == 0:  # an empty matrix has norm 0 (torch)
+                out = s.sum(-1)
+            else:
+                out = s.amax(-1) if ord > 0 else s.amin(-1)
         else:
             if abs(ord) == math.inf:
                 d0, d1 = d1, d0
@@ -523,12 +526,14 @@ def cond(A: Tensor, p: Any = None, *, out: Any = None) -> Tensor:
     check_matrix("linalg.cond", A, square=p not in (None, 2, -2))
     if p in (None, 2, -2):
         s = svdvals(A)
+        if s.shape[-1] == 0:  # torch: the condition number of an empty matrix is 0
+            return s.sum(-1)
         return s[..., 0] / s[..., -1] if p != -2 else s[..., -1] / s[..., 0]
     import ember
     inv_, info = _op("linalg_inv_ex")(A)
     res = matrix_norm(A, p) * matrix_norm(inv_, p)
     # torch: a singular matrix has infinite condition number
-    return ember.where(info > 0, res * 0 + float("inf"), res)
+    return ember.where(info > 0, float("inf"), res)
 
 
 # ---------------------------------------------------------------------- pinv / rank / lstsq

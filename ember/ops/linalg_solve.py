@@ -365,8 +365,9 @@ def permutation_from_pivots(piv: Tensor, m: int, like: Tensor) -> Tensor:
     import ember
     p = np.asarray(piv._host()).astype(np.int64) - 1
     batch = p.shape[:-1]
-    flat = p.reshape(-1, p.shape[-1]) if p.size or p.shape[-1] == 0 else p.reshape(-1, 0)
-    perms = np.tile(np.arange(m), (flat.shape[0], 1))
+    nb = int(np.prod(batch)) if batch else 1
+    flat = p.reshape(nb, p.shape[-1])
+    perms = np.tile(np.arange(m), (nb, 1))
     for b in range(flat.shape[0]):
         for i, j in enumerate(flat[b]):
             perms[b, [i, j]] = perms[b, [j, i]]

@@ -60,7 +60,7 @@ add(
     OpEntry("linalg.det", lambda m, a: m.linalg.det(a),
             lambda rng: _sq_samples(rng) + [Sample((_singular,), name="singular"),
                                             Sample((np.zeros((0, 0)),), name="0x0")],
-            ref=np.linalg.det, dtypes=F, covers=("linalg_det", "det"), errors=[_nonsq]),
+            ref=np.linalg.det, dtypes=F, covers=("linalg_det", "linalg_det_", "det"), errors=[_nonsq]),
     OpEntry("det", lambda m, a: m.det(a), _sq_samples, ref=np.linalg.det, dtypes=F,
             gradgrad=False),
     OpEntry("linalg.slogdet", lambda m, a: m.linalg.slogdet(a), _sq_samples,
