@@ -15,9 +15,11 @@ def main() -> None:
     wanted = sys.argv[2:]
     if fw == "torch":
         import torch as mod
+        import torch.utils.data  # noqa: F401  (the workloads use torch.utils.data)
         mod.set_num_threads(2)
     else:
         import ember as mod
+        import ember.utils.data  # noqa: F401
     mod.manual_seed(0)
     from bench.workloads import WORKLOADS
     results = {}

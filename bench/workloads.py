@@ -200,3 +200,28 @@ def tiny_gpt(torch: Any) -> tuple:
         opt.step()
         state["loss"] = loss
     return step, 1, state
+
+
+@workload("DataLoader epoch (10k 3x32x32, crop+flip+norm, 4 workers, B128)")
+def dataloader(torch: Any) -> tuple:
+    import numpy as np
+
+    from bench.bench_data import augment
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(10_000, 3, 32, 32), dtype=np.uint8)
+    labels = rng.integers(0, 10, size=10_000)
+
+    class Images(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return len(images)
+
+        def __getitem__(self, i: int) -> tuple:
+            return augment(images[i]), int(labels[i])
+
+    loader = torch.utils.data.DataLoader(Images(), batch_size=128, shuffle=True, num_workers=4)
+
+    def step() -> None:
+        for _x, _y in loader:
+            pass
+    return step, 1
