@@ -134,14 +134,23 @@ def test_interpolate_errors_match_torch():
 
 
 # ---------------------------------------------------------------------- grid sampling
-@pytest.mark.parametrize("mode", ["bilinear", "nearest"])
+@pytest.mark.parametrize("mode", ["bilinear", "nearest", "bicubic"])
 @pytest.mark.parametrize("padding_mode", ["zeros", "border", "reflection"])
 @pytest.mark.parametrize("align", [False, True])
 def test_grid_sample_matches_torch(mode, padding_mode, align):
     x, grid = _a(2, 3, 5, 6), rng.uniform(-1.3, 1.3, (2, 4, 3, 2))
     _fn_parity(lambda a, g: F.grid_sample(a, g, mode, padding_mode, align),
                lambda a, g: torch.nn.functional.grid_sample(a, g, mode, padding_mode, align),
-               x, grid, grad=(0, 1) if mode == "bilinear" else (0,))
+               x, grid, grad=(0,) if mode == "nearest" else (0, 1))
+
+
+@pytest.mark.parametrize("mode", ["bilinear", "nearest"])
+@pytest.mark.parametrize("padding_mode", ["zeros", "reflection"])
+def test_grid_sample_5d_matches_torch(mode, padding_mode):
+    x, grid = _a(2, 2, 3, 4, 5), rng.uniform(-1.2, 1.2, (2, 3, 2, 2, 3))
+    _fn_parity(lambda a, g: F.grid_sample(a, g, mode, padding_mode, False),
+               lambda a, g: torch.nn.functional.grid_sample(a, g, mode, padding_mode, False),
+               x, grid, grad=(0,) if mode == "nearest" else (0, 1))
 
 
 @pytest.mark.parametrize("size,align", [((2, 3, 4, 5), False), ((2, 3, 4, 5), True),

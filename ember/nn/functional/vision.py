@@ -246,8 +246,8 @@ def _reflect(coord: Tensor, twice_low: int, twice_high: int) -> Tensor:
     return ember.where(even, extra + lo, span - extra + lo)
 
 
-def _source_coord(coord: Tensor, size: int, padding_mode: str, align_corners: bool) -> Tensor:
-    c = _unnormalize(coord, size, align_corners)
+def _pad_coord(c: Tensor, size: int, padding_mode: str, align_corners: bool) -> Tensor:
+    """Apply border/reflection padding to (unnormalized) source coordinates."""
     if padding_mode == "border":
         c = c.clamp(0, size - 1)
     elif padding_mode == "reflection":
@@ -258,11 +258,14 @@ def _source_coord(coord: Tensor, size: int, padding_mode: str, align_corners: bo
 
 def grid_sample(input: Tensor, grid: Tensor, mode: str = "bilinear",
                 padding_mode: str = "zeros", align_corners: bool | None = None) -> Tensor:
-    """Sample ``input (N, C, H, W)`` at the normalized ``grid (N, H_out, W_out, 2)`` locations
-    (x, y in [-1, 1]).
+    """Sample ``input`` at the normalized ``grid`` locations (coordinates in [-1, 1]).
 
-    ``mode``: ``'bilinear'`` or ``'nearest'``; ``padding_mode``: ``'zeros'``, ``'border'`` or
-    ``'reflection'``. Gradients flow to both ``input`` and ``grid``.
+    4-d: ``input (N, C, H, W)``, ``grid (N, H_out, W_out, 2)`` holding (x, y).
+    5-d: ``input (N, C, D, H, W)``, ``grid (N, D_out, H_out, W_out, 3)`` holding (x, y, z).
+
+    ``mode``: ``'bilinear'`` (trilinear for 5-d), ``'nearest'`` or ``'bicubic'`` (4-d);
+    ``padding_mode``: ``'zeros'``, ``'border'`` or ``'reflection'``. Gradients flow to both
+    ``input`` and ``grid``.
     """
     for name, t in (("input", input), ("grid", grid)):
         check(isinstance(t, Tensor), "grid_sample", f"argument '{name}' must be Tensor, not "
@@ -275,45 +278,73 @@ def grid_sample(input: Tensor, grid: Tensor, mode: str = "bilinear",
         raise make(ValueError, "grid_sample",
                    f"nn.functional.grid_sample(): expected padding_mode to be 'zeros', 'border', "
                    f"or 'reflection', but got: '{padding_mode}'")
-    check(input.ndim == 4 and grid.ndim == 4 and grid.shape[-1] == 2, "grid_sample",
-          f"expected 4-d input (N, C, H, W) and grid (N, H_out, W_out, 2), got input "
-          f"{tuple(input.shape)} and grid {tuple(grid.shape)}",
-          hint="5-d (volumetric) grid_sample is not supported by ember")
-    check(input.shape[0] == grid.shape[0], "grid_sample",
+    nd = input.ndim - 2
+    check(nd in (2, 3) and grid.ndim == nd + 2 and grid.shape[-1] == nd, "grid_sample",
+          f"expected input (N, C, H, W) with grid (N, H_out, W_out, 2), or input (N, C, D, H, W) "
+          f"with grid (N, D_out, H_out, W_out, 3); got input {tuple(input.shape)} and grid "
+          f"{tuple(grid.shape)}")
+    check(input.shape[0] == grid.shape[0], "grid_sampler",
           f"grid_sampler(): expected grid and input to have same batch size, but got input with "
           f"sizes {list(input.shape)} and grid with sizes {list(grid.shape)}")
-    check(mode != "bicubic", "grid_sample", "mode='bicubic' is not supported by ember",
-          hint="use mode='bilinear'")
+    check(mode != "bicubic" or nd == 2, "grid_sampler",
+          "grid_sampler(): bicubic interpolation only supports 4D input")
     align = bool(align_corners)
-    n, c, h, w = input.shape
-    gx = _source_coord(grid[..., 0], w, padding_mode, align)
-    gy = _source_coord(grid[..., 1], h, padding_mode, align)
-    batch = ember.arange(n, device=input.device).reshape(n, 1, 1)
+    n = input.shape[0]
+    sizes = tuple(input.shape[2:])  # (H, W) or (D, H, W); grid's last dim lists x first
+    unnorm = [_unnormalize(grid[..., nd - 1 - j], sizes[j], align) for j in range(nd)]
+    batch = ember.arange(n, device=input.device).reshape((n,) + (1,) * nd)
+    channels_last = input.movedim(1, -1)
 
-    def gather(iy: Tensor, ix: Tensor) -> Tensor:
-        """``input[n, :, iy, ix]`` as ``(N, C, H_out, W_out)``, zero where out of bounds."""
-        valid = (ix >= 0) & (ix <= w - 1) & (iy >= 0) & (iy <= h - 1)
-        vals = input.permute(0, 2, 3, 1)[batch, iy.clamp(0, h - 1), ix.clamp(0, w - 1)]
+    def gather(idx: list) -> Tensor:
+        """``input[n, :, idx...]`` as ``(N, C, *out)``, zero where out of bounds."""
+        valid = None
+        clamped = []
+        for j, i in enumerate(idx):
+            ok = (i >= 0) & (i <= sizes[j] - 1)
+            valid = ok if valid is None else valid & ok
+            clamped.append(i.clamp(0, sizes[j] - 1))
+        vals = channels_last[(batch,) + tuple(clamped)]
         vals = vals * valid.unsqueeze(-1).to(input.dtype)
-        return vals.permute(0, 3, 1, 2)
+        return vals.movedim(-1, 1)
 
+    if mode == "bicubic":
+        out = None
+        base = [c.detach().floor() for c in unnorm]
+        frac = [c - b for c, b in zip(unnorm, base)]
+        coeffs = [_cubic_weights(t) for t in frac]
+        for ty in range(4):
+            cy = _pad_coord(base[0] - 1 + ty, sizes[0], padding_mode, align).long()
+            for tx in range(4):
+                cx = _pad_coord(base[1] - 1 + tx, sizes[1], padding_mode, align).long()
+                term = gather([cy, cx]) * (coeffs[0][ty] * coeffs[1][tx]).unsqueeze(1)
+                out = term if out is None else out + term
+        return out
+    src = [_pad_coord(c, sizes[j], padding_mode, align) for j, c in enumerate(unnorm)]
     if mode == "nearest":
-        ix = gx.detach().round().long()
-        iy = gy.detach().round().long()
-        return gather(iy, ix)
-    x0f = gx.detach().floor()
-    y0f = gy.detach().floor()
-    x0, y0 = x0f.long(), y0f.long()
-    x1, y1 = x0 + 1, y0 + 1
-    wx1 = gx - x0f
-    wx0 = 1 - wx1
-    wy1 = gy - y0f
-    wy0 = 1 - wy1
-    out = gather(y0, x0) * (wy0 * wx0).unsqueeze(1)
-    out = out + gather(y0, x1) * (wy0 * wx1).unsqueeze(1)
-    out = out + gather(y1, x0) * (wy1 * wx0).unsqueeze(1)
-    out = out + gather(y1, x1) * (wy1 * wx1).unsqueeze(1)
+        return gather([c.detach().round().long() for c in src])
+    lo = [c.detach().floor() for c in src]
+    w_hi = [c - f for c, f in zip(src, lo)]
+    lo_i = [f.long() for f in lo]
+    out = None
+    for corner in np.ndindex(*([2] * nd)):
+        idx = [lo_i[j] + corner[j] for j in range(nd)]
+        weight = None
+        for j in range(nd):
+            wj = w_hi[j] if corner[j] else 1 - w_hi[j]
+            weight = wj if weight is None else weight * wj
+        term = gather(idx) * weight.unsqueeze(1)
+        out = term if out is None else out + term
     return out
+
+
+def _cubic_weights(t: Tensor, a: float = -0.75) -> list:
+    """torch's cubic convolution coefficients for the 4 taps around ``t`` in [0, 1)."""
+    def cc1(v: Tensor) -> Tensor:
+        return ((a + 2) * v - (a + 3)) * v * v + 1
+
+    def cc2(v: Tensor) -> Tensor:
+        return ((a * v - 5 * a) * v + 8 * a) * v - 4 * a
+    return [cc2(t + 1.0), cc1(t), cc1(1.0 - t), cc2(2.0 - t)]
 
 
 def _linspace(steps: int, align_corners: bool, dtype: Any, device: Any) -> Tensor:
