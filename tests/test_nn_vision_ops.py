@@ -105,6 +105,19 @@ def test_interpolate_matches_torch(mode, align, kw, shape):
                _a(*shape), atol=1e-6)
 
 
+@pytest.mark.parametrize("mode", ["bilinear", "bicubic"])
+@pytest.mark.parametrize("align", [False, True])
+@pytest.mark.parametrize("kw", [{"size": (3, 10)}, {"scale_factor": 0.37},
+                                {"scale_factor": (2.5, 0.5)}])
+def test_interpolate_antialias_matches_torch(mode, align, kw):
+    _fn_parity(lambda x: F.interpolate(x, mode=mode, align_corners=align, antialias=True, **kw),
+               lambda x: torch.nn.functional.interpolate(x, mode=mode, align_corners=align,
+                                                         antialias=True, **kw),
+               _a(2, 3, 8, 7), atol=1e-9)
+    with pytest.raises(NotImplementedError, match="Anti-alias"):
+        F.interpolate(ember.randn(1, 2, 5), size=3, mode="linear", antialias=True)
+
+
 @pytest.mark.parametrize("cls,kw", [
     ("Upsample", {"scale_factor": 2}), ("Upsample", {"size": (5, 3), "mode": "bilinear"}),
     ("Upsample", {"scale_factor": 1.5, "mode": "bicubic", "align_corners": True}),

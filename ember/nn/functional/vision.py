@@ -155,6 +155,41 @@ def _cubic_dim(x: Tensor, dim: int, out_size: int, align_corners: bool,
     return out
 
 
+def _antialias_weights(in_size: int, out_size: int, align_corners: bool, scale: float | None,
+                       cubic: bool) -> np.ndarray:
+    """``(out, in)`` resampling matrix of torch's antialiased (PIL-style) kernels: the filter
+    (triangle, or cubic with a=-0.5) is widened by the downscaling factor and normalized."""
+    s = _scale(in_size, out_size, align_corners, scale)
+    interp = 4 if cubic else 2
+    support = interp * 0.5 * s if s >= 1.0 else interp * 0.5
+    invscale = 1.0 / s if s >= 1.0 else 1.0
+
+    def filt(x: np.ndarray) -> np.ndarray:
+        x = np.abs(x)
+        if not cubic:
+            return np.maximum(0.0, 1.0 - x)
+        a = -0.5
+        return np.where(x < 1.0, ((a + 2) * x - (a + 3)) * x * x + 1,
+                        np.where(x < 2.0, (((x - 5) * x + 8) * x - 4) * a, 0.0))
+    m = np.zeros((out_size, in_size))
+    for i in range(out_size):
+        center = s * (i + 0.5)
+        lo = max(int(center - support + 0.5), 0)
+        hi = min(int(center + support + 0.5), in_size)
+        j = np.arange(lo, hi)
+        w = filt((j - center + 0.5) * invscale)
+        total = w.sum()
+        m[i, lo:hi] = w / total if total != 0 else w
+    return m
+
+
+def _antialias_dim(x: Tensor, dim: int, out_size: int, align_corners: bool,
+                   scale: float | None, cubic: bool) -> Tensor:
+    m = _antialias_weights(x.shape[dim], out_size, align_corners, scale, cubic)
+    mt = ember.tensor(m.T, dtype=x.dtype, device=x.device)
+    return (x.movedim(dim, -1) @ mt).movedim(-1, dim)
+
+
 def interpolate(input: Tensor, size: Any = None, scale_factor: Any = None,
                 mode: str = "nearest", align_corners: bool | None = None,
                 recompute_scale_factor: bool | None = None, antialias: bool = False) -> Tensor:
@@ -162,7 +197,8 @@ def interpolate(input: Tensor, size: Any = None, scale_factor: Any = None,
 
     Modes: ``nearest``, ``nearest-exact``, ``linear`` (3-d input), ``bilinear``/``bicubic``
     (4-d), ``trilinear`` (5-d) and ``area`` (adaptive average pooling). ``align_corners``
-    applies to the interpolating modes only.
+    applies to the interpolating modes only. ``antialias`` (bilinear/bicubic, 4-d) widens the
+    kernel when downsampling, as PIL does.
     """
     check(isinstance(input, Tensor), "interpolate", f"argument 'input' must be Tensor, not "
                                                     f"{type(input).__name__}", TypeError)
@@ -177,8 +213,10 @@ def interpolate(input: Tensor, size: Any = None, scale_factor: Any = None,
                        "linear | bilinear | bicubic | trilinear")
     elif align_corners is None:
         align_corners = False
-    if antialias:
-        raise _NotImpl(f"[interpolate] antialias=True is not supported by ember (mode {mode!r})",)
+    if antialias and not (mode in ("bilinear", "bicubic") and input.ndim == 4):
+        raise _NotImpl(f"[interpolate] Anti-alias option is restricted to bilinear and bicubic "
+                       f"modes and requires a 4-D tensor as input (got mode {mode!r} and "
+                       f"{input.ndim}-D input)")
     check(input.ndim >= 3, "interpolate", f"expected (N, C, *spatial) input, got shape "
                                           f"{tuple(input.shape)}")
     nd = input.ndim - 2
@@ -204,6 +242,8 @@ def interpolate(input: Tensor, size: Any = None, scale_factor: Any = None,
                 continue
             x = _take(x, dim, _nearest_index(x.shape[dim], out[i], scales[i],
                                              mode == "nearest-exact"))
+        elif antialias:
+            x = _antialias_dim(x, dim, out[i], align_corners, scales[i], mode == "bicubic")
         elif mode == "bicubic":
             x = _cubic_dim(x, dim, out[i], align_corners, scales[i])
         else:
