@@ -315,10 +315,10 @@ def apply(op: OpDef, args: tuple) -> Any:
         raise op_error(op.name, exc, args) from None
 
     multi = type(out) is tuple
-    if not multi and not op.changes_device and type(out) is _ndarray and out_dt is None:
-        # the common case: one CPU array out, dtype decided by the forward
+    if not multi and not op.changes_device and type(out) is _ndarray:
+        # the common case: one CPU array out, in the dtype promotion expects
         dt = _FROM_NP.get(out.dtype)
-        if dt is not None:
+        if dt is not None and (out_dt is None or dt is out_dt):
             res = _make(out, dt, dev)
             if op.view:
                 _link_views(op, args, [res], xp)
