@@ -46,12 +46,19 @@ def _chol_info(xp: Any, A: Any) -> Any:
     info = xp.zeros(flat.shape[0], dtype=xp.int32)
     for b in range(flat.shape[0]):
         for k in range(1, n + 1):
-            try:
-                xp.linalg.cholesky(flat[b, :k, :k])
-            except Exception:
+            if not _chol_ok(xp, flat[b, :k, :k]):
                 info[b] = k
                 break
     return info.reshape(A.shape[:-2])
+
+
+def _chol_ok(xp: Any, M: Any) -> bool:
+    """Whether potrf succeeds: NumPy raises, CuPy returns NaN instead."""
+    try:
+        L = xp.linalg.cholesky(M)
+    except Exception:
+        return False
+    return not bool(xp.isnan(L).any())
 
 
 @register("linalg_cholesky_ex", meta=_chol_meta, sig="A, *, upper=False, check_errors=False",
@@ -72,6 +79,8 @@ class LinalgCholeskyEx(OpDef):
             H = low + xp.conj(xp.swapaxes(xp.tril(low, -1), -1, -2))
             try:
                 L = xp.linalg.cholesky(H)
+                if xp.__name__ != "numpy" and bool(xp.isnan(L).any()):
+                    raise ValueError("not positive-definite")  # CuPy signals with NaN
                 info = xp.zeros(A.shape[:-2], dtype=xp.int32)
             except Exception:
                 info = _chol_info(xp, H)

@@ -11,7 +11,7 @@ import math
 from typing import Any, Sequence
 
 from ember import dtypes as _dt
-from ember.errors import check, make
+from ember.errors import check
 from ember.ops import meta as M
 from ember.ops.linalg_solve import (LinAlgError, check_matrix, eye_like, mH,
                                     permutation_from_pivots, raise_singular, real_dtype_np,
@@ -381,8 +381,8 @@ def lu_unpack(LU_data: Tensor, LU_pivots: Tensor, unpack_data: bool = True,
     """``(P, L, U)`` from the packed output of :func:`lu_factor`."""
     import ember
     check(LU_pivots.dtype is _dt.int32, "lu_unpack",
-          f"LU_pivots is expected to be a contiguous tensor of torch.int32 dtype. Note: this "
-          f"function is intended to be used with the output produced by torch.linalg.lu_factor",
+          "LU_pivots is expected to be a contiguous tensor of torch.int32 dtype. Note: this "
+          "function is intended to be used with the output produced by torch.linalg.lu_factor",
           RuntimeError)
     m, n = LU_data.shape[-2:]
     k = min(m, n)
@@ -587,7 +587,7 @@ def lstsq(A: Tensor, B: Tensor, rcond: float | None = None, *, driver: str | Non
     same_dtype("linalg.lstsq", A, B, "input", "other")
     driver = "gelsy" if driver is None else driver
     check(driver in ("gels", "gelsy", "gelsd", "gelss"), name,
-          f"parameter `driver` should be one of (gels, gelsy, gelsd, gelss)")
+          "parameter `driver` should be one of (gels, gelsy, gelsd, gelss)")
     vec = B.ndim == A.ndim - 1
     Bm = B.unsqueeze(-1) if vec else B
     m, n = A.shape[-2:]

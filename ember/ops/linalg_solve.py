@@ -11,7 +11,7 @@ import warnings
 from typing import Any
 
 from ember import dtypes as _dt
-from ember.errors import EmberRuntimeError, check, make
+from ember.errors import EmberRuntimeError, check
 from ember.ops import meta as M
 from ember.ops.registry import OpDef, TensorMeta, _torch_name, register
 from ember.tensor import Tensor
@@ -168,6 +168,11 @@ class LinalgInvEx(OpDef):
 
     def forward(ctx, xp, A, check_errors):
         try:
+            if xp.__name__ != "numpy":
+                # CuPy returns inf/NaN for a singular matrix instead of raising: ask getrf
+                _, _, info = lu_factor_arrays(xp, A)
+                if bool((info > 0).any()):
+                    raise ValueError("singular")
             inv = xp.linalg.inv(A)
             info = xp.zeros(A.shape[:-2], dtype=xp.int32)
         except Exception:  # a singular matrix somewhere in the batch
@@ -306,6 +311,10 @@ class LinalgSolveMatrix(OpDef):
             X = xp.zeros(batch + B.shape[-2:], dtype=A.dtype)
         else:
             try:
+                if xp.__name__ != "numpy":  # CuPy does not raise for a singular matrix
+                    _, _, info = lu_factor_arrays(xp, xp.ascontiguousarray(Ab))
+                    if bool((info > 0).any()):
+                        raise ValueError("singular")
                 X = xp.linalg.solve(Ab, Bb)
             except Exception:
                 _, _, info = lu_factor_arrays(xp, xp.ascontiguousarray(Ab))
