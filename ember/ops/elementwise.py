@@ -121,7 +121,8 @@ unary_op("frac", lambda xp, x: x - xp.trunc(x) if x.dtype.kind in "fc" else _no_
 unary_op("neg", lambda xp, x: -x, lambda g, x, y: -g, save="", promote=None, onnx="Neg")
 unary_op("positive", lambda xp, x: x.copy(), lambda g, x, y: g, save="", promote=None,
          inplace=False)
-unary_op("abs", lambda xp, x: xp.abs(x), lambda g, x, y: g * x.sign(), promote=None, onnx="Abs")
+unary_op("abs", lambda xp, x: xp.abs(x),
+         lambda g, x, y: g * (x.sgn() if x.is_complex() else x.sign()), promote=None, onnx="Abs")
 unary_op("sign", lambda xp, x: xp.sign(x), _zeros_bwd, save="", promote=None, onnx="Sign")
 unary_op("square", lambda xp, x: x * x, lambda g, x, y: 2 * g * x, promote=None)
 unary_op("relu", lambda xp, x: xp.maximum(x, 0).astype(x.dtype, copy=False),
@@ -205,7 +206,9 @@ class Mul(OpDef):
     """Elementwise product ``input * other``."""
 
     def forward(ctx, xp, input, other):
-        ctx.save(input, other)
+        # each operand is needed only for the other's gradient
+        need = ctx.needs_input_grad
+        ctx.save(input if need[1] else None, other if need[0] else None)
         return xp.multiply(input, other)
 
     def backward(ctx, grad):

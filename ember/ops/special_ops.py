@@ -66,7 +66,7 @@ def _unary(name: str, fwd: Callable, bwd: Callable | None, *, save: str = "x",
 def _float_fwd(fn: str) -> Callable:
     def fwd(xp, x):
         if x.dtype.kind not in "f":
-            raise TypeError(f'"{fn}" not implemented for dtype {x.dtype}')
+            raise make(RuntimeError, fn, f'"{fn}" not implemented for dtype {x.dtype}')
         work = x.astype(xp.float32) if x.dtype.itemsize < 4 else x
         return _keep(xp, _sp(xp, fn)(work), x)
     return fwd
@@ -345,7 +345,7 @@ def _float_pair(name: str) -> Callable:
     def check_float(xp, a, b):
         dt = _result_dtype(xp, a, b)
         if dt.kind != "f":
-            raise TypeError(f'"{name}" not implemented for dtype {dt}')
+            raise make(RuntimeError, name, f'"{name}" not implemented for dtype {dt}')
     return check_float
 
 
@@ -435,7 +435,8 @@ def _int_binary(name: str, fn: str) -> None:
     def fwd(xp, a, b):
         dt = _result_dtype(xp, a, b)
         if dt.kind not in "iu":
-            raise TypeError(f'"{name}" not implemented for dtype {dt}; it needs integer tensors')
+            raise make(RuntimeError, name, f'"{name}" not implemented for dtype {dt}; it needs '
+                                           f'integer tensors')
         return getattr(xp, fn)(a, b)
     _binary(name, fwd, None, promote="default",
             doc=f"Elementwise {'greatest common divisor' if fn == 'gcd' else 'least common multiple'} "
@@ -494,7 +495,9 @@ class Frexp(OpDef):
 
 @composite()
 def ldexp(input: Tensor, other: Any) -> Tensor:
-    """``input * 2**other``."""
+    """``input * 2**other`` (``other`` a tensor, as in torch)."""
+    check(isinstance(other, Tensor), "ldexp", f"ldexp(): argument 'other' (position 2) must "
+                                              f"be Tensor, not {type(other).__name__}", TypeError)
     return input * OPS["pow"].function(2.0, other)
 
 
