@@ -110,10 +110,12 @@ def test_pool_errors_match_torch():
         torch.nn.functional.max_pool2d(torch.randn(1, 1, 4, 4), 2, padding=2)
 
 
-def test_max_pool_nan_and_ties_follow_torch():
-    x = np.array([[[[1.0, 1.0, 0.0, np.nan], [1.0, 0.5, 2.0, 2.0]]]])
-    ye, ie = F.max_pool2d(ember.tensor(x), 2, return_indices=True)
-    yt, it = torch.nn.functional.max_pool2d(torch.tensor(x), 2, return_indices=True)
+@pytest.mark.parametrize("args", [(2,), (3, 1, 1)])
+def test_max_pool_nan_and_ties_follow_torch(args):
+    x = np.array([[[[np.nan, 1.0, 2.0, 2.0], [np.nan, 0.0, 1.0, 2.0],
+                    [3.0, 3.0, np.nan, 1.0], [3.0, 3.0, 1.0, np.nan]]]])
+    ye, ie = F.max_pool2d(ember.tensor(x), *args, return_indices=True)
+    yt, it = torch.nn.functional.max_pool2d(torch.tensor(x), *args, return_indices=True)
     np.testing.assert_array_equal(ie.numpy(), it.numpy())
     np.testing.assert_allclose(ye.numpy(), yt.numpy(), equal_nan=True)
 

@@ -190,19 +190,26 @@ class MaxPool(OpDef):
         v = windows(xp, xpad, k, s, d, out)
         base, offsets = _positions(xp, k, s, p, d, out, sp)
         # One pass per kernel element over output-sized views (NumPy's multi-axis max over a
-        # strided window view is ~10x slower). torch's rule: a later element wins when it is
-        # greater or NaN, so NaNs propagate and ties keep the first index.
-        y = idx = None
-        for j, kidx in enumerate(np.ndindex(*k)):
-            vals = v[(slice(None), slice(None)) + kidx]
-            if y is None:
-                y = vals.copy()
-                idx = xp.broadcast_to(base + offsets[0], y.shape).copy()
-                continue
-            upd = (vals > y) | (vals != vals)
-            # where() beats copyto(where=) by ~5x here; maximum() propagates NaN like torch
-            idx = xp.where(upd, base + offsets[j], idx)
-            y = xp.maximum(y, vals)
+        # strided window view is ~10x slower): first the max, then the index of the first
+        # element equal to it (walking the window backwards, so the first one wins).
+        views = [v[(slice(None), slice(None)) + kidx] for kidx in np.ndindex(*k)]
+        y = views[0].copy()
+        for vals in views[1:]:
+            xp.maximum(y, vals, out=y)  # propagates NaN, like torch
+        idx = xp.broadcast_to(base + offsets[-1], y.shape)
+        for j in range(len(views) - 2, -1, -1):
+            idx = xp.where(views[j] == y, base + offsets[j], idx)
+        if bool(xp.isnan(y).any()):
+            # torch's rule for NaN windows: the last NaN's index (a later element wins when it
+            # is greater or NaN)
+            best = views[0].copy()
+            nan_idx = xp.broadcast_to(base + offsets[0], y.shape).copy()
+            for j, vals in enumerate(views[1:], 1):
+                upd = (vals > best) | (vals != vals)
+                nan_idx = xp.where(upd, base + offsets[j], nan_idx)
+                best = xp.where(upd, vals, best)
+            idx = xp.where(y != y, nan_idx, idx)
+        idx = xp.ascontiguousarray(idx)
         ctx.p = (input.shape, all(s[i] >= d[i] * (k[i] - 1) + 1 for i in range(nd)))
         ctx.save(idx)
         return y.astype(input.dtype, copy=False), idx
