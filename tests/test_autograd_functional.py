@@ -154,3 +154,32 @@ def test_errors_match_torch(call, exc):
         call(torch, TF)
     with pytest.raises(exc):
         call(ember, EF)
+
+
+# ---------------------------------------------------------------- forward_ad (dual tensors)
+def test_forward_ad_tangents_match_torch():
+    efw, tfw = ember.autograd.forward_ad, torch.autograd.forward_ad
+    a = RNG.standard_normal((3, 3)) + 3 * np.eye(3)
+    t = RNG.standard_normal((3, 3))
+    res = []
+    for m, fw in ((ember, efw), (torch, tfw)):
+        with fw.dual_level():
+            d = fw.make_dual(m.tensor(a), m.tensor(t))
+            y = (d.sin() * 2 + d @ d).exp().sum(0)
+            z = m.linalg.inv(d)
+            plain = m.tensor(a)
+            res.append((fw.unpack_dual(y).tangent, fw.unpack_dual(z).tangent,
+                        fw.unpack_dual(plain).tangent, fw.unpack_dual(d).tangent))
+    _cmp(res[0][0], res[1][0])
+    _cmp(res[0][1], res[1][1])
+    assert res[0][2] is None and res[1][2] is None
+    _cmp(res[0][3], res[1][3])
+
+
+def test_forward_ad_errors():
+    efw = ember.autograd.forward_ad
+    with pytest.raises(RuntimeError):
+        efw.make_dual(ember.ones(2), ember.ones(2))          # no level
+    with efw.dual_level():
+        with pytest.raises(RuntimeError, match="different size"):
+            efw.make_dual(ember.ones(2), ember.ones(3))

@@ -133,4 +133,4 @@ def is_anomaly_enabled() -> bool:
     return _State.anomaly
 
 
-from ember.autograd import functional  # noqa: E402,F401  (torch.autograd.functional)
+from ember.autograd import forward_ad, functional  # noqa: E402,F401  (torch.autograd.*)
