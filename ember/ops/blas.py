@@ -44,7 +44,9 @@ class Matmul(OpDef):
     """Matrix product with NumPy's rules for 1-d operands and broadcast batch dims."""
 
     def forward(ctx, xp, input, other):
-        ctx.save(input, other)
+        need = ctx.needs_input_grad  # save only what the needed gradients use
+        ctx.save(input if need[1] else None, other if need[0] else None)
+        ctx.ndims = (input.ndim, other.ndim)
         if input.ndim > 2 and other.ndim == 2 and input.flags.c_contiguous:
             # (*, K) @ (K, N) as one GEMM: NumPy would loop over the leading dims
             y = xp.matmul(input.reshape(-1, input.shape[-1]), other).reshape(
@@ -55,29 +57,31 @@ class Matmul(OpDef):
         return y if y.dtype == input.dtype else y.astype(input.dtype)
 
     def backward(ctx, grad):
-        a, b = ctx.saved
-        a2 = a.unsqueeze(0) if a.ndim == 1 else a
-        b2 = b.unsqueeze(-1) if b.ndim == 1 else b
+        a, b = ctx.saved  # either may be None when its partner needs no gradient
+        a_nd, b_nd = ctx.ndims
         g = grad
-        if a.ndim == 1:
-            g = g.unsqueeze(-2 if b.ndim >= 2 else 0)
-        if b.ndim == 1:
+        if a_nd == 1:
+            g = g.unsqueeze(-2 if b_nd >= 2 else 0)
+        if b_nd == 1:
             g = g.unsqueeze(-1)
         ga = gb = None
         if ctx.next_edges[0] is not None:
-            ga = g.matmul(b2.transpose(-1, -2).conj() if b2.is_complex() else b2.transpose(-1, -2))
-            if a.ndim == 1:
+            b2 = b.unsqueeze(-1) if b_nd == 1 else b
+            bt = b2.transpose(-1, -2)
+            ga = g.matmul(bt.conj() if bt.is_complex() else bt)
+            if a_nd == 1:
                 ga = ga.squeeze(-2)
-        if ctx.next_edges[1] is not None and a.ndim > 2 and b.ndim == 2:
+        if ctx.next_edges[1] is not None and a_nd > 2 and b_nd == 2:
             # b was broadcast over a's leading dims: one GEMM over the flattened rows instead
             # of a batch of per-row-block products summed afterwards (a huge temporary)
             a_rows = a.reshape(-1, a.shape[-1])
             a_rows = a_rows.conj() if a_rows.is_complex() else a_rows
             gb = a_rows.transpose(-1, -2).matmul(g.reshape(-1, g.shape[-1]))
         elif ctx.next_edges[1] is not None:
+            a2 = a.unsqueeze(0) if a_nd == 1 else a
             at = a2.transpose(-1, -2)
             gb = (at.conj() if at.is_complex() else at).matmul(g)
-            if b.ndim == 1:
+            if b_nd == 1:
                 gb = gb.squeeze(-1)
         return ga, gb
 
@@ -116,23 +120,25 @@ class Linear(OpDef):
             y = y.astype(input.dtype)
         if bias is not None:
             y += bias
-        ctx.save(input, weight)
+        need = ctx.needs_input_grad
+        ctx.save(input if need[1] else None, weight if need[0] else None)
         ctx.has_bias = bias is not None
+        ctx.w_ndim = weight.ndim
         return y
 
     def backward(ctx, grad):
-        x, w = ctx.saved
+        x, w = ctx.saved  # either may be None when its partner needs no gradient
         gx = gw = gb = None
         if ctx.next_edges[0] is not None:
             gx = grad.matmul(w) if w.ndim == 2 else grad.unsqueeze(-1) * w
         if ctx.next_edges[1] is not None:
-            if w.ndim == 2:
+            if ctx.w_ndim == 2:
                 g2 = grad.reshape(-1, grad.shape[-1])
                 gw = g2.t().matmul(x.reshape(-1, x.shape[-1]))
             else:
                 gw = (grad.unsqueeze(-1) * x).reshape(-1, x.shape[-1]).sum(0)
         if ctx.has_bias and ctx.next_edges[2] is not None:
-            gb = grad.reshape(-1, grad.shape[-1]).sum(0) if w.ndim == 2 else grad.sum()
+            gb = grad.reshape(-1, grad.shape[-1]).sum(0) if ctx.w_ndim == 2 else grad.sum()
         return gx, gw, gb
 
 

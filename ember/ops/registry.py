@@ -300,7 +300,8 @@ def apply(op: OpDef, args: tuple) -> Any:
                 need_grad = True
                 break
     if need_grad:
-        ctx = _new(op.node_cls)  # no __init__: the node is filled in by _record
+        ctx = _new(op.node_cls)  # no __init__: the node is filled in here and by _record
+        ctx.next_edges = _edges(args[0] if op.variadic else args)
         if _State.anomaly:
             import traceback
             ctx._traceback = traceback.format_stack()[:-2]
@@ -358,6 +359,13 @@ def apply(op: OpDef, args: tuple) -> Any:
     return results[0]
 
 
+class _AllFalse:
+    """``needs_input_grad`` when nothing is recorded: every position is False."""
+
+    def __getitem__(self, i: int) -> bool:
+        return False
+
+
 class _NoCtx:
     """The ctx handed to forward when no graph is recorded: saving is a no-op. One shared
     instance; attributes a forward sets on it are never read back."""
@@ -368,6 +376,7 @@ class _NoCtx:
         pass
 
     save_for_backward = save
+    needs_input_grad = _AllFalse()
 
 
 _NO_CTX = _NoCtx()
@@ -436,9 +445,10 @@ def _link_views(op: OpDef, args: tuple, results: list, xp: Any) -> None:
         r._view_chain = chain
 
 
-def _record(op: OpDef, ctx: OpNode, args: tuple, arr_args: tuple, results: list,
-            tin: list) -> None:
-    inputs = args[0] if op.variadic else args
+def _edges(inputs: Any) -> list:
+    """One edge per positional input: (grad_fn or AccumulateGrad, output_nr, shape, dtype),
+    or None where no gradient is needed. Set on ctx before forward, so a forward can save
+    only what the needed gradients use (``ctx.needs_input_grad``), as torch does."""
     edges = []
     for a in inputs:
         if isinstance(a, Tensor) and a._requires_grad:
@@ -451,7 +461,12 @@ def _record(op: OpDef, ctx: OpNode, args: tuple, arr_args: tuple, results: list,
             edges.append((node, a._output_nr, a._data.shape, a._dtype))
         else:
             edges.append(None)
-    ctx.next_edges = edges
+    return edges
+
+
+def _record(op: OpDef, ctx: OpNode, args: tuple, arr_args: tuple, results: list,
+            tin: list) -> None:
+    inputs = args[0] if op.variadic else args
     if len(results) > 1:
         ctx.n_outputs = len(results)
         ctx.out_meta = [(r._data.shape, r._dtype, r._device) for r in results]

@@ -472,3 +472,22 @@ for _alias, _target in _ALIASES.items():
             setattr(Tensor, _alias, getattr(Tensor, _target))
         if hasattr(Tensor, _target + "_") and not hasattr(Tensor, _alias + "_"):
             setattr(Tensor, _alias + "_", getattr(Tensor, _target + "_"))
+
+
+def _inplace_view(name: str):
+    """``unsqueeze_`` and friends: change ``self``'s shape metadata in place. A leaf stays a
+    leaf (torch's rule); a non-leaf takes the view's history."""
+    def fn(self: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        v = getattr(self, name)(*args, **kwargs)
+        self._data = v._data
+        if self._grad_fn is not None and v._grad_fn is not None:
+            self._grad_fn = v._grad_fn
+            self._output_nr = v._output_nr
+        return self
+    fn.__name__ = name + "_"
+    fn.__doc__ = f"In-place ``{name}``: changes this tensor's shape and strides."
+    return fn
+
+
+for _name in ("unsqueeze", "squeeze", "t", "transpose", "swapdims", "swapaxes", "as_strided"):
+    setattr(Tensor, _name + "_", _inplace_view(_name))
