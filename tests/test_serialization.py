@@ -289,6 +289,7 @@ def test_path_archive_name_and_file_object(tmp_path):
     save({"w": ember.ones(2)}, path)
     assert zipfile.ZipFile(path).namelist()[0] == "model.ckpt/data.pkl"
     assert torch.equal(torch.load(path)["w"], torch.ones(2))
+    assert torch.equal(torch.load(path, mmap=True)["w"], torch.ones(2))  # aligned records
     torch.save({"w": torch.zeros(2)}, str(path))
     with open(path, "rb") as fh:
         assert load(fh)["w"].tolist() == [0.0, 0.0]
