@@ -18,6 +18,10 @@ def get_xp(dev: device) -> Any:
     """The array module (numpy or cupy) that computes on ``dev``."""
     if dev.type == "cpu":
         return np
+    return _cuda_xp()
+
+
+def _cuda_xp() -> Any:
     from ember.backend import cuda
     return cuda.xp()
 

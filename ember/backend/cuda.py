@@ -19,18 +19,28 @@ def _load() -> Any:
     return _cupy
 
 
+_available: list = []
+
+
 def is_available() -> bool:
-    """True when CuPy imports and sees at least one GPU."""
+    """True when CuPy imports and sees at least one GPU (checked once, then cached)."""
+    if _available:
+        return _available[0]
     cp = _load()
-    if cp is None:
-        return False
-    try:
-        return cp.cuda.runtime.getDeviceCount() > 0
-    except Exception:
-        return False
+    ok = False
+    if cp is not None:
+        try:
+            ok = cp.cuda.runtime.getDeviceCount() > 0
+        except Exception:
+            ok = False
+    _available.append(ok)
+    return ok
 
 
 def xp() -> Any:
+    """The CuPy module; called on every CUDA op, so the common path is two lookups."""
+    if _available and _available[0]:
+        return _cupy
     cp = _load()
     if cp is None or not is_available():
         raise RuntimeError(
