@@ -411,6 +411,20 @@ def test_layer_error_names_the_path():
         Model()(ember.randn(64, 100))
     with pytest.raises(RuntimeError, match=r"^\[Linear\] expected input"):
         enn.Linear(784, 2)(ember.randn(64, 100))
+    # forward called directly, and a module method driving the model, still give the path
+    with pytest.raises(RuntimeError, match=r"^\[Linear encoder\.fc1\] expected input"):
+        Model().forward(ember.randn(64, 100))
+
+    class Trainer(enn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = Model()
+
+        def step(self, x):
+            return self.model(x)
+
+    with pytest.raises(RuntimeError, match=r"^\[Linear model\.encoder\.fc1\] expected"):
+        Trainer().step(ember.randn(64, 100))
     seq = enn.Sequential(enn.Linear(4, 8), enn.ReLU(), enn.Linear(4, 2))
     with pytest.raises(RuntimeError, match=r"^\[Linear 2\] expected input \(\*, 4\), got \(3, 8\)"):
         seq(ember.randn(3, 4))

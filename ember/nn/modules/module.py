@@ -10,10 +10,11 @@ Layer paths in errors
 A layer that rejects its input raises through :meth:`Module._layer_error`, whose message
 starts with the layer's class and its qualified name in the model being called, e.g.
 ``[Linear encoder.fc1] expected input (*, 784), got (64, 100)``. The name is computed only
-when an error is raised, so the hot path pays nothing: the helper walks the Python frames of
-the ``Module.__call__`` invocations that are running, takes the outermost module as the root,
-and finds the erroring module in ``root.named_modules()``. A module called on its own (or
-outside any parent's forward) is named by its class alone.
+when an error is raised, so the hot path pays nothing: the helper walks the Python frames,
+collects the modules whose methods are running (``__call__``, ``forward`` called directly, or
+any method such as a trainer's ``step``), and names the erroring module by its path in
+``named_modules()`` of the outermost one that contains it. A module called on its own (or
+outside any parent) is named by its class alone.
 """
 from __future__ import annotations
 
@@ -68,31 +69,28 @@ def _addindent(s_: str, num_spaces: int) -> str:
 
 # ---------------------------------------------------------------------- error paths
 def _calling_modules() -> list:
-    """The modules whose ``__call__`` is on the Python stack, innermost first."""
-    code = Module._call_impl.__code__
-    found = []
+    """The modules running on the Python stack (``__call__``, or a method such as ``forward``
+    called directly), innermost first, each once."""
+    found: list = []
     frame = sys._getframe(1)
     while frame is not None:
-        if frame.f_code is code:
-            m = frame.f_locals.get("self")
-            if isinstance(m, Module):
-                found.append(m)
+        m = frame.f_locals.get("self") if "self" in frame.f_code.co_varnames else None
+        if isinstance(m, Module) and not any(m is x for x in found):
+            found.append(m)
         frame = frame.f_back
     return found
 
 
 def module_path(module: "Module") -> str:
-    """The qualified name of ``module`` inside the outermost module being called ('' when it
-    is the root or is not being called inside a parent)."""
+    """The qualified name of ``module`` inside the outermost running module that contains it
+    ('' when it is that root, or when no running module contains it)."""
     stack = _calling_modules()
-    if not stack:
-        return ""
-    root = stack[-1]
-    if root is module:
-        return ""
-    for name, m in root.named_modules():
-        if m is module:
-            return name
+    for root in reversed(stack):  # outermost first
+        if root is module:
+            return ""
+        for name, m in root.named_modules():
+            if m is module:
+                return name
     return ""
 
 
