@@ -139,10 +139,18 @@ class Tensor:
         return int(_array_address(self._data) - _array_address(base)) // self._dtype.itemsize
 
     def _storage_root(self) -> Any:
+        # Walk .base through everything, including NumPy's as_strided DummyArray (which has
+        # a .base but no dtype), keeping the outermost real array.
         a = self._data
-        while getattr(a, "base", None) is not None and hasattr(a.base, "dtype"):
-            a = a.base
-        return a if a is not self._data else None
+        root = a
+        while True:
+            b = getattr(a, "base", None)
+            if b is None:
+                break
+            if hasattr(b, "dtype") and hasattr(b, "shape"):
+                root = b
+            a = b
+        return root if root is not self._data else None
 
     def data_ptr(self) -> int:
         return int(_array_address(self._data))
