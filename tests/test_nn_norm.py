@@ -174,3 +174,27 @@ def test_float32_norms_match_torch():
         ye, yt = fn(ember, ember.tensor(x)), fn(torch, torch.tensor(x))
         assert ye.dtype == ember.float32
         np.testing.assert_allclose(ye.numpy(), yt.numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("size,channels", [(2, 3), (3, 7), (5, 4), (9, 3)])
+def test_cross_map_lrn2d_matches_torch_forward_and_legacy_backward(size, channels):
+    e, t = nn.CrossMapLRN2d(size, alpha=0.1), torch.nn.CrossMapLRN2d(size, alpha=0.1)
+    compare(e, t, torch, _a(2, channels, 3, 3))
+    assert repr(e) == repr(t)
+    with pytest.raises(ValueError, match=r"\[CrossMapLRN2d\] Expected input to be 4D"):
+        e(ember.randn(2, 3, 4))
+
+
+@pytest.mark.parametrize("name,shape", [("LazyInstanceNorm1d", (2, 3, 5)),
+                                        ("LazyInstanceNorm2d", (2, 3, 4, 4)),
+                                        ("LazyInstanceNorm3d", (3, 2, 3, 2))])
+def test_lazy_instance_norm_infers_num_features(name, shape):
+    m = getattr(nn, name)()
+    x = _a(*shape)
+    y = m(ember.tensor(x))
+    base = name.replace("Lazy", "")
+    assert type(m).__name__ == base and m.num_features == 3
+    t = getattr(torch.nn, base)(m.num_features, affine=True, track_running_stats=True).double()
+    np.testing.assert_allclose(y.detach().numpy(), t(torch.tensor(x)).detach().numpy(),
+                               atol=1e-9)
+    np.testing.assert_allclose(m.running_mean.numpy(), t.running_mean.numpy(), atol=1e-9)

@@ -126,3 +126,38 @@ def test_float32_pooling_keeps_dtype():
                lambda v: F.adaptive_avg_pool2d(v, 3), lambda v: F.adaptive_max_pool2d(v, 3)):
         assert fn(x).dtype == ember.float32
         assert fn(x.half()).dtype == ember.float16
+
+
+@pytest.mark.parametrize("nd,shape,kernel,kw", [
+    (2, (2, 3, 9, 8), 2, {"output_size": (4, 5)}),
+    (2, (2, 3, 9, 8), (3, 2), {"output_ratio": (0.5, 0.6)}),
+    (2, (3, 9, 9), 3, {"output_size": 4}),
+    (3, (1, 2, 7, 6, 8), 2, {"output_size": 3}),
+])
+def test_fractional_max_pool_matches_torch(nd, shape, kernel, kw):
+    batch = shape[0] if len(shape) == nd + 2 else 1
+    samples = rng.uniform(0, 1, (batch, shape[-nd - 1], nd))
+    fe = getattr(F, f"fractional_max_pool{nd}d")
+    ft = getattr(torch.nn.functional, f"fractional_max_pool{nd}d")
+    x = _a(*shape)
+    xe, xt = ember.tensor(x, requires_grad=True), torch.tensor(x, requires_grad=True)
+    ye, ie = fe(xe, kernel, return_indices=True, _random_samples=ember.tensor(samples), **kw)
+    yt, it = ft(xt, kernel, return_indices=True, _random_samples=torch.tensor(samples), **kw)
+    np.testing.assert_array_equal(ie.numpy(), it.numpy())
+    np.testing.assert_allclose(ye.detach().numpy(), yt.detach().numpy())
+    g = _a(*yt.shape)
+    ye.backward(ember.tensor(g))
+    yt.backward(torch.tensor(g))
+    np.testing.assert_allclose(xe.grad.numpy(), xt.grad.numpy())
+
+
+def test_fractional_max_pool_layer():
+    m = nn.FractionalMaxPool2d(3, output_ratio=(0.5, 0.5), return_indices=True)
+    y, idx = m(ember.randn(2, 3, 10, 10))
+    assert tuple(y.shape) == (2, 3, 5, 5) and idx.dtype == ember.int64
+    assert repr(m) == repr(torch.nn.FractionalMaxPool2d(3, output_ratio=(0.5, 0.5)))
+    for kw in ({}, {"output_size": 2, "output_ratio": 0.5}, {"output_ratio": 1.5}):
+        with pytest.raises(ValueError):
+            torch.nn.FractionalMaxPool2d(2, **kw)
+        with pytest.raises(ValueError):
+            nn.FractionalMaxPool2d(2, **kw)

@@ -328,3 +328,110 @@ def max_unpool3d(input: Tensor, indices: Tensor, kernel_size: Any, stride: Any =
                  padding: Any = 0, output_size: Any = None) -> Tensor:
     """Partial inverse of max_pool3d."""
     return _unpool("max_unpool3d", 3, input, indices, kernel_size, stride, padding, output_size)
+
+
+# ---------------------------------------------------------------------- fractional max pooling
+def _fractional_intervals(sample: np.ndarray, in_size: int, out_size: int,
+                          pool: int) -> np.ndarray:
+    """Window starts per (n, c) from uniform samples (torch's generate_intervals)."""
+    if out_size <= 1:
+        return np.full(sample.shape + (max(out_size, 0),), in_size - pool, dtype=np.int64)
+    alpha = (in_size - pool) / (out_size - 1)
+    i = np.arange(out_size - 1)
+    # torch computes in the input's scalar type; float64 then truncation matches for float32
+    starts = (np.floor((i + sample[..., None]) * alpha) -
+              np.floor(sample[..., None] * alpha)).astype(np.int64)
+    last = np.full(sample.shape + (1,), in_size - pool, dtype=np.int64)
+    return np.concatenate([starts, last], -1)
+
+
+def _fractional(name: str, nd: int, input: Tensor, kernel_size: Any, output_size: Any,
+                output_ratio: Any, return_indices: bool, _random_samples: Any) -> Any:
+    if output_size is None and output_ratio is None:
+        raise make(ValueError, name, f"{name} requires specifying either an output_size or an "
+                                     f"output_ratio")
+    x, unb = _batched(name, input, nd)
+    sp = tuple(x.shape[2:])
+    k = ntuple(kernel_size, nd, "kernel_size", name)
+    if output_size is None:
+        ratio = (output_ratio,) * nd if isinstance(output_ratio, (int, float)) else \
+            tuple(output_ratio) * (nd if len(tuple(output_ratio)) == 1 else 1)
+        out = tuple(int(sp[i] * ratio[i]) for i in range(nd))
+    else:
+        out = ntuple(output_size, nd, "output_size", name)
+    for i in range(nd):
+        check(out[i] + k[i] - 1 <= sp[i], name,
+              f"{name}(): pool size {k[i]} and output size {out[i]} are too large for input "
+              f"size {sp[i]} (input {tuple(input.shape)}): need output + pool - 1 <= input")
+    n, c = x.shape[:2]
+    if _random_samples is None:
+        samples = ember.rand(n, c, nd, dtype=x.dtype, device=x.device)
+    else:
+        samples = _random_samples
+    check(tuple(samples.shape) == (n, c, nd), name,
+          f"Expect _random_samples to be of shape ({n}, {c}, {nd}), got "
+          f"{tuple(samples.shape)}")
+    smp = samples.detach().cpu().numpy().astype(np.float64)
+    # torch's sample order: (w, h) in 2-d, but (t, h, w) in 3-d
+    order = [1, 0] if nd == 2 else [0, 1, 2]
+    starts = [_fractional_intervals(smp[..., order[i]], sp[i], out[i], k[i])
+              for i in range(nd)]
+    grids = []
+    for i in range(nd):
+        idx = starts[i][..., :, None] + np.arange(k[i])  # (N, C, out_i, k_i)
+        shape = [n, c] + [1] * (2 * nd)
+        shape[2 + i] = out[i]
+        shape[2 + nd + i] = k[i]
+        grids.append(idx.reshape(shape))
+    flat = None
+    for i in range(nd):
+        term = grids[i] * int(np.prod(sp[i + 1:]))
+        flat = term if flat is None else flat + term
+    flat = np.broadcast_to(flat, (n, c) + out + k).reshape((n, c) + out + (-1,))
+    vals = x.detach().cpu().numpy().reshape(n, c, -1)
+    win = np.take_along_axis(vals, flat.reshape(n, c, -1), 2).reshape(flat.shape)
+    pick = np.argmax(win, -1)
+    nan = np.isnan(win)
+    if nan.any():  # NaN wins, as in torch's kernel
+        pick = np.where(nan.any(-1), np.argmax(nan, -1), pick)
+    idx_np = np.take_along_axis(flat, pick[..., None], -1)[..., 0]
+    indices = ember.tensor(idx_np, dtype=ember.int64, device=x.device)
+    values = apply(OPS["_pool_gather"], (x, indices))
+    res = _unbatch((values, indices), unb)
+    return res if return_indices else res[0]
+
+
+def fractional_max_pool2d(input: Tensor, kernel_size: Any, output_size: Any = None,
+                          output_ratio: Any = None, return_indices: bool = False,
+                          _random_samples: Tensor | None = None) -> Any:
+    """Fractional max pooling (Graham, 2014) over ``(N, C, H, W)``: pseudo-random window
+    positions drawn from ``_random_samples`` (uniform, ``(N, C, 2)``) reach ``output_size``
+    (or ``output_ratio`` of the input size)."""
+    return _fractional("fractional_max_pool2d", 2, input, kernel_size, output_size,
+                       output_ratio, return_indices, _random_samples)
+
+
+def fractional_max_pool3d(input: Tensor, kernel_size: Any, output_size: Any = None,
+                          output_ratio: Any = None, return_indices: bool = False,
+                          _random_samples: Tensor | None = None) -> Any:
+    """Fractional max pooling over ``(N, C, D, H, W)``; ``_random_samples`` is ``(N, C, 3)``."""
+    return _fractional("fractional_max_pool3d", 3, input, kernel_size, output_size,
+                       output_ratio, return_indices, _random_samples)
+
+
+def fractional_max_pool2d_with_indices(input: Tensor, kernel_size: Any, output_size: Any = None,
+                                       output_ratio: Any = None, return_indices: bool = True,
+                                       _random_samples: Tensor | None = None) -> tuple:
+    return fractional_max_pool2d(input, kernel_size, output_size, output_ratio, True,
+                                 _random_samples)
+
+
+def fractional_max_pool3d_with_indices(input: Tensor, kernel_size: Any, output_size: Any = None,
+                                       output_ratio: Any = None, return_indices: bool = True,
+                                       _random_samples: Tensor | None = None) -> tuple:
+    return fractional_max_pool3d(input, kernel_size, output_size, output_ratio, True,
+                                 _random_samples)
+
+
+__all__ += ["fractional_max_pool2d", "fractional_max_pool3d",
+            "fractional_max_pool2d_with_indices", "fractional_max_pool3d_with_indices"]

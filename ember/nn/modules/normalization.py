@@ -19,7 +19,8 @@ from ember.tensor import Tensor
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm", "InstanceNorm1d",
            "InstanceNorm2d", "InstanceNorm3d", "LayerNorm", "GroupNorm", "RMSNorm",
-           "LocalResponseNorm", "LazyBatchNorm1d", "LazyBatchNorm2d", "LazyBatchNorm3d"]
+           "LocalResponseNorm", "CrossMapLRN2d", "LazyBatchNorm1d", "LazyBatchNorm2d",
+           "LazyBatchNorm3d", "LazyInstanceNorm1d", "LazyInstanceNorm2d", "LazyInstanceNorm3d"]
 
 
 class _NormBase(Module):
@@ -470,3 +471,124 @@ class LocalResponseNorm(Module):
 
     def extra_repr(self) -> str:
         return "{size}, alpha={alpha}, beta={beta}, k={k}".format(**self.__dict__)
+
+
+class _CrossMapLRN2dFn(ember.autograd.Function):
+    """torch's legacy cross-map LRN: its forward recurrence and its own backward formula (a
+    symmetric window, not the exact derivative of the forward), both reproduced for parity."""
+
+    @staticmethod
+    def forward(ctx: Any, input: Tensor, size: int, alpha: float, beta: float,
+                k: float) -> Tensor:
+        channels = input.shape[1]
+        sq = input * input
+        pre_pad = int((size - 1) / 2 + 1)
+        scales = [sq[:, :min(pre_pad, channels)].sum(1)]
+        for c in range(1, channels):
+            cur = scales[-1]
+            if c < channels - pre_pad + 1:
+                cur = cur + sq[:, c + pre_pad - 1]
+            if c > pre_pad:
+                cur = cur - sq[:, c - pre_pad]
+            scales.append(cur)
+        scale = ember.stack(scales, 1) * (alpha / size) + k
+        output = input * scale.pow(-beta)
+        ctx.save_for_backward(input, output, scale)
+        ctx.params = (size, alpha, beta)
+        return output
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: Tensor) -> tuple:
+        input, output, scale = ctx.saved_tensors
+        size, alpha, beta = ctx.params
+        channels = input.shape[1]
+        grad_input = scale.pow(-beta) * grad_output
+        ratio = grad_output * output / scale
+        before = int(size - (size - 1) / 2)
+        after = channels + size - 1 - before - channels
+        padded = F.pad(ratio, (0, 0, 0, 0, before, max(after, 0)))[:, :channels + size - 1]
+        cs = F.pad(padded.cumsum(1), (0, 0, 0, 0, 1, 0))
+        accum = cs[:, size:size + channels] - cs[:, :channels]  # window sums of `size`
+        grad_input = grad_input - (2 * alpha * beta / size) * input * accum
+        return grad_input, None, None, None, None
+
+
+class CrossMapLRN2d(Module):
+    """Legacy cross-channel LRN over 4-d input (torch's CrossMapLRN2d, from Lua torch):
+    ``x * (k + alpha/size * running sum of x^2 over channels) ** -beta``, with the legacy
+    running-window recurrence reproduced as is."""
+
+    def __init__(self, size: int, alpha: float = 1e-4, beta: float = 0.75, k: float = 1) -> None:
+        super().__init__()
+        self.size = size
+        self.alpha = alpha
+        self.beta = beta
+        self.k = k
+
+    def forward(self, input: Tensor) -> Tensor:
+        if not isinstance(input, Tensor) or input.dim() != 4:
+            got = f"{input.dim()}D" if isinstance(input, Tensor) else type(input).__name__
+            raise ValueError(f"[CrossMapLRN2d] Expected input to be 4D, got {got} instead.")
+        return _CrossMapLRN2dFn.apply(input, self.size, self.alpha, self.beta, self.k)
+
+    def extra_repr(self) -> str:
+        return "{size}, alpha={alpha}, beta={beta}, k={k}".format(**self.__dict__)
+
+
+class _LazyInstanceNorm(LazyModuleMixin, _InstanceNorm):
+    """An instance norm whose ``num_features`` comes from the first input (channel dim)."""
+
+    weight: UninitializedParameter
+    bias: UninitializedParameter
+
+    def __init__(self, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True,
+                 track_running_stats: bool = True, device: Any = None, dtype: Any = None, *,
+                 bias: bool = True) -> None:
+        super().__init__(0, eps, momentum, False, False)
+        self.affine = affine
+        self.track_running_stats = track_running_stats
+        if self.affine:
+            self.weight = UninitializedParameter(device=device, dtype=dtype)
+            if bias:
+                self.bias = UninitializedParameter(device=device, dtype=dtype)
+        if self.track_running_stats:
+            self.running_mean = UninitializedBuffer(device=device, dtype=dtype)
+            self.running_var = UninitializedBuffer(device=device, dtype=dtype)
+            self.num_batches_tracked = ember.tensor(0, dtype=ember.long, device=device)
+
+    def reset_parameters(self) -> None:
+        if not self.has_uninitialized_params() and self.num_features != 0:
+            super().reset_parameters()
+
+    def initialize_parameters(self, input: Tensor) -> None:
+        if self.has_uninitialized_params():
+            self.num_features = input.shape[input.dim() - (self._nd + 1)]
+            if self.affine:
+                self.weight.materialize((self.num_features,))
+                if self.bias is not None:
+                    self.bias.materialize((self.num_features,))
+            if self.track_running_stats:
+                self.running_mean.materialize((self.num_features,))
+                self.running_var.materialize((self.num_features,))
+            self.reset_parameters()
+
+
+class LazyInstanceNorm1d(_LazyInstanceNorm):
+    """An :class:`InstanceNorm1d` whose ``num_features`` comes from the first input."""
+
+    cls_to_become = InstanceNorm1d
+    _nd = 1
+
+
+class LazyInstanceNorm2d(_LazyInstanceNorm):
+    """An :class:`InstanceNorm2d` whose ``num_features`` comes from the first input."""
+
+    cls_to_become = InstanceNorm2d
+    _nd = 2
+
+
+class LazyInstanceNorm3d(_LazyInstanceNorm):
+    """An :class:`InstanceNorm3d` whose ``num_features`` comes from the first input."""
+
+    cls_to_become = InstanceNorm3d
+    _nd = 3
