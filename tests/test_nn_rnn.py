@@ -315,3 +315,22 @@ def test_lstm_language_model_state_dict_round_trip_and_training_step():
     back.load_state_dict({k: torch.tensor(v.numpy()) for k, v in em.state_dict().items()})
     for (k, a), (_, b) in zip(back.state_dict().items(), tm.state_dict().items()):
         np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-12, err_msg=k)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("cls", ["LSTM", "GRU", "RNN"])
+def test_recurrent_layers_on_cuda_match_cpu(cls):
+    rng = np.random.default_rng(10)
+    x = rng.standard_normal((6, 3, 5))
+    results = []
+    for dev in ("cpu", "cuda"):
+        ember.manual_seed(1)
+        model = getattr(ember.nn, cls)(5, 7, num_layers=2, bidirectional=True).double().to(dev)
+        ex = ember.tensor(x, device=dev, requires_grad=True)
+        out, _ = model(ER.pack_padded_sequence(ex, [6, 4, 2]))
+        (out.data * out.data).sum().backward()
+        results.append([out.data.detach().cpu().numpy(), ex.grad.cpu().numpy(),
+                        model.weight_hh_l0.grad.cpu().numpy(),
+                        model.weight_ih_l1_reverse.grad.cpu().numpy()])
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, atol=1e-10)

@@ -198,3 +198,27 @@ def test_errors_match_torch_types(call, exc):
         call(torch)
     with pytest.raises(exc):
         call(ember)
+
+
+@pytest.mark.cuda
+def test_transformer_layer_and_embedding_bag_on_cuda_match_cpu():
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((5, 3, 8))
+    w = rng.standard_normal((10, 8))
+    results = []
+    for dev in ("cpu", "cuda"):
+        ember.manual_seed(2)
+        layer = ember.nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0).double().to(dev)
+        ex = ember.tensor(x, device=dev, requires_grad=True)
+        mask = ember.nn.Transformer.generate_square_subsequent_mask(5, device=dev,
+                                                                    dtype=ember.float64)
+        out = layer(ex, mask)
+        ew = ember.tensor(w, device=dev, requires_grad=True)
+        bag = ember.nn.functional.embedding_bag(ember.tensor([1, 2, 4, 4, 3], device=dev), ew,
+                                                ember.tensor([0, 2], device=dev), mode="max")
+        (out.sum() + (bag * bag).sum()).backward()
+        results.append([out.detach().cpu().numpy(), ex.grad.cpu().numpy(),
+                        layer.self_attn.in_proj_weight.grad.cpu().numpy(),
+                        bag.detach().cpu().numpy(), ew.grad.cpu().numpy()])
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, atol=1e-10)
