@@ -162,6 +162,8 @@ def _view_as_complex_meta(op: Any, input: Any) -> TensorMeta:
                              f"{st}", hint="call .contiguous() first")
     check(all(s % 2 == 0 for s in st[:-1]), name,
           f"Tensor must have a stride divisible by 2 for all but last dimension, got {st}")
+    check(input.storage_offset() % 2 == 0, name,
+          f"Tensor must have a storage_offset divisible by 2, got {input.storage_offset()}")
     return TensorMeta(tuple(shape[:-1]), input._dtype.to_complex())
 
 
