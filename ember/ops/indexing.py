@@ -197,9 +197,8 @@ class Put(OpDef):
             if xp is np:
                 np.add.at(out, key, v)
             else:
-                import cupyx
                 region = out[key]
-                cupyx.scatter_add(out, key, xp.broadcast_to(xp.asarray(v, out.dtype), region.shape))
+                xp.add.at(out, key, xp.broadcast_to(xp.asarray(v, out.dtype), region.shape))
         else:
             try:
                 out[key] = v
