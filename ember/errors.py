@@ -29,7 +29,11 @@ class EmberValueError(EmberError, ValueError):
     pass
 
 
-_KINDS = {RuntimeError: EmberRuntimeError, IndexError: EmberIndexError,
+class EmberNotImplementedError(EmberError, NotImplementedError):
+    """torch raises NotImplementedError for some dtype/op combinations; so does ember."""
+
+
+_KINDS = {NotImplementedError: EmberNotImplementedError, RuntimeError: EmberRuntimeError, IndexError: EmberIndexError,
           TypeError: EmberTypeError, ValueError: EmberValueError}
 
 

@@ -200,7 +200,8 @@ def _size(size: Sequence) -> tuple:
 
 def _float_dtype(dtype: Any, op: str) -> _dt.dtype:
     dt = _dt.to_dtype(dtype) if dtype is not None else _dt.get_default_dtype()
-    check(dt.category >= 2, op, f"\"{op}\" not implemented for '{dt.name}'")
+    check(dt.category >= 2, op, f"\"{op}\" not implemented for '{dt.name}'",
+          NotImplementedError, hint="random floats need a floating dtype; use randint for ints")
     return dt
 
 
