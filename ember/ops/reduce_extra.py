@@ -11,6 +11,7 @@ from ember import dtypes as _dt
 from ember.errors import check, make
 from ember.ops import meta as M
 from ember.ops.registry import OPS, OpDef, TensorMeta, apply, composite, register
+from ember.ops.scatter import inclusive_scan
 from ember.ops.sorting import pick_backward
 from ember.tensor import Tensor
 
@@ -94,15 +95,14 @@ def _cumext(name: str, fn: str, out_type: type) -> None:
             if input.ndim == 0:
                 ctx.save(None)
                 return input.copy(), xp.zeros((), xp.int64)
-            ufunc = getattr(xp, fn)
-            vals = ufunc.accumulate(input, axis=d)
+            vals = inclusive_scan(xp, fn, input, d)
             hit = input == vals
             if input.dtype.kind in "fc":
                 hit = hit | (xp.isnan(input) & xp.isnan(vals))
             shape = [1] * input.ndim
             shape[d] = -1
             pos = xp.arange(input.shape[d]).reshape(shape)
-            idx = xp.maximum.accumulate(xp.where(hit, pos, 0), axis=d).astype(xp.int64)
+            idx = inclusive_scan(xp, "maximum", xp.where(hit, pos, 0), d).astype(xp.int64)
             ctx.save(idx)
             return vals, idx
 
@@ -134,7 +134,7 @@ class LogCumSumExp(OpDef):
             y = xp.log(xp.cumsum(xp.exp(input - m), axis=d)) + m
         else:
             work = input.astype(xp.float32) if input.dtype.itemsize < 4 else input
-            y = xp.logaddexp.accumulate(work, axis=d).astype(input.dtype)
+            y = inclusive_scan(xp, "logaddexp", work, d).astype(input.dtype)
         ctx.save(input, y)
         return y
 

@@ -60,6 +60,22 @@ def dim_key(xp: Any, index: Any, dim: int) -> tuple:
     return tuple(key)
 
 
+def inclusive_scan(xp: Any, ufunc: str, x: Any, axis: int) -> Any:
+    """``xp.<ufunc>.accumulate(x, axis)`` for an associative, commutative ufunc (maximum,
+    minimum, logaddexp). CuPy has no ``accumulate`` for these: there the scan takes log2(n)
+    shifted elementwise steps (Hillis-Steele)."""
+    if xp is np:
+        return getattr(np, ufunc).accumulate(x, axis=axis)
+    fn = getattr(xp, ufunc)
+    out = xp.moveaxis(x, axis, -1).copy()
+    n, shift = out.shape[-1], 1
+    while shift < n:
+        nxt = out.copy()
+        nxt[..., shift:] = fn(out[..., shift:], out[..., :-shift])
+        out, shift = nxt, shift * 2
+    return xp.moveaxis(out, -1, axis)
+
+
 def reduce_at(xp: Any, kind: str, out: Any, key: tuple, vals: Any) -> None:
     """Unbuffered ``out[key] (op)= vals``: repeated positions all contribute."""
     if xp is np:
@@ -72,28 +88,27 @@ def reduce_at(xp: Any, kind: str, out: Any, key: tuple, vals: Any) -> None:
     vals = xp.broadcast_to(xp.asarray(vals, out.dtype), region_shape)
     if kind == "sum":
         cupyx.scatter_add(out, key, vals)
-    elif kind == "amax":
-        cupyx.scatter_max(out, key, vals)
-    elif kind == "amin":
-        cupyx.scatter_min(out, key, vals)
     else:
-        _rounds_at(xp, out, key, vals)
+        # cupyx.scatter_max/min lose float64 precision, and there is no multiply.at
+        _rounds_at(xp, out, key, vals, {"prod": xp.multiply, "amax": xp.maximum,
+                                        "amin": xp.minimum}[kind])
 
 
-def _rounds_at(xp: Any, out: Any, key: tuple, vals: Any) -> None:
-    # CuPy has no multiply.at: apply one occurrence of each target per round, so a round never
-    # writes a position twice; rounds = the largest multiplicity.
+def _rounds_at(xp: Any, out: Any, key: tuple, vals: Any, fn: Any) -> None:
+    # Apply one occurrence of each target per round, so a round never writes a position
+    # twice; rounds = the largest multiplicity. Exact in every dtype.
     pos = xp.arange(out.size).reshape(out.shape)[key].reshape(-1)
     v = vals.reshape(-1)
     order = xp.argsort(pos, kind="stable")
     pos, v = pos[order], v[order]
     starts = xp.concatenate([xp.ones(1, bool), pos[1:] != pos[:-1]]) if pos.size else pos
-    group_start = xp.maximum.accumulate(xp.where(starts, xp.arange(pos.size), 0))
+    group_start = inclusive_scan(xp, "maximum", xp.where(starts, xp.arange(pos.size), 0), 0)
     rank = xp.arange(pos.size) - group_start
     flat = out.reshape(-1)
     for r in range(int(rank.max()) + 1 if rank.size else 0):
         sel = rank == r
-        flat[pos[sel]] *= v[sel]
+        at = pos[sel]
+        flat[at] = fn(flat[at], v[sel])
 
 
 def inplace_variant(name: str, fn: Callable) -> Callable:

@@ -401,10 +401,18 @@ class Unique(OpDef):
 
     def forward(ctx, xp, input, dim):
         if dim is None:
+            # sort once; every NaN is its own value, as in torch (NumPy/CuPy merge NaNs)
             flat = input.reshape(-1)
-            kw = {"equal_nan": False} if xp is np else {}
-            vals, inv, cnt = xp.unique(flat, return_inverse=True, return_counts=True, **kw)
-            return vals, inv.reshape(input.shape).astype(xp.int64), cnt.astype(xp.int64)
+            s, order = sort_arrays(xp, flat, 0, False)
+            if s.size == 0:
+                return s, xp.zeros(input.shape, xp.int64), xp.zeros(0, xp.int64)
+            starts = xp.concatenate([xp.ones(1, bool), s[1:] != s[:-1]])
+            run = xp.cumsum(starts) - 1
+            inv = xp.empty(flat.shape, xp.int64)
+            inv[order] = run
+            pos = xp.nonzero(starts)[0]
+            cnt = xp.diff(xp.concatenate([pos, xp.asarray([s.size])])).astype(xp.int64)
+            return s[pos], inv.reshape(input.shape), cnt
         d = M.wrap_dim("unique", dim, input.ndim)
         if input.shape[d] == 0:
             return (input.copy(), xp.zeros(0, xp.int64), xp.zeros(0, xp.int64))

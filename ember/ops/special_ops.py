@@ -100,7 +100,9 @@ class Polygamma(OpDef):
         work = input.astype(xp.float32) if input.dtype.itemsize < 4 else input
         if n == 0:
             return _keep(xp, _sp(xp, "psi")(work), input)
-        return _keep(xp, _sp(xp, "polygamma")(n, work), input)
+        # an array order: cupyx's polygamma broadcasts n with x
+        order = xp.full(work.shape, n, dtype=work.dtype)
+        return _keep(xp, _sp(xp, "polygamma")(order, work), input)
 
     def backward(ctx, grad):
         (x,) = ctx.saved
