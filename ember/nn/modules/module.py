@@ -392,7 +392,9 @@ class Module:
         return self._apply(convert)
 
     def share_memory(self) -> "Module":
-        return self
+        """Move parameters and buffers to shared memory (see ``ember.multiprocessing``)."""
+        from ember.multiprocessing import share_memory_
+        return self._apply(share_memory_)
 
     # ------------------------------------------------------------------ hooks
     def register_full_backward_pre_hook(self, hook: Callable, prepend: bool = False
