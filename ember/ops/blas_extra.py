@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import itertools
 import warnings
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 

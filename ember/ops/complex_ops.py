@@ -14,7 +14,7 @@ import math
 from typing import Any
 
 from ember import dtypes as _dt
-from ember.errors import check, make
+from ember.errors import check
 from ember.ops import meta as M
 from ember.ops.registry import OPS, OpDef, TensorMeta, composite, register
 from ember.tensor import Tensor

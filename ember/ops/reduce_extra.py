@@ -5,12 +5,10 @@ from __future__ import annotations
 from collections import namedtuple
 from typing import Any
 
-import numpy as np
-
 from ember import dtypes as _dt
 from ember.errors import check, make
 from ember.ops import meta as M
-from ember.ops.registry import OPS, OpDef, TensorMeta, apply, composite, register
+from ember.ops.registry import OPS, OpDef, TensorMeta, composite, register
 from ember.ops.scatter import inclusive_scan
 from ember.ops.sorting import pick_backward
 from ember.tensor import Tensor

@@ -6,14 +6,13 @@ composite of registered ops (views where torch returns views).
 """
 from __future__ import annotations
 
-import math
 import warnings
 from typing import Any, Sequence
 
 import numpy as np
 
 from ember import dtypes as _dt
-from ember.errors import check, make
+from ember.errors import check
 from ember.ops import meta as M
 from ember.ops.registry import OPS, OpDef, PUBLIC_FUNCTIONS, TensorMeta, apply, composite, register
 from ember.ops.movement import _size

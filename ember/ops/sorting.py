@@ -16,7 +16,7 @@ import numpy as np
 from ember import dtypes as _dt
 from ember.errors import check, make
 from ember.ops import meta as M
-from ember.ops.registry import OPS, OpDef, PUBLIC_FUNCTIONS, TensorMeta, apply, composite, register
+from ember.ops.registry import OPS, OpDef, TensorMeta, apply, composite, register
 from ember.tensor import Tensor
 
 
