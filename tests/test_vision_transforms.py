@@ -311,3 +311,28 @@ def test_geometry_random_transforms_shapes():
                           T.Normalize([0.5] * 3, [0.5] * 3)])
     assert tuple(composed(img).shape) == (3, 8, 8)
     assert "Compose(" in repr(composed)
+
+
+class _CropParams(ember.utils.data.Dataset):
+    """Each item: the crop box RandomResizedCrop draws for the same 40x50 image."""
+
+    def __init__(self):
+        self.img = ember.zeros(3, 40, 50)
+
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, i):
+        return ember.tensor(T.RandomResizedCrop.get_params(self.img, (0.08, 1.0), (0.75, 1.33)))
+
+
+def test_dataloader_workers_draw_different_reproducible_params():
+    def run():
+        ember.manual_seed(123)
+        loader = ember.utils.data.DataLoader(_CropParams(), batch_size=4, num_workers=2)
+        return [b.numpy() for b in loader]
+    a, b = run(), run()
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)  # same seed, same augmentations
+    # the two workers (one batch each) do not replay the same stream
+    assert not np.array_equal(a[0], a[1])
