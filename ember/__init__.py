@@ -94,8 +94,10 @@ def are_deterministic_algorithms_enabled() -> builtins_bool:
 
 
 def set_num_threads(n: _builtins.int) -> None:
-    """Recorded only: NumPy's BLAS sizes its own thread pool."""
+    """Threads for large GEMMs (small ones always run on one; see ember.backend.cpu)."""
+    from ember.backend.cpu import set_default_threads
     _THREADS[0] = n
+    set_default_threads(n)
 
 
 def get_num_threads() -> _builtins.int:

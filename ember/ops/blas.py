@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+from ember.backend.cpu import gemm_threads
 from ember.errors import check, make
 from ember.ops import meta as M
 from ember.ops.registry import OPS, OpDef, TensorMeta, apply, composite, register
@@ -47,6 +48,7 @@ class Matmul(OpDef):
         need = ctx.needs_input_grad  # save only what the needed gradients use
         ctx.save(input if need[1] else None, other if need[0] else None)
         ctx.ndims = (input.ndim, other.ndim)
+        gemm_threads(xp, input.size * (other.shape[-1] if other.ndim > 1 else 1))
         if input.ndim > 2 and other.ndim == 2 and input.flags.c_contiguous:
             # (*, K) @ (K, N) as one GEMM: NumPy would loop over the leading dims
             y = xp.matmul(input.reshape(-1, input.shape[-1]), other).reshape(
@@ -115,7 +117,8 @@ class Linear(OpDef):
             y = xp.matmul(input.reshape(-1, input.shape[-1]), weight.T).reshape(
                 input.shape[:-1] + (weight.shape[0],))
         else:
-            y = xp.matmul(input, weight.T)
+            gemm_threads(xp, input.size * (weight.shape[0] if weight.ndim > 1 else 1))
+        y = xp.matmul(input, weight.T)
         if y.dtype != input.dtype:  # bfloat16: fp32 accumulation, rounded once
             y = y.astype(input.dtype)
         if bias is not None:
