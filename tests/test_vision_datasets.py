@@ -207,3 +207,37 @@ def test_extract_archive_tar_zip_gz(tmp_path):
     assert (out / "in_zip.txt").read_text() == "hello"
     assert (out / "b.txt").read_bytes() == b"gz"
     assert os.path.getsize(out / "b.txt") == 2
+
+
+def test_mnist_download_path_with_mirror_fallback(tmp_path):
+    """download=True runs the real code: mirror URLs, md5 check, gunzip into raw/.
+
+    The 'mirrors' are file:// URLs (no network); the first one is missing, so the loop has
+    to fall back to the second."""
+    src = tmp_path / "mirror"
+    src.mkdir()
+    rng = np.random.default_rng(7)
+    resources = []
+    for prefix, n in (("train", 4), ("t10k", 2)):
+        for kind, arr in (("images-idx3", rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)),
+                          ("labels-idx1", rng.integers(0, 10, n).astype(np.uint8))):
+            name = f"{prefix}-{kind}-ubyte.gz"
+            with gzip.open(src / name, "wb") as f:
+                f.write(_idx_bytes(arr))
+            resources.append((name, calculate_md5(str(src / name))))
+
+    class Mirrored(datasets.MNIST):
+        mirrors = [f"file://{tmp_path}/missing/", f"file://{src}/"]
+
+    Mirrored.resources = resources
+    root = tmp_path / "data"
+    ds = Mirrored(str(root), train=True, download=True)
+    assert len(ds) == 4
+    assert (root / "Mirrored" / "raw" / "train-images-idx3-ubyte").is_file()
+    bad = [(n, "0" * 32) for n, _ in resources]
+
+    class Corrupt(Mirrored):
+        resources = bad
+
+    with pytest.raises(RuntimeError, match="Error downloading"):
+        Corrupt(str(tmp_path / "other"), download=True)

@@ -149,15 +149,15 @@ def to_pil_image(pic: Any, mode: str | None = None) -> Any:
         mode = expected_mode
     elif npimg.shape[2] == 2:
         if mode is not None and mode != "LA":
-            raise ValueError(f"Only modes ['LA'] are supported for 2D inputs")
+            raise ValueError("Only modes ['LA'] are supported for 2D inputs")
         mode = "LA"
     elif npimg.shape[2] == 4:
         if mode is not None and mode not in ("RGBA", "CMYK", "RGBX"):
-            raise ValueError(f"Only modes ['RGBA', 'CMYK', 'RGBX'] are supported for 4D inputs")
+            raise ValueError("Only modes ['RGBA', 'CMYK', 'RGBX'] are supported for 4D inputs")
         mode = mode or "RGBA"
     else:
         if mode is not None and mode not in ("RGB", "YCbCr", "HSV"):
-            raise ValueError(f"Only modes ['RGB', 'YCbCr', 'HSV'] are supported for 3D inputs")
+            raise ValueError("Only modes ['RGB', 'YCbCr', 'HSV'] are supported for 3D inputs")
         mode = mode or "RGB"
     if mode is None:
         raise TypeError(f"Input type {npimg.dtype} is not supported")
