@@ -24,6 +24,7 @@ def test_scalars_histograms_images_text(tmp_path):
         for step in range(3):
             w.add_scalar("loss", 1.0 / (step + 1), step)
         w.add_scalar("t", ember.tensor(2.5), 7)
+        w.add_scalar("ns", 0.25, 3, new_style=True, double_precision=True)
         vals = ember.randn(1000)
         w.add_histogram("w", vals, 0)
         w.add_image("img", ember.rand(3, 4, 5), 1)
@@ -35,6 +36,8 @@ def test_scalars_histograms_images_text(tmp_path):
     assert [e.step for e in loss] == [0, 1, 2]
     np.testing.assert_allclose([e.value for e in loss], [1.0, 0.5, 1 / 3], rtol=1e-6)
     assert acc.Scalars("t")[0].value == 2.5 and acc.Scalars("t")[0].step == 7
+    ns = acc.Tensors("ns")[0]
+    assert ns.step == 3 and ns.tensor_proto.double_val[0] == 0.25
     h = acc.Histograms("w")[0].histogram_value
     assert h.num == 1000
     np.testing.assert_allclose(h.sum, float(vals.sum()), rtol=1e-4, atol=1e-3)

@@ -30,11 +30,21 @@ def make_np(x: Any) -> np.ndarray:
     raise NotImplementedError(f"Got {type(x)}, but numpy array or torch tensor are expected.")
 
 
-def scalar(name: str, value: Any) -> Summary:
+def scalar(name: str, value: Any, new_style: bool = False,
+           double_precision: bool = False) -> Summary:
+    """A scalar summary: ``simple_value``, or with ``new_style`` a tensor summary of the
+    scalars plugin (float64 when ``double_precision``)."""
     arr = make_np(value).squeeze()
     if arr.ndim != 0:
         raise ValueError(f"scalar should be 0D, got shape {arr.shape}")
-    return Summary(value=[Summary.Value(tag=name, simple_value=float(arr))])
+    if not new_style:
+        return Summary(value=[Summary.Value(tag=name, simple_value=float(arr))])
+    if double_precision:
+        tensor = TensorProto(double_val=[float(arr)], dtype="DT_DOUBLE")
+    else:
+        tensor = TensorProto(float_val=[float(arr)], dtype="DT_FLOAT")
+    smd = SummaryMetadata(plugin_data=SummaryMetadata.PluginData(plugin_name="scalars"))
+    return Summary(value=[Summary.Value(tag=name, tensor=tensor, metadata=smd)])
 
 
 def _default_bins() -> np.ndarray:

@@ -110,7 +110,8 @@ class SummaryWriter:
                    walltime: float | None = None, new_style: bool = False,
                    double_precision: bool = False) -> None:
         """Log one number (a float, or a 0-d/1-element tensor)."""
-        self._get_file_writer().add_summary(_s.scalar(tag, scalar_value), global_step, walltime)
+        summary = _s.scalar(tag, scalar_value, new_style, double_precision)
+        self._get_file_writer().add_summary(summary, global_step, walltime)
 
     def add_scalars(self, main_tag: str, tag_scalar_dict: dict[str, Any],
                     global_step: int | None = None, walltime: float | None = None) -> None:
