@@ -118,7 +118,12 @@ class Linear(OpDef):
                 input.shape[:-1] + (weight.shape[0],))
         else:
             gemm_threads(xp, input.size * (weight.shape[0] if weight.ndim > 1 else 1))
-        y = xp.matmul(input, weight.T)
+        if input.ndim > 2 and weight.ndim == 2:
+            # (*, K) @ (K, N) as one GEMM over the flattened rows (NumPy would loop)
+            y = xp.matmul(input.reshape(-1, input.shape[-1]), weight.T).reshape(
+                input.shape[:-1] + (weight.shape[0],))
+        else:
+            y = xp.matmul(input, weight.T)
         if y.dtype != input.dtype:  # bfloat16: fp32 accumulation, rounded once
             y = y.astype(input.dtype)
         if bias is not None:
