@@ -157,3 +157,83 @@ def test_missing_weights_offline_raise_clear_error(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="not in the cache"):
         models.alexnet(weights="IMAGENET1K_V1")
     assert not os.listdir(tmp_path / "hub" / "checkpoints")
+
+
+def _torch_resnet18(torch, num_classes):
+    """torchvision's ResNet-18 layout written with torch.nn only (torchvision itself cannot
+    be installed beside torch 2.13 here): same module names, so the state_dicts match."""
+    nn = torch.nn
+
+    class Block(nn.Module):
+        def __init__(self, cin, cout, stride):
+            super().__init__()
+            self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+            self.bn1 = nn.BatchNorm2d(cout)
+            self.relu = nn.ReLU(inplace=True)
+            self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+            self.bn2 = nn.BatchNorm2d(cout)
+            self.downsample = None
+            if stride != 1 or cin != cout:
+                self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
+                                                nn.BatchNorm2d(cout))
+
+        def forward(self, x):
+            idt = x if self.downsample is None else self.downsample(x)
+            out = self.relu(self.bn1(self.conv1(x)))
+            return self.relu(self.bn2(self.conv2(out)) + idt)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
+            self.bn1 = nn.BatchNorm2d(64)
+            self.relu = nn.ReLU(inplace=True)
+            self.maxpool = nn.MaxPool2d(3, 2, 1)
+            chans = [(64, 64, 1), (64, 128, 2), (128, 256, 2), (256, 512, 2)]
+            for i, (cin, cout, s) in enumerate(chans):
+                setattr(self, f"layer{i + 1}", nn.Sequential(Block(cin, cout, s),
+                                                             Block(cout, cout, 1)))
+            self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+            self.fc = nn.Linear(512, num_classes)
+
+        def forward(self, x):
+            x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+            x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+            return self.fc(torch.flatten(self.avgpool(x), 1))
+
+    return Net()
+
+
+def test_resnet18_matches_torch_built_equivalent():
+    torch = pytest.importorskip("torch")
+    ember.manual_seed(0)
+    em = models.resnet18(num_classes=5)
+    tm = _torch_resnet18(torch, 5)
+    sd = {k: torch.from_numpy(v.numpy().copy()) for k, v in em.state_dict().items()}
+    # non-trivial BN statistics so eval mode exercises them
+    rng = np.random.default_rng(0)
+    for k in sd:
+        if k.endswith("running_mean"):
+            sd[k] = torch.from_numpy(rng.normal(0, 0.1, sd[k].shape).astype(np.float32))
+        elif k.endswith("running_var"):
+            sd[k] = torch.from_numpy(rng.uniform(0.5, 1.5, sd[k].shape).astype(np.float32))
+    tm.load_state_dict(sd)
+    em.load_state_dict({k: ember.tensor(v.numpy()) for k, v in sd.items()})
+    x = rng.standard_normal((4, 3, 64, 64)).astype(np.float32)
+    em.eval()
+    tm.eval()
+    with ember.no_grad():
+        a = em(ember.tensor(x)).numpy()
+    with torch.no_grad():
+        b = tm(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    # training mode: batch statistics and gradients agree too
+    em.train()
+    tm.train()
+    xe = ember.tensor(x, requires_grad=True)
+    xt = torch.from_numpy(x).requires_grad_(True)
+    em(xe).square().sum().backward()
+    tm(xt).square().sum().backward()
+    np.testing.assert_allclose(em.conv1.weight.grad.numpy(), tm.conv1.weight.grad.numpy(),
+                               rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(xe.grad.numpy(), xt.grad.numpy(), rtol=1e-3, atol=1e-4)
