@@ -75,6 +75,17 @@ def is_storage(obj: _Any) -> builtins_bool:
     return False
 
 
+def set_float32_matmul_precision(precision: str) -> None:
+    """Float32 matmul precision on CUDA ('highest', or TF32 with 'high'/'medium')."""
+    from ember.backends import set_float32_matmul_precision as _set
+    _set(precision)
+
+
+def get_float32_matmul_precision() -> str:
+    from ember.backends import get_float32_matmul_precision as _get
+    return _get()
+
+
 def typename(obj: _Any) -> str:
     if isinstance(obj, Tensor):
         return obj.type()
