@@ -415,7 +415,8 @@ class Im2Col(OpDef):
         p, s = ntuple(padding, nd), ntuple(stride, nd)
         ctx.p = (input.shape[1:], k, d, p, s)
         cols, _ = im2col(xp, input, k, s, p, d)
-        return xp.array(cols, copy=True) if np.shares_memory(cols, input) else cols
+        # the 1x1 fast path returns a view of the input; the op promises a new tensor
+        return cols.copy() if xp.may_share_memory(cols, input) else cols
 
     def backward(ctx, grad):
         sp, k, d, p, s = ctx.p
