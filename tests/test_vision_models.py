@@ -145,6 +145,11 @@ def test_pretrained_weights_load_from_cache_dir(tmp_path, monkeypatch):
     m = models.squeezenet1_1(weights=models.SqueezeNet1_1_Weights.IMAGENET1K_V1)
     for k, v in src.state_dict().items():
         np.testing.assert_array_equal(m.state_dict()[k].numpy(), v.numpy())
+    # torchvision's deprecated spelling still works, with its warning
+    with pytest.warns(UserWarning, match="pretrained"):
+        legacy = models.squeezenet1_1(pretrained=True)
+    np.testing.assert_array_equal(legacy.features[0].weight.numpy(),
+                                  src.features[0].weight.numpy())
 
 
 def test_missing_weights_offline_raise_clear_error(tmp_path, monkeypatch):

@@ -7,6 +7,7 @@ Offline, a missing file raises a RuntimeError that names the file to place there
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
@@ -14,6 +15,7 @@ import shutil
 import urllib.error
 import urllib.parse
 import urllib.request
+import warnings
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -137,11 +139,33 @@ BUILTIN_MODELS: dict[str, Callable] = {}
 _MODEL_WEIGHTS: dict[Callable, type] = {}
 
 
+def _handle_legacy_pretrained(fn: Callable, weights_enum: type) -> Callable:
+    """Accept torchvision's deprecated ``pretrained=True/False`` (maps to IMAGENET1K_V1)."""
+    @functools.wraps(fn)
+    def builder(*args: Any, **kwargs: Any) -> Any:
+        if args:
+            if len(args) > 1 or "pretrained" in kwargs:
+                raise TypeError(f"{fn.__name__}() takes at most 1 positional argument "
+                                f"(the deprecated 'pretrained')")
+            kwargs["pretrained"] = args[0]
+        if "pretrained" in kwargs:
+            pretrained = kwargs.pop("pretrained")
+            if kwargs.get("weights") is not None and pretrained:
+                raise ValueError("pass either 'weights' or the deprecated 'pretrained', not both")
+            warnings.warn("The parameter 'pretrained' is deprecated since 0.13 and may be "
+                          "removed in the future, please use 'weights' instead.", UserWarning)
+            legacy = getattr(weights_enum, "IMAGENET1K_V1", None) or weights_enum.DEFAULT
+            kwargs["weights"] = legacy if pretrained else kwargs.get("weights")
+        return fn(**kwargs)
+    return builder
+
+
 def register_model(name: str | None = None, weights: type | None = None) -> Callable:
     """Record a builder under ``name`` (default its own name) with its weights enum."""
     def wrapper(fn: Callable) -> Callable:
         key = name if name is not None else fn.__name__
         if weights is not None:
+            fn = _handle_legacy_pretrained(fn, weights)
             _MODEL_WEIGHTS[fn] = weights
         if key in BUILTIN_MODELS:
             raise ValueError(f"An entry is already registered under the name '{key}'.")
