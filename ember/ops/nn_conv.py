@@ -456,7 +456,8 @@ class Col2Im(OpDef):
         p, s = ntuple(padding, nd), ntuple(stride, nd)
         ctx.p = (k, d, p, s)
         c = input.shape[1] // math.prod(k)
-        return col2im(xp, input, c, tuple(output_size), k, s, p, d)
+        out = col2im(xp, input, c, tuple(output_size), k, s, p, d)
+        return out.copy() if xp.may_share_memory(out, input) else out
 
     def backward(ctx, grad):
         k, d, p, s = ctx.p
