@@ -116,8 +116,11 @@ openmp = _Flag("openmp")
 def set_float32_matmul_precision(precision: str) -> None:
     """'highest' (full float32), 'high' or 'medium' (TF32 on CUDA); as torch."""
     if precision not in ("highest", "high", "medium"):
-        raise RuntimeError(f"Invalid precision '{precision}': expected 'highest', 'high' or "
-                           "'medium'")
+        # torch warns and leaves the setting unchanged
+        warnings.warn(f"{precision} is not one of 'highest', 'high', or 'medium'; the "
+                      "set_float32_matmul_precision call has no effect.", UserWarning,
+                      stacklevel=2)
+        return
     _PRECISION[0] = precision
     _apply_tf32(precision != "highest")
 
