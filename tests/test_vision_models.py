@@ -148,8 +148,8 @@ def test_pretrained_weights_load_from_cache_dir(tmp_path, monkeypatch):
     # torchvision's deprecated spelling still works, with its warning
     with pytest.warns(UserWarning, match="pretrained"):
         legacy = models.squeezenet1_1(pretrained=True)
-    np.testing.assert_array_equal(legacy.features[0].weight.numpy(),
-                                  src.features[0].weight.numpy())
+    np.testing.assert_array_equal(legacy.features[0].weight.detach().numpy(),
+                                  src.features[0].weight.detach().numpy())
 
 
 def test_missing_weights_offline_raise_clear_error(tmp_path, monkeypatch):
