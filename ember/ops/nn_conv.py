@@ -19,6 +19,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ember.backend.cpu import gemm_threads
+
 from ember.errors import check, make
 from ember.ops.registry import OPS, OpDef, TensorMeta, apply, register
 from ember.tensor import Tensor
@@ -129,6 +131,7 @@ def conv_forward(xp: Any, x: Any, w: Any, stride: tuple, padding: tuple, dilatio
     ksize = w.shape[2:]
     cols, out = im2col(xp, x, ksize, stride, padding, dilation)
     length = cols.shape[-1]
+    gemm_threads(xp, w.size * length)  # NumPy runs one GEMM per sample: size it per sample
     if groups == 1:
         y = xp.matmul(w.reshape(o, -1), cols)
     else:
@@ -151,6 +154,7 @@ def conv_input_grad(xp: Any, g: Any, w: Any, sp: tuple, stride: tuple, padding: 
         return _input_grad_wide(xp, g, wt, n, groups * cg, sp, ksize, padding, dilation, groups)
     length = math.prod(out)
     g2 = g.reshape(n, groups, o // groups, length)
+    gemm_threads(xp, w.size * length)
     dcols = xp.matmul(wt, g2).reshape(n, groups * cg * math.prod(ksize), length)
     return col2im(xp, dcols, groups * cg, sp, ksize, stride, padding, dilation)
 
@@ -201,6 +205,7 @@ def conv_weight_grad(xp: Any, x: Any, g: Any, ksize: tuple, stride: tuple, paddi
     # (folding n into one GEMM would copy the whole column matrix; measured 3-4x slower).
     g2 = g.reshape(n, groups, o // groups, length)
     c2 = cols.reshape(n, groups, -1, length).transpose(0, 1, 3, 2)
+    gemm_threads(xp, g2.shape[2] * length * c2.shape[3])
     dw = xp.matmul(g2, c2).sum(0)
     return dw.reshape((o, c // groups) + tuple(ksize))
 

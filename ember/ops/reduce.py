@@ -105,7 +105,7 @@ class Mean(OpDef):
 
     def forward(ctx, xp, input, dim, keepdim, dtype):
         out_dt = _dt.to_dtype(dtype).np if dtype is not None else input.dtype
-        if xp.dtype(out_dt).kind not in "fc":
+        if _dt._FROM_NP[xp.dtype(out_dt)].category < 2:  # (bfloat16's NumPy kind is 'V')
             name = {"int64": "Long", "int32": "Int", "bool": "Bool", "uint8": "Byte",
                     "int16": "Short", "int8": "Char"}.get(str(xp.dtype(out_dt)), str(out_dt))
             raise RuntimeError(f"mean(): could not infer output dtype. Input dtype must be "
