@@ -44,21 +44,19 @@ def _rois(name: str, boxes: Any) -> np.ndarray:
 
 
 def _interp_matrix(coords: np.ndarray, size: int) -> np.ndarray:
-    """(S, size) bilinear weights of sample coordinates along one axis (torchvision's rule)."""
+    """(S, size) bilinear weights of sample coordinates along one axis (torchvision's rule:
+    samples beyond one pixel outside the map contribute zero, the rest clamp to the edge)."""
+    valid = (coords >= -1.0) & (coords <= size)
+    c = np.maximum(coords, 0.0)
+    low = np.floor(c).astype(np.int64)
+    at_end = low >= size - 1
+    low = np.where(at_end, size - 1, low)
+    high = np.where(at_end, size - 1, low + 1)
+    frac = np.where(at_end, 0.0, c - low)
     m = np.zeros((coords.shape[0], size))
-    for s, c in enumerate(coords):
-        if c < -1.0 or c > size:
-            continue  # outside the map: the sample contributes zero
-        c = max(c, 0.0)
-        low = int(c)
-        if low >= size - 1:
-            high = low = size - 1
-            c = float(low)
-        else:
-            high = low + 1
-        frac = c - low
-        m[s, low] += 1.0 - frac
-        m[s, high] += frac
+    rows = np.arange(coords.shape[0])
+    np.add.at(m, (rows, low), np.where(valid, 1.0 - frac, 0.0))
+    np.add.at(m, (rows, high), np.where(valid, frac, 0.0))
     return m
 
 
