@@ -216,7 +216,9 @@ def _plot(history: dict, test_set: Any, preds: np.ndarray, path: str) -> None:
     ax1b.plot(history["val_acc"], color="tab:green", label="val accuracy")
     ax1.set_xlabel("epoch")
     ax1.set_title("training curves")
-    ax1.legend(loc="center right")
+    ax1b.set_ylabel("val accuracy")
+    lines = ax1.get_lines() + ax1b.get_lines()
+    ax1.legend(lines, [ln.get_label() for ln in lines], loc="center right")
     ax2.imshow(cm, cmap="Blues")
     for i in range(10):
         for j in range(10):
