@@ -145,3 +145,18 @@ def test_pool_and_api_surface():
     for name in ("Process", "Queue", "SimpleQueue", "Pool", "set_start_method",
                  "get_start_method", "get_context", "spawn"):
         assert hasattr(mp, name)
+
+
+class _Squares(ember.utils.data.Dataset):
+    def __len__(self):
+        return 10
+
+    def __getitem__(self, i):
+        return ember.full((3,), float(i * i))
+
+
+def test_dataloader_workers_unaffected_by_the_reducer():
+    # DataLoader workers keep their own transport even with the tensor reducer registered
+    loader = ember.utils.data.DataLoader(_Squares(), batch_size=5, num_workers=2)
+    out = ember.cat([b for b in loader])
+    np.testing.assert_array_equal(out[:, 0].numpy(), np.arange(10) ** 2)

@@ -144,8 +144,17 @@ def _rebuild_tensor(df: Any, nbytes: int, offset: int, shape: tuple, strides: tu
     return t
 
 
+def _in_dataloader_worker() -> bool:
+    # DataLoader workers have their own batch transport (ember.utils.data._shm) and may exit
+    # right after sending, before the main process could duplicate a descriptor of theirs
+    from ember.utils.data import _shm
+    return _shm._State.tag is not None
+
+
 def reduce_tensor(t: Tensor) -> tuple:
     """Pickle a CPU tensor as a handle to its shared memory (moving it there first)."""
+    if _in_dataloader_worker():
+        return t.__reduce_ex__(4)
     if t.device.type != "cpu":
         raise RuntimeError(f"[multiprocessing] sharing {t.device} tensors between processes "
                            f"is not supported by ember; move the tensor to the CPU first")
