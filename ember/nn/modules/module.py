@@ -37,6 +37,8 @@ from ember.nn.modules._hooks import (  # noqa: F401  (re-exported: torch.nn.modu
     register_module_forward_hook, register_module_forward_pre_hook,
     register_module_full_backward_hook, register_module_full_backward_pre_hook,
     register_module_module_registration_hook, register_module_parameter_registration_hook)
+from ember.nn.modules._paths import (  # noqa: F401  (re-exported for layer modules)
+    _addindent, _calling_modules, layer_error, module_path)
 from ember.nn.parameter import Buffer, Parameter, is_lazy
 from ember.tensor import Tensor
 
@@ -56,49 +58,6 @@ class _IncompatibleKeys(namedtuple("IncompatibleKeys", ["missing_keys", "unexpec
         return super().__repr__()
 
     __str__ = __repr__
-
-
-def _addindent(s_: str, num_spaces: int) -> str:
-    lines = s_.split("\n")
-    if len(lines) == 1:
-        return s_
-    first = lines.pop(0)
-    lines = [(num_spaces * " ") + line for line in lines]
-    return first + "\n" + "\n".join(lines)
-
-
-# ---------------------------------------------------------------------- error paths
-def _calling_modules() -> list:
-    """The modules running on the Python stack (``__call__``, or a method such as ``forward``
-    called directly), innermost first, each once."""
-    found: list = []
-    frame = sys._getframe(1)
-    while frame is not None:
-        m = frame.f_locals.get("self") if "self" in frame.f_code.co_varnames else None
-        if isinstance(m, Module) and not any(m is x for x in found):
-            found.append(m)
-        frame = frame.f_back
-    return found
-
-
-def module_path(module: "Module") -> str:
-    """The qualified name of ``module`` inside the outermost running module that contains it
-    ('' when it is that root, or when no running module contains it)."""
-    stack = _calling_modules()
-    for root in reversed(stack):  # outermost first
-        if root is module:
-            return ""
-        for name, m in root.named_modules():
-            if m is module:
-                return name
-    return ""
-
-
-def layer_error(module: "Module", kind: type, msg: str, hint: str | None = None) -> Exception:
-    """An exception of type ``kind`` whose message names the layer: ``[Linear encoder.fc1] msg``."""
-    path = module_path(module)
-    tag = type(module).__name__ + (f" {path}" if path else "")
-    return make(kind, tag, msg, hint)
 
 
 def _forward_unimplemented(self: "Module", *input: Any) -> None:
