@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import functools
 import itertools
-import sys
 import warnings
 from collections import OrderedDict, namedtuple
 from typing import Any, Callable, Iterator
