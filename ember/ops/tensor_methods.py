@@ -491,3 +491,18 @@ def _inplace_view(name: str):
 
 for _name in ("unsqueeze", "squeeze", "t", "transpose", "swapdims", "swapaxes", "as_strided"):
     setattr(Tensor, _name + "_", _inplace_view(_name))
+
+
+def _share_memory_(self: Tensor) -> Tensor:
+    """Move this CPU tensor's data into shared memory (loads ``ember.multiprocessing``)."""
+    import ember.multiprocessing  # noqa: F401  (installs the real methods on Tensor)
+    return Tensor.share_memory_(self)
+
+
+def _is_shared(self: Tensor) -> bool:
+    import ember.multiprocessing  # noqa: F401
+    return Tensor.is_shared(self)
+
+
+Tensor.share_memory_ = _share_memory_
+Tensor.is_shared = _is_shared
