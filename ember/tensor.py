@@ -467,22 +467,16 @@ def _make(data: Any, dtype: _dt.dtype, device_: device, requires_grad: bool = Fa
     return t
 
 
+_STATE_SLOTS = tuple(n for n in Tensor.__slots__ if n not in ("__weakref__", "__dict__"))
+
+
 def _copy_state(t: Tensor, data: Any, dtype: _dt.dtype, device_: device,
                 requires_grad: bool) -> None:
-    t._data = data
-    t._dtype = dtype
-    t._device = device_
-    t._requires_grad = requires_grad
-    t._grad_fn = None
-    t._output_nr = 0
-    t._version = [0]
-    t._base = None
-    t._view_chain = None
-    t._grad = None
-    t._acc = None
-    t._hooks = None
-    t._retains_grad = False
-    t._inference = False
+    """Give an already-created Tensor (a subclass instance) the state of a fresh tensor."""
+    fresh = _make(data, dtype, device_, requires_grad)
+    fresh._inference = False
+    for name in _STATE_SLOTS:
+        setattr(t, name, getattr(fresh, name))
 
 
 def _rebuild(data: np.ndarray, dtype_name: str, dev: str, requires_grad: bool,

@@ -19,13 +19,10 @@ LN2 = math.log(2.0)
 LN10 = math.log(10.0)
 
 
-def _float_only(name: str) -> Callable:
-    return M.unary
-
-
 def unary_op(name: str, fwd: Callable, bwd: Callable | None, *, save: str = "x",
              promote: str | None = "int_to_float", onnx: str | None = None,
-             inplace: bool = True, method: bool = True, doc: str = "") -> OpDef:
+             inplace: bool = True, method: bool = True, function: bool | str = True,
+             node: str | None = None, doc: str = "") -> OpDef:
     """Declare a unary op. ``bwd(g, x, y)`` gets the saved input ``x`` or output ``y``."""
     differentiable = bwd is not None
 
@@ -49,7 +46,8 @@ def unary_op(name: str, fwd: Callable, bwd: Callable | None, *, save: str = "x",
             return bwd(grad, x, y)
 
     return register(name, meta=M.unary, promote=promote, inplace=inplace, onnx=onnx,
-                    differentiable=differentiable, method=method)(Unary)
+                    differentiable=differentiable, method=method, function=function,
+                    node_name=node)(Unary)
 
 
 def _sp(xp: Any, fn: str) -> Callable:

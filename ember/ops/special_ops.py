@@ -18,7 +18,7 @@ from ember import dtypes as _dt
 from ember.backend import special
 from ember.errors import check, make
 from ember.ops import meta as M
-from ember.ops.elementwise import _where
+from ember.ops.elementwise import unary_op, _where
 from ember.ops.registry import OPS, OpDef, TensorMeta, composite, register
 from ember.ops.scatter import inplace_variant
 from ember.tensor import Tensor
@@ -40,27 +40,9 @@ def _keep(xp: Any, y: Any, x: Any) -> Any:
 def _unary(name: str, fwd: Callable, bwd: Callable | None, *, save: str = "x",
            promote: str | None = "int_to_float", inplace: bool = True, method: bool = True,
            function: bool | str = True, node: str | None = None, doc: str = "") -> None:
-    """Declare a unary op; ``bwd(g, x, y)`` gets the saved input ``x`` or output ``y``."""
-
-    class Unary(OpDef):
-        __doc__ = doc or f"Elementwise ``{name}``."
-
-        def forward(ctx, xp, input):
-            y = fwd(xp, input)
-            if save == "x":
-                ctx.save(input)
-            elif save == "y":
-                ctx.save(y)
-            return y
-
-        def backward(ctx, grad):
-            saved = ctx.saved
-            x = saved[0] if save == "x" else None
-            y = saved[0] if save == "y" else None
-            return bwd(grad, x, y)
-
-    register(name, meta=M.unary, promote=promote, inplace=inplace, method=method,
-             function=function, differentiable=bwd is not None, node_name=node)(Unary)
+    """Declare a unary op through the shared factory (``elementwise.unary_op``)."""
+    unary_op(name, fwd, bwd, save=save, promote=promote, inplace=inplace, method=method,
+             function=function, node=node, doc=doc or f"Elementwise ``{name}``.")
 
 
 def _float_fwd(fn: str) -> Callable:
