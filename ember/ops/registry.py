@@ -59,6 +59,10 @@ class OpDef:
     node_cls: type = None  # type: ignore[assignment]
     changes_device: bool = False  # outputs may live on another device (``_to_copy``)
     out_type: Any = None   # a namedtuple type for multi-output ops (values, indices)
+    # A CUDA implementation (an OpDef-like class with forward/backward over CuPy arrays) that
+    # ember.backend.cuda_ops installs on first GPU use; its forward may return NotImplemented
+    # to fall back to the generic xp code for cases it does not cover.
+    cuda_impl: Any = None
 
     def forward(ctx, xp, *args):  # pragma: no cover - abstract
         raise NotImplementedError
@@ -85,6 +89,7 @@ class OpNode(Node):
     _released = False
     n_outputs = 1
     out_meta = ()
+    _impl = None  # the CUDA implementation whose forward ran, when one did
 
     def __init__(self) -> None:  # lean on purpose: runs once per recorded op call
         if _State.anomaly:
@@ -156,7 +161,12 @@ class OpNode(Node):
         return tuple(e is not None for e in self.next_edges)
 
     def apply_backward(self, grads: list) -> tuple:
-        res = self.op.backward(self, *grads)
+        impl = self._impl
+        # A fused CUDA backward works on raw arrays; double backward needs the generic one.
+        if impl is not None and not _State.enabled:
+            res = impl.backward(self, *grads)
+        else:
+            res = self.op.backward(self, *grads)
         if self.op.variadic:
             return tuple(res[0])  # one gradient per tensor of the sequence argument
         if not isinstance(res, (tuple, list)):
@@ -308,7 +318,15 @@ def apply(op: OpDef, args: tuple) -> Any:
     else:
         ctx = _NO_CTX
     try:
-        out = op.forward(ctx, xp, *arr_args)
+        impl = op.cuda_impl
+        if impl is not None and xp is not _np:
+            out = impl.forward(ctx, xp, *arr_args)
+            if out is NotImplemented:
+                out = op.forward(ctx, xp, *arr_args)
+            elif ctx is not _NO_CTX:
+                ctx._impl = impl
+        else:
+            out = op.forward(ctx, xp, *arr_args)
     except EmberError:
         raise
     except (TypeError, ValueError, IndexError, RuntimeError, ArithmeticError, AttributeError,
