@@ -34,6 +34,9 @@ def is_available() -> bool:
         except Exception:
             ok = False
     _available.append(ok)
+    if ok:
+        from ember.backend import cuda_ops  # noqa: PLC0415 - only once CUDA is known to work
+        cuda_ops.install()
     return ok
 
 
