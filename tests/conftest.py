@@ -35,6 +35,32 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(skip_cuda)
 
 
+# EMBER_TEST_DEVICE=cuda re-runs CPU test files with ember's default device set to CUDA, so
+# the nn parity tests (ember against torch on the CPU) check every layer's GPU forward and
+# backward. Only for the device machine: `EMBER_TEST_DEVICE=cuda pytest tests/test_nn_*.py`.
+# Tests read results with .numpy(); in this mode a CUDA tensor is copied to the host for them.
+_TEST_DEVICE = os.environ.get("EMBER_TEST_DEVICE", "cpu")
+
+
+@pytest.fixture(autouse=True)
+def _test_device(monkeypatch):
+    if _TEST_DEVICE == "cpu":
+        yield
+        return
+    import ember
+    orig = ember.Tensor.numpy
+
+    def numpy(self, *, force=False):
+        return orig(self, force=True) if self.device.type != "cpu" and not (
+            self.requires_grad and ember.is_grad_enabled()) else orig(self, force=force)
+    monkeypatch.setattr(ember.Tensor, "numpy", numpy)
+    ember.set_default_device(_TEST_DEVICE)
+    try:
+        yield
+    finally:
+        ember.set_default_device("cpu")
+
+
 @pytest.fixture
 def torch_mod():
     return pytest.importorskip("torch")
