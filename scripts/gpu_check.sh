@@ -12,11 +12,11 @@ cd "${SNAP:-.}" && export PYTHONPATH=.:${PYTHONPATH:-}
 parts=${*:-tests nn opdb bench demo}
 for p in $parts; do
   case $p in
-    tests) python3 -m pytest -m cuda -q -n 8 -p no:cacheprovider tests \
+    tests) python3 -m pytest -m cuda -n 8 -p no:cacheprovider tests \
              --ignore=tests/test_opdb.py > "$OUT/$p.log" 2>&1 ;;
-    nn)    EMBER_TEST_DEVICE=cuda python3 -m pytest -q -n 8 -p no:cacheprovider \
+    nn)    EMBER_TEST_DEVICE=cuda python3 -m pytest -n 8 -p no:cacheprovider \
              tests/test_nn_*.py > "$OUT/$p.log" 2>&1 ;;
-    opdb)  python3 -m pytest tests/test_opdb.py -m cuda -q -n 8 -p no:cacheprovider \
+    opdb)  python3 -m pytest tests/test_opdb.py -m cuda -n 8 -p no:cacheprovider \
              > "$OUT/$p.log" 2>&1 ;;
     bench) python3 -m bench.gpu > "$OUT/$p.log" 2>&1 ;;
     demo)  python3 -m ember.examples.digits --device cuda --out "$OUT/digits" \
