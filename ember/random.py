@@ -281,7 +281,10 @@ def randperm(n: int, *, generator: Generator | None = None, out: Any = None, dty
     dt = _dt.to_dtype(dtype) if dtype is not None else _dt.int64
     dev = _device(device)
     rng = _gen_for(dev, generator)
-    arr = rng.permutation(n).astype(dt.np)
+    if hasattr(rng, "permutation"):
+        arr = rng.permutation(n).astype(dt.np)
+    else:  # CuPy's Generator has no permutation: sort uniform keys on the device instead
+        arr = rng.random(n).argsort().astype(dt.np)
     return _wrap(arr, dt, dev, requires_grad)
 
 

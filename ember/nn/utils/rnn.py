@@ -189,7 +189,7 @@ def pack_padded_sequence(input: Tensor, lengths: Tensor | Sequence[int], batch_f
     idx = np.concatenate(rows) if rows else np.zeros(0, np.int64)
     flat = input.reshape(T * B, *input.shape[2:])
     data = flat[ember.tensor(idx, device=input.device)]
-    return PackedSequence(data, ember.tensor(bs), sorted_indices, None)
+    return PackedSequence(data, ember.tensor(bs, device="cpu"), sorted_indices, None)
 
 
 def pad_packed_sequence(sequence: PackedSequence, batch_first: bool = False,
@@ -225,7 +225,7 @@ def pad_packed_sequence(sequence: PackedSequence, batch_first: bool = False,
                      device=data.device)
     padded = ember.cat([data, pad], 0)[ember.tensor(np.ascontiguousarray(idx),
                                                     device=data.device)]
-    return padded, ember.tensor(lengths.astype(np.int64))
+    return padded, ember.tensor(lengths.astype(np.int64), device="cpu")
 
 
 def pad_sequence(sequences: Tensor | Iterable[Tensor], batch_first: bool = False,
