@@ -45,6 +45,12 @@ def _dropout_with_mask(input: Tensor, p: float, mask_shape: tuple, inplace: bool
     x = _src(input, inplace)
     if p == 1.0:
         return _finish(input, x * 0, inplace)
+    if x._device.type == "cuda" and mask_shape == tuple(x.shape):
+        # one fused kernel each way, mask hashed from the CUDA generator (backend/cuda_ops)
+        from ember.backend.cuda_ops.kernels_dropout import fused_dropout
+        out = fused_dropout(x, p)
+        if out is not NotImplemented:
+            return _finish(input, out, inplace)
     mask = _keep_mask(input, mask_shape, p)
     return _finish(input, x * (mask / (1.0 - p)), inplace)
 

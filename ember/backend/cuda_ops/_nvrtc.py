@@ -1,0 +1,219 @@
+"""Compile, cache and launch ember's own NVRTC kernels (the ``kernels_*`` modules).
+
+Each kernel family is one CUDA source whose ``__global__`` functions are templates over the
+storage type ``T`` (and, for a few, an index type). :func:`function` compiles a family once
+per template-argument tuple with ``cupy.RawModule`` and hands back the instantiated function;
+nothing is compiled before a kernel's first call, and nothing here imports CuPy at module
+import (``import ember`` must not initialise CUDA).
+
+Half types are handled without ``cuda_fp16.h``/``cuda_bf16.h``: the storage structs below hold
+the 16 raw bits, loads widen to float (bf16 by a shift, fp16 by the PTX ``cvt`` instruction),
+stores round to nearest even. The CUDA headers are not always on NVRTC's include path when
+CuPy comes from a wheel, and kernels only ever compute in float32, so the header types would
+buy nothing. All arithmetic is fp32; only loads and stores see the storage type.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+# storage type (C++ name) per dtype name; float64 is left to the generic code on purpose:
+# these kernels accumulate in fp32, which would break float64's precision contract.
+CTYPES = {"float32": "float", "bfloat16": "bf16_t", "float16": "half_t"}
+INDEX_CTYPES = {"int64": "long long", "int32": "int"}
+
+PRELUDE = r"""
+#ifndef INFINITY
+#define INFINITY __int_as_float(0x7f800000)
+#endif
+struct bf16_t { unsigned short bits; };
+struct half_t { unsigned short bits; };
+
+__device__ __forceinline__ float ld(const float* p, long long i) { return p[i]; }
+__device__ __forceinline__ float ld(const bf16_t* p, long long i) {
+    return __uint_as_float(((unsigned int)p[i].bits) << 16);
+}
+__device__ __forceinline__ float ld(const half_t* p, long long i) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(p[i].bits));
+    return f;
+}
+__device__ __forceinline__ void st(float* p, long long i, float v) { p[i] = v; }
+__device__ __forceinline__ void st(bf16_t* p, long long i, float v) {
+    unsigned int u = __float_as_uint(v);
+    if ((u & 0x7fffffffu) > 0x7f800000u) {          // NaN: keep it a (quiet) NaN
+        p[i].bits = (unsigned short)((u >> 16) | 0x40u);
+        return;
+    }
+    u += 0x7fffu + ((u >> 16) & 1u);                 // round to nearest, ties to even
+    p[i].bits = (unsigned short)(u >> 16);
+}
+__device__ __forceinline__ void st(half_t* p, long long i, float v) {
+    unsigned short h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(v));
+    p[i].bits = h;
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+// Sum over threadIdx.x. Rows are either one warp each (blockDim.x == 32, any blockDim.y: no
+// shared memory, no barrier) or one block each (blockDim.y == 1). Every thread of the row
+// gets the total. `sh` holds 32 floats; the leading barrier lets calls follow each other.
+__device__ __forceinline__ float row_sum(float v, float* sh) {
+    v = warp_sum(v);
+    if (blockDim.x == 32) return v;
+    int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    __syncthreads();
+    if (lane == 0) sh[wid] = v;
+    __syncthreads();
+    v = lane < nw ? sh[lane] : 0.f;
+    return warp_sum(v);
+}
+
+// Online softmax state (running max m, sum s of exp(x - m)); merge keeps -inf and NaN right.
+__device__ __forceinline__ void ms_add(float& m, float& s, float v) {
+    if (v > m) { s = s * expf(m - v) + 1.f; m = v; }
+    else if (v != -INFINITY) { s += expf(v - m); }
+}
+__device__ __forceinline__ void ms_merge(float& m, float& s, float m2, float s2) {
+    if (m2 > m) { s = s * expf(m - m2) + s2; m = m2; }
+    else if (m2 != -INFINITY) { s += s2 * expf(m2 - m); }
+}
+__device__ __forceinline__ void row_ms(float& m, float& s, float* shm, float* shs) {
+    for (int o = 16; o > 0; o >>= 1) {
+        float m2 = __shfl_xor_sync(0xffffffffu, m, o);
+        float s2 = __shfl_xor_sync(0xffffffffu, s, o);
+        ms_merge(m, s, m2, s2);
+    }
+    if (blockDim.x == 32) return;
+    int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    __syncthreads();
+    if (lane == 0) { shm[wid] = m; shs[wid] = s; }
+    __syncthreads();
+    m = lane < nw ? shm[lane] : -INFINITY;
+    s = lane < nw ? shs[lane] : 0.f;
+    for (int o = 16; o > 0; o >>= 1) {
+        float m2 = __shfl_xor_sync(0xffffffffu, m, o);
+        float s2 = __shfl_xor_sync(0xffffffffu, s, o);
+        ms_merge(m, s, m2, s2);
+    }
+}
+"""
+
+_SOURCES: dict[str, tuple[str, tuple[str, ...]]] = {}
+_MODULES: dict = {}
+_FUNCS: dict = {}
+
+
+def define(family: str, source: str, kernels: tuple[str, ...]) -> None:
+    """Register a kernel family: CUDA ``source`` (the prelude is prepended) and the names of
+    its ``__global__`` templates (all taking the same template arguments)."""
+    _SOURCES[family] = (source, kernels)
+
+
+def function(family: str, name: str, targs: str) -> Any:
+    """The compiled ``name<targs>`` of ``family`` (compiling the family on first use)."""
+    key = (family, name, targs)
+    fn = _FUNCS.get(key)
+    if fn is not None:
+        return fn
+    import cupy  # noqa: PLC0415 - lazy: only once a CUDA op runs
+    mkey = (family, targs, cupy.cuda.runtime.getDevice())
+    mod = _MODULES.get(mkey)
+    source, kernels = _SOURCES[family]
+    if mod is None:
+        exprs = [f"{k}<{targs}>" for k in kernels]
+        mod = cupy.RawModule(code=PRELUDE + source, options=("-std=c++17",),
+                             name_expressions=exprs)
+        _MODULES[mkey] = mod
+    fn = _Launcher(mod.get_function(f"{name}<{targs}>"))
+    _FUNCS[key] = fn
+    return fn
+
+
+class _Launcher:
+    """A compiled kernel; ``launcher(grid, block, args)`` runs it on the current stream.
+
+    Arrays go to the kernel as CuPy ndarrays (their device pointers). Should a CuPy version
+    refuse an array of a dtype it does not know (bfloat16 comes from ml_dtypes), the raw
+    pointers are passed instead; the kernel sees the same bytes either way.
+    """
+
+    __slots__ = ("fn", "raw")
+
+    def __init__(self, fn: Any) -> None:
+        self.fn = fn
+        self.raw = False
+
+    def __call__(self, grid: tuple, block: tuple, args: tuple, shared_mem: int = 0) -> None:
+        if not self.raw:
+            try:
+                self.fn(grid, block, args, shared_mem=shared_mem)
+                return
+            except (TypeError, ValueError):
+                self.raw = True
+        import cupy  # noqa: PLC0415
+        args = tuple(np.uint64(a.data.ptr) if isinstance(a, cupy.ndarray) else a for a in args)
+        self.fn(grid, block, args, shared_mem=shared_mem)
+
+
+def ctype(arr: Any) -> str | None:
+    """The storage C++ type of an array's dtype, or None when the kernels do not cover it."""
+    return CTYPES.get(arr.dtype.name)
+
+
+def i32(v: int) -> Any:
+    return np.int32(v)
+
+
+def i64(v: int) -> Any:
+    return np.int64(v)
+
+
+def f32(v: float) -> Any:
+    return np.float32(v)
+
+
+def row_config(rows: int, cols: int) -> tuple[tuple, tuple]:
+    """(grid, block) for a row-wise kernel: a warp per row (4 rows a block) up to 1024
+    columns, else a block per row sized to the row (256 to 1024 threads)."""
+    if cols <= 1024:
+        return ((rows + 3) // 4, 1, 1), (32, 4, 1)
+    threads = 256 if cols <= 4096 else 512 if cols <= 16384 else 1024
+    return (rows, 1, 1), (threads, 1, 1)
+
+
+def flat_grid(n: int, threads: int = 256, per_thread: int = 1) -> tuple[tuple, tuple]:
+    """(grid, block) for a grid-stride elementwise kernel over ``n`` items."""
+    blocks = max(1, min((n + threads * per_thread - 1) // (threads * per_thread), 1 << 20))
+    return (blocks, 1, 1), (threads, 1, 1)
+
+
+def contiguous(xp: Any, a: Any, dtype: Any = None) -> Any:
+    """``a`` as a C-contiguous array of ``dtype`` (no copy when it already is one)."""
+    if dtype is not None and a.dtype != dtype:
+        a = a.astype(dtype)
+    if not a.flags.c_contiguous:
+        a = xp.ascontiguousarray(a)
+    return a
+
+
+def wrap(arr: Any, device: Any) -> Any:
+    """A constant ember Tensor around a result array (what a backward returns)."""
+    from ember.dtypes import _FROM_NP
+    from ember.tensor import _make
+    return _make(arr, _FROM_NP[arr.dtype], device)
+
+
+def recording(ctx: Any) -> bool:
+    """Whether forward got a real graph node (not the shared no-grad dummy)."""
+    from ember.ops.registry import OpNode
+    return isinstance(ctx, OpNode)

@@ -1,0 +1,200 @@
+"""Fused cross_entropy over ``(N, C)`` logits with class-index targets (NVRTC kernels).
+
+Forward: one warp or block per row makes a single online pass over the logits (running max
+and sum of ``exp``, plus the class-weighted logit sum when label smoothing is on) and writes
+the row's log-sum-exp and loss in fp32; one single-block kernel then sums the losses and the
+target weights in a fixed order (deterministic) and writes the reduced loss. Backward writes
+``dlogits = g * (softmax * sum(q) - q)`` row by row straight from the saved logits and
+log-sum-exp (``q``: the target's weight times ``1 - label_smoothing`` on the target class,
+plus ``label_smoothing / C * weight``). Logits are read in their own dtype, so bf16 logits of
+a 50k vocabulary never get an fp32 copy; the only (N, C) array made is the gradient itself.
+
+Covered: 2-D contiguous float32/bfloat16/float16 logits, 1-D int64 targets, optional class
+weights, ignore_index, reduction mean/sum/none, label smoothing. Probability targets, the
+``(N, C, d1, ...)`` form and float64 fall back to the generic code (ember/ops/nn_loss.py),
+whose ``ctx`` layout forward fills in for double backward.
+
+Like the generic forward, an out-of-range target raises ``IndexError`` (the check reads one
+small array back from the GPU, as the generic code does).
+"""
+from __future__ import annotations
+
+from ember.backend.cuda_ops import _nvrtc as K
+
+_SRC = r"""
+template <typename T>
+__global__ void ce_fwd(const T* __restrict__ x, const long long* __restrict__ tgt,
+                       const float* __restrict__ w, int has_w, float* __restrict__ lse_out,
+                       float* __restrict__ loss_out, float* __restrict__ wt_out,
+                       unsigned long long* __restrict__ bad, long long rows, int C,
+                       long long ignore, float eps) {
+    __shared__ float shm[32], shs[32], sh[32];
+    long long row = (long long)blockIdx.x * blockDim.y + threadIdx.y;
+    if (row >= rows) return;
+    const T* xr = x + row * C;
+    float m = -INFINITY, s = 0.f, sx = 0.f, sw = 0.f;
+    for (int c = threadIdx.x; c < C; c += blockDim.x) {
+        float v = ld(xr, c);
+        ms_add(m, s, v);
+        if (eps > 0.f) {
+            float wc = has_w ? w[c] : 1.f;
+            sx += wc * v;
+            sw += wc;
+        }
+    }
+    row_ms(m, s, shm, shs);
+    if (eps > 0.f) {
+        sx = row_sum(sx, sh);
+        sw = row_sum(sw, sh);
+    }
+    if (threadIdx.x != 0) return;
+    float l = m + logf(s);
+    long long t = tgt[row];
+    bool valid = t != ignore;
+    if (valid && (t < 0 || t >= C)) {
+        atomicMin(bad, (unsigned long long)row);
+        valid = false;
+    }
+    float wt = valid ? (has_w ? w[t] : 1.f) : 0.f;
+    float loss = 0.f;
+    if (valid) {
+        loss = -(1.f - eps) * wt * (ld(xr, t) - l);
+        if (eps > 0.f) loss -= eps / C * (sx - l * sw);
+    }
+    lse_out[row] = l;
+    loss_out[row] = loss;
+    wt_out[row] = wt;
+}
+
+// One block: red = (sum loss, sum weight, any bad target); out = mean (mode 1) or sum (2).
+template <typename T>
+__global__ void ce_reduce(const float* __restrict__ loss, const float* __restrict__ wt,
+                          const unsigned long long* __restrict__ bad, float* __restrict__ red,
+                          T* __restrict__ out, long long rows, int mode) {
+    __shared__ float sh[32];
+    float a = 0.f, b = 0.f;
+    for (long long i = threadIdx.x; i < rows; i += blockDim.x) { a += loss[i]; b += wt[i]; }
+    a = row_sum(a, sh);
+    b = row_sum(b, sh);
+    if (threadIdx.x == 0) {
+        red[0] = a;
+        red[1] = b;
+        red[2] = bad[0] < (unsigned long long)rows ? 1.f : 0.f;
+        if (mode == 1) st(out, 0, a / b);
+        else if (mode == 2) st(out, 0, a);
+    }
+}
+
+template <typename T>
+__global__ void ce_bwd(const T* __restrict__ x, const long long* __restrict__ tgt,
+                       const float* __restrict__ w, int has_w, const float* __restrict__ wsum,
+                       const float* __restrict__ lse, const T* __restrict__ gout,
+                       int g_per_row, float gscale, T* __restrict__ dx, long long rows, int C,
+                       long long ignore, float eps) {
+    long long row = (long long)blockIdx.x * blockDim.y + threadIdx.y;
+    if (row >= rows) return;
+    const T* xr = x + row * C;
+    T* dr = dx + row * C;
+    long long t = tgt[row];
+    if (t == ignore) {
+        for (int c = threadIdx.x; c < C; c += blockDim.x) st(dr, c, 0.f);
+        return;
+    }
+    float g = ld(gout, g_per_row ? row : 0) * gscale;
+    float wt = has_w ? w[t] : 1.f;
+    float smooth = eps / C;
+    float sumq = (1.f - eps) * wt + smooth * (has_w ? wsum[0] : (float)C);
+    float l = lse[row];
+    for (int c = threadIdx.x; c < C; c += blockDim.x) {
+        float p = expf(ld(xr, c) - l);
+        float q = (c == t ? (1.f - eps) * wt : 0.f);
+        if (eps > 0.f) q += smooth * (has_w ? w[c] : 1.f);
+        st(dr, c, g * (p * sumq - q));
+    }
+}
+"""
+
+K.define("loss", _SRC, ("ce_fwd", "ce_reduce", "ce_bwd"))
+
+_MODES = {"none": 0, "mean": 1, "sum": 2}
+
+
+class CrossEntropyImpl:
+    """``cross_entropy(input (N, C), target (N,) int64, ...)`` in two kernels each way."""
+
+    def forward(ctx, xp, input, target, weight, ignore_index, reduction, label_smoothing):
+        ct = K.ctype(input)
+        if ct is None or input.ndim != 2 or target.ndim != 1 or target.dtype != xp.int64 or \
+                not input.flags.c_contiguous or input.size == 0 or \
+                reduction not in _MODES or input.shape[1] >= 2 ** 31:
+            return NotImplemented
+        rows, n_classes = input.shape
+        tgt = K.contiguous(xp, target)
+        eps = float(label_smoothing)
+        w32 = weight.astype(xp.float32) if weight is not None else None
+        if w32 is not None:
+            w32 = K.contiguous(xp, w32)
+        lse = xp.empty(rows, xp.float32)
+        loss = xp.empty(rows, xp.float32)
+        wt = xp.empty(rows, xp.float32)
+        bad = xp.full(1, rows, xp.uint64)
+        grid, block = K.row_config(rows, n_classes)
+        K.function("loss", "ce_fwd", ct)(
+            grid, block, (input, tgt, w32 if w32 is not None else lse, K.i32(w32 is not None),
+                          lse, loss, wt, bad, K.i64(rows), K.i32(n_classes),
+                          K.i64(ignore_index), K.f32(eps)))
+        red = xp.empty(3, xp.float32)
+        mode = _MODES[reduction]
+        out = xp.empty((), input.dtype) if mode else None
+        K.function("loss", "ce_reduce", ct)(
+            (1, 1, 1), (1024, 1, 1),
+            (loss, wt, bad, red, out if mode else loss, K.i64(rows), K.i32(mode)))
+        host = red.get()  # one sync: the bounds check, and the denominator ctx keeps
+        if host[2]:
+            first = int(target[int(bad.get()[0])])
+            raise IndexError(f"Target {first} is out of bounds.")
+        if not mode:
+            out = loss.astype(input.dtype)
+        if K.recording(ctx):
+            # the generic backward's layout (ember/ops/nn_loss.py), for create_graph
+            ctx.cd = 1
+            ctx.reduction = reduction
+            ctx.denom = float(host[1])
+            ctx.eps = eps
+            ctx.w = w32
+            ctx.prob = False
+            ctx.xp = xp
+            # the generic backward reads only the shape of ctx.p when it recomputes softmax
+            ctx.p = xp.broadcast_to(xp.zeros((), input.dtype), input.shape)
+            valid = tgt != ignore_index
+            ctx.target_parts = (xp.where(valid, tgt, 0), wt, valid)
+            ctx.save(input, target)
+            ctx.fused = (lse, tgt, w32, w32.sum() if w32 is not None and eps > 0 else None,
+                         ignore_index)
+        return out
+
+    def backward(ctx, grad):
+        import cupy as xp  # noqa: PLC0415 - only reached on the GPU
+        input, target = ctx.saved
+        gx = None
+        if ctx.next_edges[0] is not None:
+            x = input._data
+            lse, tgt, w32, wsum, ignore_index = ctx.fused
+            g = K.contiguous(xp, grad._data, x.dtype)
+            rows, n_classes = x.shape
+            if ctx.reduction == "mean":
+                gscale = 1.0 / ctx.denom if ctx.denom else float("inf")
+            else:
+                gscale = 1.0
+            dx = xp.empty_like(x)
+            grid, block = K.row_config(rows, n_classes)
+            K.function("loss", "ce_bwd", K.ctype(x))(
+                grid, block, (x, tgt, w32 if w32 is not None else lse, K.i32(w32 is not None),
+                              wsum if wsum is not None else lse, lse, g,
+                              K.i32(ctx.reduction == "none"), K.f32(gscale), dx, K.i64(rows),
+                              K.i32(n_classes), K.i64(ignore_index), K.f32(ctx.eps)))
+            gx = K.wrap(dx, input.device)
+        return gx, None, None, None, None, None
+
+
+IMPLS = {"cross_entropy": CrossEntropyImpl}
