@@ -1,41 +1,57 @@
 """GPU benchmarks: ember and torch on one CUDA device, each in its own process.
 
-    python -m bench.gpu            # run on a machine with an NVIDIA GPU, CuPy and torch
+    python -m bench.gpu                 # every workload (needs an NVIDIA GPU, CuPy and torch)
+    python -m bench.gpu gpt2 resnet     # the workloads whose names contain these substrings
 
-Workloads (median ms per step, timed with device synchronisation):
-- MLP 784-512-512-10, batch 64, Adam (overhead-bound);
-- GPT-style 4 layers, d 256, T 256, B 16, AdamW, float32 and bf16 autocast.
+Workloads (median over the timed steps, with device synchronisation; few warmup steps so the
+whole run fits in minutes):
+
+- MLP 784-512-512-10, batch 64, Adam: eager, and with ``make_graphed_callables`` (forward
+  and backward replayed as CUDA graphs; the optimizer step stays eager);
+- GPT-style 4 layers, d 256, T 256, B 16, AdamW, float32 and bf16 autocast;
+- GPT-2 124M (12 layers, d 768, 12 heads, vocab 50304, T 1024, B 16; B 4 if B 16 runs out of
+  memory), bf16 autocast, AdamW: tokens/s and peak memory;
+- ResNet-50, 224x224, batch 64, bf16 autocast, channels_last, SGD with momentum: images/s
+  and peak memory;
+- single linear layers (forward) to place the CuPy/cuBLASLt switch: ember with nvmath
+  (cuBLASLt) forced, ember with CuPy's cuBLAS forced, and torch.
 """
 from __future__ import annotations
 
+import gc
 import json
 import statistics
 import subprocess
 import sys
 import time
-from typing import Any
+from typing import Any, Callable
+
+WARMUP, STEPS = 3, 10
 
 
-def mlp(torch: Any) -> Any:
+# ---------------------------------------------------------------------- workloads
+def mlp(torch: Any, graphed: bool = False) -> tuple:
     nn = torch.nn
     model = nn.Sequential(nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(),
                           nn.Linear(512, 10)).to("cuda")
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     x = torch.randn(64, 784, device="cuda")
     y = torch.randint(0, 10, (64,), device="cuda")
+    if graphed:
+        model = torch.cuda.make_graphed_callables(model, (x,))
 
     def step() -> None:
         opt.zero_grad()
         loss = nn.functional.cross_entropy(model(x), y)
         loss.backward()
         opt.step()
-    return step
+    return step, {}
 
 
-def gpt(torch: Any, amp: bool) -> Any:
+def gpt(torch: Any, amp: bool, d: int = 256, T: int = 256, B: int = 16, V: int = 4096,
+        L: int = 4, H: int = 8) -> tuple:
     nn = torch.nn
     F = nn.functional
-    d, T, B, V, L, H = 256, 256, 16, 4096, 4, 8
 
     class Block(nn.Module):
         def __init__(self) -> None:
@@ -49,7 +65,7 @@ def gpt(torch: Any, amp: bool) -> Any:
             q, k, v = (z.view(B, T, H, d // H).transpose(1, 2) for z in (q, k, v))
             a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
             x = x + self.proj(a.transpose(1, 2).reshape(B, T, d))
-            return x + self.fc2(F.gelu(self.fc(self.ln2(x))))
+            return x + self.fc2(F.gelu(self.fc(self.ln2(x)), approximate="tanh"))
 
     class GPT(nn.Module):
         def __init__(self) -> None:
@@ -57,6 +73,7 @@ def gpt(torch: Any, amp: bool) -> Any:
             self.tok, self.pos = nn.Embedding(V, d), nn.Embedding(T, d)
             self.blocks = nn.ModuleList([Block() for _ in range(L)])
             self.ln, self.head = nn.LayerNorm(d), nn.Linear(d, V, bias=False)
+            self.head.weight = self.tok.weight  # tied, as GPT-2
 
         def forward(self, idx: Any) -> Any:
             x = self.tok(idx) + self.pos(torch.arange(T, device="cuda"))
@@ -65,70 +82,183 @@ def gpt(torch: Any, amp: bool) -> Any:
             return self.head(self.ln(x))
 
     model = GPT().to("cuda")
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-4)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.1)
     x = torch.randint(0, V, (B, T), device="cuda")
     y = torch.randint(0, V, (B, T), device="cuda")
 
     def step() -> None:
-        opt.zero_grad()
+        opt.zero_grad(set_to_none=True)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
             logits = model(x)
-        loss = F.cross_entropy(logits.float().reshape(-1, V), y.reshape(-1))
+            loss = F.cross_entropy(logits.reshape(-1, V), y.reshape(-1))
         loss.backward()
         opt.step()
-    return step
+    return step, {"tokens": B * T, "batch": B}
 
 
-WORKLOADS = {"MLP 784-512-512-10 B64 Adam": lambda t: mlp(t),
-             "GPT 4x256 T256 B16 AdamW fp32": lambda t: gpt(t, False),
-             "GPT 4x256 T256 B16 AdamW bf16": lambda t: gpt(t, True)}
+def gpt2(torch: Any, B: int = 16) -> tuple:
+    return gpt(torch, True, d=768, T=1024, B=B, V=50304, L=12, H=12)
 
 
-def run_one(fw: str) -> None:
+def resnet50(torch: Any, B: int = 64) -> tuple:
+    if torch.__name__ == "torch":
+        import torchvision
+        model = torchvision.models.resnet50()
+    else:
+        model = torch.vision.models.resnet50()
+    model = model.to("cuda").to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    x = torch.randn(B, 3, 224, 224, device="cuda").to(memory_format=torch.channels_last)
+    y = torch.randint(0, 1000, (B,), device="cuda")
+    F = torch.nn.functional
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+    return step, {"images": B, "batch": B}
+
+
+def linear_fwd(torch: Any, m: int, k: int, n: int, backend: str = "") -> tuple:
+    if backend:  # ember only: force one GEMM library
+        from ember.backend.cuda_ops import nvmath_linear
+        nvmath_linear.MIN_MACS = 0 if backend == "nvmath" else 1 << 62
+    x = torch.randn(m, k, device="cuda").to(torch.bfloat16)
+    w = torch.randn(n, k, device="cuda").to(torch.bfloat16)
+    b = torch.randn(n, device="cuda").to(torch.bfloat16)
+    F = torch.nn.functional
+
+    def step() -> None:
+        for _ in range(10):
+            F.linear(x, w, b)
+    return step, {"per_call": 10}
+
+
+def _linears() -> dict:
+    out = {}
+    for m, k, n in ((16384, 768, 3072), (16384, 768, 768), (64, 784, 512), (2048, 768, 768)):
+        for be in ("nvmath", "cupy"):
+            out[f"linear bf16 {m}x{k}->{n} fwd ({be} | torch)"] = \
+                (lambda t, m=m, k=k, n=n, be=be: linear_fwd(t, m, k, n, be if t.__name__ ==
+                                                            "ember" else ""))
+    return out
+
+
+WORKLOADS: dict = {
+    "MLP 784-512-512-10 B64 Adam": lambda t: mlp(t),
+    "MLP 784-512-512-10 B64 Adam, graphed": lambda t: mlp(t, graphed=True),
+    "GPT 4x256 T256 B16 AdamW fp32": lambda t: gpt(t, False),
+    "GPT 4x256 T256 B16 AdamW bf16": lambda t: gpt(t, True),
+    **_linears(),
+    "ResNet-50 224 B64 bf16 channels_last SGD": lambda t: resnet50(t),
+    "GPT-2 124M T1024 B16 bf16 AdamW": lambda t: gpt2(t),
+}
+
+
+# ---------------------------------------------------------------------- harness
+def _measure(mod: Any, make: Callable, name: str) -> dict:
+    cuda = mod.cuda
+    gc.collect()
+    cuda.empty_cache()
+    cuda.reset_peak_memory_stats()
+    t_build = time.perf_counter()
+    try:
+        step, info = make(mod)
+        for _ in range(WARMUP):
+            step()
+        cuda.synchronize()
+    except Exception as exc:
+        if "memory" not in f"{type(exc).__name__} {exc}".lower() or "GPT-2" not in name:
+            raise
+        step = None
+        gc.collect()
+        cuda.empty_cache()
+        step, info = gpt2(mod, B=4)  # out of memory at B 16: report B 4
+        for _ in range(WARMUP):
+            step()
+        cuda.synchronize()
+    setup_s = time.perf_counter() - t_build
+    times = []
+    for _ in range(STEPS):
+        t0 = time.perf_counter()
+        step()
+        cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    ms = statistics.median(times) * 1e3 / info.get("per_call", 1)
+    res = {"ms": ms, "peak_gib": cuda.max_memory_allocated() / 2 ** 30,
+           "setup_s": setup_s}
+    if "tokens" in info:
+        res["tokens_per_s"] = info["tokens"] / (ms / 1e3)
+    if "images" in info:
+        res["images_per_s"] = info["images"] / (ms / 1e3)
+    if "batch" in info:
+        res["batch"] = info["batch"]
+    del step
+    return res
+
+
+def run_one(fw: str, only: list) -> None:
     if fw == "torch":
         import torch as mod
-        sync = mod.cuda.synchronize
+        mod.backends.cuda.matmul.allow_tf32 = False
     else:
         import ember as mod
-        sync = mod.cuda.synchronize
     mod.manual_seed(0)
-    out = {}
     for name, make in WORKLOADS.items():
+        if only and not any(s.lower() in name.lower() for s in only):
+            continue
         try:
-            step = make(mod)
-            for _ in range(3):
-                step()
-            sync()
-            times = []
-            for _ in range(20):
-                t0 = time.perf_counter()
-                step()
-                sync()
-                times.append(time.perf_counter() - t0)
-            out[name] = statistics.median(times) * 1e3
+            res = _measure(mod, make, name)
         except Exception as exc:  # report, keep going
-            out[name] = f"error: {type(exc).__name__}: {exc}"[:300]
-    print(json.dumps(out))
+            res = {"error": f"{type(exc).__name__}: {exc}"[:300]}
+        print(json.dumps({name: res}), flush=True)
+
+
+def _fmt(r: dict | None, key: str) -> str:
+    if not r:
+        return "—"
+    if "error" in r:
+        return "error: " + r["error"][:120]
+    v = r.get(key)
+    if v is None:
+        return "—"
+    return f"{v:,.0f}" if v >= 100 else f"{v:.3g}"
 
 
 def main() -> None:
     if len(sys.argv) > 2 and sys.argv[1] == "--one":
-        run_one(sys.argv[2])
+        run_one(sys.argv[2], sys.argv[3:])
         return
-    res = {}
+    only = sys.argv[1:]
+    res: dict = {}
     for fw in ("ember", "torch"):
-        p = subprocess.run([sys.executable, "-m", "bench.gpu", "--one", fw], capture_output=True,
-                           text=True)
+        p = subprocess.run([sys.executable, "-m", "bench.gpu", "--one", fw, *only],
+                           capture_output=True, text=True)
+        res[fw] = {}
+        for line in p.stdout.splitlines():
+            if line.startswith("{"):
+                res[fw].update(json.loads(line))
         if p.returncode != 0:
-            print(p.stderr[-3000:])
-        res[fw] = json.loads(p.stdout.strip().splitlines()[-1]) if p.stdout.strip() else {}
-    print("| workload | ember ms | torch ms | ember/torch |\n|---|---|---|---|")
+            print(f"[{fw}] exit {p.returncode}:\n{p.stderr[-3000:]}")
+    print(json.dumps(res))
+    print("| workload | ember ms | torch ms | ember/torch | ember tok/s or img/s | "
+          "torch tok/s or img/s | ember peak GiB | torch peak GiB |")
+    print("|---|---|---|---|---|---|---|---|")
     for name in WORKLOADS:
-        e, t = res.get("ember", {}).get(name), res.get("torch", {}).get(name)
-        ratio = f"{e / t:.2f}x" if isinstance(e, float) and isinstance(t, float) else "—"
-        fe = f"{e:.2f}" if isinstance(e, float) else str(e)
-        ft = f"{t:.2f}" if isinstance(t, float) else str(t)
-        print(f"| {name} | {fe} | {ft} | {ratio} |")
+        e, t = res["ember"].get(name), res["torch"].get(name)
+        if e is None and t is None:
+            continue
+        ratio = "—"
+        if e and t and "ms" in e and "ms" in t:
+            ratio = f"{e['ms'] / t['ms']:.2f}x"
+        rate = "tokens_per_s" if "GPT-2" in name or "GPT " in name else "images_per_s"
+        label = name
+        if e and e.get("batch") and "GPT-2" in name and e["batch"] != 16:
+            label += f" (ember at B{e['batch']})"
+        print(f"| {label} | {_fmt(e, 'ms')} | {_fmt(t, 'ms')} | {ratio} | {_fmt(e, rate)} | "
+              f"{_fmt(t, rate)} | {_fmt(e, 'peak_gib')} | {_fmt(t, 'peak_gib')} |")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ from ember.cuda.memory import (  # noqa: F401
     reset_max_memory_allocated)
 from ember.cuda.streams import (  # noqa: F401
     Event, Stream, StreamContext, current_stream, default_stream, set_stream, stream)
-from ember.cuda.graphs import CUDAGraph, graph, graph_pool_handle  # noqa: F401
+from ember.cuda.graphs import (  # noqa: F401
+    CUDAGraph, graph, graph_pool_handle, make_graphed_callables)
 
 __all__ = ["is_available", "device_count", "current_device", "set_device", "device",
            "device_of", "get_device_name", "get_device_properties", "get_device_capability",
@@ -23,6 +24,7 @@ __all__ = ["is_available", "device_count", "current_device", "set_device", "devi
            "memory_allocated", "max_memory_allocated", "memory_reserved", "max_memory_reserved",
            "reset_peak_memory_stats", "empty_cache", "mem_get_info", "memory_summary",
            "memory_stats", "OutOfMemoryError", "CUDAGraph", "graph", "graph_pool_handle",
+           "make_graphed_callables",
            "is_bf16_supported"]
 
 _initialized = [False]

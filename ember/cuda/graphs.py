@@ -2,12 +2,16 @@
 
 Capture uses a private CuPy memory pool kept alive with the graph: blocks freed during
 capture must not return to the shared pool, or arrays allocated after capture would be
-overwritten on replay (GPU.md's hazard). CuPy refuses cuBLAS calls during capture, so a
-captured region must not contain ``cupy.matmul``; ember raises a clear error then.
+overwritten on replay (GPU.md's hazard). CuPy refuses cuBLAS calls during capture; ember's
+``linear``/``matmul`` then run on cuBLASLt through nvmath-python (installed with the 'cuda'
+extra), which captures. Without it a captured matmul raises a clear error.
+
+:func:`make_graphed_callables` follows ``torch.cuda.make_graphed_callables``: the forward and
+the backward of a callable are each captured once and replayed on every call.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 
 def _cp() -> Any:
@@ -21,7 +25,8 @@ def graph_pool_handle() -> Any:
 
 
 class CUDAGraph:
-    """A captured CUDA graph; ``replay()`` re-runs the captured kernels on the same buffers."""
+    """A captured CUDA graph; ``replay()`` re-runs the captured kernels on the same buffers,
+    on the current stream (ordered after the work queued before it, as torch's)."""
 
     def __init__(self) -> None:
         self._graph: Any = None
@@ -31,7 +36,8 @@ class CUDAGraph:
     def capture_begin(self, pool: Any = None, capture_error_mode: str = "global") -> None:
         cp = _cp()
         self._pool = pool if pool is not None else cp.cuda.MemoryPool()
-        self._stream = cp.cuda.Stream(non_blocking=True)
+        if self._stream is None:
+            self._stream = cp.cuda.Stream(non_blocking=True)
         self._prev_stream = cp.cuda.get_current_stream()
         cp.cuda.get_current_stream().synchronize()
         self._alloc_ctx = cp.cuda.using_allocator(self._pool.malloc)
@@ -49,7 +55,7 @@ class CUDAGraph:
     def replay(self) -> None:
         if self._graph is None:
             raise RuntimeError("CUDAGraph.replay: nothing was captured")
-        self._graph.launch(self._stream)
+        self._graph.launch(_cp().cuda.get_current_stream())
 
     def reset(self) -> None:
         self._graph = None
@@ -59,12 +65,20 @@ class CUDAGraph:
 
 
 class graph:
-    """``with ember.cuda.graph(g): ...`` captures the block's GPU work into ``g``."""
+    """``with ember.cuda.graph(g): ...`` captures the block's GPU work into ``g``.
+
+    Args:
+        cuda_graph: the :class:`CUDAGraph` to capture into.
+        pool: a memory pool (from :func:`graph_pool_handle` or ``other.pool()``) to share.
+        stream: the :class:`ember.cuda.Stream` to capture on (a new side stream by default).
+    """
 
     def __init__(self, cuda_graph: CUDAGraph, pool: Any = None, stream: Any = None,
                  capture_error_mode: str = "global") -> None:
         self.g = cuda_graph
         self.pool = pool
+        if stream is not None:
+            self.g._stream = stream._s
 
     def __enter__(self) -> CUDAGraph:
         self.g.capture_begin(self.pool)
@@ -79,4 +93,174 @@ class graph:
         if exc is not None and "not supported" in str(exc).lower():
             raise RuntimeError(
                 "[cuda.graph] an op in the captured region is not capturable (CuPy refuses "
-                "cuBLAS calls such as matmul during stream capture)") from exc
+                "cuBLAS calls such as matmul during stream capture; install nvmath-python so "
+                "ember's linear/matmul run on cuBLASLt)") from exc
+
+
+# ---------------------------------------------------------------------- graphed callables
+def make_graphed_callables(callables: Any, sample_args: Any, num_warmup_iters: int = 3,
+                           allow_unused_input: bool = False, pool: Any = None) -> Any:
+    """Capture the forward and backward of each callable into CUDA graphs.
+
+    Follows ``torch.cuda.make_graphed_callables``. Each callable (a function or an
+    ``nn.Module``) runs ``num_warmup_iters`` times on a side stream, then its forward is
+    captured into one graph and the backward of its outputs (with respect to the sample
+    arguments that require grad and the module's parameters) into another, all under one
+    private memory pool. The returned callables replay those graphs: calling one copies its
+    tensor arguments into the static sample buffers (unless they are those buffers),
+    replays the forward and returns the static outputs; ``backward`` through them copies
+    the incoming gradients into static buffers and replays the backward graph, and the
+    parameters' ``.grad`` accumulate as usual.
+
+    Args:
+        callables: a callable or a tuple of callables. A Module's ``forward`` is replaced
+            in place (while it is in the training state it had at capture) and the module
+            itself is returned.
+        sample_args: a tuple of Tensors (or a tuple of such tuples, one per callable). Their
+            shapes, dtypes, devices and ``requires_grad`` flags must match the real calls;
+            they become the static input buffers.
+        num_warmup_iters: eager iterations before capture (cuDNN graphs, cuBLASLt plans and
+            memory are set up there, never during capture).
+        allow_unused_input: allow inputs that do not reach any output (their grads are None).
+        pool: a memory pool to share (:func:`graph_pool_handle`); a new one by default.
+
+    Returns:
+        The graphed callable, or a tuple of them when ``callables`` was a tuple.
+
+    Replayed outputs live in static memory: each call overwrites the previous call's
+    outputs, so consume (or clone) them before calling again. Random ops (dropout) replay
+    the mask drawn during capture.
+
+    Example::
+
+        >>> model = nn.Sequential(nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 10)).cuda()
+        >>> x = ember.randn(64, 784, device="cuda")
+        >>> model = ember.cuda.make_graphed_callables(model, (x,))
+        >>> loss = F.cross_entropy(model(x), y); loss.backward(); opt.step()
+    """
+    import ember
+    from ember import nn
+
+    just_one = not isinstance(callables, tuple)
+    if just_one:
+        callables = (callables,)
+        sample_args = (tuple(sample_args),)
+    else:
+        sample_args = tuple(tuple(a) for a in sample_args)
+    if len(callables) != len(sample_args):
+        raise ValueError("make_graphed_callables: expected one tuple of sample args per "
+                         f"callable, got {len(callables)} callables and {len(sample_args)} "
+                         "tuples")
+    cp = _cp()
+    mempool = pool if pool is not None else graph_pool_handle()
+    side = ember.cuda.Stream()
+    results = []
+    for fn, args in zip(callables, sample_args):
+        for a in args:
+            if not isinstance(a, ember.Tensor):
+                raise TypeError("make_graphed_callables: sample_args must be Tensors, got "
+                                f"{type(a).__name__}")
+        is_module = isinstance(fn, nn.Module)
+        if is_module and any(len(m._forward_hooks) or len(m._forward_pre_hooks)
+                             for m in fn.modules()):
+            raise RuntimeError("make_graphed_callables: modules must not have hooks "
+                               "registered at capture time")
+        params = tuple(p for p in fn.parameters() if p.requires_grad) if is_module else ()
+        graphed = _graph_one(cp, fn.forward if is_module else fn, args, params,
+                             num_warmup_iters, allow_unused_input, mempool, side)
+        if is_module:
+            orig_forward = fn.forward
+            training = fn.training
+
+            def new_forward(*user_args: Any, _g: Callable = graphed, _m: Any = fn,
+                            _orig: Callable = orig_forward, _t: bool = training) -> Any:
+                if _m.training == _t:
+                    return _g(*user_args)
+                return _orig(*user_args)
+            fn.forward = new_forward
+            results.append(fn)
+        else:
+            results.append(graphed)
+    return results[0] if just_one else tuple(results)
+
+
+def _flatten(out: Any) -> tuple:
+    import ember
+    if isinstance(out, ember.Tensor):
+        return (out,), True
+    if isinstance(out, (tuple, list)) and all(isinstance(o, ember.Tensor) for o in out):
+        return tuple(out), False
+    raise TypeError("make_graphed_callables: a callable must return a Tensor or a tuple of "
+                    f"Tensors, got {type(out).__name__}")
+
+
+def _graph_one(cp: Any, fn: Callable, args: tuple, params: tuple, warmup: int,
+               allow_unused: bool, mempool: Any, side: Any) -> Callable:
+    """Warm up, capture the forward and the backward of ``fn``; return the replaying call."""
+    import ember
+    from ember.autograd.function import once_differentiable
+    inputs = tuple(args) + params
+    grad_in_idx = [i for i, t in enumerate(inputs) if t.requires_grad]
+    grad_inputs_of = [inputs[i] for i in grad_in_idx]
+
+    def run_backward(outs: tuple, grads: tuple) -> tuple:
+        pairs = [(o, g) for o, g in zip(outs, grads) if o.requires_grad]
+        if not pairs or not grad_inputs_of:
+            return ()
+        return ember.autograd.grad([o for o, _ in pairs], grad_inputs_of,
+                                   grad_outputs=[g for _, g in pairs], only_inputs=True,
+                                   allow_unused=allow_unused)
+
+    ember.cuda.synchronize()
+    # Warm up on the capture stream: cuDNN handles/graphs and cuBLASLt plans are keyed by
+    # stream and must exist before capture (creating them is not capturable).
+    with ember.cuda.stream(side):
+        for _ in range(max(warmup, 1)):
+            outs, _single = _flatten(fn(*args))
+            run_backward(outs, tuple(ember.ones_like(o) for o in outs))
+        del outs
+    ember.cuda.synchronize()
+
+    fwd_graph, bwd_graph = CUDAGraph(), CUDAGraph()
+    with graph(fwd_graph, pool=mempool, stream=side):
+        static_outputs, single = _flatten(fn(*args))
+    static_grad_outputs = tuple(ember.empty_like(o) if o.requires_grad else None
+                                for o in static_outputs)
+    with graph(bwd_graph, pool=mempool, stream=side):
+        grads = run_backward(static_outputs, static_grad_outputs)
+    # one gradient slot per Function input (user args, then parameters)
+    static_grad_inputs: list = [None] * len(inputs)
+    for i, g in zip(grad_in_idx, grads):
+        static_grad_inputs[i] = g.detach() if g is not None else None
+    static_outputs = tuple(o.detach() for o in static_outputs)
+    n_args = len(args)
+
+    class Graphed(ember.autograd.Function):
+        @staticmethod
+        def forward(ctx: Any, *func_inputs: Any) -> Any:
+            for static, new in zip(args, func_inputs[:n_args]):
+                if static.data_ptr() != new.data_ptr():
+                    static.copy_(new)
+            fwd_graph.replay()
+            return tuple(o.detach() for o in static_outputs)
+
+        @staticmethod
+        @once_differentiable
+        def backward(ctx: Any, *grads_out: Any) -> Any:
+            for static, g in zip(static_grad_outputs, grads_out):
+                if static is not None and g is not None and static.data_ptr() != g.data_ptr():
+                    static.copy_(g)
+            bwd_graph.replay()
+            # clones: the engine may adopt a returned gradient as a leaf's .grad, and the
+            # next replay would overwrite it (breaking gradient accumulation)
+            return tuple(g.clone() if g is not None else None for g in static_grad_inputs)
+
+    def call(*user_args: Any) -> Any:
+        if len(user_args) != n_args:
+            raise TypeError(f"graphed callable expects {n_args} tensor arguments, got "
+                            f"{len(user_args)}")
+        out = Graphed.apply(*(tuple(user_args) + params))
+        return out[0] if single else out
+
+    call._graphs = (fwd_graph, bwd_graph)  # type: ignore[attr-defined]
+    return call

@@ -51,6 +51,10 @@ def to(self: Tensor, *args: Any, **kwargs: Any) -> Tensor:
     if dev is not None and dev.type == "cuda" and dev.index is None:
         from ember import cuda
         dev = device("cuda", cuda.current_device())
+    if _nb and dev is not None and dev.type == "cuda" and self._device.type == "cpu" and \
+            memory_format is None and not (self._requires_grad and _State.enabled) and \
+            _pinned_base(self._data):
+        return _pinned_to_cuda(self, dev, dt)
     same_dev = dev is None or dev is self._device
     same_dt = dt is None or dt is self._dtype
     if same_dev and same_dt and not copy:
@@ -112,7 +116,7 @@ def cuda(self: Tensor, device: Any = None, non_blocking: bool = False,
         device = _cuda.current_device()
     if isinstance(device, int):
         device = f"cuda:{device}"
-    return to(self, device)
+    return to(self, device, non_blocking=non_blocking)
 
 
 def detach(self: Tensor) -> Tensor:
@@ -348,8 +352,56 @@ Tensor.mH = property(lambda self: self.transpose(-2, -1).conj())
 Tensor.view_as = lambda self, other: self.view(other.shape)
 Tensor.reshape_as = lambda self, other: self.reshape(other.shape)
 Tensor.type_as = lambda self, other: to(self, other._dtype)
-Tensor.pin_memory = lambda self, device=None: self
-Tensor.is_pinned = lambda self, device=None: False
+
+
+def _pinned_base(arr: Any) -> bool:
+    """Whether a NumPy array lives in CuPy pinned (page-locked) host memory."""
+    import sys
+    cp = sys.modules.get("cupy")
+    if cp is None or not isinstance(arr, np.ndarray):
+        return False
+    pinned = cp.cuda.pinned_memory.PinnedMemoryPointer
+    b = arr
+    while b is not None:
+        if isinstance(b, pinned):
+            return True
+        b = b.obj if isinstance(b, memoryview) else getattr(b, "base", None)
+    return False
+
+
+def is_pinned(self: Tensor, device: Any = None) -> bool:
+    """Whether this CPU tensor is in page-locked memory (see :meth:`pin_memory`)."""
+    return self._device.type == "cpu" and _pinned_base(self._data)
+
+
+def pin_memory(self: Tensor, device: Any = None) -> Tensor:
+    """A copy of this CPU tensor in page-locked memory, so ``.to("cuda", non_blocking=True)``
+    is an asynchronous copy on the current stream. ``self`` if already pinned; without a
+    usable GPU the tensor is returned unchanged."""
+    from ember.backend import cuda as _bc
+    if self._device.type != "cpu" or is_pinned(self) or not _bc.is_available():
+        return self
+    import cupyx
+    arr = cupyx.empty_pinned(self._data.shape, dtype=self._data.dtype)
+    arr[...] = self._data
+    return _make(arr, self._dtype, self._device)
+
+
+def _pinned_to_cuda(self: Tensor, dev: Any, dt: Any) -> Tensor:
+    """Asynchronous host-to-device copy of a pinned tensor on the current stream (the
+    caller must not modify the host buffer until the stream reaches it, as in torch)."""
+    from ember.backend import get_xp
+    cp = get_xp(dev)
+    src = self._data if self._data.flags.c_contiguous else np.ascontiguousarray(self._data)
+    with cp.cuda.Device(dev.index or 0):
+        out = cp.empty(src.shape, dtype=src.dtype)
+        out.set(src, stream=cp.cuda.get_current_stream())
+    res = _make(out, self._dtype, dev)
+    return res if dt is None or dt is self._dtype else to(res, dt)
+
+
+Tensor.pin_memory = pin_memory
+Tensor.is_pinned = is_pinned
 
 
 # ---------------------------------------------------------------------- composites and aliases

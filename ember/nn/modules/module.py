@@ -345,7 +345,10 @@ class Module:
 
         def convert(t: Tensor) -> Tensor:
             if t.is_floating_point() or t.is_complex():
-                return t.to(device=device, dtype=dtype, non_blocking=non_blocking)
+                # memory_format applies to 4-d tensors only (conv weights), as torch's
+                fmt = _fmt if t.dim() == 4 else None
+                return t.to(device=device, dtype=dtype, non_blocking=non_blocking,
+                            memory_format=fmt)
             return t.to(device=device, non_blocking=non_blocking) if device is not None else t
         return self._apply(convert)
 

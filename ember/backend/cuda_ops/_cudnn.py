@@ -1,0 +1,174 @@
+"""Shared cuDNN frontend state: the import, handles, workspaces and the graph cache.
+
+Used by :mod:`cudnn_conv` and :mod:`cudnn_sdpa`. Everything here stays torch-free (GPU.md
+section 1): data types are passed as ``cudnn.data_type`` enums, buffers as raw ``int``
+device pointers, and tensors are declared with explicit dims and element strides (never
+``tensor_like``, which goes through ``torch.from_dlpack``).
+
+- **Handles**: one per (device, stream), bound to that stream once with ``set_stream``, so a
+  steady-state execute pays no stream switch. A handle is never created during CUDA graph
+  capture (``cudnnCreate`` is not capturable); the device's first handle is re-pointed at the
+  capturing stream instead.
+- **Workspace**: one growing buffer per (device, stream). During capture a fresh block comes
+  from the current (private) allocator instead, so the graph never refers to a buffer that a
+  later growth frees back into the shared pool.
+- **Graphs**: built once per key (op, shapes, strides, dtypes, parameters, device) with
+  heuristics A then FALLBACK. A key whose graph cuDNN rejects is cached as ``None`` and the
+  caller falls back to the generic CuPy code.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Any, Callable
+
+import numpy as np
+
+try:  # optional: the 'cuda' extra installs it (pip install --no-deps nvidia-cudnn-frontend)
+    import cudnn  # type: ignore[import-not-found]
+except Exception as _exc:  # ImportError, or libcudnn missing at dlopen time
+    cudnn = None
+    IMPORT_ERROR: Exception | None = _exc
+else:
+    IMPORT_ERROR = None
+
+_warned: list = []
+
+
+def available() -> bool:
+    """Whether the cuDNN frontend imported; warns once (per process) when it did not."""
+    if cudnn is not None:
+        return True
+    if not _warned:
+        _warned.append(True)
+        warnings.warn("ember: cuDNN frontend not installed; conv and attention run on the "
+                      f"generic CuPy path (slower) ({IMPORT_ERROR})", RuntimeWarning, stacklevel=3)
+    return False
+
+
+def data_type(dtype: Any) -> Any:
+    """The ``cudnn.data_type`` of a NumPy/CuPy dtype, or None when cuDNN does not take it."""
+    name = np.dtype(dtype).name
+    DT = cudnn.data_type
+    return {"float32": DT.FLOAT, "float16": DT.HALF, "bfloat16": DT.BFLOAT16}.get(name)
+
+
+def elem_strides(a: Any) -> tuple:
+    """Element strides of a CuPy array (CuPy keeps byte strides)."""
+    size = a.itemsize
+    return tuple(s // size for s in a.strides)
+
+
+def is_capturing(cp: Any) -> bool:
+    """Whether the current stream is being captured into a CUDA graph."""
+    s = cp.cuda.get_current_stream()
+    return s.ptr != 0 and s.is_capturing()
+
+
+# ---------------------------------------------------------------------- handles
+_HANDLES: dict = {}
+
+
+def handle(cp: Any) -> Any:
+    """The cuDNN handle for the current device and CuPy stream."""
+    stream = cp.cuda.get_current_stream()
+    dev = cp.cuda.runtime.getDevice()
+    key = (dev, stream.ptr)
+    h = _HANDLES.get(key)
+    if h is not None:
+        return h
+    if stream.ptr != 0 and stream.is_capturing():
+        # cudnnCreate allocates and synchronises: borrow the device's first handle and point
+        # it at the capture stream (set_stream is a no-op when it already runs there).
+        first = _HANDLES.get((dev, "first"))
+        if first is None:
+            raise RuntimeError("[cudnn] the first cuDNN call on a device happened during CUDA "
+                               "graph capture; run the captured code once before capturing")
+        cudnn.set_stream(first, stream.ptr)
+        return first
+    with cp.cuda.Device(dev):
+        h = cudnn.create_handle()
+        cudnn.set_stream(h, stream.ptr)
+    _HANDLES[key] = h
+    _HANDLES.setdefault((dev, "first"), h)
+    return h
+
+
+# ---------------------------------------------------------------------- workspace
+_WORKSPACES: dict = {}
+
+
+def workspace(cp: Any, nbytes: int) -> tuple:
+    """``(pointer, keep-alive)`` of at least ``nbytes`` of device memory for one execute."""
+    if nbytes <= 0:
+        return 0, None
+    stream = cp.cuda.get_current_stream()
+    if stream.ptr != 0 and stream.is_capturing():
+        buf = cp.empty(nbytes, dtype=cp.uint8)  # from the graph's private pool
+        return buf.data.ptr, buf
+    key = (cp.cuda.runtime.getDevice(), stream.ptr)
+    buf = _WORKSPACES.get(key)
+    if buf is None or buf.nbytes < nbytes:
+        # grow geometrically so a slowly growing series of shapes does not reallocate often
+        size = max(nbytes, 2 * buf.nbytes if buf is not None else 0)
+        buf = _WORKSPACES[key] = cp.empty(size, dtype=cp.uint8)
+    return buf.data.ptr, buf
+
+
+# ---------------------------------------------------------------------- graph cache
+class Built:
+    """A built cuDNN graph with its operand uids in execute order and its workspace size."""
+
+    __slots__ = ("graph", "uids", "ws", "extra")
+
+    def __init__(self, graph: Any, tensors: list, extra: Any = None) -> None:
+        self.graph = graph
+        self.uids = [t.uid for t in tensors]
+        self.ws = int(graph.get_workspace_size())
+        self.extra = extra
+
+    def execute(self, cp: Any, h: Any, ptrs: list) -> None:
+        ws_ptr, keep = workspace(cp, self.ws)
+        self.graph.execute(ptrs, ws_ptr or None, handle=h, tensor_uids=self.uids)
+        del keep  # the stream orders later reuse of the block after this execute
+
+
+_GRAPHS: dict = {}
+_failed_keys: list = []
+
+
+def new_graph(h: Any, io_dtype: Any) -> Any:
+    """An empty graph computing in float32 with ``io_dtype`` inputs and outputs."""
+    DT = cudnn.data_type
+    return cudnn.pygraph(handle=h, io_data_type=io_dtype, intermediate_data_type=DT.FLOAT,
+                         compute_data_type=DT.FLOAT)
+
+
+def finalize(g: Any) -> None:
+    """Validate, lower and build the fastest heuristic plan of ``g`` (raises if unsupported)."""
+    g.validate()
+    g.build_operation_graph()
+    g.create_execution_plans([cudnn.heur_mode.A, cudnn.heur_mode.FALLBACK])
+    g.check_support()
+    g.build_plans()
+
+
+def cached(key: tuple, build: Callable[[], Built]) -> Built | None:
+    """The graph built for ``key`` (built now if new); None when cuDNN rejects it."""
+    try:
+        return _GRAPHS[key]
+    except KeyError:
+        pass
+    try:
+        res = build()
+    except Exception as exc:  # unsupported config: remember, and run the generic path
+        res = None
+        if len(_failed_keys) < 8:  # a few, for debugging (EMBER_DEBUG users read these)
+            _failed_keys.append((key, repr(exc)[:300]))
+    _GRAPHS[key] = res
+    return res
+
+
+def clear_cache() -> None:
+    """Drop every cached graph (tests; a device reset)."""
+    _GRAPHS.clear()
+    _failed_keys.clear()

@@ -1,0 +1,208 @@
+"""``linear`` and ``matmul`` on cuBLASLt through nvmath-python.
+
+Two reasons to leave CuPy's ``matmul`` (cuBLAS ``gemmEx``):
+
+- **Speed on big GEMMs.** cuBLASLt picks better kernels for skinny-K shapes (GPU.md: 133 us
+  against 263 us for (16384x768) @ (768x3072) in bf16) and fuses the bias into the GEMM
+  (``BIAS`` epilogue) and the bias gradient into the weight-gradient GEMM (``BGRADB``). Its
+  host cost is higher (about 30 us per execute against about 10 us), so small GEMMs stay on
+  CuPy: the switch is ``EMBER_NVMATH_MIN_MACS`` multiply-adds (default 2**27).
+- **CUDA graph capture.** CuPy refuses every cuBLAS call while a stream is capturing; nvmath
+  captures. During capture every supported GEMM goes here, whatever its size.
+
+Layouts (cuBLASLt epilogues are column-major, GPU.md's pitfall): with ``x (M, K)`` and
+``w (N, K)`` row-major,
+
+- ``y = x @ w.T + b`` is computed as ``y.T = w @ x.T`` with the ``BIAS`` epilogue, whose
+  column-major ``(N, M)`` result is ``y`` row-major; without a bias, as ``x @ w.T`` directly;
+- ``dw = dy.T @ x`` as ``dw.T = x.T @ dy`` with ``BGRADB`` (sum of ``dy`` over rows = the
+  bias gradient), column-major ``(K, N)``, that is ``dw`` row-major;
+- ``dx = dy @ w``.
+
+Plans are cached per (kind, shapes, strides, dtype, epilogue, TF32, device, stream); float32
+GEMMs use TF32 when ``ember.backends.cuda.matmul.allow_tf32`` is on.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Any
+
+try:  # optional: the 'cuda' extra installs it
+    import nvmath  # type: ignore[import-not-found]
+    from nvmath.linalg.advanced import Matmul, MatmulEpilog, MatmulOptions
+except Exception as _exc:
+    nvmath = None
+    _IMPORT_ERROR: Exception | None = _exc
+else:
+    _IMPORT_ERROR = None
+
+MIN_MACS = int(os.environ.get("EMBER_NVMATH_MIN_MACS", str(1 << 27)))
+_DTYPES = ("float32", "float16", "bfloat16")
+_PLANS: dict = {}
+_FAILED: dict = {}
+
+
+def _capturing(cp: Any) -> bool:
+    s = cp.cuda.get_current_stream()
+    return s.ptr != 0 and s.is_capturing()
+
+
+def _tf32() -> bool:
+    from ember.backends import cuda as _bc
+    return _bc.matmul.allow_tf32
+
+
+def _options(dtype: Any) -> Any:
+    if dtype.name == "float32" and _tf32():
+        return MatmulOptions(compute_type=nvmath.linalg.ComputeType.COMPUTE_32F_FAST_TF32)
+    return MatmulOptions()
+
+
+def gemm(cp: Any, a: Any, b: Any, tag: str, epilog: Any = None, bias: Any = None) -> Any:
+    """``a @ b`` on cuBLASLt (with an optional epilogue), or None when nvmath rejects it.
+
+    Returns the result array, or ``(result, aux dict)`` for epilogues with outputs.
+    """
+    stream = cp.cuda.get_current_stream()
+    key = (tag, a.shape, a.strides, b.shape, b.strides, a.dtype.str, epilog,
+           None if bias is None else bias.strides, a.dtype.name == "float32" and _tf32(),
+           cp.cuda.runtime.getDevice(), stream.ptr)
+    mm = _PLANS.get(key)
+    inputs = {"bias": bias} if bias is not None else None
+    if mm is None:
+        if key in _FAILED:
+            return None
+        try:
+            mm = Matmul(a, b, options=_options(a.dtype), stream=stream)
+            if epilog is None:
+                mm.plan()
+            else:
+                mm.plan(epilog=epilog, epilog_inputs=inputs)
+        except Exception as exc:  # an unsupported layout/epilogue: the caller falls back
+            _FAILED[key] = repr(exc)[:300]
+            return None
+        _PLANS[key] = mm
+    else:
+        mm.reset_operands_unchecked(a=a, b=b, epilog_inputs=inputs)
+    return mm.execute(stream=stream)
+
+
+def _rows(a: Any) -> Any:
+    """``a`` as a C-contiguous 2-d ``(rows, last)`` array (a copy only when needed)."""
+    a2 = a.reshape(-1, a.shape[-1]) if a.ndim != 2 else a
+    return a2 if a2.flags.c_contiguous else a2.copy()
+
+
+def _worth_it(cp: Any, macs: int) -> bool:
+    return macs >= MIN_MACS or _capturing(cp)
+
+
+class NvLinear:
+    """``linear`` on cuBLASLt with the bias fused (forward) and the bias gradient fused into
+    the weight-gradient GEMM (backward)."""
+
+    def forward(ctx, xp, input, weight, bias):
+        if weight.ndim != 2 or input.ndim < 2 or input.dtype.name not in _DTYPES or \
+                weight.dtype != input.dtype or (bias is not None and bias.dtype != input.dtype):
+            return NotImplemented
+        n, k = weight.shape
+        m = input.size // k if k else 0
+        if not m or not n or not k or not _worth_it(xp, m * n * k):
+            return NotImplemented
+        x2, w = _rows(input), _rows(weight)
+        if bias is not None:
+            b = bias if bias.flags.c_contiguous else bias.copy()
+            yt = gemm(xp, w, x2.T, "fwd_bias", MatmulEpilog.BIAS, b)
+            y = None if yt is None else yt.T
+        else:
+            y = gemm(xp, x2, w.T, "fwd")
+        if y is None:
+            return NotImplemented
+        need = ctx.needs_input_grad
+        ctx.save(input if need[1] else None, weight if need[0] else None)
+        ctx.has_bias = bias is not None
+        ctx.w_ndim = 2
+        return y.reshape(input.shape[:-1] + (n,))
+
+    def backward(ctx, grad):
+        from ember.ops.registry import OPS
+        from ember.tensor import _make
+        x, w = ctx.saved
+        g = grad._data
+        cp = _xp(grad)
+        n = g.shape[-1]
+        m = g.size // n if n else 0
+        kdim = (x if x is not None else w).shape[-1]
+        if not m or not _worth_it(cp, m * n * kdim) or g.dtype.name not in _DTYPES:
+            return OPS["linear"].backward(ctx, grad)
+        g2 = _rows(g)
+        gx = gw = gb = None
+        want_b = ctx.has_bias and ctx.next_edges[2] is not None
+        if ctx.next_edges[0] is not None:
+            r = gemm(cp, g2, _rows(w._data), "dx")
+            if r is None:
+                return OPS["linear"].backward(ctx, grad)
+            gx = _make(r.reshape(g.shape[:-1] + (kdim,)), w._dtype, w._device)
+        if ctx.next_edges[1] is not None:
+            x2 = _rows(x._data)
+            res = gemm(cp, x2.T, g2, "dw_bgrad", MatmulEpilog.BGRADB) if want_b else None
+            if res is not None:
+                dwt, aux = res
+                gb = _make(aux["bgradb"].reshape(n), grad._dtype, grad._device)
+            else:  # no bias, or cuBLASLt refused the fused bias gradient
+                dwt = gemm(cp, x2.T, g2, "dw")
+            if dwt is None:
+                return OPS["linear"].backward(ctx, grad)
+            gw = _make(dwt.T, x._dtype, x._device)
+        if want_b and gb is None:
+            gb = grad.reshape(-1, n).sum(0)
+        return gx, gw, gb
+
+
+class NvMatmul:
+    """``matmul`` on cuBLASLt for 2-d operands, ``(*, K) @ (K, N)`` and equal-batch 3-d
+    products; others (and small ones outside capture) run the generic code."""
+
+    def forward(ctx, xp, input, other):
+        if input.dtype.name not in _DTYPES or other.dtype != input.dtype or input.ndim < 2 or \
+                other.ndim < 2 or not input.size or not other.size:
+            return NotImplemented
+        k, n = other.shape[-2], other.shape[-1]
+        if other.ndim == 2:
+            if not _worth_it(xp, (input.size // k) * n * k):
+                return NotImplemented
+            a = input if input.ndim == 2 else _rows(input)
+            y = gemm(xp, a, other, "mm")
+            if y is not None and input.ndim > 2:
+                y = y.reshape(input.shape[:-1] + (n,))
+        elif input.ndim == 3 and other.ndim == 3 and input.shape[0] == other.shape[0]:
+            if not _worth_it(xp, input.size * n):
+                return NotImplemented
+            y = gemm(xp, input, other, "bmm")
+        else:
+            return NotImplemented
+        if y is None:
+            return NotImplemented
+        need = ctx.needs_input_grad
+        ctx.save(input if need[1] else None, other if need[0] else None)
+        ctx.ndims = (input.ndim, other.ndim)
+        return y
+
+    def backward(ctx, grad):  # the generic formulas; their matmuls dispatch back here
+        from ember.ops.registry import OPS
+        return OPS["matmul"].backward(ctx, grad)
+
+
+def _xp(t: Any) -> Any:
+    from ember.backend import get_xp
+    return get_xp(t.device)
+
+
+if nvmath is None:
+    warnings.warn(f"ember: nvmath-python not installed; linear layers use CuPy's cuBLAS "
+                  f"matmul, which CUDA graph capture refuses ({_IMPORT_ERROR})", RuntimeWarning,
+                  stacklevel=2)
+    IMPLS: dict = {}
+else:
+    IMPLS = {"linear": NvLinear, "matmul": NvMatmul}
