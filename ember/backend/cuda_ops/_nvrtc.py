@@ -121,12 +121,13 @@ def define(family: str, source: str, kernels: tuple[str, ...]) -> None:
 
 def function(family: str, name: str, targs: str) -> Any:
     """The compiled ``name<targs>`` of ``family`` (compiling the family on first use)."""
-    key = (family, name, targs)
+    import cupy  # noqa: PLC0415 - lazy: only once a CUDA op runs
+    dev = cupy.cuda.runtime.getDevice()   # a module is loaded per device
+    key = (family, name, targs, dev)
     fn = _FUNCS.get(key)
     if fn is not None:
         return fn
-    import cupy  # noqa: PLC0415 - lazy: only once a CUDA op runs
-    mkey = (family, targs, cupy.cuda.runtime.getDevice())
+    mkey = (family, targs, dev)
     mod = _MODULES.get(mkey)
     source, kernels = _SOURCES[family]
     if mod is None:
