@@ -216,6 +216,70 @@ def run_one(fw: str, only: list) -> None:
         print(json.dumps({name: res}), flush=True)
 
 
+def profile(only: list) -> None:
+    """``--profile``: ember only, one step per workload timed op by op (device-synchronised,
+    so the GPU time of each op plus its host cost); backward nodes are reported as
+    ``<op> (bwd)`` and the rest of the step (optimizer, Python glue) as ``(other)``."""
+    import collections
+
+    import ember
+    from ember.ops.registry import OPS, OpNode
+
+    ember.cuda.is_available()  # installs the CUDA implementations before wrapping them
+    tot: dict = collections.defaultdict(float)
+    cnt: collections.Counter = collections.Counter()
+    depth = [0]
+    sync = ember.cuda.synchronize
+
+    def timed(fn: Callable, name: str) -> Callable:
+        def wrapper(*a: Any) -> Any:
+            if depth[0]:
+                return fn(*a)
+            depth[0] += 1
+            sync()
+            t0 = time.perf_counter()
+            try:
+                return fn(*a)
+            finally:
+                sync()
+                tot[name] += time.perf_counter() - t0
+                cnt[name] += 1
+                depth[0] -= 1
+        return wrapper
+
+    for name, op in OPS.items():
+        op.forward = timed(op.forward, name)
+        if op.cuda_impl is not None:
+            op.cuda_impl.forward = timed(op.cuda_impl.forward, name + " [cuda impl]")
+    orig_bw = OpNode.apply_backward
+
+    def apply_backward(self: Any, grads: Any) -> Any:
+        return timed(lambda: orig_bw(self, grads), self.op.name + " (bwd)")()
+    OpNode.apply_backward = apply_backward
+    for wname, make in WORKLOADS.items():
+        if only and not any(x.lower() in wname.lower() for x in only):
+            continue
+        step, _ = make(ember)
+        for _ in range(2):
+            step()
+        sync()
+        tot.clear()
+        cnt.clear()
+        t0 = time.perf_counter()
+        step()
+        sync()
+        total = time.perf_counter() - t0
+        tot["(other)"] = total - sum(tot.values())
+        print(f"## {wname}: {total * 1e3:.1f} ms in one profiled step")
+        for k, v in sorted(tot.items(), key=lambda kv: -kv[1])[:25]:
+            print(f"{v * 1e3:9.2f} ms  {cnt[k]:5d}x  {k}")
+        del step
+        from ember.backend.cuda_ops import _cudnn
+        print("cuDNN graphs:", sum(v is not None for v in _cudnn._GRAPHS.values()), "built,",
+              sum(v is None for v in _cudnn._GRAPHS.values()), "rejected:",
+              _cudnn._failed_keys[:4])
+
+
 def _fmt(r: dict | None, key: str) -> str:
     if not r:
         return "—"
@@ -230,6 +294,9 @@ def _fmt(r: dict | None, key: str) -> str:
 def main() -> None:
     if len(sys.argv) > 2 and sys.argv[1] == "--one":
         run_one(sys.argv[2], sys.argv[3:])
+        return
+    if len(sys.argv) > 1 and sys.argv[1] == "--profile":
+        profile(sys.argv[2:])
         return
     only = sys.argv[1:]
     res: dict = {}

