@@ -1,12 +1,13 @@
 """Convolution primitives: N-d convolution and transposed convolution, plus im2col/col2im.
 
-The CPU path is im2col + one GEMM: the padded input is viewed through
-``as_strided`` as ``(N, C, *kernel, *out)`` windows, copied once into a ``(N, C*K, L)``
-column matrix, and multiplied by the ``(O, C*K)`` weight matrix with ``xp.matmul`` (BLAS).
-The same layout gives the two gradients with one GEMM each:
+The CPU path is im2col + one GEMM: the padded input is viewed through ``as_strided`` as
+``(C, *kernel, N, *out)`` windows, copied once into a ``(C*K, N*L)`` column matrix, and
+multiplied by the ``(O, C*K)`` weight matrix with ``xp.matmul`` (BLAS); ``_Geom`` describes
+the layout (and its faster "wide" form for stride 1). With the output gradient ``g`` laid
+out as ``(O, N*L)`` rows in the same order, the two gradients are one GEMM each:
 
 * input gradient  = col2im(W^T @ g), which is also the forward of the transposed conv;
-* weight gradient = sum_n g[n] @ cols[n]^T (``_conv_weight_grad``).
+* weight gradient = g @ cols^T (``_conv_weight_grad``), reusing the forward's columns.
 
 Every backward is written in these ops, so double backward works: the adjoint of a conv
 in its input is a transposed conv and vice versa, and ``_conv_weight_grad`` is bilinear with
@@ -123,90 +124,186 @@ def col2im(xp: Any, cols: Any, c: int, sp: tuple, ksize: tuple, stride: tuple,
     return xp.ascontiguousarray(dx[(slice(None), slice(None)) + crop])
 
 
+class _Geom:
+    """Where each output reads its input: the layout shared by a conv's forward and gradients.
+
+    Columns are ``(C*K, N*L)``: one row per (input channel, kernel offset), one column per
+    (sample, output position), so each pass is ONE GEMM with the batch folded into its long
+    dimension (NumPy's stacked matmul makes N small GEMMs, and a weight gradient over
+    ``(N, C*K, L)`` columns needs a batched GEMM plus a sum).
+
+    ``wide`` (stride 1, no output padding): in the flattened padded input every kernel offset
+    is one constant shift, so the columns of a sample are read as ``out[0]`` full padded rows
+    (the positions past ``out[1:]`` are garbage that is cropped or multiplied by zeros). The
+    copies then move long contiguous runs instead of ``out[-1]``-element ones (2-3x faster at
+    LeNet sizes), and col2im is one contiguous add per kernel offset.
+    """
+
+    __slots__ = ("nd", "sp", "ksize", "stride", "padding", "dilation", "padded", "out",
+                 "wide", "row", "length", "shifts")
+
+    def __init__(self, sp: tuple, ksize: tuple, stride: tuple, padding: tuple,
+                 dilation: tuple, out: tuple | None = None) -> None:
+        nd = len(sp)
+        self.nd, self.sp, self.ksize = nd, tuple(sp), tuple(ksize)
+        self.stride, self.padding, self.dilation = tuple(stride), tuple(padding), tuple(dilation)
+        self.padded = tuple(sp[i] + 2 * padding[i] for i in range(nd))
+        if out is None:
+            out = tuple(out_size(sp[i], ksize[i], stride[i], padding[i], dilation[i])
+                        for i in range(nd))
+        self.out = tuple(out)
+        self.wide = all(s == 1 for s in stride) and \
+            all(out[i] + dilation[i] * (ksize[i] - 1) == self.padded[i] for i in range(nd))
+        self.row = math.prod(self.padded[1:])
+        if self.wide:
+            self.length = out[0] * self.row
+            self.shifts = [sum(kidx[i] * dilation[i] * math.prod(self.padded[i + 1:])
+                               for i in range(nd)) for kidx in np.ndindex(*ksize)]
+        else:
+            self.length = math.prod(out)
+            self.shifts = None
+
+    def narrow(self) -> None:
+        """Fall back to exact columns (one per output position)."""
+        self.wide, self.length, self.shifts = False, math.prod(self.out), None
+
+    def garbage(self) -> bool:
+        """Whether wide columns hold positions outside the output (read from other rows)."""
+        return self.wide and self.padded[1:] != self.out[1:]
+
+
+def _gemm(xp: Any, a: Any, b: Any) -> Any:
+    """``a @ b`` for ``(G, M, K) @ (G, K, N)``; a plain 2-D GEMM when G is 1."""
+    if a.shape[0] == 1:
+        return xp.matmul(a[0], b[0])[None]
+    return xp.matmul(a, b)
+
+
+def _threads(xp: Any, macs: int, n: int) -> None:
+    # Sized per sample, as when each sample was its own GEMM: these GEMMs have a short side
+    # (C_out, or C*K) that a second BLAS thread barely helps, while on a loaded 2-core box a
+    # second spinning thread made the LeNet conv GEMMs 8-15x slower (measured).
+    gemm_threads(xp, macs // max(n, 1))
+
+
+def conv_columns(xp: Any, x: Any, geo: _Geom) -> Any:
+    """The ``(C*K, N*L)`` column matrix of ``x (N, C, *sp)`` (see :class:`_Geom`)."""
+    n, c = x.shape[:2]
+    nd, k = geo.nd, geo.ksize
+    if geo.wide:
+        total = math.prod(geo.padded)
+        # one spare row: the last window of the last channel reads past the padded plane
+        buf = xp.zeros((n, c, total + geo.row), dtype=x.dtype)
+        inner = tuple(slice(p, p + s) for p, s in zip(geo.padding, geo.sp))
+        buf[:, :, :total].reshape((n, c) + geo.padded)[(slice(None), slice(None)) + inner] = x
+        st, item = buf.strides, buf.itemsize
+        kst = tuple(geo.dilation[i] * math.prod(geo.padded[i + 1:]) * item for i in range(nd))
+        view = as_strided(xp, buf, (c,) + k + (n, geo.length), (st[1],) + kst + (st[0], item))
+    else:
+        xpad = pad_spatial(xp, x, [(p, p) for p in geo.padding])
+        st = xpad.strides
+        view = as_strided(xp, xpad, (c,) + k + (n,) + geo.out,
+                          (st[1],) + tuple(st[2 + i] * geo.dilation[i] for i in range(nd)) +
+                          (st[0],) + tuple(st[2 + i] * geo.stride[i] for i in range(nd)))
+    return xp.ascontiguousarray(view).reshape(c * math.prod(k), n * geo.length)
+
+
+def _rows(xp: Any, g: Any, geo: _Geom) -> Any:
+    """An output-shaped ``(N, O, *out)`` array as ``(O, N*L)`` in the columns' order (zeros
+    at the wide layout's garbage positions)."""
+    n, o = g.shape[:2]
+    if geo.garbage():
+        buf = xp.zeros((o, n, geo.out[0]) + geo.padded[1:], dtype=g.dtype)
+        buf[(slice(None),) * 3 + tuple(slice(0, v) for v in geo.out[1:])] = g.swapaxes(0, 1)
+    else:
+        buf = xp.ascontiguousarray(g.swapaxes(0, 1))
+    return buf.reshape(o, n * geo.length)
+
+
+def _unrows(xp: Any, y: Any, geo: _Geom, n: int) -> Any:
+    """Inverse of :func:`_rows`: ``(O, N*L)`` to a contiguous ``(N, O, *out)``."""
+    o = y.shape[0]
+    if geo.garbage():
+        y = y.reshape((o, n, geo.out[0]) + geo.padded[1:])
+        y = y[(slice(None),) * 3 + tuple(slice(0, v) for v in geo.out[1:])]
+    else:
+        y = y.reshape((o, n) + geo.out)
+    return xp.ascontiguousarray(y.swapaxes(0, 1))
+
+
+def _fold_columns(xp: Any, dcols: Any, geo: _Geom, n: int, c: int) -> Any:
+    """Adjoint of :func:`conv_columns`: sum ``(C*K, N*L)`` columns into ``(N, C, *sp)``."""
+    nd = geo.nd
+    if geo.wide:
+        total, length = math.prod(geo.padded), geo.length
+        dc = dcols.reshape(c, len(geo.shifts), n, length)
+        buf = xp.zeros((c, n, total + geo.row), dtype=dcols.dtype)
+        for j, shift in enumerate(geo.shifts):
+            buf[:, :, shift:shift + length] += dc[:, j]
+        buf = buf[:, :, :total].reshape((c, n) + geo.padded)
+    else:
+        k, s, d, out = geo.ksize, geo.stride, geo.dilation, geo.out
+        dc = dcols.reshape((c,) + k + (n,) + out)
+        # the buffer also holds the reach of the last window (the output_padding case)
+        reach = tuple(max(geo.padded[i], d[i] * (k[i] - 1) + s[i] * (out[i] - 1) + 1)
+                      for i in range(nd))
+        buf = xp.zeros((c, n) + reach, dtype=dcols.dtype)
+        for kidx in np.ndindex(*k):
+            sl = tuple(slice(kidx[i] * d[i], kidx[i] * d[i] + s[i] * (out[i] - 1) + 1, s[i])
+                       for i in range(nd))
+            buf[(slice(None), slice(None)) + sl] += dc[(slice(None),) + kidx]
+    crop = tuple(slice(p, p + v) for p, v in zip(geo.padding, geo.sp))
+    return xp.ascontiguousarray(buf[(slice(None), slice(None)) + crop].swapaxes(0, 1))
+
+
+def _finite(xp: Any, a: Any) -> bool:
+    return bool(xp.isfinite(a).all())
+
+
 def conv_forward(xp: Any, x: Any, w: Any, stride: tuple, padding: tuple, dilation: tuple,
                  groups: int) -> tuple:
     """Correlation of ``x (N, C, *sp)`` with ``w (O, C/groups, *k)``; returns (y, cols)."""
-    n = x.shape[0]
-    o = w.shape[0]
-    ksize = w.shape[2:]
-    cols, out = im2col(xp, x, ksize, stride, padding, dilation)
-    length = cols.shape[-1]
-    gemm_threads(xp, w.size * length)  # NumPy runs one GEMM per sample: size it per sample
-    if groups == 1:
-        y = xp.matmul(w.reshape(o, -1), cols)
-    else:
-        y = xp.matmul(w.reshape(groups, o // groups, -1),
-                      cols.reshape(n, groups, -1, length)).reshape(n, o, length)
-    return y.reshape((n, o) + out), cols
+    n, o = x.shape[0], w.shape[0]
+    geo = _Geom(x.shape[2:], w.shape[2:], stride, padding, dilation)
+    cols = conv_columns(xp, x, geo)
+    _threads(xp, w.size * cols.shape[1], n)
+    y = _gemm(xp, w.reshape(groups, o // groups, -1), cols.reshape(groups, -1, cols.shape[1]))
+    return _unrows(xp, y.reshape(o, -1), geo, n), cols
 
 
 def conv_input_grad(xp: Any, g: Any, w: Any, sp: tuple, stride: tuple, padding: tuple,
                     dilation: tuple, groups: int) -> Any:
     """Gradient of the conv in its input (the transposed conv): ``g (N, O, *out)`` -> ``(N, C, *sp)``."""
     n, o = g.shape[:2]
-    ksize = w.shape[2:]
-    cg = w.shape[1]
+    c = w.shape[1] * groups
+    geo = _Geom(sp, w.shape[2:], stride, padding, dilation, out=g.shape[2:])
+    if geo.garbage() and not _finite(xp, w):
+        geo.narrow()  # W^T @ (zeros at garbage positions) must stay 0: not with inf weights
+    rows = _rows(xp, g, geo)
     wt = w.reshape(groups, o // groups, -1).transpose(0, 2, 1)
-    out = g.shape[2:]
-    padded = tuple(sp[i] + 2 * padding[i] for i in range(len(sp)))
-    if all(s == 1 for s in stride) and \
-            all(out[i] + dilation[i] * (ksize[i] - 1) == padded[i] for i in range(len(sp))):
-        return _input_grad_wide(xp, g, wt, n, groups * cg, sp, ksize, padding, dilation, groups)
-    length = math.prod(out)
-    g2 = g.reshape(n, groups, o // groups, length)
-    gemm_threads(xp, w.size * length)
-    dcols = xp.matmul(wt, g2).reshape(n, groups * cg * math.prod(ksize), length)
-    return col2im(xp, dcols, groups * cg, sp, ksize, stride, padding, dilation)
-
-
-def _input_grad_wide(xp: Any, g: Any, wt: Any, n: int, c: int, sp: tuple, ksize: tuple,
-                     padding: tuple, dilation: tuple, groups: int) -> Any:
-    """Stride-1 input gradient with long contiguous adds.
-
-    The output gradient is widened to the padded input's size in every spatial dim but the
-    first (zeros in the extra columns). In the flattened padded input, each kernel offset is
-    then one constant shift, so col2im becomes one contiguous add per kernel element instead
-    of ``N*C*H`` short row adds (3-4x faster at LeNet sizes).
-    """
-    nd = len(sp)
-    o = g.shape[1]
-    out = g.shape[2:]
-    padded = tuple(sp[i] + 2 * padding[i] for i in range(nd))
-    if nd > 1:
-        gw = xp.zeros((n, o, out[0]) + padded[1:], dtype=g.dtype)
-        gw[(slice(None), slice(None), slice(None)) + tuple(slice(0, v) for v in out[1:])] = g
-    else:
-        gw = g
-    rows = math.prod(padded[1:])
-    length = out[0] * rows
-    dcols = xp.matmul(wt, gw.reshape(n, groups, o // groups, length))
-    dcols = dcols.reshape((n, c) + tuple(ksize) + (length,))
-    total = math.prod(padded)
-    dx = xp.zeros((n, c, total + rows), dtype=dcols.dtype)  # room for the last shift
-    for kidx in np.ndindex(*ksize):
-        shift = sum(kidx[i] * dilation[i] * math.prod(padded[i + 1:]) for i in range(nd))
-        dx[:, :, shift:shift + length] += dcols[(slice(None), slice(None)) + kidx]
-    dx = dx[:, :, :total].reshape((n, c) + padded)
-    if not any(padding):
-        return dx
-    crop = tuple(slice(padding[i], padding[i] + sp[i]) for i in range(nd))
-    return xp.ascontiguousarray(dx[(slice(None), slice(None)) + crop])
+    _threads(xp, w.size * rows.shape[1], n)
+    dcols = _gemm(xp, wt, rows.reshape(groups, o // groups, -1))
+    return _fold_columns(xp, dcols.reshape(-1, rows.shape[1]), geo, n, c)
 
 
 def conv_weight_grad(xp: Any, x: Any, g: Any, ksize: tuple, stride: tuple, padding: tuple,
                      dilation: tuple, groups: int, cols: Any = None) -> Any:
-    """Gradient of the conv in its weight: ``(O, C/groups, *k)``."""
+    """Gradient of the conv in its weight: ``(O, C/groups, *k)``.
+
+    ``cols`` are the forward's columns (same geometry), reused when given.
+    """
     n, o = g.shape[:2]
     c = x.shape[1]
+    geo = _Geom(x.shape[2:], ksize, stride, padding, dilation)
+    if geo.garbage() and not _finite(xp, x):
+        geo.narrow()  # garbage columns meet zero gradients: 0 * inf would be NaN, not inf
+        cols = None
     if cols is None:
-        cols, _ = im2col(xp, x, ksize, stride, padding, dilation)
-    length = cols.shape[-1]
-    # Batched GEMM over n then a sum: cols[n]^T is an F-ordered view BLAS takes without a copy
-    # (folding n into one GEMM would copy the whole column matrix; measured 3-4x slower).
-    g2 = g.reshape(n, groups, o // groups, length)
-    c2 = cols.reshape(n, groups, -1, length).transpose(0, 1, 3, 2)
-    gemm_threads(xp, g2.shape[2] * length * c2.shape[3])
-    dw = xp.matmul(g2, c2).sum(0)
+        cols = conv_columns(xp, x, geo)
+    rows = _rows(xp, g, geo)
+    _threads(xp, o * cols.shape[0] * cols.shape[1] // groups, n)
+    dw = _gemm(xp, rows.reshape(groups, o // groups, -1),
+               cols.reshape(groups, -1, cols.shape[1]).transpose(0, 2, 1))
     return dw.reshape((o, c // groups) + tuple(ksize))
 
 

@@ -159,18 +159,60 @@ def _max_meta(op: Any, input: Any, kernel_size: Any, stride: Any, padding: Any, 
 
 def _positions(xp: Any, k: tuple, s: tuple, p: tuple, d: tuple, out: tuple,
                sp: tuple) -> tuple:
-    """(flat input position of each window's first element, broadcastable to (N, C, *out);
-    flat offset of each kernel element within a window)."""
+    """(flat input position of each window's first element, shape ``out``; flat offset of
+    each kernel element within a window, an int64 array of ``prod(k)``)."""
     nd = len(k)
     base = None
     for i in range(nd):
-        shape = [1] * (nd + 2)
-        shape[2 + i] = out[i]
+        shape = [1] * nd
+        shape[i] = out[i]
         term = ((xp.arange(out[i], dtype=xp.int64) * s[i] - p[i]) * math.prod(sp[i + 1:]))
         base = term.reshape(shape) if base is None else base + term.reshape(shape)
     offsets = [sum(kidx[i] * d[i] * math.prod(sp[i + 1:]) for i in range(nd))
                for kidx in np.ndindex(*k)]
-    return base, offsets
+    return base, xp.asarray(np.array(offsets, dtype=np.int64))
+
+
+# Kernel-element planes bigger than this stay strided views instead of one contiguous copy.
+_PLANES_BYTES = 64 * 2 ** 20
+
+
+def _kernel_planes(xp: Any, v: Any, nd: int) -> Any:
+    """The window view ``(N, C, *k, *out)`` as one ``(K, N, C, *out)`` plane per kernel element.
+
+    One copy makes every later pass contiguous (SIMD; NumPy's strided loops are 3-5x slower
+    and run once per comparison); when that copy would be big (heavily overlapping windows),
+    a list of strided views is used instead.
+    """
+    k = v.shape[2:2 + nd]
+    if v.size * v.itemsize <= _PLANES_BYTES:
+        axes = tuple(range(2, 2 + nd)) + (0, 1) + tuple(range(2 + nd, 2 + 2 * nd))
+        planes = xp.ascontiguousarray(v.transpose(axes))
+        return planes.reshape((-1,) + planes.shape[nd:])
+    return [v[(slice(None), slice(None)) + kidx] for kidx in np.ndindex(*k)]
+
+
+def _first_max(xp: Any, planes: Any) -> tuple:
+    """(max over the planes, index of the first plane holding it; in a window with NaN, the
+    last NaN's plane: torch's rule that a later element wins when greater or NaN)."""
+    kk = len(planes)
+    y = planes[0].copy()
+    for j in range(1, kk):
+        xp.maximum(y, planes[j], out=y)  # propagates NaN, like torch
+    ct = xp.uint8 if kk <= 255 else xp.int32
+    # The first plane equal to the max is the number of leading planes that differ from it:
+    # sum over j of "planes 0..j all differ". Bool ands and small-int adds: NumPy's where and
+    # masked writes are several times slower.
+    run = planes[0] != y
+    code = run.astype(ct)
+    for j in range(1, kk - 1):
+        run &= planes[j] != y
+        code += run
+    if bool(xp.isnan(y).any()):
+        for j in range(kk):
+            nan = planes[j] != planes[j]
+            code -= (code - ct(j)) * nan  # ascending: the last NaN wins (modular arithmetic)
+    return y, code
 
 
 @register("_max_pool", meta=_max_meta, method=False, function=False, nondiff_outputs=(1,),
@@ -189,27 +231,9 @@ class MaxPool(OpDef):
         xpad = pad_spatial(xp, x, _pads(sp, k, s, p, d, out), -xp.inf)
         v = windows(xp, xpad, k, s, d, out)
         base, offsets = _positions(xp, k, s, p, d, out, sp)
-        # One pass per kernel element over output-sized views (NumPy's multi-axis max over a
-        # strided window view is ~10x slower): first the max, then the index of the first
-        # element equal to it (walking the window backwards, so the first one wins).
-        views = [v[(slice(None), slice(None)) + kidx] for kidx in np.ndindex(*k)]
-        y = views[0].copy()
-        for vals in views[1:]:
-            xp.maximum(y, vals, out=y)  # propagates NaN, like torch
-        idx = xp.broadcast_to(base + offsets[-1], y.shape)
-        for j in range(len(views) - 2, -1, -1):
-            idx = xp.where(views[j] == y, base + offsets[j], idx)
-        if bool(xp.isnan(y).any()):
-            # torch's rule for NaN windows: the last NaN's index (a later element wins when it
-            # is greater or NaN)
-            best = views[0].copy()
-            nan_idx = xp.broadcast_to(base + offsets[0], y.shape).copy()
-            for j, vals in enumerate(views[1:], 1):
-                upd = (vals > best) | (vals != vals)
-                nan_idx = xp.where(upd, base + offsets[j], nan_idx)
-                best = xp.where(upd, vals, best)
-            idx = xp.where(y != y, nan_idx, idx)
-        idx = xp.ascontiguousarray(idx)
+        y, code = _first_max(xp, _kernel_planes(xp, v, nd))
+        idx = offsets.take(code.astype(xp.intp))  # flat input index of each window's max
+        idx += base
         ctx.p = (input.shape, all(s[i] >= d[i] * (k[i] - 1) + 1 for i in range(nd)))
         ctx.save(idx)
         return y.astype(input.dtype, copy=False), idx
