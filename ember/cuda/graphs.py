@@ -11,6 +11,7 @@ the backward of a callable are each captured once and replayed on every call.
 """
 from __future__ import annotations
 
+import gc
 from typing import Any, Callable
 
 
@@ -40,6 +41,11 @@ class CUDAGraph:
             self._stream = cp.cuda.Stream(non_blocking=True)
         self._prev_stream = cp.cuda.get_current_stream()
         cp.cuda.get_current_stream().synchronize()
+        # No garbage collection inside the capture: a finalizer that frees or synchronises
+        # CUDA objects there would invalidate it (torch collects before capturing too).
+        gc.collect()
+        self._gc_was_enabled = gc.isenabled()
+        gc.disable()
         self._alloc_ctx = cp.cuda.using_allocator(self._pool.malloc)
         self._alloc_ctx.__enter__()
         self._stream.use()
@@ -51,6 +57,8 @@ class CUDAGraph:
         finally:
             self._alloc_ctx.__exit__(None, None, None)
             self._prev_stream.use()
+            if self._gc_was_enabled:
+                gc.enable()
 
     def replay(self) -> None:
         if self._graph is None:
