@@ -3,11 +3,15 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+import numpy as _np
+
+from ember._state import _State
+from ember.backend import get_xp
 from ember.backend.cpu import gemm_threads
 from ember.errors import check, make
 from ember.ops import meta as M
 from ember.ops.registry import OPS, OpDef, TensorMeta, apply, composite, register
-from ember.tensor import Tensor
+from ember.tensor import Tensor, _make
 
 
 def _same_dtype(op: str, a: Tensor, b: Tensor) -> None:
@@ -111,19 +115,14 @@ class Linear(OpDef):
     """``y = input @ weight.T + bias`` as one op (one GEMM, bias added in place)."""
 
     def forward(ctx, xp, input, weight, bias):
-        if input.ndim > 2 and weight.ndim == 2 and input.flags.c_contiguous:
+        gemm_threads(xp, input.size * (weight.shape[0] if weight.ndim > 1 else 1))
+        if input.ndim > 2 and weight.ndim == 2:
             # one GEMM over all rows: NumPy loops over the leading dims of a stacked
             # (*, K) @ (K, N), about 8x slower at (35, 20, 200) @ (200, 10000)
             y = xp.matmul(input.reshape(-1, input.shape[-1]), weight.T).reshape(
                 input.shape[:-1] + (weight.shape[0],))
         else:
-            gemm_threads(xp, input.size * (weight.shape[0] if weight.ndim > 1 else 1))
-        if input.ndim > 2 and weight.ndim == 2:
-            # (*, K) @ (K, N) as one GEMM over the flattened rows (NumPy would loop)
-            y = xp.matmul(input.reshape(-1, input.shape[-1]), weight.T).reshape(
-                input.shape[:-1] + (weight.shape[0],))
-        else:
-            y = xp.matmul(input, weight.T)
+            y = xp.matmul(input, weight.T)  # weight.T is a view: BLAS reads it transposed
         if y.dtype != input.dtype:  # bfloat16: fp32 accumulation, rounded once
             y = y.astype(input.dtype)
         if bias is not None:
@@ -136,18 +135,51 @@ class Linear(OpDef):
 
     def backward(ctx, grad):
         x, w = ctx.saved  # either may be None when its partner needs no gradient
+        edges = ctx.next_edges
+        if not _State.enabled and ctx.w_ndim == 2 and grad._data.dtype.kind == "f":
+            return _linear_backward_arrays(ctx, grad, x, w)
         gx = gw = gb = None
-        if ctx.next_edges[0] is not None:
+        if edges[0] is not None:
             gx = grad.matmul(w) if w.ndim == 2 else grad.unsqueeze(-1) * w
-        if ctx.next_edges[1] is not None:
+        if edges[1] is not None:
             if ctx.w_ndim == 2:
                 g2 = grad.reshape(-1, grad.shape[-1])
                 gw = g2.t().matmul(x.reshape(-1, x.shape[-1]))
             else:
                 gw = (grad.unsqueeze(-1) * x).reshape(-1, x.shape[-1]).sum(0)
-        if ctx.has_bias and ctx.next_edges[2] is not None:
+        if ctx.has_bias and edges[2] is not None:
             gb = grad.reshape(-1, grad.shape[-1]).sum(0) if ctx.w_ndim == 2 else grad.sum()
         return gx, gw, gb
+
+
+def _linear_backward_arrays(ctx: Any, grad: Tensor, x: Tensor | None,
+                            w: Tensor | None) -> tuple:
+    """Linear's backward straight on arrays when no graph of the backward is wanted: two
+    GEMMs and a column sum, no dispatcher round trips (they cost as much as the small GEMMs
+    of an MLP). Both products read their operands transposed in place (BLAS flags, no
+    copies); the weight gradient comes out C-contiguous, so the engine can adopt it as
+    ``.grad`` without a copy."""
+    edges = ctx.next_edges
+    g = grad._data
+    n_out = g.shape[-1]
+    g2 = g.reshape(-1, n_out)
+    dev = grad._device
+    dt = grad._dtype
+    xp = _np if type(g) is _np.ndarray else get_xp(dev)
+    gx = gw = gb = None
+    if edges[0] is not None:
+        wa = w._data
+        gemm_threads(xp, g2.size * wa.shape[1])
+        gx = xp.matmul(g2, wa)
+        gx = _make(gx.reshape(g.shape[:-1] + (wa.shape[1],)), dt, dev)
+    if edges[1] is not None:
+        xa = x._data
+        x2 = xa.reshape(-1, xa.shape[-1])
+        gemm_threads(xp, g2.size * x2.shape[1])
+        gw = _make(xp.matmul(g2.T, x2), dt, dev)
+    if ctx.has_bias and edges[2] is not None:
+        gb = _make(g2.sum(axis=0), dt, dev)
+    return gx, gw, gb
 
 
 def _dims(op: str, t: Tensor, n: int, name: str) -> None:
