@@ -29,30 +29,164 @@ PRELUDE = r"""
 #endif
 struct bf16_t { unsigned short bits; };
 struct half_t { unsigned short bits; };
+struct alignas(16) u4_t { unsigned int x, y, z, w; };
+// elements per 16-byte vector access
+template <typename T> struct VW { static constexpr int n = 16 / (int)sizeof(T); };
+
+__device__ __forceinline__ float h2f(unsigned int h) {
+    float f;
+    unsigned short b = (unsigned short)h;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(b));
+    return f;
+}
+__device__ __forceinline__ unsigned int f2h(float v) {
+    unsigned short h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(v));
+    return h;
+}
+__device__ __forceinline__ unsigned int f2bf(float v) {
+    unsigned int u = __float_as_uint(v);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (u >> 16) | 0x40u;   // NaN stays a quiet NaN
+    u += 0x7fffu + ((u >> 16) & 1u);                                   // nearest, ties to even
+    return u >> 16;
+}
 
 __device__ __forceinline__ float ld(const float* p, long long i) { return p[i]; }
 __device__ __forceinline__ float ld(const bf16_t* p, long long i) {
     return __uint_as_float(((unsigned int)p[i].bits) << 16);
 }
-__device__ __forceinline__ float ld(const half_t* p, long long i) {
-    float f;
-    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(p[i].bits));
-    return f;
-}
+__device__ __forceinline__ float ld(const half_t* p, long long i) { return h2f(p[i].bits); }
 __device__ __forceinline__ void st(float* p, long long i, float v) { p[i] = v; }
 __device__ __forceinline__ void st(bf16_t* p, long long i, float v) {
-    unsigned int u = __float_as_uint(v);
-    if ((u & 0x7fffffffu) > 0x7f800000u) {          // NaN: keep it a (quiet) NaN
-        p[i].bits = (unsigned short)((u >> 16) | 0x40u);
-        return;
-    }
-    u += 0x7fffu + ((u >> 16) & 1u);                 // round to nearest, ties to even
-    p[i].bits = (unsigned short)(u >> 16);
+    p[i].bits = (unsigned short)f2bf(v);
 }
 __device__ __forceinline__ void st(half_t* p, long long i, float v) {
-    unsigned short h;
-    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(v));
-    p[i].bits = h;
+    p[i].bits = (unsigned short)f2h(v);
+}
+
+// 16-byte loads/stores of VW<T>::n consecutive elements (p must be 16-byte aligned).
+__device__ __forceinline__ void ldv(const float* p, float* v) {
+    u4_t a = *reinterpret_cast<const u4_t*>(p);
+    v[0] = __uint_as_float(a.x); v[1] = __uint_as_float(a.y);
+    v[2] = __uint_as_float(a.z); v[3] = __uint_as_float(a.w);
+}
+__device__ __forceinline__ void ldv(const bf16_t* p, float* v) {
+    u4_t a = *reinterpret_cast<const u4_t*>(p);
+    unsigned int w[4] = {a.x, a.y, a.z, a.w};
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+        v[2 * k] = __uint_as_float(w[k] << 16);
+        v[2 * k + 1] = __uint_as_float(w[k] & 0xffff0000u);
+    }
+}
+__device__ __forceinline__ void ldv(const half_t* p, float* v) {
+    u4_t a = *reinterpret_cast<const u4_t*>(p);
+    unsigned int w[4] = {a.x, a.y, a.z, a.w};
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+        v[2 * k] = h2f(w[k] & 0xffffu);
+        v[2 * k + 1] = h2f(w[k] >> 16);
+    }
+}
+__device__ __forceinline__ void stv(float* p, const float* v) {
+    u4_t a;
+    a.x = __float_as_uint(v[0]); a.y = __float_as_uint(v[1]);
+    a.z = __float_as_uint(v[2]); a.w = __float_as_uint(v[3]);
+    *reinterpret_cast<u4_t*>(p) = a;
+}
+__device__ __forceinline__ void stv(bf16_t* p, const float* v) {
+    u4_t a;
+    a.x = f2bf(v[0]) | (f2bf(v[1]) << 16); a.y = f2bf(v[2]) | (f2bf(v[3]) << 16);
+    a.z = f2bf(v[4]) | (f2bf(v[5]) << 16); a.w = f2bf(v[6]) | (f2bf(v[7]) << 16);
+    *reinterpret_cast<u4_t*>(p) = a;
+}
+__device__ __forceinline__ void stv(half_t* p, const float* v) {
+    u4_t a;
+    a.x = f2h(v[0]) | (f2h(v[1]) << 16); a.y = f2h(v[2]) | (f2h(v[3]) << 16);
+    a.z = f2h(v[4]) | (f2h(v[5]) << 16); a.w = f2h(v[6]) | (f2h(v[7]) << 16);
+    *reinterpret_cast<u4_t*>(p) = a;
+}
+
+// Row loops over threadIdx.x: scalar up to the row's first 16-byte boundary, 16-byte vectors,
+// then a scalar tail. Every array a kernel walks this way has the same dtype and row length
+// and a 16-byte aligned base (the host checks, else passes vec = 0: all scalar), so one
+// `head` serves them all.
+template <typename T>
+__device__ __forceinline__ int row_head(const T* r, int cols, int vec) {
+    if (!vec) return cols;
+    int h = (int)(((16u - ((unsigned int)(unsigned long long)r & 15u)) & 15u) / sizeof(T));
+    return h < cols ? h : cols;
+}
+
+// f(c, a[c]) for every column c of the row
+template <typename T, typename F>
+__device__ __forceinline__ void row_each(const T* a, int cols, int vec, F f) {
+    constexpr int N = VW<T>::n;
+    int head = row_head(a, cols, vec);
+    int end = head + (cols - head) / N * N;
+    for (int c = threadIdx.x; c < head; c += blockDim.x) f(c, ld(a, c));
+    for (int k = head + threadIdx.x * N; k < end; k += blockDim.x * N) {
+        float v[N];
+        ldv(a + k, v);
+#pragma unroll
+        for (int j = 0; j < N; ++j) f(k + j, v[j]);
+    }
+    for (int c = end + threadIdx.x; c < cols; c += blockDim.x) f(c, ld(a, c));
+}
+
+// f(c, a[c], b[c])
+template <typename T, typename F>
+__device__ __forceinline__ void row_each2(const T* a, const T* b, int cols, int vec, F f) {
+    constexpr int N = VW<T>::n;
+    int head = row_head(a, cols, vec);
+    int end = head + (cols - head) / N * N;
+    for (int c = threadIdx.x; c < head; c += blockDim.x) f(c, ld(a, c), ld(b, c));
+    for (int k = head + threadIdx.x * N; k < end; k += blockDim.x * N) {
+        float u[N], v[N];
+        ldv(a + k, u);
+        ldv(b + k, v);
+#pragma unroll
+        for (int j = 0; j < N; ++j) f(k + j, u[j], v[j]);
+    }
+    for (int c = end + threadIdx.x; c < cols; c += blockDim.x) f(c, ld(a, c), ld(b, c));
+}
+
+// out[c] = f(c, a[c])
+template <typename T, typename F>
+__device__ __forceinline__ void row_map(const T* a, T* out, int cols, int vec, F f) {
+    constexpr int N = VW<T>::n;
+    int head = row_head(a, cols, vec);
+    int end = head + (cols - head) / N * N;
+    for (int c = threadIdx.x; c < head; c += blockDim.x) st(out, c, f(c, ld(a, c)));
+    for (int k = head + threadIdx.x * N; k < end; k += blockDim.x * N) {
+        float v[N];
+        ldv(a + k, v);
+#pragma unroll
+        for (int j = 0; j < N; ++j) v[j] = f(k + j, v[j]);
+        stv(out + k, v);
+    }
+    for (int c = end + threadIdx.x; c < cols; c += blockDim.x) st(out, c, f(c, ld(a, c)));
+}
+
+// out[c] = f(c, a[c], b[c])
+template <typename T, typename F>
+__device__ __forceinline__ void row_map2(const T* a, const T* b, T* out, int cols, int vec,
+                                         F f) {
+    constexpr int N = VW<T>::n;
+    int head = row_head(a, cols, vec);
+    int end = head + (cols - head) / N * N;
+    for (int c = threadIdx.x; c < head; c += blockDim.x)
+        st(out, c, f(c, ld(a, c), ld(b, c)));
+    for (int k = head + threadIdx.x * N; k < end; k += blockDim.x * N) {
+        float u[N], v[N];
+        ldv(a + k, u);
+        ldv(b + k, v);
+#pragma unroll
+        for (int j = 0; j < N; ++j) u[j] = f(k + j, u[j], v[j]);
+        stv(out + k, u);
+    }
+    for (int c = end + threadIdx.x; c < cols; c += blockDim.x)
+        st(out, c, f(c, ld(a, c), ld(b, c)));
 }
 
 __device__ __forceinline__ float warp_sum(float v) {
@@ -196,6 +330,12 @@ def flat_grid(n: int, threads: int = 256, per_thread: int = 1) -> tuple[tuple, t
     """(grid, block) for a grid-stride elementwise kernel over ``n`` items."""
     blocks = max(1, min((n + threads * per_thread - 1) // (threads * per_thread), 1 << 20))
     return (blocks, 1, 1), (threads, 1, 1)
+
+
+def aligned(*arrays: Any) -> Any:
+    """1 when every array starts on a 16-byte boundary (the kernels may use 16-byte vector
+    loads and stores), else 0."""
+    return np.int32(all(a.data.ptr % 16 == 0 for a in arrays))
 
 
 def contiguous(xp: Any, a: Any, dtype: Any = None) -> Any:

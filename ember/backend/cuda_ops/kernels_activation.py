@@ -38,19 +38,40 @@ __device__ __forceinline__ float dact(float x, int mode) {
     return s * (1.f + x * (1.f - s));
 }
 
+// Grid-stride over 16-byte vectors (vec: the arrays are 16-byte aligned), then a scalar tail.
 template <typename T>
-__global__ void act_fwd(const T* __restrict__ x, T* __restrict__ y, long long n, int mode) {
-    long long stride = (long long)gridDim.x * blockDim.x;
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
-        st(y, i, act(ld(x, i), mode));
+__global__ void act_fwd(const T* __restrict__ x, T* __restrict__ y, long long n, int mode,
+                        int vec) {
+    constexpr int N = VW<T>::n;
+    long long tid = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    long long nt = (long long)gridDim.x * blockDim.x;
+    long long nv = vec ? n / N : 0;
+    for (long long k = tid; k < nv; k += nt) {
+        float v[N];
+        ldv(x + k * N, v);
+#pragma unroll
+        for (int j = 0; j < N; ++j) v[j] = act(v[j], mode);
+        stv(y + k * N, v);
+    }
+    for (long long i = nv * N + tid; i < n; i += nt) st(y, i, act(ld(x, i), mode));
 }
 
 template <typename T>
 __global__ void act_bwd(const T* __restrict__ g, const T* __restrict__ x, T* __restrict__ dx,
-                        long long n, int mode) {
-    long long stride = (long long)gridDim.x * blockDim.x;
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
-        st(dx, i, ld(g, i) * dact(ld(x, i), mode));
+                        long long n, int mode, int vec) {
+    constexpr int N = VW<T>::n;
+    long long tid = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    long long nt = (long long)gridDim.x * blockDim.x;
+    long long nv = vec ? n / N : 0;
+    for (long long k = tid; k < nv; k += nt) {
+        float u[N], v[N];
+        ldv(g + k * N, u);
+        ldv(x + k * N, v);
+#pragma unroll
+        for (int j = 0; j < N; ++j) u[j] *= dact(v[j], mode);
+        stv(dx + k * N, u);
+    }
+    for (long long i = nv * N + tid; i < n; i += nt) st(dx, i, ld(g, i) * dact(ld(x, i), mode));
 }
 """
 
@@ -61,9 +82,9 @@ def _run(xp: Any, name: str, arrays: tuple, out_like: Any, mode: int) -> Any:
     out = xp.empty(out_like.shape, out_like.dtype)
     n = out.size
     if n:
-        grid, block = K.flat_grid(n, 256, 4)
+        grid, block = K.flat_grid(max(n // 8, 1), 256)
         K.function("activation", name, K.ctype(out_like))(
-            grid, block, arrays + (out, K.i64(n), K.i32(mode)))
+            grid, block, arrays + (out, K.i64(n), K.i32(mode), K.aligned(out, *arrays)))
     return out
 
 

@@ -27,21 +27,20 @@ __global__ void ce_fwd(const T* __restrict__ x, const long long* __restrict__ tg
                        const float* __restrict__ w, int has_w, float* __restrict__ lse_out,
                        float* __restrict__ loss_out, float* __restrict__ wt_out,
                        unsigned long long* __restrict__ bad, long long rows, int C,
-                       long long ignore, float eps) {
+                       long long ignore, float eps, int vec) {
     __shared__ float shm[32], shs[32], sh[32];
     long long row = (long long)blockIdx.x * blockDim.y + threadIdx.y;
     if (row >= rows) return;
     const T* xr = x + row * C;
     float m = -INFINITY, s = 0.f, sx = 0.f, sw = 0.f;
-    for (int c = threadIdx.x; c < C; c += blockDim.x) {
-        float v = ld(xr, c);
+    row_each(xr, C, vec, [&](int c, float v) {
         ms_add(m, s, v);
         if (eps > 0.f) {
             float wc = has_w ? w[c] : 1.f;
             sx += wc * v;
             sw += wc;
         }
-    }
+    });
     row_ms(m, s, shm, shs);
     if (eps > 0.f) {
         sx = row_sum(sx, sh);
@@ -90,14 +89,14 @@ __global__ void ce_bwd(const T* __restrict__ x, const long long* __restrict__ tg
                        const float* __restrict__ w, int has_w, const float* __restrict__ wsum,
                        const float* __restrict__ lse, const T* __restrict__ gout,
                        int g_per_row, float gscale, T* __restrict__ dx, long long rows, int C,
-                       long long ignore, float eps) {
+                       long long ignore, float eps, int vec) {
     long long row = (long long)blockIdx.x * blockDim.y + threadIdx.y;
     if (row >= rows) return;
     const T* xr = x + row * C;
     T* dr = dx + row * C;
     long long t = tgt[row];
     if (t == ignore) {
-        for (int c = threadIdx.x; c < C; c += blockDim.x) st(dr, c, 0.f);
+        row_map(xr, dr, C, vec, [&](int, float) { return 0.f; });
         return;
     }
     float g = ld(gout, g_per_row ? row : 0) * gscale;
@@ -105,12 +104,11 @@ __global__ void ce_bwd(const T* __restrict__ x, const long long* __restrict__ tg
     float smooth = eps / C;
     float sumq = (1.f - eps) * wt + smooth * (has_w ? wsum[0] : (float)C);
     float l = lse[row];
-    for (int c = threadIdx.x; c < C; c += blockDim.x) {
-        float p = expf(ld(xr, c) - l);
+    row_map(xr, dr, C, vec, [&](int c, float v) {
         float q = (c == t ? (1.f - eps) * wt : 0.f);
         if (eps > 0.f) q += smooth * (has_w ? w[c] : 1.f);
-        st(dr, c, g * (p * sumq - q));
-    }
+        return g * (expf(v - l) * sumq - q);
+    });
 }
 """
 
@@ -142,7 +140,7 @@ class CrossEntropyImpl:
         K.function("loss", "ce_fwd", ct)(
             grid, block, (input, tgt, w32 if w32 is not None else lse, K.i32(w32 is not None),
                           lse, loss, wt, bad, K.i64(rows), K.i32(n_classes),
-                          K.i64(ignore_index), K.f32(eps)))
+                          K.i64(ignore_index), K.f32(eps), K.aligned(input)))
         red = xp.empty(3, xp.float32)
         mode = _MODES[reduction]
         out = xp.empty((), input.dtype) if mode else None
@@ -192,7 +190,8 @@ class CrossEntropyImpl:
                 grid, block, (x, tgt, w32 if w32 is not None else lse, K.i32(w32 is not None),
                               wsum if wsum is not None else lse, lse, g,
                               K.i32(ctx.reduction == "none"), K.f32(gscale), dx, K.i64(rows),
-                              K.i32(n_classes), K.i64(ignore_index), K.f32(ctx.eps)))
+                              K.i32(n_classes), K.i64(ignore_index), K.f32(ctx.eps),
+                              K.aligned(x, dx)))
             gx = K.wrap(dx, input.device)
         return gx, None, None, None, None, None
 

@@ -30,7 +30,7 @@ template <typename T>
 __global__ void ln_fwd(const T* __restrict__ x, const T* __restrict__ w,
                        const T* __restrict__ b, T* __restrict__ y, float* __restrict__ mean,
                        float* __restrict__ rstd, long long rows, int cols, float eps,
-                       int center, int has_w, int has_b) {
+                       int center, int has_w, int has_b, int vec) {
     __shared__ float sh[32];
     long long row = (long long)blockIdx.x * blockDim.y + threadIdx.y;
     if (row >= rows) return;
@@ -39,21 +39,18 @@ __global__ void ln_fwd(const T* __restrict__ x, const T* __restrict__ w,
     float mu = 0.f;
     if (center) {
         float acc = 0.f;
-        for (int c = threadIdx.x; c < cols; c += blockDim.x) acc += ld(xr, c);
+        row_each(xr, cols, vec, [&](int, float v) { acc += v; });
         mu = row_sum(acc, sh) / cols;
     }
     float acc = 0.f;
-    for (int c = threadIdx.x; c < cols; c += blockDim.x) {
-        float d = ld(xr, c) - mu;
-        acc += d * d;
-    }
+    row_each(xr, cols, vec, [&](int, float v) { acc += (v - mu) * (v - mu); });
     float r = 1.f / sqrtf(row_sum(acc, sh) / cols + eps);
-    for (int c = threadIdx.x; c < cols; c += blockDim.x) {
-        float v = (ld(xr, c) - mu) * r;
+    row_map(xr, yr, cols, vec, [&](int c, float v) {
+        v = (v - mu) * r;
         if (has_w) v *= ld(w, c);
         if (has_b) v += ld(b, c);
-        st(yr, c, v);
-    }
+        return v;
+    });
     if (threadIdx.x == 0) {
         if (center) mean[row] = mu;
         rstd[row] = r;
@@ -64,7 +61,7 @@ template <typename T>
 __global__ void ln_bwd_dx(const T* __restrict__ g, const T* __restrict__ x,
                           const T* __restrict__ w, const float* __restrict__ mean,
                           const float* __restrict__ rstd, T* __restrict__ dx, long long rows,
-                          int cols, int center, int has_w) {
+                          int cols, int center, int has_w, int vec) {
     __shared__ float sh[32];
     long long row = (long long)blockIdx.x * blockDim.y + threadIdx.y;
     if (row >= rows) return;
@@ -73,18 +70,17 @@ __global__ void ln_bwd_dx(const T* __restrict__ g, const T* __restrict__ x,
     T* dr = dx + row * cols;
     float mu = center ? mean[row] : 0.f, r = rstd[row];
     float a = 0.f, bsum = 0.f;
-    for (int c = threadIdx.x; c < cols; c += blockDim.x) {
-        float gh = ld(gr, c) * (has_w ? ld(w, c) : 1.f);
+    row_each2(gr, xr, cols, vec, [&](int c, float gv, float xv) {
+        float gh = gv * (has_w ? ld(w, c) : 1.f);
         a += gh;
-        bsum += gh * (ld(xr, c) - mu) * r;
-    }
+        bsum += gh * (xv - mu) * r;
+    });
     a = center ? row_sum(a, sh) / cols : 0.f;
     bsum = row_sum(bsum, sh) / cols;
-    for (int c = threadIdx.x; c < cols; c += blockDim.x) {
-        float gh = ld(gr, c) * (has_w ? ld(w, c) : 1.f);
-        float xh = (ld(xr, c) - mu) * r;
-        st(dr, c, r * (gh - a - xh * bsum));
-    }
+    row_map2(gr, xr, dr, cols, vec, [&](int c, float gv, float xv) {
+        float gh = gv * (has_w ? ld(w, c) : 1.f);
+        return r * (gh - a - (xv - mu) * r * bsum);
+    });
 }
 
 // Partial dweight/dbias: block (32, 8) covers 32 columns of one chunk of rows.
@@ -280,7 +276,8 @@ def _row_norm_forward(ctx: Any, xp: Any, input: Any, normalized_shape: Any, weig
         grid, block, (input, weight if weight is not None else input,
                       bias if bias is not None else input, y,
                       mean if center else rstd, rstd, K.i64(rows), K.i32(cols), K.f32(eps),
-                      K.i32(center), K.i32(weight is not None), K.i32(bias is not None)))
+                      K.i32(center), K.i32(weight is not None), K.i32(bias is not None),
+                      K.aligned(input, y)))
     stat_shape = lead + (1,) * k
     ctx.p = (tuple(range(input.ndim - k, input.ndim)), eps)
     ctx.save(input, weight, mean.reshape(stat_shape) if center else None,
@@ -306,7 +303,8 @@ def _row_norm_backward(ctx: Any, grad: Any, center: bool) -> tuple:
         grid, block = K.row_config(rows, cols)
         K.function("norm", "ln_bwd_dx", ct)(
             grid, block, (g, xa, wa if wa is not None else xa, mean_a, rstd._data, dx,
-                          K.i64(rows), K.i32(cols), K.i32(center), K.i32(wa is not None)))
+                          K.i64(rows), K.i32(cols), K.i32(center), K.i32(wa is not None),
+                          K.aligned(g, xa, dx)))
         gx = K.wrap(dx, x.device)
     want_w = wa is not None and need[2]
     want_b = center and len(need) > 3 and need[3]
