@@ -206,19 +206,16 @@ def run_one(fw: str, only: list) -> None:
     else:
         import ember as mod
     mod.manual_seed(0)
-    restore = None
+    gemm_switch: list = []
     if fw == "ember":
         mod.cuda.is_available()
         from ember.backend.cuda_ops import nvmath_linear
-        default_macs = nvmath_linear.MIN_MACS
-
-        def restore() -> None:  # the linear workloads force one GEMM library
-            nvmath_linear.MIN_MACS = default_macs
+        gemm_switch = [nvmath_linear, nvmath_linear.MIN_MACS]
     for name, make in WORKLOADS.items():
         if only and not any(s.lower() in name.lower() for s in only):
             continue
-        if restore is not None:
-            restore()
+        if gemm_switch:  # the linear workloads force one GEMM library: undo that
+            gemm_switch[0].MIN_MACS = gemm_switch[1]
         try:
             res = _measure(mod, make, name)
         except Exception as exc:  # report, keep going
