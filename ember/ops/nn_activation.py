@@ -10,14 +10,82 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
+
+from ember._state import _State
 from ember.backend import special
 from ember.ops import meta as M
 from ember.ops.registry import OpDef, register
+from ember.tensor import _make
 
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 _INV_SQRT_2 = 1.0 / math.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 _C = 0.044715
+
+# Float32 GELU on the CPU. scipy's float32 erf runs at ~20 ns an element, which made GELU
+# ~40% of a small transformer's training step. Instead: with a = |x| and
+#   h = Phi(-a) = erfc(a / sqrt 2) / 2 = t * exp(-a^2 / 2) * R(t),   t = 1 / (1 + K a),
+# (R a degree-7 polynomial, least-squares fitted in relative error to erfcx: 1.2e-7 in
+# float64, ~4e-7 evaluated in float32, over the whole range where Phi(-a) is a normal float32)
+#   gelu(x) = max(x, 0) - a * h          (exact rewrite of x * Phi(x), no cancellation)
+#   gelu'(x) = u if x < 0 else 1 - u,    u = h - a * phi(a)   (reuses exp(-a^2 / 2))
+# Measured max error against float64: 2.4e-7 absolute (torch's own CPU kernel: 3.8e-7).
+# NumPy runs it over cache-sized chunks: on whole 2 MB arrays every pass misses the cache
+# and the same arithmetic was 3x slower.
+_GELU_K = 0.425 / math.sqrt(2.0)
+_GELU_R = tuple(0.5 * c for c in (  # highest power first; the 0.5 of erfc/2 folded in
+    0.07219336, -0.3161332, 0.4127406, -0.10796162, 0.25757674, 0.19995181, 0.24196144,
+    0.23967075))
+_GELU_A_MAX = 15.0  # Phi(-15) underflows float32; the clamp keeps +inf finite in a * h
+_GELU_CHUNK = 1 << 15
+
+
+def _gelu_cpu_f32(x: Any, want_grad: bool) -> tuple:
+    """``(gelu(x), gelu'(x) or None)`` for a float32 NumPy array (see the note above)."""
+    flat = np.ascontiguousarray(x).reshape(-1)
+    n = flat.size
+    y = np.empty_like(flat)
+    d = np.empty_like(flat) if want_grad else None
+    m = max(min(_GELU_CHUNK, n), 1)
+    bufs = [np.empty(m, np.float32) for _ in range(4)]
+    with np.errstate(all="ignore"):  # denormals and NaN inputs: the values are still right
+        for s in range(0, n, m):
+            k = min(m, n - s)
+            a, t, e, r = bufs if k == m else [b[:k] for b in bufs]
+            xs = flat[s:s + k]
+            np.abs(xs, out=a)
+            np.minimum(a, _GELU_A_MAX, out=a)
+            np.multiply(a, _GELU_K, out=t)
+            t += 1.0
+            np.reciprocal(t, out=t)
+            np.multiply(a, a, out=e)
+            e *= -0.5
+            np.exp(e, out=e)
+            np.multiply(t, _GELU_R[0], out=r)
+            for c in _GELU_R[1:-1]:
+                r += c
+                r *= t
+            r += _GELU_R[-1]
+            r *= t
+            r *= e  # r = Phi(-a)
+            if d is not None:
+                ds = d[s:s + k]
+                np.multiply(a, e, out=t)
+                t *= -_INV_SQRT_2PI
+                t += r  # u = gelu'(-a)
+                np.greater(xs, 0, out=ds)  # 1.0 where x > 0: pick 1 - u there, else u
+                np.multiply(t, -2.0, out=e)
+                e += 1.0
+                e *= ds
+                np.add(e, t, out=ds)
+            np.multiply(a, r, out=r)
+            ys = y[s:s + k]
+            np.maximum(xs, 0, out=ys)
+            ys -= r
+            if not xs.min() > -math.inf:  # -inf or NaN present: torch gives NaN at -inf
+                ys[xs == -math.inf] = math.nan
+    return y.reshape(x.shape), (d.reshape(x.shape) if d is not None else None)
 
 
 def _float_work(name: str, xp: Any, x: Any) -> Any:
@@ -36,16 +104,26 @@ class Gelu(OpDef):
             raise ValueError(f"approximate argument must be either none or tanh, got "
                              f"'{approximate}'")
         x = _float_work("gelu", xp, input)
+        ctx.approximate = approximate
+        ctx.save(input)
+        if approximate == "none" and xp is np and x.dtype == np.float32:
+            # fast path; the derivative is kept for backward, which then is one multiply
+            y, d = _gelu_cpu_f32(x, bool(ctx.needs_input_grad[0]))
+            if d is not None:
+                ctx.dgelu = d
+            return y.astype(input.dtype, copy=False)
         if approximate == "tanh":
             y = 0.5 * x * (1.0 + xp.tanh(_SQRT_2_OVER_PI * (x + _C * x * x * x)))
         else:
             y = 0.5 * x * (1.0 + special(xp).erf(x * _INV_SQRT_2))
-        ctx.approximate = approximate
-        ctx.save(input)
         return y.astype(input.dtype, copy=False)
 
     def backward(ctx, grad):
-        (x,) = ctx.saved
+        (x,) = ctx.saved  # also checks that x was not modified in place since forward
+        d = ctx.__dict__.get("dgelu")
+        if d is not None and not _State.enabled:  # no graph of the backward wanted
+            g = grad._data * d
+            return _make(g.astype(grad._data.dtype, copy=False), grad._dtype, grad._device), None
         if ctx.approximate == "tanh":
             inner = _SQRT_2_OVER_PI * (x + _C * x * x * x)
             t = inner.tanh()
