@@ -204,3 +204,37 @@ def test_lenet_style_training_step_matches_torch():
                                m.nn.Conv2d(6, 16, 5), m.nn.ReLU(), m.nn.AvgPool2d(2),
                                m.nn.Flatten())
     compare(build(ember), build(torch), torch, _a(4, 1, 28, 28))
+
+
+CHUNK_CASES = [  # (input shape, weight shape, conv kwargs): wide and exact column layouts
+    ((5, 3, 9, 8), (4, 3, 3, 3), {"padding": 1}),
+    ((5, 4, 9, 8), (6, 2, 3, 2), {"stride": (2, 1), "dilation": (1, 2), "groups": 2}),
+    ((5, 2, 11), (3, 2, 4), {"padding": 2, "dilation": 2}),
+    ((3, 2, 5, 4, 6), (2, 2, 2, 3, 2), {"padding": 1}),
+]
+
+
+@pytest.mark.parametrize("xs,ws,kw", CHUNK_CASES)
+@pytest.mark.parametrize("transposed", [False, True])
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # inf arithmetic, as torch does it
+def test_conv_batch_chunks_match_torch(monkeypatch, xs, ws, kw, transposed):
+    """The CPU path splits the batch into chunks (a few samples each at these sizes)."""
+    from ember.ops import nn_conv
+    monkeypatch.setattr(nn_conv, "_CHUNK_BYTES", 1000)  # 1-2 samples per chunk
+    nd = len(xs) - 2
+    if transposed:
+        xs, ws = (xs[0], ws[0]) + xs[2:], (ws[0], ws[1]) + ws[2:]
+        kw = {**kw, "groups": kw.get("groups", 1)}
+    xa, wa = _a(*xs), _a(*ws)
+    xa[1, 0, 2] = np.inf  # wide columns must not turn the garbage positions into NaN
+    res = []
+    for m in (torch, ember):
+        x = m.tensor(xa, requires_grad=True)
+        w = m.tensor(wa, requires_grad=True)
+        fn = getattr(m.nn.functional, f"conv_transpose{nd}d" if transposed else f"conv{nd}d")
+        y = fn(x, w, **kw)
+        g = m.tensor(np.cos(np.arange(y.numel())).reshape(tuple(y.shape)))
+        y.backward(g)
+        res.append([t.detach().numpy() for t in (y, x.grad, w.grad)])
+    for a, b in zip(res[0], res[1]):
+        np.testing.assert_allclose(b, a, atol=1e-9, rtol=1e-9)
