@@ -59,7 +59,9 @@ def _close(got: np.ndarray, ref: np.ndarray, dtype: str, scale: float = 1.0,
     tol = TOL[dtype] * scale
     ref = np.asarray(ref, np.float64)
     big = float(np.nanmax(np.abs(ref))) if ref.size and np.isfinite(ref).any() else 1.0
-    np.testing.assert_allclose(got, ref, rtol=tol, atol=tol * max(big, 1e-3), err_msg=what)
+    # absolute slack scaled to the data (inputs are O(1)): a gradient that is exactly zero in
+    # one summation order is rounding noise in another
+    np.testing.assert_allclose(got, ref, rtol=tol, atol=tol * max(big, 1.0), err_msg=what)
 
 
 def compare(fn, arrays, dtype, *, diff=None, gout_seed=987, expect_fused=True, scale=1.0,

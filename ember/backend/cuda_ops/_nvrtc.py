@@ -107,6 +107,31 @@ __device__ __forceinline__ void stv(half_t* p, const float* v) {
     *reinterpret_cast<u4_t*>(p) = a;
 }
 
+// 4 consecutive elements (p aligned to 4 elements: 16 bytes for float, 8 for 16-bit types).
+struct alignas(8) u2_t { unsigned int x, y; };
+__device__ __forceinline__ void ld4(const float* p, float* v) { ldv(p, v); }
+__device__ __forceinline__ void ld4(const bf16_t* p, float* v) {
+    u2_t a = *reinterpret_cast<const u2_t*>(p);
+    v[0] = __uint_as_float(a.x << 16); v[1] = __uint_as_float(a.x & 0xffff0000u);
+    v[2] = __uint_as_float(a.y << 16); v[3] = __uint_as_float(a.y & 0xffff0000u);
+}
+__device__ __forceinline__ void ld4(const half_t* p, float* v) {
+    u2_t a = *reinterpret_cast<const u2_t*>(p);
+    v[0] = h2f(a.x & 0xffffu); v[1] = h2f(a.x >> 16);
+    v[2] = h2f(a.y & 0xffffu); v[3] = h2f(a.y >> 16);
+}
+__device__ __forceinline__ void st4(float* p, const float* v) { stv(p, v); }
+__device__ __forceinline__ void st4(bf16_t* p, const float* v) {
+    u2_t a;
+    a.x = f2bf(v[0]) | (f2bf(v[1]) << 16); a.y = f2bf(v[2]) | (f2bf(v[3]) << 16);
+    *reinterpret_cast<u2_t*>(p) = a;
+}
+__device__ __forceinline__ void st4(half_t* p, const float* v) {
+    u2_t a;
+    a.x = f2h(v[0]) | (f2h(v[1]) << 16); a.y = f2h(v[2]) | (f2h(v[3]) << 16);
+    *reinterpret_cast<u2_t*>(p) = a;
+}
+
 // Row loops over threadIdx.x: scalar up to the row's first 16-byte boundary, 16-byte vectors,
 // then a scalar tail. Every array a kernel walks this way has the same dtype and row length
 // and a 16-byte aligned base (the host checks, else passes vec = 0: all scalar), so one

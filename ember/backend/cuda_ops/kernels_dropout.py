@@ -35,19 +35,29 @@ __device__ __forceinline__ void philox(unsigned int c[4], unsigned int k0, unsig
     }
 }
 
+// vec: x and y are aligned for 4-element vector access (the last partial quad is scalar).
 template <typename T>
 __global__ void dropout_apply(const T* __restrict__ x, T* __restrict__ y, long long n,
                               unsigned int k0, unsigned int k1, unsigned int thresh,
-                              float scale) {
+                              float scale, int vec) {
     long long quads = (n + 3) / 4;
     long long stride = (long long)gridDim.x * blockDim.x;
     for (long long q = (long long)blockIdx.x * blockDim.x + threadIdx.x; q < quads;
          q += stride) {
         unsigned int c[4] = {(unsigned int)q, (unsigned int)(q >> 32), 0u, 0u};
         philox(c, k0, k1);
-        for (int j = 0; j < 4; ++j) {
-            long long e = q * 4 + j;
-            if (e < n) st(y, e, (c[j] >> 8) < thresh ? ld(x, e) * scale : 0.f);
+        long long e0 = q * 4;
+        if (vec && e0 + 4 <= n) {
+            float v[4];
+            ld4(x + e0, v);
+#pragma unroll
+            for (int j = 0; j < 4; ++j) v[j] = (c[j] >> 8) < thresh ? v[j] * scale : 0.f;
+            st4(y + e0, v);
+        } else {
+            for (int j = 0; j < 4; ++j) {
+                long long e = e0 + j;
+                if (e < n) st(y, e, (c[j] >> 8) < thresh ? ld(x, e) * scale : 0.f);
+            }
         }
     }
 }
@@ -95,7 +105,8 @@ def _launch(xp: Any, src: Any, key: int, p: float) -> Any:
         grid, block = K.flat_grid((n + 3) // 4, 256)
         K.function("dropout", "dropout_apply", K.ctype(src))(
             grid, block, (src, out, K.i64(n), xp.uint32(key & 0xFFFFFFFF),
-                          xp.uint32(key >> 32), xp.uint32(thresh), K.f32(1.0 / (1.0 - p))))
+                          xp.uint32(key >> 32), xp.uint32(thresh), K.f32(1.0 / (1.0 - p)),
+                          K.aligned(src, out)))
     return out
 
 
