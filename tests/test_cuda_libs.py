@@ -258,6 +258,19 @@ def test_matmul_matches_generic(nvmath_always, shapes):
         _close(x, y, 1e-5, f"matmul {shapes}")
 
 
+def test_library_calls_keep_the_current_stream(nvmath_always):
+    s = ember.cuda.Stream()
+    with ember.cuda.stream(s):
+        # new cuBLASLt plan and new cuDNN graph: their setup must not switch streams
+        F.linear(ember.randn(7, 24, device="cuda"), ember.randn(40, 24, device="cuda"))
+        assert ember.cuda.current_stream() == s
+        if _impl("convolution") is not None:
+            F.conv2d(ember.randn(1, 3, 9, 9, device="cuda"), ember.randn(5, 3, 3, 3,
+                                                                      device="cuda"))
+            assert ember.cuda.current_stream() == s
+    ember.cuda.synchronize()
+
+
 # ---------------------------------------------------------------------- graphs, pinned copies
 def _mlp(seed=0):
     ember.manual_seed(seed)

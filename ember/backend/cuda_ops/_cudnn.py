@@ -158,12 +158,16 @@ def cached(key: tuple, build: Callable[[], Built]) -> Built | None:
         return _GRAPHS[key]
     except KeyError:
         pass
+    import cupy as cp
+    stream = cp.cuda.get_current_stream()
     try:
         res = build()
     except Exception as exc:  # unsupported config: remember, and run the generic path
         res = None
-        if len(_failed_keys) < 8:  # a few, for debugging (EMBER_DEBUG users read these)
+        if len(_failed_keys) < 8:  # a few, for debugging (tests print these)
             _failed_keys.append((key, repr(exc)[:300]))
+    finally:
+        stream.use()  # a library's stream context must not change the caller's stream
     _GRAPHS[key] = res
     return res
 

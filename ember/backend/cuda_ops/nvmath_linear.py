@@ -38,10 +38,11 @@ except Exception as _exc:
 else:
     _IMPORT_ERROR = None
 
-# Measured on H100 (bf16 forward): (16384x768)@(768x3072) 151 us on cuBLASLt against 364 us on
-# CuPy; (16384x768)@(768x768) 92 against 101 us; (2048x768)@(768x768) 91 against 65 us, where
-# the host cost decides. Below this many multiply-adds CuPy's cuBLAS runs (outside capture).
-MIN_MACS = int(os.environ.get("EMBER_NVMATH_MIN_MACS", str(1 << 32)))
+# Measured on H100, bf16 F.linear forward with bias, per call (torch 2.11 in brackets):
+# (16384x768)@(768x3072) 121 us on cuBLASLt, 364 us on CuPy (118); (16384x768)@(768x768) 46
+# against 100 us (35); (2048x768)@(768x768) 43 against 63 us (23); (64x784)@(784x512) 89
+# against 61 us (16). Below this many multiply-adds CuPy's cuBLAS runs (outside capture).
+MIN_MACS = int(os.environ.get("EMBER_NVMATH_MIN_MACS", str(1 << 28)))
 _DTYPES = ("float32", "float16", "bfloat16")
 _PLANS: dict = {}
 _FAILED: dict = {}
@@ -130,6 +131,10 @@ def gemm(cp: Any, a: Any, b: Any, tag: str, epilog: Any = None, bias: Any = None
     except Exception as exc:  # an unsupported layout/epilogue: the caller falls back
         _FAILED[key] = repr(exc)[:300]
         return None
+    finally:
+        # nvmath's stream contexts leave CuPy's current stream at the null stream when the
+        # caller made its stream current with .use() (ember.cuda.stream does): put it back
+        stream.use()
     out, aux = res if isinstance(res, tuple) else (res, None)
     if out.ndim == 2 and (aux is None or len(aux) == 1):
         _PLANS[key] = _Launch(mm, out, aux)
@@ -149,7 +154,10 @@ class _Replan:
     def __call__(self, cp: Any, a: Any, b: Any, bias: Any, stream: Any) -> Any:
         self.mm.reset_operands_unchecked(a=a, b=b, epilog_inputs=None if bias is None
                                          else {"bias": bias})
-        return self.mm.execute(stream=stream)
+        try:
+            return self.mm.execute(stream=stream)
+        finally:
+            stream.use()  # see gemm()
 
 
 def _rows(a: Any) -> Any:
