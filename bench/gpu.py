@@ -11,7 +11,7 @@ whole run fits in minutes):
 - GPT-style 4 layers, d 256, T 256, B 16, AdamW, float32 and bf16 autocast;
 - GPT-2 124M (12 layers, d 768, 12 heads, vocab 50304, T 1024, B 16; B 4 if B 16 runs out of
   memory), bf16 autocast, AdamW: tokens/s and peak memory;
-- ResNet-50, 224x224, batch 64, bf16 autocast, channels_last, SGD with momentum: images/s
+- ResNet-50, 224x224, batch 128, bf16 autocast, channels_last, SGD with momentum: images/s
   and peak memory;
 - single linear layers (forward) to place the CuPy/cuBLASLt switch: ember with nvmath
   (cuBLASLt) forced, ember with CuPy's cuBLAS forced, and torch.
@@ -100,7 +100,7 @@ def gpt2(torch: Any, B: int = 16) -> tuple:
     return gpt(torch, True, d=768, T=1024, B=B, V=50304, L=12, H=12)
 
 
-def resnet50(torch: Any, B: int = 64) -> tuple:
+def resnet50(torch: Any, B: int = 128) -> tuple:
     if torch.__name__ == "torch":
         import torchvision
         model = torchvision.models.resnet50()
@@ -152,7 +152,7 @@ WORKLOADS: dict = {
     "GPT 4x256 T256 B16 AdamW fp32": lambda t: gpt(t, False),
     "GPT 4x256 T256 B16 AdamW bf16": lambda t: gpt(t, True),
     **_linears(),
-    "ResNet-50 224 B64 bf16 channels_last SGD": lambda t: resnet50(t),
+    "ResNet-50 224 B128 bf16 channels_last SGD": lambda t: resnet50(t),
     "GPT-2 124M T1024 B16 bf16 AdamW": lambda t: gpt2(t),
 }
 

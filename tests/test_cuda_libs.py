@@ -112,6 +112,18 @@ def test_conv_matches_generic(cfg, dtype):
     _no_cudnn_failures()
 
 
+@pytest.mark.parametrize("cfg", [CONVS[0], CONVS[1], CONVS[6]], ids=str)
+def test_conv_float32_exact_without_tf32(cfg, monkeypatch):
+    _need("convolution", "cudnn")
+    monkeypatch.setattr(ember.backends.cudnn, "allow_tf32", False)
+    fast, _ = _conv_run(cfg, ember.float32, False, bias=False)
+    with generic_path():
+        ref, _ = _conv_run(cfg, ember.float32, False, bias=False)
+    for name, a, b in zip(("y", "dx", "dw"), fast, ref):
+        _close(_np(a), _np(b), 1e-5, f"{name} float32 without TF32")
+    _no_cudnn_failures()
+
+
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("cfg", [CONVS[0], CONVS[1], CONVS[3], CONVS[5]], ids=str)
 def test_conv_channels_last(cfg, dtype):

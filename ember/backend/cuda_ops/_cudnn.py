@@ -143,13 +143,28 @@ def new_graph(h: Any, io_dtype: Any) -> Any:
                          compute_data_type=DT.FLOAT)
 
 
-def finalize(g: Any) -> None:
-    """Validate, lower and build the fastest heuristic plan of ``g`` (raises if unsupported)."""
+def finalize(g: Any, exact_fp32: bool = False) -> None:
+    """Validate, lower and build the fastest heuristic plan of ``g`` (raises if unsupported).
+
+    ``exact_fp32`` drops the engines that compute float32 on TF32 tensor cores (for
+    ``ember.backends.cudnn.allow_tf32 = False``; torch's default, like ember's, allows TF32).
+    """
     g.validate()
     g.build_operation_graph()
     g.create_execution_plans([cudnn.heur_mode.A, cudnn.heur_mode.FALLBACK])
+    if exact_fp32:
+        notes = cudnn.numerical_note
+        g.deselect_numeric_notes([notes.TENSOR_CORE, notes.DOWN_CONVERT_INPUTS])
     g.check_support()
     g.build_plans()
+
+
+def exact_fp32(dtype: Any) -> bool:
+    """Whether float32 work of this dtype must avoid TF32 (``backends.cudnn.allow_tf32``)."""
+    if np.dtype(dtype).name != "float32":
+        return False
+    from ember.backends import cudnn as _flags
+    return not _flags.allow_tf32
 
 
 def cached(key: tuple, build: Callable[[], Built]) -> Built | None:

@@ -97,7 +97,7 @@ def _declare(g: Any, name: str, a_shape: tuple, strides: list, dt: Any) -> Any:
 
 
 def _build(kind: str, h: Any, dt: Any, shapes: tuple, strides: tuple, s: list, p: list,
-           d: list) -> _cudnn.Built:
+           d: list, exact: bool) -> _cudnn.Built:
     """Build one conv graph; ``shapes``/``strides`` are (in0, in1, out) in graph order."""
     g = _cudnn.new_graph(h, dt)
     a = _declare(g, "A", shapes[0], strides[0], dt)
@@ -109,7 +109,7 @@ def _build(kind: str, h: Any, dt: Any, shapes: tuple, strides: tuple, s: list, p
     else:
         out = g.conv_wgrad(image=a, loss=b, padding=p, stride=s, dilation=d)
     out.set_output(True).set_data_type(dt).set_dim(list(shapes[2])).set_stride(list(strides[2]))
-    _cudnn.finalize(g)
+    _cudnn.finalize(g, exact)
     return _cudnn.Built(g, [a, b, out])
 
 
@@ -134,11 +134,12 @@ def _run(cp: Any, kind: str, a: Any, b: Any, out_shape: tuple, s: tuple, p: tupl
     so = _dense(out_nd, _order(lay, len(out_nd)))
     s4, p4, d4 = _params_nd(nd, s, p, d)
     dev = cp.cuda.runtime.getDevice()
+    exact = _cudnn.exact_fp32(a.dtype)
     key = (kind, a4.shape, tuple(sa), b4.shape, tuple(sb), out_nd, tuple(so), a.dtype.str,
-           tuple(s4), tuple(p4), tuple(d4), dev)
+           tuple(s4), tuple(p4), tuple(d4), exact, dev)
     h = _cudnn.handle(cp)
     built = _cudnn.cached(key, lambda: _build(kind, h, dt, (a4.shape, b4.shape, out_nd),
-                                              (sa, sb, so), s4, p4, d4))
+                                              (sa, sb, so), s4, p4, d4, exact))
     if built is None:
         return None
     built.execute(cp, h, [a4.data.ptr, b4.data.ptr, out.data.ptr])
