@@ -16,6 +16,7 @@ the convs as its partial derivatives.
 from __future__ import annotations
 
 import math
+import threading
 from typing import Any, Sequence
 
 import numpy as np
@@ -172,11 +173,15 @@ class _Geom:
         return self.wide and self.padded[1:] != self.out[1:]
 
 
-def _gemm(xp: Any, a: Any, b: Any) -> Any:
-    """``a @ b`` for ``(G, M, K) @ (G, K, N)``; a plain 2-D GEMM when G is 1."""
+def _gemm(xp: Any, a: Any, b: Any, out: Any = None) -> Any:
+    """``a @ b`` for ``(G, M, K) @ (G, K, N)`` (into ``out`` if given); a plain 2-D GEMM when
+    G is 1."""
     if a.shape[0] == 1:
-        return xp.matmul(a[0], b[0])[None]
-    return xp.matmul(a, b)
+        if out is None:
+            return xp.matmul(a[0], b[0])[None]
+        xp.matmul(a[0], b[0], out=out[0])
+        return out
+    return xp.matmul(a, b, out=out)
 
 
 # Batch chunks whose column matrix stays under this many bytes (CPU). The columns, the GEMM
@@ -185,6 +190,32 @@ def _gemm(xp: Any, a: Any, b: Any) -> Any:
 # LeNet step measured 20-25% faster than with whole-batch columns (256 KB chunks: slower,
 # Python overhead per chunk; 0.5-2 MB: about the same).
 _CHUNK_BYTES = 2 ** 20
+
+
+# Work arrays of the chunked CPU passes are reused from call to call (one set per thread): a
+# fresh ~1 MB array is often a new mmap whose first touches page-fault, which measured ~0.5 ms
+# per MB inside the LeNet step, more than the chunk's own arithmetic. Nothing built on a work
+# array leaves the pass that took it.
+_WORK_MAX_BYTES = 16 * 2 ** 20
+_work_arrays = threading.local()
+
+
+def _work(xp: Any, role: str, shape: tuple, dtype: Any, zero: bool = False) -> Any:
+    """A scratch array for ``role`` (contents undefined unless ``zero``); fresh on the GPU
+    (CuPy has its own pool) or when bigger than ``_WORK_MAX_BYTES``."""
+    nbytes = math.prod(shape) * np.dtype(dtype).itemsize
+    if xp is not np or nbytes > _WORK_MAX_BYTES:
+        return (xp.zeros if zero else xp.empty)(shape, dtype=dtype)
+    pool = getattr(_work_arrays, "pool", None)
+    if pool is None:
+        pool = _work_arrays.pool = {}
+    buf = pool.get(role)
+    if buf is None or buf.nbytes < nbytes:
+        buf = pool[role] = np.empty(nbytes, dtype=np.uint8)
+    a = buf[:nbytes].view(dtype).reshape(shape)
+    if zero:
+        a.fill(0)
+    return a
 
 
 def _chunk(xp: Any, n: int, per_sample: int) -> int:
@@ -201,7 +232,7 @@ def conv_columns(xp: Any, x: Any, geo: _Geom) -> Any:
     if geo.wide:
         total = math.prod(geo.padded)
         # one spare row: the last window of the last channel reads past the padded plane
-        buf = xp.zeros((n, c, total + geo.row), dtype=x.dtype)
+        buf = _work(xp, "pad", (n, c, total + geo.row), x.dtype, zero=True)
         inner = tuple(slice(p, p + s) for p, s in zip(geo.padding, geo.sp))
         buf[:, :, :total].reshape((n, c) + geo.padded)[(slice(None), slice(None)) + inner] = x
         st, item = buf.strides, buf.itemsize
@@ -213,7 +244,9 @@ def conv_columns(xp: Any, x: Any, geo: _Geom) -> Any:
         view = as_strided(xp, xpad, (c,) + k + (n,) + geo.out,
                           (st[1],) + tuple(st[2 + i] * geo.dilation[i] for i in range(nd)) +
                           (st[0],) + tuple(st[2 + i] * geo.stride[i] for i in range(nd)))
-    return xp.ascontiguousarray(view).reshape(c * math.prod(k), n * geo.length)
+    cols = _work(xp, "cols", view.shape, x.dtype)
+    cols[...] = view
+    return cols.reshape(c * math.prod(k), n * geo.length)
 
 
 def _rows(xp: Any, g: Any, geo: _Geom) -> Any:
@@ -221,10 +254,11 @@ def _rows(xp: Any, g: Any, geo: _Geom) -> Any:
     at the wide layout's garbage positions)."""
     n, o = g.shape[:2]
     if geo.garbage():
-        buf = xp.zeros((o, n, geo.out[0]) + geo.padded[1:], dtype=g.dtype)
+        buf = _work(xp, "rows", (o, n, geo.out[0]) + geo.padded[1:], g.dtype, zero=True)
         buf[(slice(None),) * 3 + tuple(slice(0, v) for v in geo.out[1:])] = g.swapaxes(0, 1)
     else:
-        buf = xp.ascontiguousarray(g.swapaxes(0, 1))
+        buf = _work(xp, "rows", (o, n) + g.shape[2:], g.dtype)
+        buf[...] = g.swapaxes(0, 1)
     return buf.reshape(o, n * geo.length)
 
 
@@ -246,7 +280,7 @@ def _fold_columns(xp: Any, dcols: Any, geo: _Geom, dst: Any) -> None:
     if geo.wide:
         total, length = math.prod(geo.padded), geo.length
         dc = dcols.reshape(c, len(geo.shifts), n, length)
-        buf = xp.zeros((c, n, total + geo.row), dtype=dcols.dtype)
+        buf = _work(xp, "fold", (c, n, total + geo.row), dcols.dtype, zero=True)
         for j, shift in enumerate(geo.shifts):
             buf[:, :, shift:shift + length] += dc[:, j]
         buf = buf[:, :, :total].reshape((c, n) + geo.padded)
@@ -256,7 +290,7 @@ def _fold_columns(xp: Any, dcols: Any, geo: _Geom, dst: Any) -> None:
         # the buffer also holds the reach of the last window (the output_padding case)
         reach = tuple(max(geo.padded[i], d[i] * (k[i] - 1) + s[i] * (out[i] - 1) + 1)
                       for i in range(nd))
-        buf = xp.zeros((c, n) + reach, dtype=dcols.dtype)
+        buf = _work(xp, "fold", (c, n) + reach, dcols.dtype, zero=True)
         for kidx in np.ndindex(*k):
             sl = tuple(slice(kidx[i] * d[i], kidx[i] * d[i] + s[i] * (out[i] - 1) + 1, s[i])
                        for i in range(nd))
@@ -272,7 +306,7 @@ def _finite(xp: Any, a: Any) -> bool:
 def conv_forward(xp: Any, x: Any, w: Any, stride: tuple, padding: tuple, dilation: tuple,
                  groups: int) -> tuple:
     """Correlation of ``x (N, C, *sp)`` with ``w (O, C/groups, *k)``; returns (y, cols), where
-    ``cols`` is the whole batch's column matrix when it was built in one chunk, else None."""
+    ``cols`` is the whole batch's column matrix when it can be kept (GPU), else None."""
     n, o = x.shape[0], w.shape[0]
     geo = _Geom(x.shape[2:], w.shape[2:], stride, padding, dilation)
     wm = w.reshape(groups, o // groups, -1)
@@ -282,9 +316,11 @@ def conv_forward(xp: Any, x: Any, w: Any, stride: tuple, padding: tuple, dilatio
     for n0 in range(0, n, nb):
         cols = conv_columns(xp, x[n0:n0 + nb], geo)
         gemm_threads(xp, w.size * cols.shape[1])
-        yc = _gemm(xp, wm, cols.reshape(groups, -1, cols.shape[1]))
+        yc = _gemm(xp, wm, cols.reshape(groups, -1, cols.shape[1]),
+                   _work(xp, "gemm", (groups, o // groups, cols.shape[1]), x.dtype))
         _unrows(xp, yc.reshape(o, -1), geo, y[n0:n0 + nb])
-    return y, (cols if nb >= n else None)
+    # CPU columns live in a reused work array: only the GPU's can be kept for backward
+    return y, (cols if nb >= n and xp is not np else None)
 
 
 def conv_input_grad(xp: Any, g: Any, w: Any, sp: tuple, stride: tuple, padding: tuple,
@@ -301,7 +337,8 @@ def conv_input_grad(xp: Any, g: Any, w: Any, sp: tuple, stride: tuple, padding: 
     for n0 in range(0, n, nb):
         rows = _rows(xp, g[n0:n0 + nb], geo)
         gemm_threads(xp, w.size * rows.shape[1])
-        dcols = _gemm(xp, wt, rows.reshape(groups, o // groups, -1))
+        dcols = _gemm(xp, wt, rows.reshape(groups, o // groups, -1),
+                      _work(xp, "gemm", (groups, wt.shape[1], rows.shape[1]), g.dtype))
         _fold_columns(xp, dcols.reshape(-1, rows.shape[1]), geo, dx[n0:n0 + nb])
     return dx
 
@@ -327,8 +364,9 @@ def conv_weight_grad(xp: Any, x: Any, g: Any, ksize: tuple, stride: tuple, paddi
         cc = cols if cols is not None else conv_columns(xp, x[n0:n0 + nb], geo)
         rows = _rows(xp, g[n0:n0 + nb], geo)
         gemm_threads(xp, o * cc.shape[0] * cc.shape[1] // groups)
+        out = None if dw is None else _work(xp, "gemm", dw.shape, dw.dtype)
         part = _gemm(xp, rows.reshape(groups, o // groups, -1),
-                     cc.reshape(groups, -1, cc.shape[1]).transpose(0, 2, 1))
+                     cc.reshape(groups, -1, cc.shape[1]).transpose(0, 2, 1), out)
         if dw is None:
             dw = part
         else:
