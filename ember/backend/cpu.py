@@ -4,16 +4,31 @@ OpenBLAS's worker threads busy-wait. On a small machine that is also running Dat
 workers (or anything else), a small GEMM on two spinning threads can take 50x longer than on
 one (measured: a 64x400 @ 400x120 product, 46 ms with 2 threads under load vs 0.6 ms with 1).
 Small products gain nothing from threads anyway, so ember runs GEMMs under ``SMALL_MACS``
-multiply-adds on one thread and larger ones on the default count. Switching is one ctypes
-call into the BLAS library, made only when the wanted count changes.
+multiply-adds on one thread.
+
+Larger ones use the default count only while the machine has cores to spare: the master
+thread waits for every worker, so a worker that has to share its core with another process
+stalls each GEMM by a scheduler time slice (an MLP training step on a 2-core machine with
+one core taken: 27 ms median with 2 BLAS threads, 7 ms with 1). Every ``_SAMPLE_S`` seconds
+``gemm_threads`` reads the machine's busy time from ``/proc/stat``, subtracts this process's
+own CPU time, and allows as many threads as there are cores the other processes leave free
+(this process's main thread included). Where ``/proc/stat`` is missing, threads go by size
+only. Switching is one ctypes call into the BLAS library, made only when the wanted count
+changes.
 """
 from __future__ import annotations
 
+import os
+import time
 from typing import Any
 
 SMALL_MACS = 1 << 23  # ~8M multiply-adds: a few ms on one core
+_SAMPLE_S = 0.1       # how often the load of other processes is re-read
+_HZ = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+_CORES = os.cpu_count() or 1
 
-_state: dict = {"libs": None, "current": None, "default": None}
+_state: dict = {"libs": None, "current": None, "default": None, "spare": None,
+                "next_sample": 0.0, "last": None}
 
 
 def _libs() -> list:
@@ -32,6 +47,33 @@ def _libs() -> list:
     return libs
 
 
+def _machine_sample(now: float) -> tuple | None:
+    """(time, machine busy seconds, this process's CPU seconds), or None off Linux."""
+    try:
+        with open("/proc/stat", "rb") as f:
+            fields = f.readline().split()[1:]
+    except OSError:
+        return None
+    ticks = [int(v) for v in fields[:8]]  # user nice system idle iowait irq softirq steal
+    busy = (sum(ticks) - ticks[3] - ticks[4]) / _HZ
+    t = os.times()
+    return now, busy, t.user + t.system
+
+
+def _spare_threads(now: float) -> int | None:
+    """Cores that other processes left free over the last sample period (at least 1)."""
+    if now < _state["next_sample"]:
+        return _state["spare"]
+    _state["next_sample"] = now + _SAMPLE_S
+    cur = _machine_sample(now)
+    last, _state["last"] = _state["last"], cur
+    if cur is None or last is None or cur[0] <= last[0]:
+        return _state["spare"]
+    others = max(0.0, (cur[1] - last[1]) - (cur[2] - last[2])) / (cur[0] - last[0])
+    _state["spare"] = max(1, int(_CORES - others + 0.5))
+    return _state["spare"]
+
+
 def gemm_threads(xp: Any, macs: int) -> None:
     """Choose the BLAS thread count for a GEMM of ``macs`` multiply-adds (CPU only)."""
     if xp.__name__ != "numpy":
@@ -39,7 +81,14 @@ def gemm_threads(xp: Any, macs: int) -> None:
     libs = _libs()
     if not libs:
         return
-    want = 1 if macs < SMALL_MACS else _state["default"]
+    if macs < SMALL_MACS:
+        want = 1
+    else:
+        want = _state["default"]
+        if want > 1:
+            spare = _spare_threads(time.monotonic())
+            if spare is not None:
+                want = min(want, spare)
     if want != _state["current"]:
         for lib in libs:
             lib.set_num_threads(want)
