@@ -29,7 +29,7 @@ def sgd_update(xp: Any, param: Any, grad: Any, buf: Any, *, lr: float, momentum:
         the momentum buffer (a new array on the first step), or None without momentum.
         On CUDA (float32/float64) the step runs as one fused kernel.
     """
-    if _cuda_fused.supported(xp, param, grad):
+    if xp.__name__ != "numpy" and _cuda_fused.supported(xp, param, grad):
         first = momentum != 0 and buf is None
         if first:
             buf = xp.empty_like(param)
@@ -45,7 +45,10 @@ def sgd_update(xp: Any, param: Any, grad: Any, buf: Any, *, lr: float, momentum:
             buf = g.copy()
         else:
             buf *= momentum
-            buf += (1 - dampening) * g
+            if dampening == 0:
+                buf += g      # no scaled temporary (the default)
+            else:
+                buf += (1 - dampening) * g
         g = g + momentum * buf if nesterov else buf
     param -= lr * g
     return buf
