@@ -15,11 +15,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 import ember
+from ember._state import _State
 from ember.errors import check, make
 from ember.ops.nn_conv import work_dtype
 from ember.ops.registry import OpDef, TensorMeta, register
-from ember.tensor import Tensor
+from ember.tensor import Tensor, _make
 from ember.dtypes import _FROM_NP
 
 
@@ -182,6 +185,12 @@ class LayerNorm(OpDef):
         x = work_dtype(xp, input)
         k = 1 if isinstance(normalized_shape, int) else len(normalized_shape)
         axes = tuple(range(x.ndim - k, x.ndim))
+        ctx.p = (axes, eps)
+        if xp is np and x.size:
+            y, mean, rstd = _ln_cpu(x, k, work_dtype(xp, weight) if weight is not None else None,
+                                    work_dtype(xp, bias) if bias is not None else None, eps)
+            ctx.save(input, weight, mean, rstd)
+            return y.astype(input.dtype, copy=False)
         mean = x.mean(axis=axes, keepdims=True)
         xc = x - mean
         rstd = 1.0 / xp.sqrt((xc * xc).mean(axis=axes, keepdims=True) + eps)
@@ -190,7 +199,6 @@ class LayerNorm(OpDef):
             y *= work_dtype(xp, weight)
         if bias is not None:
             y += work_dtype(xp, bias)
-        ctx.p = (axes, eps)
         ctx.save(input, weight, mean, rstd)
         return y.astype(input.dtype, copy=False)
 
@@ -198,13 +206,88 @@ class LayerNorm(OpDef):
         axes, eps = ctx.p
         saved = ctx.saved
         x, w = saved[0], saved[1]
-        x, w, g = _up(x, w, g)
         need = ctx.needs_input_grad
+        if not _State.enabled and x._data.size and type(x._data) is np.ndarray:
+            return _ln_backward_cpu(x, w, g, saved[2], saved[3], len(axes), need)
+        x, w, g = _up(x, w, g)
         mean, rstd = _stats(ctx, x, axes, True, eps)
         gx, xhat = _norm_grad(x, g, w, tuple(w.shape) if w is not None else (), mean, rstd, axes)
         gw = _sum_lead(g * xhat, len(axes)) if w is not None and need[2] else None
         gb = _sum_lead(g, len(axes)) if need[3] else None
         return (gx if need[0] else None), None, gw, gb, None, None
+
+
+# Layer norm on NumPy arrays, rows of n. Row means are GEMVs against a (n, 1) column of 1/n
+# and column sums GEMVs against a row of ones: BLAS reduces a (1024, 128) float32 array
+# ~3x faster than ``mean(axis=-1)``. Everything else runs in place on two temporaries.
+def _row_mean(a: Any) -> Any:
+    n = a.shape[1]
+    return a @ np.full((n, 1), 1.0 / n, a.dtype)
+
+
+def _col_sum(a: Any) -> Any:
+    return (np.ones((1, a.shape[0]), a.dtype) @ a).reshape(a.shape[1:])
+
+
+def _ln_cpu(x: Any, k: int, w: Any, b: Any, eps: float) -> tuple:
+    """``(y, mean, rstd)``; the statistics shaped like ``x.mean(axes, keepdims=True)``."""
+    n = int(np.prod(x.shape[x.ndim - k:]))
+    x2 = x.reshape(-1, n)
+    mean = _row_mean(x2)
+    y = x2 - mean
+    sq = np.multiply(y, y)
+    rstd = _row_mean(sq)
+    rstd += eps
+    np.sqrt(rstd, out=rstd)
+    np.reciprocal(rstd, out=rstd)
+    y *= rstd
+    if w is not None:
+        y *= w.reshape(-1)
+    if b is not None:
+        y += b.reshape(-1)
+    stat_shape = x.shape[:x.ndim - k] + (1,) * k
+    return y.reshape(x.shape), mean.reshape(stat_shape), rstd.reshape(stat_shape)
+
+
+def _ln_backward_cpu(x: Tensor, w: Tensor | None, g: Tensor, mean: Tensor, rstd: Tensor,
+                     k: int, need: Any) -> tuple:
+    """Layer norm's gradients on arrays (no graph of the backward wanted)."""
+    dt = x._dtype
+    work = np.float32 if dt.itemsize == 2 else x._data.dtype
+    shape = x._data.shape
+    n = int(np.prod(shape[len(shape) - k:]))
+    x2 = x._data.reshape(-1, n).astype(work, copy=False)
+    g2 = g._data.reshape(-1, n).astype(work, copy=False)
+    m2 = mean._data.reshape(-1, 1).astype(work, copy=False)
+    r2 = rstd._data.reshape(-1, 1).astype(work, copy=False)
+    xhat = x2 - m2
+    xhat *= r2
+    gx = gw = gb = None
+    tmp = np.empty_like(xhat)
+    if w is not None and need[2]:
+        np.multiply(g2, xhat, out=tmp)
+        gw = _col_sum(tmp).reshape(w._data.shape)
+    if need[3]:
+        gb = _col_sum(g2).reshape(w._data.shape if w is not None else shape[len(shape) - k:])
+    if need[0]:
+        # grad_x = rstd * (gxhat - mean(gxhat) - xhat * mean(gxhat * xhat)), gxhat = g * w
+        gxhat = g2 * w._data.reshape(-1).astype(work, copy=False) if w is not None \
+            else g2.copy()
+        np.multiply(gxhat, xhat, out=tmp)
+        a = _row_mean(tmp)
+        c = _row_mean(gxhat)
+        np.multiply(xhat, a, out=tmp)
+        gxhat -= tmp
+        gxhat -= c
+        gxhat *= r2
+        gx = gxhat.reshape(shape)
+
+    def wrap(arr: Any, like: Tensor) -> Tensor:
+        return _make(arr.astype(like._dtype.np, copy=False), like._dtype, like._device)
+
+    return (wrap(gx, x) if gx is not None else None, None,
+            wrap(gw, w) if gw is not None else None,
+            wrap(gb, w if w is not None else x) if gb is not None else None, None, None)
 
 
 # ---------------------------------------------------------------------- group norm
