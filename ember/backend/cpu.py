@@ -126,3 +126,49 @@ def _keep_freed_memory() -> None:
 
 
 _keep_freed_memory()
+
+
+# ---------------------------------------------------------------------- row-parallel loops
+# NumPy releases the GIL inside ufunc loops, so an exp-heavy pass over a large array (the
+# log-softmax of an LM's (700, 10000) logits) runs on several cores from Python threads. Like
+# the GEMMs it only uses cores that other processes leave free: a busy core would make the
+# join wait a time slice.
+_pool: dict = {"executor": None, "workers": 0}
+
+
+def _reset_pool() -> None:  # a forked child has none of the parent's threads
+    _pool["executor"] = None
+    _pool["workers"] = 0
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_pool)
+
+
+def parallel_rows(n: int, fn: Any, min_rows: int = 1) -> None:
+    """Call ``fn(lo, hi)`` over ``[0, n)`` in contiguous pieces of at least ``min_rows``
+    rows, one piece per spare core (the calling thread takes one); ``fn`` must only touch
+    its own rows."""
+    _libs()
+    threads = _state["default"] or 1
+    if threads > 1:
+        spare = _spare_threads(time.monotonic())
+        threads = min(threads, spare) if spare is not None else threads
+    threads = max(1, min(threads, n // max(min_rows, 1)))
+    if threads == 1:
+        fn(0, n)
+        return
+    if _pool["workers"] < threads - 1:
+        from concurrent.futures import ThreadPoolExecutor
+        if _pool["executor"] is not None:
+            _pool["executor"].shutdown(wait=False)
+        _pool["executor"] = ThreadPoolExecutor(threads - 1, thread_name_prefix="ember-rows")
+        _pool["workers"] = threads - 1
+    bounds = [n * i // threads for i in range(threads + 1)]
+    futures = [_pool["executor"].submit(fn, bounds[i], bounds[i + 1])
+               for i in range(1, threads)]
+    try:
+        fn(bounds[0], bounds[1])
+    finally:
+        for f in futures:
+            f.result()

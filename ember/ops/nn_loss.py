@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from ember import dtypes as _dt
+from ember.backend.cpu import parallel_rows
 from ember.errors import make
 from ember.ops.registry import OpDef, OpNode, TensorMeta, register
 from ember.tensor import Tensor, _make
@@ -212,6 +213,7 @@ class CrossEntropy(OpDef):
 # backward turns the saved probabilities into the gradient in place: one pass plus a scatter
 # at the targets, no (N, C) one-hot.
 _BLOCK_ELEMS = 1 << 16  # 256 KB of float32 per block
+_PARALLEL_ELEMS = 1 << 20  # spread over spare cores from here (exp dominates; GIL released)
 
 
 def _forward_rows(ctx: Any, xp: Any, input: Any, target: Any, weight: Any, ignore_index: int,
@@ -231,19 +233,21 @@ def _forward_rows(ctx: Any, xp: Any, input: Any, target: Any, weight: Any, ignor
     recording = isinstance(ctx, OpNode)
     numpy = xp.__name__ == "numpy"
     step = max(1, _BLOCK_ELEMS // max(n_classes, 1)) if numpy else max(rows, 1)
-    # the probabilities are kept for backward; without a graph one block of scratch will do
-    out = xp.empty_like(work) if recording else xp.empty((min(step, rows), n_classes),
-                                                          work.dtype)
+    out = xp.empty_like(work) if recording else None  # the probabilities, kept for backward
     m = xp.empty(rows, work.dtype)       # row max (0 where it is not finite)
     s = xp.empty(rows, work.dtype)       # sum of exp(x - m)
     ssum = xp.empty(rows, work.dtype) if eps > 0 else None  # sum_c w_c (x_c - m)
     rmax = xp.maximum.reduce if numpy else _reduce_max
     rsum = xp.add.reduce if numpy else _reduce_sum
-    with _errstate(xp):  # all -inf rows give nan quietly, as in torch
-        for lo in range(0, rows, step):
-            hi = min(lo + step, rows)
+
+    def blocks(first: int, last: int) -> None:
+        # without a graph each caller gets its own block of scratch
+        scratch = out if recording else xp.empty((min(step, last - first), n_classes),
+                                                 work.dtype)
+        for lo in range(first, last, step):
+            hi = min(lo + step, last)
             xb = work[lo:hi]
-            ob = out[lo:hi] if recording else out[:hi - lo]
+            ob = scratch[lo:hi] if recording else scratch[:hi - lo]
             mb = rmax(xb, axis=1, keepdims=True)
             if not bool(xp.isfinite(mb).all()):   # all -inf / inf / nan rows: shift by 0
                 mb = xp.where(xp.isfinite(mb), mb, 0)
@@ -256,6 +260,12 @@ def _forward_rows(ctx: Any, xp: Any, input: Any, target: Any, weight: Any, ignor
             s[lo:hi] = sb[:, 0]
             if recording:
                 ob *= 1 / sb
+
+    with _errstate(xp):  # all -inf rows give nan quietly, as in torch
+        if numpy and rows * n_classes >= _PARALLEL_ELEMS:
+            parallel_rows(rows, blocks, min_rows=step)
+        else:
+            blocks(0, rows)
         log_s = xp.log(s)
         logp_t = (work[xp.arange(rows), safe] - m) - log_s
     w_t = (w[safe] if w is not None else xp.ones(rows, work.dtype)) * valid
