@@ -84,6 +84,15 @@ def _causal(xp: Any, L: int, S: int) -> Any:
     return xp.tril(xp.ones((L, S), dtype=bool))
 
 
+def _row_sum(xp: Any, a: Any) -> Any:
+    """``a.sum(-1, keepdims=True)``; on NumPy one GEMV against ones over all rows, ~5x faster
+    than a reduction over short rows (64 keys)."""
+    if xp.__name__ != "numpy" or not a.flags.c_contiguous or a.ndim < 2 or not a.size:
+        return a.sum(axis=-1, keepdims=True)
+    n = a.shape[-1]
+    return (a.reshape(-1, n) @ xp.ones((n, 1), a.dtype)).reshape(a.shape[:-1] + (1,))
+
+
 _CAUSAL_BIAS: dict = {}
 
 
@@ -142,7 +151,7 @@ class ScaledDotProductAttention(OpDef):
         m[~xp.isfinite(m)] = 0  # fully masked rows (all -inf) stay -inf - 0, not NaN
         scores -= m
         p = xp.exp(scores, out=scores)
-        denom = p.sum(axis=-1, keepdims=True)
+        denom = _row_sum(xp, p)
         # rows with every key masked give zeros (torch's safe softmax), not NaN
         denom[denom == 0] = 1
         p *= xp.reciprocal(denom, out=denom)
@@ -183,7 +192,7 @@ class ScaledDotProductAttention(OpDef):
             dp *= keep
         # ds = p * (dp - rowsum(dp * p)), with one temporary
         dp *= p
-        ds = p * dp.sum(axis=-1, keepdims=True)
+        ds = p * _row_sum(xp, dp)
         xp.subtract(dp, ds, out=ds)
         dq = xp.matmul(ds, k.astype(work, copy=False))
         dq *= s
