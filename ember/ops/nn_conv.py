@@ -15,6 +15,7 @@ the convs as its partial derivatives.
 """
 from __future__ import annotations
 
+import functools
 import math
 import threading
 from typing import Any, Sequence
@@ -164,13 +165,22 @@ class _Geom:
             self.length = math.prod(out)
             self.shifts = None
 
-    def narrow(self) -> None:
-        """Fall back to exact columns (one per output position)."""
-        self.wide, self.length, self.shifts = False, math.prod(self.out), None
+    def narrow(self) -> "_Geom":
+        """A copy with exact columns (one per output position)."""
+        geo = _Geom(self.sp, self.ksize, self.stride, self.padding, self.dilation, self.out)
+        geo.wide, geo.length, geo.shifts = False, math.prod(self.out), None
+        return geo
 
     def garbage(self) -> bool:
         """Whether wide columns hold positions outside the output (read from other rows)."""
         return self.wide and self.padded[1:] != self.out[1:]
+
+
+@functools.lru_cache(maxsize=256)
+def _geom(sp: tuple, ksize: tuple, stride: tuple, padding: tuple, dilation: tuple,
+          out: tuple | None = None) -> _Geom:
+    """A shared, never modified :class:`_Geom` (building one costs ~30 us of Python)."""
+    return _Geom(sp, ksize, stride, padding, dilation, out)
 
 
 def _gemm(xp: Any, a: Any, b: Any, out: Any = None) -> Any:
@@ -225,78 +235,130 @@ def _chunk(xp: Any, n: int, per_sample: int) -> int:
     return max(1, min(n, _CHUNK_BYTES // max(per_sample, 1)))
 
 
-def conv_columns(xp: Any, x: Any, geo: _Geom) -> Any:
-    """The ``(C*K, N*L)`` column matrix of ``x (N, C, *sp)`` (see :class:`_Geom`)."""
-    n, c = x.shape[:2]
-    nd, k = geo.nd, geo.ksize
-    if geo.wide:
-        total = math.prod(geo.padded)
-        # one spare row: the last window of the last channel reads past the padded plane
-        buf = _work(xp, "pad", (n, c, total + geo.row), x.dtype, zero=True)
-        inner = tuple(slice(p, p + s) for p, s in zip(geo.padding, geo.sp))
-        buf[:, :, :total].reshape((n, c) + geo.padded)[(slice(None), slice(None)) + inner] = x
-        st, item = buf.strides, buf.itemsize
-        kst = tuple(geo.dilation[i] * math.prod(geo.padded[i + 1:]) * item for i in range(nd))
-        view = as_strided(xp, buf, (c,) + k + (n, geo.length), (st[1],) + kst + (st[0], item))
-    else:
-        xpad = pad_spatial(xp, x, [(p, p) for p in geo.padding])
-        st = xpad.strides
-        view = as_strided(xp, xpad, (c,) + k + (n,) + geo.out,
-                          (st[1],) + tuple(st[2 + i] * geo.dilation[i] for i in range(nd)) +
-                          (st[0],) + tuple(st[2 + i] * geo.stride[i] for i in range(nd)))
-    cols = _work(xp, "cols", view.shape, x.dtype)
-    cols[...] = view
-    return cols.reshape(c * math.prod(k), n * geo.length)
+class _Chunk:
+    """The work arrays and pre-sliced views for passes over chunks of ``m`` samples.
+
+    Built once per call and chunk size (the same arrays serve every chunk, so the views stay
+    valid): per chunk only the copies, the GEMM and the adds run, not the Python that slices
+    them (which cost about as much as the arithmetic at LeNet sizes). Each view is made on
+    first use, so a pass only takes the arrays it needs.
+    """
+
+    def __init__(self, xp: Any, geo: _Geom, m: int, c: int, o: int, dtype: Any) -> None:
+        self.xp, self.geo, self.m, self.c, self.o, self.dtype = xp, geo, m, c, o, dtype
+        self.width = m * geo.length  # columns per chunk
+        self._cols = self._rows = self._fold = None
+
+    def columns(self, x: Any) -> Any:
+        """The ``(C*K, m*L)`` column matrix of the chunk ``x (m, C, *sp)``."""
+        if self._cols is None:
+            self._cols = self._column_views()
+        interior, view, cols = self._cols
+        interior[...] = x
+        cols[...] = view
+        return cols.reshape(-1, self.width)
+
+    def _column_views(self) -> tuple:
+        xp, geo, m, c = self.xp, self.geo, self.m, self.c
+        nd, k = geo.nd, geo.ksize
+        inner = (slice(None), slice(None)) + tuple(slice(p, p + s) for p, s in
+                                                    zip(geo.padding, geo.sp))
+        if geo.wide:
+            total = math.prod(geo.padded)
+            # one spare row: the last window of the last channel reads past the padded plane
+            buf = _work(xp, "pad", (m, c, total + geo.row), self.dtype, zero=True)
+            interior = buf[:, :, :total].reshape((m, c) + geo.padded)[inner]
+            st, item = buf.strides, buf.itemsize
+            kst = tuple(geo.dilation[i] * math.prod(geo.padded[i + 1:]) * item
+                        for i in range(nd))
+            view = as_strided(xp, buf, (c,) + k + (m, geo.length),
+                              (st[1],) + kst + (st[0], item))
+        else:
+            buf = _work(xp, "pad", (m, c) + geo.padded, self.dtype, zero=True)
+            interior = buf[inner]
+            st = buf.strides
+            view = as_strided(xp, buf, (c,) + k + (m,) + geo.out,
+                              (st[1],) + tuple(st[2 + i] * geo.dilation[i] for i in range(nd)) +
+                              (st[0],) + tuple(st[2 + i] * geo.stride[i] for i in range(nd)))
+        return interior, view, _work(xp, "cols", view.shape, self.dtype)
+
+    def rows(self, g: Any) -> Any:
+        """An output-shaped chunk ``g (m, O, *out)`` as ``(O, m*L)`` in the columns' order
+        (zeros at the wide layout's garbage positions)."""
+        if self._rows is None:
+            geo, o, m = self.geo, self.o, self.m
+            if geo.garbage():
+                buf = _work(self.xp, "rows", (o, m, geo.out[0]) + geo.padded[1:], self.dtype,
+                            zero=True)
+                dst = buf[(slice(None),) * 3 + tuple(slice(0, v) for v in geo.out[1:])]
+            else:
+                buf = dst = _work(self.xp, "rows", (o, m) + geo.out, self.dtype)
+            self._rows = (dst, buf.reshape(o, self.width))
+        dst, rows = self._rows
+        dst[...] = g.swapaxes(0, 1)
+        return rows
+
+    def gemm_out(self, shape: tuple) -> Any:
+        return _work(self.xp, "gemm", shape, self.dtype)
+
+    def unrows(self, y: Any, dst: Any) -> None:
+        """Inverse of :meth:`rows`: write ``y (O, m*L)`` into ``dst (m, O, *out)``."""
+        geo, o, m = self.geo, self.o, self.m
+        if geo.garbage():
+            y = y.reshape((o, m, geo.out[0]) + geo.padded[1:])
+            y = y[(slice(None),) * 3 + tuple(slice(0, v) for v in geo.out[1:])]
+        else:
+            y = y.reshape((o, m) + geo.out)
+        dst[...] = y.swapaxes(0, 1)
+
+    def fold(self, dcols: Any, dst: Any) -> None:
+        """Adjoint of :meth:`columns`: sum ``dcols (C*K, m*L)`` (the same array on every
+        chunk) into ``dst (m, C, *sp)``."""
+        xp = self.xp
+        if self._fold is None:
+            self._fold = self._fold_views(dcols)
+        buf, pairs, crop = self._fold
+        buf.fill(0)
+        for d, s in pairs:
+            xp.add(d, s, out=d)
+        dst[...] = crop.swapaxes(0, 1)
+
+    def _fold_views(self, dcols: Any) -> tuple:
+        geo, m, c, nd = self.geo, self.m, self.c, self.geo.nd
+        if geo.wide:
+            total, length = math.prod(geo.padded), geo.length
+            dc = dcols.reshape(c, len(geo.shifts), m, length)
+            buf = _work(self.xp, "fold", (c, m, total + geo.row), self.dtype)
+            pairs = [(buf[:, :, shift:shift + length], dc[:, j])
+                     for j, shift in enumerate(geo.shifts)]
+            grid = buf[:, :, :total].reshape((c, m) + geo.padded)
+        else:
+            k, s, d, out = geo.ksize, geo.stride, geo.dilation, geo.out
+            dc = dcols.reshape((c,) + k + (m,) + out)
+            # the buffer also holds the reach of the last window (the output_padding case)
+            reach = tuple(max(geo.padded[i], d[i] * (k[i] - 1) + s[i] * (out[i] - 1) + 1)
+                          for i in range(nd))
+            buf = grid = _work(self.xp, "fold", (c, m) + reach, self.dtype)
+            pairs = []
+            for kidx in np.ndindex(*k):
+                sl = tuple(slice(kidx[i] * d[i], kidx[i] * d[i] + s[i] * (out[i] - 1) + 1, s[i])
+                           for i in range(nd))
+                pairs.append((buf[(slice(None), slice(None)) + sl], dc[(slice(None),) + kidx]))
+        crop = grid[(slice(None), slice(None)) + tuple(slice(p, p + v) for p, v in
+                                                       zip(geo.padding, geo.sp))]
+        return buf, pairs, crop
 
 
-def _rows(xp: Any, g: Any, geo: _Geom) -> Any:
-    """An output-shaped ``(N, O, *out)`` array as ``(O, N*L)`` in the columns' order (zeros
-    at the wide layout's garbage positions)."""
-    n, o = g.shape[:2]
-    if geo.garbage():
-        buf = _work(xp, "rows", (o, n, geo.out[0]) + geo.padded[1:], g.dtype, zero=True)
-        buf[(slice(None),) * 3 + tuple(slice(0, v) for v in geo.out[1:])] = g.swapaxes(0, 1)
-    else:
-        buf = _work(xp, "rows", (o, n) + g.shape[2:], g.dtype)
-        buf[...] = g.swapaxes(0, 1)
-    return buf.reshape(o, n * geo.length)
-
-
-def _unrows(xp: Any, y: Any, geo: _Geom, dst: Any) -> None:
-    """Inverse of :func:`_rows`: write ``(O, N*L)`` into ``dst (N, O, *out)``."""
-    o, n = y.shape[0], dst.shape[0]
-    if geo.garbage():
-        y = y.reshape((o, n, geo.out[0]) + geo.padded[1:])
-        y = y[(slice(None),) * 3 + tuple(slice(0, v) for v in geo.out[1:])]
-    else:
-        y = y.reshape((o, n) + geo.out)
-    dst[...] = y.swapaxes(0, 1)
-
-
-def _fold_columns(xp: Any, dcols: Any, geo: _Geom, dst: Any) -> None:
-    """Adjoint of :func:`conv_columns`: sum ``(C*K, N*L)`` columns into ``dst (N, C, *sp)``."""
-    nd = geo.nd
-    n, c = dst.shape[:2]
-    if geo.wide:
-        total, length = math.prod(geo.padded), geo.length
-        dc = dcols.reshape(c, len(geo.shifts), n, length)
-        buf = _work(xp, "fold", (c, n, total + geo.row), dcols.dtype, zero=True)
-        for j, shift in enumerate(geo.shifts):
-            buf[:, :, shift:shift + length] += dc[:, j]
-        buf = buf[:, :, :total].reshape((c, n) + geo.padded)
-    else:
-        k, s, d, out = geo.ksize, geo.stride, geo.dilation, geo.out
-        dc = dcols.reshape((c,) + k + (n,) + out)
-        # the buffer also holds the reach of the last window (the output_padding case)
-        reach = tuple(max(geo.padded[i], d[i] * (k[i] - 1) + s[i] * (out[i] - 1) + 1)
-                      for i in range(nd))
-        buf = _work(xp, "fold", (c, n) + reach, dcols.dtype, zero=True)
-        for kidx in np.ndindex(*k):
-            sl = tuple(slice(kidx[i] * d[i], kidx[i] * d[i] + s[i] * (out[i] - 1) + 1, s[i])
-                       for i in range(nd))
-            buf[(slice(None), slice(None)) + sl] += dc[(slice(None),) + kidx]
-    crop = tuple(slice(p, p + v) for p, v in zip(geo.padding, geo.sp))
-    dst[...] = buf[(slice(None), slice(None)) + crop].swapaxes(0, 1)
+def _chunks(xp: Any, geo: _Geom, n: int, c: int, o: int, dtype: Any) -> Any:
+    """``(first sample, samples, _Chunk)`` for each chunk of a batch of ``n``: the full chunks
+    share one plan, the remainder gets its own (made after the full chunks are done)."""
+    m = _chunk(xp, n, c * math.prod(geo.ksize) * geo.length * np.dtype(dtype).itemsize)
+    plan = _Chunk(xp, geo, m, c, o, dtype)
+    full = n - n % m
+    for n0 in range(0, full, m):
+        yield n0, m, plan
+    if full < n:
+        yield full, n - full, _Chunk(xp, geo, n - full, c, o, dtype)
 
 
 def _finite(xp: Any, a: Any) -> bool:
@@ -307,20 +369,20 @@ def conv_forward(xp: Any, x: Any, w: Any, stride: tuple, padding: tuple, dilatio
                  groups: int) -> tuple:
     """Correlation of ``x (N, C, *sp)`` with ``w (O, C/groups, *k)``; returns (y, cols), where
     ``cols`` is the whole batch's column matrix when it can be kept (GPU), else None."""
-    n, o = x.shape[0], w.shape[0]
-    geo = _Geom(x.shape[2:], w.shape[2:], stride, padding, dilation)
+    n, c = x.shape[:2]
+    o = w.shape[0]
+    geo = _geom(x.shape[2:], w.shape[2:], tuple(stride), tuple(padding), tuple(dilation))
     wm = w.reshape(groups, o // groups, -1)
     y = xp.empty((n, o) + geo.out, dtype=x.dtype)
-    nb = _chunk(xp, n, w.shape[1] * groups * math.prod(geo.ksize) * geo.length * x.itemsize)
     cols = None
-    for n0 in range(0, n, nb):
-        cols = conv_columns(xp, x[n0:n0 + nb], geo)
-        gemm_threads(xp, w.size * cols.shape[1])
-        yc = _gemm(xp, wm, cols.reshape(groups, -1, cols.shape[1]),
-                   _work(xp, "gemm", (groups, o // groups, cols.shape[1]), x.dtype))
-        _unrows(xp, yc.reshape(o, -1), geo, y[n0:n0 + nb])
+    for n0, m, plan in _chunks(xp, geo, n, c, o, x.dtype):
+        cols = plan.columns(x[n0:n0 + m])
+        gemm_threads(xp, w.size * plan.width)
+        yc = _gemm(xp, wm, cols.reshape(groups, -1, plan.width),
+                   plan.gemm_out((groups, o // groups, plan.width)))
+        plan.unrows(yc.reshape(o, -1), y[n0:n0 + m])
     # CPU columns live in a reused work array: only the GPU's can be kept for backward
-    return y, (cols if nb >= n and xp is not np else None)
+    return y, (cols if xp is not np and cols.shape[1] == n * geo.length else None)
 
 
 def conv_input_grad(xp: Any, g: Any, w: Any, sp: tuple, stride: tuple, padding: tuple,
@@ -328,18 +390,18 @@ def conv_input_grad(xp: Any, g: Any, w: Any, sp: tuple, stride: tuple, padding: 
     """Gradient of the conv in its input (the transposed conv): ``g (N, O, *out)`` -> ``(N, C, *sp)``."""
     n, o = g.shape[:2]
     c = w.shape[1] * groups
-    geo = _Geom(sp, w.shape[2:], stride, padding, dilation, out=g.shape[2:])
+    geo = _geom(tuple(sp), w.shape[2:], tuple(stride), tuple(padding), tuple(dilation),
+                g.shape[2:])
     if geo.garbage() and not _finite(xp, w):
-        geo.narrow()  # W^T @ (zeros at garbage positions) must stay 0: not with inf weights
+        geo = geo.narrow()  # W^T @ (zeros at garbage positions) must stay 0: not with inf weights
     wt = w.reshape(groups, o // groups, -1).transpose(0, 2, 1)
     dx = xp.empty((n, c) + tuple(sp), dtype=g.dtype)
-    nb = _chunk(xp, n, c * math.prod(geo.ksize) * geo.length * g.itemsize)
-    for n0 in range(0, n, nb):
-        rows = _rows(xp, g[n0:n0 + nb], geo)
-        gemm_threads(xp, w.size * rows.shape[1])
+    for n0, m, plan in _chunks(xp, geo, n, c, o, g.dtype):
+        rows = plan.rows(g[n0:n0 + m])
+        gemm_threads(xp, w.size * plan.width)
         dcols = _gemm(xp, wt, rows.reshape(groups, o // groups, -1),
-                      _work(xp, "gemm", (groups, wt.shape[1], rows.shape[1]), g.dtype))
-        _fold_columns(xp, dcols.reshape(-1, rows.shape[1]), geo, dx[n0:n0 + nb])
+                      plan.gemm_out((groups, wt.shape[1], plan.width)))
+        plan.fold(dcols.reshape(-1, plan.width), dx[n0:n0 + m])
     return dx
 
 
@@ -351,22 +413,21 @@ def conv_weight_grad(xp: Any, x: Any, g: Any, ksize: tuple, stride: tuple, paddi
     """
     n, o = g.shape[:2]
     c = x.shape[1]
-    geo = _Geom(x.shape[2:], ksize, stride, padding, dilation)
+    geo = _geom(x.shape[2:], tuple(ksize), tuple(stride), tuple(padding), tuple(dilation))
     if geo.garbage() and not _finite(xp, x):
-        geo.narrow()  # garbage columns meet zero gradients: 0 * inf would be NaN, not inf
+        geo = geo.narrow()  # garbage columns meet zero gradients: 0 * inf would be NaN, not inf
         cols = None
-    ck = c * math.prod(geo.ksize)
-    if cols is not None and cols.shape != (ck, n * geo.length):
+    if cols is not None and cols.shape != (c * math.prod(geo.ksize), n * geo.length):
         cols = None
-    nb = n if cols is not None else _chunk(xp, n, ck * geo.length * x.itemsize)
     dw = None
-    for n0 in range(0, n, nb):
-        cc = cols if cols is not None else conv_columns(xp, x[n0:n0 + nb], geo)
-        rows = _rows(xp, g[n0:n0 + nb], geo)
-        gemm_threads(xp, o * cc.shape[0] * cc.shape[1] // groups)
-        out = None if dw is None else _work(xp, "gemm", dw.shape, dw.dtype)
+    for n0, m, plan in ([(0, n, _Chunk(xp, geo, n, c, o, g.dtype))] if cols is not None else
+                        _chunks(xp, geo, n, c, o, g.dtype)):
+        cc = cols if cols is not None else plan.columns(x[n0:n0 + m])
+        rows = plan.rows(g[n0:n0 + m])
+        gemm_threads(xp, o * cc.shape[0] * plan.width // groups)
+        out = None if dw is None else plan.gemm_out(dw.shape)
         part = _gemm(xp, rows.reshape(groups, o // groups, -1),
-                     cc.reshape(groups, -1, cc.shape[1]).transpose(0, 2, 1), out)
+                     cc.reshape(groups, -1, plan.width).transpose(0, 2, 1), out)
         if dw is None:
             dw = part
         else:
