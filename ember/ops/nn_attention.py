@@ -84,6 +84,19 @@ def _causal(xp: Any, L: int, S: int) -> Any:
     return xp.tril(xp.ones((L, S), dtype=bool))
 
 
+def _weighted_sum(xp: Any, p: Any, v: Any, query: Any) -> Any:
+    """``p @ v``. A 4-d query laid out (batch, L, heads, E), the usual view of a fused qkv
+    projection, gets its output in that layout too, as torch's CPU kernel does: the caller's
+    ``transpose(1, 2).reshape(B, L, heads * E)`` is then a view instead of a copy."""
+    shape = xp.broadcast_shapes(p.shape[:-2], v.shape[:-2]) + (p.shape[-2], v.shape[-1])
+    if len(shape) != 4 or query.ndim != 4 or query.strides[1] >= query.strides[2] or \
+            xp.__name__ != "numpy":
+        return xp.matmul(p, v)
+    b, h, n, e = shape
+    out = xp.empty((b, n, h, e), xp.result_type(p, v)).transpose(0, 2, 1, 3)
+    return xp.matmul(p, v, out=out)
+
+
 def _row_sum(xp: Any, a: Any) -> Any:
     """``a.sum(-1, keepdims=True)``; on NumPy one GEMV against ones over all rows, ~5x faster
     than a reduction over short rows (64 keys)."""
@@ -165,7 +178,7 @@ class ScaledDotProductAttention(OpDef):
             pd = p * keep
         else:
             pd = p
-        out = xp.matmul(pd, vw).astype(query.dtype, copy=False)
+        out = _weighted_sum(xp, pd, vw, query).astype(query.dtype, copy=False)
         ctx.info = (s, gqa, hq, is_causal, attn_mask is not None and attn_mask.dtype != bool)
         ctx.p, ctx.keep = p, keep
         ctx.save(query, key, value, attn_mask)
