@@ -73,3 +73,49 @@ def test_gelu_retain_graph_backward_twice():
     first = x.grad.clone()
     y.backward()
     np.testing.assert_allclose(x.grad.numpy(), 2 * first.numpy(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("affine", ["both", "weight", "bias", "none"])
+@pytest.mark.parametrize("ns", [(16,), (4, 8)])
+def test_layer_norm_float32_matches_torch(affine, ns):
+    rng = np.random.default_rng(1)
+    x = (rng.standard_normal((3, 5) + ns) * 2 + 1).astype(np.float32)
+    w = rng.standard_normal(ns).astype(np.float32) if affine in ("both", "weight") else None
+    b = rng.standard_normal(ns).astype(np.float32) if affine in ("both", "bias") else None
+    g = rng.standard_normal(x.shape).astype(np.float32)
+
+    def run(m, F_):
+        xt = m.tensor(x, requires_grad=True)
+        wt = m.tensor(w, requires_grad=True) if w is not None else None
+        bt = m.tensor(b, requires_grad=True) if b is not None else None
+        y = F_.layer_norm(xt, ns, wt, bt)
+        y.backward(m.tensor(g))
+        return [y.detach().numpy()] + [t.grad.numpy() for t in (xt, wt, bt) if t is not None]
+
+    for e, t in zip(run(ember, F), run(torch, torch.nn.functional)):
+        np.testing.assert_allclose(e, t, rtol=1e-5, atol=2e-5)
+
+
+def test_layer_norm_output_modified_in_place_does_not_change_gradients():
+    x = ember.randn(4, 8, requires_grad=True)
+    y = F.layer_norm(x, (8,))  # no affine: the output is the normalized input itself
+    g = ember.randn(4, 8)
+    (want,) = ember.autograd.grad(F.layer_norm(x, (8,)), x, g)
+    y.add_(1.0)
+    (got,) = ember.autograd.grad(y, x, g)
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-6, atol=1e-6)
+
+
+def test_sdpa_output_layout_follows_the_query_like_torch():
+    B, T, H, E = 2, 6, 3, 4
+    x = np.random.default_rng(2).standard_normal((B, T, 3 * H * E)).astype(np.float32)
+    outs = []
+    for m in (ember, torch):
+        xt = m.tensor(x, requires_grad=True)
+        q, k, v = (a.view(B, T, H, E).transpose(1, 2) for a in xt.split(H * E, 2))
+        o = m.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        o.transpose(1, 2).reshape(B, T, H * E).pow(2).sum().backward()
+        outs.append((tuple(o.stride()), o.detach().numpy(), xt.grad.numpy()))
+    assert outs[0][0] == outs[1][0]
+    np.testing.assert_allclose(outs[0][1], outs[1][1], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(outs[0][2], outs[1][2], rtol=1e-4, atol=1e-5)

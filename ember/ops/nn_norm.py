@@ -187,9 +187,13 @@ class LayerNorm(OpDef):
         axes = tuple(range(x.ndim - k, x.ndim))
         ctx.p = (axes, eps)
         if xp is np and x.size:
-            y, mean, rstd = _ln_cpu(x, k, work_dtype(xp, weight) if weight is not None else None,
-                                    work_dtype(xp, bias) if bias is not None else None, eps)
+            y, mean, rstd, xhat = _ln_cpu(x, k, work_dtype(xp, weight) if weight is not None
+                                          else None,
+                                          work_dtype(xp, bias) if bias is not None else None, eps)
             ctx.save(input, weight, mean, rstd)
+            if (ctx.needs_input_grad[0] or ctx.needs_input_grad[2]) and \
+                    (weight is not None or bias is not None):  # else xhat is the output itself
+                ctx.xhat = xhat  # backward's first two passes, already computed
             return y.astype(input.dtype, copy=False)
         mean = x.mean(axis=axes, keepdims=True)
         xc = x - mean
@@ -208,7 +212,8 @@ class LayerNorm(OpDef):
         x, w = saved[0], saved[1]
         need = ctx.needs_input_grad
         if not _State.enabled and x._data.size and type(x._data) is np.ndarray:
-            return _ln_backward_cpu(x, w, g, saved[2], saved[3], len(axes), need)
+            return _ln_backward_cpu(x, w, g, saved[2], saved[3], len(axes), need,
+                                    ctx.__dict__.get("xhat"))
         x, w, g = _up(x, w, g)
         mean, rstd = _stats(ctx, x, axes, True, eps)
         gx, xhat = _norm_grad(x, g, w, tuple(w.shape) if w is not None else (), mean, rstd, axes)
@@ -230,7 +235,8 @@ def _col_sum(a: Any) -> Any:
 
 
 def _ln_cpu(x: Any, k: int, w: Any, b: Any, eps: float) -> tuple:
-    """``(y, mean, rstd)``; the statistics shaped like ``x.mean(axes, keepdims=True)``."""
+    """``(y, mean, rstd, xhat)``; the statistics shaped like ``x.mean(axes, keepdims=True)``,
+    ``xhat`` (rows, n) (``y`` itself when there is no affine)."""
     n = int(np.prod(x.shape[x.ndim - k:]))
     x2 = x.reshape(-1, n)
     mean = _row_mean(x2)
@@ -241,16 +247,17 @@ def _ln_cpu(x: Any, k: int, w: Any, b: Any, eps: float) -> tuple:
     np.sqrt(rstd, out=rstd)
     np.reciprocal(rstd, out=rstd)
     y *= rstd
+    xhat = y
     if w is not None:
-        y *= w.reshape(-1)
+        y = np.multiply(xhat, w.reshape(-1), out=sq)
     if b is not None:
-        y += b.reshape(-1)
+        y = np.add(y, b.reshape(-1), out=sq)
     stat_shape = x.shape[:x.ndim - k] + (1,) * k
-    return y.reshape(x.shape), mean.reshape(stat_shape), rstd.reshape(stat_shape)
+    return y.reshape(x.shape), mean.reshape(stat_shape), rstd.reshape(stat_shape), xhat
 
 
 def _ln_backward_cpu(x: Tensor, w: Tensor | None, g: Tensor, mean: Tensor, rstd: Tensor,
-                     k: int, need: Any) -> tuple:
+                     k: int, need: Any, xhat: Any = None) -> tuple:
     """Layer norm's gradients on arrays (no graph of the backward wanted)."""
     dt = x._dtype
     work = np.float32 if dt.itemsize == 2 else x._data.dtype
@@ -260,8 +267,9 @@ def _ln_backward_cpu(x: Tensor, w: Tensor | None, g: Tensor, mean: Tensor, rstd:
     g2 = g._data.reshape(-1, n).astype(work, copy=False)
     m2 = mean._data.reshape(-1, 1).astype(work, copy=False)
     r2 = rstd._data.reshape(-1, 1).astype(work, copy=False)
-    xhat = x2 - m2
-    xhat *= r2
+    if xhat is None or xhat.dtype != work:
+        xhat = x2 - m2
+        xhat *= r2
     gx = gw = gb = None
     tmp = np.empty_like(xhat)
     if w is not None and need[2]:
