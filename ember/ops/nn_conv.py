@@ -244,9 +244,18 @@ class _Chunk:
     first use, so a pass only takes the arrays it needs.
     """
 
-    def __init__(self, xp: Any, geo: _Geom, m: int, c: int, o: int, dtype: Any) -> None:
+    def __init__(self, xp: Any, geo: _Geom, m: int, c: int, o: int, dtype: Any,
+                 flat_fold: bool = False) -> None:
         self.xp, self.geo, self.m, self.c, self.o, self.dtype = xp, geo, m, c, o, dtype
-        self.width = m * geo.length  # columns per chunk
+        # flat_fold (wide layouts, input gradient): each sample's columns span its whole
+        # padded plane plus the spare row, zeros past ``length``, and the column rows are
+        # ordered (kernel offset, channel). Every kernel offset's block of columns is then
+        # one contiguous run that col2im adds into the flat padded planes with ONE 1-D add
+        # (no valid value crosses into the next plane): 3-4x faster adds than per-row ones,
+        # for a GEMM 1.5x wider at LeNet's conv2.
+        self.flat = flat_fold and geo.wide
+        self.pitch = math.prod(geo.padded) + geo.row if self.flat else geo.length
+        self.width = m * self.pitch  # columns per chunk
         self._cols = self._rows = self._fold = None
 
     def columns(self, x: Any) -> Any:
@@ -287,7 +296,11 @@ class _Chunk:
         (zeros at the wide layout's garbage positions)."""
         if self._rows is None:
             geo, o, m = self.geo, self.o, self.m
-            if geo.garbage():
+            if self.flat:
+                buf = _work(self.xp, "rows", (o, m, self.pitch), self.dtype, zero=True)
+                dst = buf[:, :, :geo.length].reshape((o, m, geo.out[0]) + geo.padded[1:])
+                dst = dst[(slice(None),) * 3 + tuple(slice(0, v) for v in geo.out[1:])]
+            elif geo.garbage():
                 buf = _work(self.xp, "rows", (o, m, geo.out[0]) + geo.padded[1:], self.dtype,
                             zero=True)
                 dst = buf[(slice(None),) * 3 + tuple(slice(0, v) for v in geo.out[1:])]
@@ -325,7 +338,14 @@ class _Chunk:
 
     def _fold_views(self, dcols: Any) -> tuple:
         geo, m, c, nd = self.geo, self.m, self.c, self.geo.nd
-        if geo.wide:
+        if self.flat:
+            total, size = math.prod(geo.padded), c * self.width
+            dc = dcols.reshape(len(geo.shifts), size)
+            buf = _work(self.xp, "fold", (size + max(geo.shifts),), self.dtype)
+            pairs = [(buf[shift:shift + size], dc[j]) for j, shift in enumerate(geo.shifts)]
+            grid = buf[:size].reshape(c, m, self.pitch)[:, :, :total]
+            grid = grid.reshape((c, m) + geo.padded)
+        elif geo.wide:
             total, length = math.prod(geo.padded), geo.length
             dc = dcols.reshape(c, len(geo.shifts), m, length)
             buf = _work(self.xp, "fold", (c, m, total + geo.row), self.dtype)
@@ -349,16 +369,17 @@ class _Chunk:
         return buf, pairs, crop
 
 
-def _chunks(xp: Any, geo: _Geom, n: int, c: int, o: int, dtype: Any) -> Any:
+def _chunks(xp: Any, geo: _Geom, n: int, c: int, o: int, dtype: Any,
+            flat_fold: bool = False) -> Any:
     """``(first sample, samples, _Chunk)`` for each chunk of a batch of ``n``: the full chunks
     share one plan, the remainder gets its own (made after the full chunks are done)."""
     m = _chunk(xp, n, c * math.prod(geo.ksize) * geo.length * np.dtype(dtype).itemsize)
-    plan = _Chunk(xp, geo, m, c, o, dtype)
+    plan = _Chunk(xp, geo, m, c, o, dtype, flat_fold)
     full = n - n % m
     for n0 in range(0, full, m):
         yield n0, m, plan
     if full < n:
-        yield full, n - full, _Chunk(xp, geo, n - full, c, o, dtype)
+        yield full, n - full, _Chunk(xp, geo, n - full, c, o, dtype, flat_fold)
 
 
 def _finite(xp: Any, a: Any) -> bool:
@@ -394,9 +415,13 @@ def conv_input_grad(xp: Any, g: Any, w: Any, sp: tuple, stride: tuple, padding: 
                 g.shape[2:])
     if geo.garbage() and not _finite(xp, w):
         geo = geo.narrow()  # W^T @ (zeros at garbage positions) must stay 0: not with inf weights
-    wt = w.reshape(groups, o // groups, -1).transpose(0, 2, 1)
+    flat = groups == 1 and geo.wide
+    if flat:  # rows of W^T ordered (kernel offset, channel): see _Chunk
+        wt = w.reshape(o, c, -1).transpose(2, 1, 0).reshape(1, -1, o)
+    else:
+        wt = w.reshape(groups, o // groups, -1).transpose(0, 2, 1)
     dx = xp.empty((n, c) + tuple(sp), dtype=g.dtype)
-    for n0, m, plan in _chunks(xp, geo, n, c, o, g.dtype):
+    for n0, m, plan in _chunks(xp, geo, n, c, o, g.dtype, flat):
         rows = plan.rows(g[n0:n0 + m])
         gemm_threads(xp, w.size * plan.width)
         dcols = _gemm(xp, wt, rows.reshape(groups, o // groups, -1),
