@@ -119,3 +119,21 @@ def test_sdpa_output_layout_follows_the_query_like_torch():
     assert outs[0][0] == outs[1][0]
     np.testing.assert_allclose(outs[0][1], outs[1][1], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(outs[0][2], outs[1][2], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("L,gqa", [(64, False), (65, False), (128, False), (64, True)])
+def test_sdpa_causal_forward_backward_match_torch(L, gqa):
+    B, H, E = 2, 4, 8
+    hk = 2 if gqa else H
+    rng = np.random.default_rng(3)
+    arrs = [rng.standard_normal(s).astype(np.float32)
+            for s in ((B, H, L, E), (B, hk, L, E), (B, hk, L, E))]
+    g = rng.standard_normal((B, H, L, E)).astype(np.float32)
+    res = []
+    for m in (ember, torch):
+        ts = [m.tensor(a, requires_grad=True) for a in arrs]
+        o = m.nn.functional.scaled_dot_product_attention(*ts, is_causal=True, enable_gqa=gqa)
+        o.backward(m.tensor(g))
+        res.append([o.detach().numpy()] + [t.grad.numpy() for t in ts])
+    for e, t in zip(*res):
+        np.testing.assert_allclose(e, t, rtol=1e-4, atol=1e-5)

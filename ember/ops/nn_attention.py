@@ -84,17 +84,21 @@ def _causal(xp: Any, L: int, S: int) -> Any:
     return xp.tril(xp.ones((L, S), dtype=bool))
 
 
-def _weighted_sum(xp: Any, p: Any, v: Any, query: Any) -> Any:
-    """``p @ v``. A 4-d query laid out (batch, L, heads, E), the usual view of a fused qkv
-    projection, gets its output in that layout too, as torch's CPU kernel does: the caller's
-    ``transpose(1, 2).reshape(B, L, heads * E)`` is then a view instead of a copy."""
-    shape = xp.broadcast_shapes(p.shape[:-2], v.shape[:-2]) + (p.shape[-2], v.shape[-1])
+def _out_buffer(xp: Any, shape: tuple, dtype: Any, query: Any) -> Any:
+    """An empty attention output. A 4-d query laid out (batch, L, heads, E), the usual view
+    of a fused qkv projection, gets its output in that layout too, as torch's CPU kernel
+    does: the caller's ``transpose(1, 2).reshape(B, L, heads * E)`` is then a view."""
     if len(shape) != 4 or query.ndim != 4 or query.strides[1] >= query.strides[2] or \
             xp.__name__ != "numpy":
-        return xp.matmul(p, v)
+        return xp.empty(shape, dtype)
     b, h, n, e = shape
-    out = xp.empty((b, n, h, e), xp.result_type(p, v)).transpose(0, 2, 1, 3)
-    return xp.matmul(p, v, out=out)
+    return xp.empty((b, n, h, e), dtype).transpose(0, 2, 1, 3)
+
+
+def _weighted_sum(xp: Any, p: Any, v: Any, query: Any) -> Any:
+    """``p @ v`` into :func:`_out_buffer`."""
+    shape = xp.broadcast_shapes(p.shape[:-2], v.shape[:-2]) + (p.shape[-2], v.shape[-1])
+    return xp.matmul(p, v, out=_out_buffer(xp, shape, xp.result_type(p, v), query))
 
 
 def _row_sum(xp: Any, a: Any) -> Any:
@@ -149,9 +153,9 @@ class ScaledDotProductAttention(OpDef):
         # half types accumulate in float32, like torch's CPU math kernels
         work = xp.float32 if query.dtype.itemsize < 4 else query.dtype
         qw, kw, vw = (a.astype(work, copy=False) for a in (query, k, v))
+        L, S = qw.shape[-2], kw.shape[-2]
         scores = xp.matmul(qw, xp.swapaxes(kw, -1, -2))
         scores *= s
-        L, S = scores.shape[-2], scores.shape[-1]
         if is_causal:
             scores += _causal_bias(xp, L, S, scores.dtype)
         if attn_mask is not None:
@@ -159,15 +163,7 @@ class ScaledDotProductAttention(OpDef):
                 scores = xp.where(attn_mask, scores, -xp.inf)
             else:
                 scores = scores + attn_mask.astype(work, copy=False)
-        # softmax in place: scores becomes p
-        m = scores.max(axis=-1, keepdims=True) if S else scores.sum(axis=-1, keepdims=True)
-        m[~xp.isfinite(m)] = 0  # fully masked rows (all -inf) stay -inf - 0, not NaN
-        scores -= m
-        p = xp.exp(scores, out=scores)
-        denom = _row_sum(xp, p)
-        # rows with every key masked give zeros (torch's safe softmax), not NaN
-        denom[denom == 0] = 1
-        p *= xp.reciprocal(denom, out=denom)
+        p = _softmax_(xp, scores)
         keep = None
         if dropout_p > 0.0:
             import ember
@@ -193,24 +189,13 @@ class ScaledDotProductAttention(OpDef):
             return _decomposition_vjp(ctx, grad, query, key, value, attn_mask)
         g = grad._data
         xp = _xp(grad)
-        work = ctx.p.dtype
+        p, keep = ctx.p, ctx.keep
+        work = p.dtype
         k = _expand_heads(xp, key._data, hq) if gqa else key._data
         v = _expand_heads(xp, value._data, hq) if gqa else value._data
         gw = g.astype(work, copy=False)
-        p, keep = ctx.p, ctx.keep
-        pd = p * keep if keep is not None else p
-        dv = xp.matmul(xp.swapaxes(pd, -1, -2), gw)
-        dp = xp.matmul(gw, xp.swapaxes(v.astype(work, copy=False), -1, -2))
-        if keep is not None:
-            dp *= keep
-        # ds = p * (dp - rowsum(dp * p)), with one temporary
-        dp *= p
-        ds = p * _row_sum(xp, dp)
-        xp.subtract(dp, ds, out=ds)
-        dq = xp.matmul(ds, k.astype(work, copy=False))
-        dq *= s
-        dk = xp.matmul(xp.swapaxes(ds, -1, -2), query._data.astype(work, copy=False))
-        dk *= s
+        qw, kw, vw = (a.astype(work, copy=False) for a in (query._data, k, v))
+        dq, dk, dv, ds = _attention_backward(xp, p, keep, gw, qw, kw, vw, s)
         if gqa:
             dk = _group_sum(dk, key._data.shape[-3])
             dv = _group_sum(dv, value._data.shape[-3])
@@ -219,6 +204,39 @@ class ScaledDotProductAttention(OpDef):
         return (_wrap(dq.astype(dt.np, copy=False), grad), _wrap(dk.astype(dt.np, copy=False),
                                                                   grad),
                 _wrap(dv.astype(dt.np, copy=False), grad), dmask, None, None, None, None)
+
+
+def _softmax_(xp: Any, scores: Any) -> Any:
+    """Softmax over the last axis, in place (scores becomes p). Rows with every key masked
+    (all -inf) give zeros (torch's safe softmax), not NaN."""
+    S = scores.shape[-1]
+    m = scores.max(axis=-1, keepdims=True) if S else scores.sum(axis=-1, keepdims=True)
+    m[~xp.isfinite(m)] = 0
+    scores -= m
+    p = xp.exp(scores, out=scores)
+    denom = _row_sum(xp, p)
+    denom[denom == 0] = 1
+    p *= xp.reciprocal(denom, out=denom)
+    return p
+
+
+def _attention_backward(xp: Any, p: Any, keep: Any, gw: Any, q: Any, k: Any, v: Any,
+                        s: float) -> tuple:
+    """``(dq, dk, dv, ds)`` of ``out = (p * keep) @ v``, ``p = softmax(q @ k^T * s + mask)``."""
+    pd = p * keep if keep is not None else p
+    dv = xp.matmul(xp.swapaxes(pd, -1, -2), gw)
+    dp = xp.matmul(gw, xp.swapaxes(v, -1, -2))
+    if keep is not None:
+        dp *= keep
+    # ds = p * (dp - rowsum(dp * p)), with one temporary
+    dp *= p
+    ds = p * _row_sum(xp, dp)
+    xp.subtract(dp, ds, out=ds)
+    dq = xp.matmul(ds, k)
+    dq *= s
+    dk = xp.matmul(xp.swapaxes(ds, -1, -2), q)
+    dk *= s
+    return dq, dk, dv, ds
 
 
 def _device_of(arr: Any) -> Any:
