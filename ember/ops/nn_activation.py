@@ -14,6 +14,7 @@ import numpy as np
 
 from ember._state import _State
 from ember.backend import special
+from ember.backend.cpu import parallel_rows
 from ember.ops import meta as M
 from ember.ops.registry import OpDef, register
 from ember.tensor import _make
@@ -42,51 +43,61 @@ _GELU_CHUNK = 1 << 15
 
 
 def _gelu_cpu_f32(x: Any, want_grad: bool) -> tuple:
-    """``(gelu(x), gelu'(x) or None)`` for a float32 NumPy array (see the note above)."""
+    """``(gelu(x), gelu'(x) or None)`` for a float32 NumPy array (see the note above). Chunks
+    run on the cores other processes leave free (NumPy releases the GIL in its loops)."""
     flat = np.ascontiguousarray(x).reshape(-1)
     n = flat.size
     y = np.empty_like(flat)
     d = np.empty_like(flat) if want_grad else None
     m = max(min(_GELU_CHUNK, n), 1)
-    bufs = [np.empty(m, np.float32) for _ in range(5)]
-    with np.errstate(all="ignore"):  # inf * 0 at x = +-inf is patched below; NaN propagates
-        for i in range(0, n, m):
-            k = min(m, n - i)
-            a, t, e, r, s = bufs if k == m else [b[:k] for b in bufs]
-            xs, ys = flat[i:i + k], y[i:i + k]
-            np.abs(xs, out=a)
-            np.multiply(a, _GELU_K, out=t)
-            t += 1.0
-            np.reciprocal(t, out=t)
-            np.multiply(a, a, out=e)
-            e *= -0.5
-            np.exp(e, out=e)
-            np.multiply(t, _GELU_R[0], out=r)
-            for c in _GELU_R[1:-1]:
-                r += c
-                r *= t
-            r += _GELU_R[-1]
-            r *= t
-            r *= e  # r = h = Phi(-a)
-            np.greater(xs, 0, out=s)
-            if d is not None:
-                ds = d[i:i + k]
-                np.multiply(a, e, out=t)
-                t *= -_INV_SQRT_2PI
-                t += r  # u
-                np.multiply(t, -2.0, out=e)
-                e += 1.0
-                e *= s
-                np.add(e, t, out=ds)
-            np.multiply(a, r, out=r)
-            np.multiply(xs, s, out=ys)
-            ys -= r
-            if not xs.max() < math.inf:  # +inf (or NaN): a * h was inf * 0
-                pinf = xs == math.inf
-                ys[pinf] = math.inf
-                if d is not None:
-                    d[i:i + k][pinf] = 1.0
+
+    def chunks(lo: int, hi: int) -> None:
+        bufs = [np.empty(m, np.float32) for _ in range(5)]
+        with np.errstate(all="ignore"):  # per thread; inf * 0 at +-inf is patched below
+            for c in range(lo, hi):
+                i = c * m
+                k = min(m, n - i)
+                _gelu_chunk(flat[i:i + k], y[i:i + k], d[i:i + k] if d is not None else None,
+                            *(bufs if k == m else [b[:k] for b in bufs]))
+
+    parallel_rows(-(-n // m), chunks, min_rows=4)
     return y.reshape(x.shape), (d.reshape(x.shape) if d is not None else None)
+
+
+def _gelu_chunk(xs: Any, ys: Any, ds: Any, a: Any, t: Any, e: Any, r: Any, s: Any) -> None:
+    """One chunk: ``ys = gelu(xs)`` and, unless ``ds`` is None, ``ds = gelu'(xs)``; the other
+    arguments are scratch buffers of the chunk's size."""
+    np.abs(xs, out=a)
+    np.multiply(a, _GELU_K, out=t)
+    t += 1.0
+    np.reciprocal(t, out=t)
+    np.multiply(a, a, out=e)
+    e *= -0.5
+    np.exp(e, out=e)
+    np.multiply(t, _GELU_R[0], out=r)
+    for c in _GELU_R[1:-1]:
+        r += c
+        r *= t
+    r += _GELU_R[-1]
+    r *= t
+    r *= e  # r = h = Phi(-a)
+    np.greater(xs, 0, out=s)
+    if ds is not None:
+        np.multiply(a, e, out=t)
+        t *= -_INV_SQRT_2PI
+        t += r  # u
+        np.multiply(t, -2.0, out=e)
+        e += 1.0
+        e *= s
+        np.add(e, t, out=ds)
+    np.multiply(a, r, out=r)
+    np.multiply(xs, s, out=ys)
+    ys -= r
+    if not xs.max() < math.inf:  # +inf (or NaN): a * h was inf * 0
+        pinf = xs == math.inf
+        ys[pinf] = math.inf
+        if ds is not None:
+            ds[pinf] = 1.0
 
 
 def _float_work(name: str, xp: Any, x: Any) -> Any:
