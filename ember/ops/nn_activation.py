@@ -50,6 +50,7 @@ def _gelu_cpu_f32(x: Any, want_grad: bool) -> tuple:
     y = np.empty_like(flat)
     d = np.empty_like(flat) if want_grad else None
     m = max(min(_GELU_CHUNK, n), 1)
+    pinf = bool(n) and not flat.max() < math.inf  # +inf (or NaN) somewhere: patch +inf
 
     def chunks(lo: int, hi: int) -> None:
         bufs = [np.empty(m, np.float32) for _ in range(5)]
@@ -58,15 +59,16 @@ def _gelu_cpu_f32(x: Any, want_grad: bool) -> tuple:
                 i = c * m
                 k = min(m, n - i)
                 _gelu_chunk(flat[i:i + k], y[i:i + k], d[i:i + k] if d is not None else None,
-                            *(bufs if k == m else [b[:k] for b in bufs]))
+                            pinf, *(bufs if k == m else [b[:k] for b in bufs]))
 
     parallel_rows(-(-n // m), chunks, min_rows=4)
     return y.reshape(x.shape), (d.reshape(x.shape) if d is not None else None)
 
 
-def _gelu_chunk(xs: Any, ys: Any, ds: Any, a: Any, t: Any, e: Any, r: Any, s: Any) -> None:
-    """One chunk: ``ys = gelu(xs)`` and, unless ``ds`` is None, ``ds = gelu'(xs)``; the other
-    arguments are scratch buffers of the chunk's size."""
+def _gelu_chunk(xs: Any, ys: Any, ds: Any, pinf: bool, a: Any, t: Any, e: Any, r: Any,
+                s: Any) -> None:
+    """One chunk: ``ys = gelu(xs)`` and, unless ``ds`` is None, ``ds = gelu'(xs)``; ``pinf``:
+    the input may hold +inf; the other arguments are scratch buffers of the chunk's size."""
     np.abs(xs, out=a)
     np.multiply(a, _GELU_K, out=t)
     t += 1.0
@@ -93,11 +95,11 @@ def _gelu_chunk(xs: Any, ys: Any, ds: Any, a: Any, t: Any, e: Any, r: Any, s: An
     np.multiply(a, r, out=r)
     np.multiply(xs, s, out=ys)
     ys -= r
-    if not xs.max() < math.inf:  # +inf (or NaN): a * h was inf * 0
-        pinf = xs == math.inf
-        ys[pinf] = math.inf
+    if pinf:  # a * h was inf * 0 at +inf
+        at = xs == math.inf
+        ys[at] = math.inf
         if ds is not None:
-            ds[pinf] = 1.0
+            ds[at] = 1.0
 
 
 def _float_work(name: str, xp: Any, x: Any) -> Any:
