@@ -137,3 +137,49 @@ def test_sdpa_causal_forward_backward_match_torch(L, gqa):
         res.append([o.detach().numpy()] + [t.grad.numpy() for t in ts])
     for e, t in zip(*res):
         np.testing.assert_allclose(e, t, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("shapes", [((3, 2, 5, 4), (3, 1, 6, 4), (3, 1, 6, 3)),
+                                    ((3, 1, 5, 4), (3, 1, 6, 4), (3, 2, 6, 3)),
+                                    ((2, 5, 4), (2, 6, 4), (2, 6, 4))])
+@pytest.mark.parametrize("causal", [False, True])
+def test_sdpa_batch_blocks_with_broadcast_heads_match_torch(shapes, causal):
+    rng = np.random.default_rng(4)
+    arrs = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    res = []
+    for m in (ember, torch):
+        ts = [m.tensor(a, requires_grad=True) for a in arrs]
+        o = m.nn.functional.scaled_dot_product_attention(*ts, is_causal=causal)
+        o.pow(2).sum().backward()
+        res.append([o.detach().numpy()] + [t.grad.numpy() for t in ts])
+    for e, t in zip(*res):
+        np.testing.assert_allclose(e, t, rtol=1e-4, atol=1e-5)
+
+
+def _three_blocks(n, fn, min_rows=1):
+    """parallel_rows as if three cores were free (run one after another: same arithmetic)."""
+    bounds = [n * i // 3 for i in range(4)]
+    for lo, hi in zip(bounds, bounds[1:]):
+        fn(lo, hi)
+
+
+def test_blocked_paths_give_the_serial_results(monkeypatch):
+    import ember.ops.nn_activation as act
+    import ember.ops.nn_attention as att
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal(5 * act._GELU_CHUNK + 7) * 3).astype(np.float32)
+    q, k, v = (rng.standard_normal((5, 2, 7, 4)).astype(np.float32) for _ in range(3))
+
+    def run():
+        xt = ember.tensor(x, requires_grad=True)
+        F.gelu(xt).pow(2).sum().backward()
+        ts = [ember.tensor(a, requires_grad=True) for a in (q, k, v)]
+        o = F.scaled_dot_product_attention(*ts, is_causal=True)
+        o.pow(2).sum().backward()
+        return [xt.grad.numpy(), o.detach().numpy()] + [t.grad.numpy() for t in ts]
+
+    serial = run()
+    monkeypatch.setattr(act, "parallel_rows", _three_blocks)
+    monkeypatch.setattr(att, "parallel_rows", _three_blocks)
+    for a, b in zip(serial, run()):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)

@@ -12,6 +12,7 @@ from typing import Any
 
 from ember import dtypes as _dt
 from ember._state import _State
+from ember.backend.cpu import parallel_rows
 from ember.errors import check, make
 from ember.ops import meta as M
 from ember.ops.registry import OpDef, TensorMeta, register
@@ -154,6 +155,12 @@ class ScaledDotProductAttention(OpDef):
         work = xp.float32 if query.dtype.itemsize < 4 else query.dtype
         qw, kw, vw = (a.astype(work, copy=False) for a in (query, k, v))
         L, S = qw.shape[-2], kw.shape[-2]
+        if attn_mask is None and dropout_p == 0.0 and _batch_split(xp, qw, kw, vw):
+            out, p = _forward_by_batch(xp, qw, kw, vw, s, is_causal, query)
+            ctx.info = (s, gqa, hq, is_causal, False)
+            ctx.p, ctx.keep = p, None
+            ctx.save(query, key, value, attn_mask)
+            return out.astype(query.dtype, copy=False)
         scores = xp.matmul(qw, xp.swapaxes(kw, -1, -2))
         scores *= s
         if is_causal:
@@ -195,7 +202,11 @@ class ScaledDotProductAttention(OpDef):
         v = _expand_heads(xp, value._data, hq) if gqa else value._data
         gw = g.astype(work, copy=False)
         qw, kw, vw = (a.astype(work, copy=False) for a in (query._data, k, v))
-        dq, dk, dv, ds = _attention_backward(xp, p, keep, gw, qw, kw, vw, s)
+        if keep is None and not float_mask and _batch_split(xp, qw, kw, vw, gw, p):
+            dq, dk, dv = _backward_by_batch(xp, p, gw, qw, kw, vw, s)
+            ds = None
+        else:
+            dq, dk, dv, ds = _attention_backward(xp, p, keep, gw, qw, kw, vw, s)
         if gqa:
             dk = _group_sum(dk, key._data.shape[-3])
             dv = _group_sum(dv, value._data.shape[-3])
@@ -237,6 +248,50 @@ def _attention_backward(xp: Any, p: Any, keep: Any, gw: Any, q: Any, k: Any, v: 
     dk = xp.matmul(xp.swapaxes(ds, -1, -2), q)
     dk *= s
     return dq, dk, dv, ds
+
+
+# On NumPy the batch (dim 0) is cut into blocks that run on the cores other processes leave
+# free (backend.cpu.parallel_rows): the batched products and the softmax release the GIL.
+def _batch_split(xp: Any, *arrays: Any) -> bool:
+    """Whether these arrays can be cut along dim 0 (NumPy, same rank >= 3, same dim 0 > 1)."""
+    a0 = arrays[0]
+    return (xp.__name__ == "numpy" and a0.ndim >= 3 and a0.shape[0] > 1
+            and all(a.ndim == a0.ndim and a.shape[0] == a0.shape[0] for a in arrays))
+
+
+def _forward_by_batch(xp: Any, q: Any, k: Any, v: Any, s: float, is_causal: bool,
+                      query: Any) -> tuple:
+    """``(out, p)`` without masks other than ``is_causal`` and without dropout."""
+    L, S = q.shape[-2], k.shape[-2]
+    p = xp.empty(xp.broadcast_shapes(q.shape[:-2], k.shape[:-2]) + (L, S), xp.result_type(q, k))
+    out = _out_buffer(xp, xp.broadcast_shapes(p.shape[:-2], v.shape[:-2]) + (L, v.shape[-1]),
+                      xp.result_type(p, v), query)
+    bias = _causal_bias(xp, L, S, p.dtype) if is_causal else None
+
+    def block(lo: int, hi: int) -> None:
+        scores = xp.matmul(q[lo:hi], xp.swapaxes(k[lo:hi], -1, -2), out=p[lo:hi])
+        scores *= s
+        if bias is not None:
+            scores += bias
+        _softmax_(xp, scores)
+        xp.matmul(scores, v[lo:hi], out=out[lo:hi])
+
+    parallel_rows(q.shape[0], block)
+    return out, p
+
+
+def _backward_by_batch(xp: Any, p: Any, gw: Any, q: Any, k: Any, v: Any, s: float) -> tuple:
+    batch = gw.shape[:-2]  # the output's: every operand broadcast
+    dq = xp.empty(batch + q.shape[-2:], p.dtype)
+    dk = xp.empty(batch + k.shape[-2:], p.dtype)
+    dv = xp.empty(batch + v.shape[-2:], p.dtype)
+
+    def block(lo: int, hi: int) -> None:
+        dq[lo:hi], dk[lo:hi], dv[lo:hi], _ = _attention_backward(
+            xp, p[lo:hi], None, gw[lo:hi], q[lo:hi], k[lo:hi], v[lo:hi], s)
+
+    parallel_rows(batch[0], block)
+    return dq, dk, dv
 
 
 def _device_of(arr: Any) -> Any:
