@@ -183,3 +183,21 @@ def test_blocked_paths_give_the_serial_results(monkeypatch):
     monkeypatch.setattr(att, "parallel_rows", _three_blocks)
     for a, b in zip(serial, run()):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_layer_norm_row_blocks_give_the_serial_results(monkeypatch):
+    import ember.ops.nn_norm as norm
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((3 * norm._LN_BLOCK_ROWS + 5, 16)).astype(np.float32)
+    w, b = rng.standard_normal(16).astype(np.float32), rng.standard_normal(16).astype(np.float32)
+
+    def run():
+        ts = [ember.tensor(a, requires_grad=True) for a in (x, w, b)]
+        y = F.layer_norm(ts[0], (16,), ts[1], ts[2])
+        y.pow(2).sum().backward()
+        return [y.detach().numpy()] + [t.grad.numpy() for t in ts]
+
+    serial = run()
+    monkeypatch.setattr(norm, "parallel_rows", _three_blocks)
+    for a, b_ in zip(serial, run()):
+        np.testing.assert_allclose(a, b_, rtol=1e-5, atol=1e-5)
