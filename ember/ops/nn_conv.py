@@ -7,7 +7,12 @@ the layout (and its faster "wide" form for stride 1). With the output gradient `
 out as ``(O, N*L)`` rows in the same order, the two gradients are one GEMM each:
 
 * input gradient  = col2im(W^T @ g), which is also the forward of the transposed conv;
-* weight gradient = g @ cols^T (``_conv_weight_grad``), reusing the forward's columns.
+* weight gradient = g @ cols^T (``_conv_weight_grad``).
+
+On the CPU each pass runs over batch chunks of about ``_CHUNK_BYTES`` of columns, in work
+arrays reused from call to call (``_Chunk``), and the weight gradient rebuilds the columns
+rather than keeping the forward's alive (measured faster); the GPU runs the whole batch at
+once and keeps them.
 
 Every backward is written in these ops, so double backward works: the adjoint of a conv
 in its input is a transposed conv and vice versa, and ``_conv_weight_grad`` is bilinear with
@@ -194,11 +199,11 @@ def _gemm(xp: Any, a: Any, b: Any, out: Any = None) -> Any:
     return xp.matmul(a, b, out=out)
 
 
-# Batch chunks whose column matrix stays under this many bytes (CPU). The columns, the GEMM
-# output and col2im's buffer then stay in cache and come back from malloc's free lists on
-# every chunk, instead of being multi-MB arrays faulted in afresh on each pass: the whole
-# LeNet step measured 20-25% faster than with whole-batch columns (256 KB chunks: slower,
-# Python overhead per chunk; 0.5-2 MB: about the same).
+# Batch chunks whose column matrix stays under this many bytes (CPU). A chunk's columns, GEMM
+# output and col2im buffer then stay in cache, instead of being multi-MB arrays written to
+# and read back from memory on each pass: the whole LeNet step measured 20-25% faster than
+# with whole-batch columns (256 KB chunks: slower, Python overhead per chunk; 0.5-4 MB: about
+# the same).
 _CHUNK_BYTES = 2 ** 20
 
 
