@@ -254,7 +254,8 @@ def _forward_rows(ctx: Any, xp: Any, input: Any, target: Any, weight: Any, ignor
             m[lo:hi] = mb[:, 0]
             xp.subtract(xb, mb, out=ob)
             if ssum is not None:
-                ssum[lo:hi] = ob @ w if w is not None else rsum(ob, axis=1)
+                # (no BLAS call here: blocks may run on several Python threads at once)
+                ssum[lo:hi] = rsum(ob * w if w is not None else ob, axis=1)
             xp.exp(ob, out=ob)
             sb = rsum(ob, axis=1, keepdims=True)
             s[lo:hi] = sb[:, 0]
