@@ -214,13 +214,28 @@ CHUNK_CASES = [  # (input shape, weight shape, conv kwargs): wide and exact colu
 ]
 
 
+def _two_threads(n, fn, min_rows=1):
+    """parallel_rows as on a machine with two spare cores."""
+    import threading
+    t = threading.Thread(target=fn, args=(n // 2, n))
+    t.start()
+    fn(0, n // 2)
+    t.join()
+
+
 @pytest.mark.parametrize("xs,ws,kw", CHUNK_CASES)
 @pytest.mark.parametrize("transposed", [False, True])
+@pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # inf arithmetic, as torch does it
-def test_conv_batch_chunks_match_torch(monkeypatch, xs, ws, kw, transposed):
-    """The CPU path splits the batch into chunks (a few samples each at these sizes)."""
+def test_conv_batch_chunks_match_torch(monkeypatch, xs, ws, kw, transposed, threads):
+    """The CPU path splits the batch into chunks (a few samples each at these sizes), spread
+    over threads when cores are free."""
     from ember.ops import nn_conv
     monkeypatch.setattr(nn_conv, "_CHUNK_BYTES", 1000)  # 1-2 samples per chunk
+    if threads == 2:
+        monkeypatch.setattr(nn_conv, "parallel_rows", _two_threads)
+    else:
+        monkeypatch.setattr(nn_conv, "parallel_rows", lambda n, fn, min_rows=1: fn(0, n))
     nd = len(xs) - 2
     if transposed:
         xs, ws = (xs[0], ws[0]) + xs[2:], (ws[0], ws[1]) + ws[2:]

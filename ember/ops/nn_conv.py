@@ -10,9 +10,10 @@ out as ``(O, N*L)`` rows in the same order, the two gradients are one GEMM each:
 * weight gradient = g @ cols^T (``_conv_weight_grad``).
 
 On the CPU each pass runs over batch chunks of about ``_CHUNK_BYTES`` of columns, in work
-arrays reused from call to call (``_Chunk``), and the weight gradient rebuilds the columns
-rather than keeping the forward's alive (measured faster); the GPU runs the whole batch at
-once and keeps them.
+arrays reused from call to call (``_Chunk``), spread over the cores other processes leave
+free (``backend.cpu.parallel_rows``), and the weight gradient rebuilds the columns rather
+than keeping the forward's alive (measured faster); the GPU runs the whole batch at once and
+keeps them.
 
 Every backward is written in these ops, so double backward works: the adjoint of a conv
 in its input is a transposed conv and vice versa, and ``_conv_weight_grad`` is bilinear with
@@ -27,7 +28,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ember.backend.cpu import gemm_threads
+from ember.backend.cpu import gemm_threads, parallel_rows
 
 from ember.errors import check, make
 from ember.ops.registry import OPS, OpDef, TensorMeta, apply, register
@@ -374,17 +375,35 @@ class _Chunk:
         return buf, pairs, crop
 
 
-def _chunks(xp: Any, geo: _Geom, n: int, c: int, o: int, dtype: Any,
-            flat_fold: bool = False) -> Any:
-    """``(first sample, samples, _Chunk)`` for each chunk of a batch of ``n``: the full chunks
-    share one plan, the remainder gets its own (made after the full chunks are done)."""
+def _over_chunks(xp: Any, geo: _Geom, n: int, c: int, o: int, dtype: Any, body: Any,
+                 flat_fold: bool = False) -> list:
+    """Run ``acc = body(n0, m, plan, acc)`` over the batch chunks (first sample ``n0``, ``m``
+    samples); returns each worker's final ``acc``.
+
+    On the CPU the chunks are spread over the cores other processes leave free
+    (``parallel_rows``: serial on a busy machine); GEMMs and copies release the GIL. Each
+    thread makes its own plans, over its own work arrays: the full chunks share one, the
+    remainder (always a worker's last chunk) gets its own.
+    """
     m = _chunk(xp, n, c * math.prod(geo.ksize) * geo.length * np.dtype(dtype).itemsize)
-    plan = _Chunk(xp, geo, m, c, o, dtype, flat_fold)
-    full = n - n % m
-    for n0 in range(0, full, m):
-        yield n0, m, plan
-    if full < n:
-        yield full, n - full, _Chunk(xp, geo, n - full, c, o, dtype, flat_fold)
+    starts = range(0, n, m)
+    results = []
+
+    def run(lo: int, hi: int) -> None:
+        acc, plans = None, {}
+        for n0 in starts[lo:hi]:
+            size = min(m, n - n0)
+            plan = plans.get(size)
+            if plan is None:
+                plan = plans[size] = _Chunk(xp, geo, size, c, o, dtype, flat_fold)
+            acc = body(n0, size, plan, acc)
+        results.append(acc)
+
+    if xp is np and len(starts) > 1:
+        parallel_rows(len(starts), run)
+    else:
+        run(0, len(starts))
+    return results
 
 
 def _finite(xp: Any, a: Any) -> bool:
@@ -400,13 +419,16 @@ def conv_forward(xp: Any, x: Any, w: Any, stride: tuple, padding: tuple, dilatio
     geo = _geom(x.shape[2:], w.shape[2:], tuple(stride), tuple(padding), tuple(dilation))
     wm = w.reshape(groups, o // groups, -1)
     y = xp.empty((n, o) + geo.out, dtype=x.dtype)
-    cols = None
-    for n0, m, plan in _chunks(xp, geo, n, c, o, x.dtype):
+
+    def body(n0: int, m: int, plan: _Chunk, acc: Any) -> Any:
         cols = plan.columns(x[n0:n0 + m])
         gemm_threads(xp, w.size * plan.width)
         yc = _gemm(xp, wm, cols.reshape(groups, -1, plan.width),
                    plan.gemm_out((groups, o // groups, plan.width)))
         plan.unrows(yc.reshape(o, -1), y[n0:n0 + m])
+        return cols
+
+    (cols,) = _over_chunks(xp, geo, n, c, o, x.dtype, body)[-1:]
     # CPU columns live in a reused work array: only the GPU's can be kept for backward
     return y, (cols if xp is not np and cols.shape[1] == n * geo.length else None)
 
@@ -426,12 +448,15 @@ def conv_input_grad(xp: Any, g: Any, w: Any, sp: tuple, stride: tuple, padding: 
     else:
         wt = w.reshape(groups, o // groups, -1).transpose(0, 2, 1)
     dx = xp.empty((n, c) + tuple(sp), dtype=g.dtype)
-    for n0, m, plan in _chunks(xp, geo, n, c, o, g.dtype, flat):
+
+    def body(n0: int, m: int, plan: _Chunk, acc: Any) -> Any:
         rows = plan.rows(g[n0:n0 + m])
         gemm_threads(xp, w.size * plan.width)
         dcols = _gemm(xp, wt, rows.reshape(groups, o // groups, -1),
                       plan.gemm_out((groups, wt.shape[1], plan.width)))
         plan.fold(dcols.reshape(-1, plan.width), dx[n0:n0 + m])
+
+    _over_chunks(xp, geo, n, c, o, g.dtype, body, flat)
     return dx
 
 
@@ -449,19 +474,26 @@ def conv_weight_grad(xp: Any, x: Any, g: Any, ksize: tuple, stride: tuple, paddi
         cols = None
     if cols is not None and cols.shape != (c * math.prod(geo.ksize), n * geo.length):
         cols = None
-    dw = None
-    for n0, m, plan in ([(0, n, _Chunk(xp, geo, n, c, o, g.dtype))] if cols is not None else
-                        _chunks(xp, geo, n, c, o, g.dtype)):
+
+    def body(n0: int, m: int, plan: _Chunk, dw: Any) -> Any:
         cc = cols if cols is not None else plan.columns(x[n0:n0 + m])
         rows = plan.rows(g[n0:n0 + m])
         gemm_threads(xp, o * cc.shape[0] * plan.width // groups)
-        out = None if dw is None else plan.gemm_out(dw.shape)
+        out = None if dw is None else plan.gemm_out(dw.shape)  # a worker's first part is its sum
         part = _gemm(xp, rows.reshape(groups, o // groups, -1),
                      cc.reshape(groups, -1, plan.width).transpose(0, 2, 1), out)
         if dw is None:
-            dw = part
-        else:
-            dw += part
+            return part
+        dw += part
+        return dw
+
+    if cols is not None:  # whole-batch columns (GPU): one pass
+        parts = [body(0, n, _Chunk(xp, geo, n, c, o, g.dtype), None)]
+    else:
+        parts = _over_chunks(xp, geo, n, c, o, g.dtype, body)
+    dw = parts[0]
+    for part in parts[1:]:
+        dw += part
     return dw.reshape((o, c // groups) + tuple(ksize))
 
 
