@@ -269,7 +269,7 @@ def _forward_rows(ctx: Any, xp: Any, input: Any, target: Any, weight: Any, ignor
             blocks(0, rows)
         log_s = xp.log(s)
         logp_t = (work[xp.arange(rows), safe] - m) - log_s
-    w_t = (w[safe] if w is not None else xp.ones(rows, work.dtype)) * valid
+    w_t = w[safe] * valid if w is not None else valid.astype(work.dtype)
     loss_el = -(w_t * logp_t) * (1 - eps)
     if ssum is not None:
         wsum = float(w.sum()) if w is not None else float(n_classes)
@@ -300,6 +300,16 @@ def _forward_rows(ctx: Any, xp: Any, input: Any, target: Any, weight: Any, ignor
     return xp.asarray(res).astype(input.dtype, copy=False)
 
 
+class _ShapeOnly:
+    """What is left of ``ctx.p`` once backward has taken the array: its shape."""
+
+    __slots__ = ("shape", "ndim")
+
+    def __init__(self, shape: tuple) -> None:
+        self.shape = shape
+        self.ndim = len(shape)
+
+
 def _reduce_max(a: Any, axis: int, keepdims: bool) -> Any:
     return a.max(axis=axis, keepdims=keepdims)
 
@@ -316,8 +326,8 @@ def _backward_rows(ctx: Any, grad: Tensor) -> Tensor | None:
         return None
     xp = ctx.xp
     p = ctx.p
-    # hand the array over; a zero-stride stand-in keeps the shape that _index_q reads
-    ctx.p = xp.broadcast_to(xp.zeros((), p.dtype), p.shape)
+    # hand the array over; a stand-in keeps the shape and ndim that _index_q reads
+    ctx.p = _ShapeOnly(p.shape)
     if getattr(ctx, "p_taken", False):  # an earlier backward (retain_graph) used it: recompute
         x = input._data
         x = x.astype(xp.float32) if x.dtype.itemsize < 4 else x
