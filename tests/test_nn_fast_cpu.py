@@ -201,3 +201,9 @@ def test_layer_norm_row_blocks_give_the_serial_results(monkeypatch):
     monkeypatch.setattr(norm, "parallel_rows", _three_blocks)
     for a, b_ in zip(serial, run()):
         np.testing.assert_allclose(a, b_, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("make", [lambda m: m.randn(3, 4).t(), lambda m: m.randn(2, 3, 4).permute(2, 0, 1),
+                                  lambda m: m.randn(4, 6)[:, ::2], lambda m: m.randn(2, 0, 3).transpose(0, 2)])
+def test_gelu_float32_keeps_the_input_layout_like_torch(make):
+    assert tuple(F.gelu(make(ember)).stride()) == tuple(torch.nn.functional.gelu(make(torch)).stride())

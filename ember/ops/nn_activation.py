@@ -45,7 +45,14 @@ _GELU_CHUNK = 1 << 15
 def _gelu_cpu_f32(x: Any, want_grad: bool) -> tuple:
     """``(gelu(x), gelu'(x) or None)`` for a float32 NumPy array (see the note above). Chunks
     run on the cores other processes leave free (NumPy releases the GIL in its loops)."""
-    flat = np.ascontiguousarray(x).reshape(-1)
+    # A dense input in any dim order (a transpose) is processed in memory order and its
+    # layout kept, as torch keeps it; anything else is made contiguous first.
+    perm = sorted(range(x.ndim), key=lambda i: -x.strides[i])
+    xt = x.transpose(perm)
+    if not xt.flags.c_contiguous:
+        perm, xt = list(range(x.ndim)), np.ascontiguousarray(x)
+    inv = np.argsort(perm)
+    flat = xt.reshape(-1)
     n = flat.size
     y = np.empty_like(flat)
     d = np.empty_like(flat) if want_grad else None
@@ -62,7 +69,8 @@ def _gelu_cpu_f32(x: Any, want_grad: bool) -> tuple:
                             pinf, *(bufs if k == m else [b[:k] for b in bufs]))
 
     parallel_rows(-(-n // m), chunks, min_rows=4)
-    return y.reshape(x.shape), (d.reshape(x.shape) if d is not None else None)
+    y = y.reshape(xt.shape).transpose(inv)
+    return y, (d.reshape(xt.shape).transpose(inv) if d is not None else None)
 
 
 def _gelu_chunk(xs: Any, ys: Any, ds: Any, pinf: bool, a: Any, t: Any, e: Any, r: Any,
