@@ -350,10 +350,21 @@ def _backward_rows(ctx: Any, grad: Tensor) -> Tensor | None:
     if eps > 0:
         wsum = float(w.sum()) if w is not None else float(n_classes)
         qsum = pick + (eps / n_classes) * wsum * valid
-    gx *= (qsum * g).astype(dt, copy=False).reshape(-1, 1)
-    if eps > 0:
-        mass = ((eps / n_classes) * g * valid).astype(dt, copy=False).reshape(-1, 1)
-        gx -= mass * w.astype(dt, copy=False) if w is not None else mass
+    col = (qsum * g).astype(dt, copy=False).reshape(-1, 1)
+    mass = ((eps / n_classes) * g * valid).astype(dt, copy=False).reshape(-1, 1) \
+        if eps > 0 else None
+    w_row = w.astype(dt, copy=False) if w is not None else None
+
+    def scale(lo: int, hi: int) -> None:
+        gx[lo:hi] *= col[lo:hi]
+        if mass is not None:
+            gx[lo:hi] -= mass[lo:hi] * w_row if w_row is not None else mass[lo:hi]
+
+    if xp.__name__ == "numpy" and gx.size >= _PARALLEL_ELEMS:
+        # a memory-bound pass: two cores measured ~1.5x faster at (700, 10000)
+        parallel_rows(rows, scale, min_rows=max(1, _BLOCK_ELEMS // max(n_classes, 1)))
+    else:
+        scale(0, rows)
     gx[xp.arange(rows), safe] -= (pick * g).astype(dt, copy=False)
     return _wrap(gx.reshape(input._data.shape), input.device)
 
