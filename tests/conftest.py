@@ -26,8 +26,11 @@ def _cuda_ok() -> bool:
 
 def pytest_collection_modifyitems(config, items):
     skip_cuda = pytest.mark.skip(reason="needs an NVIDIA GPU with CuPy")
+    skip_host = pytest.mark.skip(reason="compares CPU reprs; the default device is not the CPU")
     cuda = None
     for item in items:
+        if "host_only" in item.keywords and os.environ.get("EMBER_TEST_DEVICE", "cpu") != "cpu":
+            item.add_marker(skip_host)
         if "cuda" in item.keywords:
             if cuda is None:
                 cuda = _cuda_ok()
@@ -46,6 +49,9 @@ _TEST_DEVICE = os.environ.get("EMBER_TEST_DEVICE", "cpu")
 def _test_device(monkeypatch, request):
     # cuda-marked tests place their tensors themselves (often CPU against GPU)
     if _TEST_DEVICE == "cpu" or request.node.get_closest_marker("cuda") is not None:
+        if _TEST_DEVICE != "cpu":  # never inherit a default device from another test
+            import ember
+            ember.set_default_device("cpu")
         yield
         return
     import ember

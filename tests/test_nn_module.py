@@ -97,6 +97,7 @@ def test_forward_and_grads_match_after_state_dict_copy():
         np.testing.assert_allclose(p.grad.numpy(), tgrads[n].numpy(), rtol=1e-10, atol=1e-14)
 
 
+@pytest.mark.host_only
 def test_parameter_basics():
     p = enn.Parameter(ember.tensor([1.0, 2.0]))
     tp = tnn.Parameter(torch.tensor([1.0, 2.0]))
@@ -505,6 +506,7 @@ def test_modulelist_moduledict_match_torch():
     assert ops(ember) == ops(torch)
 
 
+@pytest.mark.host_only
 def test_parameter_containers_match_torch():
     def ops(m):
         nn = m.nn

@@ -3,6 +3,8 @@ statistics, momentum None, track_running_stats False, affine False), InstanceNor
 GroupNorm, RMSNorm, LocalResponseNorm; buffers, extra_repr, errors and double backward."""
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import pytest
 
@@ -13,6 +15,18 @@ from nn_layer_parity import compare
 
 torch = pytest.importorskip("torch")
 rng = np.random.default_rng(2)
+# torch before 2.13 (the GPU machine has 2.11) has no `bias=` on the norm layers and does not
+# print it: skip those cases there and compare the reprs without it.
+TORCH_NORM_BIAS = "bias" in inspect.signature(torch.nn.BatchNorm2d.__init__).parameters
+
+
+def _repr(m):
+    return repr(m) if TORCH_NORM_BIAS else repr(m).replace(", bias=True", "")
+
+
+def _need_bias_kw(cls, kw):
+    if "bias" in kw and "bias" not in inspect.signature(getattr(torch.nn, cls).__init__).parameters:
+        pytest.skip(f"this torch has no bias= on {cls}")
 
 
 def _a(*shape):
@@ -34,6 +48,7 @@ BN_CASES = [
                          ids=[f"{c[0]}-{i}" for i, c in enumerate(BN_CASES)])
 @pytest.mark.parametrize("train", [True, False])
 def test_batch_norm_layer_matches_torch(cls, args, kw, shape, train):
+    _need_bias_kw(cls, kw)
     e, t = getattr(nn, cls)(*args, **kw), getattr(torch.nn, cls)(*args, **kw)
     if train:
         compare(e, t, torch, _a(*shape), train=True, steps=3)
@@ -42,7 +57,7 @@ def test_batch_norm_layer_matches_torch(cls, args, kw, shape, train):
         with torch.no_grad():
             t(torch.tensor(_a(*shape)).float())
         compare(e, t, torch, _a(*shape), train=False, steps=2)
-    assert repr(e) == repr(t)
+    assert _repr(e) == repr(t)
     assert list(e.state_dict()) == list(t.state_dict())
 
 
@@ -100,9 +115,10 @@ IN_CASES = [
                          ids=[f"{c[0]}-{i}" for i, c in enumerate(IN_CASES)])
 @pytest.mark.parametrize("train", [True, False])
 def test_instance_norm_layer_matches_torch(cls, args, kw, shape, train):
+    _need_bias_kw(cls, kw)
     e, t = getattr(nn, cls)(*args, **kw), getattr(torch.nn, cls)(*args, **kw)
     compare(e, t, torch, _a(*shape), train=train, steps=2)
-    assert repr(e) == repr(t)
+    assert _repr(e) == repr(t)
 
 
 OTHER_CASES = [
@@ -123,13 +139,14 @@ OTHER_CASES = [
 @pytest.mark.parametrize("cls,args,kw,shape", OTHER_CASES,
                          ids=[f"{c[0]}-{i}" for i, c in enumerate(OTHER_CASES)])
 def test_norm_layer_matches_torch(cls, args, kw, shape):
+    _need_bias_kw(cls, kw)
     e, t = getattr(nn, cls)(*args, **kw), getattr(torch.nn, cls)(*args, **kw)
     # non-trivial affine parameters
     with torch.no_grad():
         for p in t.parameters():
             p.copy_(torch.tensor(_a(*p.shape)))
     compare(e, t, torch, _a(*shape))
-    assert repr(e) == repr(t)
+    assert _repr(e) == repr(t)
     assert list(e.state_dict()) == list(t.state_dict())
 
 
@@ -180,7 +197,7 @@ def test_float32_norms_match_torch():
 def test_cross_map_lrn2d_matches_torch_forward_and_legacy_backward(size, channels):
     e, t = nn.CrossMapLRN2d(size, alpha=0.1), torch.nn.CrossMapLRN2d(size, alpha=0.1)
     compare(e, t, torch, _a(2, channels, 3, 3))
-    assert repr(e) == repr(t)
+    assert _repr(e) == repr(t)
     with pytest.raises(ValueError, match=r"\[CrossMapLRN2d\] Expected input to be 4D"):
         e(ember.randn(2, 3, 4))
 

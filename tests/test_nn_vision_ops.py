@@ -102,7 +102,7 @@ INTERP = [
 def test_interpolate_matches_torch(mode, align, kw, shape):
     _fn_parity(lambda x: F.interpolate(x, mode=mode, align_corners=align, **kw),
                lambda x: torch.nn.functional.interpolate(x, mode=mode, align_corners=align, **kw),
-               _a(*shape), atol=1e-6)
+               _a(*shape), atol=2e-6)  # float32 source indices as torch; GPU FMA rounds apart
 
 
 @pytest.mark.parametrize("mode", ["bilinear", "bicubic"])
