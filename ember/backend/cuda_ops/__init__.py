@@ -46,9 +46,9 @@ def install() -> list:
 
 
 def uninstall() -> None:
-    """Detach every CUDA implementation (tests use this to compare against the generic path)."""
+    """Detach every CUDA implementation (tests use this to compare against the generic path);
+    :func:`install` attaches them again."""
     from ember.ops.registry import OPS
     for op in OPS.values():
         op.cuda_impl = None
     _installed.clear()
-    _installed.append([])
