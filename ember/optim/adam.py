@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import ember
-from ember.optim import _cuda_fused
+from ember.optim import _cuda_fused, _multi_tensor
 from ember.optim import _differentiable as _diff
 from ember.optim.optimizer import (Optimizer, ParamsT, _bump, _check_fused, _check_fused_flags,
                                    _check_lr, _lerp_, _real, _step_tensor, _to_scalar, _xp)
@@ -78,8 +78,10 @@ class Adam(Optimizer):
         weight_decay: L2 penalty added to the gradient (default 0), or decoupled from it
             when ``decoupled_weight_decay=True`` (which makes this AdamW).
         amsgrad: use the AMSGrad variant (maximum of past squared-gradient averages).
-        foreach, maximize, capturable, differentiable, fused: as in torch; ember runs one
-            in-place array implementation for all of them.
+        foreach, maximize, capturable, differentiable, fused: as in torch. On CUDA,
+            ``foreach`` (the default there) and ``fused`` update every parameter of a group
+            in one multi-tensor kernel; ``capturable``/``fused`` keep the step count on the
+            device so the step can be captured in a CUDA graph.
 
     Example::
 
@@ -144,10 +146,13 @@ class Adam(Optimizer):
         """Perform a single optimization step; ``closure`` re-evaluates and returns the loss."""
         loss = self._run_closure(closure)
         for group in self.param_groups:
+            params = self._params_with_grad(group)
+            if _multi_tensor.adam(group, params, self.state):   # CUDA foreach / fused
+                continue
             lr = _to_scalar(group["lr"])
             beta1, beta2 = (_to_scalar(b) for b in group["betas"])
             amsgrad = group["amsgrad"]
-            for p in self._params_with_grad(group):
+            for p in params:
                 state = self.state[p]
                 if len(state) == 0:
                     if group["fused"]:

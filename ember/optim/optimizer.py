@@ -495,7 +495,8 @@ class Optimizer:
 
         Raises RuntimeError for sparse gradients, which ember does not produce."""
         out = []
-        capturable = group.get("capturable", False)
+        # torch's fused kernels ignore `capturable` (fused=True, capturable=True runs on CPU)
+        capturable = group.get("capturable", False) and not group.get("fused")
         for p in group["params"]:
             if p._grad is not None:
                 if group.get("fused") and getattr(self, "_need_device_dtype_check_for_fused",

@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import ember
-from ember.optim import _cuda_fused
+from ember.optim import _cuda_fused, _multi_tensor
 from ember.optim import _differentiable as _diff
 from ember.optim.optimizer import (Optimizer, ParamsT, _bump, _check_fused_flags, _check_lr,
                                    _get_scalar_dtype, _real, _to_scalar, _xp)
@@ -85,8 +85,8 @@ class SGD(Optimizer):
         weight_decay: L2 penalty (default 0).
         nesterov: use Nesterov momentum (needs momentum > 0 and dampening 0).
         maximize: maximize the objective instead of minimizing.
-        foreach, differentiable, fused: accepted for torch compatibility; ember runs one
-            in-place array implementation for all of them.
+        foreach, differentiable, fused: as in torch; on CUDA, ``foreach`` (the default
+            there) and ``fused`` update all parameters of a group in one multi-tensor kernel.
 
     Example::
 
@@ -127,9 +127,12 @@ class SGD(Optimizer):
         """Perform a single optimization step; ``closure`` re-evaluates and returns the loss."""
         loss = self._run_closure(closure)
         for group in self.param_groups:
+            params = self._params_with_grad(group)
+            if _multi_tensor.sgd(group, params, self.state):   # CUDA foreach / fused
+                continue
             lr = _to_scalar(group["lr"])
             momentum = group["momentum"]
-            for p in self._params_with_grad(group):
+            for p in params:
                 buf_t = self.state[p].get("momentum_buffer") if momentum != 0 else None
                 if group["differentiable"]:
                     with ember.enable_grad():

@@ -1,0 +1,316 @@
+"""Multi-tensor optimizer steps (NVRTC): one launch updates every parameter of a group.
+
+A per-parameter update costs one kernel launch (5-10 us of host time) per tensor; GPT-2 has
+~150 parameter tensors, so the launches, not the memory traffic, dominate a small model's
+step. Here the tensors of a group are described by a small int64 table on the device, one
+row per tensor (``ROW`` fields: param, grad, three state pointers, element count, step
+pointer, first chunk index), and one launch walks all of them: block ``b`` finds its tensor
+by binary search over the rows' first-chunk column and updates ``CHUNK`` elements of it
+(the layout of apex's and torch's ``multi_tensor_apply``, with the table in device memory
+instead of kernel parameters).
+
+The table is cached by the pointers and sizes it holds, so a training loop whose arrays
+recur (CuPy's pool hands back the same blocks step after step) uploads it once. Built while
+a CUDA graph is being captured, it is copied from pinned host memory (a capturable copy) and
+kept for the life of the process, since the graph may replay it at any time.
+
+Storage types: float32, bfloat16, float16 (fp32 arithmetic), float64 (fp64 arithmetic). The
+step count is either a host value (bias corrections passed as scalars) or a float32/float64
+device scalar per tensor, read in the kernel, so the whole step can be captured.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any, Sequence
+
+import numpy as np
+
+from ember.backend.cuda_ops import _nvrtc as K
+
+ROW = 8            # int64 fields per tensor row
+CHUNK = 4096       # elements per block
+THREADS = 256      # threads per block; each handles CHUNK / THREADS elements, 4 at a time
+STEP_HOST, STEP_F32, STEP_F64 = 0, 1, 2
+
+_SRC = r"""
+__device__ __forceinline__ double ld(const double* p, long long i) { return p[i]; }
+__device__ __forceinline__ void st(double* p, long long i, double v) { p[i] = v; }
+
+template <typename M, typename T> __device__ __forceinline__ M load(const T* p, long long i) {
+    return (M)ld(p, i);
+}
+template <typename M, typename T> __device__ __forceinline__ void store(T* p, long long i,
+                                                                       M v) {
+    st(p, i, v);
+}
+
+// The row of the tensor that owns chunk c (rows are sorted by their first chunk).
+__device__ __forceinline__ const long long* find_row(const long long* meta, int nt,
+                                                     long long c) {
+    int lo = 0, hi = nt - 1;
+    while (lo < hi) {
+        int mid = (lo + hi + 1) >> 1;
+        if (meta[mid * 8 + 7] <= c) lo = mid; else hi = mid - 1;
+    }
+    return meta + lo * 8;
+}
+
+template <typename M>
+__device__ __forceinline__ M read_step(const long long* r, int step_kind) {
+    if (step_kind == 1) return (M)(*reinterpret_cast<const float*>(r[6]));
+    return (M)(*reinterpret_cast<const double*>(r[6]));
+}
+
+// torch's lerp: start + w * (end - start), or end - (end - start) * (1 - w) for |w| >= 0.5
+template <typename M> __device__ __forceinline__ M lerp(M a, M b, M w) {
+    return (w < (M)0.5 && w > (M)-0.5) ? a + w * (b - a) : b - (b - a) * ((M)1 - w);
+}
+
+// Add 1 to every tensor's device step (one thread per row); runs before the update.
+template <typename T, typename M>
+__global__ void mt_step_inc(const long long* __restrict__ meta, int nt, int step_kind) {
+    int t = blockIdx.x * blockDim.x + threadIdx.x;
+    if (t >= nt) return;
+    const long long* r = meta + t * 8;
+    if (step_kind == 1) *reinterpret_cast<float*>(r[6]) += 1.f;
+    else *reinterpret_cast<double*>(r[6]) += 1.0;
+}
+
+// Adam / AdamW (torch's foreach order of operations, fused):
+//   g = maximize ? -g : g;  decoupled: p *= 1 - lr wd, else g += wd p
+//   m = lerp(m, g, 1 - b1);  v = v b1' + (1 - b2) g^2;  amsgrad: vmax = max(vmax, v)
+//   p += -lr / (1 - b1^t) * m / (sqrt(v or vmax) / sqrt(1 - b2^t) + eps)
+template <typename T, typename M>
+__global__ void mt_adam(const long long* __restrict__ meta, int nt, int chunk,
+                        M lr_host, const float* __restrict__ lr_dev, M beta1, M beta2, M eps,
+                        M wd, int decoupled, int amsgrad, int maximize, int step_kind,
+                        M step_size_host, M bc2_sqrt_host) {
+    long long c = blockIdx.x;
+    const long long* r = find_row(meta, nt, c);
+    long long n = r[5];
+    long long start = (c - r[7]) * chunk;
+    long long end = start + chunk < n ? start + chunk : n;
+    T* p = reinterpret_cast<T*>(r[0]);
+    const T* g = reinterpret_cast<const T*>(r[1]);
+    T* m = reinterpret_cast<T*>(r[2]);
+    T* v = reinterpret_cast<T*>(r[3]);
+    T* vmax = reinterpret_cast<T*>(r[4]);
+    M lr = lr_dev ? (M)(*lr_dev) : lr_host;
+    M neg_step_size, bc2_sqrt;
+    if (step_kind) {
+        M s = read_step<M>(r, step_kind);
+        neg_step_size = -lr / ((M)1 - pow(beta1, s));
+        bc2_sqrt = sqrt((M)1 - pow(beta2, s));
+    } else {
+        neg_step_size = -step_size_host;
+        bc2_sqrt = bc2_sqrt_host;
+    }
+    M decay = (M)1 - lr * wd;
+    M w1 = (M)1 - beta1, w2 = (M)1 - beta2;
+    for (long long base = start + threadIdx.x; base < end; base += 4 * blockDim.x) {
+        M pv[4], gv[4], mv[4], vv[4], xv[4];
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+            long long i = base + (long long)k * blockDim.x;
+            if (i < end) {
+                pv[k] = load<M>(p, i); gv[k] = load<M>(g, i);
+                mv[k] = load<M>(m, i); vv[k] = load<M>(v, i);
+                xv[k] = amsgrad ? load<M>(vmax, i) : (M)0;
+            }
+        }
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+            long long i = base + (long long)k * blockDim.x;
+            if (i >= end) continue;
+            M gk = maximize ? -gv[k] : gv[k];
+            M pk = pv[k];
+            if (wd != (M)0) {
+                if (decoupled) pk = pk * decay; else gk = gk + wd * pk;
+            }
+            M mk = lerp(mv[k], gk, w1);
+            M vk = vv[k] * beta2 + w2 * (gk * gk);
+            M den = vk;
+            if (amsgrad) {
+                M xk = xv[k] > vk ? xv[k] : vk;
+                if (vk != vk) xk = vk;              // NaN propagates, as torch's maximum
+                store<M>(vmax, i, xk);
+                den = xk;
+            }
+            den = sqrt(den) / bc2_sqrt + eps;
+            pk = pk + neg_step_size * (mk / den);
+            store<M>(p, i, pk); store<M>(m, i, mk); store<M>(v, i, vk);
+        }
+    }
+}
+
+// SGD (torch's foreach order): g = maximize ? -g : g; g += wd p;
+//   momentum: buf = first ? g : buf mu + (1 - dampening) g; g = nesterov ? g + mu buf : buf
+//   p += -lr g
+template <typename T, typename M>
+__global__ void mt_sgd(const long long* __restrict__ meta, int nt, int chunk,
+                       M lr_host, const float* __restrict__ lr_dev, M momentum, M dampening,
+                       M wd, int nesterov, int maximize, int first) {
+    long long c = blockIdx.x;
+    const long long* r = find_row(meta, nt, c);
+    long long n = r[5];
+    long long start = (c - r[7]) * chunk;
+    long long end = start + chunk < n ? start + chunk : n;
+    T* p = reinterpret_cast<T*>(r[0]);
+    const T* g = reinterpret_cast<const T*>(r[1]);
+    T* buf = reinterpret_cast<T*>(r[2]);
+    M lr = lr_dev ? (M)(*lr_dev) : lr_host;
+    M keep = (M)1 - dampening;
+    for (long long base = start + threadIdx.x; base < end; base += 4 * blockDim.x) {
+        M pv[4], gv[4], bv[4];
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+            long long i = base + (long long)k * blockDim.x;
+            if (i < end) {
+                pv[k] = load<M>(p, i); gv[k] = load<M>(g, i);
+                bv[k] = (buf && !first) ? load<M>(buf, i) : (M)0;
+            }
+        }
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+            long long i = base + (long long)k * blockDim.x;
+            if (i >= end) continue;
+            M gk = maximize ? -gv[k] : gv[k];
+            if (wd != (M)0) gk = gk + wd * pv[k];
+            if (buf) {
+                M bk = first ? gk : bv[k] * momentum + keep * gk;
+                store<M>(buf, i, bk);
+                gk = nesterov ? gk + momentum * bk : bk;
+            }
+            store<M>(p, i, pv[k] + (-lr) * gk);
+        }
+    }
+}
+"""
+
+K.define("optim", _SRC, ("mt_step_inc", "mt_adam", "mt_sgd"))
+
+# template arguments (storage type, math type) per dtype name
+TARGS = {"float32": "float, float", "bfloat16": "bf16_t, float", "float16": "half_t, float",
+         "float64": "double, double"}
+
+_TABLES: "OrderedDict[tuple, Any]" = OrderedDict()
+_KEEP: list = []          # tables built during a capture: referenced by a graph, never freed
+_MAX_TABLES = 64
+
+
+def covered(dtype: Any) -> bool:
+    """Whether the multi-tensor kernels handle arrays of this NumPy dtype."""
+    return dtype.name in TARGS
+
+
+def _table(cp: Any, lists: Sequence[Sequence[Any]], sizes: Sequence[int],
+           steps: Sequence[Any] | None) -> tuple[Any, int]:
+    """The device table for these tensors (cached by pointers and sizes) and its chunk count."""
+    nt = len(sizes)
+    cols = []
+    for arrs in lists:
+        cols.append([0 if a is None else a.data.ptr for a in arrs])
+    while len(cols) < 5:
+        cols.append([0] * nt)
+    cols.append(list(sizes))
+    cols.append([0] * nt if steps is None else [s.data.ptr for s in steps])
+    key = tuple(x for col in cols for x in col)
+    hit = _TABLES.get(key)
+    if hit is not None:
+        _TABLES.move_to_end(key)
+        return hit
+    chunks = [(n + CHUNK - 1) // CHUNK for n in sizes]
+    first = np.zeros(nt, dtype=np.int64)
+    if nt > 1:
+        np.cumsum(chunks[:-1], out=first[1:])
+    cols.append(first)
+    host = np.stack([np.asarray(c, dtype=np.int64) for c in cols], axis=1)
+    dev = cp.empty(host.shape, dtype=np.int64)
+    stream = cp.cuda.get_current_stream()
+    capturing = stream.is_capturing()
+    if capturing:
+        # a copy from pinned memory is capturable; the graph replays it from this buffer
+        pinned = cp.cuda.alloc_pinned_memory(host.nbytes)
+        staged = np.frombuffer(pinned, dtype=np.int64, count=host.size).reshape(host.shape)
+        staged[...] = host
+        dev.set(staged, stream=stream)
+        _KEEP.append((dev, pinned, staged))
+    else:
+        dev.set(host, stream=stream)   # pageable source: staged by the driver at once
+    entry = (dev, int(sum(chunks)))
+    _TABLES[key] = entry
+    if capturing:
+        _KEEP.append(entry)
+    while len(_TABLES) > _MAX_TABLES:
+        _TABLES.popitem(last=False)   # a table still in flight keeps its block: the pool
+        # reuses freed blocks only in stream order
+    return entry
+
+
+def _lr_args(lr: Any, mt: Any) -> tuple:
+    """(host lr, device lr pointer or 0): a CUDA float32 lr is read by the kernel."""
+    if isinstance(lr, (int, float)):
+        return mt(lr), np.uint64(0)
+    return mt(0.0), np.uint64(lr.data.ptr)
+
+
+def adam(params: Sequence[Any], grads: Sequence[Any], exp_avgs: Sequence[Any],
+         exp_avg_sqs: Sequence[Any], max_exp_avg_sqs: Sequence[Any] | None,
+         steps: Sequence[Any] | None, step: float, *, lr: Any, beta1: float, beta2: float,
+         eps: float, weight_decay: float, amsgrad: bool, maximize: bool,
+         decoupled_weight_decay: bool) -> None:
+    """One Adam/AdamW step over all tensors (CuPy arrays of one dtype, C-contiguous, in place).
+
+    ``steps``: float32/float64 device scalars per tensor, incremented here and read by the
+    kernel (capturable/fused); None means every tensor is at host step ``step`` (after
+    increment). ``lr``: a Python number or a float32 CuPy scalar.
+    """
+    import cupy as cp  # noqa: PLC0415
+    dt = params[0].dtype
+    targs = TARGS[dt.name]
+    mt = np.float64 if dt.name == "float64" else np.float32
+    lists = [params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs or [None] * len(params)]
+    table, nchunks = _table(cp, lists, [a.size for a in params], steps)
+    nt = len(params)
+    step_kind = STEP_HOST
+    if steps is not None:
+        step_kind = STEP_F32 if steps[0].dtype == np.float32 else STEP_F64
+        K.function("optim", "mt_step_inc", targs)(((nt + 127) // 128, 1, 1), (128, 1, 1),
+                                                  (table, np.int32(nt), np.int32(step_kind)))
+        step_size, bc2_sqrt = 0.0, 1.0
+    else:
+        if not isinstance(lr, (int, float)):
+            raise TypeError("[Adam] a device lr needs device steps (capturable=True)")
+        step_size = lr / (1 - beta1 ** step)
+        bc2_sqrt = (1 - beta2 ** step) ** 0.5
+    lr_host, lr_dev = _lr_args(lr, mt)
+    if nchunks == 0:
+        return
+    K.function("optim", "mt_adam", targs)(
+        (nchunks, 1, 1), (THREADS, 1, 1),
+        (table, np.int32(nt), np.int32(CHUNK), lr_host, lr_dev, mt(beta1), mt(beta2), mt(eps),
+         mt(weight_decay), np.int32(decoupled_weight_decay), np.int32(amsgrad),
+         np.int32(maximize), np.int32(step_kind), mt(step_size), mt(bc2_sqrt)))
+
+
+def sgd(params: Sequence[Any], grads: Sequence[Any], bufs: Sequence[Any] | None, first: bool,
+        *, lr: Any, momentum: float, dampening: float, weight_decay: float, nesterov: bool,
+        maximize: bool) -> None:
+    """One SGD step over all tensors (CuPy arrays of one dtype, C-contiguous, in place).
+
+    ``bufs``: the momentum buffers (None without momentum); ``first`` fills them with the
+    gradient instead of decaying them (all tensors of one call share it).
+    """
+    import cupy as cp  # noqa: PLC0415
+    dt = params[0].dtype
+    mt = np.float64 if dt.name == "float64" else np.float32
+    lists = [params, grads, bufs or [None] * len(params)]
+    table, nchunks = _table(cp, lists, [a.size for a in params], None)
+    if nchunks == 0:
+        return
+    lr_host, lr_dev = _lr_args(lr, mt)
+    K.function("optim", "mt_sgd", TARGS[dt.name])(
+        (nchunks, 1, 1), (THREADS, 1, 1),
+        (table, np.int32(len(params)), np.int32(CHUNK), lr_host, lr_dev, mt(momentum),
+         mt(dampening), mt(weight_decay), np.int32(nesterov), np.int32(maximize),
+         np.int32(first)))
