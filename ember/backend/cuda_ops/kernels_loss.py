@@ -14,10 +14,13 @@ weights, ignore_index, reduction mean/sum/none, label smoothing. Probability tar
 ``(N, C, d1, ...)`` form and float64 fall back to the generic code (ember/ops/nn_loss.py),
 whose ``ctx`` layout forward fills in for double backward.
 
-Like the generic forward, an out-of-range target raises ``IndexError`` (the check reads one
-small array back from the GPU, as the generic code does).
+Nothing is read back to the host (the step can be captured in a CUDA graph; the mean's
+denominator stays on the device). An out-of-range target makes the loss NaN at once and
+raises ``IndexError`` from the next cross_entropy call that finds the GPU done with it.
 """
 from __future__ import annotations
+
+import numpy as np
 
 from ember.backend.cuda_ops import _nvrtc as K
 
@@ -50,12 +53,13 @@ __global__ void ce_fwd(const T* __restrict__ x, const long long* __restrict__ tg
     float l = m + logf(s);
     long long t = tgt[row];
     bool valid = t != ignore;
-    if (valid && (t < 0 || t >= C)) {
+    bool oob = valid && (t < 0 || t >= C);
+    if (oob) {
         atomicMin(bad, (unsigned long long)row);
         valid = false;
     }
     float wt = valid ? (has_w ? w[t] : 1.f) : 0.f;
-    float loss = 0.f;
+    float loss = oob ? __int_as_float(0x7fc00000) : 0.f;   // NaN marks a bad target
     if (valid) {
         loss = -(1.f - eps) * wt * (ld(xr, t) - l);
         if (eps > 0.f) loss -= eps / C * (sx - l * sw);
@@ -88,8 +92,8 @@ template <typename T>
 __global__ void ce_bwd(const T* __restrict__ x, const long long* __restrict__ tgt,
                        const float* __restrict__ w, int has_w, const float* __restrict__ wsum,
                        const float* __restrict__ lse, const T* __restrict__ gout,
-                       int g_per_row, float gscale, T* __restrict__ dx, long long rows, int C,
-                       long long ignore, float eps, int vec) {
+                       int g_per_row, const float* __restrict__ denom, T* __restrict__ dx,
+                       long long rows, int C, long long ignore, float eps, int vec) {
     long long row = (long long)blockIdx.x * blockDim.y + threadIdx.y;
     if (row >= rows) return;
     const T* xr = x + row * C;
@@ -99,7 +103,9 @@ __global__ void ce_bwd(const T* __restrict__ x, const long long* __restrict__ tg
         row_map(xr, dr, C, vec, [&](int, float) { return 0.f; });
         return;
     }
-    float g = ld(gout, g_per_row ? row : 0) * gscale;
+    // mean: divide by the summed target weights, read on the device (no host sync)
+    float g = ld(gout, g_per_row ? row : 0);
+    if (denom) g *= 1.f / denom[0];
     float wt = has_w ? w[t] : 1.f;
     float smooth = eps / C;
     float sumq = (1.f - eps) * wt + smooth * (has_w ? wsum[0] : (float)C);
@@ -115,6 +121,50 @@ __global__ void ce_bwd(const T* __restrict__ x, const long long* __restrict__ tg
 K.define("loss", _SRC, ("ce_fwd", "ce_reduce", "ce_bwd"))
 
 _MODES = {"none": 0, "mean": 1, "sum": 2}
+
+
+class _DeviceFloat:
+    """A device scalar that becomes a Python float only when asked (then it syncs)."""
+
+    __slots__ = ("arr",)
+
+    def __init__(self, arr) -> None:
+        self.arr = arr
+
+    def __float__(self) -> float:
+        return float(self.arr)
+
+    def __rtruediv__(self, other):
+        return other / float(self)
+
+
+# Out-of-range targets: the forward does not wait for the GPU (no host sync, so it can be
+# captured in a CUDA graph). The kernel marks the loss NaN and the first bad row in `bad`;
+# `bad` is copied to pinned memory behind an event, and the IndexError is raised by the next
+# cross_entropy forward or backward that finds the copy finished (torch's CUDA kernel
+# reports a bad target asynchronously too, as a device-side assert).
+_PENDING: list = []
+
+
+def _check_later(xp, bad, target) -> None:
+    _raise_pending()
+    stream = xp.cuda.get_current_stream()
+    if stream.is_capturing():
+        return      # a captured loss shows a bad target as NaN only
+    host = xp.cuda.alloc_pinned_memory(8)
+    bad.data.copy_to_host_async(host.ptr, 8, stream)
+    ev = xp.cuda.Event(disable_timing=True)
+    ev.record(stream)
+    _PENDING.append((ev, host, target, target.shape[0]))
+
+
+def _raise_pending() -> None:
+    while _PENDING and _PENDING[0][0].done:
+        _, host, target, rows = _PENDING.pop(0)
+        row = int(np.frombuffer(host, dtype=np.uint64, count=1)[0])
+        if row < rows:
+            _PENDING.clear()
+            raise IndexError(f"Target {int(target[row])} is out of bounds.")
 
 
 class CrossEntropyImpl:
@@ -147,17 +197,14 @@ class CrossEntropyImpl:
         K.function("loss", "ce_reduce", ct)(
             (1, 1, 1), (1024, 1, 1),
             (loss, wt, bad, red, out if mode else loss, K.i64(rows), K.i32(mode)))
-        host = red.get()  # one sync: the bounds check, and the denominator ctx keeps
-        if host[2]:
-            first = int(target[int(bad.get()[0])])
-            raise IndexError(f"Target {first} is out of bounds.")
+        _check_later(xp, bad, target)
         if not mode:
             out = loss.astype(input.dtype)
         if K.recording(ctx):
             # the generic backward's layout (ember/ops/nn_loss.py), for create_graph
             ctx.cd = 1
             ctx.reduction = reduction
-            ctx.denom = float(host[1])
+            ctx.denom = _DeviceFloat(red[1])   # read only by the generic (create_graph) path
             ctx.eps = eps
             ctx.w = w32
             ctx.prob = False
@@ -180,16 +227,15 @@ class CrossEntropyImpl:
             lse, tgt, w32, wsum, ignore_index = ctx.fused
             g = K.contiguous(xp, grad._data, x.dtype)
             rows, n_classes = x.shape
-            if ctx.reduction == "mean":
-                gscale = 1.0 / ctx.denom if ctx.denom else float("inf")
-            else:
-                gscale = 1.0
+            _raise_pending()
+            denom = ctx.denom.arr if ctx.reduction == "mean" else None
             dx = xp.empty_like(x)
             grid, block = K.row_config(rows, n_classes)
             K.function("loss", "ce_bwd", K.ctype(x))(
                 grid, block, (x, tgt, w32 if w32 is not None else lse, K.i32(w32 is not None),
                               wsum if wsum is not None else lse, lse, g,
-                              K.i32(ctx.reduction == "none"), K.f32(gscale), dx, K.i64(rows),
+                              K.i32(ctx.reduction == "none"),
+                              denom if denom is not None else np.uint64(0), dx, K.i64(rows),
                               K.i32(n_classes), K.i64(ignore_index), K.f32(ctx.eps),
                               K.aligned(x, dx)))
             gx = K.wrap(dx, input.device)
