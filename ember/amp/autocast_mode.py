@@ -4,7 +4,14 @@ Inside the region, the dispatcher casts the floating inputs of matrix-heavy ops 
 linear, conv, attention, RNN layers) to the low-precision dtype, and the inputs of
 precision-sensitive ops (softmax, norms, losses, reductions, exp/log ...) to float32 — torch's
 op lists, keyed by ember's registry names. Casts are differentiable, so gradients come back
-in each parameter's own dtype.
+in each parameter's own dtype. batch_norm is on neither list (as in torch): it runs in its
+input's dtype with float32 weights and statistics.
+
+Cast cache (torch's autocast cache): the low-precision copy of a leaf that requires grad
+(a parameter) is made once per region and reused by every op that reads it, so a weight
+shared by several layers is cast, and its gradient cast back, once. The cache is emptied
+when the outermost region exits; an entry is dropped when its leaf's version changes (an
+in-place update inside the region).
 """
 from __future__ import annotations
 
@@ -24,7 +31,7 @@ LOWER = frozenset({
 FP32 = frozenset({
     "exp", "expm1", "log", "log2", "log10", "log1p", "pow", "reciprocal", "rsqrt", "sinh", "cosh",
     "tan", "acos", "asin", "softmax", "log_softmax", "cross_entropy", "layer_norm",
-    "group_norm", "rms_norm", "_batch_norm", "sum", "prod", "cumsum", "cumprod", "mean",
+    "group_norm", "rms_norm", "sum", "prod", "cumsum", "cumprod", "mean",
     "linalg_vector_norm", "var", "std", "logsumexp", "erfinv", "cdist", "dist", "pdist",
     "nll_loss", "mse_loss", "l1_loss", "smooth_l1_loss", "huber_loss", "kl_div",
     "binary_cross_entropy_with_logits", "soft_margin_loss", "softplus", "softmin",
@@ -42,6 +49,38 @@ FP32_CPU = frozenset({
 })
 _LOW = (_dt.float16, _dt.bfloat16)
 
+# The cast cache: id(leaf) -> (leaf, its version when cast, the cast tensor). Holding the leaf
+# keeps its id from being reused while the entry lives.
+_CACHE: dict = {}
+_depth = [0]          # nesting of entered autocast regions (the cache dies with the outermost)
+_cache_on = [True]    # cache_enabled of the innermost region
+
+
+def _cast(a: Any, dt: Any) -> Any:
+    from ember.ops.registry import OPS, apply
+    return apply(OPS["_to_copy"], (a, dt, None))
+
+
+def _cast_low(a: Any, dt: Any) -> Any:
+    """``a`` in the region's low-precision dtype, through the cache for parameters (leaves
+    that require grad, cast while grad mode is on: a cast made under no_grad has no history
+    and must not be handed to a later op that needs the gradient)."""
+    if not (a._requires_grad and a._grad_fn is None and _State.enabled and _cache_on[0]
+            and a._base is None):
+        return _cast(a, dt)
+    key = id(a)
+    hit = _CACHE.get(key)
+    if hit is not None and hit[0] is a and hit[1] == a._version[0] and hit[2]._dtype is dt:
+        return hit[2]
+    out = _cast(a, dt)
+    _CACHE[key] = (a, a._version[0], out)
+    return out
+
+
+def clear_autocast_cache() -> None:
+    """Drop every cached cast (torch.clear_autocast_cache)."""
+    _CACHE.clear()
+
 
 def cast_args(op_name: str, args: tuple, device_type: str) -> tuple:
     """The op's arguments cast for the active autocast region (unchanged if not listed)."""
@@ -50,11 +89,11 @@ def cast_args(op_name: str, args: tuple, device_type: str) -> tuple:
         return args
     from ember.tensor import Tensor
     if op_name in LOWER:
-        return tuple(a.to(dt) if isinstance(a, Tensor) and a._dtype.category == 2
-                     and a._dtype is not dt else a for a in args)
+        return tuple(_cast_low(a, dt) if isinstance(a, Tensor) and a._dtype.category == 2
+                     and a._dtype is not dt and not a._dtype.is_complex else a for a in args)
     if op_name in (FP32 if device_type == "cuda" else FP32_CPU):
-        return tuple(a.to(_dt.float32) if isinstance(a, Tensor) and a._dtype in _LOW else a
-                     for a in args)
+        return tuple(_cast(a, _dt.float32) if isinstance(a, Tensor) and a._dtype in _LOW
+                     else a for a in args)
     return args
 
 
@@ -65,7 +104,8 @@ class autocast:
         device_type: ``"cuda"`` or ``"cpu"``.
         dtype: the low-precision dtype (default float16 on cuda, bfloat16 on cpu).
         enabled: turn the region off without removing the ``with``.
-        cache_enabled: accepted for torch compatibility (casts are not cached).
+        cache_enabled: cache the low-precision copies of parameters for the region
+            (default True, as torch).
 
     Example::
 
@@ -86,9 +126,13 @@ class autocast:
                                f"Disabling autocast. Supported: float16, bfloat16; got "
                                f"{self.dtype}")
         self.enabled = enabled
+        self.cache_enabled = True if cache_enabled is None else bool(cache_enabled)
 
     def __enter__(self) -> "autocast":
         self._prev = _State.autocast
+        self._prev_cache = _cache_on[0]
+        _cache_on[0] = self.cache_enabled
+        _depth[0] += 1
         if self.enabled:
             new = dict(self._prev or {})
             new[self.device_type] = self.dtype
@@ -102,11 +146,16 @@ class autocast:
 
     def __exit__(self, *exc: Any) -> None:
         _State.autocast = self._prev
+        _cache_on[0] = self._prev_cache
+        _depth[0] -= 1
+        if _depth[0] <= 0:
+            _depth[0] = 0
+            _CACHE.clear()
 
     def __call__(self, fn: Any) -> Any:
         @functools.wraps(fn)
         def wrapper(*a: Any, **k: Any) -> Any:
-            with autocast(self.device_type, self.dtype, self.enabled):
+            with autocast(self.device_type, self.dtype, self.enabled, self.cache_enabled):
                 return fn(*a, **k)
         return wrapper
 

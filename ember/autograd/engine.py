@@ -230,10 +230,13 @@ def _accumulate(leaf: Tensor, g: Tensor, create_graph: bool, stolen: set) -> Non
     if leaf._grad is None:
         if not create_graph:
             arr = g._data
-            # Steal the gradient only when nothing else can see or alias its memory.
+            # Steal the gradient only when nothing else can see or alias its memory, and it
+            # has the leaf's layout or C order (torch's gradient layout contract: a dense
+            # channels-last weight keeps a channels-last gradient).
             if (id(arr) in stolen or g._base is not None or not _owns(arr)
-                    or not getattr(arr.flags, "writeable", True) or not arr.flags.c_contiguous):
-                arr = arr.copy()
+                    or not getattr(arr.flags, "writeable", True)
+                    or not _layout_ok(arr, leaf._data)):
+                arr = _copy_like(arr, leaf._data)
             stolen.add(id(arr))
             from ember.tensor import _make
             leaf._grad = _make(arr, leaf._dtype, leaf._device)
@@ -248,6 +251,32 @@ def _accumulate(leaf: Tensor, g: Tensor, create_graph: bool, stolen: set) -> Non
     if hooks:
         for fn in list(hooks.values()):
             fn(leaf)
+
+
+def _layout_ok(arr: Any, like: Any) -> bool:
+    """Torch's gradient layout contract: a dense leaf's gradient has the leaf's strides,
+    any other leaf's is C-contiguous."""
+    if like.flags.c_contiguous:
+        return arr.flags.c_contiguous
+    from ember.backend.cuda_ops._layout import dense_order, same_layout
+    if dense_order(like) is None:
+        return arr.flags.c_contiguous
+    return arr.shape == like.shape and same_layout(arr, like) is not None
+
+
+def _copy_like(arr: Any, like: Any) -> Any:
+    """A copy of ``arr`` in the leaf's layout when the leaf is dense (C order otherwise)."""
+    if like.flags.c_contiguous or arr.shape != like.shape:
+        return arr.copy()
+    from ember.backend.cuda_ops import _layout
+    order = _layout.dense_order(like)
+    if order is None:
+        return arr.copy()
+    import numpy as np
+    xp = np if isinstance(arr, np.ndarray) else __import__("cupy")
+    out = _layout.empty_like(xp, like, arr.dtype, order)
+    out.transpose(order)[...] = arr.transpose(order)
+    return out
 
 
 def _owns(arr: Any) -> bool:

@@ -1,0 +1,85 @@
+"""Memory layouts of CuPy arrays for the flat (layout-agnostic) CUDA kernels.
+
+CuPy's elementwise kernels walk an array in logical (C) order, so on a channels-last tensor
+(logical NCHW, memory NHWC) neighbouring threads touch elements ``C`` apart: every access is
+uncoalesced. A *dense* array (its elements fill one block of memory, no gaps or overlaps)
+can instead be processed as the flat block it is, when every operand shares the layout; the
+result is then allocated in that same layout, as torch keeps the input's memory format.
+Pure Python on ``shape``/``strides``: nothing here imports CuPy.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+
+def dense_order(a: Any) -> list | None:
+    """Axes of ``a`` from outermost to innermost in memory when ``a`` is dense with positive
+    strides (size-1 axes, whose strides mean nothing, first), else None."""
+    shape, strides = a.shape, a.strides
+    big = [i for i in range(len(shape)) if shape[i] != 1]
+    big.sort(key=lambda i: -strides[i])
+    expect = a.itemsize
+    for ax in reversed(big):
+        if strides[ax] != expect:
+            return None
+        expect *= shape[ax]
+    return [i for i in range(len(shape)) if shape[i] == 1] + big
+
+
+def same_layout(*arrays: Any) -> list | None:
+    """The common :func:`dense_order` when every array is dense, of one shape, and has the
+    same element strides (so one flat index addresses the same element in each), else None."""
+    a0 = arrays[0]
+    order = dense_order(a0)
+    if order is None:
+        return None
+    st0 = _elem_strides(a0)
+    for a in arrays[1:]:
+        if a.shape != a0.shape or _elem_strides(a) != st0 or dense_order(a) is None:
+            return None
+    return order
+
+
+def _elem_strides(a: Any) -> tuple:
+    return tuple(s // a.itemsize if n != 1 else 0 for s, n in zip(a.strides, a.shape))
+
+
+def empty_like(xp: Any, a: Any, dtype: Any = None, order: list | None = None) -> Any:
+    """A new array of ``a``'s shape laid out like ``a`` (dense arrays; C order otherwise)."""
+    if order is None:
+        order = dense_order(a)
+    dt = a.dtype if dtype is None else dtype
+    if order is None or order == sorted(order):
+        return xp.empty(a.shape, dt)
+    phys = xp.empty(tuple(a.shape[i] for i in order), dt)
+    inv = [0] * len(order)
+    for k, ax in enumerate(order):
+        inv[ax] = k
+    return phys.transpose(inv)
+
+
+def as_layout(xp: Any, a: Any, like: Any, dtype: Any = None) -> Any:
+    """``a`` (same shape as ``like``) with ``like``'s layout and ``dtype``: ``a`` itself when
+    it already has them, else one copy."""
+    dt = a.dtype if dtype is None else dtype
+    if a.dtype == dt and same_layout(a, like) is not None:
+        return a
+    out = empty_like(xp, like, dt)
+    order = dense_order(out)
+    # copy through the physical order of the destination: its writes are coalesced
+    out.transpose(order)[...] = a.transpose(order)
+    return out
+
+
+def is_channels_last(a: Any) -> bool:
+    """Whether ``a`` (N, C, *spatial) is dense with the channel axis innermost in memory."""
+    if a.ndim < 3:
+        return False
+    want = [0] + list(range(2, a.ndim)) + [1]
+    st = a.strides
+    acc = a.itemsize
+    for ax in reversed(want):
+        if a.shape[ax] != 1 and st[ax] != acc:
+            return False
+        acc *= a.shape[ax]
+    return True
