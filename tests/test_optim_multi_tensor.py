@@ -190,10 +190,10 @@ def test_cpu_groups_do_not_take_the_multi_tensor_path():
     p = ember.randn(4, requires_grad=True)
     p.grad = ember.randn(4)
     opt = eoptim.Adam([p], fused=True)
-    assert not _multi_tensor.adam(opt.param_groups[0], [p], opt.state)
+    assert not _multi_tensor.adam(opt, opt.param_groups[0], [p])
     opt = eoptim.SGD([p], foreach=True, momentum=0.9)
-    assert not _multi_tensor.sgd(opt.param_groups[0], [p], opt.state)
-    assert not _multi_tensor.adam({"differentiable": True}, [p], {})
+    assert not _multi_tensor.sgd(opt, opt.param_groups[0], [p])
+    assert not _multi_tensor.adam(opt, {"differentiable": True}, [p])
 
 
 @pytest.mark.parametrize("kwargs,err", [

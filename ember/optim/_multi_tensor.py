@@ -12,10 +12,13 @@ GPU, so a captured step replays without host values baked in.
 """
 from __future__ import annotations
 
+from operator import attrgetter, is_
 from typing import Any
 
 import ember
 from ember.optim.optimizer import _bump, _check_fused, _real, _step_tensor, _to_scalar
+
+_DATA = attrgetter("_data")
 
 
 def _wanted(group: dict, params: list) -> bool:
@@ -52,16 +55,54 @@ def _same_layout(t: "ember.Tensor | None", p: "ember.Tensor") -> bool:
     return a.size == p._data.size and a.flags.c_contiguous
 
 
-def adam(group: dict, params: list, state: Any) -> bool:
-    """One Adam/AdamW step of ``group`` over ``params`` (those with a grad) through the
-    multi-tensor kernels. Returns False, having changed nothing but the lazily created state,
-    when they do not apply; the caller then runs the per-parameter path."""
-    if not _wanted(group, params):
-        return False
+class _Plan:
+    """What a group's step launches, kept between steps: the parameter and state arrays per
+    (device, dtype) bucket. Checked by identity each step (a replaced ``.data``, a loaded
+    state dict, another parameter list rebuild it); only the gradients are read anew."""
+
+    __slots__ = ("ids", "datas", "dicts", "firsts", "buckets")
+
+    def __init__(self, params: list, state: Any, buckets: list, first_key: str | None) -> None:
+        self.ids = tuple(map(id, params))
+        self.datas = [p._data for p in params]
+        self.dicts = [state[p] for p in params]
+        self.firsts = [d[first_key]._data for d in self.dicts] if first_key else []
+        self.buckets = buckets
+
+    def valid(self, params: list, state: Any, first_key: str | None) -> bool:
+        if tuple(map(id, params)) != self.ids:
+            return False
+        dicts = [state[p] for p in params]
+        if not (all(map(is_, map(_DATA, params), self.datas))
+                and all(map(is_, dicts, self.dicts))):
+            return False
+        if first_key is None:
+            return True
+        firsts = [d.get(first_key) for d in dicts]
+        return all(t is not None and t._data is a for t, a in zip(firsts, self.firsts))
+
+
+def _grads_of(ps: list, dtype: Any) -> list | None:
+    """The bucket's gradient arrays, or None if one cannot go to the kernel as it is."""
+    gs = [_real(p._grad._data) for p in ps]
+    for g in gs:
+        if g.dtype != dtype or not g.flags.c_contiguous:
+            return None
+    return gs
+
+
+def _plans(opt: Any) -> dict:
+    plans = opt.__dict__.get("_multi_tensor_plans")
+    if plans is None:
+        plans = opt.__dict__["_multi_tensor_plans"] = {}
+    return plans
+
+
+def _adam_plan(group: dict, params: list, state: Any) -> _Plan | None:
+    from ember.backend.cuda_ops import kernels_optim  # noqa: PLC0415
     buckets = _buckets(params)
     if buckets is None:
-        return False
-    from ember.backend.cuda_ops import kernels_optim  # noqa: PLC0415
+        return None
     amsgrad = group["amsgrad"]
     for p in params:
         st = state[p]
@@ -75,27 +116,61 @@ def adam(group: dict, params: list, state: Any) -> bool:
                 st["max_exp_avg_sq"] = ember.zeros_like(p)
     keys = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") if amsgrad else ("exp_avg", "exp_avg_sq")
     if not all(_same_layout(state[p].get(k), p) for p in params for k in keys):
-        return False
-    plans = []
+        return None
+    out = []
     for (device, dtype), ps in buckets.items():
         steps = [state[p]["step"] for p in ps]
-        on_device = [s.device == device for s in steps]
-        if all(on_device):
+        if all(s.device == device for s in steps):
             sdt = steps[0]._data.dtype
             if sdt.name not in ("float32", "float64") or any(s._data.dtype != sdt
                                                              for s in steps):
-                return False
-            plans.append((ps, steps, True))
+                return None
+            device_steps = True
         elif not any(s.is_cuda for s in steps):
-            plans.append((ps, steps, False))
+            device_steps = False
         else:
+            return None
+        sts = [state[p] for p in ps]
+        step_arrays = [s._data for s in steps]
+        arrays = [_real(p._data) for p in ps]
+        m = [_real(st["exp_avg"]._data) for st in sts]
+        v = [_real(st["exp_avg_sq"]._data) for st in sts]
+        vmax = [_real(st["max_exp_avg_sq"]._data) for st in sts] if amsgrad else None
+        static = kernels_optim.static_key([arrays, None, m, v, vmax],
+                                          step_arrays if device_steps else None)
+        out.append((ps, dtype, device_steps, steps, step_arrays, arrays, m, v, vmax,
+                    [t for st in sts for t in (st["exp_avg"], st["exp_avg_sq"])
+                     + ((st["max_exp_avg_sq"],) if amsgrad else ())], static))
+    return _Plan(params, state, out, "exp_avg")
+
+
+def adam(opt: Any, group: dict, params: list) -> bool:
+    """One Adam/AdamW step of ``group`` over ``params`` (those with a grad) through the
+    multi-tensor kernels. Returns False, having changed nothing but the lazily created state,
+    when they do not apply; the caller then runs the per-parameter path."""
+    if not _wanted(group, params):
+        return False
+    state = opt.state
+    plans = _plans(opt)
+    plan = plans.get(id(group))
+    if plan is None or group["amsgrad"] != (plan.buckets[0][8] is not None) \
+            or not plan.valid(params, state, "exp_avg"):
+        plan = _adam_plan(group, params, state)
+        if plan is None:
+            plans.pop(id(group), None)
             return False
+        plans[id(group)] = plan
+    grads = [_grads_of(b[0], b[1]) for b in plan.buckets]
+    if any(g is None for g in grads):
+        return False
+    from ember.backend.cuda_ops import kernels_optim  # noqa: PLC0415
     lr = group["lr"]
     beta1, beta2 = (_to_scalar(b) for b in group["betas"])
     kw = dict(beta1=beta1, beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"],
-              amsgrad=amsgrad, maximize=group["maximize"],
+              amsgrad=group["amsgrad"], maximize=group["maximize"],
               decoupled_weight_decay=group["decoupled_weight_decay"])
-    for ps, steps, device_steps in plans:
+    for (ps, _, device_steps, steps, step_arrays, arrays, m, v, vmax, states, static), gs in \
+            zip(plan.buckets, grads):
         p_lr = lr
         if isinstance(lr, ember.Tensor):
             # a float32 CUDA lr is read by the kernel (capturable); anything else once here
@@ -103,52 +178,64 @@ def adam(group: dict, params: list, state: Any) -> bool:
                 p_lr = lr.item()
             else:
                 p_lr = lr._data.reshape(())
-        arrays = [_real(p._data) for p in ps]
-        grads = [_real(p._grad._data) for p in ps]
-        m = [_real(state[p]["exp_avg"]._data) for p in ps]
-        v = [_real(state[p]["exp_avg_sq"]._data) for p in ps]
-        vmax = [_real(state[p]["max_exp_avg_sq"]._data) for p in ps] if amsgrad else None
         if device_steps:
-            kernels_optim.adam(arrays, grads, m, v, vmax, [s._data for s in steps], 0.0,
-                               lr=p_lr, **kw)
+            kernels_optim.adam(arrays, gs, m, v, vmax, step_arrays, 0.0, lr=p_lr,
+                               static=static, **kw)
         else:
             # host steps: one launch per distinct step value (normally a single one)
             by_step: dict = {}
-            for i, s in enumerate(steps):
-                s._data += 1
-                by_step.setdefault(float(s._data), []).append(i)
+            for i, a in enumerate(step_arrays):
+                a += 1
+                by_step.setdefault(float(a), []).append(i)
             for step, idx in by_step.items():
-                sel = (lambda xs: [xs[i] for i in idx]) if len(idx) != len(ps) else \
-                    (lambda xs: xs)
-                kernels_optim.adam(sel(arrays), sel(grads), sel(m), sel(v),
-                                   sel(vmax) if amsgrad else None, None, step, lr=p_lr, **kw)
-        for p, s in zip(ps, steps):
-            st = state[p]
-            _bump(p, s, st["exp_avg"], st["exp_avg_sq"])
-            if amsgrad:
-                _bump(st["max_exp_avg_sq"])
+                if len(idx) == len(ps):
+                    kernels_optim.adam(arrays, gs, m, v, vmax, None, step, lr=p_lr,
+                                       static=static, **kw)
+                    continue
+                sel = [arrays[i] for i in idx], [gs[i] for i in idx], [m[i] for i in idx], \
+                    [v[i] for i in idx], [vmax[i] for i in idx] if vmax else None
+                kernels_optim.adam(*sel, None, step, lr=p_lr, **kw)
+        for t in ps:
+            t._version[0] += 1
+        for t in steps:
+            t._version[0] += 1
+        for t in states:
+            t._version[0] += 1
     return True
 
 
-def sgd(group: dict, params: list, state: Any) -> bool:
+def sgd(opt: Any, group: dict, params: list) -> bool:
     """One SGD step of ``group`` over ``params`` through the multi-tensor kernels; False
     (nothing changed) when they do not apply."""
     if not _wanted(group, params):
         return False
+    from ember.backend.cuda_ops import kernels_optim  # noqa: PLC0415
+    state = opt.state
+    momentum = group["momentum"]
+    key = "momentum_buffer" if momentum != 0 else None
+    lr = _to_scalar(group["lr"])
+    kw = dict(lr=lr, momentum=momentum, dampening=group["dampening"],
+              weight_decay=_to_scalar(group["weight_decay"]), nesterov=group["nesterov"],
+              maximize=group["maximize"])
+    plans = _plans(opt)
+    plan = plans.get(id(group))
+    if plan is not None and plan.buckets[0][4] == key and plan.valid(params, state, key):
+        grads = [_grads_of(b[0], b[1]) for b in plan.buckets]
+        if all(g is not None for g in grads):
+            for (ps, _, arrays, bufs, _, tensors, static), gs in zip(plan.buckets, grads):
+                kernels_optim.sgd(arrays, gs, bufs, False, static=static, **kw)
+                for t in tensors:
+                    t._version[0] += 1
+            return True
+    plans.pop(id(group), None)
     buckets = _buckets(params)
     if buckets is None:
         return False
-    from ember.backend.cuda_ops import kernels_optim  # noqa: PLC0415
-    momentum = group["momentum"]
     if momentum != 0:
         for p in params:
             buf = state[p].get("momentum_buffer")
             if buf is not None and not _same_layout(buf, p):
                 return False
-    lr = _to_scalar(group["lr"])
-    kw = dict(lr=lr, momentum=momentum, dampening=group["dampening"],
-              weight_decay=_to_scalar(group["weight_decay"]), nesterov=group["nesterov"],
-              maximize=group["maximize"])
     for ps in buckets.values():
         if momentum == 0:
             kernels_optim.sgd([_real(p._data) for p in ps], [_real(p._grad._data) for p in ps],
@@ -172,4 +259,13 @@ def sgd(group: dict, params: list, state: Any) -> bool:
                               [_real(b._data) for b in bufs], first, **kw)
             for p, b in zip(sub, bufs):
                 _bump(p, b)
+    # the next steps take the fast path: every tensor and buffer as it is now
+    out = []
+    for (_, dtype), ps in buckets.items():
+        bts = [state[p][key] for p in ps] if key else []
+        arrays = [_real(p._data) for p in ps]
+        bufs = [_real(b._data) for b in bts] if key else None
+        out.append((ps, dtype, arrays, bufs, key, list(ps) + bts,
+                    kernels_optim.static_key([arrays, None, bufs], None)))
+    plans[id(group)] = _Plan(params, state, out, key)
     return True

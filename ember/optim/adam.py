@@ -147,7 +147,7 @@ class Adam(Optimizer):
         loss = self._run_closure(closure)
         for group in self.param_groups:
             params = self._params_with_grad(group)
-            if _multi_tensor.adam(group, params, self.state):   # CUDA foreach / fused
+            if _multi_tensor.adam(self, group, params):   # CUDA foreach / fused
                 continue
             lr = _to_scalar(group["lr"])
             beta1, beta2 = (_to_scalar(b) for b in group["betas"])

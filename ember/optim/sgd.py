@@ -128,7 +128,7 @@ class SGD(Optimizer):
         loss = self._run_closure(closure)
         for group in self.param_groups:
             params = self._params_with_grad(group)
-            if _multi_tensor.sgd(group, params, self.state):   # CUDA foreach / fused
+            if _multi_tensor.sgd(self, group, params):   # CUDA foreach / fused
                 continue
             lr = _to_scalar(group["lr"])
             momentum = group["momentum"]

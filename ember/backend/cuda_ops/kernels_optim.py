@@ -203,28 +203,43 @@ def covered(dtype: Any) -> bool:
     return dtype.name in TARGS
 
 
-def _table(cp: Any, lists: Sequence[Sequence[Any]], sizes: Sequence[int],
-           steps: Sequence[Any] | None) -> tuple[Any, int]:
-    """The device table for these tensors (cached by pointers and sizes) and its chunk count."""
-    nt = len(sizes)
-    cols = []
-    for arrs in lists:
-        cols.append([0 if a is None else a.data.ptr for a in arrs])
-    while len(cols) < 5:
-        cols.append([0] * nt)
-    cols.append(list(sizes))
-    cols.append([0] * nt if steps is None else [s.data.ptr for s in steps])
-    key = tuple(x for col in cols for x in col)
+def _ptrs(arrs: Sequence[Any] | None, nt: int) -> tuple:
+    if arrs is None:
+        return (0,) * nt
+    return tuple(0 if a is None else a.data.ptr for a in arrs)
+
+
+def static_key(lists: Sequence[Sequence[Any] | None], steps: Sequence[Any] | None) -> tuple:
+    """The part of a table's cache key that does not change from step to step (all but the
+    gradients, ``lists[1]``): callers that keep their parameter and state arrays compute it
+    once and pass it as ``static``."""
+    nt = len(lists[0])
+    return (tuple(_ptrs(a, nt) for i, a in enumerate(lists) if i != 1),
+            tuple(a.size for a in lists[0]), _ptrs(steps, nt))
+
+
+def _table(cp: Any, lists: Sequence[Sequence[Any] | None], steps: Sequence[Any] | None,
+           static: tuple | None) -> tuple[Any, int]:
+    """The device table for these tensors (cached by pointers and sizes) and its chunk count.
+    ``lists``: params, grads, then up to three state lists (None: no such state)."""
+    nt = len(lists[0])
+    if static is None:
+        static = static_key(lists, steps)
+    key = (static, _ptrs(lists[1], nt))
     hit = _TABLES.get(key)
     if hit is not None:
         _TABLES.move_to_end(key)
         return hit
+    others, sizes, step_ptrs = static
     chunks = [(n + CHUNK - 1) // CHUNK for n in sizes]
     first = np.zeros(nt, dtype=np.int64)
     if nt > 1:
         np.cumsum(chunks[:-1], out=first[1:])
-    cols.append(first)
-    host = np.stack([np.asarray(c, dtype=np.int64) for c in cols], axis=1)
+    cols = [others[0], key[1], *others[1:]]
+    while len(cols) < 5:
+        cols.append((0,) * nt)
+    cols += [sizes, step_ptrs]
+    host = np.stack([np.asarray(c, dtype=np.int64) for c in cols] + [first], axis=1)
     dev = cp.empty(host.shape, dtype=np.int64)
     stream = cp.cuda.get_current_stream()
     capturing = stream.is_capturing()
@@ -258,19 +273,20 @@ def adam(params: Sequence[Any], grads: Sequence[Any], exp_avgs: Sequence[Any],
          exp_avg_sqs: Sequence[Any], max_exp_avg_sqs: Sequence[Any] | None,
          steps: Sequence[Any] | None, step: float, *, lr: Any, beta1: float, beta2: float,
          eps: float, weight_decay: float, amsgrad: bool, maximize: bool,
-         decoupled_weight_decay: bool) -> None:
+         decoupled_weight_decay: bool, static: tuple | None = None) -> None:
     """One Adam/AdamW step over all tensors (CuPy arrays of one dtype, C-contiguous, in place).
 
     ``steps``: float32/float64 device scalars per tensor, incremented here and read by the
     kernel (capturable/fused); None means every tensor is at host step ``step`` (after
-    increment). ``lr``: a Python number or a float32 CuPy scalar.
+    increment). ``lr``: a Python number or a float32 CuPy scalar. ``static``: the tensors'
+    :func:`static_key`, when the caller keeps it.
     """
     import cupy as cp  # noqa: PLC0415
     dt = params[0].dtype
     targs = TARGS[dt.name]
     mt = np.float64 if dt.name == "float64" else np.float32
-    lists = [params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs or [None] * len(params)]
-    table, nchunks = _table(cp, lists, [a.size for a in params], steps)
+    lists = [params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs]
+    table, nchunks = _table(cp, lists, steps, static)
     nt = len(params)
     step_kind = STEP_HOST
     if steps is not None:
@@ -295,7 +311,7 @@ def adam(params: Sequence[Any], grads: Sequence[Any], exp_avgs: Sequence[Any],
 
 def sgd(params: Sequence[Any], grads: Sequence[Any], bufs: Sequence[Any] | None, first: bool,
         *, lr: Any, momentum: float, dampening: float, weight_decay: float, nesterov: bool,
-        maximize: bool) -> None:
+        maximize: bool, static: tuple | None = None) -> None:
     """One SGD step over all tensors (CuPy arrays of one dtype, C-contiguous, in place).
 
     ``bufs``: the momentum buffers (None without momentum); ``first`` fills them with the
@@ -304,8 +320,7 @@ def sgd(params: Sequence[Any], grads: Sequence[Any], bufs: Sequence[Any] | None,
     import cupy as cp  # noqa: PLC0415
     dt = params[0].dtype
     mt = np.float64 if dt.name == "float64" else np.float32
-    lists = [params, grads, bufs or [None] * len(params)]
-    table, nchunks = _table(cp, lists, [a.size for a in params], None)
+    table, nchunks = _table(cp, [params, grads, bufs], None, static)
     if nchunks == 0:
         return
     lr_host, lr_dev = _lr_args(lr, mt)
