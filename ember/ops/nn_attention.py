@@ -318,7 +318,10 @@ def _decomposition_vjp(ctx: Any, grad: Tensor, query: Tensor, key: Tensor, value
                        attn_mask: Tensor | None) -> tuple:
     import ember
     s, gqa, hq, is_causal, float_mask = ctx.info
-    keep = _wrap(ctx.keep, grad) if ctx.keep is not None else None
+    keep_arr = ctx.keep
+    if keep_arr is None and getattr(ctx, "keep_fn", None) is not None:
+        keep_arr = ctx.keep_fn()  # a fused forward (cuDNN) that never stored its dropout mask
+    keep = _wrap(keep_arr, grad) if keep_arr is not None else None
     inputs = [t for t in (query, key, value, attn_mask if float_mask else None)
               if t is not None and t.requires_grad]
     with ember.enable_grad():
@@ -363,7 +366,9 @@ def sdpa_decomposition(query: Tensor, key: Tensor, value: Tensor, attn_mask: Ten
     denom = e.sum(-1, keepdim=True)
     p = e / ember.where(denom == 0, 1.0, denom)
     if dropout_scale is not None:
-        p = p * dropout_scale
+        # keep is float32 for half inputs (the forward's work dtype); stay in p's dtype so
+        # the product with value type-checks
+        p = p * dropout_scale.to(p.dtype)
     elif dropout_p > 0.0:
         keep = (ember.rand(p.shape, dtype=p.dtype, device=p.device) >= dropout_p).to(p.dtype)
         p = p * keep / (1.0 - dropout_p)
