@@ -30,9 +30,10 @@ import numpy as np
 
 from ember.backend.cpu import gemm_threads, parallel_rows
 
+from ember._state import _State
 from ember.errors import check, make
 from ember.ops.registry import OPS, OpDef, TensorMeta, apply, register
-from ember.tensor import Tensor
+from ember.tensor import Tensor, _make
 
 # Columns bigger than this are recomputed in backward instead of being kept alive.
 _KEEP_COLS_BYTES = 64 * 2 ** 20
@@ -262,7 +263,7 @@ class _Chunk:
         self.flat = flat_fold and geo.wide
         self.pitch = math.prod(geo.padded) + geo.row if self.flat else geo.length
         self.width = m * self.pitch  # columns per chunk
-        self._cols = self._rows = self._fold = None
+        self._cols = self._rows = self._fold = self._ones = None
 
     def columns(self, x: Any) -> Any:
         """The ``(C*K, m*L)`` column matrix of the chunk ``x (m, C, *sp)``."""
@@ -319,6 +320,12 @@ class _Chunk:
 
     def gemm_out(self, shape: tuple) -> Any:
         return _work(self.xp, "gemm", shape, self.dtype)
+
+    def ones(self) -> Any:
+        """A vector of ``width`` ones (row sums of :meth:`rows` as one GEMV)."""
+        if self._ones is None:
+            self._ones = self.xp.ones(self.width, self.dtype)
+        return self._ones
 
     def unrows(self, y: Any, dst: Any) -> None:
         """Inverse of :meth:`rows`: write ``y (O, m*L)`` into ``dst (m, O, *out)``."""
@@ -411,21 +418,26 @@ def _finite(xp: Any, a: Any) -> bool:
 
 
 def conv_forward(xp: Any, x: Any, w: Any, stride: tuple, padding: tuple, dilation: tuple,
-                 groups: int) -> tuple:
-    """Correlation of ``x (N, C, *sp)`` with ``w (O, C/groups, *k)``; returns (y, cols), where
-    ``cols`` is the whole batch's column matrix when it can be kept (GPU), else None."""
+                 groups: int, bias: Any = None) -> tuple:
+    """Correlation of ``x (N, C, *sp)`` with ``w (O, C/groups, *k)``, plus ``bias (O,)`` when
+    given; returns (y, cols), where ``cols`` is the whole batch's column matrix when it can be
+    kept (GPU), else None."""
     n, c = x.shape[:2]
     o = w.shape[0]
     geo = _geom(x.shape[2:], w.shape[2:], tuple(stride), tuple(padding), tuple(dilation))
     wm = w.reshape(groups, o // groups, -1)
     y = xp.empty((n, o) + geo.out, dtype=x.dtype)
+    if bias is not None:
+        bias = bias.reshape(o, 1)
 
     def body(n0: int, m: int, plan: _Chunk, acc: Any) -> Any:
         cols = plan.columns(x[n0:n0 + m])
         gemm_threads(xp, w.size * plan.width)
         yc = _gemm(xp, wm, cols.reshape(groups, -1, plan.width),
-                   plan.gemm_out((groups, o // groups, plan.width)))
-        plan.unrows(yc.reshape(o, -1), y[n0:n0 + m])
+                   plan.gemm_out((groups, o // groups, plan.width))).reshape(o, -1)
+        if bias is not None:  # on the chunk while it is in cache: ~3x cheaper than a pass over y
+            yc += bias
+        plan.unrows(yc, y[n0:n0 + m])
         return cols
 
     (cols,) = _over_chunks(xp, geo, n, c, o, x.dtype, body)[-1:]
@@ -461,8 +473,11 @@ def conv_input_grad(xp: Any, g: Any, w: Any, sp: tuple, stride: tuple, padding: 
 
 
 def conv_weight_grad(xp: Any, x: Any, g: Any, ksize: tuple, stride: tuple, padding: tuple,
-                     dilation: tuple, groups: int, cols: Any = None) -> Any:
-    """Gradient of the conv in its weight: ``(O, C/groups, *k)``.
+                     dilation: tuple, groups: int, cols: Any = None,
+                     with_bias: bool = False) -> Any:
+    """Gradient of the conv in its weight: ``(O, C/groups, *k)``; with ``with_bias``, the
+    pair ``(weight grad, bias grad (O,))``, the bias's summed from the same gradient rows
+    (a GEMV per chunk, while they are in cache) instead of another pass over ``g``.
 
     ``cols`` are the forward's whole-batch columns (same geometry), reused when given.
     """
@@ -475,26 +490,34 @@ def conv_weight_grad(xp: Any, x: Any, g: Any, ksize: tuple, stride: tuple, paddi
     if cols is not None and cols.shape != (c * math.prod(geo.ksize), n * geo.length):
         cols = None
 
-    def body(n0: int, m: int, plan: _Chunk, dw: Any) -> Any:
+    def body(n0: int, m: int, plan: _Chunk, acc: Any) -> Any:
         cc = cols if cols is not None else plan.columns(x[n0:n0 + m])
         rows = plan.rows(g[n0:n0 + m])
         gemm_threads(xp, o * cc.shape[0] * plan.width // groups)
-        out = None if dw is None else plan.gemm_out(dw.shape)  # a worker's first part is its sum
+        # a worker's first part is its running sum
+        out = None if acc is None else plan.gemm_out(acc[0].shape)
         part = _gemm(xp, rows.reshape(groups, o // groups, -1),
                      cc.reshape(groups, -1, plan.width).transpose(0, 2, 1), out)
-        if dw is None:
-            return part
-        dw += part
-        return dw
+        # zeros at the wide layout's garbage positions, so the row sums are exact
+        db = xp.matmul(rows, plan.ones()) if with_bias else None
+        if acc is None:
+            return part, db
+        acc[0][...] += part
+        if with_bias:
+            acc[1][...] += db
+        return acc
 
     if cols is not None:  # whole-batch columns (GPU): one pass
         parts = [body(0, n, _Chunk(xp, geo, n, c, o, g.dtype), None)]
     else:
         parts = _over_chunks(xp, geo, n, c, o, g.dtype, body)
-    dw = parts[0]
-    for part in parts[1:]:
+    dw, db = parts[0]
+    for part, pdb in parts[1:]:
         dw += part
-    return dw.reshape((o, c // groups) + tuple(ksize))
+        if with_bias:
+            db += pdb
+    dw = dw.reshape((o, c // groups) + tuple(ksize))
+    return (dw, db) if with_bias else dw
 
 
 # ---------------------------------------------------------------------- meta
@@ -505,53 +528,68 @@ def _torch_type(t: Tensor) -> str:
 
 def conv_meta(op: Any, input: Any, weight: Any, bias: Any, stride: Any, padding: Any,
               dilation: Any, transposed: bool, output_padding: Any, groups: int) -> TensorMeta:
+    # Every check builds its message only when it fails: formatting them all eagerly cost
+    # ~35 us a call, more than some of the convolutions it guards.
     name = "conv_transpose" if transposed else "conv"
     for argname, t in (("input", input), ("weight", weight)):
-        check(isinstance(t, Tensor), name, f"argument '{argname}' must be Tensor, not "
-                                           f"{type(t).__name__}", TypeError)
+        if not isinstance(t, Tensor):
+            raise make(TypeError, name, f"argument '{argname}' must be Tensor, not "
+                                        f"{type(t).__name__}")
     xs, ws = input._data.shape, weight._data.shape
     nd = len(ws) - 2
     name = f"conv_transpose{nd}d" if transposed else f"conv{nd}d"
-    check(len(ws) >= 3, name, f"weight should have at least three dimensions, got shape "
-                              f"{tuple(ws)}")
-    check(len(xs) == len(ws), name,
-          f"expected {len(ws)}-dim input (N, C, *spatial) for a {len(ws)}-dim weight "
-          f"{tuple(ws)}, got input of shape {tuple(xs)}",
-          hint=f"use conv{len(xs) - 2}d for {len(xs)}-dim input" if len(xs) >= 3 else None)
-    check(input._dtype is weight._dtype, name,
-          f"Input type ({_torch_type(input)}) and weight type ({_torch_type(weight)}) should be "
-          f"the same: input {tuple(xs)}, weight {tuple(ws)}",
-          hint="cast the input with .to(weight.dtype)")
-    check(input._dtype.category >= 2 and not input._dtype.is_complex, name,
-          f'"{name}" not implemented for \'{input._dtype.name}\' input; use a floating dtype')
+    if len(ws) < 3:
+        raise make(RuntimeError, name, f"weight should have at least three dimensions, got "
+                                       f"shape {tuple(ws)}")
+    if len(xs) != len(ws):
+        raise make(RuntimeError, name,
+                   f"expected {len(ws)}-dim input (N, C, *spatial) for a {len(ws)}-dim weight "
+                   f"{tuple(ws)}, got input of shape {tuple(xs)}",
+                   hint=f"use conv{len(xs) - 2}d for {len(xs)}-dim input" if len(xs) >= 3
+                   else None)
+    if input._dtype is not weight._dtype:
+        raise make(RuntimeError, name,
+                   f"Input type ({_torch_type(input)}) and weight type ({_torch_type(weight)}) "
+                   f"should be the same: input {tuple(xs)}, weight {tuple(ws)}",
+                   hint="cast the input with .to(weight.dtype)")
+    if input._dtype.category < 2 or input._dtype.is_complex:
+        raise make(RuntimeError, name, f'"{name}" not implemented for '
+                                       f'\'{input._dtype.name}\' input; use a floating dtype')
     stride = ntuple(stride, nd, "stride", name)
     padding = ntuple(padding, nd, "padding", name)
     dilation = ntuple(dilation, nd, "dilation", name)
-    check(all(s > 0 for s in stride), name, f"non-positive stride is not supported: {list(stride)}")
-    check(all(p >= 0 for p in padding), name, f"negative padding is not supported: "
-                                               f"{list(padding)}")
-    check(all(d > 0 for d in dilation), name, f"dilation should be greater than zero: "
-                                               f"{list(dilation)}")
-    check(isinstance(groups, int) and groups > 0, name, f"non-positive groups is not supported: "
-                                                         f"{groups}")
+    if not all(s > 0 for s in stride):
+        raise make(RuntimeError, name, f"non-positive stride is not supported: {list(stride)}")
+    if not all(p >= 0 for p in padding):
+        raise make(RuntimeError, name, f"negative padding is not supported: {list(padding)}")
+    if not all(d > 0 for d in dilation):
+        raise make(RuntimeError, name, f"dilation should be greater than zero: "
+                                       f"{list(dilation)}")
+    if not (isinstance(groups, int) and groups > 0):
+        raise make(RuntimeError, name, f"non-positive groups is not supported: {groups}")
     if bias is not None:
-        check(isinstance(bias, Tensor), name, "bias must be a Tensor or None", TypeError)
-        check(bias._dtype is input._dtype, name,
-              f"Input type ({_torch_type(input)}) and bias type ({_torch_type(bias)}) should be "
-              f"the same")
+        if not isinstance(bias, Tensor):
+            raise make(TypeError, name, "bias must be a Tensor or None")
+        if bias._dtype is not input._dtype:
+            raise make(RuntimeError, name,
+                       f"Input type ({_torch_type(input)}) and bias type ({_torch_type(bias)}) "
+                       f"should be the same")
     ks = ws[2:]
     if not transposed:
-        check(ws[0] % groups == 0, name, f"Given groups={groups}, expected weight to be divisible "
-                                         f"by {groups} at dimension 0, but got weight of size "
-                                         f"{list(ws)} instead")
-        check(xs[1] == ws[1] * groups, name,
-              f"Given groups={groups}, weight of size {list(ws)}, expected input{list(xs)} to "
-              f"have {ws[1] * groups} channels, but got {xs[1]} channels instead")
-        if bias is not None:
-            check(bias._data.shape == (ws[0],), name, f"Given weight of size {list(ws)}, expected "
-                                                      f"bias to be 1-dimensional with {ws[0]} "
-                                                      f"elements, but got bias of size "
-                                                      f"{list(bias._data.shape)} instead")
+        if ws[0] % groups != 0:
+            raise make(RuntimeError, name,
+                       f"Given groups={groups}, expected weight to be divisible by {groups} at "
+                       f"dimension 0, but got weight of size {list(ws)} instead")
+        if xs[1] != ws[1] * groups:
+            raise make(RuntimeError, name,
+                       f"Given groups={groups}, weight of size {list(ws)}, expected "
+                       f"input{list(xs)} to have {ws[1] * groups} channels, but got {xs[1]} "
+                       f"channels instead")
+        if bias is not None and bias._data.shape != (ws[0],):
+            raise make(RuntimeError, name,
+                       f"Given weight of size {list(ws)}, expected bias to be 1-dimensional "
+                       f"with {ws[0]} elements, but got bias of size "
+                       f"{list(bias._data.shape)} instead")
         padded = tuple(xs[2 + i] + 2 * padding[i] for i in range(nd))
         eff = tuple(dilation[i] * (ks[i] - 1) + 1 for i in range(nd))
         if any(p < e for p, e in zip(padded, eff)):
@@ -563,24 +601,30 @@ def conv_meta(op: Any, input: Any, weight: Any, bias: Any, stride: Any, padding:
                     for i in range(nd))
         return TensorMeta((xs[0], ws[0]) + out)
     output_padding = ntuple(output_padding, nd, "output_padding", name)
-    check(xs[1] == ws[0], name,
-          f"Given transposed=1, weight of size {list(ws)}, expected input{list(xs)} to have "
-          f"{ws[0]} channels, but got {xs[1]} channels instead")
-    check(ws[0] % groups == 0, name, f"Given groups={groups}, expected weight to be divisible by "
-                                     f"{groups} at dimension 0, but got weight of size {list(ws)}")
+    if xs[1] != ws[0]:
+        raise make(RuntimeError, name,
+                   f"Given transposed=1, weight of size {list(ws)}, expected input{list(xs)} to "
+                   f"have {ws[0]} channels, but got {xs[1]} channels instead")
+    if ws[0] % groups != 0:
+        raise make(RuntimeError, name,
+                   f"Given groups={groups}, expected weight to be divisible by {groups} at "
+                   f"dimension 0, but got weight of size {list(ws)}")
     for i in range(nd):
-        check(output_padding[i] < max(stride[i], dilation[i]) and output_padding[i] >= 0, name,
-              f"output padding must be smaller than either stride or dilation, but got "
-              f"output_padding={list(output_padding)}, stride={list(stride)}, "
-              f"dilation={list(dilation)}")
+        if not 0 <= output_padding[i] < max(stride[i], dilation[i]):
+            raise make(RuntimeError, name,
+                       f"output padding must be smaller than either stride or dilation, but got "
+                       f"output_padding={list(output_padding)}, stride={list(stride)}, "
+                       f"dilation={list(dilation)}")
     out = tuple((xs[2 + i] - 1) * stride[i] - 2 * padding[i] + dilation[i] * (ks[i] - 1) +
                 output_padding[i] + 1 for i in range(nd))
-    check(all(o > 0 for o in out), name, f"Given input size per channel {list(xs[2:])}, "
-                                         f"calculated output size {list(out)} is too small")
-    if bias is not None:
-        check(bias._data.shape == (ws[1] * groups,), name,
-              f"Given transposed=1, weight of size {list(ws)}, expected bias to be 1-dimensional "
-              f"with {ws[1] * groups} elements, but got bias of size {list(bias._data.shape)}")
+    if not all(o > 0 for o in out):
+        raise make(RuntimeError, name, f"Given input size per channel {list(xs[2:])}, "
+                                       f"calculated output size {list(out)} is too small")
+    if bias is not None and bias._data.shape != (ws[1] * groups,):
+        raise make(RuntimeError, name,
+                   f"Given transposed=1, weight of size {list(ws)}, expected bias to be "
+                   f"1-dimensional with {ws[1] * groups} elements, but got bias of size "
+                   f"{list(bias._data.shape)}")
     return TensorMeta((xs[0], ws[1] * groups) + out)
 
 
@@ -606,13 +650,14 @@ class Convolution(OpDef):
         ctx.p = (s, p, d, op, groups, bool(transposed), bias is not None)
         cols = None
         if not transposed:
-            y, cols = conv_forward(xp, x, w, s, p, d, groups)
+            b = work_dtype(xp, bias) if bias is not None else None
+            y, cols = conv_forward(xp, x, w, s, p, d, groups, b)
         else:
             sp = tuple((x.shape[2 + i] - 1) * s[i] - 2 * p[i] + d[i] * (w.shape[2 + i] - 1) +
                        op[i] + 1 for i in range(len(s)))
             y = conv_input_grad(xp, x, w, sp, s, p, d, groups)
-        if bias is not None:
-            y += work_dtype(xp, bias).reshape((1, -1) + (1,) * (y.ndim - 2))
+            if bias is not None:
+                y += work_dtype(xp, bias).reshape((1, -1) + (1,) * (y.ndim - 2))
         y = y.astype(input.dtype, copy=False)
         keep = cols is not None and cols.nbytes <= _KEEP_COLS_BYTES
         ctx.save(input, weight, cols if keep else None)
@@ -621,6 +666,9 @@ class Convolution(OpDef):
     def backward(ctx, grad):
         x, w, cols = ctx.saved
         s, p, d, op, groups, transposed, has_bias = ctx.p
+        if not transposed and not _State.enabled and type(grad._data) is np.ndarray and \
+                grad._dtype is x._dtype:
+            return _conv_backward_arrays(ctx, grad, x, w)
         gx = gw = gb = None
         need = ctx.needs_input_grad
         if not transposed:
@@ -642,6 +690,32 @@ class Convolution(OpDef):
         if has_bias and need[2]:
             gb = grad.sum([0] + list(range(2, grad.ndim)))
         return gx, gw, gb, None, None, None, None, None, None
+
+
+def _conv_backward_arrays(ctx: Any, grad: Tensor, x: Tensor, w: Tensor) -> tuple:
+    """A CPU conv's backward straight on arrays when no graph of the backward is wanted:
+    the same passes as the two ops it otherwise dispatches (no meta rules, no nodes), and the
+    bias gradient summed inside the weight-gradient pass instead of a pass of its own."""
+    s, p, d, _, groups, _, has_bias = ctx.p
+    need = ctx.needs_input_grad
+    g, xa, wa = work_dtype(np, grad._data), x._data, w._data
+    dt, dev = x._dtype, x._device
+    gx = gw = gb = None
+    if need[0]:
+        dx = conv_input_grad(np, g, work_dtype(np, wa), tuple(xa.shape[2:]), s, p, d, groups)
+        gx = _make(dx.astype(xa.dtype, copy=False), dt, dev)
+    want_bias = has_bias and need[2]
+    if need[1]:
+        dw = conv_weight_grad(np, work_dtype(np, xa), g, tuple(wa.shape[2:]), s, p, d, groups,
+                              with_bias=want_bias)
+        if want_bias:
+            dw, db = dw
+            gb = _make(db.astype(xa.dtype, copy=False), dt, dev)
+        gw = _make(dw.astype(xa.dtype, copy=False), dt, dev)
+    elif want_bias:
+        db = g.sum(axis=(0,) + tuple(range(2, g.ndim)))
+        gb = _make(db.astype(xa.dtype, copy=False), dt, dev)
+    return gx, gw, gb, None, None, None, None, None, None
 
 
 @register("_conv_weight_grad", meta=None, method=False, function=False)

@@ -51,7 +51,7 @@ add(
     unary("abs", np.abs, dtypes=("int32", "int64", "float32", "float64")),
     unary("sign", np.sign, gradgrad=False),
     unary("square", np.square),
-    unary("relu", lambda x: np.maximum(x, 0)),
+    unary("relu", lambda x: np.maximum(x, 0), covers=("threshold_backward",)),
     unary("conj", np.conj),
     unary("logical_not", np.logical_not, dtypes=ALL, grad=False),
     unary("bitwise_not", None, dtypes=("bool", "uint8", "int32", "int64"), grad=False),
