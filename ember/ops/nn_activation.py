@@ -29,8 +29,9 @@ _C = 0.044715
 #   h = Phi(-a) = erfc(a / sqrt 2) / 2 = t * exp(-a^2 / 2) * R(t),   t = 1 / (1 + K a),
 # (R a degree-7 polynomial, least-squares fitted in relative error to erfcx: 1.2e-7 in
 # float64, ~4e-7 evaluated in float32, over the whole range where Phi(-a) is a normal float32)
-#   gelu(x) = s x - a h,  s = [x > 0]     (exact rewrite of x Phi(x), no cancellation)
-#   gelu'(x) = u + s (1 - 2u),  u = h - a phi(a) = gelu'(-a)   (reuses exp(-a^2 / 2))
+#   Phi(x) = s + (1 - 2s) h,  s = [x > 0]   (h itself for x <= 0: no cancellation)
+#   gelu(x) = x Phi(x),  gelu'(x) = Phi(x) + x phi(x)   (phi reuses exp(-a^2 / 2))
+# (without a gradient wanted, gelu(x) = s x - a h: three passes instead of five)
 # Measured max error against float64: 2.4e-7 absolute (torch's own CPU kernel: 3.8e-7).
 # NumPy runs it over cache-sized chunks: on whole 2 MB arrays every pass misses the cache
 # and the same arithmetic was 3x slower. Pass costs decide the form: np.exp is ~15 multiplies,
@@ -80,7 +81,7 @@ def _gelu_chunk(xs: Any, ys: Any, ds: Any, pinf: bool, a: Any, t: Any, e: Any, r
     np.abs(xs, out=a)
     np.multiply(a, _GELU_K, out=t)
     t += 1.0
-    np.reciprocal(t, out=t)
+    np.divide(1.0, t, out=t)  # (NumPy's reciprocal loop is slower than a division)
     np.multiply(a, a, out=e)
     e *= -0.5
     np.exp(e, out=e)
@@ -93,17 +94,21 @@ def _gelu_chunk(xs: Any, ys: Any, ds: Any, pinf: bool, a: Any, t: Any, e: Any, r
     r *= e  # r = h = Phi(-a)
     np.greater(xs, 0, out=s)
     if ds is not None:
-        np.multiply(a, e, out=t)
-        t *= -_INV_SQRT_2PI
-        t += r  # u
-        np.multiply(t, -2.0, out=e)
-        e += 1.0
-        e *= s
+        # P = Phi(x) = s + (1 - 2s) h: h itself for x <= 0 (no cancellation), 1 - h for x > 0
+        np.multiply(s, -2.0, out=t)
+        t += 1.0
+        t *= r
+        t += s
+        np.multiply(xs, t, out=ys)  # gelu = x Phi(x)
+        # gelu' = Phi(x) + x phi(x), phi(x) = exp(-x^2 / 2) / sqrt(2 pi)
+        np.multiply(xs, e, out=e)
+        e *= _INV_SQRT_2PI
         np.add(e, t, out=ds)
-    np.multiply(a, r, out=r)
-    np.multiply(xs, s, out=ys)
-    ys -= r
-    if pinf:  # a * h was inf * 0 at +inf
+    else:
+        np.multiply(a, r, out=r)  # gelu = s x - a h, exactly
+        np.multiply(xs, s, out=ys)
+        ys -= r
+    if pinf:  # a * h or x * e was inf * 0 at +inf
         at = xs == math.inf
         ys[at] = math.inf
         if ds is not None:
