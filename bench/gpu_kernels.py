@@ -2,6 +2,7 @@
 
     python -m bench.gpu_kernels            # on a machine with an NVIDIA GPU, CuPy and torch
     python -m bench.gpu_kernels --quick    # bf16 only, smaller
+    python -m bench.gpu_kernels norm       # only the ops whose names contain "norm"
 
 For each case: milliseconds per call (median of 5 timed batches, the device synchronised
 around each batch, so host overhead counts) of the forward alone (no autograd) and of
@@ -161,6 +162,9 @@ def main(argv: list) -> None:
 
     results = []
     cases = _cases(quick)
+    names = [a for a in argv if not a.startswith("--")]   # substrings of op names to keep
+    if names:
+        cases = [c for c in cases if any(n in c[0] for n in names)]
     for name, dt, make, fn in cases:
         arrays = make()
         row = {"op": name, "dtype": dt}

@@ -142,9 +142,12 @@ def test_softmax_double_backward():
 
 # ---------------------------------------------------------------------- layer / rms norm
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", [(8, 64), (5, 3, 768), (4, 5000), (3, 1)])
+@pytest.mark.parametrize("shape", [(8, 64), (5, 3, 768), (4, 5000), (3, 1), (2500, 96),
+                                   (7, 2048)])
 @pytest.mark.parametrize("affine", [True, False])
 def test_layer_norm(dtype, shape, affine):
+    # rows of whole 16-byte vectors up to 8 per lane take the register kernels (_norm_rows);
+    # (2500, 96) gives warps several rows in backward; 2048 float32 is too wide for them
     d = shape[-1]
     arrays = [_randn(*shape, scale=2.0) + 0.5]
     if affine:

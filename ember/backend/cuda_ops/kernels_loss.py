@@ -55,7 +55,7 @@ __global__ void ce_fwd(const T* __restrict__ x, const long long* __restrict__ tg
     bool valid = t != ignore;
     bool oob = valid && (t < 0 || t >= C);
     if (oob) {
-        atomicMin(bad, (unsigned long long)row);
+        atomicCAS(bad, 0x8000000000000000ull, (unsigned long long)t);   // first one wins
         valid = false;
     }
     float wt = valid ? (has_w ? w[t] : 1.f) : 0.f;
@@ -82,7 +82,7 @@ __global__ void ce_reduce(const float* __restrict__ loss, const float* __restric
     if (threadIdx.x == 0) {
         red[0] = a;
         red[1] = b;
-        red[2] = bad[0] < (unsigned long long)rows ? 1.f : 0.f;
+        red[2] = bad[0] != 0x8000000000000000ull ? 1.f : 0.f;
         if (mode == 1) st(out, 0, a / b);
         else if (mode == 2) st(out, 0, a);
     }
@@ -139,32 +139,73 @@ class _DeviceFloat:
 
 
 # Out-of-range targets: the forward does not wait for the GPU (no host sync, so it can be
-# captured in a CUDA graph). The kernel marks the loss NaN and the first bad row in `bad`;
-# `bad` is copied to pinned memory behind an event, and the IndexError is raised by the next
-# cross_entropy forward or backward that finds the copy finished (torch's CUDA kernel
+# captured in a CUDA graph). The kernel makes the loss NaN and records the bad target value
+# in a persistent per-device flag; the flag is copied to pinned memory behind an event (one
+# copy in flight at a time, buffer and event reused), and the IndexError is raised by the
+# next cross_entropy forward or backward that finds the copy finished (torch's CUDA kernel
 # reports a bad target asynchronously too, as a device-side assert).
-_PENDING: list = []
+_NO_BAD = -(1 << 63)
+_FLAGS: dict = {}
 
 
-def _check_later(xp, bad, target) -> None:
-    _raise_pending()
-    stream = xp.cuda.get_current_stream()
-    if stream.is_capturing():
-        return      # a captured loss shows a bad target as NaN only
-    host = xp.cuda.alloc_pinned_memory(8)
-    bad.data.copy_to_host_async(host.ptr, 8, stream)
-    ev = xp.cuda.Event(disable_timing=True)
-    ev.record(stream)
-    _PENDING.append((ev, host, target, target.shape[0]))
+class _BadTarget:
+    __slots__ = ("dev", "host", "event", "pending")
+
+    def __init__(self, xp) -> None:
+        self.dev = xp.full(1, _NO_BAD, xp.int64)
+        self.host = xp.cuda.alloc_pinned_memory(8)
+        self.event = xp.cuda.Event(disable_timing=True)
+        self.pending = False
 
 
-def _raise_pending() -> None:
-    while _PENDING and _PENDING[0][0].done:
-        _, host, target, rows = _PENDING.pop(0)
-        row = int(np.frombuffer(host, dtype=np.uint64, count=1)[0])
-        if row < rows:
-            _PENDING.clear()
-            raise IndexError(f"Target {int(target[row])} is out of bounds.")
+def _flag(xp) -> _BadTarget:
+    d = xp.cuda.runtime.getDevice()
+    f = _FLAGS.get(d)
+    if f is None:
+        f = _FLAGS[d] = _BadTarget(xp)
+    return f
+
+
+def _poll(xp, f: _BadTarget, start: bool) -> None:
+    """Raise for a finished copy that saw a bad target; with ``start``, copy the flag again
+    when no copy is in flight (never while a graph is being captured)."""
+    if f.pending and f.event.done:
+        f.pending = False
+        value = int(np.frombuffer(f.host, dtype=np.int64, count=1)[0])
+        if value != _NO_BAD:
+            f.dev.fill(_NO_BAD)
+            raise IndexError(f"Target {value} is out of bounds.")
+    if start and not f.pending:
+        stream = xp.cuda.get_current_stream()
+        if stream.is_capturing():
+            return
+        f.dev.data.copy_to_host_async(f.host.ptr, 8, stream)
+        f.event.record(stream)
+        f.pending = True
+
+
+class _TargetParts:
+    """``(safe targets, weights, valid)`` for the generic backward (``create_graph`` only),
+    built when it iterates them: the fused path never needs them."""
+
+    __slots__ = ("tgt", "wt", "ignore")
+
+    def __init__(self, tgt, wt, ignore) -> None:
+        self.tgt, self.wt, self.ignore = tgt, wt, ignore
+
+    def __iter__(self):
+        import cupy as xp  # noqa: PLC0415
+        valid = self.tgt != self.ignore
+        return iter((xp.where(valid, self.tgt, 0), self.wt, valid))
+
+
+class _Shape:
+    """What the generic backward reads of ``ctx.p`` (the shape) when it recomputes softmax."""
+
+    __slots__ = ("shape", "ndim")
+
+    def __init__(self, shape) -> None:
+        self.shape, self.ndim = shape, len(shape)
 
 
 class CrossEntropyImpl:
@@ -185,7 +226,9 @@ class CrossEntropyImpl:
         lse = xp.empty(rows, xp.float32)
         loss = xp.empty(rows, xp.float32)
         wt = xp.empty(rows, xp.float32)
-        bad = xp.full(1, rows, xp.uint64)
+        flag = _flag(xp)
+        _poll(xp, flag, False)
+        bad = flag.dev
         grid, block = K.row_config(rows, n_classes)
         K.function("loss", "ce_fwd", ct)(
             grid, block, (input, tgt, w32 if w32 is not None else lse, K.i32(w32 is not None),
@@ -197,7 +240,7 @@ class CrossEntropyImpl:
         K.function("loss", "ce_reduce", ct)(
             (1, 1, 1), (1024, 1, 1),
             (loss, wt, bad, red, out if mode else loss, K.i64(rows), K.i32(mode)))
-        _check_later(xp, bad, target)
+        _poll(xp, flag, True)
         if not mode:
             out = loss.astype(input.dtype)
         if K.recording(ctx):
@@ -210,9 +253,8 @@ class CrossEntropyImpl:
             ctx.prob = False
             ctx.xp = xp
             # the generic backward reads only the shape of ctx.p when it recomputes softmax
-            ctx.p = xp.broadcast_to(xp.zeros((), input.dtype), input.shape)
-            valid = tgt != ignore_index
-            ctx.target_parts = (xp.where(valid, tgt, 0), wt, valid)
+            ctx.p = _Shape(input.shape)
+            ctx.target_parts = _TargetParts(tgt, wt, ignore_index)
             ctx.save(input, target)
             ctx.fused = (lse, tgt, w32, w32.sum() if w32 is not None and eps > 0 else None,
                          ignore_index)
@@ -227,7 +269,7 @@ class CrossEntropyImpl:
             lse, tgt, w32, wsum, ignore_index = ctx.fused
             g = K.contiguous(xp, grad._data, x.dtype)
             rows, n_classes = x.shape
-            _raise_pending()
+            _poll(xp, _flag(xp), False)
             denom = ctx.denom.arr if ctx.reduction == "mean" else None
             dx = xp.empty_like(x)
             grid, block = K.row_config(rows, n_classes)

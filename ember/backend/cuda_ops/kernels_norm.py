@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ember.backend.cuda_ops import _norm_rows
 from ember.backend.cuda_ops import _nvrtc as K
 
 _SRC = r"""
@@ -271,13 +272,17 @@ def _row_norm_forward(ctx: Any, xp: Any, input: Any, normalized_shape: Any, weig
     y = xp.empty_like(input)
     mean = xp.empty(rows, xp.float32) if center else None
     rstd = xp.empty(rows, xp.float32)
-    grid, block = K.row_config(rows, cols)
-    K.function("norm", "ln_fwd", ct)(
-        grid, block, (input, weight if weight is not None else input,
-                      bias if bias is not None else input, y,
-                      mean if center else rstd, rstd, K.i64(rows), K.i32(cols), K.f32(eps),
-                      K.i32(center), K.i32(weight is not None), K.i32(bias is not None),
-                      K.aligned(input, y)))
+    nv = _norm_rows.vectors(input, cols, y, weight, bias)
+    if nv:  # the row fits a warp's registers: x is read once
+        _norm_rows.forward(xp, nv, input, weight, bias, y, mean, rstd, rows, cols, eps, center)
+    else:
+        grid, block = K.row_config(rows, cols)
+        K.function("norm", "ln_fwd", ct)(
+            grid, block, (input, weight if weight is not None else input,
+                          bias if bias is not None else input, y,
+                          mean if center else rstd, rstd, K.i64(rows), K.i32(cols),
+                          K.f32(eps), K.i32(center), K.i32(weight is not None),
+                          K.i32(bias is not None), K.aligned(input, y)))
     stat_shape = lead + (1,) * k
     ctx.p = (tuple(range(input.ndim - k, input.ndim)), eps)
     ctx.save(input, weight, mean.reshape(stat_shape) if center else None,
@@ -298,6 +303,21 @@ def _row_norm_backward(ctx: Any, grad: Any, center: bool) -> tuple:
     need = ctx.needs_input_grad
     wa = w._data if w is not None else None
     gx = gw = gb = None
+    want_w = wa is not None and need[2]
+    want_b = center and len(need) > 3 and need[3]
+    nv = _norm_rows.vectors(xa, cols, g, wa)
+    if nv:  # rows in registers: dx and the dweight/dbias partials in one pass
+        dx = xp.empty_like(xa) if need[0] else None
+        pw, pb = _norm_rows.backward(xp, nv, g, xa, wa, mean_a, rstd._data, dx, rows, cols,
+                                     center, want_w or want_b)
+        if dx is not None:
+            gx = K.wrap(dx, x.device)
+        shape = xa.shape[xa.ndim - len(ctx.p[0]):]
+        if want_w:
+            gw = K.wrap(_norm_rows.colsum(xp, nv, pw, wa.dtype).reshape(shape), x.device)
+        if want_b:
+            gb = K.wrap(_norm_rows.colsum(xp, nv, pb, xa.dtype).reshape(shape), x.device)
+        return gx, gw, gb
     if need[0]:
         dx = xp.empty_like(xa)
         grid, block = K.row_config(rows, cols)
@@ -306,8 +326,6 @@ def _row_norm_backward(ctx: Any, grad: Any, center: bool) -> tuple:
                           K.i64(rows), K.i32(cols), K.i32(center), K.i32(wa is not None),
                           K.aligned(g, xa, dx)))
         gx = K.wrap(dx, x.device)
-    want_w = wa is not None and need[2]
-    want_b = center and len(need) > 3 and need[3]
     if want_w or want_b:
         # enough row chunks to fill the GPU, each long enough to amortise its partial row
         chunks = max(1, min(256, (rows + 63) // 64))
