@@ -42,7 +42,9 @@ def _ones_like(arr: Any) -> Any:
     import numpy as np
     if isinstance(arr, np.ndarray):
         return np.ones(arr.shape, arr.dtype)
-    return type(arr)(arr.shape, arr.dtype) * 0 + 1
+    out = type(arr)(arr.shape, arr.dtype)   # uninitialised memory: fill, never * 0 (NaN bits)
+    out.fill(1)
+    return out
 
 
 def run_backward(tensors: Sequence[Tensor], grads: Sequence[Any], retain_graph: bool,
@@ -173,8 +175,11 @@ def _run_node(node: Node, buf: list, buffers: dict, retain_graph: bool) -> None:
         if all(g is None for g in buf):
             return
         import ember
-        buf = [g if g is not None else ember.zeros(m[0], dtype=m[1], device=m[2])
-               for g, m in zip(buf, node.out_meta)]
+        # outputs an op declares non-differentiable (indices, batch statistics) get no zeros:
+        # their backwards never read those gradients
+        skip = getattr(getattr(node, "op", None), "nondiff_outputs", ())
+        buf = [g if g is not None or k in skip else ember.zeros(m[0], dtype=m[1], device=m[2])
+               for k, (g, m) in enumerate(zip(buf, node.out_meta))]
     try:
         res = node.apply_backward(buf)
     except Exception as exc:

@@ -563,15 +563,31 @@ def write_inplace(self: Tensor, out: Tensor, name: str) -> Tensor:
     if track:
         _snapshot_saved_self(out._grad_fn, self)
     data = out._data
-    if self._data.ndim == 0:
-        self._data[()] = data
+    dst = self._data
+    if dst.ndim == 0:
+        dst[()] = data
+    elif type(dst) is not _ndarray and not dst.flags.c_contiguous and \
+            getattr(data, "shape", None) == dst.shape:
+        _store_permuted(dst, data)
     else:
-        self._data[...] = data
+        dst[...] = data
     self._version[0] += 1
     if track:
         _alias_saved_output(out, self)
         _rebase_history(self, out)
     return self
+
+
+def _store_permuted(dst: Any, src: Any) -> None:
+    """``dst[...] = src`` for a non-C-contiguous CuPy ``dst``: when both share one dense
+    layout (channels-last), copy in memory order; CuPy's logical-order copy would be strided
+    on both sides (every access uncoalesced)."""
+    from ember.backend.cuda_ops._layout import same_layout
+    order = same_layout(dst, src)
+    if order is None:
+        dst[...] = src
+    else:
+        dst.transpose(order)[...] = src.transpose(order)
 
 
 def _alias_saved_output(out: Tensor, self: Tensor) -> None:

@@ -27,6 +27,7 @@ from ember.backend.cuda_ops import _cudnn
 from ember.ops.nn_conv import ntuple, out_size
 
 _DTYPES = ("float32", "float16", "bfloat16")
+_FAST: dict = {}   # operand geometry -> (built graph, output dims, layout, nd, exact, device)
 
 
 # ---------------------------------------------------------------------- layouts
@@ -120,6 +121,17 @@ def _run(cp: Any, kind: str, a: Any, b: Any, out_shape: tuple, s: tuple, p: tupl
     ``a``/``b`` are the graph's operands: (x, w) for fprop, (dy, w) for dgrad, (x, dy) for
     wgrad. The result is in the layout of ``a`` (or ``layout``).
     """
+    # Fast path: operands already in the graph's layouts (the steady state of a training
+    # loop) skip the layout analysis and key building below (~40 us of Python per call).
+    fkey = (kind, a.shape, a.strides, b.shape, b.strides, out_shape, a.dtype, b.dtype, s, p,
+            d, layout, a.data.ptr % 16 == 0 and b.data.ptr % 16 == 0)
+    hit = _FAST.get(fkey)
+    if hit is not None and hit[4] == _cudnn.exact_fp32(a.dtype) and \
+            hit[5] == cp.cuda.runtime.getDevice():
+        built, out_nd, lay, nd = hit[:4]
+        out = _empty(cp, out_nd, lay, a.dtype)
+        built.execute(cp, _cudnn.handle(cp), [a.data.ptr, b.data.ptr, out.data.ptr])
+        return out[:, :, 0] if nd == 1 else out
     dt = _cudnn.data_type(a.dtype)
     if dt is None or a.dtype != b.dtype or not a.size or not b.size or not math.prod(out_shape):
         return None
@@ -142,6 +154,8 @@ def _run(cp: Any, kind: str, a: Any, b: Any, out_shape: tuple, s: tuple, p: tupl
                                               (sa, sb, so), s4, p4, d4, exact))
     if built is None:
         return None
+    if a4.data.ptr == a.data.ptr and b4.data.ptr == b.data.ptr and fkey[-1]:
+        _FAST[fkey] = (built, out_nd, lay, nd, exact, dev)  # no layout copy was needed
     built.execute(cp, h, [a4.data.ptr, b4.data.ptr, out.data.ptr])
     return out[:, :, 0] if nd == 1 else out
 

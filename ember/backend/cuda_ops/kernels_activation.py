@@ -1,19 +1,24 @@
-"""Fused gelu (exact and tanh) and silu, forward and backward, one kernel each way.
+"""Fused gelu (exact and tanh), silu and relu, forward and backward, one kernel each way.
 
 The generic CuPy code runs five to eight array expressions per call (each a kernel launch
-and a full-size temporary; half types also pay two casts); these kernels read the input (and
-the gradient) once and write once, computing in fp32. Covered: float32, bfloat16, float16,
-any layout (non-contiguous input is copied first).
+and a full-size temporary; half types also pay two casts; relu's backward is a comparison
+and a product); these kernels read the input (and the gradient) once and write once,
+computing in fp32. Covered: float32, bfloat16, float16. The kernels run flat over memory:
+a dense input of any layout (channels-last included) is used as it is and the output keeps
+its layout, as torch's; the gradient is brought to that layout; other inputs are copied to
+C order first.
 """
 from __future__ import annotations
 
 from typing import Any
 
+from ember.backend.cuda_ops import _layout as L
 from ember.backend.cuda_ops import _nvrtc as K
 
 _SRC = r"""
-// mode 0: gelu (erf), 1: gelu (tanh), 2: silu
+// mode 0: gelu (erf), 1: gelu (tanh), 2: silu, 3: relu (NaN stays NaN, as torch)
 __device__ __forceinline__ float act(float x, int mode) {
+    if (mode == 3) return x > 0.f ? x : (x == x ? 0.f : x);
     if (mode == 0) return 0.5f * x * (1.f + erff(x * 0.70710678118654752f));
     if (mode == 1) {
         float inner = 0.79788456080286536f * (x + 0.044715f * x * x * x);
@@ -36,6 +41,13 @@ __device__ __forceinline__ float dact(float x, int mode) {
     }
     float s = 1.f / (1.f + expf(-x));
     return s * (1.f + x * (1.f - s));
+}
+
+// relu (mode 3) gets its output y, not x: the gradient passes where y > 0 and is 0 elsewhere
+// (a select, not a product: an inf or NaN gradient of a clipped element gives 0, as torch)
+__device__ __forceinline__ float dgrad(float g, float x, int mode) {
+    if (mode == 3) return x > 0.f ? g : 0.f;
+    return g * dact(x, mode);
 }
 
 // Grid-stride over 16-byte vectors (vec: the arrays are 16-byte aligned), then a scalar tail.
@@ -68,18 +80,24 @@ __global__ void act_bwd(const T* __restrict__ g, const T* __restrict__ x, T* __r
         ldv(g + k * N, u);
         ldv(x + k * N, v);
 #pragma unroll
-        for (int j = 0; j < N; ++j) u[j] *= dact(v[j], mode);
+        for (int j = 0; j < N; ++j) u[j] = dgrad(u[j], v[j], mode);
         stv(dx + k * N, u);
     }
-    for (long long i = nv * N + tid; i < n; i += nt) st(dx, i, ld(g, i) * dact(ld(x, i), mode));
+    for (long long i = nv * N + tid; i < n; i += nt) st(dx, i, dgrad(ld(g, i), ld(x, i), mode));
 }
 """
 
 K.define("activation", _SRC, ("act_fwd", "act_bwd"))
 
 
+def _dense(xp: Any, a: Any) -> Any:
+    """``a`` itself when dense (any layout), else a C-contiguous copy."""
+    return a if L.dense_order(a) is not None else xp.ascontiguousarray(a)
+
+
 def _run(xp: Any, name: str, arrays: tuple, out_like: Any, mode: int) -> Any:
-    out = xp.empty(out_like.shape, out_like.dtype)
+    """One flat kernel over ``arrays`` (dense, one layout); the output has that layout."""
+    out = L.empty_like(xp, out_like)
     n = out.size
     if n:
         grid, block = K.flat_grid(max(n // 8, 1), 256)
@@ -91,16 +109,18 @@ def _run(xp: Any, name: str, arrays: tuple, out_like: Any, mode: int) -> Any:
 def _forward(ctx: Any, xp: Any, input: Any, mode: int) -> Any:
     if K.ctype(input) is None:
         return NotImplemented
-    y = _run(xp, "act_fwd", (K.contiguous(xp, input),), input, mode)
-    ctx.save(input)     # the generic backward's layout: the input
+    x = _dense(xp, input)
+    y = _run(xp, "act_fwd", (x,), x, mode)
+    # the generic backward's layout: relu saves its output, the others their input
+    ctx.save(y if mode == 3 else input)
     return y
 
 
 def _backward(ctx: Any, grad: Any, mode: int) -> Any:
     import cupy as xp  # noqa: PLC0415 - only reached on the GPU
     (x,) = ctx.saved
-    xa = K.contiguous(xp, x._data)
-    g = K.contiguous(xp, grad._data, xa.dtype)
+    xa = _dense(xp, x._data)
+    g = L.as_layout(xp, grad._data, xa, xa.dtype)
     return K.wrap(_run(xp, "act_bwd", (g, xa), xa, mode), x.device)
 
 
@@ -127,4 +147,14 @@ class SiluImpl:
         return _backward(ctx, grad, 2)
 
 
-IMPLS = {"gelu": GeluImpl, "silu": SiluImpl}
+class ReluImpl:
+    """``relu(input)``; saves its output (the generic backward's layout)."""
+
+    def forward(ctx, xp, input):
+        return _forward(ctx, xp, input, 3)
+
+    def backward(ctx, grad):
+        return _backward(ctx, grad, 3)
+
+
+IMPLS = {"gelu": GeluImpl, "silu": SiluImpl, "relu": ReluImpl}

@@ -1,4 +1,5 @@
-"""Fused layer_norm, rms_norm and training-mode batch_norm (NVRTC kernels, fwd and bwd).
+"""Fused layer_norm and rms_norm (NVRTC kernels, fwd and bwd); batch_norm is in
+kernels_batchnorm.py.
 
 layer_norm / rms_norm (rows = the leading dims, cols = the normalized dims):
 - forward: one warp or block per row computes the mean (layer_norm) and ``rstd`` in fp32
@@ -7,14 +8,6 @@ layer_norm / rms_norm (rows = the leading dims, cols = the normalized dims):
 - backward: one kernel per row for ``dx = rstd * (gxhat - mean(gxhat) - xhat *
   mean(gxhat * xhat))`` (``gxhat = g * weight``); dweight/dbias from a second kernel that
   writes per-(row-chunk, column) partial sums, which one small CuPy sum reduces.
-
-batch_norm over ``(N, C, *)`` (NCHW memory), training mode:
-- statistics: a (C, P) grid of blocks sums ``x - K_c`` and its square per channel (``K_c`` is
-  the channel's first element, a shift that keeps the fp32 sums from cancelling); one thread
-  per channel adds the P partials in fp64 and writes mean, rstd and the biased variance;
-- normalization and ``dx`` are grid-stride elementwise kernels that track the channel of
-  each element incrementally (no per-element 64-bit division).
-Evaluation mode and anything uncovered return ``NotImplemented`` (generic CuPy code).
 
 Layouts saved on ``ctx`` are the generic ops' (ember/ops/nn_norm.py), so under
 ``create_graph`` their differentiable backwards run on the same node.
@@ -112,143 +105,9 @@ __global__ void ln_bwd_wb(const T* __restrict__ g, const T* __restrict__ x,
         pb[(long long)blockIdx.y * cols + col] = ab;
     }
 }
-
-// ---- batch norm (NCHW). Within channel c, flat j in [0, N*HW) is (n, s) = divmod(j, HW).
-// Threads step j by `stride`; (n, s) advance by (sq, sr) = divmod(stride, HW), carrying.
-__device__ __forceinline__ float block_sum(float v, float* sh) {
-    return row_sum(v, sh);        // blockDim.y == 1 here
-}
-
-template <typename T>
-__global__ void bn_stats(const T* __restrict__ x, float* __restrict__ p1,
-                         float* __restrict__ p2, int N, int C, int HW) {
-    __shared__ float sh[32];
-    int c = blockIdx.x, P = gridDim.y;
-    long long total = (long long)N * HW;
-    long long j = (long long)blockIdx.y * blockDim.x + threadIdx.x;
-    long long stride = (long long)P * blockDim.x;
-    long long n = j / HW, s = j % HW, sq = stride / HW, sr = stride % HW;
-    float K = ld(x, (long long)c * HW);
-    float a1 = 0.f, a2 = 0.f;
-    for (; j < total; j += stride) {
-        float d = ld(x, (n * C + c) * HW + s) - K;
-        a1 += d;
-        a2 += d * d;
-        n += sq; s += sr;
-        if (s >= HW) { s -= HW; ++n; }
-    }
-    a1 = block_sum(a1, sh);
-    a2 = block_sum(a2, sh);
-    if (threadIdx.x == 0) { p1[c * P + blockIdx.y] = a1; p2[c * P + blockIdx.y] = a2; }
-}
-
-template <typename T>
-__global__ void bn_finalize(const T* __restrict__ x, const float* __restrict__ p1,
-                            const float* __restrict__ p2, int P, int C, int HW,
-                            long long count, float eps, float* __restrict__ mean,
-                            float* __restrict__ rstd, T* __restrict__ mean_t,
-                            T* __restrict__ var_t) {
-    int c = blockIdx.x * blockDim.x + threadIdx.x;
-    if (c >= C) return;
-    double s1 = 0.0, s2 = 0.0;
-    for (int b = 0; b < P; ++b) { s1 += p1[c * P + b]; s2 += p2[c * P + b]; }
-    double m = s1 / count;
-    double var = s2 / count - m * m;
-    if (var < 0.0) var = 0.0;
-    float mu = ld(x, (long long)c * HW) + (float)m;
-    mean[c] = mu;
-    rstd[c] = 1.f / sqrtf((float)var + eps);
-    st(mean_t, c, mu);
-    st(var_t, c, (float)var);
-}
-
-template <typename T>
-__global__ void bn_apply(const T* __restrict__ x, const T* __restrict__ w,
-                         const T* __restrict__ b, const float* __restrict__ mean,
-                         const float* __restrict__ rstd, T* __restrict__ y, long long total,
-                         int C, int HW, int has_w, int has_b) {
-    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    long long stride = (long long)gridDim.x * blockDim.x;
-    long long plane = i / HW, s = i % HW;
-    long long sq = stride / HW, sr = stride % HW;
-    int c = (int)(plane % C), cq = (int)(sq % C);
-    for (; i < total; i += stride) {
-        float v = (ld(x, i) - mean[c]) * rstd[c];
-        if (has_w) v *= ld(w, c);
-        if (has_b) v += ld(b, c);
-        st(y, i, v);
-        s += sr; c += cq;
-        if (s >= HW) { s -= HW; ++c; }
-        if (c >= C) c -= C;
-    }
-}
-
-template <typename T>
-__global__ void bn_bwd_stats(const T* __restrict__ g, const T* __restrict__ x,
-                             const float* __restrict__ mean, const float* __restrict__ rstd,
-                             float* __restrict__ p1, float* __restrict__ p2, int N, int C,
-                             int HW) {
-    __shared__ float sh[32];
-    int c = blockIdx.x, P = gridDim.y;
-    long long total = (long long)N * HW;
-    long long j = (long long)blockIdx.y * blockDim.x + threadIdx.x;
-    long long stride = (long long)P * blockDim.x;
-    long long n = j / HW, s = j % HW, sq = stride / HW, sr = stride % HW;
-    float mu = mean[c], r = rstd[c];
-    float a1 = 0.f, a2 = 0.f;
-    for (; j < total; j += stride) {
-        long long k = (n * C + c) * HW + s;
-        float gv = ld(g, k);
-        a1 += gv;
-        a2 += gv * (ld(x, k) - mu) * r;
-        n += sq; s += sr;
-        if (s >= HW) { s -= HW; ++n; }
-    }
-    a1 = block_sum(a1, sh);
-    a2 = block_sum(a2, sh);
-    if (threadIdx.x == 0) { p1[c * P + blockIdx.y] = a1; p2[c * P + blockIdx.y] = a2; }
-}
-
-// sums[c] = sum g, sums[C + c] = sum g * xhat; also dbias / dweight in the storage type.
-template <typename T>
-__global__ void bn_bwd_finalize(const float* __restrict__ p1, const float* __restrict__ p2,
-                                int P, int C, float* __restrict__ sums, T* __restrict__ gb,
-                                T* __restrict__ gw) {
-    int c = blockIdx.x * blockDim.x + threadIdx.x;
-    if (c >= C) return;
-    float s1 = 0.f, s2 = 0.f;
-    for (int b = 0; b < P; ++b) { s1 += p1[c * P + b]; s2 += p2[c * P + b]; }
-    sums[c] = s1;
-    sums[C + c] = s2;
-    st(gb, c, s1);
-    st(gw, c, s2);
-}
-
-template <typename T>
-__global__ void bn_bwd_dx(const T* __restrict__ g, const T* __restrict__ x,
-                          const T* __restrict__ w, const float* __restrict__ mean,
-                          const float* __restrict__ rstd, const float* __restrict__ sums,
-                          T* __restrict__ dx, long long total, int C, int HW, float inv_count,
-                          int has_w) {
-    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    long long stride = (long long)gridDim.x * blockDim.x;
-    long long plane = i / HW, s = i % HW;
-    long long sq = stride / HW, sr = stride % HW;
-    int c = (int)(plane % C), cq = (int)(sq % C);
-    for (; i < total; i += stride) {
-        float r = rstd[c];
-        float xh = (ld(x, i) - mean[c]) * r;
-        float v = ld(g, i) - sums[c] * inv_count - xh * sums[C + c] * inv_count;
-        st(dx, i, v * r * (has_w ? ld(w, c) : 1.f));
-        s += sr; c += cq;
-        if (s >= HW) { s -= HW; ++c; }
-        if (c >= C) c -= C;
-    }
-}
 """
 
-K.define("norm", _SRC, ("ln_fwd", "ln_bwd_dx", "ln_bwd_wb", "bn_stats", "bn_finalize",
-                        "bn_apply", "bn_bwd_stats", "bn_bwd_finalize", "bn_bwd_dx"))
+K.define("norm", _SRC, ("ln_fwd", "ln_bwd_dx", "ln_bwd_wb"))
 
 
 def _same(ref: Any, *arrays: Any) -> bool:
@@ -374,90 +233,4 @@ class RMSNormImpl:
         return gx, None, gw, None
 
 
-# ---------------------------------------------------------------------- batch norm
-def _bn_blocks(c: int, per_channel: int, threads: int) -> int:
-    """Blocks per channel for the statistics kernels: about 1,000 blocks in all, none with
-    fewer than ~4 elements per thread."""
-    want = max(1, 1024 // max(c, 1))
-    most = max(1, per_channel // (threads * 4))
-    return max(1, min(want, most, 65535))
-
-
-class BatchNormImpl:
-    """Training-mode ``_batch_norm`` over NCHW (``(N, C, *)`` contiguous) input."""
-
-    def forward(ctx, xp, input, weight, bias, running_mean, running_var, training, eps):
-        ct = K.ctype(input)
-        if not training or ct is None or input.ndim < 2 or input.size == 0 or \
-                not input.flags.c_contiguous or not _same(input, weight, bias):
-            return NotImplemented
-        n, c = input.shape[0], input.shape[1]
-        hw = input.size // (n * c)
-        if n * hw < 2:
-            return NotImplemented  # F.batch_norm rejects it; the generic code decides
-        threads = 256
-        p = _bn_blocks(c, n * hw, threads)
-        p1 = xp.empty((c, p), xp.float32)
-        p2 = xp.empty((c, p), xp.float32)
-        K.function("norm", "bn_stats", ct)((c, p, 1), (threads, 1, 1),
-                                           (input, p1, p2, K.i32(n), K.i32(c), K.i32(hw)))
-        mean = xp.empty(c, xp.float32)
-        rstd = xp.empty(c, xp.float32)
-        mean_t = xp.empty(c, input.dtype)
-        var_t = xp.empty(c, input.dtype)
-        K.function("norm", "bn_finalize", ct)(
-            ((c + 127) // 128, 1, 1), (128, 1, 1),
-            (input, p1, p2, K.i32(p), K.i32(c), K.i32(hw), K.i64(n * hw), K.f32(eps), mean,
-             rstd, mean_t, var_t))
-        y = xp.empty_like(input)
-        grid, block = K.flat_grid(input.size, 256, 4)
-        K.function("norm", "bn_apply", ct)(
-            grid, block, (input, weight if weight is not None else input,
-                          bias if bias is not None else input, mean, rstd, y,
-                          K.i64(input.size), K.i32(c), K.i32(hw), K.i32(weight is not None),
-                          K.i32(bias is not None)))
-        bshape = (1, c) + (1,) * (input.ndim - 2)
-        ctx.p = (True, eps, (0,) + tuple(range(2, input.ndim)), bshape)
-        ctx.save(input, weight, mean.reshape(bshape), rstd.reshape(bshape))
-        return y, mean_t, var_t
-
-    def backward(ctx, g, _gm=None, _gv=None):
-        if g is None:
-            return (None,) * 7
-        import cupy as xp  # noqa: PLC0415 - only reached on the GPU
-        saved = ctx.saved
-        x, w, mean, rstd = saved[0], saved[1], saved[2], saved[3]
-        xa = x._data
-        ct = K.ctype(xa)
-        ga = K.contiguous(xp, g._data, xa.dtype)
-        n, c = xa.shape[0], xa.shape[1]
-        hw = xa.size // (n * c)
-        threads = 256
-        p = _bn_blocks(c, n * hw, threads)
-        p1 = xp.empty((c, p), xp.float32)
-        p2 = xp.empty((c, p), xp.float32)
-        ma, ra = mean._data, rstd._data
-        K.function("norm", "bn_bwd_stats", ct)(
-            (c, p, 1), (threads, 1, 1), (ga, xa, ma, ra, p1, p2, K.i32(n), K.i32(c), K.i32(hw)))
-        sums = xp.empty(2 * c, xp.float32)
-        gb = xp.empty(c, xa.dtype)
-        gw = xp.empty(c, xa.dtype)
-        K.function("norm", "bn_bwd_finalize", ct)(
-            ((c + 127) // 128, 1, 1), (128, 1, 1), (p1, p2, K.i32(p), K.i32(c), sums, gb, gw))
-        need = ctx.needs_input_grad
-        gx = None
-        if need[0]:
-            wa = w._data if w is not None else None
-            dx = xp.empty_like(xa)
-            grid, block = K.flat_grid(xa.size, 256, 4)
-            K.function("norm", "bn_bwd_dx", ct)(
-                grid, block, (ga, xa, wa if wa is not None else xa, ma, ra, sums, dx,
-                              K.i64(xa.size), K.i32(c), K.i32(hw), K.f32(1.0 / (n * hw)),
-                              K.i32(wa is not None)))
-            gx = K.wrap(dx, x.device)
-        gw_t = K.wrap(gw, x.device) if w is not None and need[1] else None
-        gb_t = K.wrap(gb, x.device) if need[2] else None
-        return gx, gw_t, gb_t, None, None, None, None
-
-
-IMPLS = {"layer_norm": LayerNormImpl, "rms_norm": RMSNormImpl, "_batch_norm": BatchNormImpl}
+IMPLS = {"layer_norm": LayerNormImpl, "rms_norm": RMSNormImpl}

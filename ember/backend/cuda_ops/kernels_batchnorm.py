@@ -1,0 +1,622 @@
+"""Fused training-mode batch_norm (NVRTC kernels, forward and backward), in both layouts.
+
+The kernels are templates over ``<T, W>``: ``T`` stores the activations (input, output,
+gradients), ``W`` the affine parameters and the returned batch statistics. Under autocast a
+bfloat16 activation meets float32 weights (batch_norm is on neither autocast list, as in
+torch), so ``W`` may be wider than ``T``; all arithmetic is fp32.
+
+NCHW (``(N, C, *)`` C-contiguous):
+- statistics: a (C, P) grid of blocks sums ``x - K_c`` and its square per channel (``K_c`` is
+  the channel's first element, a shift that keeps the fp32 sums from cancelling); one warp
+  per channel adds the P partials in fp64 and writes mean, rstd and the biased variance;
+- normalization and ``dx`` are grid-stride elementwise kernels that track the channel of
+  each element incrementally (no per-element 64-bit division).
+
+Channels-last (memory ``(N, *, C)``: rows of C channels):
+- statistics: each thread owns 8 (bf16/fp16; 4 for fp32) neighbouring channels and reads them
+  with one 16-byte load per row; a block is channel groups x rows over a chunk of rows, the
+  row partials meet in shared memory, one partial per (channel, chunk); the same fp64
+  finalize as NCHW (which also writes per-channel coefficients);
+- normalization ``(x - mean) * (rstd * w) + b`` and ``dx = A g + B (x - mean) + D`` run flat
+  over memory in 16-byte vectors (the channel is ``i % C``, tracked incrementally); the
+  output keeps the input's layout. C not a multiple of the vector width or unaligned
+  arrays: scalar kernels (blocks of 32 channels x 8 rows for the statistics).
+
+Evaluation mode and anything uncovered return ``NotImplemented`` (generic CuPy code). What
+``ctx`` saves is the generic op's layout (ember/ops/nn_norm.py), so under ``create_graph``
+its differentiable backward runs on the same node.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from ember.backend.cuda_ops import _layout as L
+from ember.backend.cuda_ops import _nvrtc as K
+
+_SRC = r"""
+// ---- NCHW. Within channel c, flat j in [0, N*HW) is (n, s) = divmod(j, HW).
+// Threads step j by `stride`; (n, s) advance by (sq, sr) = divmod(stride, HW), carrying.
+template <typename T, typename W>
+__global__ void bn_stats(const T* __restrict__ x, float* __restrict__ p1,
+                         float* __restrict__ p2, int N, int C, int HW) {
+    __shared__ float sh[32];
+    int c = blockIdx.x, P = gridDim.y;
+    long long total = (long long)N * HW;
+    long long j = (long long)blockIdx.y * blockDim.x + threadIdx.x;
+    long long stride = (long long)P * blockDim.x;
+    long long n = j / HW, s = j % HW, sq = stride / HW, sr = stride % HW;
+    float K = ld(x, (long long)c * HW);
+    float a1 = 0.f, a2 = 0.f;
+    for (; j < total; j += stride) {
+        float d = ld(x, (n * C + c) * HW + s) - K;
+        a1 += d;
+        a2 += d * d;
+        n += sq; s += sr;
+        if (s >= HW) { s -= HW; ++n; }
+    }
+    a1 = row_sum(a1, sh);
+    a2 = row_sum(a2, sh);
+    if (threadIdx.x == 0) { p1[c * P + blockIdx.y] = a1; p2[c * P + blockIdx.y] = a2; }
+}
+
+// kstride: distance between the first elements of neighbouring channels (HW for NCHW, 1 for
+// channels-last), where the shift K_c of the statistics kernels was read.
+// coef (3C floats): mean, rstd * weight, bias per channel (the vectorized apply's inputs)
+template <typename T, typename W>
+__global__ void bn_finalize(const T* __restrict__ x, const float* __restrict__ p1,
+                            const float* __restrict__ p2, int P, int C, long long kstride,
+                            long long count, float eps, float* __restrict__ mean,
+                            float* __restrict__ rstd, W* __restrict__ mean_t,
+                            W* __restrict__ var_t, const W* __restrict__ w,
+                            const W* __restrict__ b, int has_w, int has_b,
+                            float* __restrict__ coef) {
+    // one warp per channel (blockDim (32, 4)): lanes stride over the P partials, fp64 sums
+    int c = blockIdx.x * blockDim.y + threadIdx.y;
+    if (c >= C) return;
+    double s1 = 0.0, s2 = 0.0;
+    for (int b = threadIdx.x; b < P; b += 32) {
+        s1 += p1[(long long)c * P + b];
+        s2 += p2[(long long)c * P + b];
+    }
+    for (int o = 16; o > 0; o >>= 1) {
+        s1 += __shfl_xor_sync(0xffffffffu, s1, o);
+        s2 += __shfl_xor_sync(0xffffffffu, s2, o);
+    }
+    if (threadIdx.x) return;
+    double m = s1 / count;
+    double var = s2 / count - m * m;
+    if (var < 0.0) var = 0.0;
+    float mu = ld(x, (long long)c * kstride) + (float)m;
+    float r = 1.f / sqrtf((float)var + eps);
+    mean[c] = mu;
+    rstd[c] = r;
+    st(mean_t, c, mu);
+    st(var_t, c, (float)var);
+    coef[c] = mu;
+    coef[C + c] = has_w ? r * ld(w, c) : r;
+    coef[2 * C + c] = has_b ? ld(b, c) : 0.f;
+}
+
+template <typename T, typename W>
+__global__ void bn_apply(const T* __restrict__ x, const W* __restrict__ w,
+                         const W* __restrict__ b, const float* __restrict__ mean,
+                         const float* __restrict__ rstd, T* __restrict__ y, long long total,
+                         int C, int HW, int has_w, int has_b) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    long long stride = (long long)gridDim.x * blockDim.x;
+    long long plane = i / HW, s = i % HW;
+    long long sq = stride / HW, sr = stride % HW;
+    int c = (int)(plane % C), cq = (int)(sq % C);
+    for (; i < total; i += stride) {
+        float v = (ld(x, i) - mean[c]) * rstd[c];
+        if (has_w) v *= ld(w, c);
+        if (has_b) v += ld(b, c);
+        st(y, i, v);
+        s += sr; c += cq;
+        if (s >= HW) { s -= HW; ++c; }
+        if (c >= C) c -= C;
+    }
+}
+
+template <typename T, typename W>
+__global__ void bn_bwd_stats(const T* __restrict__ g, const T* __restrict__ x,
+                             const float* __restrict__ mean, const float* __restrict__ rstd,
+                             float* __restrict__ p1, float* __restrict__ p2, int N, int C,
+                             int HW) {
+    __shared__ float sh[32];
+    int c = blockIdx.x, P = gridDim.y;
+    long long total = (long long)N * HW;
+    long long j = (long long)blockIdx.y * blockDim.x + threadIdx.x;
+    long long stride = (long long)P * blockDim.x;
+    long long n = j / HW, s = j % HW, sq = stride / HW, sr = stride % HW;
+    float mu = mean[c], r = rstd[c];
+    float a1 = 0.f, a2 = 0.f;
+    for (; j < total; j += stride) {
+        long long k = (n * C + c) * HW + s;
+        float gv = ld(g, k);
+        a1 += gv;
+        a2 += gv * (ld(x, k) - mu) * r;
+        n += sq; s += sr;
+        if (s >= HW) { s -= HW; ++n; }
+    }
+    a1 = row_sum(a1, sh);
+    a2 = row_sum(a2, sh);
+    if (threadIdx.x == 0) { p1[c * P + blockIdx.y] = a1; p2[c * P + blockIdx.y] = a2; }
+}
+
+// sums[c] = sum g, sums[C + c] = sum g * xhat; also dbias / dweight in the parameter type.
+// coef (4C floats) for dx = A g + B (x - mean) + D: mean, A = rstd * w,
+// B = -A * rstd * sum(g xhat) / n, D = -A * sum(g) / n
+template <typename T, typename W>
+__global__ void bn_bwd_finalize(const float* __restrict__ p1, const float* __restrict__ p2,
+                                int P, int C, float* __restrict__ sums, W* __restrict__ gb,
+                                W* __restrict__ gw, const float* __restrict__ mean,
+                                const float* __restrict__ rstd, const W* __restrict__ w,
+                                int has_w, float inv_count, float* __restrict__ coef) {
+    int c = blockIdx.x * blockDim.y + threadIdx.y;      // one warp per channel, as above
+    if (c >= C) return;
+    float s1 = 0.f, s2 = 0.f;
+    for (int b = threadIdx.x; b < P; b += 32) {
+        s1 += p1[(long long)c * P + b];
+        s2 += p2[(long long)c * P + b];
+    }
+    s1 = warp_sum(s1);
+    s2 = warp_sum(s2);
+    if (threadIdx.x) return;
+    sums[c] = s1;
+    sums[C + c] = s2;
+    st(gb, c, s1);
+    st(gw, c, s2);
+    float r = rstd[c];
+    float A = has_w ? r * ld(w, c) : r;
+    coef[c] = mean[c];
+    coef[C + c] = A;
+    coef[2 * C + c] = -A * r * s2 * inv_count;
+    coef[3 * C + c] = -A * s1 * inv_count;
+}
+
+template <typename T, typename W>
+__global__ void bn_bwd_dx(const T* __restrict__ g, const T* __restrict__ x,
+                          const W* __restrict__ w, const float* __restrict__ mean,
+                          const float* __restrict__ rstd, const float* __restrict__ sums,
+                          T* __restrict__ dx, long long total, int C, int HW, float inv_count,
+                          int has_w) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    long long stride = (long long)gridDim.x * blockDim.x;
+    long long plane = i / HW, s = i % HW;
+    long long sq = stride / HW, sr = stride % HW;
+    int c = (int)(plane % C), cq = (int)(sq % C);
+    for (; i < total; i += stride) {
+        float r = rstd[c];
+        float xh = (ld(x, i) - mean[c]) * r;
+        float v = ld(g, i) - sums[c] * inv_count - xh * sums[C + c] * inv_count;
+        st(dx, i, v * r * (has_w ? ld(w, c) : 1.f));
+        s += sr; c += cq;
+        if (s >= HW) { s -= HW; ++c; }
+        if (c >= C) c -= C;
+    }
+}
+
+// running = (1 - momentum) * running + momentum * stat (the variance unbiased by `unbias`)
+template <typename T, typename W>
+__global__ void bn_running(W* __restrict__ rm, W* __restrict__ rv, const W* __restrict__ mean,
+                           const W* __restrict__ var, int C, float momentum, float unbias,
+                           int has_m, int has_v) {
+    int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= C) return;
+    if (has_m) st(rm, c, ld(rm, c) * (1.f - momentum) + ld(mean, c) * momentum);
+    if (has_v) st(rv, c, ld(rv, c) * (1.f - momentum) + ld(var, c) * unbias * momentum);
+}
+
+// ---- channels-last: M rows of C channels. Block (32, 8): 32 channels, 8 rows at a time, over
+// rows [blockIdx.y * chunk, +chunk). mode 0: sums of x - K_c and its square (forward);
+// mode 1: sums of g and g * xhat (backward; g given).
+template <typename T, typename W>
+__global__ void bncl_stats(const T* __restrict__ x, const T* __restrict__ g,
+                           const float* __restrict__ mean, const float* __restrict__ rstd,
+                           float* __restrict__ p1, float* __restrict__ p2, long long M, int C,
+                           long long chunk, int mode) {
+    __shared__ float s1[8][33], s2[8][33];
+    int c = blockIdx.x * 32 + threadIdx.x, P = gridDim.y;
+    long long r0 = (long long)blockIdx.y * chunk;
+    long long r1 = r0 + chunk < M ? r0 + chunk : M;
+    float a1 = 0.f, a2 = 0.f;
+    if (c < C) {
+        if (mode == 0) {
+            float K = ld(x, c);
+            for (long long r = r0 + threadIdx.y; r < r1; r += 8) {
+                float d = ld(x, r * C + c) - K;
+                a1 += d;
+                a2 += d * d;
+            }
+        } else {
+            float mu = mean[c], rs = rstd[c];
+            for (long long r = r0 + threadIdx.y; r < r1; r += 8) {
+                long long k = r * C + c;
+                float gv = ld(g, k);
+                a1 += gv;
+                a2 += gv * (ld(x, k) - mu) * rs;
+            }
+        }
+    }
+    s1[threadIdx.y][threadIdx.x] = a1;
+    s2[threadIdx.y][threadIdx.x] = a2;
+    __syncthreads();
+    if (threadIdx.y == 0 && c < C) {
+        for (int k = 1; k < 8; ++k) { a1 += s1[k][threadIdx.x]; a2 += s2[k][threadIdx.x]; }
+        p1[(long long)c * P + blockIdx.y] = a1;
+        p2[(long long)c * P + blockIdx.y] = a2;
+    }
+}
+
+// Vectorized channels-last statistics (C % VW<T>::n == 0, 16-byte aligned rows): each thread
+// owns N = VW<T>::n neighbouring channels and reads them with one 16-byte load per row; a
+// block of 256 threads is GB channel groups x RB rows (GB * RB <= 256), over one chunk of
+// rows; the RB row partials meet in shared memory (RB * GB * N * 2 floats <= 16 KB).
+template <typename T, typename W>
+__global__ void bncl_stats_v(const T* __restrict__ x, const T* __restrict__ g,
+                             const float* __restrict__ mean, const float* __restrict__ rstd,
+                             float* __restrict__ p1, float* __restrict__ p2, long long M, int C,
+                             long long chunk, int mode, int GB, int RB) {
+    constexpr int N = VW<T>::n;
+    extern __shared__ float sh[];
+    int t = threadIdx.x, gi = t % GB, ri = t / GB, P = gridDim.y;
+    int cb = blockIdx.x * GB * N;            // first channel of the block
+    int c0 = cb + gi * N;
+    bool act = ri < RB && c0 < C;
+    long long r0 = (long long)blockIdx.y * chunk;
+    long long r1 = r0 + chunk < M ? r0 + chunk : M;
+    float a1[N], a2[N], k1[N], k2[N];
+#pragma unroll
+    for (int j = 0; j < N; ++j) { a1[j] = 0.f; a2[j] = 0.f; k1[j] = 0.f; k2[j] = 0.f; }
+    if (act) {
+        if (mode == 0) {
+            ldv(x + c0, k1);                 // shift: row 0
+            for (long long r = r0 + ri; r < r1; r += RB) {
+                float v[N];
+                ldv(x + r * C + c0, v);
+#pragma unroll
+                for (int j = 0; j < N; ++j) { float d = v[j] - k1[j]; a1[j] += d; a2[j] += d * d; }
+            }
+        } else {
+#pragma unroll
+            for (int j = 0; j < N; ++j) { k1[j] = mean[c0 + j]; k2[j] = rstd[c0 + j]; }
+            for (long long r = r0 + ri; r < r1; r += RB) {
+                float u[N], v[N];
+                ldv(g + r * C + c0, u);
+                ldv(x + r * C + c0, v);
+#pragma unroll
+                for (int j = 0; j < N; ++j) {
+                    a1[j] += u[j];
+                    a2[j] += u[j] * (v[j] - k1[j]) * k2[j];
+                }
+            }
+        }
+    }
+    int W_ = GB * N;                         // channels per block
+    float* s1 = sh;
+    float* s2 = sh + RB * W_;
+    if (ri < RB) {
+#pragma unroll
+        for (int j = 0; j < N; ++j) { s1[ri * W_ + gi * N + j] = a1[j]; s2[ri * W_ + gi * N + j] = a2[j]; }
+    }
+    __syncthreads();
+    for (int cl = t; cl < W_; cl += blockDim.x) {
+        int c = cb + cl;
+        if (c >= C) continue;
+        float u = 0.f, q = 0.f;
+        for (int k = 0; k < RB; ++k) { u += s1[k * W_ + cl]; q += s2[k * W_ + cl]; }
+        p1[(long long)c * P + blockIdx.y] = u;
+        p2[(long long)c * P + blockIdx.y] = q;
+    }
+}
+
+// y = (x - mean) * (rstd * w) + b over 16-byte vectors (coef from bn_finalize)
+template <typename T, typename W>
+__global__ void bncl_apply_v(const T* __restrict__ x, const float* __restrict__ coef,
+                             T* __restrict__ y, long long nv, int C) {
+    constexpr int N = VW<T>::n;
+    long long k = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    long long nt = (long long)gridDim.x * blockDim.x;
+    int c = (int)((k * N) % C), step = (int)((nt * N) % C);
+    for (; k < nv; k += nt) {
+        float v[N];
+        ldv(x + k * N, v);
+#pragma unroll
+        for (int j = 0; j < N; ++j)
+            v[j] = (v[j] - coef[c + j]) * coef[C + c + j] + coef[2 * C + c + j];
+        stv(y + k * N, v);
+        c += step;
+        if (c >= C) c -= C;
+    }
+}
+
+// dx = A g + B (x - mean) + D over 16-byte vectors (coef from bn_bwd_finalize)
+template <typename T, typename W>
+__global__ void bncl_bwd_dx_v(const T* __restrict__ g, const T* __restrict__ x,
+                              const float* __restrict__ coef, T* __restrict__ dx, long long nv,
+                              int C) {
+    constexpr int N = VW<T>::n;
+    long long k = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    long long nt = (long long)gridDim.x * blockDim.x;
+    int c = (int)((k * N) % C), step = (int)((nt * N) % C);
+    for (; k < nv; k += nt) {
+        float u[N], v[N];
+        ldv(g + k * N, u);
+        ldv(x + k * N, v);
+#pragma unroll
+        for (int j = 0; j < N; ++j) {
+            int cc = c + j;
+            u[j] = coef[C + cc] * u[j] + coef[2 * C + cc] * (v[j] - coef[cc]) + coef[3 * C + cc];
+        }
+        stv(dx + k * N, u);
+        c += step;
+        if (c >= C) c -= C;
+    }
+}
+
+template <typename T, typename W>
+__global__ void bncl_apply(const T* __restrict__ x, const W* __restrict__ w,
+                           const W* __restrict__ b, const float* __restrict__ mean,
+                           const float* __restrict__ rstd, T* __restrict__ y, long long total,
+                           int C, int has_w, int has_b) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    long long stride = (long long)gridDim.x * blockDim.x;
+    int c = (int)(i % C), cq = (int)(stride % C);
+    for (; i < total; i += stride) {
+        float v = (ld(x, i) - mean[c]) * rstd[c];
+        if (has_w) v *= ld(w, c);
+        if (has_b) v += ld(b, c);
+        st(y, i, v);
+        c += cq;
+        if (c >= C) c -= C;
+    }
+}
+
+template <typename T, typename W>
+__global__ void bncl_bwd_dx(const T* __restrict__ g, const T* __restrict__ x,
+                            const W* __restrict__ w, const float* __restrict__ mean,
+                            const float* __restrict__ rstd, const float* __restrict__ sums,
+                            T* __restrict__ dx, long long total, int C, float inv_count,
+                            int has_w) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    long long stride = (long long)gridDim.x * blockDim.x;
+    int c = (int)(i % C), cq = (int)(stride % C);
+    for (; i < total; i += stride) {
+        float r = rstd[c];
+        float xh = (ld(x, i) - mean[c]) * r;
+        float v = ld(g, i) - sums[c] * inv_count - xh * sums[C + c] * inv_count;
+        st(dx, i, v * r * (has_w ? ld(w, c) : 1.f));
+        c += cq;
+        if (c >= C) c -= C;
+    }
+}
+"""
+
+K.define("batchnorm", _SRC, ("bn_stats", "bn_finalize", "bn_apply", "bn_bwd_stats",
+                             "bn_bwd_finalize", "bn_bwd_dx", "bncl_stats", "bncl_apply",
+                             "bncl_bwd_dx", "bn_running", "bncl_stats_v", "bncl_apply_v",
+                             "bncl_bwd_dx_v"))
+
+_THREADS = 256
+
+
+def _bn_blocks(c: int, per_channel: int, threads: int) -> int:
+    """NCHW blocks per channel for the statistics kernels: about 1,000 blocks in all, none
+    with fewer than ~4 elements per thread."""
+    want = max(1, 1024 // max(c, 1))
+    most = max(1, per_channel // (threads * 4))
+    return max(1, min(want, most, 65535))
+
+
+def _cl_chunks(c: int, rows: int) -> tuple[int, int]:
+    """Channels-last statistics: (chunks of rows, rows per chunk) for about 1,000 blocks of
+    32 channels, each chunk at least 64 rows."""
+    col_blocks = (c + 31) // 32
+    want = max(1, 1024 // col_blocks)
+    p = max(1, min(want, rows // 64, 65535))
+    chunk = (rows + p - 1) // p
+    return (rows + chunk - 1) // chunk, chunk
+
+
+def _param_dtype(input: Any, *params: Any) -> Any:
+    """The dtype of the parameters and statistics (all given ones must agree; the input's
+    when none is given), or None when they disagree or the kernels do not cover it."""
+    dts = {a.dtype for a in params if a is not None}
+    if len(dts) > 1:
+        return None
+    dt = dts.pop() if dts else input.dtype
+    if K.CTYPES.get(dt.name) is None:
+        return None
+    if any(a is not None and not a.flags.c_contiguous for a in params):
+        return None
+    return dt
+
+
+def _layout(a: Any) -> str | None:
+    if a.flags.c_contiguous:
+        return "c"
+    if L.is_channels_last(a):
+        return "cl"
+    return None
+
+
+def _vec(c: int, *arrays: Any) -> int:
+    """Elements per 16-byte vector when the channels-last vector kernels apply (C a multiple
+    of it, every array 16-byte aligned), else 0."""
+    n = 16 // arrays[0].itemsize
+    return n if c % n == 0 and all(a.data.ptr % 16 == 0 for a in arrays) else 0
+
+
+def _cl_stats(fn: Any, xp: Any, x: Any, g: Any, mean: Any, rstd: Any, m: int, c: int,
+              mode: int) -> tuple:
+    """Per-(channel, chunk) partial sums over the rows of a channels-last array: (p1, p2, P)."""
+    nvec = _vec(c, x, g)
+    if nvec:
+        groups = c // nvec
+        gb = min(groups, _THREADS)
+        rb = _THREADS // gb
+        gx = (groups + gb - 1) // gb
+        p = max(1, min(2048 // gx, m // (rb * 8), 65535))
+        chunk = (m + p - 1) // p
+        p = (m + chunk - 1) // chunk
+        p1, p2 = xp.empty((2, c, p), xp.float32)
+        fn("bncl_stats_v")((gx, p, 1), (_THREADS, 1, 1),
+                           (x, g, mean, rstd, p1, p2, K.i64(m), K.i32(c), K.i64(chunk),
+                            K.i32(mode), K.i32(gb), K.i32(rb)),
+                           shared_mem=rb * gb * nvec * 2 * 4)
+        return p1, p2, p
+    p, chunk = _cl_chunks(c, m)
+    p1 = xp.empty((c, p), xp.float32)
+    p2 = xp.empty((c, p), xp.float32)
+    fn("bncl_stats")(((c + 31) // 32, p, 1), (32, 8, 1),
+                     (x, g, mean, rstd, p1, p2, K.i64(m), K.i32(c), K.i64(chunk), K.i32(mode)))
+    return p1, p2, p
+
+
+class BatchNormImpl:
+    """Training-mode ``_batch_norm`` over NCHW or channels-last input; half-precision input
+    may come with float32 parameters (then the batch statistics are float32 too)."""
+
+    def forward(ctx, xp, input, weight, bias, running_mean, running_var, training, eps):
+        ct = K.ctype(input)
+        if not training or ct is None or input.ndim < 2 or input.size == 0:
+            return NotImplemented
+        wdt = _param_dtype(input, weight, bias, running_mean, running_var)
+        lay = _layout(input)
+        if wdt is None or lay is None:
+            return NotImplemented
+        n, c = input.shape[0], input.shape[1]
+        hw = input.size // (n * c)
+        if n * hw < 2:
+            return NotImplemented  # F.batch_norm rejects it; the generic code decides
+        targs = f"{ct}, {K.CTYPES[wdt.name]}"
+        fn = lambda name: K.function("batchnorm", name, targs)  # noqa: E731
+        f32 = xp.empty(5 * c, xp.float32)     # mean, rstd, coef: one allocation
+        mean, rstd, coef = f32[:c], f32[c:2 * c], f32[2 * c:]
+        mean_t = xp.empty(c, wdt)
+        var_t = xp.empty(c, wdt)
+        wa = weight if weight is not None else mean_t
+        ba = bias if bias is not None else mean_t
+        hasw, hasb = K.i32(weight is not None), K.i32(bias is not None)
+        if lay == "c":
+            p = _bn_blocks(c, n * hw, _THREADS)
+            p1 = xp.empty((c, p), xp.float32)
+            p2 = xp.empty((c, p), xp.float32)
+            fn("bn_stats")((c, p, 1), (_THREADS, 1, 1),
+                           (input, p1, p2, K.i32(n), K.i32(c), K.i32(hw)))
+            kstride = hw
+            y = xp.empty_like(input)
+        else:
+            p1, p2, p = _cl_stats(fn, xp, input, input, mean, rstd, n * hw, c, 0)
+            kstride = 1
+            y = L.empty_like(xp, input)
+        fn("bn_finalize")(((c + 3) // 4, 1, 1), (32, 4, 1),
+                          (input, p1, p2, K.i32(p), K.i32(c), K.i64(kstride), K.i64(n * hw),
+                           K.f32(eps), mean, rstd, mean_t, var_t, wa, ba, hasw, hasb, coef))
+        if lay == "c":
+            grid, block = K.flat_grid(input.size, _THREADS, 4)
+            fn("bn_apply")(grid, block, (input, wa, ba, mean, rstd, y, K.i64(input.size),
+                                         K.i32(c), K.i32(hw), hasw, hasb))
+        elif _vec(c, input, y):
+            nv = input.size // _vec(c, input, y)
+            grid, block = K.flat_grid(nv, _THREADS, 2)
+            fn("bncl_apply_v")(grid, block, (input, coef, y, K.i64(nv), K.i32(c)))
+        else:
+            grid, block = K.flat_grid(input.size, _THREADS, 4)
+            fn("bncl_apply")(grid, block, (input, wa, ba, mean, rstd, y, K.i64(input.size),
+                                           K.i32(c), hasw, hasb))
+        bshape = (1, c) + (1,) * (input.ndim - 2)
+        ctx.p = (True, eps, (0,) + tuple(range(2, input.ndim)), bshape)
+        ctx.bn_layout = (lay, targs, wdt)
+        ctx.save(input, weight, mean.reshape(bshape), rstd.reshape(bshape))
+        return y, mean_t, var_t
+
+    def backward(ctx, g, _gm=None, _gv=None):
+        if g is None:
+            return (None,) * 7
+        import cupy as xp  # noqa: PLC0415 - only reached on the GPU
+        saved = ctx.saved
+        x, w, mean, rstd = saved[0], saved[1], saved[2], saved[3]
+        lay, targs, wdt = ctx.bn_layout
+        fn = lambda name: K.function("batchnorm", name, targs)  # noqa: E731
+        xa = x._data
+        n, c = xa.shape[0], xa.shape[1]
+        hw = xa.size // (n * c)
+        ma, ra = mean._data, rstd._data
+        wa = w._data if w is not None else None
+        if lay == "c":
+            ga = K.contiguous(xp, g._data, xa.dtype)
+            p = _bn_blocks(c, n * hw, _THREADS)
+            p1 = xp.empty((c, p), xp.float32)
+            p2 = xp.empty((c, p), xp.float32)
+            fn("bn_bwd_stats")((c, p, 1), (_THREADS, 1, 1),
+                               (ga, xa, ma, ra, p1, p2, K.i32(n), K.i32(c), K.i32(hw)))
+        else:
+            ga = L.as_layout(xp, g._data, xa, xa.dtype)
+            p1, p2, p = _cl_stats(fn, xp, xa, ga, ma, ra, n * hw, c, 1)
+        f32 = xp.empty(6 * c, xp.float32)
+        sums, coef = f32[:2 * c], f32[2 * c:]
+        gb = xp.empty(c, wdt)
+        gw = xp.empty(c, wdt)
+        inv = K.f32(1.0 / (n * hw))
+        fn("bn_bwd_finalize")(((c + 3) // 4, 1, 1), (32, 4, 1),
+                              (p1, p2, K.i32(p), K.i32(c), sums, gb, gw, ma, ra,
+                               wa if wa is not None else gw, K.i32(wa is not None), inv, coef))
+        need = ctx.needs_input_grad
+        gx = None
+        if need[0]:
+            wp = wa if wa is not None else gw
+            if lay == "c":
+                dx = xp.empty_like(xa)
+                grid, block = K.flat_grid(xa.size, _THREADS, 4)
+                fn("bn_bwd_dx")(grid, block, (ga, xa, wp, ma, ra, sums, dx, K.i64(xa.size),
+                                              K.i32(c), K.i32(hw), inv, K.i32(wa is not None)))
+            else:
+                dx = L.empty_like(xp, xa)
+                nvec = _vec(c, ga, xa, dx)
+                if nvec:
+                    nv = xa.size // nvec
+                    grid, block = K.flat_grid(nv, _THREADS, 2)
+                    fn("bncl_bwd_dx_v")(grid, block, (ga, xa, coef, dx, K.i64(nv), K.i32(c)))
+                else:
+                    grid, block = K.flat_grid(xa.size, _THREADS, 4)
+                    fn("bncl_bwd_dx")(grid, block, (ga, xa, wp, ma, ra, sums, dx,
+                                                    K.i64(xa.size), K.i32(c), inv,
+                                                    K.i32(wa is not None)))
+            gx = K.wrap(dx, x.device)
+        gw_t = K.wrap(gw, x.device) if w is not None and need[1] else None
+        gb_t = K.wrap(gb, x.device) if need[2] else None
+        return gx, gw_t, gb_t, None, None, None, None
+
+
+def update_running(running_mean: Any, running_var: Any, mean: Any, var: Any, momentum: float,
+                   n: int) -> bool:
+    """``F.batch_norm``'s running-statistics update in one kernel (in place, versions bumped);
+    False (nothing done) unless every tensor is on the GPU with the batch statistics' dtype,
+    contiguous, and the fused batch_norm is installed."""
+    from ember.ops.registry import OPS
+    if OPS["_batch_norm"].cuda_impl is not BatchNormImpl:
+        return False
+    runs = [t for t in (running_mean, running_var) if t is not None]
+    if not runs or mean._device.type != "cuda":
+        return False
+    dt = mean._data.dtype
+    ct = K.CTYPES.get(dt.name)
+    if ct is None or var._data.dtype != dt or any(
+            t._device is not mean._device or t._data.dtype != dt or
+            not t._data.flags.c_contiguous or t._data.shape != mean._data.shape for t in runs):
+        return False
+    c = mean._data.size
+    rm = running_mean._data if running_mean is not None else mean._data
+    rv = running_var._data if running_var is not None else var._data
+    K.function("batchnorm", "bn_running", f"{ct}, {ct}")(
+        ((c + 127) // 128, 1, 1), (128, 1, 1),
+        (rm, rv, mean._data, var._data, K.i32(c), K.f32(momentum), K.f32(n / max(n - 1, 1)),
+         K.i32(running_mean is not None), K.i32(running_var is not None)))
+    for t in runs:
+        t._version[0] += 1
+    return True
+
+
+IMPLS = {"_batch_norm": BatchNormImpl}

@@ -1,0 +1,178 @@
+"""2-d max pooling (``_max_pool`` over ``(N, C, H, W)``), forward and backward kernels.
+
+The generic code builds one plane per kernel element and compares them (about 2k full-size
+passes for a 3x3 window) and checks for NaN with a device-to-host sync; here one thread per
+output element scans its window (torch's rule: the first maximum wins, a NaN wins and the
+last NaN is kept) and writes the value and the flat index ``h * W + w``. The input may have
+any strides; the output is channels-last when the input is, else NCHW, and threads walk it in
+memory order (coalesced stores). Backward gathers: one thread per input element adds the
+gradients of the (at most ceil(k/s)^2) windows whose saved index points at it, so there are
+no atomics and the sum order is fixed.
+"""
+from __future__ import annotations
+
+from ember.backend.cuda_ops import _layout as L
+from ember.backend.cuda_ops import _nvrtc as K
+from ember.ops.nn_conv import ntuple
+from ember.ops.nn_pool import pool_out
+
+_SRC = r"""
+// flat index i of an (N, C, A, B) array stored NCHW (cl = 0) or NHWC (cl = 1); 32-bit
+// divisions while the array has fewer than 2**31 elements (64-bit ones cost ~4x more)
+__device__ __forceinline__ void decode(long long i, int cl, int C, int A, int B, long long& n,
+                                       int& c, int& a, int& b) {
+    if (i < 2147483647LL) {
+        unsigned int u = (unsigned int)i, t;
+        if (cl) {
+            c = (int)(u % C); t = u / C;
+            b = (int)(t % B); t /= B;
+            a = (int)(t % A); n = t / A;
+        } else {
+            b = (int)(u % B); t = u / B;
+            a = (int)(t % A); t /= A;
+            c = (int)(t % C); n = t / C;
+        }
+        return;
+    }
+    if (cl) {
+        c = (int)(i % C); long long t = i / C;
+        b = (int)(t % B); t /= B;
+        a = (int)(t % A); n = t / A;
+    } else {
+        b = (int)(i % B); long long t = i / B;
+        a = (int)(t % A); t /= A;
+        c = (int)(t % C); n = t / C;
+    }
+}
+
+template <typename T>
+__global__ void maxpool2d_fwd(const T* __restrict__ x, T* __restrict__ y,
+                              long long* __restrict__ idx, long long total, int C, int H, int W,
+                              int OH, int OW, long long sn, long long sc, long long sh,
+                              long long sw, int cl, int kh, int kw, int sth, int stw, int ph,
+                              int pw, int dh, int dw) {
+    long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total;
+         i += stride) {
+        long long n; int c, oh, ow;
+        decode(i, cl, C, OH, OW, n, c, oh, ow);
+        const T* base = x + n * sn + c * sc;
+        int h0 = oh * sth - ph, w0 = ow * stw - pw;
+        float best = -INFINITY;
+        long long bi = -1;
+        for (int a = 0; a < kh; ++a) {
+            int h = h0 + a * dh;
+            if (h < 0 || h >= H) continue;
+            for (int b = 0; b < kw; ++b) {
+                int w = w0 + b * dw;
+                if (w < 0 || w >= W) continue;
+                float v = ld(base, h * sh + w * sw);
+                if (bi < 0 || v > best || v != v) { best = v; bi = (long long)h * W + w; }
+            }
+        }
+        st(y, i, best);
+        idx[i] = bi;
+    }
+}
+
+// g and idx share one layout (element strides gn, gc, gh, gw); dx is written in memory order
+template <typename T>
+__global__ void maxpool2d_bwd(const T* __restrict__ g, const long long* __restrict__ idx,
+                              T* __restrict__ dx, long long total, int C, int H, int W, int OH,
+                              int OW, long long gn, long long gc, long long gh, long long gw,
+                              int cl, int kh, int kw, int sth, int stw, int ph, int pw, int dh,
+                              int dw) {
+    long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total;
+         i += stride) {
+        long long n; int c, h, w;
+        decode(i, cl, C, H, W, n, c, h, w);
+        long long me = (long long)h * W + w, off = n * gn + c * gc;
+        float acc = 0.f;
+        for (int a = 0; a < kh; ++a) {
+            int t = h + ph - a * dh;
+            if (t < 0 || t % sth) continue;
+            int oh = t / sth;
+            if (oh >= OH) continue;
+            for (int b = 0; b < kw; ++b) {
+                int u = w + pw - b * dw;
+                if (u < 0 || u % stw) continue;
+                int ow = u / stw;
+                if (ow >= OW) continue;
+                long long o = off + oh * gh + ow * gw;
+                if (idx[o] == me) acc += ld(g, o);
+            }
+        }
+        st(dx, i, acc);
+    }
+}
+"""
+
+K.define("pool", _SRC, ("maxpool2d_fwd", "maxpool2d_bwd"))
+
+
+def _elem(a) -> list:
+    return [s // a.itemsize for s in a.strides]
+
+
+class MaxPoolImpl:
+    """``_max_pool`` for 2-d pooling of a 4-d input; saves what the generic backward reads."""
+
+    def forward(ctx, xp, input, kernel_size, stride, padding, dilation, ceil_mode):
+        ct = K.ctype(input)
+        if ct is None or input.ndim != 4 or input.size == 0 or \
+                any(s < 0 for s in input.strides):
+            return NotImplemented
+        k = ntuple(kernel_size, 2)
+        s = ntuple(stride if stride is not None and stride != [] and stride != () else k, 2)
+        p, d = ntuple(padding, 2), ntuple(dilation, 2)
+        n, c, h, w = input.shape
+        out = tuple(pool_out((h, w)[i], k[i], s[i], p[i], d[i], ceil_mode) for i in range(2))
+        if min(out) <= 0:
+            return NotImplemented
+        cl = L.is_channels_last(input) and not input.flags.c_contiguous
+        shape = (n, c) + out
+        if cl:
+            y = xp.empty((n, out[0], out[1], c), input.dtype).transpose(0, 3, 1, 2)
+            idx = xp.empty((n, out[0], out[1], c), xp.int64).transpose(0, 3, 1, 2)
+        else:
+            y = xp.empty(shape, input.dtype)
+            idx = xp.empty(shape, xp.int64)
+        total = y.size
+        grid, block = K.flat_grid(total, 256, 2)
+        K.function("pool", "maxpool2d_fwd", ct)(
+            grid, block, (input, y, idx, K.i64(total), K.i32(c), K.i32(h), K.i32(w),
+                          K.i32(out[0]), K.i32(out[1]), *(K.i64(v) for v in _elem(input)),
+                          K.i32(cl), *(K.i32(v) for v in (*k, *s, *p, *d))))
+        ctx.p = (input.shape, all(s[i] >= d[i] * (k[i] - 1) + 1 for i in range(2)))
+        ctx.pool = (k, s, p, d)
+        ctx.save(idx)
+        return y, idx
+
+    def backward(ctx, g, _gi=None):
+        import cupy as xp  # noqa: PLC0415 - only reached on the GPU
+        (idx,) = ctx.saved
+        shape, _ = ctx.p
+        k, s, p, d = ctx.pool
+        ia = idx._data
+        ct = K.ctype(g._data)
+        if ct is None:
+            from ember.ops.registry import OPS
+            return OPS["_max_pool"].backward(ctx, g)
+        ga = L.as_layout(xp, g._data, ia, g._data.dtype)
+        n, c, h, w = shape
+        cl = L.is_channels_last(ia) and not ia.flags.c_contiguous
+        if cl:
+            dx = xp.empty((n, h, w, c), ga.dtype).transpose(0, 3, 1, 2)
+        else:
+            dx = xp.empty(shape, ga.dtype)
+        total = dx.size
+        grid, block = K.flat_grid(total, 256, 2)
+        K.function("pool", "maxpool2d_bwd", ct)(
+            grid, block, (ga, ia, dx, K.i64(total), K.i32(c), K.i32(h), K.i32(w),
+                          K.i32(ia.shape[2]), K.i32(ia.shape[3]), *(K.i64(v) for v in _elem(ga)),
+                          K.i32(cl), *(K.i32(v) for v in (*k, *s, *p, *d))))
+        return K.wrap(dx, g.device), None, None, None, None, None
+
+
+IMPLS = {"_max_pool": MaxPoolImpl}

@@ -1,0 +1,248 @@
+"""The CUDA paths a channels-last ResNet step takes: batch_norm (NCHW and channels-last,
+half input with float32 parameters), relu, same-layout add, in-place writes and max pooling,
+against NumPy float64 (and torch for max pooling's indices). Marked ``cuda``."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import ember
+import ember.nn.functional as F
+
+pytestmark = pytest.mark.cuda
+
+TOL = {"float32": 1e-4, "float16": 4e-3, "bfloat16": 3e-2}
+
+
+def _host(t) -> np.ndarray:
+    return t.detach().cpu().float().numpy().astype(np.float64)
+
+
+def _cuda(a: np.ndarray, dtype: str, cl: bool, grad: bool = True):
+    t = ember.tensor(a, device="cuda").to(getattr(ember, dtype))
+    if cl:
+        t = t.to(memory_format=ember.channels_last)
+    return t.requires_grad_(grad)
+
+
+def _rounded(a: np.ndarray, dtype: str) -> np.ndarray:
+    return _host(ember.tensor(a.astype(np.float32)).to(getattr(ember, dtype)))
+
+
+def _is_cl(t) -> bool:
+    return t.is_contiguous(memory_format=ember.channels_last) and not t.is_contiguous()
+
+
+def _fused(t) -> bool:
+    return getattr(t.grad_fn, "_impl", None) is not None
+
+
+# ---------------------------------------------------------------------- batch norm
+def _bn_ref(x, w, b, g, eps=1e-5):
+    axes = (0,) + tuple(range(2, x.ndim))
+    sh = (1, -1) + (1,) * (x.ndim - 2)
+    mean, var = x.mean(axes), x.var(axes)
+    rstd = 1 / np.sqrt(var + eps)
+    xhat = (x - mean.reshape(sh)) * rstd.reshape(sh)
+    wv = w if w is not None else np.ones_like(mean)
+    y = xhat * wv.reshape(sh) + (b.reshape(sh) if b is not None else 0)
+    gm = g.mean(axes).reshape(sh)
+    gxm = (g * xhat).mean(axes).reshape(sh)
+    dx = (wv * rstd).reshape(sh) * (g - gm - xhat * gxm)
+    return y, dx, (g * xhat).sum(axes), g.sum(axes), mean, var
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+@pytest.mark.parametrize("cl", [False, True])
+@pytest.mark.parametrize("pdt", ["same", "float32"])
+@pytest.mark.parametrize("shape", [(8, 48, 7, 5), (3, 70, 11, 13), (64, 5, 2, 2)])
+def test_batch_norm_layouts_and_param_dtypes(dtype, cl, pdt, shape):
+    rng = np.random.default_rng(0)
+    c = shape[1]
+    x = _rounded(rng.standard_normal(shape) * 2 + 3, dtype)
+    pd = dtype if pdt == "same" else "float32"
+    w = _rounded(rng.standard_normal(c) + 1, pd)
+    b = _rounded(rng.standard_normal(c), pd)
+    g = _rounded(rng.standard_normal(shape), dtype)
+    xt = _cuda(x, dtype, cl)
+    wt, bt = _cuda(w, pd, False), _cuda(b, pd, False)
+    rm = ember.zeros(c, device="cuda", dtype=getattr(ember, pd))
+    rv = ember.ones(c, device="cuda", dtype=getattr(ember, pd))
+    y = F.batch_norm(xt, rm, rv, wt, bt, training=True, momentum=0.1)
+    assert _fused(y) and y.dtype is xt.dtype and _is_cl(y) == cl
+    gt = ember.tensor(g, device="cuda").to(y.dtype)      # a C-ordered gradient
+    y.backward(gt)
+    ry, rdx, rdw, rdb, rmean, rvar = _bn_ref(x, w, b, g)
+    tol = TOL[dtype]
+    n = x.size // c
+    np.testing.assert_allclose(_host(y), ry, rtol=tol, atol=tol * 4)
+    assert _is_cl(xt.grad) == cl
+    np.testing.assert_allclose(_host(xt.grad), rdx, rtol=tol, atol=tol * 4)
+    np.testing.assert_allclose(_host(wt.grad), rdw, rtol=tol, atol=tol * np.sqrt(n) * 2)
+    np.testing.assert_allclose(_host(bt.grad), rdb, rtol=tol, atol=tol * np.sqrt(n) * 2)
+    assert rm.dtype is getattr(ember, pd)
+    np.testing.assert_allclose(_host(rm), 0.1 * rmean, rtol=max(tol, TOL[pd]), atol=1e-3)
+    np.testing.assert_allclose(_host(rv), 0.9 + 0.1 * rvar * n / (n - 1),
+                               rtol=max(tol, TOL[pd]), atol=1e-3)
+
+
+def test_batch_norm_channels_last_no_affine_and_double_backward():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((4, 6, 5, 5))
+    xt = _cuda(x, "float32", True)
+    y = F.batch_norm(xt, None, None, training=True)
+    assert _fused(y) and _is_cl(y)
+    (y * y * y).sum().backward()
+    ry, rdx, *_ = _bn_ref(x, None, None, 3 * _host(y) ** 2)
+    np.testing.assert_allclose(_host(y), ry, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(_host(xt.grad), rdx, rtol=1e-3, atol=1e-3)
+    # create_graph: the generic backward runs on the fused node's saved tensors
+    xt = _cuda(x, "float32", True)
+    y = F.batch_norm(xt, None, None, training=True)
+    (gx,) = ember.autograd.grad((y * y * y).sum(), xt, create_graph=True)
+    gx.sum().backward()
+    xc = ember.tensor(x.astype(np.float32), requires_grad=True)
+    yc = F.batch_norm(xc, None, None, training=True)
+    (gxc,) = ember.autograd.grad((yc * yc * yc).sum(), xc, create_graph=True)
+    gxc.sum().backward()
+    np.testing.assert_allclose(_host(gx), _host(gxc), rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(_host(xt.grad), _host(xc.grad), rtol=1e-3, atol=1e-3)
+
+
+# ---------------------------------------------------------------------- relu / add / in-place
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("cl", [False, True])
+def test_relu_keeps_layout_nan_and_inplace(dtype, cl):
+    rng = np.random.default_rng(2)
+    x = _rounded(rng.standard_normal((3, 8, 5, 6)), dtype)
+    x[0, 0, 0, :3] = [np.nan, -0.0, np.inf]
+    g = _rounded(rng.standard_normal(x.shape), dtype)
+    g[0, 1, 0, 0] = np.inf                      # where relu clips, the gradient is 0 (not NaN)
+    x[0, 1, 0, 0] = -1.0
+    xt = _cuda(x, dtype, cl)
+    y = F.relu(xt)
+    assert _fused(y) and _is_cl(y) == cl
+    y.backward(ember.tensor(g, device="cuda").to(y.dtype))
+    np.testing.assert_array_equal(_host(y), np.where(np.isnan(x), x, np.maximum(x, 0)))
+    np.testing.assert_array_equal(_host(xt.grad), np.where(x > 0, g, 0))
+    # in place, after a differentiable op (the saved output is aliased by the write)
+    xt = _cuda(x, dtype, cl)
+    h = xt + xt                                   # keeps the layout (same-layout add)
+    out = F.relu(h, inplace=True)
+    assert out is h and _is_cl(h) == cl
+    (out * out).sum().backward()                  # NaN in the loss: the root gradient is 1
+    ref = np.where(np.isnan(x), x, np.maximum(2 * x, 0))
+    np.testing.assert_allclose(_host(xt.grad), np.where(x > 0, 4 * ref, 0), rtol=TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_add_same_channels_last_layout_and_inplace(dtype):
+    rng = np.random.default_rng(3)
+    a, b = (_rounded(rng.standard_normal((2, 16, 7, 9)), dtype) for _ in range(2))
+    at, bt = _cuda(a, dtype, True), _cuda(b, dtype, True)
+    s = at + bt
+    assert _fused(s) and _is_cl(s)
+    np.testing.assert_allclose(_host(s), _rounded(a + b, dtype), rtol=TOL[dtype])
+    (s * ember.tensor(np.arange(s.numel(), dtype=np.float32).reshape(s.shape),
+                      device="cuda").to(s.dtype)).sum().backward()
+    w = _rounded(np.arange(s.numel(), dtype=np.float64).reshape(s.shape), dtype)
+    np.testing.assert_allclose(_host(at.grad), w, rtol=TOL[dtype])
+    np.testing.assert_allclose(_host(bt.grad), w, rtol=TOL[dtype])
+    # in place: out += identity (ResNet's residual), layout and values kept
+    at, bt = _cuda(a, dtype, True), _cuda(b, dtype, True)
+    h = at + at
+    h += bt
+    assert _is_cl(h)
+    np.testing.assert_allclose(_host(h), _rounded(_rounded(2 * a, dtype) + b, dtype),
+                               rtol=TOL[dtype])
+    h.sum().backward()
+    np.testing.assert_array_equal(_host(bt.grad), np.ones(b.shape))
+    np.testing.assert_array_equal(_host(at.grad), 2 * np.ones(b.shape))
+    # mixed layouts and broadcasting still work (the generic path)
+    m = at + _cuda(b, dtype, False)
+    np.testing.assert_allclose(_host(m), _rounded(a + b, dtype), rtol=TOL[dtype])
+    np.testing.assert_allclose(_host(at + bt[:, :, :1, :1]), _rounded(a + b[:, :, :1, :1],
+                                                                     dtype), rtol=TOL[dtype])
+
+
+# ---------------------------------------------------------------------- max pooling
+CASES = [dict(kernel_size=3, stride=2, padding=1), dict(kernel_size=2),
+         dict(kernel_size=3, stride=2, ceil_mode=True), dict(kernel_size=3, stride=1,
+                                                              padding=1, dilation=2),
+         dict(kernel_size=(2, 3), stride=(1, 2), padding=(1, 0))]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+@pytest.mark.parametrize("cl", [False, True])
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_max_pool2d_against_torch(dtype, cl, case):
+    torch = pytest.importorskip("torch")
+    kw = CASES[case]
+    rng = np.random.default_rng(4)
+    x = _rounded(rng.integers(-8, 8, (2, 5, 9, 11)).astype(np.float64), dtype)  # ties
+    x[0, 0, 0, 0] = np.nan
+    x[1, 2, 3, 3:5] = np.nan
+    xt = _cuda(x, dtype, cl)
+    y, idx = F.max_pool2d(xt, return_indices=True, **kw)
+    assert _fused(y) and _is_cl(y) == cl
+    tx = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    ty, tidx = torch.nn.functional.max_pool2d(tx, return_indices=True, **kw)
+    np.testing.assert_array_equal(_host(y), ty.detach().numpy())
+    np.testing.assert_array_equal(idx.cpu().numpy(), tidx.numpy())
+    g = _rounded(rng.standard_normal(tuple(ty.shape)), dtype)
+    y.backward(ember.tensor(g, device="cuda").to(y.dtype))
+    ty.backward(torch.tensor(g))
+    assert _is_cl(xt.grad) == cl
+    np.testing.assert_allclose(_host(xt.grad), tx.grad.numpy(), rtol=TOL[dtype],
+                               atol=TOL[dtype] * 4)
+
+
+def test_max_pool2d_double_backward_uses_generic_formula():
+    x = np.random.default_rng(5).standard_normal((2, 3, 6, 6))
+    res = []
+    for dev in ("cuda", "cpu"):
+        t = ember.tensor(x.astype(np.float32), device=dev, requires_grad=True)
+        y = F.max_pool2d(t, 3, 2, 1)
+        (gx,) = ember.autograd.grad((y * y).sum(), t, create_graph=True)
+        (gx * gx).sum().backward()
+        res.append((_host(gx), _host(t.grad)))
+    for a, b in zip(*res):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------------- a ResNet block step
+def _block_grads(dev: str, x: np.ndarray, amp: bool) -> list:
+    ember.manual_seed(0)
+    nn = ember.nn
+    net = nn.Sequential(nn.Conv2d(8, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16),
+                        nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1),
+                        nn.Conv2d(16, 16, 1, bias=False), nn.BatchNorm2d(16))
+    net = net.to(dev).to(memory_format=ember.channels_last)
+    xt = ember.tensor(x, device=dev).to(memory_format=ember.channels_last)
+    w = ember.tensor(np.random.default_rng(7).standard_normal((4, 16, 6, 6)).astype(np.float32),
+                     device=dev)
+    with ember.autocast(dev, dtype=ember.bfloat16, enabled=amp):
+        h = net(xt)
+        h += h.detach()                                   # the residual add, in place
+        out = (F.relu(h, inplace=True).float() * w).mean()
+    out.backward()
+    if dev == "cuda":
+        wt = net[0].weight
+        assert tuple(wt.grad.stride()) == tuple(wt.stride())   # the layout contract
+    return [_host(p.grad) for p in net.parameters()] + [_host(m.running_var) for m in
+                                                         (net[1], net[5])]
+
+
+def test_channels_last_block_matches_cpu():
+    x = np.random.default_rng(6).standard_normal((4, 8, 12, 12)).astype(np.float32)
+    ref = _block_grads("cpu", x, False)
+    flags = ember.backends.cudnn
+    tf32, flags.allow_tf32 = flags.allow_tf32, False   # exact float32 convolutions
+    try:
+        got = _block_grads("cuda", x, False)
+    finally:
+        flags.allow_tf32 = tf32
+    for a, b in zip(got, ref):                                # float32: tight
+        np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-4 * max(np.abs(b).max(), 1e-3))
+    for a, b in zip(_block_grads("cuda", x, True), ref):      # bf16 autocast: relative L2
+        assert np.linalg.norm(a - b) <= 0.2 * np.linalg.norm(b) + 1e-6   # bf16 noise ~0.1
