@@ -211,3 +211,61 @@ _LAYOUTS = [lambda m: m.randn(3, 4).t(), lambda m: m.randn(2, 3, 4).permute(2, 0
 def test_gelu_float32_keeps_the_input_layout_like_torch(make):
     got = F.gelu(make(ember)).stride()
     assert tuple(got) == tuple(torch.nn.functional.gelu(make(torch)).stride())
+
+
+@pytest.mark.parametrize("scale", [0.05, 1.0, 40.0])
+@pytest.mark.parametrize("causal", [False, True])
+def test_sdpa_fused_qkv_any_score_size_matches_torch(scale, causal):
+    # small scores skip the softmax's row max (exp cannot overflow), large ones keep it; the
+    # gradients of a fused qkv's views land side by side and the split joins them uncopied
+    B, T, H, E = 3, 9, 2, 4
+    rng = np.random.default_rng(7)
+    x = (rng.standard_normal((B, T, 3 * H * E)) * scale).astype(np.float32)
+    g = rng.standard_normal((B, T, H * E)).astype(np.float32)
+    res = []
+    for m in (ember, torch):
+        xt = m.tensor(x, requires_grad=True)
+        q, k, v = (a.view(B, T, H, E).transpose(1, 2) for a in xt.split(H * E, 2))
+        o = m.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal)
+        o.transpose(1, 2).reshape(B, T, H * E).backward(m.tensor(g))
+        res.append((o.detach().numpy(), xt.grad.numpy()))
+    np.testing.assert_allclose(res[0][0], res[1][0], rtol=1e-4, atol=1e-5 * max(scale, 1))
+    np.testing.assert_allclose(res[0][1], res[1][1], rtol=1e-4,
+                               atol=1e-5 * max(scale, 1) ** 2)
+
+
+def test_sdpa_nonfinite_inputs_match_the_reference():
+    # NaN/inf fail the score bound and take the max-shifted softmax; the result is the
+    # decomposition's (torch's CPU kernel zeroes a row whose query is NaN)
+    from ember.ops.nn_attention import sdpa_decomposition
+    rng = np.random.default_rng(8)
+    q, k, v = (rng.standard_normal((2, 2, 5, 4)).astype(np.float32) for _ in range(3))
+    q[0, 1, 2, 0] = np.nan
+    k[1, 0, 3, 1] = np.inf
+    ts = [ember.tensor(a) for a in (q, k, v)]
+    with np.errstate(invalid="ignore"):
+        e = F.scaled_dot_product_attention(*ts, is_causal=True).numpy()
+        ref = sdpa_decomposition(*ts, is_causal=True).numpy()
+    np.testing.assert_array_equal(np.isnan(e), np.isnan(ref))
+    np.testing.assert_allclose(e, ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("order", ["same", "swapped", "sum"])
+def test_split_backward_of_adjacent_and_other_gradients_matches_torch(order):
+    # cat's backward hands out views of one gradient: in split order they are joined as one
+    # view, swapped they must be copied back into place
+    x = np.random.default_rng(9).standard_normal((3, 6)).astype(np.float32)
+    w = np.arange(18, dtype=np.float32).reshape(3, 6)
+    res = []
+    for m in (ember, torch):
+        xt = m.tensor(x, requires_grad=True)
+        a, b = xt.split([2, 4], 1)
+        if order == "same":
+            y = m.cat([a, b], 1)
+        elif order == "swapped":
+            y = m.cat([b, a], 1)
+        else:
+            y = m.cat([a, b], 1) + m.cat([a * 2, b], 1)
+        (y * m.tensor(w)).sum().backward()
+        res.append(xt.grad.numpy())
+    np.testing.assert_allclose(res[0], res[1], rtol=1e-6)

@@ -11,7 +11,8 @@ from ember import dtypes as _dt
 from ember.errors import check, make
 from ember.ops import meta as M
 from ember.ops.registry import OPS, OpDef, TensorMeta, apply, composite, register
-from ember.tensor import Size, Tensor
+from ember._state import _State
+from ember.tensor import Size, Tensor, _make
 
 
 def _size(args: Sequence) -> tuple:
@@ -391,8 +392,43 @@ class Split(OpDef):
         return tuple(out)
 
     def backward(ctx, *grads):
+        whole = _adjacent_views(grads, ctx.dim) if not _State.enabled else None
+        if whole is not None:
+            return whole, None, None
         import ember
         return ember.cat(list(grads), ctx.dim), None, None
+
+
+def _adjacent_views(grads: tuple, dim: int) -> Tensor | None:
+    """The gradients of a split joined without a copy, when they are NumPy views lying side by
+    side along ``dim`` in one array (as attention's backward writes the gradients of a fused
+    qkv projection), else None."""
+    first = grads[0]
+    if not isinstance(first, Tensor) or type(first._data) is not np.ndarray:
+        return None
+    a0 = first._data
+    base, strides, step = a0.base, a0.strides, a0.strides[dim]
+    if base is None or type(base) is not np.ndarray or not base.flags.c_contiguous:
+        return None
+    ptr = a0.__array_interface__["data"][0]
+    n = 0
+    for g in grads:
+        a = g._data if isinstance(g, Tensor) else None
+        if a is None or type(a) is not np.ndarray or a.base is not base or \
+                a.dtype != a0.dtype or a.strides != strides or g._dtype is not first._dtype or \
+                a.shape[:dim] != a0.shape[:dim] or a.shape[dim + 1:] != a0.shape[dim + 1:] or \
+                a.__array_interface__["data"][0] != ptr + n * step:
+            return None
+        n += a.shape[dim]
+    if n and not step:
+        return None
+    shape = a0.shape[:dim] + (n,) + a0.shape[dim + 1:]
+    try:  # np.ndarray checks that the joined view lies inside base
+        whole = np.ndarray(shape, a0.dtype, buffer=base, strides=strides,
+                           offset=ptr - base.__array_interface__["data"][0])
+    except (TypeError, ValueError):
+        return None
+    return _make(whole, first._dtype, first._device)
 
 
 @composite()

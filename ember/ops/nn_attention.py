@@ -12,7 +12,7 @@ from typing import Any
 
 from ember import dtypes as _dt
 from ember._state import _State
-from ember.backend.cpu import parallel_rows
+from ember.backend.cpu import gemm_threads, parallel_rows
 from ember.errors import check, make
 from ember.ops import meta as M
 from ember.ops.registry import OpDef, TensorMeta, register
@@ -159,8 +159,10 @@ class ScaledDotProductAttention(OpDef):
             out, p = _forward_by_batch(xp, qw, kw, vw, s, is_causal, query)
             ctx.info = (s, gqa, hq, is_causal, False)
             ctx.p, ctx.keep = p, None
-            ctx.save(query, key, value, attn_mask)
-            return out.astype(query.dtype, copy=False)
+            out = out.astype(query.dtype, copy=False)
+            # the output as well (a 5th saved value: backward's row sums of dO * O)
+            ctx.save(query, key, value, attn_mask, out if out.dtype == work else None)
+            return out
         scores = xp.matmul(qw, xp.swapaxes(kw, -1, -2))
         scores *= s
         if is_causal:
@@ -188,7 +190,8 @@ class ScaledDotProductAttention(OpDef):
         return out
 
     def backward(ctx, grad):
-        query, key, value, attn_mask = ctx.saved
+        saved = ctx.saved
+        query, key, value, attn_mask = saved[:4]
         s, gqa, hq, is_causal, float_mask = ctx.info
         if _State.enabled:
             # A graph of the backward is wanted: differentiate the decomposition instead, so
@@ -203,7 +206,8 @@ class ScaledDotProductAttention(OpDef):
         gw = g.astype(work, copy=False)
         qw, kw, vw = (a.astype(work, copy=False) for a in (query._data, k, v))
         if keep is None and not float_mask and _batch_split(xp, qw, kw, vw, gw, p):
-            dq, dk, dv = _backward_by_batch(xp, p, gw, qw, kw, vw, s)
+            o = saved[4]._data if len(saved) > 4 and saved[4] is not None else None
+            dq, dk, dv = _backward_by_batch(xp, p, gw, qw, kw, vw, s, o)
             ds = None
         else:
             dq, dk, dv, ds = _attention_backward(xp, p, keep, gw, qw, kw, vw, s)
@@ -217,13 +221,15 @@ class ScaledDotProductAttention(OpDef):
                 _wrap(dv.astype(dt.np, copy=False), grad), dmask, None, None, None, None)
 
 
-def _softmax_(xp: Any, scores: Any) -> Any:
+def _softmax_(xp: Any, scores: Any, shift: bool = True) -> Any:
     """Softmax over the last axis, in place (scores becomes p). Rows with every key masked
-    (all -inf) give zeros (torch's safe softmax), not NaN."""
-    S = scores.shape[-1]
-    m = scores.max(axis=-1, keepdims=True) if S else scores.sum(axis=-1, keepdims=True)
-    m[~xp.isfinite(m)] = 0
-    scores -= m
+    (all -inf) give zeros (torch's safe softmax), not NaN. ``shift=False``: the caller knows
+    every finite score is small (:func:`_scores_bounded`), so ``exp`` needs no row max."""
+    if shift:
+        S = scores.shape[-1]
+        m = scores.max(axis=-1, keepdims=True) if S else scores.sum(axis=-1, keepdims=True)
+        m[~xp.isfinite(m)] = 0
+        scores -= m
     p = xp.exp(scores, out=scores)
     denom = _row_sum(xp, p)
     denom[denom == 0] = 1
@@ -259,6 +265,56 @@ def _batch_split(xp: Any, *arrays: Any) -> bool:
             and all(a.ndim == a0.ndim and a.shape[0] == a0.shape[0] for a in arrays))
 
 
+# Softmax without the row max: when Cauchy-Schwarz bounds every score by
+# |s| max|q_i| max|k_j| < _SCORE_BOUND, exp(score) can neither overflow nor flush to zero
+# (e^60 * 1e12 keys < float32 max; e^-60 is a normal float32), and exp(x) / sum exp(x) is as
+# accurate as the shifted form. The row max (a reduction over short rows) and the shift pass
+# cost about as much as the exp itself. NaN/inf inputs fail the test and take the max path.
+_SCORE_BOUND = 60.0
+
+
+def _mem_perm(a: Any) -> tuple:
+    """The axes of ``a`` from largest to smallest stride (its memory order), keeping the last
+    axis last: a pass over ``a.transpose(perm)`` reads memory in order with long inner loops
+    (NumPy's per-inner-loop cost dominates on rows of 32), and row reductions over the last
+    axis stay valid."""
+    perm = tuple(sorted(range(a.ndim - 1), key=lambda i: -a.strides[i])) + (a.ndim - 1,)
+    return perm if a.ndim and a.strides[-1] <= min(a.strides[:-1], default=a.strides[-1]) \
+        else tuple(range(a.ndim))
+
+
+def _scaled_copy(xp: Any, a: Any, s: float) -> Any:
+    """``a * s`` as a new array laid out like ``a`` (made in memory order)."""
+    perm = _mem_perm(a)
+    am = a.transpose(perm)
+    out = xp.empty(am.shape, a.dtype)
+    xp.multiply(am, s, out=out)
+    return out.transpose(tuple(_argsort(perm)))
+
+
+def _argsort(perm: tuple) -> list:
+    inv = [0] * len(perm)
+    for i, j in enumerate(perm):
+        inv[j] = i
+    return inv
+
+
+def _max_sq_norm(xp: Any, a: Any) -> float:
+    """The largest squared norm of ``a``'s last-axis rows (one pass in memory order, a GEMV)."""
+    if not a.size:
+        return 0.0
+    am = a.transpose(_mem_perm(a))
+    sq = xp.empty(am.shape, a.dtype)
+    xp.multiply(am, am, out=sq)
+    return float(_row_sum(xp, sq).max())
+
+
+def _scores_bounded(xp: Any, qs: Any, k: Any) -> bool:
+    """Whether ``|qs_i . k_j| < _SCORE_BOUND`` for all rows (``qs`` is the scaled query)."""
+    bound = _max_sq_norm(xp, qs) * _max_sq_norm(xp, k)
+    return bool(bound < _SCORE_BOUND * _SCORE_BOUND)  # False for NaN or inf
+
+
 def _forward_by_batch(xp: Any, q: Any, k: Any, v: Any, s: float, is_causal: bool,
                       query: Any) -> tuple:
     """``(out, p)`` without masks other than ``is_causal`` and without dropout."""
@@ -267,28 +323,66 @@ def _forward_by_batch(xp: Any, q: Any, k: Any, v: Any, s: float, is_causal: bool
     out = _out_buffer(xp, xp.broadcast_shapes(p.shape[:-2], v.shape[:-2]) + (L, v.shape[-1]),
                       xp.result_type(p, v), query)
     bias = _causal_bias(xp, L, S, p.dtype) if is_causal else None
+    # per-matrix products: one BLAS thread (the blocks themselves run on the spare cores)
+    gemm_threads(xp, L * S * q.shape[-1])
+    qs = _scaled_copy(xp, q, s)  # the scale on q, (L, E), rather than on the (L, S) scores
+    shift = not _scores_bounded(xp, qs, k)
 
     def block(lo: int, hi: int) -> None:
-        scores = xp.matmul(q[lo:hi], xp.swapaxes(k[lo:hi], -1, -2), out=p[lo:hi])
-        scores *= s
+        scores = xp.matmul(qs[lo:hi], xp.swapaxes(k[lo:hi], -1, -2), out=p[lo:hi])
         if bias is not None:
             scores += bias
-        _softmax_(xp, scores)
+        _softmax_(xp, scores, shift)
         xp.matmul(scores, v[lo:hi], out=out[lo:hi])
 
     parallel_rows(q.shape[0], block)
     return out, p
 
 
-def _backward_by_batch(xp: Any, p: Any, gw: Any, q: Any, k: Any, v: Any, s: float) -> tuple:
+def _grad_buffers(xp: Any, batch: tuple, q: Any, k: Any, v: Any, dtype: Any) -> tuple:
+    """Empty ``(dq, dk, dv)`` laid out in memory like ``q``, ``k``, ``v``. Views of one fused
+    qkv array (``qkv.split(d, 2)`` then ``view``/``transpose``) get views of one new array of
+    that shape at the same offsets, so the caller's transposes, views and the split's
+    backward (``Split`` joins adjacent views without ``cat``) copy nothing."""
+    arrays = (q, k, v)
+    full = all(a.shape[:-2] == batch and a.dtype == dtype for a in arrays)
+    base = q.base
+    if full and base is not None and k.base is base and v.base is base and             type(base) is xp.ndarray and base.dtype == dtype and base.flags.c_contiguous and             q.size + k.size + v.size == base.size and not (
+                xp.shares_memory(q, k) or xp.shares_memory(k, v) or xp.shares_memory(q, v)):
+        g = xp.empty_like(base)
+        start = base.__array_interface__["data"][0]
+        return tuple(xp.ndarray(a.shape, dtype, buffer=g, strides=a.strides,
+                                offset=a.__array_interface__["data"][0] - start)
+                     for a in arrays)
+    return tuple(xp.empty_like(a, dtype=dtype) if a.shape[:-2] == batch
+                 else xp.empty(batch + a.shape[-2:], dtype) for a in arrays)
+
+
+def _backward_by_batch(xp: Any, p: Any, gw: Any, q: Any, k: Any, v: Any, s: float,
+                       o: Any = None) -> tuple:
+    """``(dq, dk, dv)``; ``o`` (the forward's output, when saved) gives the softmax
+    backward's row sums as ``sum(dO * O)`` over E instead of ``sum(P * dP)`` over S."""
     batch = gw.shape[:-2]  # the output's: every operand broadcast
-    dq = xp.empty(batch + q.shape[-2:], p.dtype)
-    dk = xp.empty(batch + k.shape[-2:], p.dtype)
-    dv = xp.empty(batch + v.shape[-2:], p.dtype)
+    dq, dk, dv = _grad_buffers(xp, batch, q, k, v, p.dtype)
+    gemm_threads(xp, p.shape[-2] * p.shape[-1] * q.shape[-1])
 
     def block(lo: int, hi: int) -> None:
-        dq[lo:hi], dk[lo:hi], dv[lo:hi], _ = _attention_backward(
-            xp, p[lo:hi], None, gw[lo:hi], q[lo:hi], k[lo:hi], v[lo:hi], s)
+        p_, g_ = p[lo:hi], gw[lo:hi]
+        xp.matmul(xp.swapaxes(p_, -1, -2), g_, out=dv[lo:hi])
+        dp = xp.matmul(g_, xp.swapaxes(v[lo:hi], -1, -2))
+        if o is not None and g_.strides == o[lo:hi].strides:
+            perm = _mem_perm(g_)
+            gm = g_.transpose(perm)
+            tmp = xp.empty(gm.shape, dp.dtype)
+            xp.multiply(gm, o[lo:hi].transpose(perm), out=tmp)
+            rows = _row_sum(xp, tmp).transpose(tuple(_argsort(perm)))
+        else:
+            rows = _row_sum(xp, xp.multiply(p_, dp))
+        dp -= rows
+        dp *= p_  # ds = p * (dp - rowsum(p * dp))
+        dp *= s   # the scale of both products below, on a contiguous array
+        xp.matmul(dp, k[lo:hi], out=dq[lo:hi])
+        xp.matmul(xp.swapaxes(dp, -1, -2), q[lo:hi], out=dk[lo:hi])
 
     parallel_rows(batch[0], block)
     return dq, dk, dv
