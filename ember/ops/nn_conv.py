@@ -192,11 +192,17 @@ def _geom(sp: tuple, ksize: tuple, stride: tuple, padding: tuple, dilation: tupl
 
 def _gemm(xp: Any, a: Any, b: Any, out: Any = None) -> Any:
     """``a @ b`` for ``(G, M, K) @ (G, K, N)`` (into ``out`` if given); a plain 2-D GEMM when
-    G is 1."""
+    G is 1.
+
+    2-D products go through ``dot``, not ``matmul``: NumPy's matmul keeps the GIL when an
+    operand is transposed (measured: two threads running the weight gradient's
+    ``cols @ rows.T`` chunks took as long as one), ``dot`` releases it around the BLAS call,
+    so the chunks that ``parallel_rows`` spreads over two cores really run at once.
+    """
     if a.shape[0] == 1:
         if out is None:
-            return xp.matmul(a[0], b[0])[None]
-        xp.matmul(a[0], b[0], out=out[0])
+            return xp.dot(a[0], b[0])[None]
+        xp.dot(a[0], b[0], out=out[0])
         return out
     return xp.matmul(a, b, out=out)
 
