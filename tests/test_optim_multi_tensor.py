@@ -158,6 +158,19 @@ def test_cuda_capturable_step_replays_in_graph(name):
 
 
 @pytest.mark.cuda
+def test_cuda_capture_of_non_capturable_step_raises_like_torch():
+    p = ember.randn(10, device="cuda", requires_grad=True)
+    p.grad = ember.randn(10, device="cuda")
+    opt = eoptim.AdamW([p])
+    opt.step()
+    g = ember.cuda.CUDAGraph()
+    with pytest.raises(RuntimeError, match="capturable is False"):
+        with ember.cuda.graph(g):
+            opt.step()
+    opt.step()                                      # the stream is usable again
+
+
+@pytest.mark.cuda
 def test_cuda_foreach_false_keeps_per_parameter_path(monkeypatch):
     from ember.backend.cuda_ops import kernels_optim
     monkeypatch.setattr(kernels_optim, "adam", None)   # would fail if called

@@ -91,6 +91,11 @@ def _grads_of(ps: list, dtype: Any) -> list | None:
     return gs
 
 
+def _capturing() -> bool:
+    from ember.backend import cuda  # noqa: PLC0415
+    return cuda.xp().cuda.get_current_stream().is_capturing()
+
+
 def _plans(opt: Any) -> dict:
     plans = opt.__dict__.get("_multi_tensor_plans")
     if plans is None:
@@ -150,6 +155,10 @@ def adam(opt: Any, group: dict, params: list) -> bool:
     when they do not apply; the caller then runs the per-parameter path."""
     if not _wanted(group, params):
         return False
+    if not group["capturable"] and _capturing():
+        # torch's _cuda_graph_capture_health_check: host steps would be baked into the graph
+        raise RuntimeError(f"Attempting CUDA graph capture of step() for an instance of "
+                           f"{type(opt).__name__} but param_groups' capturable is False.")
     state = opt.state
     plans = _plans(opt)
     plan = plans.get(id(group))
