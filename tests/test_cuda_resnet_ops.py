@@ -158,6 +158,11 @@ def test_add_same_channels_last_layout_and_inplace(dtype):
     h.sum().backward()
     np.testing.assert_array_equal(_host(bt.grad), np.ones(b.shape))
     np.testing.assert_array_equal(_host(at.grad), 2 * np.ones(b.shape))
+    # C-contiguous operands of a kernel dtype take the flat kernel too (odd size: the tail)
+    c1, c2 = _cuda(a[:, :, :, :7], dtype, False), _cuda(b[:, :, :, :7], dtype, False)
+    cs = c1.contiguous() + c2.contiguous()
+    np.testing.assert_allclose(_host(cs), _rounded(a[:, :, :, :7] + b[:, :, :, :7], dtype),
+                               rtol=TOL[dtype])
     # mixed layouts and broadcasting still work (the generic path)
     m = at + _cuda(b, dtype, False)
     np.testing.assert_allclose(_host(m), _rounded(a + b, dtype), rtol=TOL[dtype])

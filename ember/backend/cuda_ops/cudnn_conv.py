@@ -69,10 +69,18 @@ def _empty(cp: Any, shape: tuple, kind: str, dtype: Any) -> Any:
     return phys.transpose(inv)
 
 
+def _is_layout(a: Any, kind: str) -> list | None:
+    """The canonical packed strides of layout ``kind`` when ``a`` is in it (an array can be
+    in both: a 1x1 kernel, a 1x1 image, one channel), else None."""
+    es = _cudnn.elem_strides(a)
+    want = _dense(a.shape, _order(kind, a.ndim))
+    return want if all(n == 1 or s == w for n, s, w in zip(a.shape, es, want)) else None
+
+
 def _to(cp: Any, a: Any, kind: str) -> tuple:
     """``a`` in layout ``kind`` (a copy only when it is not already), with its strides."""
-    k, st = _layout(a)
-    if k == kind and a.data.ptr % 16 == 0:
+    st = _is_layout(a, kind)
+    if st is not None and a.data.ptr % 16 == 0:
         return a, st
     out = _empty(cp, a.shape, kind, a.dtype)
     out[...] = a

@@ -89,6 +89,21 @@ __global__ void maxpool2d_bwd(const T* __restrict__ g, const long long* __restri
         decode(i, cl, C, H, W, n, c, h, w);
         long long me = (long long)h * W + w, off = n * gn + c * gc;
         float acc = 0.f;
+        if (dh == 1 && dw == 1) {
+            // the windows holding (h, w): oh in [ceil((h + ph - kh + 1) / sth), (h + ph) / sth]
+            int th = h + ph - kh + 1, tw = w + pw - kw + 1;
+            int oh0 = th <= 0 ? 0 : (th + sth - 1) / sth, oh1 = (h + ph) / sth;
+            int ow0 = tw <= 0 ? 0 : (tw + stw - 1) / stw, ow1 = (w + pw) / stw;
+            if (oh1 >= OH) oh1 = OH - 1;
+            if (ow1 >= OW) ow1 = OW - 1;
+            for (int oh = oh0; oh <= oh1; ++oh)
+                for (int ow = ow0; ow <= ow1; ++ow) {
+                    long long o = off + oh * gh + ow * gw;
+                    if (idx[o] == me) acc += ld(g, o);
+                }
+            st(dx, i, acc);
+            continue;
+        }
         for (int a = 0; a < kh; ++a) {
             int t = h + ph - a * dh;
             if (t < 0 || t % sth) continue;
