@@ -189,3 +189,59 @@ def test_conv_double_backward_with_bias_matches_torch(dtype):
     sum(v.sum() for v in gt).backward()
     for e, t in ((xe, xt), (we, wt), (be, bt)):
         _close(e.grad, t.grad, dtype)
+
+
+# ---------------------------------------------------------------------- max pooling
+POOL_CASES = [
+    # (input shape, kernel, stride, padding, dilation, ceil_mode)
+    ((64, 6, 28, 28), 2, None, 0, 1, False),   # LeNet pool1 (parallel over the batch)
+    ((64, 16, 10, 10), 2, None, 0, 1, False),  # LeNet pool2
+    ((33, 5, 11, 9), 3, 2, 1, 1, True),        # overlapping, padded, ceil mode, odd sizes
+    ((40, 3, 17, 13), (3, 2), (2, 1), 0, 2, False),
+]
+
+
+@pytest.fixture(params=["serial", "two cores"])
+def cores(request, monkeypatch):
+    """Run with the machine's real spare cores, or as if two were free (the parallel parts)."""
+    if request.param == "two cores":
+        from ember.backend import cpu
+        monkeypatch.setattr(cpu, "_spare_threads", lambda now: 2)
+        monkeypatch.setitem(cpu._state, "default", 2)
+    return request.param
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("case", POOL_CASES, ids=lambda c: "x".join(map(str, c[0])))
+def test_max_pool_values_indices_and_gradient(dtype, case, cores):
+    xs, k, s, p, d, ceil = case
+    rng = np.random.default_rng(8)
+    a = rng.standard_normal(xs).astype(dtype)
+    a[0, 0, :2, :2] = 1.5  # ties inside a window: the first one wins
+    a[1, 1].flat[::5] = np.nan  # NaN windows: the last NaN wins
+    e, t = _pair(a)
+    ye, ie = F.max_pool2d(e, k, s, p, d, ceil_mode=ceil, return_indices=True)
+    yt, it = TF.max_pool2d(t, k, s, p, d, ceil_mode=ceil, return_indices=True)
+    np.testing.assert_array_equal(ye.detach().numpy(), yt.detach().numpy())
+    np.testing.assert_array_equal(ie.numpy(), it.numpy())
+    g = rng.standard_normal(tuple(yt.shape)).astype(dtype)
+    ye.backward(ember.tensor(g))
+    yt.backward(torch.tensor(g))
+    _close(e.grad, t.grad, dtype)  # overlapping windows sum in another order than torch
+
+
+def test_conv_relu_pool_chain_in_parallel_matches_torch(cores):
+    # LeNet's front end with every fast path on: conv (chunks), relu, pool, backward
+    rng = np.random.default_rng(9)
+    xa = rng.standard_normal((64, 1, 28, 28)).astype(np.float32)
+    wa = (rng.standard_normal((6, 1, 5, 5)) * 0.3).astype(np.float32)
+    ba = rng.standard_normal(6).astype(np.float32)
+    (xe, xt), (we, wt), (be, bt) = _pair(xa), _pair(wa), _pair(ba)
+    ye = F.max_pool2d(ember.relu(F.conv2d(xe, we, be, padding=2)), 2)
+    yt = TF.max_pool2d(torch.relu(TF.conv2d(xt, wt, bt, padding=2)), 2)
+    _close(ye, yt, "float32")
+    g = rng.standard_normal(tuple(yt.shape)).astype(np.float32)
+    ye.backward(ember.tensor(g))
+    yt.backward(torch.tensor(g))
+    for e, t in ((xe, xt), (we, wt), (be, bt)):
+        _close(e.grad, t.grad, "float32")
