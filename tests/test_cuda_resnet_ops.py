@@ -251,3 +251,25 @@ def test_channels_last_block_matches_cpu():
         np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-4 * max(np.abs(b).max(), 1e-3))
     for a, b in zip(_block_grads("cuda", x, True), ref):      # bf16 autocast: relative L2
         assert np.linalg.norm(a - b) <= 0.2 * np.linalg.norm(b) + 1e-6   # bf16 noise ~0.1
+
+
+def test_cast_on_device_backward_casts_back_keeping_layout():
+    rng = np.random.default_rng(8)
+    w = rng.standard_normal((6, 4, 3, 3)).astype(np.float32)
+    g = rng.standard_normal(w.shape)
+    wt = _cuda(w, "float32", True)
+    h = wt.to(ember.bfloat16)
+    assert _fused(h) and _is_cl(h) and h.dtype is ember.bfloat16
+    h.backward(ember.tensor(g, device="cuda").to(ember.bfloat16))
+    assert wt.grad.dtype is ember.float32 and tuple(wt.grad.stride()) == tuple(wt.stride())
+    np.testing.assert_allclose(_host(wt.grad), _rounded(g, "bfloat16"), rtol=0)
+    np.testing.assert_allclose(_host(h), _rounded(w, "bfloat16"), rtol=0)
+    # double backward: the generic cast backward on the same node
+    x = ember.tensor(w, device="cuda", requires_grad=True)
+    y = (x.to(ember.float16) ** 2).sum()
+    (gx,) = ember.autograd.grad(y, x, create_graph=True)
+    assert gx.dtype is ember.float32
+    gx.sum().backward()
+    np.testing.assert_allclose(_host(x.grad), np.full(w.shape, 2.0), rtol=0)
+    # device moves keep the generic op
+    assert not _fused(ember.randn(3, device="cuda", requires_grad=True).to("cpu"))

@@ -211,9 +211,20 @@ def _run_node(node: Node, buf: list, buffers: dict, retain_graph: bool) -> None:
         nbuf = buffers.get(nxt)
         if nbuf is None:
             nbuf = buffers[nxt] = [None] * nxt.n_outputs if nxt.n_outputs > nr else [None] * (nr + 1)
-        nbuf[nr] = g if nbuf[nr] is None else nbuf[nr] + g
+        nbuf[nr] = g if nbuf[nr] is None else _sum(nbuf[nr], g)
     if not retain_graph:
         node.release()
+
+
+def _sum(a: Tensor, b: Tensor) -> Tensor:
+    """Two gradients of one input, added. Off the CPU through the dispatcher: the no-grad
+    ``+`` fast path hands the arrays to CuPy, whose result is C-ordered even for two
+    channels-last gradients (and its strided reads are uncoalesced); the op's CUDA
+    implementation keeps their layout."""
+    if a._device.type == "cpu" or _State.enabled:
+        return a + b
+    from ember.ops.registry import OPS, apply
+    return apply(OPS["add"], (a, b, 1))
 
 
 def _reduce_to(g: Tensor, shape: tuple, node: Node) -> Tensor:

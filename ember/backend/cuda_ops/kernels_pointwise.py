@@ -66,4 +66,31 @@ class AddImpl:
         return grad, grad, None
 
 
-IMPLS = {"add": AddImpl}
+class ToCopyImpl:
+    """``_to_copy`` for a dtype cast on one device (autocast's weight casts): the backward
+    casts the gradient's array back directly (layout kept) instead of dispatching another
+    ``_to_copy``; device moves and complex casts take the generic op."""
+
+    def forward(ctx, xp, input, dtype, device):
+        if dtype is None or input.dtype.kind == "c" or dtype.is_complex or \
+                input.dtype == dtype.np:
+            return NotImplemented
+        if device is not None and (device.type != "cuda" or
+                                   (device.index or 0) != input.device.id):
+            return NotImplemented
+        from ember import dtypes as _dt
+        from ember.backend import device_of_array
+        ctx.src = (_dt._FROM_NP[input.dtype], device_of_array(input))
+        return input.astype(dtype.np)
+
+    def backward(ctx, grad):
+        dt, _dev = ctx.src
+        if dt.category < 2:
+            return None, None, None
+        g = grad._data
+        if g.dtype.kind == "c":
+            g = g.real
+        return K.wrap(g.astype(dt.np), grad.device), None, None
+
+
+IMPLS = {"add": AddImpl, "_to_copy": ToCopyImpl}
