@@ -89,8 +89,12 @@ def gemm_threads(xp: Any, macs: int) -> None:
             spare = _spare_threads(time.monotonic())
             if spare is not None:
                 want = min(want, spare)
+    _set_blas_threads(want)
+
+
+def _set_blas_threads(want: int) -> None:
     if want != _state["current"]:
-        for lib in libs:
+        for lib in _state["libs"] or ():
             lib.set_num_threads(want)
         _state["current"] = want
 
@@ -158,6 +162,9 @@ def parallel_rows(n: int, fn: Any, min_rows: int = 1) -> None:
     if threads == 1:
         fn(0, n)
         return
+    # the pieces' own BLAS calls (GEMVs, per-block products) run on one thread each: a
+    # threaded BLAS called from several threads at once serializes them (and spins)
+    _set_blas_threads(1)
     if _pool["workers"] < threads - 1:
         from concurrent.futures import ThreadPoolExecutor
         if _pool["executor"] is not None:
