@@ -43,6 +43,15 @@ def _matmul_meta(op: Any, input: Any, other: Any) -> TensorMeta:
     return TensorMeta(out)
 
 
+def _xp_matmul(xp: Any, a: Any, b: Any) -> Any:
+    """``xp.matmul``, except that CuPy's batched matmul does not know ml_dtypes' bfloat16
+    (dtype char 'E'): a batched bfloat16 product runs in float32 there (fp32 accumulation; the
+    caller rounds once, as torch's bf16 GEMMs)."""
+    if xp is not _np and a.dtype.name == "bfloat16" and (a.ndim > 2 or b.ndim > 2):
+        return xp.matmul(a.astype(xp.float32), b.astype(xp.float32))
+    return xp.matmul(a, b)
+
+
 @register("matmul", meta=_matmul_meta, sig="input, other", dunders=("__matmul__",),
           onnx="MatMul")
 class Matmul(OpDef):
@@ -58,7 +67,7 @@ class Matmul(OpDef):
             y = xp.matmul(input.reshape(-1, input.shape[-1]), other).reshape(
                 input.shape[:-1] + (other.shape[1],))
         else:
-            y = xp.matmul(input, other)
+            y = _xp_matmul(xp, input, other)
         # NumPy's bfloat16 matmul accumulates and returns float32; round back like torch
         return y if y.dtype == input.dtype else y.astype(input.dtype)
 
