@@ -12,13 +12,28 @@ from __future__ import annotations
 from typing import Any
 
 
+_ORDERS: dict = {}       # (shape, strides, itemsize) -> dense_order (a training loop repeats a
+_MISS = object()         # few hundred geometries; the analysis costs ~4 us of Python each)
+
+
 def dense_order(a: Any) -> list | None:
     """Axes of ``a`` from outermost to innermost in memory when ``a`` is dense with positive
-    strides (size-1 axes, whose strides mean nothing, first), else None."""
-    shape, strides = a.shape, a.strides
+    strides (size-1 axes, whose strides mean nothing, first), else None. The list is shared:
+    callers must not change it."""
+    key = (a.shape, a.strides, a.itemsize)
+    hit = _ORDERS.get(key, _MISS)
+    if hit is not _MISS:
+        return hit
+    if len(_ORDERS) > 4096:
+        _ORDERS.clear()
+    res = _ORDERS[key] = _dense_order(a.shape, a.strides, a.itemsize)
+    return res
+
+
+def _dense_order(shape: tuple, strides: tuple, itemsize: int) -> list | None:
     big = [i for i in range(len(shape)) if shape[i] != 1]
     big.sort(key=lambda i: -strides[i])
-    expect = a.itemsize
+    expect = itemsize
     for ax in reversed(big):
         if strides[ax] != expect:
             return None
