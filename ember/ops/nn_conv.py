@@ -389,7 +389,7 @@ class _Chunk:
 
 
 def _over_chunks(xp: Any, geo: _Geom, n: int, c: int, o: int, dtype: Any, body: Any,
-                 flat_fold: bool = False) -> list:
+                 flat_fold: bool = False, serial: bool = False) -> list:
     """Run ``acc = body(n0, m, plan, acc)`` over the batch chunks (first sample ``n0``, ``m``
     samples); returns each worker's final ``acc``.
 
@@ -412,7 +412,7 @@ def _over_chunks(xp: Any, geo: _Geom, n: int, c: int, o: int, dtype: Any, body: 
             acc = body(n0, size, plan, acc)
         results.append(acc)
 
-    if xp is np and len(starts) > 1:
+    if xp is np and len(starts) > 1 and not serial:
         parallel_rows(len(starts), run)
     else:
         run(0, len(starts))
@@ -452,8 +452,9 @@ def conv_forward(xp: Any, x: Any, w: Any, stride: tuple, padding: tuple, dilatio
 
 
 def conv_input_grad(xp: Any, g: Any, w: Any, sp: tuple, stride: tuple, padding: tuple,
-                    dilation: tuple, groups: int) -> Any:
-    """Gradient of the conv in its input (the transposed conv): ``g (N, O, *out)`` -> ``(N, C, *sp)``."""
+                    dilation: tuple, groups: int, serial: bool = False) -> Any:
+    """Gradient of the conv in its input (the transposed conv): ``g (N, O, *out)`` -> ``(N, C, *sp)``
+    (``serial``: on this thread only)."""
     n, o = g.shape[:2]
     c = w.shape[1] * groups
     geo = _geom(tuple(sp), w.shape[2:], tuple(stride), tuple(padding), tuple(dilation),
@@ -474,13 +475,13 @@ def conv_input_grad(xp: Any, g: Any, w: Any, sp: tuple, stride: tuple, padding: 
                       plan.gemm_out((groups, wt.shape[1], plan.width)))
         plan.fold(dcols.reshape(-1, plan.width), dx[n0:n0 + m])
 
-    _over_chunks(xp, geo, n, c, o, g.dtype, body, flat)
+    _over_chunks(xp, geo, n, c, o, g.dtype, body, flat, serial)
     return dx
 
 
 def conv_weight_grad(xp: Any, x: Any, g: Any, ksize: tuple, stride: tuple, padding: tuple,
                      dilation: tuple, groups: int, cols: Any = None,
-                     with_bias: bool = False) -> Any:
+                     with_bias: bool = False, serial: bool = False) -> Any:
     """Gradient of the conv in its weight: ``(O, C/groups, *k)``; with ``with_bias``, the
     pair ``(weight grad, bias grad (O,))``, the bias's summed from the same gradient rows
     (a GEMV per chunk, while they are in cache) instead of another pass over ``g``.
@@ -517,7 +518,7 @@ def conv_weight_grad(xp: Any, x: Any, g: Any, ksize: tuple, stride: tuple, paddi
     if cols is not None:  # whole-batch columns (GPU): one pass
         parts = [body(0, n, _Chunk(xp, geo, n, c, o, g.dtype), None)]
     else:
-        parts = _over_chunks(xp, geo, n, c, o, g.dtype, body)
+        parts = _over_chunks(xp, geo, n, c, o, g.dtype, body, serial=serial)
     dw, db = parts[0]
     for part, pdb in parts[1:]:
         dw += part
@@ -708,13 +709,30 @@ def _conv_backward_arrays(ctx: Any, grad: Tensor, x: Tensor, w: Tensor) -> tuple
     g, xa, wa = work_dtype(np, grad._data), x._data, w._data
     dt, dev = x._dtype, x._device
     gx = gw = gb = None
-    if need[0]:
-        dx = conv_input_grad(np, g, work_dtype(np, wa), tuple(xa.shape[2:]), s, p, d, groups)
-        gx = _make(dx.astype(xa.dtype, copy=False), dt, dev)
     want_bias = has_bias and need[2]
+    res: list = [None, None]
+
+    def grads(lo: int, hi: int) -> None:
+        # task 0: input gradient, task 1: weight (and bias) gradient. Split over two cores
+        # (parallel_rows), each runs its chunks alone: one thread handoff per backward, and
+        # each thread keeps its own data in its cache (splitting every pass's chunks instead
+        # measured barely faster than one core inside the LeNet step).
+        serial = hi - lo == 1
+        if lo == 0 and need[0]:
+            res[0] = conv_input_grad(np, g, work_dtype(np, wa), tuple(xa.shape[2:]), s, p, d,
+                                     groups, serial)
+        if hi == 2 and need[1]:
+            res[1] = conv_weight_grad(np, work_dtype(np, xa), g, tuple(wa.shape[2:]), s, p, d,
+                                      groups, with_bias=want_bias, serial=serial)
+
+    if need[0] and need[1]:
+        parallel_rows(2, grads)
+    else:
+        grads(0, 2)
+    if need[0]:
+        gx = _make(res[0].astype(xa.dtype, copy=False), dt, dev)
     if need[1]:
-        dw = conv_weight_grad(np, work_dtype(np, xa), g, tuple(wa.shape[2:]), s, p, d, groups,
-                              with_bias=want_bias)
+        dw = res[1]
         if want_bias:
             dw, db = dw
             gb = _make(db.astype(xa.dtype, copy=False), dt, dev)
