@@ -149,16 +149,26 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_reset_pool)
 
 
-def parallel_rows(n: int, fn: Any, min_rows: int = 1) -> None:
-    """Call ``fn(lo, hi)`` over ``[0, n)`` in contiguous pieces of at least ``min_rows``
-    rows, one piece per spare core (the calling thread takes one); ``fn`` must only touch
-    its own rows."""
+def row_threads(n: int, min_rows: int = 1) -> int:
+    """How many threads :func:`parallel_rows` would use for ``n`` rows now."""
     _libs()
     threads = _state["default"] or 1
     if threads > 1:
         spare = _spare_threads(time.monotonic())
         threads = min(threads, spare) if spare is not None else threads
-    threads = max(1, min(threads, n // max(min_rows, 1)))
+    return max(1, min(threads, n // max(min_rows, 1)))
+
+
+def parallel_rows(n: int, fn: Any, min_rows: int = 1) -> None:
+    """Call ``fn(lo, hi)`` over ``[0, n)`` in contiguous pieces of at least ``min_rows``
+    rows, one piece per spare core (the calling thread takes one); ``fn`` must only touch
+    its own rows.
+
+    Pieces pay for threads only when they are long: each NumPy call in a piece takes the
+    GIL back when it returns, so pieces made of many calls on ~100 KB arrays wait on each
+    other (measured on two free cores: GELU over 32K-element chunks slower than serial,
+    over 64K chunks ~1.4x faster; a (1024, 128) layer norm no faster)."""
+    threads = row_threads(n, min_rows)
     if threads == 1:
         fn(0, n)
         return

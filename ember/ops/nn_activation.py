@@ -14,7 +14,7 @@ import numpy as np
 
 from ember._state import _State
 from ember.backend import special
-from ember.backend.cpu import parallel_rows
+from ember.backend.cpu import parallel_rows, row_threads
 from ember.ops import meta as M
 from ember.ops.registry import OpDef, register
 from ember.tensor import _make
@@ -41,6 +41,7 @@ _GELU_R = tuple(0.5 * c for c in (  # highest power first; the 0.5 of erfc/2 fol
     0.07219336, -0.3161332, 0.4127406, -0.10796162, 0.25757674, 0.19995181, 0.24196144,
     0.23967075))
 _GELU_CHUNK = 1 << 15
+_GELU_CHUNK_THREADED = 1 << 16  # on several threads: fewer, longer NumPy calls per chunk
 
 
 def _gelu_cpu_f32(x: Any, want_grad: bool) -> tuple:
@@ -57,7 +58,10 @@ def _gelu_cpu_f32(x: Any, want_grad: bool) -> tuple:
     n = flat.size
     y = np.empty_like(flat)
     d = np.empty_like(flat) if want_grad else None
-    m = max(min(_GELU_CHUNK, n), 1)
+    m = _GELU_CHUNK
+    if n >= 8 * _GELU_CHUNK_THREADED and row_threads(-(-n // _GELU_CHUNK_THREADED), 4) > 1:
+        m = _GELU_CHUNK_THREADED
+    m = max(min(m, n), 1)
     pinf = bool(n) and not flat.max() < math.inf  # +inf (or NaN) somewhere: patch +inf
 
     def chunks(lo: int, hi: int) -> None:
