@@ -245,3 +245,13 @@ def test_conv_relu_pool_chain_in_parallel_matches_torch(cores):
     yt.backward(torch.tensor(g))
     for e, t in ((xe, xt), (we, wt), (be, bt)):
         _close(e.grad, t.grad, "float32")
+
+
+def test_relu_gradient_is_a_select_for_inf_and_nan_gradients():
+    # torch's threshold_backward selects: an inf/NaN gradient of a clipped element gives 0
+    a = np.tile(np.array([-1.0, 0.0, 2.0, np.nan], np.float32), 2000)
+    g = np.tile(np.array([np.inf, np.nan, -np.inf, 1.0], np.float32), 2000)
+    e, t = _pair(a)
+    ember.relu(e).backward(ember.tensor(g))
+    torch.relu(t).backward(torch.tensor(g))
+    np.testing.assert_array_equal(e.grad.numpy(), t.grad.numpy())

@@ -8,6 +8,8 @@ from __future__ import annotations
 import math
 from typing import Any, Callable
 
+import numpy as _np
+
 from ember import dtypes as _dt
 from ember.backend import special
 from ember.errors import check, make
@@ -175,23 +177,30 @@ def _threshold_backward_meta(op: Any, grad: Any, input: Any, threshold: Any) -> 
 
 @register("threshold_backward", meta=_threshold_backward_meta, method=False, function=False)
 class ThresholdBackward(OpDef):
-    """``grad`` where ``input <= threshold`` is false, else 0: the gradient of relu
-    (``input`` may be relu's output), in one op instead of a comparison and a promoting
-    multiply."""
+    """``grad`` where ``input <= threshold`` is false, else 0 (a select, as torch: an inf or
+    NaN gradient of a clipped element gives 0); the gradient of relu (``input`` may be relu's
+    output), in one op instead of a comparison and a promoting multiply."""
 
     def forward(ctx, xp, grad, input, threshold):
         mask = xp.asarray(input <= threshold)  # 0-d inputs compare to a scalar
         xp.logical_not(mask, out=mask)  # torch passes the gradient where input is NaN
-        ctx.mask = mask
-        if grad.dtype.kind == "f":  # float * bool stays float (one mixed-type ufunc pass)
-            return xp.multiply(grad, mask)
-        return grad * mask.astype(grad.dtype)
+        ctx.save(input)
+        ctx.threshold = threshold
+        if grad.dtype.kind != "f":
+            return xp.where(mask, grad, grad.dtype.type(0))
+        # float * bool is one mixed-type ufunc pass, ~10x faster than NumPy's where; it differs
+        # from the select only where an inf/NaN gradient meets a clipped element (0 * inf is
+        # NaN), which a NaN max reveals (one reduction, ~1/4 of the multiply's time)
+        with _np.errstate(invalid="ignore"):
+            out = xp.multiply(grad, mask)
+        if out.size and xp.isnan(out.max()):
+            out = xp.where(mask, grad, grad.dtype.type(0))
+        return out
 
     def backward(ctx, gg):
-        # linear in grad with the same mask; no gradient through the comparison
-        from ember.tensor import _make
-        mask = _make(ctx.mask, _dt.bool, gg.device)
-        return gg * mask, None, None
+        # linear in grad, with the same selection; no gradient through the comparison
+        (input,) = ctx.saved
+        return _threshold_backward(gg, input, ctx.threshold), None, None
 
 
 def _bitwise_not(xp: Any, x: Any) -> Any:
