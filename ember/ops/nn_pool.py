@@ -197,6 +197,16 @@ def _kernel_planes(xp: Any, v: Any, nd: int) -> Any:
     a list of strided views is used instead.
     """
     k = v.shape[2:2 + nd]
+    if v.size * v.itemsize <= _PLANES_BYTES and nd == 2 and k[1] > 1 and \
+            v.strides[3] == v.itemsize and v.strides[5] == k[1] * v.itemsize:
+        # Windows side by side along contiguous rows (stride = kernel, no dilation: LeNet's
+        # 2x2 pools). A direct copy reads ``out[1]``-element runs with a stride; two copies
+        # with long loops measured faster (1.1x at (64, 6, 28, 28), 1.7x at (64, 16, 10, 10)):
+        # first whole rows of windows (ow * kw contiguous elements) per kernel row, then the
+        # kernel columns apart, one long strided run each.
+        rows = xp.ascontiguousarray(v.transpose(2, 0, 1, 4, 5, 3))  # (kh, N, C, oh, ow, kw)
+        planes = xp.ascontiguousarray(rows.reshape(k[0], -1, k[1]).transpose(0, 2, 1))
+        return planes.reshape((-1,) + v.shape[:2] + v.shape[4:])
     if v.size * v.itemsize <= _PLANES_BYTES:
         axes = tuple(range(2, 2 + nd)) + (0, 1) + tuple(range(2 + nd, 2 + 2 * nd))
         planes = xp.ascontiguousarray(v.transpose(axes))
