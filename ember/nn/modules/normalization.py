@@ -104,8 +104,12 @@ class _BatchNorm(_NormBase):
         self._check_features(input, 1)
         factor = 0.0 if self.momentum is None else self.momentum
         if self.training and self.track_running_stats and self.num_batches_tracked is not None:
-            with ember.no_grad():
-                self.num_batches_tracked.add_(1)
+            # the counter's `add_(1)` directly on its array (it never needs autograd): a
+            # dispatcher round trip per BatchNorm layer and step is measurable host time on
+            # the GPU (53 per ResNet-50 step)
+            nbt = self.num_batches_tracked
+            nbt._data += 1
+            nbt._version[0] += 1
             if self.momentum is None:  # cumulative moving average
                 factor = 1.0 / float(self.num_batches_tracked.item())
             else:
