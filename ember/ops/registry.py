@@ -334,8 +334,9 @@ def apply(op: OpDef, args: tuple) -> Any:
         raise op_error(op.name, exc, args) from None
 
     multi = type(out) is tuple
-    if not multi and not op.changes_device and type(out) is _ndarray:
-        # the common case: one CPU array out, in the dtype promotion expects
+    if not multi and not op.changes_device and (type(out) is _ndarray or (
+            xp is not _np and type(out) is xp.ndarray)):
+        # the common case: one array out (NumPy or CuPy), in the dtype promotion expects
         dt = _FROM_NP.get(out.dtype)
         if dt is not None and (out_dt is None or dt is out_dt):
             res = _make(out, dt, dev)
