@@ -266,9 +266,11 @@ def apply(op: OpDef, args: tuple) -> Any:
         arr_args = tuple(arrs)
     if _State.autocast is not None and not op.variadic:
         from ember.amp.autocast_mode import cast_args
-        args = cast_args(op.name, args, dev.type)
-        arr_args = tuple(a._data if isinstance(a, Tensor) else a for a in args)
-        tin = [a for a in args if isinstance(a, Tensor)]
+        cast = cast_args(op.name, args, dev.type)
+        if cast is not args:  # a listed op: operands may have been cast
+            args = cast
+            arr_args = tuple(a._data if isinstance(a, Tensor) else a for a in args)
+            tin = [a for a in args if isinstance(a, Tensor)]
     if op.meta is not None:
         op.meta(op, *args)
     xp = _np if dev.type == "cpu" else get_xp(dev)
