@@ -255,3 +255,22 @@ def test_relu_gradient_is_a_select_for_inf_and_nan_gradients():
     ember.relu(e).backward(ember.tensor(g))
     torch.relu(t).backward(torch.tensor(g))
     np.testing.assert_array_equal(e.grad.numpy(), t.grad.numpy())
+
+
+@pytest.mark.parametrize("shape", [((16, 32, 20, 20), (64, 32, 3, 3)), ((64, 6, 14, 14), (16, 6, 5, 5))])
+def test_conv_backward_split_over_two_cores_matches_torch(shape, cores):
+    # input and weight gradients as two tasks (and chunks split) when two cores are free;
+    # the first shape's chunk GEMMs are big enough to ask for BLAS threads
+    xs, ws = shape
+    rng = np.random.default_rng(10)
+    xa = rng.standard_normal(xs).astype(np.float32)
+    wa = (rng.standard_normal(ws) * 0.1).astype(np.float32)
+    ba = rng.standard_normal(ws[0]).astype(np.float32)
+    (xe, xt), (we, wt), (be, bt) = _pair(xa), _pair(wa), _pair(ba)
+    ye, yt = F.conv2d(xe, we, be, padding=1), TF.conv2d(xt, wt, bt, padding=1)
+    _close(ye, yt, "float32")
+    g = rng.standard_normal(tuple(yt.shape)).astype(np.float32)
+    ye.backward(ember.tensor(g))
+    yt.backward(torch.tensor(g))
+    for e, t in ((xe, xt), (we, wt), (be, bt)):
+        _close(e.grad, t.grad, "float32")

@@ -388,6 +388,16 @@ class _Chunk:
         return buf, pairs, crop
 
 
+# Set while this thread runs a part of a pass beside another thread (chunks or tasks split
+# by parallel_rows): its GEMMs then take one BLAS thread, as two Python threads each driving
+# two BLAS threads would oversubscribe the cores (and OpenBLAS's workers busy-wait).
+_beside = threading.local()
+
+
+def _gemm_threads(xp: Any, macs: int) -> None:
+    gemm_threads(xp, 0 if getattr(_beside, "on", False) else macs)
+
+
 def _over_chunks(xp: Any, geo: _Geom, n: int, c: int, o: int, dtype: Any, body: Any,
                  flat_fold: bool = False, serial: bool = False) -> list:
     """Run ``acc = body(n0, m, plan, acc)`` over the batch chunks (first sample ``n0``, ``m``
@@ -396,7 +406,8 @@ def _over_chunks(xp: Any, geo: _Geom, n: int, c: int, o: int, dtype: Any, body: 
     On the CPU the chunks are spread over the cores other processes leave free
     (``parallel_rows``: serial on a busy machine); GEMMs and copies release the GIL. Each
     thread makes its own plans, over its own work arrays: the full chunks share one, the
-    remainder (always a worker's last chunk) gets its own.
+    remainder (always a worker's last chunk) gets its own. ``serial``: every chunk on this
+    thread, a task running beside another (see ``_conv_backward_arrays``).
     """
     m = _chunk(xp, n, c * math.prod(geo.ksize) * geo.length * np.dtype(dtype).itemsize)
     starts = range(0, n, m)
@@ -404,12 +415,17 @@ def _over_chunks(xp: Any, geo: _Geom, n: int, c: int, o: int, dtype: Any, body: 
 
     def run(lo: int, hi: int) -> None:
         acc, plans = None, {}
-        for n0 in starts[lo:hi]:
-            size = min(m, n - n0)
-            plan = plans.get(size)
-            if plan is None:
-                plan = plans[size] = _Chunk(xp, geo, size, c, o, dtype, flat_fold)
-            acc = body(n0, size, plan, acc)
+        prev = getattr(_beside, "on", False)
+        _beside.on = prev or serial or hi - lo < len(starts)
+        try:
+            for n0 in starts[lo:hi]:
+                size = min(m, n - n0)
+                plan = plans.get(size)
+                if plan is None:
+                    plan = plans[size] = _Chunk(xp, geo, size, c, o, dtype, flat_fold)
+                acc = body(n0, size, plan, acc)
+        finally:
+            _beside.on = prev
         results.append(acc)
 
     if xp is np and len(starts) > 1 and not serial:
@@ -438,7 +454,7 @@ def conv_forward(xp: Any, x: Any, w: Any, stride: tuple, padding: tuple, dilatio
 
     def body(n0: int, m: int, plan: _Chunk, acc: Any) -> Any:
         cols = plan.columns(x[n0:n0 + m])
-        gemm_threads(xp, w.size * plan.width)
+        _gemm_threads(xp, w.size * plan.width)
         yc = _gemm(xp, wm, cols.reshape(groups, -1, plan.width),
                    plan.gemm_out((groups, o // groups, plan.width))).reshape(o, -1)
         if bias is not None:  # on the chunk while it is in cache: ~3x cheaper than a pass over y
@@ -454,7 +470,7 @@ def conv_forward(xp: Any, x: Any, w: Any, stride: tuple, padding: tuple, dilatio
 def conv_input_grad(xp: Any, g: Any, w: Any, sp: tuple, stride: tuple, padding: tuple,
                     dilation: tuple, groups: int, serial: bool = False) -> Any:
     """Gradient of the conv in its input (the transposed conv): ``g (N, O, *out)`` -> ``(N, C, *sp)``
-    (``serial``: on this thread only)."""
+    (``serial``: all chunks on this thread, which runs beside another task)."""
     n, o = g.shape[:2]
     c = w.shape[1] * groups
     geo = _geom(tuple(sp), w.shape[2:], tuple(stride), tuple(padding), tuple(dilation),
@@ -470,7 +486,7 @@ def conv_input_grad(xp: Any, g: Any, w: Any, sp: tuple, stride: tuple, padding: 
 
     def body(n0: int, m: int, plan: _Chunk, acc: Any) -> Any:
         rows = plan.rows(g[n0:n0 + m])
-        gemm_threads(xp, w.size * plan.width)
+        _gemm_threads(xp, w.size * plan.width)
         dcols = _gemm(xp, wt, rows.reshape(groups, o // groups, -1),
                       plan.gemm_out((groups, wt.shape[1], plan.width)))
         plan.fold(dcols.reshape(-1, plan.width), dx[n0:n0 + m])
@@ -500,7 +516,7 @@ def conv_weight_grad(xp: Any, x: Any, g: Any, ksize: tuple, stride: tuple, paddi
     def body(n0: int, m: int, plan: _Chunk, acc: Any) -> Any:
         cc = cols if cols is not None else plan.columns(x[n0:n0 + m])
         rows = plan.rows(g[n0:n0 + m])
-        gemm_threads(xp, o * cc.shape[0] * plan.width // groups)
+        _gemm_threads(xp, o * cc.shape[0] * plan.width // groups)
         # a worker's first part is its running sum. The transposed product cols @ rows^T
         # (C*K/groups, O/groups) measured 15% faster than rows @ cols^T at LeNet's conv2.
         out = None if acc is None else plan.gemm_out(acc[0].shape)
