@@ -523,7 +523,7 @@ def conv_weight_grad(xp: Any, x: Any, g: Any, ksize: tuple, stride: tuple, paddi
         part = _gemm(xp, cc.reshape(groups, -1, plan.width),
                      rows.reshape(groups, o // groups, -1).transpose(0, 2, 1), out)
         # zeros at the wide layout's garbage positions, so the row sums are exact
-        db = xp.matmul(rows, plan.ones()) if with_bias else None
+        db = xp.dot(rows, plan.ones()) if with_bias else None
         if acc is None:
             return part, db
         acc[0][...] += part
