@@ -254,8 +254,14 @@ class MaxPool(OpDef):
         v = windows(xp, xpad, k, s, d, out)
         base, offsets = _positions(xp, k, s, p, d, out, sp)
         y, code = _first_max(xp, _kernel_planes(xp, v, nd))
-        idx = offsets.take(code.astype(xp.intp))  # flat input index of each window's max
-        idx += base
+        # flat input index of each window's max. NumPy: the gather from int32 offsets with
+        # the small-int codes, widened by the add, measured ~1.7x faster than casting the
+        # codes to intp and gathering int64 (LeNet's pool1: ~200 -> ~120 us)
+        if xp is np and offsets.size and int(offsets[-1]) < 2 ** 31:
+            idx = np.add(offsets.astype(np.int32).take(code), base)
+        else:
+            idx = offsets.take(code.astype(xp.intp))
+            idx += base
         ctx.p = (input.shape, all(s[i] >= d[i] * (k[i] - 1) + 1 for i in range(nd)))
         ctx.save(idx)
         return y.astype(input.dtype, copy=False), idx
