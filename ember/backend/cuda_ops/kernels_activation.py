@@ -43,10 +43,11 @@ __device__ __forceinline__ float dact(float x, int mode) {
     return s * (1.f + x * (1.f - s));
 }
 
-// relu (mode 3) gets its output y, not x: the gradient passes where y > 0 and is 0 elsewhere
-// (a select, not a product: an inf or NaN gradient of a clipped element gives 0, as torch)
+// relu (mode 3) gets its output y, not x: torch's threshold_backward, 0 where y <= 0 and the
+// gradient elsewhere -- a NaN output passes it -- (a select, not a product: an inf or NaN
+// gradient of a clipped element gives 0)
 __device__ __forceinline__ float dgrad(float g, float x, int mode) {
-    if (mode == 3) return x > 0.f ? g : 0.f;
+    if (mode == 3) return x <= 0.f ? 0.f : g;
     return g * dact(x, mode);
 }
 
