@@ -13,6 +13,9 @@ import ember
 import ember.nn.functional as F
 
 torch = pytest.importorskip("torch")
+# CPU kernels (NumPy fast paths); under EMBER_TEST_DEVICE=cuda the GPU ones are tested in
+# tests/test_cuda_*.py instead
+pytestmark = pytest.mark.host_only
 
 
 def _gelu64(x):

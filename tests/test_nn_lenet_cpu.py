@@ -11,6 +11,9 @@ import ember
 import ember.nn.functional as F
 
 torch = pytest.importorskip("torch")
+# CPU kernels (NumPy fast paths); under EMBER_TEST_DEVICE=cuda the GPU ones are tested in
+# tests/test_cuda_*.py instead
+pytestmark = pytest.mark.host_only
 TF = torch.nn.functional
 
 # float32 sums over a whole batch (a conv weight gradient adds ~50k products) differ from
