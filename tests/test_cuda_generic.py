@@ -38,3 +38,21 @@ def test_batched_bfloat16_matmul_matches_float64_reference(shapes):
                                rtol=1e-2, atol=5e-2)
     np.testing.assert_allclose(_host(lb.grad), _sum_to(np.swapaxes(a16, -1, -2) @ ones, b.shape),
                                rtol=1e-2, atol=5e-2)
+
+
+def test_peak_memory_follows_allocations_and_frees():
+    mib = 2 ** 20
+    ember.cuda.reset_peak_memory_stats()
+    base = ember.cuda.memory_allocated()
+    x = ember.empty(32, mib // 4, device="cuda")         # 128 MiB
+    y = ember.empty(16, mib // 4, device="cuda")         # 64 MiB
+    del x
+    z = ember.empty(8, mib // 4, device="cuda")          # 32 MiB, after x was freed
+    peak = ember.cuda.max_memory_allocated() - base
+    assert 192 * mib <= peak < 200 * mib
+    assert ember.cuda.memory_allocated() - base >= 96 * mib
+    del y, z
+    assert ember.cuda.max_memory_allocated() - base == peak   # a peak stays until reset
+    ember.cuda.reset_peak_memory_stats()
+    assert ember.cuda.max_memory_allocated() == ember.cuda.memory_allocated()
+    assert ember.cuda.max_memory_reserved() >= ember.cuda.memory_reserved()

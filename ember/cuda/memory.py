@@ -1,7 +1,11 @@
 """CUDA memory statistics, read from CuPy's memory pool, and a recoverable OOM error.
 
-ember installs a thin allocator over CuPy's default pool that counts allocated bytes and
-their peak (CuPy's pool has no peak statistic); reserved bytes are the pool's total.
+CuPy's pool has no peak statistic, and its ``used_bytes()`` walks every live block (O(number
+of arrays)), far too slow to call on each allocation. Once a statistic is first asked for,
+ember registers a CuPy memory hook that keeps a running count of the bytes handed out and
+returned (O(1) per allocation and free) and records its peak; reserved bytes are the pool's
+total, re-read only when the pool grows. Hooks are per thread: allocations on other threads
+are not counted in the peak.
 """
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ class OutOfMemoryError(RuntimeError):
 class _Tracker:
     def __init__(self) -> None:
         self.installed = False
+        self.used = 0            # bytes handed out by the pools (seeded at install)
         self.peak = 0
         self.peak_reserved = 0
 
@@ -22,19 +27,30 @@ class _Tracker:
         if self.installed:
             return
         import cupy as cp
+        from cupy.cuda import memory_hook
         pool = cp.get_default_memory_pool()
+        tracker = self
 
-        def malloc(size: int) -> Any:
-            mem = pool.malloc(size)
-            used = pool.used_bytes()
-            if used > self.peak:
-                self.peak = used
-            total = pool.total_bytes()
-            if total > self.peak_reserved:
-                self.peak_reserved = total
-            return mem
+        class _PeakHook(memory_hook.MemoryHook):
+            name = "ember_memory_stats"
 
-        cp.cuda.set_allocator(malloc)
+            def malloc_postprocess(self, **kw: Any) -> None:
+                used = tracker.used + kw["mem_size"]
+                tracker.used = used
+                if used > tracker.peak:
+                    tracker.peak = used
+
+            def free_postprocess(self, **kw: Any) -> None:
+                tracker.used -= kw["mem_size"]
+
+            def alloc_postprocess(self, **kw: Any) -> None:  # the pool took a new block
+                total = pool.total_bytes()
+                if total > tracker.peak_reserved:
+                    tracker.peak_reserved = total
+
+        self.used = self.peak = int(pool.used_bytes())
+        self.peak_reserved = int(pool.total_bytes())
+        _PeakHook().__enter__()  # stays registered for the process (this thread)
         self.installed = True
 
 
@@ -53,7 +69,7 @@ def memory_allocated(device: Any = None) -> int:
 
 
 def max_memory_allocated(device: Any = None) -> int:
-    """Peak of :func:`memory_allocated` since start or the last reset."""
+    """Peak of :func:`memory_allocated` since the statistics were first read or last reset."""
     _pool()
     return max(_tracker.peak, memory_allocated())
 
@@ -70,7 +86,7 @@ def max_memory_reserved(device: Any = None) -> int:
 
 def reset_peak_memory_stats(device: Any = None) -> None:
     _pool()
-    _tracker.peak = memory_allocated()
+    _tracker.used = _tracker.peak = memory_allocated()  # re-seed the running count
     _tracker.peak_reserved = memory_reserved()
 
 
