@@ -44,10 +44,10 @@ def test_peak_memory_follows_allocations_and_frees():
     mib = 2 ** 20
     ember.cuda.reset_peak_memory_stats()
     base = ember.cuda.memory_allocated()
-    x = ember.empty(32, mib // 4, device="cuda")         # 128 MiB
-    y = ember.empty(16, mib // 4, device="cuda")         # 64 MiB
+    x = ember.empty(32, mib, device="cuda")           # 128 MiB
+    y = ember.empty(16, mib, device="cuda")           # 64 MiB
     del x
-    z = ember.empty(8, mib // 4, device="cuda")          # 32 MiB, after x was freed
+    z = ember.empty(8, mib, device="cuda")            # 32 MiB, after x was freed
     peak = ember.cuda.max_memory_allocated() - base
     assert 192 * mib <= peak < 200 * mib
     assert ember.cuda.memory_allocated() - base >= 96 * mib
