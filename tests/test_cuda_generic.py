@@ -56,3 +56,22 @@ def test_peak_memory_follows_allocations_and_frees():
     ember.cuda.reset_peak_memory_stats()
     assert ember.cuda.max_memory_allocated() == ember.cuda.memory_allocated()
     assert ember.cuda.max_memory_reserved() >= ember.cuda.memory_reserved()
+
+
+@pytest.mark.parametrize("src,dst", [("float32", "bfloat16"), ("bfloat16", "float32"),
+                                     ("float32", "float16"), ("float16", "float32"),
+                                     ("bfloat16", "float16"), ("float16", "bfloat16")])
+def test_cast_kernel_matches_astype_bitwise(src, dst):
+    import cupy as cp
+    from ember.backend.cuda_ops.kernels_pointwise import cast
+    rng = np.random.default_rng(1)
+    x = np.concatenate([rng.standard_normal(5000) * 10.0 ** rng.integers(-6, 6, 5000),
+                        [np.nan, np.inf, -np.inf, 0.0, -0.0, 65504.0, 70000.0, 1e-8,
+                         1.00390625, 1.01171875, 3.0e38]]).astype(np.float32)
+    a = cp.asarray(x).astype(cp.dtype(ember.dtypes.to_dtype(src).np))
+    got, want = cast(cp, a, want_dt := cp.dtype(ember.dtypes.to_dtype(dst).np)), a.astype(want_dt)
+    assert got.dtype == want.dtype and got.shape == want.shape
+    g, w = cp.asnumpy(got).astype(np.float64), cp.asnumpy(want).astype(np.float64)
+    np.testing.assert_array_equal(g, w)   # NaN positions equal too
+    y = ember.tensor(x, device="cuda", requires_grad=True).to(ember.dtypes.to_dtype(src))
+    assert y.to(ember.dtypes.to_dtype(dst)).dtype == ember.dtypes.to_dtype(dst)
