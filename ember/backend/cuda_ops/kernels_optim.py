@@ -244,11 +244,15 @@ def _table(cp: Any, lists: Sequence[Sequence[Any] | None], steps: Sequence[Any] 
     stream = cp.cuda.get_current_stream()
     capturing = stream.is_capturing()
     if capturing:
-        # a copy from pinned memory is capturable; the graph replays it from this buffer
+        # a copy from pinned memory is capturable; the graph replays it from this buffer.
+        # CuPy's ndarray.set refuses any host-to-device copy while capturing, so the copy
+        # is issued through the runtime directly.
         pinned = cp.cuda.alloc_pinned_memory(host.nbytes)
         staged = np.frombuffer(pinned, dtype=np.int64, count=host.size).reshape(host.shape)
         staged[...] = host
-        dev.set(staged, stream=stream)
+        rt = cp.cuda.runtime
+        rt.memcpyAsync(dev.data.ptr, pinned.ptr, host.nbytes, rt.memcpyHostToDevice,
+                       stream.ptr)
         _KEEP.append((dev, pinned, staged))
     else:
         dev.set(host, stream=stream)   # pageable source: staged by the driver at once

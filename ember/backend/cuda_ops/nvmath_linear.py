@@ -51,11 +51,6 @@ _FAILED: dict = {}
 FORCE = [False]
 
 
-def _capturing(cp: Any) -> bool:
-    s = cp.cuda.get_current_stream()
-    return s.ptr != 0 and s.is_capturing()
-
-
 def _tf32() -> bool:
     from ember.backends import cuda as _bc
     return _bc.matmul.allow_tf32
@@ -112,9 +107,11 @@ def gemm(cp: Any, a: Any, b: Any, tag: str, epilog: Any = None, bias: Any = None
     Returns the result array, or ``(result, aux dict)`` for epilogues with outputs.
     """
     stream = cp.cuda.get_current_stream()
+    # No stream in the key: a plan made while warming up on a side stream must serve the
+    # capture stream (torch's graph-capture recipe); launches take the stream per call.
     key = (tag, a.shape, a.strides, b.shape, b.strides, a.dtype.str, epilog,
            None if bias is None else bias.strides, a.dtype.name == "float32" and _tf32(),
-           cp.cuda.runtime.getDevice(), stream.ptr)
+           cp.cuda.runtime.getDevice())
     launch = _PLANS.get(key)
     if launch is not None:
         return launch(cp, a, b, bias, stream)
@@ -167,7 +164,12 @@ def _rows(a: Any) -> Any:
 
 
 def _worth_it(cp: Any, macs: int) -> bool:
-    return macs >= MIN_MACS or FORCE[0] or _capturing(cp)
+    if macs >= MIN_MACS or FORCE[0]:
+        return True
+    # On a side stream (capture runs on one, and torch's whole-step capture recipe warms up
+    # on one), every GEMM takes cuBLASLt, so a capture finds the plans its warmup made:
+    # planning itself is not capturable.
+    return cp.cuda.get_current_stream().ptr != 0
 
 
 class NvLinear:
