@@ -8,7 +8,9 @@ Two reasons to leave CuPy's ``matmul`` (cuBLAS ``gemmEx``):
   host cost is higher (about 30 us per execute against about 10 us), so small GEMMs stay on
   CuPy: the switch is ``EMBER_NVMATH_MIN_MACS`` multiply-adds (default 2**27).
 - **CUDA graph capture.** CuPy refuses every cuBLAS call while a stream is capturing; nvmath
-  captures. During capture every supported GEMM goes here, whatever its size.
+  captures. On any non-default stream (capture runs on one, and torch's capture recipe warms
+  up on one) every supported GEMM goes here, whatever its size, so a capture finds the plans
+  its warmup made (planning is not capturable).
 
 Layouts (cuBLASLt epilogues are column-major, GPU.md's pitfall): with ``x (M, K)`` and
 ``w (N, K)`` row-major,
@@ -19,7 +21,8 @@ Layouts (cuBLASLt epilogues are column-major, GPU.md's pitfall): with ``x (M, K)
   bias gradient), column-major ``(K, N)``, that is ``dw`` row-major;
 - ``dx = dy @ w``.
 
-Plans are cached per (kind, shapes, strides, dtype, epilogue, TF32, device, stream); float32
+Plans are cached per (kind, shapes, strides, dtype, epilogue, TF32, device) and launched on
+the caller's stream; float32
 GEMMs use TF32 when ``ember.backends.cuda.matmul.allow_tf32`` is on.
 """
 from __future__ import annotations
@@ -41,7 +44,7 @@ else:
 # Measured on H100, bf16 F.linear forward with bias, per call (torch 2.11 in brackets):
 # (16384x768)@(768x3072) 121 us on cuBLASLt, 364 us on CuPy (118); (16384x768)@(768x768) 46
 # against 100 us (35); (2048x768)@(768x768) 43 against 63 us (23); (64x784)@(784x512) 89
-# against 61 us (16). Below this many multiply-adds CuPy's cuBLAS runs (outside capture).
+# against 61 us (16). Below this many multiply-adds CuPy's cuBLAS runs (on the default stream).
 MIN_MACS = int(os.environ.get("EMBER_NVMATH_MIN_MACS", str(1 << 28)))
 _DTYPES = ("float32", "float16", "bfloat16")
 _PLANS: dict = {}
