@@ -76,8 +76,15 @@ def main() -> None:
               f"{os.cpu_count()} cores, Python {platform.python_version()}, "
               f"`python -m bench` (median per step; same process per framework).\n\n")
     if not wanted:
-        with open(os.path.join(HERE, "RESULTS.md"), "w") as f:
-            f.write(header + table + "\n")
+        path = os.path.join(HERE, "RESULTS.md")
+        gpu = ""  # the GPU section comes from `python -m bench.gpu` on another machine: keep it
+        if os.path.exists(path):
+            with open(path) as f:
+                old = f.read()
+            if "\n## GPU" in old:
+                gpu = "\n" + old[old.index("\n## GPU") + 1:]
+        with open(path, "w") as f:
+            f.write(header + table + "\n" + gpu)
 
 
 if __name__ == "__main__":
