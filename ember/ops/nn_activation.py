@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from ember._state import _State
-from ember.backend import special
+from ember.backend import cpu_kernels, special
 from ember.backend.cpu import parallel_rows, row_threads
 from ember.ops import meta as M
 from ember.ops.registry import OpDef, register
@@ -58,6 +58,11 @@ def _gelu_cpu_f32(x: Any, want_grad: bool) -> tuple:
     n = flat.size
     y = np.empty_like(flat)
     d = np.empty_like(flat) if want_grad else None
+    nb = cpu_kernels.kernels()
+    if nb is not None:  # one fused pass on every spare core
+        nb.gelu(flat, y, d)
+        y = y.reshape(xt.shape).transpose(inv)
+        return y, (d.reshape(xt.shape).transpose(inv) if d is not None else None)
     m = _GELU_CHUNK
     if n >= 8 * _GELU_CHUNK_THREADED and row_threads(-(-n // _GELU_CHUNK_THREADED), 4) > 1:
         m = _GELU_CHUNK_THREADED

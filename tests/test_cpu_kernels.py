@@ -1,0 +1,97 @@
+"""The optional numba CPU kernels (ember/backend/cpu_kernels.py): GELU's fused pass against
+float64 and torch, run both with numba (when installed) and with ``EMBER_NUMBA=0`` (the NumPy
+code), so both paths stay tested; and ``import ember`` never importing numba."""
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import scipy.special as sp
+
+import ember
+import ember.nn.functional as F
+from ember.backend import cpu_kernels
+
+torch = pytest.importorskip("torch")
+pytestmark = pytest.mark.host_only
+
+
+@pytest.fixture(params=["numba", "numpy"])
+def path(request, monkeypatch):
+    if request.param == "numba":
+        pytest.importorskip("numba")
+        monkeypatch.setenv("EMBER_NUMBA", "1")
+        assert cpu_kernels.kernels() is not None
+    else:
+        monkeypatch.setenv("EMBER_NUMBA", "0")
+        assert cpu_kernels.kernels() is None
+    return request.param
+
+
+def test_import_ember_does_not_import_numba():
+    code = "import sys, ember; assert 'numba' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_gelu_accuracy_over_the_whole_range(path):
+    x = np.linspace(-16, 16, 320001).astype(np.float32)
+    t = ember.tensor(x, requires_grad=True)
+    y = F.gelu(t)
+    y.sum().backward()
+    x64 = x.astype(np.float64)
+    want = 0.5 * x64 * sp.erfc(-x64 / math.sqrt(2))
+    dwant = 0.5 * sp.erfc(-x64 / math.sqrt(2)) + x64 * np.exp(-x64 * x64 / 2) / math.sqrt(2 * math.pi)
+    np.testing.assert_allclose(y.detach().numpy(), want, rtol=5e-6, atol=3e-7)
+    np.testing.assert_allclose(t.grad.numpy(), dwant, rtol=5e-6, atol=3e-7)
+
+
+def test_gelu_special_values(path):
+    vals = [math.inf, -math.inf, math.nan, 0.0, -0.0, 1e-30, -1e-30, 1e30, -1e30, -40.0]
+    e = ember.tensor(vals, requires_grad=True)
+    y = F.gelu(e)
+    y.sum().backward()
+    t = torch.tensor(vals, requires_grad=True)
+    yt = torch.nn.functional.gelu(t)
+    yt.sum().backward()
+    np.testing.assert_array_equal(np.isnan(y.detach().numpy()), np.isnan(yt.detach().numpy()))
+    np.testing.assert_allclose(y.detach().numpy(), yt.detach().numpy(), rtol=1e-6, atol=0)
+    # finite inputs: gradients as torch's (at +-inf torch gives NaN; ember 1 at +inf, NaN at
+    # -inf, on both paths)
+    fin = np.isfinite(np.array(vals))
+    g, gt = e.grad.numpy()[fin], t.grad.numpy()[fin]
+    np.testing.assert_array_equal(e.grad.numpy()[:2], [1.0, math.nan])
+    np.testing.assert_array_equal(np.isnan(g), np.isnan(gt))
+    np.testing.assert_allclose(g, gt, rtol=1e-6, atol=1e-30)
+
+
+@pytest.mark.parametrize("shape", [(0,), (1,), (4097,), (16, 64, 512), (1024, 128), (3, 1, 5)])
+@pytest.mark.parametrize("layout", ["contiguous", "transposed", "strided"])
+def test_gelu_shapes_and_layouts(path, shape, layout):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(shape).astype(np.float32) * 3
+    e = ember.tensor(x, requires_grad=True)
+    tt = torch.tensor(x, requires_grad=True)
+    if layout == "transposed":
+        ei, ti = e.transpose(0, -1), tt.transpose(0, -1)
+    elif layout == "strided":
+        ei, ti = e[::2], tt[::2]
+    else:
+        ei, ti = e, tt
+    y, yt = F.gelu(ei), torch.nn.functional.gelu(ti)
+    g = rng.standard_normal(tuple(yt.shape)).astype(np.float32)
+    y.backward(ember.tensor(g))
+    yt.backward(torch.tensor(g))
+    np.testing.assert_allclose(y.detach().numpy(), yt.detach().numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(e.grad.numpy(), tt.grad.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_gelu_float64_and_half_keep_their_paths(path):
+    for dt, tdt in [(ember.float64, torch.float64), (ember.bfloat16, torch.bfloat16)]:
+        x = np.linspace(-5, 5, 101)
+        y = F.gelu(ember.tensor(x, dtype=dt)).float().numpy()
+        yt = torch.nn.functional.gelu(torch.tensor(x, dtype=tdt)).float().numpy()
+        half = dt is ember.bfloat16
+        np.testing.assert_allclose(y, yt, rtol=1e-2 if half else 1e-12, atol=1e-5 if half else 1e-12)
