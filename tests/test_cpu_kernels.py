@@ -95,3 +95,42 @@ def test_gelu_float64_and_half_keep_their_paths(path):
         yt = torch.nn.functional.gelu(torch.tensor(x, dtype=tdt)).float().numpy()
         half = dt is ember.bfloat16
         np.testing.assert_allclose(y, yt, rtol=1e-2 if half else 1e-12, atol=1e-5 if half else 1e-12)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("shape", [(1024, 128), (3, 5, 33), (1, 3)])
+def test_layer_norm_matches_torch(path, dtype, affine, shape):
+    rng = np.random.default_rng(1)
+    x = (rng.standard_normal(shape) * 3 + 1).astype(dtype)
+    n = shape[-1]
+    w = rng.standard_normal(n).astype(dtype) if affine else None
+    b = rng.standard_normal(n).astype(dtype) if affine else None
+    g = rng.standard_normal(shape).astype(dtype)
+    ex = ember.tensor(x, requires_grad=True)
+    ew = ember.tensor(w, requires_grad=True) if affine else None
+    eb = ember.tensor(b, requires_grad=True) if affine else None
+    tx = torch.tensor(x, requires_grad=True)
+    tw = torch.tensor(w, requires_grad=True) if affine else None
+    tb = torch.tensor(b, requires_grad=True) if affine else None
+    y = F.layer_norm(ex, (n,), ew, eb)
+    yt = torch.nn.functional.layer_norm(tx, (n,), tw, tb)
+    y.backward(ember.tensor(g))
+    yt.backward(torch.tensor(g))
+    tol = dict(rtol=1e-4, atol=1e-5) if dtype == "float32" else dict(rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(y.detach().numpy(), yt.detach().numpy(), **tol)
+    np.testing.assert_allclose(ex.grad.numpy(), tx.grad.numpy(), **tol)
+    if affine:
+        np.testing.assert_allclose(ew.grad.numpy(), tw.grad.numpy(), **tol)
+        np.testing.assert_allclose(eb.grad.numpy(), tb.grad.numpy(), **tol)
+
+
+def test_layer_norm_nonfinite_rows_and_noncontiguous(path):
+    x = np.random.default_rng(2).standard_normal((6, 40)).astype(np.float32)
+    x[1, 3] = math.nan
+    x[2, 0] = math.inf
+    y = F.layer_norm(ember.tensor(x).t(), (6,)).numpy()
+    yt = torch.nn.functional.layer_norm(torch.tensor(x).t(), (6,)).numpy()
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(yt))
+    fin = ~np.isnan(yt)
+    np.testing.assert_allclose(y[fin], yt[fin], rtol=1e-5, atol=1e-5)

@@ -43,14 +43,25 @@ def set_threads(chunks: int) -> None:
     GEMMs, never beside one, so they do not compete with OpenBLAS's threads."""
     import numba
 
-    from ember.backend.cpu import row_threads
-    numba.set_num_threads(max(1, min(row_threads(chunks, 1), numba.config.NUMBA_NUM_THREADS)))
+    from ember.backend.cpu import _set_blas_threads, row_threads
+    threads = max(1, min(row_threads(chunks, 1), numba.config.NUMBA_NUM_THREADS))
+    if threads > 1:
+        # OpenBLAS's workers busy-wait after a GEMM; sent to sleep (the next GEMM sets its own
+        # count again, as parallel_rows does) they leave the cores to the kernel's threads
+        _set_blas_threads(1)
+    numba.set_num_threads(threads)
 
 
 def _build() -> SimpleNamespace:
     import numba
     import numpy as np
     from numba import prange
+
+    if "NUMBA_THREADING_LAYER" not in os.environ:
+        # not OpenMP (numba's pick when libgomp is there): its threads spin after each kernel
+        # and took the cores from OpenBLAS's next GEMM (measured: a GPT step 120 -> 230 ms);
+        # workqueue threads sleep between kernels
+        numba.config.THREADING_LAYER = "workqueue"
 
     from ember.ops.nn_activation import _GELU_K, _GELU_R
 
@@ -59,39 +70,80 @@ def _build() -> SimpleNamespace:
     r0, r1, r2, r3, r4, r5, r6, r7 = _GELU_R
     isp = 1.0 / math.sqrt(2.0 * math.pi)
 
-    @jit
-    def gelu(x, y, d, want_grad):  # pragma: no cover - compiled
-        # The erfc fit of ember.ops.nn_activation (libm's erfc per element is ~4x slower):
-        # h = Phi(-|x|) = t exp(-x^2/2) R(t), t = 1/(1 + K|x|); Phi(x) = 1 - h for x > 0.
-        n = x.size
-        one = np.float32(1.0)
-        k = np.float32(_GELU_K)
-        half = np.float32(-0.5)
-        c0, c1, c2, c3 = np.float32(r0), np.float32(r1), np.float32(r2), np.float32(r3)
-        c4, c5, c6, c7 = np.float32(r4), np.float32(r5), np.float32(r6), np.float32(r7)
-        s = np.float32(isp)
-        for c in prange((n + chunk - 1) // chunk):
-            for i in range(c * chunk, min(n, c * chunk + chunk)):
-                v = x[i]
-                a = abs(v)
-                t = one / (one + k * a)
-                e = math.exp(half * a * a)
-                h = t * e * (((((((c0 * t + c1) * t + c2) * t + c3) * t + c4) * t + c5) * t
-                              + c6) * t + c7)
-                p = one - h if v > 0 else h
-                if v == math.inf:  # inf * 0 in h
-                    y[i] = v
-                    if want_grad:
-                        d[i] = one
-                    continue
-                y[i] = v * p
-                if want_grad:
-                    d[i] = p + v * e * s
+    def make_gelu(want_grad):
+        @jit
+        def gelu(x, y, d):  # pragma: no cover - compiled
+            # The erfc fit of ember.ops.nn_activation (libm's erfc per element is ~4x slower):
+            # h = Phi(-|x|) = t exp(-x^2/2) R(t), t = 1/(1 + K|x|); Phi(x) = 1 - h for x > 0.
+            # Branch-free (selects only) so that LLVM vectorizes the loop.
+            n = x.size
+            one = np.float32(1.0)
+            zero = np.float32(0.0)
+            k = np.float32(_GELU_K)
+            half = np.float32(-0.5)
+            c0, c1, c2, c3 = np.float32(r0), np.float32(r1), np.float32(r2), np.float32(r3)
+            c4, c5, c6, c7 = np.float32(r4), np.float32(r5), np.float32(r6), np.float32(r7)
+            s = np.float32(isp)
+            big = np.float32(20.0)
+            for c in prange((n + chunk - 1) // chunk):
+                for i in range(c * chunk, min(n, c * chunk + chunk)):
+                    v = x[i]
+                    a = abs(v)
+                    t = one / (one + k * a)
+                    e = math.exp(half * a * a)
+                    h = t * e * (((((((c0 * t + c1) * t + c2) * t + c3) * t + c4) * t + c5) * t
+                                  + c6) * t + c7)
+                    p = one - h if v > zero else h
+                    y[i] = v * p  # +inf: inf * 1
+                    if want_grad:  # a compile-time constant
+                        # x phi(x) is 0 to float32 beyond x = 20 (inf * 0 at +inf; NaN at -inf as torch)
+                        d[i] = p + (zero if v > big else v * e * s)
+        return gelu
+
+    gelu_y, gelu_yd = make_gelu(False), make_gelu(True)
 
     def gelu_f(flat: Any, y: Any, d: Any) -> None:
         """float32 GELU of the 1-D contiguous ``flat`` into ``y`` and, unless ``d`` is None,
         its derivative into ``d`` (float32 only: the fit is float32-accurate)."""
         set_threads(-(-flat.size // chunk))
-        gelu(flat, y, d if d is not None else y[:0], d is not None)
+        if d is None:
+            gelu_y(flat, y, y)
+        else:
+            gelu_yd(flat, y, d)
 
-    return SimpleNamespace(gelu=gelu_f)
+    @jit
+    def layer_norm(x, w, b, eps, y, xhat, mean, rstd):  # pragma: no cover - compiled
+        # one row per prange step: two-pass statistics accumulated in float64, then xhat and
+        # the affine output in the same visit (w, b empty when absent)
+        rows, n = x.shape
+        for r in prange(rows):
+            s = 0.0
+            for j in range(n):
+                s += x[r, j]
+            m = s / n
+            q = 0.0
+            for j in range(n):
+                dv = x[r, j] - m
+                q += dv * dv
+            rs = 1.0 / math.sqrt(q / n + eps)
+            mean[r] = m
+            rstd[r] = rs
+            for j in range(n):
+                h = (x[r, j] - mean[r]) * rstd[r]
+                xhat[r, j] = h
+                if w.size:
+                    h = h * w[j]
+                if b.size:
+                    h = h + b[j]
+                y[r, j] = h
+
+    def layer_norm_f(x2: Any, w1: Any, b1: Any, eps: float, y: Any, xhat: Any, mean: Any,
+                     rstd: Any) -> None:
+        """Layer norm of the C-contiguous (rows, n) ``x2`` (float32 or float64) into ``y``,
+        ``xhat`` (may be ``y`` itself when there is no affine), ``mean`` and ``rstd`` (rows,)."""
+        none = x2[0, :0]
+        set_threads(x2.shape[0] * x2.shape[1] // chunk)
+        layer_norm(x2, none if w1 is None else w1, none if b1 is None else b1, float(eps), y,
+                   xhat, mean, rstd)
+
+    return SimpleNamespace(gelu=gelu_f, layer_norm=layer_norm_f)
