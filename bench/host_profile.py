@@ -1,6 +1,7 @@
 """Host-side (Python) cost of one eager training step of a bench.gpu workload, ember only.
 
     python -m bench.host_profile MLP          # cProfile of 50 steps, top functions by own time
+    PROFILE_TOP=60 PROFILE_CUM=80 python -m bench.host_profile ResNet   # more rows, cumulative
 
 Prints the wall time per step (device-synchronised once at the end, so it is the host
 time when the GPU keeps up), the optimizer step alone, and cProfile's top entries.
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import cProfile
 import pstats
+import os
 import sys
 import time
 
@@ -47,7 +49,10 @@ def main() -> None:
             step()
         ember.cuda.synchronize()
         prof.disable()
-        pstats.Stats(prof).sort_stats("tottime").print_stats(30)
+        st = pstats.Stats(prof)
+        st.sort_stats("tottime").print_stats(int(os.environ.get("PROFILE_TOP", "30")))
+        if os.environ.get("PROFILE_CUM"):
+            st.sort_stats("cumulative").print_stats(int(os.environ["PROFILE_CUM"]))
 
 
 if __name__ == "__main__":

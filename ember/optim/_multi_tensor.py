@@ -39,7 +39,7 @@ def _buckets(params: list) -> dict | None:
             return None
         a, g = _real(p._data), _real(p._grad._data)
         if (g.dtype != a.dtype or not kernels_optim.covered(a.dtype)
-                or not a.flags.c_contiguous or not g.flags.c_contiguous
+                or not _flat(a) or not _flat_like(g, a)
                 or p._grad.device != p.device):
             return None
         out.setdefault((p.device, a.dtype), []).append(p)
@@ -52,7 +52,24 @@ def _same_layout(t: "ember.Tensor | None", p: "ember.Tensor") -> bool:
     if t is None or t.device != p.device or t.dtype != p.dtype:
         return False
     a = t._data
-    return a.size == p._data.size and a.flags.c_contiguous
+    return a.size == p._data.size and _flat_like(a, _real(p._data))
+
+
+def _flat(a: Any) -> bool:
+    """Whether the kernels can update ``a`` as one flat block: C-contiguous, or dense in
+    another memory order (a channels-last conv weight, which torch's foreach path takes too)."""
+    if a.flags.c_contiguous:
+        return True
+    from ember.backend.cuda_ops._layout import dense_order  # noqa: PLC0415 - CUDA only
+    return dense_order(a) is not None
+
+
+def _flat_like(a: Any, ref: Any) -> bool:
+    """Whether ``a`` (a gradient or state) lies in memory as ``ref`` (a flat-updatable
+    parameter) does, so one flat index addresses the same element of both."""
+    if ref.flags.c_contiguous:
+        return a.flags.c_contiguous
+    return a.shape == ref.shape and a.strides == ref.strides
 
 
 class _Plan:
@@ -85,8 +102,8 @@ class _Plan:
 def _grads_of(ps: list, dtype: Any) -> list | None:
     """The bucket's gradient arrays, or None if one cannot go to the kernel as it is."""
     gs = [_real(p._grad._data) for p in ps]
-    for g in gs:
-        if g.dtype != dtype or not g.flags.c_contiguous:
+    for g, p in zip(gs, ps):
+        if g.dtype != dtype or not _flat_like(g, _real(p._data)):
             return None
     return gs
 
