@@ -67,6 +67,27 @@ def test_gelu_special_values(path):
     np.testing.assert_allclose(g, gt, rtol=1e-6, atol=1e-30)
 
 
+def test_vectorized_exp_against_float64():
+    numba = pytest.importorskip("numba")
+    exp_neg = cpu_kernels._exp_neg(numba, np)
+
+    @numba.njit
+    def run(z, out):
+        for i in range(z.size):
+            out[i] = exp_neg(z[i])
+
+    z = np.concatenate([np.linspace(-87.0, 0.0, 200001), [-0.0, -1e-30, -86.99]]).astype(np.float32)
+    out = np.empty_like(z)
+    run(z, out)
+    want = np.exp(z.astype(np.float64))
+    np.testing.assert_allclose(out, want, rtol=2e-7, atol=0)
+    # below -87 (and at -inf) exactly 0, as GELU's tail needs; NaN stays NaN
+    z = np.array([-87.5, -100.0, -1e30, -math.inf, math.nan], np.float32)
+    out = np.empty_like(z)
+    run(z, out)
+    np.testing.assert_array_equal(out, [0.0, 0.0, 0.0, 0.0, math.nan])
+
+
 @pytest.mark.parametrize("shape", [(0,), (1,), (4097,), (16, 64, 512), (1024, 128), (3, 1, 5)])
 @pytest.mark.parametrize("layout", ["contiguous", "transposed", "strided"])
 def test_gelu_shapes_and_layouts(path, shape, layout):
