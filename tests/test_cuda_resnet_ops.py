@@ -274,3 +274,30 @@ def test_cast_on_device_backward_casts_back_keeping_layout():
     np.testing.assert_allclose(_host(x.grad), np.full(w.shape, 2.0), rtol=0)
     # device moves keep the generic op
     assert not _fused(ember.randn(3, device="cuda", requires_grad=True).to("cpu"))
+
+
+def test_multi_tensor_sgd_takes_channels_last_weights():
+    # ResNet's conv weights are channels-last: the multi-tensor kernel must update them in
+    # their own memory order (before, they fell back to one launch per parameter)
+    rng = np.random.default_rng(9)
+    w0 = rng.standard_normal((8, 4, 3, 3)).astype(np.float32)
+    b0 = rng.standard_normal(8).astype(np.float32)
+    grads = [(rng.standard_normal(w0.shape).astype(np.float32),
+              rng.standard_normal(b0.shape).astype(np.float32)) for _ in range(3)]
+    w = _cuda(w0, "float32", True)
+    b = ember.tensor(b0, device="cuda", requires_grad=True)
+    opt = ember.optim.SGD([w, b], lr=0.1, momentum=0.9, weight_decay=1e-2, nesterov=True)
+    ref = [w0.astype(np.float64), b0.astype(np.float64)]
+    bufs: list = [None, None]
+    for gw, gb in grads:
+        w.grad = ember.tensor(gw, device="cuda").to(memory_format=ember.channels_last)
+        b.grad = ember.tensor(gb, device="cuda")
+        opt.step()
+        for i, g in enumerate((gw, gb)):
+            d = g + 1e-2 * ref[i]
+            bufs[i] = d if bufs[i] is None else 0.9 * bufs[i] + d
+            ref[i] = ref[i] - 0.1 * (d + 0.9 * bufs[i])
+    assert opt.__dict__.get("_multi_tensor_plans")          # the kernel path ran
+    assert _is_cl(w) and _is_cl(opt.state[w]["momentum_buffer"])
+    np.testing.assert_allclose(_host(w), ref[0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(_host(b), ref[1], rtol=1e-5, atol=1e-5)

@@ -55,6 +55,19 @@ def _same_layout(t: "ember.Tensor | None", p: "ember.Tensor") -> bool:
     return a.size == p._data.size and _flat_like(a, _real(p._data))
 
 
+def _state_like(p: "ember.Tensor", zero: bool = False) -> "ember.Tensor":
+    """A state tensor in ``p``'s memory layout (torch's ``preserve_format``), so the flat
+    kernels address the same element of both; a channels-last weight gets a channels-last
+    buffer."""
+    from ember.backend.cuda_ops import _layout as L  # noqa: PLC0415 - CUDA only
+    from ember.tensor import _make  # noqa: PLC0415
+    import cupy  # noqa: PLC0415 - the multi-tensor path takes CUDA parameters only
+    arr = L.empty_like(cupy, p._data)
+    if zero:
+        arr.fill(0)
+    return _make(arr, p._dtype, p._device)
+
+
 def _flat(a: Any) -> bool:
     """Whether the kernels can update ``a`` as one flat block: C-contiguous, or dense in
     another memory order (a channels-last conv weight, which torch's foreach path takes too)."""
@@ -132,10 +145,10 @@ def _adam_plan(group: dict, params: list, state: Any) -> _Plan | None:
             if group["fused"]:
                 _check_fused(p)
             st["step"] = _step_tensor(p, group)
-            st["exp_avg"] = ember.zeros_like(p)
-            st["exp_avg_sq"] = ember.zeros_like(p)
+            st["exp_avg"] = _state_like(p, zero=True)
+            st["exp_avg_sq"] = _state_like(p, zero=True)
             if amsgrad:
-                st["max_exp_avg_sq"] = ember.zeros_like(p)
+                st["max_exp_avg_sq"] = _state_like(p, zero=True)
     keys = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") if amsgrad else ("exp_avg", "exp_avg_sq")
     if not all(_same_layout(state[p].get(k), p) for p in params for k in keys):
         return None
@@ -278,7 +291,7 @@ def sgd(opt: Any, group: dict, params: list) -> bool:
                 continue
             if first:
                 for p in sub:
-                    state[p]["momentum_buffer"] = ember.empty_like(p)
+                    state[p]["momentum_buffer"] = _state_like(p)
             bufs = [state[p]["momentum_buffer"] for p in sub]
             kernels_optim.sgd([_real(p._data) for p in sub],
                               [_real(p._grad._data) for p in sub],

@@ -325,9 +325,22 @@ class _Launcher:
         self.fn(grid, block, args, shared_mem=shared_mem)
 
 
+_CT_BY_DTYPE: dict = {}
+
+
 def ctype(arr: Any) -> str | None:
     """The storage C++ type of an array's dtype, or None when the kernels do not cover it."""
-    return CTYPES.get(arr.dtype.name)
+    return dtype_ctype(arr.dtype)
+
+
+def dtype_ctype(dt: Any) -> str | None:
+    """:func:`ctype` of a NumPy dtype, cached by the dtype object (NumPy's ``dtype.name``
+    is a Python property costing ~2 us, and a ResNet-50 step asked ~900 times)."""
+    try:
+        return _CT_BY_DTYPE[dt]
+    except KeyError:
+        ct = _CT_BY_DTYPE[dt] = CTYPES.get(dt.name)
+        return ct
 
 
 def i32(v: int) -> Any:

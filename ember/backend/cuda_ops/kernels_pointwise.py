@@ -51,15 +51,23 @@ K.define("cast", _CAST_SRC, ("cast_flat",))
 
 
 def cast(xp, arr, dtype):
-    """``arr.astype(dtype)`` for C-contiguous float32/bfloat16/float16 arrays as one NVRTC
+    """``arr.astype(dtype)`` for dense float32/bfloat16/float16 arrays as one NVRTC
     kernel: CuPy's ``astype`` into or out of ml_dtypes' bfloat16 costs ~28 us of host time
     a call (measured in a GPT-2 step: ~290 autocast casts), the kernel launch ~5 us.
-    Anything else (other dtypes, non-contiguous layouts) is CuPy's ``astype``."""
+    Anything else (other dtypes, strided views) is CuPy's ``astype``."""
     dtype = xp.dtype(dtype)
-    src, dst = K.CTYPES.get(arr.dtype.name), K.CTYPES.get(dtype.name)
-    if src is None or dst is None or src == dst or not arr.flags.c_contiguous or arr.size == 0:
+    src, dst = K.dtype_ctype(arr.dtype), K.dtype_ctype(dtype)
+    if src is None or dst is None or src == dst or arr.size == 0:
         return arr.astype(dtype)
-    out = xp.empty(arr.shape, dtype=dtype)
+    if arr.flags.c_contiguous:
+        out = xp.empty(arr.shape, dtype=dtype)
+    else:
+        # dense in another memory order (channels-last conv weights and their gradients):
+        # cast flat over memory into an output of the same layout, as astype's order='K'
+        order = L.dense_order(arr)
+        if order is None:
+            return arr.astype(dtype)
+        out = L.empty_like(xp, arr, dtype, order)
     n = arr.size
     grid, block = K.flat_grid(n, 256, 4)
     K.function("cast", "cast_flat", f"{src}, {dst}")(grid, block, (arr, out, K.i64(n)))
