@@ -120,7 +120,7 @@ def test_gelu_float64_and_half_keep_their_paths(path):
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("affine", [True, False])
-@pytest.mark.parametrize("shape", [(1024, 128), (3, 5, 33), (1, 3)])
+@pytest.mark.parametrize("shape", [(1024, 128), (3, 5, 33), (1, 3), (4099, 67)])
 def test_layer_norm_matches_torch(path, dtype, affine, shape):
     rng = np.random.default_rng(1)
     x = (rng.standard_normal(shape) * 3 + 1).astype(dtype)
@@ -144,6 +144,31 @@ def test_layer_norm_matches_torch(path, dtype, affine, shape):
     if affine:
         np.testing.assert_allclose(ew.grad.numpy(), tw.grad.numpy(), **tol)
         np.testing.assert_allclose(eb.grad.numpy(), tb.grad.numpy(), **tol)
+
+
+@pytest.mark.parametrize("case", ["bias_only", "weight_only", "input_without_grad"])
+def test_layer_norm_partial_affine_and_grads(path, case):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((70, 48)).astype(np.float32)
+    p = rng.standard_normal(48).astype(np.float32)
+    g = rng.standard_normal(x.shape).astype(np.float32)
+    xg = case != "input_without_grad"
+    ex, tx = ember.tensor(x, requires_grad=xg), torch.tensor(x, requires_grad=xg)
+    ep, tp = ember.tensor(p, requires_grad=True), torch.tensor(p, requires_grad=True)
+    if case == "bias_only":
+        y = F.layer_norm(ex, (48,), None, ep)
+        yt = torch.nn.functional.layer_norm(tx, (48,), None, tp)
+    else:
+        y = F.layer_norm(ex, (48,), ep, ep if case == "input_without_grad" else None)
+        yt = torch.nn.functional.layer_norm(tx, (48,), tp, tp if case == "input_without_grad" else None)
+    y.backward(ember.tensor(g))
+    yt.backward(torch.tensor(g))
+    np.testing.assert_allclose(y.detach().numpy(), yt.detach().numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(ep.grad.numpy(), tp.grad.numpy(), rtol=1e-4, atol=1e-4)
+    if xg:
+        np.testing.assert_allclose(ex.grad.numpy(), tx.grad.numpy(), rtol=1e-4, atol=1e-5)
+    else:
+        assert ex.grad is None
 
 
 def test_layer_norm_nonfinite_rows_and_noncontiguous(path):

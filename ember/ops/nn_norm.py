@@ -314,6 +314,20 @@ def _ln_backward_cpu(x: Tensor, w: Tensor | None, g: Tensor, mean: Tensor, rstd:
     have_xhat = xhat is not None and xhat.dtype == work
     want_gw, want_gb = w is not None and need[2], bool(need[3])
     rows = x2.shape[0]
+
+    def wrap(arr: Any, like: Tensor) -> Tensor:
+        return _make(arr.astype(like._dtype.np, copy=False), like._dtype, like._device)
+
+    ns = shape[len(shape) - k:]
+    nb = cpu_kernels.kernels() if have_xhat and work in (np.float32, np.float64) else None
+    if nb is not None and xhat.flags.c_contiguous:  # one fused visit per row, spare cores
+        w_k = np.ones(n, work) if w1 is None else np.ascontiguousarray(w1)
+        gx, gw, gb = nb.layer_norm_backward(xhat, np.ascontiguousarray(g2), w_k,
+                                            r2.reshape(-1), bool(need[0]))
+        return (wrap(gx.reshape(shape), x) if gx is not None else None, None,
+                wrap(gw.reshape(ns), w) if want_gw else None,
+                wrap(gb.reshape(ns), w if w is not None else x) if want_gb else None,
+                None, None)
     gx = np.empty((rows, n), work) if need[0] else None
     partial_gw: dict = {}  # block start -> column sums, added in row order (deterministic)
     partial_gb: dict = {}
@@ -347,11 +361,6 @@ def _ln_backward_cpu(x: Tensor, w: Tensor | None, g: Tensor, mean: Tensor, rstd:
             gxhat *= r2[lo:hi]
 
     parallel_rows(rows, block, min_rows=_ln_min_rows(rows, n))
-
-    def wrap(arr: Any, like: Tensor) -> Tensor:
-        return _make(arr.astype(like._dtype.np, copy=False), like._dtype, like._device)
-
-    ns = shape[len(shape) - k:]
     gw = _add_in_order(partial_gw).reshape(ns) if want_gw else None
     gb = _add_in_order(partial_gb).reshape(ns) if want_gb else None
     return (wrap(gx.reshape(shape), x) if gx is not None else None, None,
