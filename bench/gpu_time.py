@@ -58,6 +58,35 @@ def _tools(fw: str) -> tuple:
     return ember, spin, Ev, ember.cuda.synchronize
 
 
+def _phases(mod: Any, step: Any, sync: Any, name: str) -> dict:
+    """Host time of the forward (with the loss), backward and optimizer step of bench.gpu's
+    ResNet-50 / GPT workloads, rebuilt from the step closure's variables; each phase is
+    timed without synchronising (the GPU trails), the step is synchronised afterwards."""
+    cells = dict(zip(step.__code__.co_freevars, (c.cell_contents for c in step.__closure__)))
+    if not {"model", "opt", "x", "y"} <= cells.keys():
+        return {}
+    model, opt, x, y = cells["model"], cells["opt"], cells["x"], cells["y"]
+    F = mod.nn.functional
+    times: dict = {"forward": [], "backward": [], "optimizer": []}
+    for _ in range(7):
+        sync()
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        with mod.autocast("cuda", dtype=mod.bfloat16):
+            out = model(x)
+            loss = F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))
+        t1 = time.perf_counter()
+        loss.backward()
+        t2 = time.perf_counter()
+        opt.step()
+        t3 = time.perf_counter()
+        times["forward"].append(t1 - t0)
+        times["backward"].append(t2 - t1)
+        times["optimizer"].append(t3 - t2)
+    sync()
+    return {k: statistics.median(v) * 1e3 for k, v in times.items()}
+
+
 def main() -> None:
     fw, only = sys.argv[1], sys.argv[2:]
     mod, spin, Event, sync = _tools(fw)
@@ -98,6 +127,10 @@ def main() -> None:
             b.record()
             sync()
             gpu.append(a.elapsed_time(b) / n)
+        ph = _phases(mod, step, sync, name)
+        if ph:
+            print(f"{fw:5s} {name}: host per phase (GPU trailing, no sync inside): " +
+                  ", ".join(f"{k} {v:.1f} ms" for k, v in ph.items()), flush=True)
         print(f"{fw:5s} {name}: synced {statistics.median(synced) * 1e3:.1f} ms, "
               f"enqueue {statistics.median(enq) * 1e3:.1f} ms/step (spin 800 ms, {n} step), "
               f"GPU {statistics.median(gpu):.1f} ms/step", flush=True)

@@ -301,3 +301,41 @@ def test_multi_tensor_sgd_takes_channels_last_weights():
     assert _is_cl(w) and _is_cl(opt.state[w]["momentum_buffer"])
     np.testing.assert_allclose(_host(w), ref[0], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(_host(b), ref[1], rtol=1e-5, atol=1e-5)
+
+
+def test_inplace_relu_and_add_write_into_self():
+    # relu_ and add_ write straight into self's memory (no out-of-place result copied back);
+    # autograd, version counters, views and overlapping operands keep torch's semantics
+    rng = np.random.default_rng(10)
+    x = rng.standard_normal((3, 8, 5, 6)).astype(np.float32)
+    xt = _cuda(x, "float32", True)
+    h = xt + xt                                  # channels-last (the same-layout add)
+    ptr = h.data_ptr()
+    assert F.relu(h, inplace=True) is h and h.data_ptr() == ptr and _is_cl(h)
+    np.testing.assert_array_equal(_host(h), np.maximum(2 * x, 0))
+    h.add_(h)                                    # the same array on both sides
+    assert h.data_ptr() == ptr
+    np.testing.assert_array_equal(_host(h), 2 * np.maximum(2 * x, 0))
+    (h * h).sum().backward()
+    np.testing.assert_allclose(_host(xt.grad), np.where(x > 0, 32 * x, 0), rtol=1e-6)
+    # relu_ saved its output (self): a later in-place change is caught at backward
+    xt = _cuda(x, "float32", False)
+    y = (xt * 1).relu_()
+    y.add_(1)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.sum().backward()
+    # a dense view: the base's history scatters the view's gradient (CopySlices)
+    xt = _cuda(x, "float32", False)
+    b = xt * 1
+    b[1].relu_()
+    (b * ember.tensor(x, device="cuda")).sum().backward()
+    ref = x.copy()
+    ref[1] = np.where(x[1] > 0, x[1], 0)
+    np.testing.assert_allclose(_host(xt.grad), ref, rtol=1e-6)
+    # partially overlapping operands read the old values (NumPy's and torch's result)
+    v = np.arange(10, dtype=np.float32)
+    t = ember.tensor(v, device="cuda")
+    t[1:] += t[:-1]
+    w = v.copy()
+    w[1:] += w[:-1].copy()
+    np.testing.assert_array_equal(t.cpu().numpy(), w)

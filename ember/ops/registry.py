@@ -234,6 +234,9 @@ def _cast_operand(a: Any, dt: _dt.dtype, xp: Any) -> Any:
 # ---------------------------------------------------------------------- dispatcher
 def apply(op: OpDef, args: tuple) -> Any:
     """Run one op call: checks, meta rule, promotion, forward on xp, and graph recording."""
+    dest = _DEST[0]
+    if dest is not None:   # taken here, so the nested calls below (autocast casts) never see it
+        _DEST[0] = None
     if op.variadic:
         seq = tuple(args[0])
         for i, t in enumerate(seq):
@@ -322,7 +325,10 @@ def apply(op: OpDef, args: tuple) -> Any:
     try:
         impl = op.cuda_impl
         if impl is not None and xp is not _np:
-            out = impl.forward(ctx, xp, *arr_args)
+            if dest is not None:
+                out = impl.forward_into(ctx, xp, dest, *arr_args)
+            else:
+                out = impl.forward(ctx, xp, *arr_args)
             if out is NotImplemented:
                 out = op.forward(ctx, xp, *arr_args)
             elif ctx is not _NO_CTX:
@@ -543,10 +549,27 @@ def apply_inplace(op: OpDef, self: Tensor, args: tuple) -> Tensor:
             raise RuntimeError(
                 f"[{op.name}_] a view of a leaf Variable that requires grad is being used in an "
                 "in-place operation.")
-    out = apply(op, args)
+    impl = op.cuda_impl
+    if impl is not None and self._device.type != "cpu" and \
+            getattr(impl, "forward_into", None) is not None:
+        # A CUDA implementation may write straight into self (relu_, add_ of a ResNet
+        # block): no out-of-place result copied back, one kernel instead of two. It takes
+        # the destination only when its input is self's own array and it can run in place;
+        # write_inplace then finds the result already stored.
+        _DEST[0] = self._data
+        try:
+            out = apply(op, args)
+        finally:
+            _DEST[0] = None
+    else:
+        out = apply(op, args)
     if isinstance(out, tuple):
         out = out[0]
     return write_inplace(self, out, op.name + "_")
+
+
+# The destination array an in-place call offers its op's CUDA ``forward_into`` (see above).
+_DEST: list = [None]
 
 
 def write_inplace(self: Tensor, out: Tensor, name: str) -> Tensor:
@@ -563,10 +586,18 @@ def write_inplace(self: Tensor, out: Tensor, name: str) -> Tensor:
             "refers to a single memory location. Please clone() the tensor before performing "
             "the operation.")
     track = out._requires_grad and _State.enabled
-    if track:
-        _snapshot_saved_self(out._grad_fn, self)
     data = out._data
     dst = self._data
+    if data is dst:
+        # written in place by a CUDA forward_into: what the node saved of "self" is the
+        # result now held there, so it becomes an alias of self like a saved output
+        self._version[0] += 1
+        if track:
+            _alias_saved_output(out, self, direct=True)
+            _rebase_history(self, out)
+        return self
+    if track:
+        _snapshot_saved_self(out._grad_fn, self)
     if dst.ndim == 0:
         dst[()] = data
     elif type(dst) is not _ndarray and not dst.flags.c_contiguous and \
@@ -593,9 +624,10 @@ def _store_permuted(dst: Any, src: Any) -> None:
         dst.transpose(order)[...] = src.transpose(order)
 
 
-def _alias_saved_output(out: Tensor, self: Tensor) -> None:
+def _alias_saved_output(out: Tensor, self: Tensor, direct: bool = False) -> None:
     """A node that saved its output now sees ``self`` (which holds that value): a later
-    in-place write to ``self`` is then caught by the version check, as in torch."""
+    in-place write to ``self`` is then caught by the version check, as in torch. With
+    ``direct`` (the forward wrote into self's array) a saved "input self" is that array too."""
     node = out._grad_fn
     saved = getattr(node, "_saved", ())
     if not saved:
@@ -603,7 +635,8 @@ def _alias_saved_output(out: Tensor, self: Tensor) -> None:
     k = out._output_nr
     node._saved = tuple(
         (2, k, self._data, self._version, self._version[0], self._dtype, self._device)
-        if e[0] == 2 and e[1] == k else e for e in saved)
+        if (e[0] == 2 and e[1] == k) or (direct and e[0] == 1 and e[1] is self) else e
+        for e in saved)
 
 
 def _snapshot_saved_self(node: Any, self: Tensor) -> None:

@@ -96,9 +96,11 @@ def _dense(xp: Any, a: Any) -> Any:
     return a if L.dense_order(a) is not None else xp.ascontiguousarray(a)
 
 
-def _run(xp: Any, name: str, arrays: tuple, out_like: Any, mode: int) -> Any:
-    """One flat kernel over ``arrays`` (dense, one layout); the output has that layout."""
-    out = L.empty_like(xp, out_like)
+def _run(xp: Any, name: str, arrays: tuple, out_like: Any, mode: int, out: Any = None) -> Any:
+    """One flat kernel over ``arrays`` (dense, one layout); the output has that layout
+    (``out``, when given, is written: each thread reads and writes only its own elements)."""
+    if out is None:
+        out = L.empty_like(xp, out_like)
     n = out.size
     if n:
         grid, block = K.flat_grid(max(n // 8, 1), 256)
@@ -153,6 +155,15 @@ class ReluImpl:
 
     def forward(ctx, xp, input):
         return _forward(ctx, xp, input, 3)
+
+    def forward_into(ctx, xp, dest, input):
+        """``relu_``: written into ``dest`` (self's array) when the input is that dense array;
+        the saved output is then ``dest`` (the registry aliases it to self)."""
+        if input is not dest or K.ctype(input) is None or L.dense_order(input) is None:
+            return ReluImpl.forward(ctx, xp, input)
+        y = _run(xp, "act_fwd", (input,), input, 3, out=dest)
+        ctx.save(y)
+        return y
 
     def backward(ctx, grad):
         return _backward(ctx, grad, 3)

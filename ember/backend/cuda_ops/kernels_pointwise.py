@@ -99,8 +99,33 @@ class AddImpl:
         ctx.alpha = 1
         return out
 
+    def forward_into(ctx, xp, dest, input, other, alpha):
+        """``add_``: written into ``dest`` (self's array) when the input is that array and
+        ``other`` either is it too or shares none of its memory (a partial overlap, as in
+        ``x[1:] += x[:-1]``, would read elements already written)."""
+        if input is not dest or not isinstance(other, xp.ndarray) or (
+                other is not input and _overlap(other, input)):
+            return AddImpl.forward(ctx, xp, input, other, alpha)
+        if alpha != 1 or input.dtype != other.dtype or input.shape != other.shape:
+            return AddImpl.forward(ctx, xp, input, other, alpha)
+        ct = K.ctype(input)
+        if ct is None or L.same_layout(input, other) is None:
+            return AddImpl.forward(ctx, xp, input, other, alpha)
+        n = input.size
+        grid, block = K.flat_grid(max(n // 8, 1), 256)
+        K.function("pointwise", "add_flat", ct)(
+            grid, block, (input, other, input, K.i64(n), K.aligned(input, other)))
+        ctx.alpha = 1
+        return input
+
     def backward(ctx, grad):
         return grad, grad, None
+
+
+def _overlap(a, b) -> bool:
+    """Whether two dense arrays' memory blocks intersect."""
+    a0, b0 = a.data.ptr, b.data.ptr
+    return a0 < b0 + b.nbytes and b0 < a0 + a.nbytes
 
 
 class ToCopyImpl:
