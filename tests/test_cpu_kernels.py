@@ -180,3 +180,53 @@ def test_layer_norm_nonfinite_rows_and_noncontiguous(path):
     np.testing.assert_array_equal(np.isnan(y), np.isnan(yt))
     fin = ~np.isnan(yt)
     np.testing.assert_allclose(y[fin], yt[fin], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("scale", [1.0, 40.0])
+def test_sdpa_fused_qkv_matches_torch(path, causal, scale):
+    # the batch path (NumPy or numba softmax), q/k/v as views of one qkv projection; scale 40
+    # gives scores far beyond exp's range without the row max
+    B, T, H, E = 3, 9, 2, 4
+    rng = np.random.default_rng(5)
+    qkv = (rng.standard_normal((B, T, 3 * H * E)) * scale).astype(np.float32)
+    g = rng.standard_normal((B, H, T, E)).astype(np.float32)
+    res = []
+    for m in (ember, torch):
+        t = m.tensor(qkv, requires_grad=True)
+        q, k, v = (a.reshape(B, T, H, E).transpose(1, 2) for a in t.split(H * E, dim=2))
+        o = m.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal)
+        o.backward(m.tensor(g))
+        res.append((o.detach().numpy(), t.grad.numpy()))
+    for e, t in zip(*res):
+        np.testing.assert_allclose(e, t, rtol=1e-4, atol=1e-4 * scale)
+
+
+def test_sdpa_nonfinite_rows_match_torch(path):
+    rng = np.random.default_rng(6)
+    q, k, v = (rng.standard_normal((2, 3, 5, 4)).astype(np.float32) for _ in range(3))
+    q[0, 1, 2, 0] = math.inf
+    k[1, 2, 4, 1] = math.nan
+    res = []
+    for m in (ember, torch):
+        o = m.nn.functional.scaled_dot_product_attention(m.tensor(q), m.tensor(k), m.tensor(v))
+        res.append(o.numpy())
+    np.testing.assert_array_equal(np.isnan(res[0]), np.isnan(res[1]))
+    fin = ~np.isnan(res[1])
+    np.testing.assert_allclose(res[0][fin], res[1][fin], rtol=1e-5, atol=1e-6)
+
+
+def test_softmax_kernel_against_float64():
+    if cpu_kernels.kernels() is None:
+        pytest.skip("numba not installed")
+    rng = np.random.default_rng(7)
+    x = (rng.standard_normal((12, 70)) * 30).astype(np.float32)
+    x[3] = -math.inf  # a fully masked row: zeros (torch's safe softmax)
+    bias = np.where(rng.random((4, 70)) < 0.3, -math.inf, 0.0).astype(np.float32)
+    bias[1] = -math.inf
+    want = x.astype(np.float64) + np.tile(bias, (3, 1))
+    m = want.max(axis=1, keepdims=True)
+    e = np.exp(want - np.where(np.isfinite(m), m, 0))
+    want = np.nan_to_num(e / e.sum(axis=1, keepdims=True), nan=0.0)
+    cpu_kernels.kernels().softmax(x, bias)
+    np.testing.assert_allclose(x, want, rtol=2e-6, atol=1e-30)

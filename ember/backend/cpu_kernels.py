@@ -282,5 +282,56 @@ def _build() -> SimpleNamespace:
             layer_norm_back(xhat, g, w, rstd, gx, gw, gb, want_gx)
         return (gx if want_gx else None), gw.sum(0), gb.sum(0)
 
+    @rows_jit
+    def softmax_rows(x, bias):  # pragma: no cover - compiled
+        # in place over the rows of x (float32): + bias[r % L] (bias (L, S), or (0, 0) for
+        # none), then the shifted softmax: max, exp(x - max) with the vectorized exp, one sum
+        # and a scale, each row in cache. A row with no finite maximum (all keys masked)
+        # gives zeros, torch's safe softmax; NaN or +inf make the row NaN, as in torch.
+        rows, n = x.shape
+        lb = bias.shape[0]
+        ninf = -np.inf
+        for r in range(rows):
+            xr = x[r]
+            if lb:
+                br = bias[r % lb]
+                for j in range(n):
+                    xr[j] += br[j]
+            m = xr[0] if n else np.float32(0.0)
+            for j in range(n):
+                v = xr[j]
+                m = v if v > m else m
+            if m == ninf:
+                for j in range(n):
+                    xr[j] = np.float32(0.0)
+                continue
+            t = 0.0
+            for j in range(n):
+                e = exp_neg(xr[j] - m)
+                xr[j] = e
+                t += e
+            inv = np.float32(1.0 / t)
+            for j in range(n):
+                xr[j] *= inv
+
+    def softmax_f(x2: Any, bias: Any) -> None:
+        """Softmax over the last axis of the C-contiguous float32 (rows, n) ``x2`` in place,
+        after adding ``bias`` (L, n) to row r's ``bias[r % L]`` (None: no bias). Runs on the
+        calling thread (callers spread blocks of rows over the cores)."""
+        softmax_rows(x2, x2[:0, :0] if bias is None else bias)
+
+    @serial
+    def softmax_back(dp, p, rows, s):  # pragma: no cover - compiled
+        # dp <- s p (dp - rows[r]) in place: the softmax backward and the score scale in one
+        # pass (three NumPy passes before)
+        n_rows, n = dp.shape
+        for r in range(n_rows):
+            dr = dp[r]
+            pr = p[r]
+            c = rows[r]
+            for j in range(n):
+                dr[j] = (dr[j] - c) * pr[j] * s
+
     return SimpleNamespace(gelu=gelu_f, layer_norm=layer_norm_f,
-                           layer_norm_backward=layer_norm_backward_f)
+                           layer_norm_backward=layer_norm_backward_f, softmax=softmax_f,
+                           softmax_backward=softmax_back)

@@ -12,6 +12,7 @@ from typing import Any
 
 from ember import dtypes as _dt
 from ember._state import _State
+from ember.backend import cpu_kernels
 from ember.backend.cpu import gemm_threads, parallel_rows
 from ember.errors import check, make
 from ember.ops import meta as M
@@ -326,17 +327,29 @@ def _forward_by_batch(xp: Any, q: Any, k: Any, v: Any, s: float, is_causal: bool
     # per-matrix products: one BLAS thread (the blocks themselves run on the spare cores)
     gemm_threads(xp, L * S * q.shape[-1])
     qs = _scaled_copy(xp, q, s)  # the scale on q, (L, E), rather than on the (L, S) scores
-    shift = not _scores_bounded(xp, qs, k)
+    nb = _kernels(xp, p)
+    shift = nb is None and not _scores_bounded(xp, qs, k)
 
     def block(lo: int, hi: int) -> None:
         scores = xp.matmul(qs[lo:hi], xp.swapaxes(k[lo:hi], -1, -2), out=p[lo:hi])
-        if bias is not None:
-            scores += bias
-        _softmax_(xp, scores, shift)
+        if nb is not None:  # bias, max, exp, sum and scale in one visit per row
+            nb.softmax(scores.reshape(-1, S), bias)
+        else:
+            if bias is not None:
+                scores += bias
+            _softmax_(xp, scores, shift)
         xp.matmul(scores, v[lo:hi], out=out[lo:hi])
 
     parallel_rows(q.shape[0], block)
     return out, p
+
+
+def _kernels(xp: Any, p: Any) -> Any:
+    """The numba kernels for a contiguous float32 NumPy ``p`` (the attention weights), or
+    None: their exp is float32-accurate only."""
+    if xp.__name__ != "numpy" or p.dtype != xp.float32 or not p.flags.c_contiguous:
+        return None
+    return cpu_kernels.kernels()
 
 
 def _grad_buffers(xp: Any, batch: tuple, q: Any, k: Any, v: Any, dtype: Any) -> tuple:
@@ -376,6 +389,8 @@ def _backward_by_batch(xp: Any, p: Any, gw: Any, q: Any, k: Any, v: Any, s: floa
     batch = gw.shape[:-2]  # the output's: every operand broadcast
     dq, dk, dv = _grad_buffers(xp, batch, q, k, v, p.dtype)
     gemm_threads(xp, p.shape[-2] * p.shape[-1] * q.shape[-1])
+    nb = _kernels(xp, p)
+    s32 = p.dtype.type(s)
 
     def block(lo: int, hi: int) -> None:
         p_, g_ = p[lo:hi], gw[lo:hi]
@@ -389,9 +404,14 @@ def _backward_by_batch(xp: Any, p: Any, gw: Any, q: Any, k: Any, v: Any, s: floa
             rows = _row_sum(xp, tmp).transpose(tuple(_argsort(perm)))
         else:
             rows = _row_sum(xp, xp.multiply(p_, dp))
-        dp -= rows
-        dp *= p_  # ds = p * (dp - rowsum(p * dp))
-        dp *= s   # the scale of both products below, on a contiguous array
+        if nb is not None and dp.flags.c_contiguous and dp.shape == p_.shape:
+            n = dp.shape[-1]
+            nb.softmax_backward(dp.reshape(-1, n), p_.reshape(-1, n),
+                                xp.ascontiguousarray(rows).reshape(-1), s32)
+        else:
+            dp -= rows
+            dp *= p_  # ds = p * (dp - rowsum(p * dp))
+            dp *= s   # the scale of both products below, on a contiguous array
         xp.matmul(dp, k[lo:hi], out=dq[lo:hi])
         xp.matmul(xp.swapaxes(dp, -1, -2), q[lo:hi], out=dk[lo:hi])
 
