@@ -28,12 +28,21 @@ def _cuda_xp() -> Any:
 
 def device_of_array(arr: Any) -> device:
     """The ember device an array lives on."""
-    if isinstance(arr, np.ndarray) or np.isscalar(arr):
+    if type(arr) is np.ndarray or isinstance(arr, np.ndarray) or np.isscalar(arr):
         return cpu_device
     dev = getattr(arr, "device", None)
     if dev is not None and hasattr(dev, "id"):
-        return device("cuda", dev.id)
+        i = dev.id
+        d = _CUDA_DEVICES.get(i)
+        if d is None:
+            d = _CUDA_DEVICES[i] = device("cuda", i)
+        return d
     return cpu_device
+
+
+# CUDA device index -> the interned ember device (its constructor parses; ~3 us a call, and
+# every dtype cast under autocast asks twice)
+_CUDA_DEVICES: dict = {}
 
 
 def cuda_available() -> bool:
