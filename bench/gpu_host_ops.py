@@ -1,0 +1,104 @@
+"""Host cost of single eager op calls on CUDA (tiny tensors, so the GPU never limits):
+ember against torch in one process each, then cProfile's top entries for ember.
+
+    python -m bench.gpu_host_ops            # us per call, ember and torch
+    python -m bench.gpu_host_ops --profile  # plus ember's cProfile per case
+"""
+from __future__ import annotations
+
+import cProfile
+import pstats
+import subprocess
+import sys
+import time
+from typing import Any, Callable
+
+
+def cases(m: Any) -> dict[str, Callable[[], Any]]:
+    F = m.nn.functional
+    cl = m.channels_last
+    dev = "cuda"
+    x = m.randn(8, 64, 8, 8, device=dev).to(m.bfloat16).to(memory_format=cl).requires_grad_()
+    w = m.randn(64, 64, 3, 3, device=dev).to(memory_format=cl).requires_grad_()
+    bn = m.nn.BatchNorm2d(64).to(dev)
+    lin = m.nn.Linear(256, 256).to(dev)
+    xl = m.randn(64, 256, device=dev, requires_grad=True)
+    h = (x * 1).detach().requires_grad_()
+
+    def relu_():
+        return F.relu(h * 1, inplace=True)
+
+    def cast():
+        return w.to(m.bfloat16)
+
+    def conv():
+        with m.autocast("cuda", dtype=m.bfloat16):
+            return F.conv2d(x, w, padding=1)
+
+    def batchnorm():
+        return bn(x)
+
+    def add_():
+        a = x * 1
+        a += x
+        return a
+
+    def linear_amp():
+        with m.autocast("cuda", dtype=m.bfloat16):
+            return lin(xl)
+
+    def mul():
+        return x * 1
+
+    def fwd_bwd_relu_chain():
+        y = x * 1
+        for _ in range(10):
+            y = F.relu(y)
+        y.sum().backward()
+    return {"mul (one op)": mul, "mul + relu_": relu_, "cast fp32->bf16 (leaf)": cast,
+            "conv2d autocast (cast + conv)": conv, "BatchNorm2d train": batchnorm,
+            "mul + add_": add_, "Linear autocast (2 casts + linear)": linear_amp,
+            "12 ops fwd + backward": fwd_bwd_relu_chain}
+
+
+def run(fw: str, profile: bool) -> None:
+    if fw == "torch":
+        import torch as m
+    else:
+        import ember as m
+        m.cuda.is_available()
+    for name, fn in cases(m).items():
+        for _ in range(20):
+            fn()
+        m.cuda.synchronize()
+        n = 300
+        best = 1e9
+        for _ in range(3):
+            t0 = time.perf_counter()
+            for _ in range(n):
+                fn()
+            best = min(best, (time.perf_counter() - t0) / n)
+            m.cuda.synchronize()
+        print(f"{fw:5s} {best * 1e6:8.1f} us  {name}", flush=True)
+        if profile:
+            pr = cProfile.Profile()
+            pr.enable()
+            for _ in range(n):
+                fn()
+            pr.disable()
+            m.cuda.synchronize()
+            pstats.Stats(pr).sort_stats("tottime").print_stats(14)
+
+
+def main() -> None:
+    if len(sys.argv) > 2 and sys.argv[1] == "--one":
+        run(sys.argv[2], "--profile" in sys.argv)
+        return
+    prof = "--profile" in sys.argv
+    for fw in ("ember", "torch"):
+        subprocess.run([sys.executable, "-m", "bench.gpu_host_ops", "--one", fw] +
+                       (["--profile"] if prof and fw == "ember" else []))
+
+
+if __name__ == "__main__":
+    main()
