@@ -313,11 +313,13 @@ def test_inplace_relu_and_add_write_into_self():
     ptr = h.data_ptr()
     assert F.relu(h, inplace=True) is h and h.data_ptr() == ptr and _is_cl(h)
     np.testing.assert_array_equal(_host(h), np.maximum(2 * x, 0))
-    h.add_(h)                                    # the same array on both sides
-    assert h.data_ptr() == ptr
-    np.testing.assert_array_equal(_host(h), 2 * np.maximum(2 * x, 0))
     (h * h).sum().backward()
-    np.testing.assert_allclose(_host(xt.grad), np.where(x > 0, 32 * x, 0), rtol=1e-6)
+    np.testing.assert_allclose(_host(xt.grad), np.where(x > 0, 8 * x, 0), rtol=1e-6)
+    k = h.detach().clone(memory_format=ember.channels_last)
+    ptr = k.data_ptr()
+    k.add_(k)                                    # the same array on both sides
+    assert k.data_ptr() == ptr
+    np.testing.assert_array_equal(_host(k), 2 * np.maximum(2 * x, 0))
     # relu_ saved its output (self): a later in-place change is caught at backward
     xt = _cuda(x, "float32", False)
     y = (xt * 1).relu_()
@@ -339,3 +341,27 @@ def test_inplace_relu_and_add_write_into_self():
     w = v.copy()
     w[1:] += w[:-1].copy()
     np.testing.assert_array_equal(t.cpu().numpy(), w)
+
+
+def test_channels_last_leaf_gradients_are_stolen_only_when_unshared():
+    # a permuted view of a fresh block becomes the leaf's gradient without a copy; a view
+    # of an array that another gradient holds is copied
+    rng = np.random.default_rng(11)
+    w0 = rng.standard_normal((8, 4, 3, 3)).astype(np.float32)
+    x = ember.tensor(rng.standard_normal((2, 4, 6, 6)).astype(np.float32), device="cuda")
+    w = _cuda(w0, "float32", True)
+    for k in (1, 2):                           # the second backward accumulates
+        with ember.autocast("cuda", dtype=ember.bfloat16):
+            y = F.conv2d(x.to(memory_format=ember.channels_last), w, padding=1)
+        y.float().sum().backward()
+        assert _is_cl(w.grad)
+        if k == 1:
+            first = _host(w.grad)
+    np.testing.assert_allclose(_host(w.grad), 2 * first, rtol=1e-6)
+    a = ember.tensor(rng.standard_normal((4, 5)).astype(np.float32), device="cuda").t()
+    a = a.detach().requires_grad_()            # a transposed (column-major) leaf
+    c = ember.zeros(4, 5, device="cuda", requires_grad=True)
+    (a.t() + c).sum().backward()               # both gradients come from one array
+    c.grad.add_(1)
+    np.testing.assert_array_equal(_host(a.grad), np.ones((5, 4)))
+    np.testing.assert_array_equal(_host(c.grad), np.full((4, 5), 2.0))
