@@ -230,3 +230,40 @@ def test_softmax_kernel_against_float64():
     want = np.nan_to_num(e / e.sum(axis=1, keepdims=True), nan=0.0)
     cpu_kernels.kernels().softmax(x, bias)
     np.testing.assert_allclose(x, want, rtol=2e-6, atol=1e-30)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_cross_entropy_rows_match_torch(path, reduction):
+    # (700, 100) and (70, 1000): the fused softmax path (one block and several blocks)
+    for shape in ((700, 100), (300, 1000)):
+        rng = np.random.default_rng(8)
+        x = (rng.standard_normal(shape) * 4).astype(np.float32)
+        y = rng.integers(0, shape[1], shape[0])
+        y[5] = -100  # ignored
+        res = []
+        for m in (ember, torch):
+            t = m.tensor(x, requires_grad=True)
+            loss = m.nn.functional.cross_entropy(t, m.tensor(y), reduction=reduction)
+            loss.sum().backward()
+            res.append((loss.detach().numpy(), t.grad.numpy()))
+        for e, t in zip(*res):
+            np.testing.assert_allclose(e, t, rtol=2e-5, atol=1e-6)
+
+
+def test_cross_entropy_nonfinite_rows_match_torch(path):
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((300, 1000)).astype(np.float32)
+    x[1, 7] = math.nan
+    x[2, 9] = math.inf
+    x[3] = -math.inf
+    y = rng.integers(0, 1000, 300)
+    res = []
+    for m in (ember, torch):
+        t = m.tensor(x, requires_grad=True)
+        loss = m.nn.functional.cross_entropy(t, m.tensor(y), reduction="none")
+        loss.sum().backward()
+        res.append((loss.detach().numpy(), t.grad.numpy()))
+    for e, t in zip(*res):
+        np.testing.assert_array_equal(np.isnan(e), np.isnan(t))
+        fin = ~np.isnan(t)
+        np.testing.assert_allclose(e[fin], t[fin], rtol=2e-5, atol=1e-6)

@@ -332,6 +332,59 @@ def _build() -> SimpleNamespace:
             for j in range(n):
                 dr[j] = (dr[j] - c) * pr[j] * s
 
+    @rows_jit
+    def softmax_stats_rows(x, out, m, s, normalize):  # pragma: no cover - compiled
+        # out = exp(x - max) (divided by its sum when normalize), m = row max, s = that sum;
+        # returns how many rows were left alone (NaN or an infinite max: the caller redoes
+        # them with NumPy's semantics)
+        rows, n = x.shape
+        bad = 0
+        for r in range(rows):
+            xr = x[r]
+            mx = xr[0] if n else np.float32(0.0)
+            nan = False
+            for j in range(n):
+                v = xr[j]
+                mx = v if v > mx else mx
+                nan = nan | (v != v)
+            if nan or not math.isfinite(mx):
+                bad += 1
+                continue
+            orr = out[r]
+            t = 0.0
+            for j in range(n):
+                e = exp_neg(xr[j] - mx)
+                orr[j] = e
+                t += e
+            m[r] = mx
+            s[r] = t
+            if normalize:
+                inv = np.float32(1.0 / t)
+                for j in range(n):
+                    orr[j] *= inv
+        return bad
+
+    @jit
+    def softmax_stats(x, out, m, s, normalize, blocks):  # pragma: no cover - compiled
+        rows = x.shape[0]
+        bad = 0
+        for c in prange(blocks):
+            lo = rows * c // blocks
+            hi = rows * (c + 1) // blocks
+            bad += softmax_stats_rows(x[lo:hi], out[lo:hi], m[lo:hi], s[lo:hi], normalize)
+        return bad
+
+    def softmax_stats_f(x2: Any, out: Any, m: Any, s: Any, normalize: bool) -> int:
+        """For the C-contiguous float32 (rows, n) ``x2``: ``out = exp(x - m)`` (normalized
+        to sum 1 when ``normalize``), ``m`` the row max and ``s`` the row sum of the
+        exponentials (float32 (rows,) each). Returns the number of rows skipped (a NaN, or an
+        infinite max); the caller must redo those rows."""
+        blocks = _row_blocks(*x2.shape)
+        if blocks == 1:
+            return int(softmax_stats_rows(x2, out, m, s, normalize))
+        set_threads(blocks)
+        return int(softmax_stats(x2, out, m, s, normalize, blocks))
+
     return SimpleNamespace(gelu=gelu_f, layer_norm=layer_norm_f,
                            layer_norm_backward=layer_norm_backward_f, softmax=softmax_f,
-                           softmax_backward=softmax_back)
+                           softmax_backward=softmax_back, softmax_stats=softmax_stats_f)

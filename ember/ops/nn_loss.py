@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from ember import dtypes as _dt
+from ember.backend import cpu_kernels
 from ember.backend.cpu import parallel_rows
 from ember.errors import make
 from ember.ops.registry import OpDef, OpNode, TensorMeta, register
@@ -249,8 +250,8 @@ def _forward_rows(ctx: Any, xp: Any, input: Any, target: Any, weight: Any, ignor
             xb = work[lo:hi]
             ob = scratch[lo:hi] if recording else scratch[:hi - lo]
             mb = rmax(xb, axis=1, keepdims=True)
-            if not bool(xp.isfinite(mb).all()):   # all -inf / inf / nan rows: shift by 0
-                mb = xp.where(xp.isfinite(mb), mb, 0)
+            if not bool(xp.isfinite(mb).all()):   # all -inf rows: shift by 0 (+inf and
+                mb = xp.where(mb == -xp.inf, 0, mb)  # NaN rows give NaN, as in torch)
             m[lo:hi] = mb[:, 0]
             xp.subtract(xb, mb, out=ob)
             if ssum is not None:
@@ -262,8 +263,13 @@ def _forward_rows(ctx: Any, xp: Any, input: Any, target: Any, weight: Any, ignor
             if recording:
                 ob *= 1 / sb
 
+    nb = cpu_kernels.kernels() if numpy and work.dtype == xp.float32 and ssum is None and \
+        work.flags.c_contiguous and rows * n_classes >= _BLOCK_ELEMS else None
     with _errstate(xp):  # all -inf rows give nan quietly, as in torch
-        if numpy and rows * n_classes >= _PARALLEL_ELEMS:
+        if nb is not None and nb.softmax_stats(work, out if recording else xp.empty_like(work),
+                                               m, s, recording) == 0:
+            pass  # max, exp, sum and normalisation in one visit per row, on spare cores
+        elif numpy and rows * n_classes >= _PARALLEL_ELEMS:
             parallel_rows(rows, blocks, min_rows=step)
         else:
             blocks(0, rows)
