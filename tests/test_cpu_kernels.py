@@ -267,3 +267,25 @@ def test_cross_entropy_nonfinite_rows_match_torch(path):
         np.testing.assert_array_equal(np.isnan(e), np.isnan(t))
         fin = ~np.isnan(t)
         np.testing.assert_allclose(e[fin], t[fin], rtol=2e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("name,kw", [
+    ("AdamW", dict(lr=0.01)),
+    ("Adam", dict(lr=0.01, betas=(0.4, 0.9), weight_decay=0.1, amsgrad=True)),
+    ("AdamW", dict(lr=0.02, amsgrad=True, weight_decay=0.3, maximize=True)),
+])
+def test_adam_steps_match_torch(path, dtype, name, kw):
+    rng = np.random.default_rng(10)
+    w0 = rng.standard_normal((33, 7)).astype(dtype)
+    grads = [rng.standard_normal((33, 7)).astype(dtype) for _ in range(5)]
+    res = []
+    for m in (ember, torch):
+        w = m.tensor(w0.copy(), requires_grad=True)
+        opt = getattr(m.optim, name)([w], **kw)
+        for g in grads:
+            w.grad = m.tensor(g)
+            opt.step()
+        res.append(w.detach().numpy())
+    tol = dict(rtol=1e-6, atol=1e-6) if dtype == "float32" else dict(rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(res[0], res[1], **tol)

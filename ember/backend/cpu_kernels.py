@@ -385,6 +385,31 @@ def _build() -> SimpleNamespace:
         set_threads(blocks)
         return int(softmax_stats(x2, out, m, s, normalize, blocks))
 
+    @serial
+    def adam(p, g, m, v, vmax, decay, l2, neg, w1, two_sided, b2, c2, step_size, bc2_sqrt,
+             eps):  # pragma: no cover - compiled
+        # ember.optim.adam.adam_update's NumPy passes as one: the same operations in the same
+        # order and precision (scalars arrive in the parameters' dtype), one visit per element
+        for i in range(p.size):
+            gi = -g[i] if neg else g[i]
+            pi = p[i] * decay
+            if l2 != 0:
+                gi = gi + l2 * pi
+            mi = m[i]
+            if two_sided:  # _lerp_'s form for weights >= 0.5 (w1 is then 1 - weight)
+                mi = gi - (gi - mi) * w1
+            else:
+                mi = mi + (gi - mi) * w1
+            m[i] = mi
+            vi = v[i] * b2 + (gi * gi) * c2
+            v[i] = vi
+            if vmax.size:  # np.maximum: NaN wins
+                vm = vmax[i]
+                vi = vm if vm > vi or vm != vm else vi
+                vmax[i] = vi
+            p[i] = pi + (mi / (np.sqrt(vi) / bc2_sqrt + eps)) * -step_size
+
     return SimpleNamespace(gelu=gelu_f, layer_norm=layer_norm_f,
                            layer_norm_backward=layer_norm_backward_f, softmax=softmax_f,
-                           softmax_backward=softmax_back, softmax_stats=softmax_stats_f)
+                           softmax_backward=softmax_back, softmax_stats=softmax_stats_f,
+                           adam=adam)

@@ -3,7 +3,10 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import numpy as np
+
 import ember
+from ember.backend import cpu_kernels
 from ember.optim import _cuda_fused, _multi_tensor
 from ember.optim import _differentiable as _diff
 from ember.optim.optimizer import (Optimizer, ParamsT, _bump, _check_fused, _check_fused_flags,
@@ -38,6 +41,10 @@ def adam_update(xp: Any, param: Any, grad: Any, exp_avg: Any, exp_avg_sq: Any,
                          amsgrad=amsgrad, maximize=maximize,
                          decoupled_weight_decay=decoupled_weight_decay)
         return
+    if xp.__name__ == "numpy" and _adam_numba(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq,
+                                              step, lr, beta1, beta2, eps, weight_decay,
+                                              maximize, decoupled_weight_decay):
+        return
     g = -grad if maximize else grad
     if weight_decay != 0:
         if decoupled_weight_decay:
@@ -65,6 +72,34 @@ def adam_update(xp: Any, param: Any, grad: Any, exp_avg: Any, exp_avg_sq: Any,
     xp.divide(exp_avg, tmp, out=tmp)
     tmp *= -step_size
     param += tmp
+
+
+def _adam_numba(param: Any, grad: Any, exp_avg: Any, exp_avg_sq: Any, max_exp_avg_sq: Any,
+                step: float, lr: float, beta1: float, beta2: float, eps: float,
+                weight_decay: float, maximize: bool, decoupled: bool) -> bool:
+    """:func:`adam_update`'s passes as one numba loop over contiguous float32/float64 arrays
+    of one dtype (~10 NumPy passes and a temporary per parameter before); False when the
+    kernels are off or the arrays do not qualify."""
+    arrays = [param, grad, exp_avg, exp_avg_sq] + \
+        ([max_exp_avg_sq] if max_exp_avg_sq is not None else [])
+    dt = param.dtype
+    if dt not in (np.float32, np.float64) or \
+            any(a.dtype != dt or not a.flags.c_contiguous for a in arrays):
+        return False
+    nb = cpu_kernels.kernels()
+    if nb is None:
+        return False
+    c = dt.type
+    w1 = 1 - beta1
+    bc1 = 1 - beta1 ** step
+    flat = [a.reshape(-1) for a in arrays]
+    vmax = flat[4] if max_exp_avg_sq is not None else flat[0][:0]
+    nb.adam(flat[0], flat[1], flat[2], flat[3], vmax,
+            c(1 - lr * weight_decay) if decoupled and weight_decay != 0 else c(1),
+            c(0) if decoupled else c(weight_decay), bool(maximize),
+            c(1 - w1) if abs(w1) >= 0.5 else c(w1), abs(w1) >= 0.5, c(beta2), c(1 - beta2), c(lr / bc1),
+            c((1 - beta2 ** step) ** 0.5), c(eps))
+    return True
 
 
 class Adam(Optimizer):
