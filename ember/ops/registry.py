@@ -268,7 +268,10 @@ def apply(op: OpDef, args: tuple) -> Any:
             dev = _CPU
         arr_args = tuple(arrs)
     if _State.autocast is not None and not op.variadic:
-        from ember.amp.autocast_mode import cast_args
+        cast_args = _CAST_ARGS[0]
+        if cast_args is None:
+            from ember.amp.autocast_mode import cast_args
+            _CAST_ARGS[0] = cast_args
         cast = cast_args(op.name, args, dev.type)
         if cast is not args:  # a listed op: operands may have been cast
             args = cast
@@ -276,7 +279,13 @@ def apply(op: OpDef, args: tuple) -> Any:
             tin = [a for a in args if isinstance(a, Tensor)]
     if op.meta is not None:
         op.meta(op, *args)
-    xp = _np if dev.type == "cpu" else get_xp(dev)
+    if dev.type == "cpu":
+        xp = _np
+    else:
+        xp = _GPU_XP[0]
+        if xp is None:
+            xp = get_xp(dev)    # CuPy, once it loaded (raises without it)
+            _GPU_XP[0] = xp
 
     # Promotion: cast operands to the compute dtype first (torch's rule, not NumPy's).
     out_dt = None
@@ -570,6 +579,9 @@ def apply_inplace(op: OpDef, self: Tensor, args: tuple) -> Tensor:
 
 # The destination array an in-place call offers its op's CUDA ``forward_into`` (see above).
 _DEST: list = [None]
+# Looked up once instead of by an import statement / backend call on each op (~1-2 us each).
+_CAST_ARGS: list = [None]
+_GPU_XP: list = [None]
 
 
 def write_inplace(self: Tensor, out: Tensor, name: str) -> Tensor:

@@ -270,6 +270,7 @@ __device__ __forceinline__ void row_ms(float& m, float& s, float* shm, float* sh
 _SOURCES: dict[str, tuple[str, tuple[str, ...]]] = {}
 _MODULES: dict = {}
 _FUNCS: dict = {}
+_GET_DEVICE: list = [None]   # cupy.cuda.runtime.getDevice, once CuPy is loaded
 
 
 def define(family: str, source: str, kernels: tuple[str, ...]) -> None:
@@ -280,12 +281,16 @@ def define(family: str, source: str, kernels: tuple[str, ...]) -> None:
 
 def function(family: str, name: str, targs: str) -> Any:
     """The compiled ``name<targs>`` of ``family`` (compiling the family on first use)."""
-    import cupy  # noqa: PLC0415 - lazy: only once a CUDA op runs
-    dev = cupy.cuda.runtime.getDevice()   # a module is loaded per device
+    get_device = _GET_DEVICE[0]
+    if get_device is None:
+        import cupy  # noqa: PLC0415 - lazy: only once a CUDA op runs
+        get_device = _GET_DEVICE[0] = cupy.cuda.runtime.getDevice
+    dev = get_device()   # a module is loaded per device
     key = (family, name, targs, dev)
     fn = _FUNCS.get(key)
     if fn is not None:
         return fn
+    import cupy  # noqa: PLC0415
     mkey = (family, targs, dev)
     mod = _MODULES.get(mkey)
     source, kernels = _SOURCES[family]
@@ -387,12 +392,25 @@ def contiguous(xp: Any, a: Any, dtype: Any = None) -> Any:
 
 def wrap(arr: Any, device: Any) -> Any:
     """A constant ember Tensor around a result array (what a backward returns)."""
-    from ember.dtypes import _FROM_NP
-    from ember.tensor import _make
-    return _make(arr, _FROM_NP[arr.dtype], device)
+    if not _LAZY:
+        _load()
+    return _LAZY[1](arr, _LAZY[0][arr.dtype], device)
 
 
 def recording(ctx: Any) -> bool:
     """Whether forward got a real graph node (not the shared no-grad dummy)."""
+    if not _LAZY:
+        _load()
+    return isinstance(ctx, _LAZY[2])
+
+
+# (dtypes._FROM_NP, tensor._make, registry.OpNode), imported on first use: this module loads
+# before them, and an import statement in wrap/recording cost ~1 us on each backward output
+_LAZY: list = []
+
+
+def _load() -> None:
+    from ember.dtypes import _FROM_NP
     from ember.ops.registry import OpNode
-    return isinstance(ctx, OpNode)
+    from ember.tensor import _make
+    _LAZY[:] = [_FROM_NP, _make, OpNode]

@@ -426,7 +426,7 @@ def _param_dtype(input: Any, *params: Any) -> Any:
     if len(dts) > 1:
         return None
     dt = dts.pop() if dts else input.dtype
-    if K.CTYPES.get(dt.name) is None:
+    if K.dtype_ctype(dt) is None:
         return None
     if any(a is not None and not a.flags.c_contiguous for a in params):
         return None
@@ -448,11 +448,37 @@ def _vec(c: int, *arrays: Any) -> int:
     return n if c % n == 0 and all(a.data.ptr % 16 == 0 for a in arrays) else 0
 
 
-def _cl_stats(fn: Any, xp: Any, x: Any, g: Any, mean: Any, rstd: Any, m: int, c: int,
-              mode: int) -> tuple:
-    """Per-(channel, chunk) partial sums over the rows of a channels-last array: (p1, p2, P)."""
-    nvec = _vec(c, x, g)
-    if nvec:
+class _Kernels(dict):
+    """The batch-norm kernels of one template instantiation, fetched on first use."""
+
+    __slots__ = ("targs",)
+
+    def __missing__(self, name: str) -> Any:
+        fn = self[name] = K.function("batchnorm", name, self.targs)
+        return fn
+
+
+_KERNELS: dict = {}
+
+
+def _kernels(targs: str) -> _Kernels:
+    import cupy  # noqa: PLC0415 - only reached on the GPU
+    key = (targs, cupy.cuda.runtime.getDevice())   # modules are loaded per device
+    ks = _KERNELS.get(key)
+    if ks is None:
+        ks = _KERNELS[key] = _Kernels()
+        ks.targs = targs
+    return ks
+
+
+# (c, m, nvec) -> launch geometry of the vectorised channels-last statistics kernel
+_CL_GEOM: dict = {}
+
+
+def _cl_geom(c: int, m: int, nvec: int) -> tuple:
+    key = (c, m, nvec)
+    geo = _CL_GEOM.get(key)
+    if geo is None:
         groups = c // nvec
         gb = min(groups, _THREADS)
         rb = _THREADS // gb
@@ -460,11 +486,21 @@ def _cl_stats(fn: Any, xp: Any, x: Any, g: Any, mean: Any, rstd: Any, m: int, c:
         p = max(1, min(2048 // gx, m // (rb * 8), 65535))
         chunk = (m + p - 1) // p
         p = (m + chunk - 1) // chunk
+        geo = _CL_GEOM[key] = ((gx, p, 1), p, K.i64(m), K.i32(c), K.i64(chunk), K.i32(gb),
+                               K.i32(rb), rb * gb * nvec * 2 * 4)
+    return geo
+
+
+def _cl_stats(fn: Any, xp: Any, x: Any, g: Any, mean: Any, rstd: Any, m: int, c: int,
+              mode: int) -> tuple:
+    """Per-(channel, chunk) partial sums over the rows of a channels-last array: (p1, p2, P)."""
+    nvec = _vec(c, x, g)
+    if nvec:
+        grid, p, m64, c32, chunk64, gb32, rb32, shared = _cl_geom(c, m, nvec)
         p1, p2 = xp.empty((2, c, p), xp.float32)
-        fn("bncl_stats_v")((gx, p, 1), (_THREADS, 1, 1),
-                           (x, g, mean, rstd, p1, p2, K.i64(m), K.i32(c), K.i64(chunk),
-                            K.i32(mode), K.i32(gb), K.i32(rb)),
-                           shared_mem=rb * gb * nvec * 2 * 4)
+        fn("bncl_stats_v")(grid, (_THREADS, 1, 1),
+                           (x, g, mean, rstd, p1, p2, m64, c32, chunk64, K.i32(mode), gb32,
+                            rb32), shared_mem=shared)
         return p1, p2, p
     p, chunk = _cl_chunks(c, m)
     p1 = xp.empty((c, p), xp.float32)
@@ -490,12 +526,11 @@ class BatchNormImpl:
         hw = input.size // (n * c)
         if n * hw < 2:
             return NotImplemented  # F.batch_norm rejects it; the generic code decides
-        targs = f"{ct}, {K.CTYPES[wdt.name]}"
-        fn = lambda name: K.function("batchnorm", name, targs)  # noqa: E731
+        targs = f"{ct}, {K.dtype_ctype(wdt)}"
+        fn = _kernels(targs).__getitem__
         f32 = xp.empty(5 * c, xp.float32)     # mean, rstd, coef: one allocation
         mean, rstd, coef = f32[:c], f32[c:2 * c], f32[2 * c:]
-        mean_t = xp.empty(c, wdt)
-        var_t = xp.empty(c, wdt)
+        mean_t, var_t = xp.empty((2, c), wdt)  # the returned statistics: one allocation
         wa = weight if weight is not None else mean_t
         ba = bias if bias is not None else mean_t
         hasw, hasb = K.i32(weight is not None), K.i32(bias is not None)
@@ -539,7 +574,7 @@ class BatchNormImpl:
         saved = ctx.saved
         x, w, mean, rstd = saved[0], saved[1], saved[2], saved[3]
         lay, targs, wdt = ctx.bn_layout
-        fn = lambda name: K.function("batchnorm", name, targs)  # noqa: E731
+        fn = _kernels(targs).__getitem__
         xa = x._data
         n, c = xa.shape[0], xa.shape[1]
         hw = xa.size // (n * c)

@@ -11,6 +11,8 @@ views for other dtypes) and the result keeps that layout, as torch's. Everything
 """
 from __future__ import annotations
 
+from ember import dtypes as _dt
+from ember.backend import device_of_array
 from ember.backend.cuda_ops import _layout as L
 from ember.backend.cuda_ops import _nvrtc as K
 
@@ -140,8 +142,6 @@ class ToCopyImpl:
         if device is not None and (device.type != "cuda" or
                                    (device.index or 0) != input.device.id):
             return NotImplemented
-        from ember import dtypes as _dt
-        from ember.backend import device_of_array
         ctx.src = (_dt._FROM_NP[input.dtype], device_of_array(input))
         return cast(xp, input, dtype.np)
 
