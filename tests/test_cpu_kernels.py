@@ -289,3 +289,58 @@ def test_adam_steps_match_torch(path, dtype, name, kw):
         res.append(w.detach().numpy())
     tol = dict(rtol=1e-6, atol=1e-6) if dtype == "float32" else dict(rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(res[0], res[1], **tol)
+
+
+def test_sigmoid_tanh_kernels_against_float64():
+    ks = cpu_kernels.kernels()
+    if ks is None:
+        pytest.skip("numba not installed or switched off")
+    # through lstm_step with zero input projection and c = 0: act holds sigmoid and tanh of
+    # the gates, tanh_c = tanh(sigmoid(i) tanh(g))
+    x = np.concatenate([np.linspace(-30, 30, 40001), [0.0, -0.0, 1e-30, -1e-30, 0.6249,
+                                                      0.6251, -0.6251, 1e4, -1e4]])
+    x = x.astype(np.float32)
+    n = x.size
+    gates = np.tile(x[:, None], (1, 4)).astype(np.float32)
+    act = np.empty_like(gates)
+    c = np.zeros((n, 1), np.float32)
+    tc = np.empty((n, 1), np.float32)
+    h = np.empty((n, 1), np.float32)
+    ks.lstm_step(gates, np.zeros_like(gates), c, act, tc, h)
+    x64 = x.astype(np.float64)
+    sig = 1 / (1 + np.exp(-x64))
+    np.testing.assert_allclose(act[:, 0], sig, rtol=3e-7, atol=1e-37)
+    np.testing.assert_allclose(act[:, 2], np.tanh(x64), rtol=3e-7, atol=1e-37)
+    np.testing.assert_allclose(tc[:, 0], np.tanh(sig * np.tanh(x64)), rtol=5e-7, atol=1e-37)
+    special = np.array([[math.inf] * 4, [-math.inf] * 4, [math.nan] * 4], np.float32)
+    act = np.empty_like(special)
+    ks.lstm_step(special, np.zeros_like(special), np.zeros((3, 1), np.float32), act,
+                 np.empty((3, 1), np.float32), np.empty((3, 1), np.float32))
+    np.testing.assert_array_equal(act, [[1, 1, 1, 1], [0, 0, -1, 0], [math.nan] * 4])
+
+
+@pytest.mark.parametrize("proj_size", [0, 3])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_lstm_packed_matches_torch(path, proj_size, bidirectional):
+    rng = np.random.default_rng(11)
+    lengths = [7, 5, 5, 2]
+    x = rng.standard_normal((7, 4, 6)).astype(np.float32)
+    res = []
+    for m in (ember, torch):
+        m.manual_seed(0)
+        lstm = m.nn.LSTM(6, 5, num_layers=2, proj_size=proj_size, bidirectional=bidirectional)
+        if m is torch:  # ember's weights into torch
+            with torch.no_grad():
+                for (name, p), q in zip(lstm.named_parameters(), ember_params):
+                    p.copy_(torch.tensor(q))
+        else:
+            ember_params = [p.detach().numpy().copy() for p in lstm.parameters()]
+        xt = m.tensor(x, requires_grad=True)
+        packed = m.nn.utils.rnn.pack_padded_sequence(xt, lengths)
+        out, (h, c) = lstm(packed)
+        data = out.data
+        (data.pow(2).sum() + h.sum() + c.pow(2).sum()).backward()
+        res.append([data.detach().numpy(), h.detach().numpy(), c.detach().numpy(),
+                    xt.grad.numpy()] + [p.grad.numpy() for p in lstm.parameters()])
+    for e, t in zip(*res):
+        np.testing.assert_allclose(e, t, rtol=1e-4, atol=2e-5)

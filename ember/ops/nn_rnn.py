@@ -22,6 +22,7 @@ from typing import Any, Sequence
 
 from ember import dtypes as _dt
 from ember._state import _State
+from ember.backend import cpu_kernels
 from ember.backend.cpu import gemm_threads
 from ember.errors import check
 from ember.ops.registry import OpDef, TensorMeta, composite, register
@@ -51,6 +52,14 @@ def _sigmoid_(xp: Any, x: Any, out: Any) -> Any:
     xp.exp(out, out=out)
     out += 1
     return xp.reciprocal(out, out=out)
+
+
+def _kernels(xp: Any, *arrays: Any) -> Any:
+    """The numba kernels when every array is a float32 NumPy array (their sigmoid and tanh
+    are float32-accurate), else None."""
+    if xp.__name__ != "numpy" or any(a.dtype != xp.float32 for a in arrays):
+        return None
+    return cpu_kernels.kernels()
 
 
 def _offsets(batch_sizes: Sequence[int]) -> list:
@@ -123,6 +132,8 @@ class LstmLayer(OpDef):
         out = xp.empty((n, P), dt)
         h_pre = xp.empty((n, H), dt) if w_hr is not None else None
         ws = xp.empty((h0.shape[0], g4), dt)   # one step's pre-activations
+        nb = _kernels(xp, xproj, w_t, c)
+        hbuf = xp.empty((h0.shape[0], H), dt) if nb is not None else None
         with _one_blas_thread(xp):
             for t in steps:
                 b = batch_sizes[t]
@@ -130,17 +141,22 @@ class LstmLayer(OpDef):
                 hp = h[:b]
                 h_prev[lo:hi] = hp
                 gates = xp.matmul(hp, w_t, out=ws[:b])
-                gates += xproj[lo:hi]
                 a = act[lo:hi]
-                _sigmoid_(xp, gates, a)   # all four blocks; the cell block is redone as tanh
-                xp.tanh(gates[:, 2 * H:3 * H], out=a[:, 2 * H:3 * H])
                 cp = c[:b]
                 c_prev[lo:hi] = cp
-                cn = a[:, H:2 * H] * cp
-                cn += a[:, :H] * a[:, 2 * H:3 * H]
                 tc = tanh_c[lo:hi]
-                xp.tanh(cn, out=tc)
-                hn = a[:, 3 * H:] * tc
+                if nb is not None:  # the step's elementwise part in one pass (c in place)
+                    hn = hbuf[:b]
+                    nb.lstm_step(gates, xproj[lo:hi], cp, a, tc, hn)
+                    cn = cp
+                else:
+                    gates += xproj[lo:hi]
+                    _sigmoid_(xp, gates, a)   # all four blocks; the cell block is redone
+                    xp.tanh(gates[:, 2 * H:3 * H], out=a[:, 2 * H:3 * H])  # as tanh
+                    cn = a[:, H:2 * H] * cp
+                    cn += a[:, :H] * a[:, 2 * H:3 * H]
+                    xp.tanh(cn, out=tc)
+                    hn = a[:, 3 * H:] * tc
                 if wr_t is not None:
                     h_pre[lo:hi] = hn
                     hn = xp.matmul(hn, wr_t)
@@ -173,6 +189,7 @@ class LstmLayer(OpDef):
         dh_out = xp.empty((n, P), dt) if wr is not None else None
         off = _offsets(batch_sizes)
         steps = range(len(batch_sizes)) if reverse else range(len(batch_sizes) - 1, -1, -1)
+        nb = _kernels(xp, act, w, dc)
         with _one_blas_thread(xp):
             for t in steps:
                 b = batch_sizes[t]
@@ -182,12 +199,17 @@ class LstmLayer(OpDef):
                     dh_out[lo:hi] = dhs
                     dhs = xp.matmul(dhs, wr)
                 a = act[lo:hi]
-                i, f, g, o = a[:, :H], a[:, H:2 * H], a[:, 2 * H:3 * H], a[:, 3 * H:]
                 tc = tanh_c[lo:hi]
+                dg_ = dgates[lo:hi]
+                if nb is not None:  # one pass; dc carried back in place
+                    nb.lstm_step_back(xp.ascontiguousarray(dhs), a, tc, c_prev[lo:hi], dc[:b],
+                                      dg_)
+                    dh[:b] = xp.matmul(dg_, w)
+                    continue
+                i, f, g, o = a[:, :H], a[:, H:2 * H], a[:, 2 * H:3 * H], a[:, 3 * H:]
                 dcs = dhs * o
                 dcs *= 1 - tc * tc
                 dcs += dc[:b]
-                dg_ = dgates[lo:hi]
                 xp.multiply(dcs * g, i * (1 - i), out=dg_[:, :H])
                 xp.multiply(dcs * c_prev[lo:hi], f * (1 - f), out=dg_[:, H:2 * H])
                 xp.multiply(dcs * i, 1 - g * g, out=dg_[:, 2 * H:3 * H])
