@@ -17,6 +17,15 @@ from typing import Any
 
 _CHUNK = 1 << 12  # elements a prange iteration handles: ~16 KB of float32 per array
 _state: dict = {"kernels": None, "tried": False}
+# jitted helpers that other kernels call, set by _build: module globals rather than closure
+# variables, which numba's on-disk cache does not take (every process recompiled them)
+_EXP_NEG: Any = None
+_GELU_SPAN: Any = None
+_SIGMOID: Any = None
+_TANH: Any = None
+_LN_ROWS: Any = None
+_LN_BACK_ROWS: Any = None
+_SOFTMAX_STATS_ROWS: Any = None
 
 
 def enabled() -> bool:
@@ -121,56 +130,54 @@ def _build() -> SimpleNamespace:
     r0, r1, r2, r3, r4, r5, r6, r7 = _GELU_R
     isp = 1.0 / math.sqrt(2.0 * math.pi)
 
-    exp_neg = _exp_neg(numba, np)
+    global _EXP_NEG, _GELU_SPAN, _SIGMOID, _TANH, _LN_ROWS, _LN_BACK_ROWS, _SOFTMAX_STATS_ROWS
+    _EXP_NEG = _exp_neg(numba, np)
 
-    def make_gelu(want_grad):
-        @serial
-        def span(x, y, d):  # pragma: no cover - compiled
-            # The erfc fit of ember.ops.nn_activation (libm's erfc per element is ~4x slower):
-            # h = Phi(-|x|) = t exp(-x^2/2) R(t), t = 1/(1 + K|x|); Phi(x) = 1 - h for x > 0.
-            # Branch-free (selects only) and exp inlined, so that LLVM vectorizes the loop.
-            one = np.float32(1.0)
-            zero = np.float32(0.0)
-            k = np.float32(_GELU_K)
-            half = np.float32(-0.5)
-            c0, c1, c2, c3 = np.float32(r0), np.float32(r1), np.float32(r2), np.float32(r3)
-            c4, c5, c6, c7 = np.float32(r4), np.float32(r5), np.float32(r6), np.float32(r7)
-            s = np.float32(isp)
-            big = np.float32(20.0)
-            for i in range(x.size):
-                v = x[i]
-                a = abs(v)
-                t = one / (one + k * a)
-                e = exp_neg(half * a * a)
-                h = t * e * (((((((c0 * t + c1) * t + c2) * t + c3) * t + c4) * t + c5) * t
-                              + c6) * t + c7)
-                p = one - h if v > zero else h
-                y[i] = v * p  # +inf: inf * 1
-                if want_grad:  # a compile-time constant
-                    # x phi(x) is 0 to float32 beyond x = 20 (inf * 0 at +inf; NaN at -inf as torch)
-                    d[i] = p + (zero if v > big else v * e * s)
+    @serial
+    def span(x, y, d, want_grad):  # pragma: no cover - compiled
+        # The erfc fit of ember.ops.nn_activation (libm's erfc per element is ~4x slower):
+        # h = Phi(-|x|) = t exp(-x^2/2) R(t), t = 1/(1 + K|x|); Phi(x) = 1 - h for x > 0.
+        # Branch-free (selects only) and exp inlined, so that LLVM vectorizes the loop.
+        one = np.float32(1.0)
+        zero = np.float32(0.0)
+        k = np.float32(_GELU_K)
+        half = np.float32(-0.5)
+        c0, c1, c2, c3 = np.float32(r0), np.float32(r1), np.float32(r2), np.float32(r3)
+        c4, c5, c6, c7 = np.float32(r4), np.float32(r5), np.float32(r6), np.float32(r7)
+        s = np.float32(isp)
+        big = np.float32(20.0)
+        for i in range(x.size):
+            v = x[i]
+            a = abs(v)
+            t = one / (one + k * a)
+            e = _EXP_NEG(half * a * a)
+            h = t * e * (((((((c0 * t + c1) * t + c2) * t + c3) * t + c4) * t + c5) * t
+                          + c6) * t + c7)
+            p = one - h if v > zero else h
+            y[i] = v * p  # +inf: inf * 1
+            if want_grad:  # loop-invariant: LLVM unswitches it
+                # x phi(x) is 0 to float32 beyond x = 20 (inf * 0 at +inf; NaN at -inf as torch)
+                d[i] = p + (zero if v > big else v * e * s)
 
-        @jit
-        def gelu(x, y, d):  # pragma: no cover - compiled
-            # the loop over one chunk is its own function: inside a prange body (a parfor) the
-            # same loop indexed from c * chunk did not vectorize (~7x slower)
-            n = x.size
-            for c in prange((n + chunk - 1) // chunk):
-                lo = c * chunk
-                hi = min(n, lo + chunk)
-                span(x[lo:hi], y[lo:hi], d[lo:hi])
-        return gelu
+    _GELU_SPAN = span
 
-    gelu_y, gelu_yd = make_gelu(False), make_gelu(True)
+    @jit
+    def gelu(x, y, d, want_grad):  # pragma: no cover - compiled
+        # the loop over one chunk is its own function: inside a prange body (a parfor) the
+        # same loop indexed from c * chunk did not vectorize (~7x slower)
+        n = x.size
+        for c in prange((n + chunk - 1) // chunk):
+            lo = c * chunk
+            hi = min(n, lo + chunk)
+            _GELU_SPAN(x[lo:hi], y[lo:hi], d[lo:hi], want_grad)
 
     def gelu_f(flat: Any, y: Any, d: Any) -> None:
         """float32 GELU of the 1-D contiguous ``flat`` into ``y`` and, unless ``d`` is None,
         its derivative into ``d`` (float32 only: the fit is float32-accurate)."""
         set_threads(-(-flat.size // chunk))
-        if d is None:
-            gelu_y(flat, y, y)
-        else:
-            gelu_yd(flat, y, d)
+        # without a wanted derivative d is still a separate array: passing y twice made the
+        # loop fail LLVM's runtime alias check and run scalar (5x slower)
+        gelu(flat, y, np.empty_like(y) if d is None else d, d is not None)
 
     @rows_jit
     def ln_rows(x, w, b, eps, y, xhat, mean, rstd):  # pragma: no cover - compiled
@@ -206,13 +213,15 @@ def _build() -> SimpleNamespace:
                     h = h + b[j]
                 yr[j] = h
 
+    _LN_ROWS = ln_rows
+
     @jit
     def layer_norm(x, w, b, eps, y, xhat, mean, rstd, blocks):  # pragma: no cover - compiled
         rows = x.shape[0]
         for c in prange(blocks):
             lo = rows * c // blocks
             hi = rows * (c + 1) // blocks
-            ln_rows(x[lo:hi], w, b, eps, y[lo:hi], xhat[lo:hi], mean[lo:hi], rstd[lo:hi])
+            _LN_ROWS(x[lo:hi], w, b, eps, y[lo:hi], xhat[lo:hi], mean[lo:hi], rstd[lo:hi])
 
     def layer_norm_f(x2: Any, w1: Any, b1: Any, eps: float, y: Any, xhat: Any, mean: Any,
                      rstd: Any) -> None:
@@ -255,6 +264,8 @@ def _build() -> SimpleNamespace:
                 for j in range(n):
                     xr[j] = (gr[j] * w[j] - cc - hr[j] * ac) * rc
 
+    _LN_BACK_ROWS = ln_back_rows
+
     @jit
     def layer_norm_back(xhat, g, w, rstd, gx, gw, gb, want_gx):  # pragma: no cover - compiled
         rows = xhat.shape[0]
@@ -262,7 +273,7 @@ def _build() -> SimpleNamespace:
         for c in prange(blocks):
             lo = rows * c // blocks
             hi = rows * (c + 1) // blocks
-            ln_back_rows(xhat[lo:hi], g[lo:hi], w, rstd[lo:hi], gx[lo:hi], gw[c], gb[c],
+            _LN_BACK_ROWS(xhat[lo:hi], g[lo:hi], w, rstd[lo:hi], gx[lo:hi], gw[c], gb[c],
                          want_gx)
 
     def layer_norm_backward_f(xhat: Any, g: Any, w: Any, rstd: Any, want_gx: bool) -> tuple:
@@ -307,7 +318,7 @@ def _build() -> SimpleNamespace:
                 continue
             t = 0.0
             for j in range(n):
-                e = exp_neg(xr[j] - m)
+                e = _EXP_NEG(xr[j] - m)
                 xr[j] = e
                 t += e
             inv = np.float32(1.0 / t)
@@ -353,7 +364,7 @@ def _build() -> SimpleNamespace:
             orr = out[r]
             t = 0.0
             for j in range(n):
-                e = exp_neg(xr[j] - mx)
+                e = _EXP_NEG(xr[j] - mx)
                 orr[j] = e
                 t += e
             m[r] = mx
@@ -364,6 +375,8 @@ def _build() -> SimpleNamespace:
                     orr[j] *= inv
         return bad
 
+    _SOFTMAX_STATS_ROWS = softmax_stats_rows
+
     @jit
     def softmax_stats(x, out, m, s, normalize, blocks):  # pragma: no cover - compiled
         rows = x.shape[0]
@@ -371,7 +384,7 @@ def _build() -> SimpleNamespace:
         for c in prange(blocks):
             lo = rows * c // blocks
             hi = rows * (c + 1) // blocks
-            bad += softmax_stats_rows(x[lo:hi], out[lo:hi], m[lo:hi], s[lo:hi], normalize)
+            bad += _SOFTMAX_STATS_ROWS(x[lo:hi], out[lo:hi], m[lo:hi], s[lo:hi], normalize)
         return bad
 
     def softmax_stats_f(x2: Any, out: Any, m: Any, s: Any, normalize: bool) -> int:
@@ -412,9 +425,11 @@ def _build() -> SimpleNamespace:
     @numba.njit(inline="always", error_model="numpy")
     def sigmoid(x):  # pragma: no cover - compiled
         # e = exp(-|x|) <= 1: 1/(1+e) for x >= 0, e/(1+e) below (no overflow, no cancellation)
-        e = exp_neg(-abs(x))
+        e = _EXP_NEG(-abs(x))
         r = np.float32(1.0) / (np.float32(1.0) + e)
         return r if x >= 0 else e * r
+
+    _SIGMOID = sigmoid
 
     @numba.njit(inline="always", error_model="numpy")
     def tanh(x):  # pragma: no cover - compiled
@@ -425,10 +440,12 @@ def _build() -> SimpleNamespace:
         small = ((((np.float32(-5.70498872745e-3) * z + np.float32(2.06390887954e-2)) * z
                    - np.float32(5.37397155531e-2)) * z + np.float32(1.33314422036e-1)) * z
                  - np.float32(3.33332819422e-1)) * z * x + x
-        e = exp_neg(np.float32(-2.0) * a)
+        e = _EXP_NEG(np.float32(-2.0) * a)
         big = (np.float32(1.0) - e) / (np.float32(1.0) + e)
         big = big if x >= 0 else -big
         return big if a > np.float32(0.625) else small
+
+    _TANH = tanh
 
     @serial
     def lstm_step(gates, xw, c, act, tanh_c, hn):  # pragma: no cover - compiled
@@ -444,12 +461,12 @@ def _build() -> SimpleNamespace:
             xr = xw[r]
             ar = act[r]
             for j in range(g4):
-                ar[j] = sigmoid(gr[j] + xr[j])
+                ar[j] = _SIGMOID(gr[j] + xr[j])
             ag = ar[2 * H:3 * H]
             gg = gr[2 * H:3 * H]
             xg = xr[2 * H:3 * H]
             for j in range(H):
-                ag[j] = tanh(gg[j] + xg[j])
+                ag[j] = _TANH(gg[j] + xg[j])
             ai = ar[:H]
             af = ar[H:2 * H]
             ao = ar[3 * H:]
@@ -459,7 +476,7 @@ def _build() -> SimpleNamespace:
             for j in range(H):
                 cn = af[j] * cr[j] + ai[j] * ag[j]
                 cr[j] = cn
-                tr[j] = tanh(cn)
+                tr[j] = _TANH(cn)
             for j in range(H):
                 hr[j] = ao[j] * tr[j]
 
