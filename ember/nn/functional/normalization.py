@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+import numpy as np
+
 import ember
 from ember.errors import check, make
 from ember.ops.registry import OPS, apply
@@ -53,9 +55,34 @@ def batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor |
             from ember.backend.cuda_ops.kernels_batchnorm import update_running
             if update_running(running_mean, running_var, mean, var, momentum, n):
                 return y   # one fused kernel instead of about ten small ops
+        elif _update_running_cpu(running_mean, running_var, mean, var, momentum, n):
+            return y
         _update_running(running_mean, mean, momentum)
         _update_running(running_var, var * (n / max(n - 1, 1)), momentum)
     return y
+
+
+def _update_running_cpu(running_mean: Tensor | None, running_var: Tensor | None, mean: Tensor,
+                        var: Tensor, momentum: float, n: int) -> bool:
+    """The running-statistics update on NumPy arrays, in place, with the same operations
+    and rounding as :func:`_update_running` (a buffer update never needs autograd): six
+    dispatcher round trips were two thirds of a small BatchNorm2d call's host time. False
+    (nothing written) for what it does not cover: half or non-float buffers."""
+    pairs = [(r, v) for r, v in ((running_mean, mean), (running_var, var)) if r is not None]
+    for r, v in pairs:
+        a = r._data
+        if type(a) is not np.ndarray or a.dtype.kind != "f" or a.dtype.itemsize < 4 or \
+                type(v._data) is not np.ndarray or not a.flags.writeable:
+            return False
+    for r, v in pairs:
+        val = v._data
+        if v is var:
+            val = val * (n / max(n - 1, 1))
+        a = r._data
+        a *= 1.0 - momentum
+        a += val.astype(a.dtype, copy=False) * momentum
+        r._version[0] += 1
+    return True
 
 
 def instance_norm(input: Tensor, running_mean: Tensor | None = None,
