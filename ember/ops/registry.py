@@ -28,7 +28,7 @@ import numpy as np
 from ember import dtypes as _dt
 from ember._state import _State
 from ember.autograd.graph import Node, accumulate_node
-from ember.backend import get_xp
+from ember.backend import device_of_array as _device_of_array, get_xp
 from ember.errors import EmberError, op_error
 from ember.backend.device import cpu_device as _CPU
 from ember.tensor import Tensor, _make
@@ -351,12 +351,15 @@ def apply(op: OpDef, args: tuple) -> Any:
         raise op_error(op.name, exc, args) from None
 
     multi = type(out) is tuple
-    if not multi and not op.changes_device and (type(out) is _ndarray or (
-            xp is not _np and type(out) is xp.ndarray)):
+    if not multi and (type(out) is _ndarray or (xp is not _np and type(out) is xp.ndarray)):
         # the common case: one array out (NumPy or CuPy), in the dtype promotion expects
         dt = _FROM_NP.get(out.dtype)
         if dt is not None and (out_dt is None or dt is out_dt):
-            res = _make(out, dt, dev)
+            # a device-changing op (a cast under autocast, .to()) finds the output's device
+            # from its array; a NumPy array is on the CPU
+            odev = dev if not op.changes_device else (
+                _CPU if type(out) is _ndarray else _device_of_array(out))
+            res = _make(out, dt, odev)
             if op.view:
                 _link_views(op, args, [res], xp)
             if need_grad:
@@ -366,8 +369,7 @@ def apply(op: OpDef, args: tuple) -> Any:
     results = []
     for arr in outs:
         if op.changes_device:
-            from ember.backend import device_of_array
-            odev = device_of_array(arr)
+            odev = _device_of_array(arr)
         else:
             odev = dev
             if not isinstance(arr, xp.ndarray):

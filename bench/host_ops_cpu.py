@@ -1,0 +1,124 @@
+"""Host (Python) cost of single eager calls on the CPU with tiny tensors, where compute is
+negligible: what each dispatch, autograd node, Module call and autocast cast costs. Most of
+it is the same on CUDA (bench.gpu_host_ops measures there). Ember against torch, each in
+its own process, best of several repeats of process CPU time (the bench machine is shared:
+wall time counts the other processes' slices, CPU time does not).
+
+    python -m bench.host_ops_cpu              # us per call, ember and torch
+    python -m bench.host_ops_cpu --profile    # plus ember's cProfile per case
+    python -m bench.host_ops_cpu --one ember  # one framework only
+"""
+from __future__ import annotations
+
+import cProfile
+import pstats
+import subprocess
+import sys
+import time
+from typing import Any, Callable
+
+
+def cases(m: Any) -> dict[str, Callable[[], Any]]:
+    F = m.nn.functional
+    a = m.randn(4, 4)
+    b = m.randn(4, 4)
+    ag = m.randn(4, 4, requires_grad=True)
+    x = m.randn(4, 8, requires_grad=True)
+    w = m.randn(8, 8, requires_grad=True)
+    bias = m.randn(8, requires_grad=True)
+    xi = m.randn(2, 4, 3, 3, requires_grad=True)
+    wc = m.randn(4, 4, 3, 3, requires_grad=True)
+    bn = m.nn.BatchNorm2d(4)
+    ln = m.nn.LayerNorm(8)
+    lin = m.nn.Linear(8, 8)
+    xs = m.randn(4, 8)
+
+    def add():
+        return a + b
+
+    def add_grad():
+        return ag + b
+
+    def relu():
+        return F.relu(a)
+
+    def linear_fwd_bwd():
+        F.linear(x, w, bias).sum().backward()
+
+    def linear_module():
+        return lin(xs)
+
+    def batchnorm():
+        return bn(xi)
+
+    def layernorm():
+        return ln(x)
+
+    def conv():
+        return F.conv2d(xi, wc, padding=1)
+
+    def cast_amp():
+        with m.autocast("cpu", dtype=m.bfloat16):
+            return F.linear(x, w, bias)
+
+    def chain_bwd():
+        y = ag * 1
+        for _ in range(10):
+            y = F.relu(y)
+        y.sum().backward()
+
+    return {"a + b": add, "a + b (requires_grad)": add_grad, "F.relu": relu,
+            "F.linear fwd+sum+bwd": linear_fwd_bwd, "Linear module": linear_module,
+            "BatchNorm2d train": batchnorm, "LayerNorm module (grad)": layernorm,
+            "F.conv2d 3x3 (grad)": conv, "autocast linear (2 casts)": cast_amp,
+            "12 ops fwd + backward": chain_bwd}
+
+
+def run(fw: str, profile: bool, only: str | None = None) -> None:
+    if fw == "torch":
+        import torch as m
+        m.set_num_threads(1)
+    else:
+        import ember as m
+    for name, fn in cases(m).items():
+        if only and only not in name:
+            continue
+        for _ in range(50):
+            fn()
+        n = 500
+        best = 1e9
+        for _ in range(7):
+            t0 = time.process_time()
+            for _ in range(n):
+                fn()
+            best = min(best, (time.process_time() - t0) / n)
+        print(f"{fw:5s} {best * 1e6:8.1f} us  {name}", flush=True)
+        if profile:
+            pr = cProfile.Profile()
+            pr.enable()
+            for _ in range(n):
+                fn()
+            pr.disable()
+            pstats.Stats(pr).sort_stats("tottime").print_stats(14)
+
+
+def main() -> None:
+    args = sys.argv[1:]
+    prof = "--profile" in args
+    only = None
+    if "--only" in args:
+        only = args[args.index("--only") + 1]
+    if "--one" in args:
+        run(args[args.index("--one") + 1], prof, only)
+        return
+    for fw in ("ember", "torch"):
+        cmd = [sys.executable, "-m", "bench.host_ops_cpu", "--one", fw]
+        if prof and fw == "ember":
+            cmd.append("--profile")
+        if only:
+            cmd += ["--only", only]
+        subprocess.run(cmd)
+
+
+if __name__ == "__main__":
+    main()
