@@ -344,3 +344,27 @@ def test_lstm_packed_matches_torch(path, proj_size, bidirectional):
                     xt.grad.numpy()] + [p.grad.numpy() for p in lstm.parameters()])
     for e, t in zip(*res):
         np.testing.assert_allclose(e, t, rtol=1e-4, atol=2e-5)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("kw", [
+    dict(lr=0.05, momentum=0.9),
+    dict(lr=0.05, momentum=0.9, weight_decay=0.01, nesterov=True),
+    dict(lr=0.05, momentum=0.8, dampening=0.3, maximize=True),
+    dict(lr=0.05, momentum=0.8, dampening=1.0),
+])
+def test_sgd_momentum_steps_match_torch(path, dtype, kw):
+    rng = np.random.default_rng(12)
+    w0 = rng.standard_normal((21, 5)).astype(dtype)
+    grads = [rng.standard_normal((21, 5)).astype(dtype) for _ in range(4)]
+    res = []
+    for m in (ember, torch):
+        w = m.tensor(w0.copy(), requires_grad=True)
+        opt = m.optim.SGD([w], **kw)
+        for g in grads:
+            w.grad = m.tensor(g)
+            opt.step()
+        res.append((w.detach().numpy(), opt.state[w]["momentum_buffer"].numpy()))
+    tol = dict(rtol=1e-6, atol=1e-6) if dtype == "float32" else dict(rtol=1e-12, atol=1e-12)
+    for e, t in zip(*res):
+        np.testing.assert_allclose(e, t, **tol)

@@ -513,7 +513,24 @@ def _build() -> SimpleNamespace:
                 dg[j] = (dcs * i) * (one - g * g)
                 dcr[j] = dcs * f
 
+    @serial
+    def sgd(p, g, b, lr, momentum, damp, scaled, wd, nesterov,
+            neg):  # pragma: no cover - compiled
+        # ember.optim.sgd.sgd_update's passes (with an existing momentum buffer) as one,
+        # the same operations in the same order; damp is 1 - dampening, applied when scaled
+        # (dampening != 0: with the default 0 g is added unscaled, as the NumPy path does)
+        for i in range(p.size):
+            gi = -g[i] if neg else g[i]
+            if wd != 0:
+                gi = gi + wd * p[i]
+            bi = b[i] * momentum
+            bi = bi + (damp * gi if scaled else gi)
+            b[i] = bi
+            gi = gi + momentum * bi if nesterov else bi
+            p[i] = p[i] - lr * gi
+
     return SimpleNamespace(gelu=gelu_f, layer_norm=layer_norm_f,
                            layer_norm_backward=layer_norm_backward_f, softmax=softmax_f,
                            softmax_backward=softmax_back, softmax_stats=softmax_stats_f,
-                           adam=adam, lstm_step=lstm_step, lstm_step_back=lstm_step_back)
+                           adam=adam, lstm_step=lstm_step, lstm_step_back=lstm_step_back,
+                           sgd=sgd)
