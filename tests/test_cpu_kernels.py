@@ -368,3 +368,20 @@ def test_sgd_momentum_steps_match_torch(path, dtype, kw):
     tol = dict(rtol=1e-6, atol=1e-6) if dtype == "float32" else dict(rtol=1e-12, atol=1e-12)
     for e, t in zip(*res):
         np.testing.assert_allclose(e, t, **tol)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_embedding_backward_matches_torch(path, dtype):
+    rng = np.random.default_rng(13)
+    w = rng.standard_normal((50, 6)).astype(dtype)
+    idx = rng.integers(0, 50, (7, 30))
+    idx[0, :5] = 3  # repeats
+    g = rng.standard_normal((30, 7, 6)).astype(dtype).transpose(1, 0, 2)  # strided rows
+    res = []
+    for m in (ember, torch):
+        wt = m.tensor(w, requires_grad=True)
+        out = m.nn.functional.embedding(m.tensor(idx), wt, padding_idx=7)
+        out.backward(m.tensor(np.ascontiguousarray(g)) if m is torch else m.tensor(g))
+        res.append(wt.grad.numpy())
+    tol = dict(rtol=1e-6, atol=1e-6) if dtype == "float32" else dict(rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(res[0], res[1], **tol)

@@ -529,8 +529,18 @@ def _build() -> SimpleNamespace:
             gi = gi + momentum * bi if nesterov else bi
             p[i] = p[i] - lr * gi
 
+    @serial
+    def scatter_add_rows(out, idx, rows):  # pragma: no cover - compiled
+        # out[idx[k]] += rows[k] in k order: the same sums in the same order as the NumPy
+        # path's stable sort and reduceat, without the sort, gathers and temporaries
+        for k in range(idx.size):
+            o = out[idx[k]]
+            r = rows[k]
+            for j in range(r.size):
+                o[j] += r[j]
+
     return SimpleNamespace(gelu=gelu_f, layer_norm=layer_norm_f,
                            layer_norm_backward=layer_norm_backward_f, softmax=softmax_f,
                            softmax_backward=softmax_back, softmax_stats=softmax_stats_f,
                            adam=adam, lstm_step=lstm_step, lstm_step_back=lstm_step_back,
-                           sgd=sgd)
+                           sgd=sgd, scatter_add_rows=scatter_add_rows)

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from ember import dtypes as _dt
+from ember.backend import cpu_kernels
 from ember.errors import check, make
 from ember.ops.registry import OpDef, TensorMeta, composite, register
 from ember.tensor import Tensor, _make
@@ -48,6 +49,14 @@ def scatter_add_rows(xp: Any, num_rows: int, idx: Any, rows: Any) -> Any:
     out = xp.zeros((num_rows,) + rows.shape[1:], dtype=rows.dtype)
     if idx.size == 0:
         return out
+    if xp is np and rows.ndim == 2 and rows.dtype in (np.float32, np.float64) and \
+            idx.dtype.kind in "iu":
+        nb = cpu_kernels.kernels()
+        # (the kernel does not check bounds: an index out of range takes the NumPy path,
+        # which raises)
+        if nb is not None and 0 <= int(idx.min()) and int(idx.max()) < num_rows:
+            nb.scatter_add_rows(out, idx, rows)
+            return out
     if xp is np:
         # Sort once and reduce contiguous runs: much faster than np.add.at on 2-D rows.
         order = np.argsort(idx, kind="stable")
