@@ -234,8 +234,9 @@ def test_softmax_kernel_against_float64():
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 def test_cross_entropy_rows_match_torch(path, reduction):
-    # (700, 100) and (70, 1000): the fused softmax path (one block and several blocks)
-    for shape in ((700, 100), (300, 1000)):
+    # (128, 10): the small one-pass kernel; (700, 100) and (300, 1000): the fused softmax
+    # path (one block and several blocks)
+    for shape in ((128, 10), (700, 100), (300, 1000)):
         rng = np.random.default_rng(8)
         x = (rng.standard_normal(shape) * 4).astype(np.float32)
         y = rng.integers(0, shape[1], shape[0])
@@ -250,13 +251,14 @@ def test_cross_entropy_rows_match_torch(path, reduction):
             np.testing.assert_allclose(e, t, rtol=2e-5, atol=1e-6)
 
 
-def test_cross_entropy_nonfinite_rows_match_torch(path):
+@pytest.mark.parametrize("shape", [(300, 1000), (30, 10)])
+def test_cross_entropy_nonfinite_rows_match_torch(path, shape):
     rng = np.random.default_rng(9)
-    x = rng.standard_normal((300, 1000)).astype(np.float32)
+    x = rng.standard_normal(shape).astype(np.float32)
     x[1, 7] = math.nan
     x[2, 9] = math.inf
     x[3] = -math.inf
-    y = rng.integers(0, 1000, 300)
+    y = rng.integers(0, shape[1], shape[0])
     res = []
     for m in (ember, torch):
         t = m.tensor(x, requires_grad=True)
@@ -385,3 +387,17 @@ def test_embedding_backward_matches_torch(path, dtype):
         res.append(wt.grad.numpy())
     tol = dict(rtol=1e-6, atol=1e-6) if dtype == "float32" else dict(rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(res[0], res[1], **tol)
+
+
+def test_cross_entropy_small_single_row_and_bad_target(path):
+    x = np.random.default_rng(14).standard_normal(10).astype(np.float32)
+    res = []
+    for m in (ember, torch):
+        t = m.tensor(x, requires_grad=True)
+        loss = m.nn.functional.cross_entropy(t, m.tensor(3))
+        loss.backward()
+        res.append((loss.detach().numpy(), t.grad.numpy()))
+    for e, t in zip(*res):
+        np.testing.assert_allclose(e, t, rtol=2e-6, atol=1e-7)
+    with pytest.raises(IndexError):
+        F.cross_entropy(ember.tensor(np.zeros((4, 10), np.float32)), ember.tensor([1, 2, 10, 0]))

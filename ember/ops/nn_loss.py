@@ -222,6 +222,12 @@ def _forward_rows(ctx: Any, xp: Any, input: Any, target: Any, weight: Any, ignor
     x = input.reshape(1, -1) if input.ndim == 1 else input
     work = x.astype(xp.float32) if x.dtype.itemsize < 4 else x
     rows, n_classes = work.shape
+    if xp.__name__ == "numpy" and weight is None and not label_smoothing and \
+            work.dtype == xp.float32 and rows * n_classes < _BLOCK_ELEMS and rows and \
+            n_classes and work.flags.c_contiguous:
+        res = _forward_small(ctx, xp, input, target, work, ignore_index, reduction)
+        if res is not None:
+            return res
     tgt = target.reshape(-1).astype(xp.int64, copy=False)
     valid = tgt != ignore_index
     bad = valid & ((tgt < 0) | (tgt >= n_classes))
@@ -301,6 +307,46 @@ def _forward_rows(ctx: Any, xp: Any, input: Any, target: Any, weight: Any, ignor
         ctx.p = p.astype(input.dtype) if p.dtype != input.dtype else p
         ctx.target_parts = (safe.reshape(target.shape),
                             w_t.astype(work.dtype, copy=False).reshape(target.shape),
+                            valid.reshape(target.shape))
+        ctx.save(input, target)
+    return xp.asarray(res).astype(input.dtype, copy=False)
+
+
+def _forward_small(ctx: Any, xp: Any, input: Any, target: Any, work: Any, ignore_index: int,
+                   reduction: str) -> Any:
+    """:func:`_forward_rows` for small float32 logits without class weights or smoothing as
+    one numba pass (None: no kernels, or a row the NumPy code must handle)."""
+    nb = cpu_kernels.kernels()
+    if nb is None:
+        return None
+    rows, n_classes = work.shape
+    tgt = target.reshape(-1).astype(xp.int64, copy=False)
+    p = xp.empty_like(work)
+    loss_el = xp.empty(rows, work.dtype)
+    safe = xp.empty(rows, xp.int64)
+    w_t = xp.empty(rows, work.dtype)
+    valid = xp.empty(rows, bool)
+    if nb.ce_rows(work, tgt, int(ignore_index), p, loss_el, safe, w_t, valid) != 0:
+        return None
+    denom = float(w_t.sum())
+    if reduction == "none":
+        res = loss_el.reshape(target.shape)
+    elif reduction == "sum":
+        res = loss_el.sum()
+    else:
+        with _errstate(xp):
+            res = loss_el.sum() / work.dtype.type(denom)
+    if isinstance(ctx, OpNode):
+        ctx.rows = True
+        ctx.prob = False
+        ctx.cd = _class_dim(input.ndim)
+        ctx.reduction = reduction
+        ctx.denom = denom
+        ctx.eps = 0.0
+        ctx.w = None
+        ctx.xp = xp
+        ctx.p = p.reshape(input.shape)
+        ctx.target_parts = (safe.reshape(target.shape), w_t.reshape(target.shape),
                             valid.reshape(target.shape))
         ctx.save(input, target)
     return xp.asarray(res).astype(input.dtype, copy=False)
