@@ -303,13 +303,61 @@ def _like(fn_name: str):
         dt = dtype if dtype is not None else input._dtype
         dev = device if device is not None else input._device
         shape = tuple(input.shape)
+        value = None
         if fn_name == "full":
-            return full(shape, args[0] if args else kw["fill_value"], dtype=dt, device=dev,
-                        requires_grad=requires_grad)
-        return globals()[fn_name](shape, dtype=dt, device=dev, requires_grad=requires_grad)
+            value = args[0] if args else kw["fill_value"]
+            if isinstance(value, Tensor):
+                value = value.item()
+        elif fn_name != "empty":
+            value = 0 if fn_name == "zeros" else 1
+        order = _like_order(input, memory_format)
+        if order is None:
+            if fn_name == "full":
+                return full(shape, value, dtype=dt, device=dev, requires_grad=requires_grad)
+            return globals()[fn_name](shape, dtype=dt, device=dev, requires_grad=requires_grad)
+        # allocated in physical (memory) order, then viewed back as the logical shape
+        inv = [0] * len(order)
+        for k, ax in enumerate(order):
+            inv[ax] = k
+        phys = _fill(tuple(shape[i] for i in order), value, dt, dev, False)
+        t = _make(phys._data.transpose(inv), phys._dtype, phys._device)
+        if requires_grad:
+            t.requires_grad_(True)
+        return t
     like.__name__ = f"{fn_name}_like"
-    like.__doc__ = f"``{fn_name}`` with the shape (and by default dtype and device) of ``input``."
+    like.__doc__ = (f"``{fn_name}`` with the shape (and by default dtype and device) of "
+                    "``input``; ``memory_format`` defaults to ``preserve_format`` (a dense "
+                    "input's strides are kept, as torch).")
     return like
+
+
+def _like_order(input: Tensor, memory_format: Any) -> list | None:
+    """The axes of a ``*_like`` result from outermost to innermost in memory, or None for C
+    order. torch's rule: ``preserve_format`` keeps a dense (non-overlapping) input's strides,
+    else gives dense strides in the order of the input's."""
+    from ember.backend.cuda_ops._layout import dense_order  # pure Python, no CuPy
+    name = getattr(memory_format, "name", None) if memory_format is not None else \
+        "preserve_format"
+    arr = input._data
+    nd = arr.ndim
+    if name == "contiguous_format":
+        return None
+    if name in ("channels_last", "channels_last_3d"):
+        want = 4 if name == "channels_last" else 5
+        if nd != want:
+            raise RuntimeError(f"required rank {want} tensor to use {name} format")
+        return [0] + list(range(2, nd)) + [1]
+    if name != "preserve_format":
+        raise RuntimeError(f"unsupported memory format {memory_format!r}")
+    if nd < 2 or arr.flags.c_contiguous:
+        return None
+    order = dense_order(arr)
+    if order is None:
+        # not dense: dense strides in the input's stride order (torch's infer_dense_strides)
+        st = arr.strides
+        big = sorted((i for i in range(nd) if arr.shape[i] != 1), key=lambda i: -abs(st[i]))
+        order = [i for i in range(nd) if arr.shape[i] == 1] + big
+    return None if order == sorted(order) else order
 
 
 zeros_like = _like("zeros")

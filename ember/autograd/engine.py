@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 from ember.autograd.grad_mode import _State
 from ember.autograd.graph import AccumulateGrad, Node, accumulate_node
-from ember.tensor import Tensor
+from ember.tensor import Tensor, _make
 
 
 def _root_node(t: Tensor, i: int) -> tuple:
@@ -29,7 +29,6 @@ def _make_root_grad(t: Tensor, g: Any, i: int) -> Tensor:
         if t._data.size != 1:
             raise RuntimeError("grad can be implicitly created only for scalar outputs "
                                f"(output {i} has shape {tuple(t.shape)})")
-        from ember.tensor import _make
         return _make(_ones_like(t._data), t._dtype, t._device)
     import ember
     if not isinstance(g, Tensor):
@@ -256,7 +255,6 @@ def _accumulate(leaf: Tensor, g: Tensor, create_graph: bool, stolen: set) -> Non
                     or not _layout_ok(arr, leaf._data)):
                 arr = _copy_like(arr, leaf._data)
             stolen.add(id(arr))
-            from ember.tensor import _make
             leaf._grad = _make(arr, leaf._dtype, leaf._device)
         else:
             leaf._grad = g
@@ -276,10 +274,18 @@ def _layout_ok(arr: Any, like: Any) -> bool:
     any other leaf's is C-contiguous."""
     if like.flags.c_contiguous:
         return arr.flags.c_contiguous
-    from ember.backend.cuda_ops._layout import dense_order, same_layout
-    if dense_order(like) is None:
+    lay = _LAYOUT[0]
+    if lay is None:
+        from ember.backend.cuda_ops import _layout as lay   # pure Python; loaded once
+        _LAYOUT[0] = lay
+    if lay.dense_order(like) is None:
         return arr.flags.c_contiguous
-    return arr.shape == like.shape and same_layout(arr, like) is not None
+    return arr.shape == like.shape and lay.same_layout(arr, like) is not None
+
+
+# ember.backend.cuda_ops._layout, bound on first use (an import statement per call costs ~1 us
+# on each channels-last weight's gradient every step)
+_LAYOUT: list = [None]
 
 
 def _copy_like(arr: Any, like: Any) -> Any:

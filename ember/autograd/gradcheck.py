@@ -60,7 +60,9 @@ def _analytical_jacobian(inputs: tuple, outputs: tuple) -> list:
         if not (isinstance(out, Tensor) and out.requires_grad):
             continue
         for r in range(out.numel()):
-            g = ember.zeros_like(out)
+            # C order, so the flat index r is row r of the Jacobian (zeros_like would keep a
+            # permuted output's strides and reshape(-1) would then copy)
+            g = ember.zeros_like(out, memory_format=ember.contiguous_format)
             g._data.reshape(-1)[r] = 1
             grads = ember.autograd.grad(out, [inputs[i] for i in diff], g, retain_graph=True,
                                         allow_unused=True)

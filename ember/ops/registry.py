@@ -247,15 +247,19 @@ def apply(op: OpDef, args: tuple) -> Any:
         dev = _common_device(op, tin)
         arr_args = None
     else:
-        # One pass: tensor inputs, their arrays, and the device.
+        # One pass: tensor inputs, their arrays, the device, and whether any input requires
+        # grad (casts below keep that: a differentiable cast of such an input requires grad).
         tin = []
         arrs = []
         dev = None
         mixed = False
+        rg = False
         for a in args:
-            if isinstance(a, Tensor):
+            if type(a) is Tensor or isinstance(a, Tensor):
                 tin.append(a)
                 arrs.append(a._data)
+                if a._requires_grad:
+                    rg = True
                 if dev is None:
                     dev = a._device
                 elif a._device is not dev:
@@ -277,8 +281,9 @@ def apply(op: OpDef, args: tuple) -> Any:
             args = cast
             arr_args = tuple(a._data if isinstance(a, Tensor) else a for a in args)
             tin = [a for a in args if isinstance(a, Tensor)]
-    if op.meta is not None:
-        op.meta(op, *args)
+    meta = op.meta
+    if meta is not None:
+        meta(op, *args)
     if dev.type == "cpu":
         xp = _np
     else:
@@ -289,7 +294,8 @@ def apply(op: OpDef, args: tuple) -> Any:
 
     # Promotion: cast operands to the compute dtype first (torch's rule, not NumPy's).
     out_dt = None
-    if op.promote is not None:
+    promote = op.promote
+    if promote is not None:
         fast = _uniform_dtype(op, args) if not op.variadic else None
         if fast is not None:
             out_dt = fast
@@ -319,10 +325,13 @@ def apply(op: OpDef, args: tuple) -> Any:
 
     need_grad = False
     if _State.enabled and op.differentiable:
-        for t in tin:
-            if t._requires_grad:
-                need_grad = True
-                break
+        if op.variadic:
+            for t in tin:
+                if t._requires_grad:
+                    need_grad = True
+                    break
+        else:
+            need_grad = rg
     if need_grad:
         ctx = _new(op.node_cls)  # no __init__: the node is filled in here and by _record
         ctx.next_edges = _edges(args[0] if op.variadic else args)
