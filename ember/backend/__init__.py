@@ -28,16 +28,23 @@ def _cuda_xp() -> Any:
 
 def device_of_array(arr: Any) -> device:
     """The ember device an array lives on."""
-    if type(arr) is np.ndarray or isinstance(arr, np.ndarray) or np.isscalar(arr):
+    if type(arr) is np.ndarray or isinstance(arr, np.ndarray):
         return cpu_device
-    dev = getattr(arr, "device", None)
-    if dev is not None and hasattr(dev, "id"):
+    # A CuPy array's memory pointer carries the device index as a plain int; its
+    # ``ndarray.device`` builds a new cupy Device object on every call (~1 us, and an autocast
+    # Linear asks six times).
+    i = getattr(getattr(arr, "data", None), "device_id", None)
+    if i is None:
+        if np.isscalar(arr):
+            return cpu_device
+        dev = getattr(arr, "device", None)
+        if dev is None or not hasattr(dev, "id"):
+            return cpu_device
         i = dev.id
-        d = _CUDA_DEVICES.get(i)
-        if d is None:
-            d = _CUDA_DEVICES[i] = device("cuda", i)
-        return d
-    return cpu_device
+    d = _CUDA_DEVICES.get(i)
+    if d is None:
+        d = _CUDA_DEVICES[i] = device("cuda", i)
+    return d
 
 
 # CUDA device index -> the interned ember device (its constructor parses; ~3 us a call, and
