@@ -59,18 +59,18 @@ _cache_on = [True]    # cache_enabled of the innermost region
 def _cast(a: Any, dt: Any) -> Any:
     if not _LAZY:
         _load()
-    return _LAZY[1](_LAZY[0], (a, dt, None))
+    return _LAZY[0](a, dt)
 
 
-# (the _to_copy op, registry.apply, Tensor): imported on first use (ember.amp is imported
-# before them); a function-level import statement cost ~1 us on each of ~300 casts a step
+# (registry.apply_cast, Tensor): imported on first use (ember.amp is imported before them);
+# a function-level import statement cost ~1 us on each of ~300 casts a step
 _LAZY: list = []
 
 
 def _load() -> None:
-    from ember.ops.registry import OPS, apply
+    from ember.ops.registry import apply_cast
     from ember.tensor import Tensor
-    _LAZY[:] = [OPS["_to_copy"], apply, Tensor]
+    _LAZY[:] = [apply_cast, Tensor]
 
 
 def _cast_low(a: Any, dt: Any) -> Any:
@@ -101,7 +101,7 @@ def cast_args(op_name: str, args: tuple, device_type: str) -> tuple:
         return args
     if not _LAZY:
         _load()
-    Tensor = _LAZY[2]
+    Tensor = _LAZY[1]
     if op_name in LOWER:
         return tuple(_cast_low(a, dt) if isinstance(a, Tensor) and a._dtype.category == 2
                      and a._dtype is not dt and not a._dtype.is_complex else a for a in args)

@@ -406,6 +406,50 @@ def apply(op: OpDef, args: tuple) -> Any:
     return results[0]
 
 
+def apply_cast(a: Tensor, dt: _dt.dtype) -> Tensor:
+    """``apply(OPS["_to_copy"], (a, dt, None))`` for autocast's casts of real floating
+    operands on their own device: the same forward (CUDA impl first), node and recording,
+    without the steps such a cast never needs (argument scan, nested autocast lookup, meta
+    rule, promotion, output dtype and device checks). An autocast Linear makes up to three of
+    these inside its own call, each then about half the dispatcher's host cost."""
+    op = OPS["_to_copy"]
+    if _DEST[0] is not None or _State.anomaly or a._dtype.is_complex or a._dtype is dt:
+        return apply(op, (a, dt, None))
+    arr = a._data
+    dev = a._device
+    args = (a, dt, None)
+    need_grad = a._requires_grad and _State.enabled
+    if need_grad:
+        ctx = _new(op.node_cls)
+        ctx.next_edges = _edges(args)
+    else:
+        ctx = _NO_CTX
+    try:
+        out = NotImplemented
+        if dev.type == "cpu":
+            xp = _np
+        else:
+            xp = _GPU_XP[0]
+            if xp is None:
+                xp = _GPU_XP[0] = get_xp(dev)
+            impl = op.cuda_impl
+            if impl is not None:
+                out = impl.forward(ctx, xp, arr, dt, None)
+                if out is not NotImplemented and need_grad:
+                    ctx._impl = impl
+        if out is NotImplemented:
+            out = op.forward(ctx, xp, arr, dt, None)
+    except EmberError:
+        raise
+    except (TypeError, ValueError, IndexError, RuntimeError, ArithmeticError, AttributeError,
+            KeyError, NotImplementedError, MemoryError) as exc:
+        raise op_error(op.name, exc, args) from None
+    res = _make(out, dt, dev)
+    if need_grad:
+        _record(op, ctx, args, (arr, dt, None), [res], [a])
+    return res
+
+
 class _AllFalse:
     """``needs_input_grad`` when nothing is recorded: every position is False."""
 

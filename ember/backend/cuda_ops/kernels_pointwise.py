@@ -140,7 +140,7 @@ class ToCopyImpl:
                 input.dtype == dtype.np:
             return NotImplemented
         if device is not None and (device.type != "cuda" or
-                                   (device.index or 0) != input.device.id):
+                                   (device.index or 0) != input.data.device_id):
             return NotImplemented
         ctx.src = (_dt._FROM_NP[input.dtype], device_of_array(input))
         return cast(xp, input, dtype.np)
