@@ -24,6 +24,7 @@ def cases(m: Any) -> dict[str, Callable[[], Any]]:
     lin = m.nn.Linear(256, 256).to(dev)
     xl = m.randn(64, 256, device=dev, requires_grad=True)
     h = (x * 1).detach().requires_grad_()
+    gy = m.ones_like(x)
 
     def relu_():
         return F.relu(h * 1, inplace=True)
@@ -37,6 +38,9 @@ def cases(m: Any) -> dict[str, Callable[[], Any]]:
 
     def batchnorm():
         return bn(x)
+
+    def batchnorm_bwd():
+        bn(x).backward(gy)
 
     def add_():
         a = x * 1
@@ -57,6 +61,7 @@ def cases(m: Any) -> dict[str, Callable[[], Any]]:
         y.sum().backward()
     return {"mul (one op)": mul, "mul + relu_": relu_, "cast fp32->bf16 (leaf)": cast,
             "conv2d autocast (cast + conv)": conv, "BatchNorm2d train": batchnorm,
+            "BatchNorm2d train fwd + bwd": batchnorm_bwd,
             "mul + add_": add_, "Linear autocast (2 casts + linear)": linear_amp,
             "12 ops fwd + backward": fwd_bwd_relu_chain}
 

@@ -40,6 +40,7 @@ from typing import Any
 
 from ember.backend.cuda_ops import _layout as L
 from ember.backend.cuda_ops import _nvrtc as K
+from ember.ops.registry import OPS
 
 _SRC = r"""
 // ---- The statistics kernels finalize in the same launch ("last block done", as CUDA's
@@ -694,7 +695,6 @@ def update_running(running_mean: Any, running_var: Any, mean: Any, var: Any, mom
     """``F.batch_norm``'s running-statistics update in one kernel (in place, versions bumped);
     False (nothing done) unless every tensor is on the GPU with the batch statistics' dtype,
     contiguous, and the fused batch_norm is installed."""
-    from ember.ops.registry import OPS
     if OPS["_batch_norm"].cuda_impl is not BatchNormImpl:
         return False
     runs = [t for t in (running_mean, running_var) if t is not None]
