@@ -49,11 +49,6 @@ _SRC = r"""
 // the column's counter; the block that counts last sees every partial and finalizes the
 // column's channels, then resets the counter. Counters persist between launches (one buffer
 // per device and stream, zero between kernels), which saves a finalize launch per call.
-// Another block's partials, read past L1 (which may hold a stale line).
-__device__ __forceinline__ float ldvol(const float* p) {
-    return *reinterpret_cast<const volatile float*>(p);
-}
-
 __device__ __forceinline__ bool last_of_column(unsigned int* count, int col, int P) {
     __shared__ int last;
     __threadfence();                 // this block's partials are visible before it counts in
@@ -85,9 +80,9 @@ __device__ void fin_fwd(int c, int lane, float* ws, const float* part, int P, in
     const float* p1 = part;
     const float* p2 = part + (long long)C * P;
     double s1 = 0.0, s2 = 0.0;
-    for (int k = lane; k < P; k += 32) {
-        s1 += ldvol(p1 + (long long)c * P + k);
-        s2 += ldvol(p2 + (long long)c * P + k);
+    for (int k = lane; k < P; k += 32) {      // ld.cg: other blocks' partials, not from L1
+        s1 += __ldcg(p1 + (long long)c * P + k);
+        s2 += __ldcg(p2 + (long long)c * P + k);
     }
     for (int o = 16; o > 0; o >>= 1) {
         s1 += __shfl_xor_sync(0xffffffffu, s1, o);
@@ -117,8 +112,8 @@ __device__ void fin_bwd(int c, int lane, float* ws, const float* part, int P, in
     const float* p2 = part + (long long)C * P;
     float s1 = 0.f, s2 = 0.f;
     for (int k = lane; k < P; k += 32) {
-        s1 += ldvol(p1 + (long long)c * P + k);
-        s2 += ldvol(p2 + (long long)c * P + k);
+        s1 += __ldcg(p1 + (long long)c * P + k);
+        s2 += __ldcg(p2 + (long long)c * P + k);
     }
     s1 = warp_sum(s1);
     s2 = warp_sum(s2);
