@@ -55,10 +55,7 @@ def _bn_ref(x, w, b, g, eps=1e-5):
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
 @pytest.mark.parametrize("cl", [False, True])
 @pytest.mark.parametrize("pdt", ["same", "float32"])
-# (32, 64, 16, 16): several blocks per column in every statistics kernel (the in-launch
-# finalize by the last block); (3, 70, 11, 13) channels-last: three scalar columns, one partial
-@pytest.mark.parametrize("shape", [(8, 48, 7, 5), (3, 70, 11, 13), (64, 5, 2, 2),
-                                   (32, 64, 16, 16)])
+@pytest.mark.parametrize("shape", [(8, 48, 7, 5), (3, 70, 11, 13), (64, 5, 2, 2)])
 def test_batch_norm_layouts_and_param_dtypes(dtype, cl, pdt, shape):
     rng = np.random.default_rng(0)
     c = shape[1]
@@ -87,33 +84,6 @@ def test_batch_norm_layouts_and_param_dtypes(dtype, cl, pdt, shape):
     np.testing.assert_allclose(_host(rm), 0.1 * rmean, rtol=max(tol, TOL[pd]), atol=1e-3)
     np.testing.assert_allclose(_host(rv), 0.9 + 0.1 * rvar * n / (n - 1),
                                rtol=max(tol, TOL[pd]), atol=1e-3)
-
-
-@pytest.mark.parametrize("cl", [False, True])
-def test_batch_norm_repeats_and_side_stream(cl):
-    """The statistics kernels keep per-stream column counters between launches: repeated calls,
-    shapes of different column counts in turn, and a side stream give identical results."""
-    rng = np.random.default_rng(2)
-    shapes = [(32, 64, 16, 16), (4, 3, 9, 9), (16, 200, 6, 6)]
-    xs = [_cuda(_rounded(rng.standard_normal(s) + 1, "bfloat16"), "bfloat16", cl, False)
-          for s in shapes]
-
-    def run():
-        return [_host(F.batch_norm(x, None, None, training=True)) for x in xs]
-    first = run()
-    for ref, x in zip(first, xs):
-        xh = _host(x)
-        np.testing.assert_allclose(ref, _bn_ref(xh, None, None, np.zeros_like(xh))[0],
-                                   rtol=TOL["bfloat16"], atol=TOL["bfloat16"] * 4)
-    again = run()
-    side = ember.cuda.Stream()
-    side.wait_stream(ember.cuda.current_stream())
-    with ember.cuda.stream(side):
-        on_side = run()
-    ember.cuda.synchronize()
-    for a, b, c in zip(first, again, on_side):
-        np.testing.assert_array_equal(a, b)
-        np.testing.assert_array_equal(a, c)
 
 
 def test_batch_norm_channels_last_no_affine_and_double_backward():

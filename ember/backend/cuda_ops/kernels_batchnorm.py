@@ -5,18 +5,10 @@ gradients), ``W`` the affine parameters and the returned batch statistics. Under
 bfloat16 activation meets float32 weights (batch_norm is on neither autocast list, as in
 torch), so ``W`` may be wider than ``T``; all arithmetic is fp32.
 
-Each statistics kernel finalizes in the same launch: the last of a column's P blocks to
-finish (an atomic counter per column, kept per device and stream, reset by that block) adds
-the column's partials, one warp per channel, and writes mean, rstd, the returned statistics
-and the apply coefficients (backward: the sums, dweight, dbias and the dx coefficients). So a
-training forward is two launches (statistics, normalization) and so is the backward (the
-running-statistics update is F.batch_norm's one extra kernel, ``update_running``).
-
 NCHW (``(N, C, *)`` C-contiguous):
 - statistics: a (C, P) grid of blocks sums ``x - K_c`` and its square per channel (``K_c`` is
-  the channel's first element, a shift that keeps the fp32 sums from cancelling); the
-  channel's finalize adds the P partials in fp64 and writes mean, rstd and the biased
-  variance;
+  the channel's first element, a shift that keeps the fp32 sums from cancelling); one warp
+  per channel adds the P partials in fp64 and writes mean, rstd and the biased variance;
 - normalization and ``dx`` are grid-stride elementwise kernels that track the channel of
   each element incrementally (no per-element 64-bit division).
 
@@ -24,7 +16,7 @@ Channels-last (memory ``(N, *, C)``: rows of C channels):
 - statistics: each thread owns 8 (bf16/fp16; 4 for fp32) neighbouring channels and reads them
   with one 16-byte load per row; a block is channel groups x rows over a chunk of rows, the
   row partials meet in shared memory, one partial per (channel, chunk); the same fp64
-  finalize as NCHW, by the last block of each column of channels;
+  finalize as NCHW (which also writes per-channel coefficients);
 - normalization ``(x - mean) * (rstd * w) + b`` and ``dx = A g + B (x - mean) + D`` run flat
   over memory in 16-byte vectors (the channel is ``i % C``, tracked incrementally); the
   output keeps the input's layout. C not a multiple of the vector width or unaligned
@@ -43,168 +35,74 @@ from ember.backend.cuda_ops import _nvrtc as K
 from ember.ops.registry import OPS
 
 _SRC = r"""
-// ---- The statistics kernels finalize in the same launch ("last block done", as CUDA's
-// threadFenceReduction sample): the P blocks of a column (a channel for NCHW, a group of
-// channels for channels-last) each publish partial sums, fence, and count themselves in on
-// the column's counter; the block that counts last sees every partial and finalizes the
-// column's channels, then resets the counter. Counters persist between launches (one buffer
-// per device and stream, zero between kernels), which saves a finalize launch per call.
-__device__ __forceinline__ bool last_of_column(unsigned int* count, int col, int P) {
-    __shared__ int last;
-    __threadfence();                 // this block's partials are visible before it counts in
-    __syncthreads();
-    if (threadIdx.x == 0 && threadIdx.y == 0) {
-        unsigned int t = atomicAdd(count + col, 1u);
-        last = t == (unsigned int)(P - 1);
-        if (last) count[col] = 0u;   // ready for the next launch on this stream
-    }
-    __syncthreads();
-    return last != 0;
-}
-
-// Partials part (fp32): [p1 C*P | p2 C*P]. Workspace ws (fp32): forward
-// [mean C | rstd C | coef 3C], where coef is mean, rstd * weight, bias per channel (the
-// vectorized apply's inputs; ws outlives the call, saved for backward, so the partials live
-// apart); backward [sums 2C | coef 4C], sums = (sum g, sum g * xhat), coef for
-// dx = A g + B (x - mean) + D: mean, A = rstd * w, B = -A * rstd * sum(g xhat) / n,
-// D = -A * sum(g) / n.
-
-// Forward finalize of channel c by one warp: fp64 sums of the P partials; mean, rstd, the
-// returned statistics (o1 = mean, o2 = biased variance, parameter dtype) and coef. kstride:
-// distance between the first elements of neighbouring channels (HW for NCHW, 1 for
-// channels-last), where the shift K_c of the statistics kernels was read.
-template <typename T, typename W>
-__device__ void fin_fwd(int c, int lane, float* ws, const float* part, int P, int C,
-                        const T* x, long long kstride, long long count, float eps, W* o1, W* o2,
-                        const W* w, const W* b, int has_w, int has_b) {
-    const float* p1 = part;
-    const float* p2 = part + (long long)C * P;
-    double s1 = 0.0, s2 = 0.0;
-    for (int k = lane; k < P; k += 32) {      // ld.cg: other blocks' partials, not from L1
-        s1 += __ldcg(p1 + (long long)c * P + k);
-        s2 += __ldcg(p2 + (long long)c * P + k);
-    }
-    for (int o = 16; o > 0; o >>= 1) {
-        s1 += __shfl_xor_sync(0xffffffffu, s1, o);
-        s2 += __shfl_xor_sync(0xffffffffu, s2, o);
-    }
-    if (lane) return;
-    double m = s1 / count;
-    double var = s2 / count - m * m;
-    if (var < 0.0) var = 0.0;
-    float mu = ld(x, (long long)c * kstride) + (float)m;
-    float r = 1.f / sqrtf((float)var + eps);
-    ws[c] = mu;
-    ws[C + c] = r;
-    st(o1, c, mu);
-    st(o2, c, (float)var);
-    ws[2 * C + c] = mu;
-    ws[3 * C + c] = has_w ? r * ld(w, c) : r;
-    ws[4 * C + c] = has_b ? ld(b, c) : 0.f;
-}
-
-// Backward finalize of channel c by one warp: sums, dbias (o1) / dweight (o2), coef.
-template <typename T, typename W>
-__device__ void fin_bwd(int c, int lane, float* ws, const float* part, int P, int C,
-                        const float* mean, const float* rstd, float inv_count, W* o1, W* o2,
-                        const W* w, int has_w) {
-    const float* p1 = part;
-    const float* p2 = part + (long long)C * P;
-    float s1 = 0.f, s2 = 0.f;
-    for (int k = lane; k < P; k += 32) {
-        s1 += __ldcg(p1 + (long long)c * P + k);
-        s2 += __ldcg(p2 + (long long)c * P + k);
-    }
-    s1 = warp_sum(s1);
-    s2 = warp_sum(s2);
-    if (lane) return;
-    ws[c] = s1;
-    ws[C + c] = s2;
-    st(o1, c, s1);
-    st(o2, c, s2);
-    float r = rstd[c];
-    float A = has_w ? r * ld(w, c) : r;
-    float* coef = ws + 2 * C;
-    coef[c] = mean[c];
-    coef[C + c] = A;
-    coef[2 * C + c] = -A * r * s2 * inv_count;
-    coef[3 * C + c] = -A * s1 * inv_count;
-}
-
-// Channels [c0, c0 + nc) of a finished column, one warp per channel (mode 0: forward).
-template <typename T, typename W>
-__device__ void finish_column(int mode, int c0, int nc, float* ws, const float* part, int P,
-                              int C, const T* x, long long kstride, long long count, float eps,
-                              const float* mean, const float* rstd, W* o1, W* o2,
-                              const W* w, const W* b, int has_w, int has_b) {
-    int t = threadIdx.y * blockDim.x + threadIdx.x;
-    int lane = t & 31, nw = (blockDim.x * blockDim.y) >> 5;
-    for (int k = t >> 5; k < nc; k += nw) {
-        if (mode == 0)
-            fin_fwd<T, W>(c0 + k, lane, ws, part, P, C, x, kstride, count, eps, o1, o2, w, b,
-                          has_w, has_b);
-        else
-            fin_bwd<T, W>(c0 + k, lane, ws, part, P, C, mean, rstd, (float)(1.0 / count), o1,
-                          o2, w, has_w);
-    }
-}
-
 // ---- NCHW. Within channel c, flat j in [0, N*HW) is (n, s) = divmod(j, HW).
 // Threads step j by `stride`; (n, s) advance by (sq, sr) = divmod(stride, HW), carrying.
-// Grid (C, P); mode 0 sums x - K_c and its square (K_c: the channel's first element, a shift
-// that keeps the fp32 sums from cancelling); mode 1 sums g and g * xhat. Then the column
-// (channel) finalize above.
 template <typename T, typename W>
-__global__ void bn_stats(const T* __restrict__ x, const T* __restrict__ g, float* ws,
-                         float* part, unsigned int* count, int N, int C, int HW, int mode,
-                         float eps, const float* mean, const float* rstd, W* o1, W* o2, const W* w,
-                         const W* b, int has_w, int has_b) {
+__global__ void bn_stats(const T* __restrict__ x, float* __restrict__ p1,
+                         float* __restrict__ p2, int N, int C, int HW) {
     __shared__ float sh[32];
     int c = blockIdx.x, P = gridDim.y;
     long long total = (long long)N * HW;
     long long j = (long long)blockIdx.y * blockDim.x + threadIdx.x;
     long long stride = (long long)P * blockDim.x;
     long long n = j / HW, s = j % HW, sq = stride / HW, sr = stride % HW;
+    float K = ld(x, (long long)c * HW);
     float a1 = 0.f, a2 = 0.f;
-    if (mode == 0) {
-        float K = ld(x, (long long)c * HW);
-        for (; j < total; j += stride) {
-            float d = ld(x, (n * C + c) * HW + s) - K;
-            a1 += d;
-            a2 += d * d;
-            n += sq; s += sr;
-            if (s >= HW) { s -= HW; ++n; }
-        }
-    } else {
-        float mu = mean[c], r = rstd[c];
-        for (; j < total; j += stride) {
-            long long k = (n * C + c) * HW + s;
-            float gv = ld(g, k);
-            a1 += gv;
-            a2 += gv * (ld(x, k) - mu) * r;
-            n += sq; s += sr;
-            if (s >= HW) { s -= HW; ++n; }
-        }
+    for (; j < total; j += stride) {
+        float d = ld(x, (n * C + c) * HW + s) - K;
+        a1 += d;
+        a2 += d * d;
+        n += sq; s += sr;
+        if (s >= HW) { s -= HW; ++n; }
     }
     a1 = row_sum(a1, sh);
     a2 = row_sum(a2, sh);
-    float* p1 = part;
-    if (threadIdx.x == 0) {
-        p1[(long long)c * P + blockIdx.y] = a1;
-        p1[(long long)C * P + (long long)c * P + blockIdx.y] = a2;
+    if (threadIdx.x == 0) { p1[c * P + blockIdx.y] = a1; p2[c * P + blockIdx.y] = a2; }
+}
+
+// kstride: distance between the first elements of neighbouring channels (HW for NCHW, 1 for
+// channels-last), where the shift K_c of the statistics kernels was read.
+// coef (3C floats): mean, rstd * weight, bias per channel (the vectorized apply's inputs)
+template <typename T, typename W>
+__global__ void bn_finalize(const T* __restrict__ x, const float* __restrict__ p1,
+                            const float* __restrict__ p2, int P, int C, long long kstride,
+                            long long count, float eps, float* __restrict__ mean,
+                            float* __restrict__ rstd, W* __restrict__ mean_t,
+                            W* __restrict__ var_t, const W* __restrict__ w,
+                            const W* __restrict__ b, int has_w, int has_b,
+                            float* __restrict__ coef) {
+    // one warp per channel (blockDim (32, 4)): lanes stride over the P partials, fp64 sums
+    int c = blockIdx.x * blockDim.y + threadIdx.y;
+    if (c >= C) return;
+    double s1 = 0.0, s2 = 0.0;
+    for (int b = threadIdx.x; b < P; b += 32) {
+        s1 += p1[(long long)c * P + b];
+        s2 += p2[(long long)c * P + b];
     }
-    if (!last_of_column(count, c, P)) return;
-    finish_column<T, W>(mode, c, 1, ws, part, P, C, x, HW, total, eps, mean, rstd, o1, o2, w,
-                        b, has_w, has_b);
+    for (int o = 16; o > 0; o >>= 1) {
+        s1 += __shfl_xor_sync(0xffffffffu, s1, o);
+        s2 += __shfl_xor_sync(0xffffffffu, s2, o);
+    }
+    if (threadIdx.x) return;
+    double m = s1 / count;
+    double var = s2 / count - m * m;
+    if (var < 0.0) var = 0.0;
+    float mu = ld(x, (long long)c * kstride) + (float)m;
+    float r = 1.f / sqrtf((float)var + eps);
+    mean[c] = mu;
+    rstd[c] = r;
+    st(mean_t, c, mu);
+    st(var_t, c, (float)var);
+    coef[c] = mu;
+    coef[C + c] = has_w ? r * ld(w, c) : r;
+    coef[2 * C + c] = has_b ? ld(b, c) : 0.f;
 }
 
 template <typename T, typename W>
 __global__ void bn_apply(const T* __restrict__ x, const W* __restrict__ w,
-                         const W* __restrict__ b, const float* __restrict__ ws,
-                         T* __restrict__ y, long long total, int C, int HW, int has_w,
-                         int has_b) {
-    const float* mean = ws;
-    const float* rstd = ws + C;
+                         const W* __restrict__ b, const float* __restrict__ mean,
+                         const float* __restrict__ rstd, T* __restrict__ y, long long total,
+                         int C, int HW, int has_w, int has_b) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     long long stride = (long long)gridDim.x * blockDim.x;
     long long plane = i / HW, s = i % HW;
@@ -219,6 +117,63 @@ __global__ void bn_apply(const T* __restrict__ x, const W* __restrict__ w,
         if (s >= HW) { s -= HW; ++c; }
         if (c >= C) c -= C;
     }
+}
+
+template <typename T, typename W>
+__global__ void bn_bwd_stats(const T* __restrict__ g, const T* __restrict__ x,
+                             const float* __restrict__ mean, const float* __restrict__ rstd,
+                             float* __restrict__ p1, float* __restrict__ p2, int N, int C,
+                             int HW) {
+    __shared__ float sh[32];
+    int c = blockIdx.x, P = gridDim.y;
+    long long total = (long long)N * HW;
+    long long j = (long long)blockIdx.y * blockDim.x + threadIdx.x;
+    long long stride = (long long)P * blockDim.x;
+    long long n = j / HW, s = j % HW, sq = stride / HW, sr = stride % HW;
+    float mu = mean[c], r = rstd[c];
+    float a1 = 0.f, a2 = 0.f;
+    for (; j < total; j += stride) {
+        long long k = (n * C + c) * HW + s;
+        float gv = ld(g, k);
+        a1 += gv;
+        a2 += gv * (ld(x, k) - mu) * r;
+        n += sq; s += sr;
+        if (s >= HW) { s -= HW; ++n; }
+    }
+    a1 = row_sum(a1, sh);
+    a2 = row_sum(a2, sh);
+    if (threadIdx.x == 0) { p1[c * P + blockIdx.y] = a1; p2[c * P + blockIdx.y] = a2; }
+}
+
+// sums[c] = sum g, sums[C + c] = sum g * xhat; also dbias / dweight in the parameter type.
+// coef (4C floats) for dx = A g + B (x - mean) + D: mean, A = rstd * w,
+// B = -A * rstd * sum(g xhat) / n, D = -A * sum(g) / n
+template <typename T, typename W>
+__global__ void bn_bwd_finalize(const float* __restrict__ p1, const float* __restrict__ p2,
+                                int P, int C, float* __restrict__ sums, W* __restrict__ gb,
+                                W* __restrict__ gw, const float* __restrict__ mean,
+                                const float* __restrict__ rstd, const W* __restrict__ w,
+                                int has_w, float inv_count, float* __restrict__ coef) {
+    int c = blockIdx.x * blockDim.y + threadIdx.y;      // one warp per channel, as above
+    if (c >= C) return;
+    float s1 = 0.f, s2 = 0.f;
+    for (int b = threadIdx.x; b < P; b += 32) {
+        s1 += p1[(long long)c * P + b];
+        s2 += p2[(long long)c * P + b];
+    }
+    s1 = warp_sum(s1);
+    s2 = warp_sum(s2);
+    if (threadIdx.x) return;
+    sums[c] = s1;
+    sums[C + c] = s2;
+    st(gb, c, s1);
+    st(gw, c, s2);
+    float r = rstd[c];
+    float A = has_w ? r * ld(w, c) : r;
+    coef[c] = mean[c];
+    coef[C + c] = A;
+    coef[2 * C + c] = -A * r * s2 * inv_count;
+    coef[3 * C + c] = -A * s1 * inv_count;
 }
 
 template <typename T, typename W>
@@ -256,13 +211,12 @@ __global__ void bn_running(W* __restrict__ rm, W* __restrict__ rv, const W* __re
 
 // ---- channels-last: M rows of C channels. Block (32, 8): 32 channels, 8 rows at a time, over
 // rows [blockIdx.y * chunk, +chunk). mode 0: sums of x - K_c and its square (forward);
-// mode 1: sums of g and g * xhat (backward; g given). Column: the block's 32 channels.
+// mode 1: sums of g and g * xhat (backward; g given).
 template <typename T, typename W>
-__global__ void bncl_stats(const T* __restrict__ x, const T* __restrict__ g, float* ws,
-                           float* part, unsigned int* count, long long M, int C,
-                           long long chunk, int mode,
-                           float eps, const float* mean, const float* rstd, W* o1, W* o2,
-                           const W* w, const W* b, int has_w, int has_b) {
+__global__ void bncl_stats(const T* __restrict__ x, const T* __restrict__ g,
+                           const float* __restrict__ mean, const float* __restrict__ rstd,
+                           float* __restrict__ p1, float* __restrict__ p2, long long M, int C,
+                           long long chunk, int mode) {
     __shared__ float s1[8][33], s2[8][33];
     int c = blockIdx.x * 32 + threadIdx.x, P = gridDim.y;
     long long r0 = (long long)blockIdx.y * chunk;
@@ -289,29 +243,22 @@ __global__ void bncl_stats(const T* __restrict__ x, const T* __restrict__ g, flo
     s1[threadIdx.y][threadIdx.x] = a1;
     s2[threadIdx.y][threadIdx.x] = a2;
     __syncthreads();
-    float* p1 = part;
     if (threadIdx.y == 0 && c < C) {
         for (int k = 1; k < 8; ++k) { a1 += s1[k][threadIdx.x]; a2 += s2[k][threadIdx.x]; }
         p1[(long long)c * P + blockIdx.y] = a1;
-        p1[(long long)C * P + (long long)c * P + blockIdx.y] = a2;
+        p2[(long long)c * P + blockIdx.y] = a2;
     }
-    if (!last_of_column(count, blockIdx.x, P)) return;
-    int cb = blockIdx.x * 32;
-    finish_column<T, W>(mode, cb, C - cb < 32 ? C - cb : 32, ws, part, P, C, x, 1, M, eps, mean,
-                        rstd, o1, o2, w, b, has_w, has_b);
 }
 
 // Vectorized channels-last statistics (C % VW<T>::n == 0, 16-byte aligned rows): each thread
 // owns N = VW<T>::n neighbouring channels and reads them with one 16-byte load per row; a
 // block of 256 threads is GB channel groups x RB rows (GB * RB <= 256), over one chunk of
 // rows; the RB row partials meet in shared memory (RB * GB * N * 2 floats <= 16 KB).
-// Column: the block's GB * N channels.
 template <typename T, typename W>
-__global__ void bncl_stats_v(const T* __restrict__ x, const T* __restrict__ g, float* ws,
-                             float* part, unsigned int* count, long long M, int C, long long chunk,
-                             int mode, int GB, int RB, float eps, const float* mean,
-                             const float* rstd, W* o1, W* o2, const W* w, const W* b,
-                             int has_w, int has_b) {
+__global__ void bncl_stats_v(const T* __restrict__ x, const T* __restrict__ g,
+                             const float* __restrict__ mean, const float* __restrict__ rstd,
+                             float* __restrict__ p1, float* __restrict__ p2, long long M, int C,
+                             long long chunk, int mode, int GB, int RB) {
     constexpr int N = VW<T>::n;
     extern __shared__ float sh[];
     int t = threadIdx.x, gi = t % GB, ri = t / GB, P = gridDim.y;
@@ -355,26 +302,21 @@ __global__ void bncl_stats_v(const T* __restrict__ x, const T* __restrict__ g, f
         for (int j = 0; j < N; ++j) { s1[ri * W_ + gi * N + j] = a1[j]; s2[ri * W_ + gi * N + j] = a2[j]; }
     }
     __syncthreads();
-    float* p1 = part;
     for (int cl = t; cl < W_; cl += blockDim.x) {
         int c = cb + cl;
         if (c >= C) continue;
         float u = 0.f, q = 0.f;
         for (int k = 0; k < RB; ++k) { u += s1[k * W_ + cl]; q += s2[k * W_ + cl]; }
         p1[(long long)c * P + blockIdx.y] = u;
-        p1[(long long)C * P + (long long)c * P + blockIdx.y] = q;
+        p2[(long long)c * P + blockIdx.y] = q;
     }
-    if (!last_of_column(count, blockIdx.x, P)) return;
-    finish_column<T, W>(mode, cb, C - cb < W_ ? C - cb : W_, ws, part, P, C, x, 1, M, eps, mean,
-                        rstd, o1, o2, w, b, has_w, has_b);
 }
 
-// y = (x - mean) * (rstd * w) + b over 16-byte vectors (coef: the forward workspace's)
+// y = (x - mean) * (rstd * w) + b over 16-byte vectors (coef from bn_finalize)
 template <typename T, typename W>
-__global__ void bncl_apply_v(const T* __restrict__ x, const float* __restrict__ ws,
+__global__ void bncl_apply_v(const T* __restrict__ x, const float* __restrict__ coef,
                              T* __restrict__ y, long long nv, int C) {
     constexpr int N = VW<T>::n;
-    const float* coef = ws + 2 * C;
     long long k = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     long long nt = (long long)gridDim.x * blockDim.x;
     int c = (int)((k * N) % C), step = (int)((nt * N) % C);
@@ -390,13 +332,12 @@ __global__ void bncl_apply_v(const T* __restrict__ x, const float* __restrict__ 
     }
 }
 
-// dx = A g + B (x - mean) + D over 16-byte vectors (coef: the backward workspace's)
+// dx = A g + B (x - mean) + D over 16-byte vectors (coef from bn_bwd_finalize)
 template <typename T, typename W>
 __global__ void bncl_bwd_dx_v(const T* __restrict__ g, const T* __restrict__ x,
-                              const float* __restrict__ ws, T* __restrict__ dx, long long nv,
+                              const float* __restrict__ coef, T* __restrict__ dx, long long nv,
                               int C) {
     constexpr int N = VW<T>::n;
-    const float* coef = ws + 2 * C;
     long long k = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     long long nt = (long long)gridDim.x * blockDim.x;
     int c = (int)((k * N) % C), step = (int)((nt * N) % C);
@@ -417,10 +358,9 @@ __global__ void bncl_bwd_dx_v(const T* __restrict__ g, const T* __restrict__ x,
 
 template <typename T, typename W>
 __global__ void bncl_apply(const T* __restrict__ x, const W* __restrict__ w,
-                           const W* __restrict__ b, const float* __restrict__ ws,
-                           T* __restrict__ y, long long total, int C, int has_w, int has_b) {
-    const float* mean = ws;
-    const float* rstd = ws + C;
+                           const W* __restrict__ b, const float* __restrict__ mean,
+                           const float* __restrict__ rstd, T* __restrict__ y, long long total,
+                           int C, int has_w, int has_b) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     long long stride = (long long)gridDim.x * blockDim.x;
     int c = (int)(i % C), cq = (int)(stride % C);
@@ -454,7 +394,8 @@ __global__ void bncl_bwd_dx(const T* __restrict__ g, const T* __restrict__ x,
 }
 """
 
-K.define("batchnorm", _SRC, ("bn_stats", "bn_apply", "bn_bwd_dx", "bncl_stats", "bncl_apply",
+K.define("batchnorm", _SRC, ("bn_stats", "bn_finalize", "bn_apply", "bn_bwd_stats",
+                             "bn_bwd_finalize", "bn_bwd_dx", "bncl_stats", "bncl_apply",
                              "bncl_bwd_dx", "bn_running", "bncl_stats_v", "bncl_apply_v",
                              "bncl_bwd_dx_v"))
 
@@ -531,24 +472,14 @@ def _kernels(targs: str) -> _Kernels:
     return ks
 
 
-# (layout, n, c, hw, nvec) -> launch plan of the statistics kernel
-_GEOM: dict = {}
+# (c, m, nvec) -> launch geometry of the vectorised channels-last statistics kernel
+_CL_GEOM: dict = {}
 
 
-def _geometry(lay: str, n: int, c: int, hw: int, nvec: int) -> tuple:
-    """(kernel, grid, block, P, columns, shape args, vector args, shared bytes) of the
-    statistics launch: NCHW is (C, P) blocks (a column per channel); channels-last blocks of
-    32 channels (scalar) or GB x N channels (vectorized) over P chunks of rows."""
-    key = (lay, n, c, hw, nvec)
-    geo = _GEOM.get(key)
-    if geo is not None:
-        return geo
-    m = n * hw
-    if lay == "c":
-        p = _bn_blocks(c, m, _THREADS)
-        geo = ("bn_stats", (c, p, 1), (_THREADS, 1, 1), p, c,
-               (K.i32(n), K.i32(c), K.i32(hw)), (), 0)
-    elif nvec:
+def _cl_geom(c: int, m: int, nvec: int) -> tuple:
+    key = (c, m, nvec)
+    geo = _CL_GEOM.get(key)
+    if geo is None:
         groups = c // nvec
         gb = min(groups, _THREADS)
         rb = _THREADS // gb
@@ -556,40 +487,33 @@ def _geometry(lay: str, n: int, c: int, hw: int, nvec: int) -> tuple:
         p = max(1, min(2048 // gx, m // (rb * 8), 65535))
         chunk = (m + p - 1) // p
         p = (m + chunk - 1) // chunk
-        geo = ("bncl_stats_v", (gx, p, 1), (_THREADS, 1, 1), p, gx,
-               (K.i64(m), K.i32(c), K.i64(chunk)), (K.i32(gb), K.i32(rb)),
-               rb * gb * nvec * 2 * 4)
-    else:
-        p, chunk = _cl_chunks(c, m)
-        cols = (c + 31) // 32
-        geo = ("bncl_stats", (cols, p, 1), (32, 8, 1), p, cols,
-               (K.i64(m), K.i32(c), K.i64(chunk)), (), 0)
-    _GEOM[key] = geo
+        geo = _CL_GEOM[key] = ((gx, p, 1), p, K.i64(m), K.i32(c), K.i64(chunk), K.i32(gb),
+                               K.i32(rb), rb * gb * nvec * 2 * 4)
     return geo
 
 
-# (device, stream) -> the column counters of the statistics kernels (uint32, zero between
-# launches: the last block of each column resets its own). Per stream, since launches on two
-# streams may overlap.
-_COUNTS: dict = {}
-
-
-def _counts(xp: Any, cols: int) -> Any:
-    key = (xp.cuda.runtime.getDevice(), xp.cuda.get_current_stream().ptr)
-    buf = _COUNTS.get(key)
-    if buf is None or buf.size < cols:
-        buf = _COUNTS[key] = xp.zeros(max(cols, 1024), xp.uint32)
-    return buf
-
-
-_FWD, _BWD = K.i32(0), K.i32(1)
+def _cl_stats(fn: Any, xp: Any, x: Any, g: Any, mean: Any, rstd: Any, m: int, c: int,
+              mode: int) -> tuple:
+    """Per-(channel, chunk) partial sums over the rows of a channels-last array: (p1, p2, P)."""
+    nvec = _vec(c, x, g)
+    if nvec:
+        grid, p, m64, c32, chunk64, gb32, rb32, shared = _cl_geom(c, m, nvec)
+        p1, p2 = xp.empty((2, c, p), xp.float32)
+        fn("bncl_stats_v")(grid, (_THREADS, 1, 1),
+                           (x, g, mean, rstd, p1, p2, m64, c32, chunk64, K.i32(mode), gb32,
+                            rb32), shared_mem=shared)
+        return p1, p2, p
+    p, chunk = _cl_chunks(c, m)
+    p1 = xp.empty((c, p), xp.float32)
+    p2 = xp.empty((c, p), xp.float32)
+    fn("bncl_stats")(((c + 31) // 32, p, 1), (32, 8, 1),
+                     (x, g, mean, rstd, p1, p2, K.i64(m), K.i32(c), K.i64(chunk), K.i32(mode)))
+    return p1, p2, p
 
 
 class BatchNormImpl:
     """Training-mode ``_batch_norm`` over NCHW or channels-last input; half-precision input
-    may come with float32 parameters (then the batch statistics are float32 too). Forward:
-    statistics (finalized in the same launch) and normalization, two launches; backward:
-    statistics and dx, two launches."""
+    may come with float32 parameters (then the batch statistics are float32 too)."""
 
     def forward(ctx, xp, input, weight, bias, running_mean, running_var, training, eps):
         ct = K.ctype(input)
@@ -605,36 +529,43 @@ class BatchNormImpl:
             return NotImplemented  # F.batch_norm rejects it; the generic code decides
         targs = f"{ct}, {K.dtype_ctype(wdt)}"
         fn = _kernels(targs).__getitem__
-        nvec = _vec(c, input) if lay == "cl" else 0
-        name, grid, block, p, cols, dims, vdims, shared = _geometry(lay, n, c, hw, nvec)
-        ws = xp.empty(5 * c, xp.float32)       # mean, rstd, coef (saved: mean and rstd)
-        part = xp.empty(2 * c * p, xp.float32)
+        f32 = xp.empty(5 * c, xp.float32)     # mean, rstd, coef: one allocation
+        mean, rstd, coef = f32[:c], f32[c:2 * c], f32[2 * c:]
         mean_t, var_t = xp.empty((2, c), wdt)  # the returned statistics: one allocation
         wa = weight if weight is not None else mean_t
         ba = bias if bias is not None else mean_t
         hasw, hasb = K.i32(weight is not None), K.i32(bias is not None)
-        fn(name)(grid, block, (input, input, ws, part, _counts(xp, cols)) + dims + (_FWD,) +
-                 vdims + (K.f32(eps), ws, ws, mean_t, var_t, wa, ba, hasw, hasb),
-                 shared_mem=shared)
         if lay == "c":
+            p = _bn_blocks(c, n * hw, _THREADS)
+            p1 = xp.empty((c, p), xp.float32)
+            p2 = xp.empty((c, p), xp.float32)
+            fn("bn_stats")((c, p, 1), (_THREADS, 1, 1),
+                           (input, p1, p2, K.i32(n), K.i32(c), K.i32(hw)))
+            kstride = hw
             y = xp.empty_like(input)
-            grid, block = K.flat_grid(input.size, _THREADS, 4)
-            fn("bn_apply")(grid, block, (input, wa, ba, ws, y, K.i64(input.size), K.i32(c),
-                                         K.i32(hw), hasw, hasb))
         else:
+            p1, p2, p = _cl_stats(fn, xp, input, input, mean, rstd, n * hw, c, 0)
+            kstride = 1
             y = L.empty_like(xp, input)
-            if nvec and _vec(c, y):
-                nv = input.size // nvec
-                grid, block = K.flat_grid(nv, _THREADS, 2)
-                fn("bncl_apply_v")(grid, block, (input, ws, y, K.i64(nv), K.i32(c)))
-            else:
-                grid, block = K.flat_grid(input.size, _THREADS, 4)
-                fn("bncl_apply")(grid, block, (input, wa, ba, ws, y, K.i64(input.size),
-                                               K.i32(c), hasw, hasb))
+        fn("bn_finalize")(((c + 3) // 4, 1, 1), (32, 4, 1),
+                          (input, p1, p2, K.i32(p), K.i32(c), K.i64(kstride), K.i64(n * hw),
+                           K.f32(eps), mean, rstd, mean_t, var_t, wa, ba, hasw, hasb, coef))
+        if lay == "c":
+            grid, block = K.flat_grid(input.size, _THREADS, 4)
+            fn("bn_apply")(grid, block, (input, wa, ba, mean, rstd, y, K.i64(input.size),
+                                         K.i32(c), K.i32(hw), hasw, hasb))
+        elif _vec(c, input, y):
+            nv = input.size // _vec(c, input, y)
+            grid, block = K.flat_grid(nv, _THREADS, 2)
+            fn("bncl_apply_v")(grid, block, (input, coef, y, K.i64(nv), K.i32(c)))
+        else:
+            grid, block = K.flat_grid(input.size, _THREADS, 4)
+            fn("bncl_apply")(grid, block, (input, wa, ba, mean, rstd, y, K.i64(input.size),
+                                           K.i32(c), hasw, hasb))
         bshape = (1, c) + (1,) * (input.ndim - 2)
         ctx.p = (True, eps, (0,) + tuple(range(2, input.ndim)), bshape)
         ctx.bn_layout = (lay, targs, wdt)
-        ctx.save(input, weight, ws[:c].reshape(bshape), ws[c:2 * c].reshape(bshape))
+        ctx.save(input, weight, mean.reshape(bshape), rstd.reshape(bshape))
         return y, mean_t, var_t
 
     def backward(ctx, g, _gm=None, _gv=None):
@@ -652,38 +583,43 @@ class BatchNormImpl:
         wa = w._data if w is not None else None
         if lay == "c":
             ga = K.contiguous(xp, g._data, xa.dtype)
-            nvec = 0
+            p = _bn_blocks(c, n * hw, _THREADS)
+            p1 = xp.empty((c, p), xp.float32)
+            p2 = xp.empty((c, p), xp.float32)
+            fn("bn_bwd_stats")((c, p, 1), (_THREADS, 1, 1),
+                               (ga, xa, ma, ra, p1, p2, K.i32(n), K.i32(c), K.i32(hw)))
         else:
             ga = L.as_layout(xp, g._data, xa, xa.dtype)
-            nvec = _vec(c, xa, ga)
-        name, grid, block, p, cols, dims, vdims, shared = _geometry(lay, n, c, hw, nvec)
-        ws = xp.empty(6 * c, xp.float32)       # sums, coef
-        part = xp.empty(2 * c * p, xp.float32)
-        gb, gw = xp.empty((2, c), wdt)          # dbias, dweight: one allocation
-        wp = wa if wa is not None else gw
-        hasw = K.i32(wa is not None)
-        fn(name)(grid, block, (xa, ga, ws, part, _counts(xp, cols)) + dims + (_BWD,) + vdims +
-                 (K.f32(0.0), ma, ra, gb, gw, wp, wp, hasw, hasw), shared_mem=shared)
+            p1, p2, p = _cl_stats(fn, xp, xa, ga, ma, ra, n * hw, c, 1)
+        f32 = xp.empty(6 * c, xp.float32)
+        sums, coef = f32[:2 * c], f32[2 * c:]
+        gb = xp.empty(c, wdt)
+        gw = xp.empty(c, wdt)
+        inv = K.f32(1.0 / (n * hw))
+        fn("bn_bwd_finalize")(((c + 3) // 4, 1, 1), (32, 4, 1),
+                              (p1, p2, K.i32(p), K.i32(c), sums, gb, gw, ma, ra,
+                               wa if wa is not None else gw, K.i32(wa is not None), inv, coef))
         need = ctx.needs_input_grad
         gx = None
         if need[0]:
+            wp = wa if wa is not None else gw
             if lay == "c":
                 dx = xp.empty_like(xa)
                 grid, block = K.flat_grid(xa.size, _THREADS, 4)
-                fn("bn_bwd_dx")(grid, block, (ga, xa, wp, ma, ra, ws, dx, K.i64(xa.size),
-                                              K.i32(c), K.i32(hw), K.f32(1.0 / (n * hw)),
-                                              hasw))
+                fn("bn_bwd_dx")(grid, block, (ga, xa, wp, ma, ra, sums, dx, K.i64(xa.size),
+                                              K.i32(c), K.i32(hw), inv, K.i32(wa is not None)))
             else:
                 dx = L.empty_like(xp, xa)
-                if nvec and _vec(c, dx):
+                nvec = _vec(c, ga, xa, dx)
+                if nvec:
                     nv = xa.size // nvec
                     grid, block = K.flat_grid(nv, _THREADS, 2)
-                    fn("bncl_bwd_dx_v")(grid, block, (ga, xa, ws, dx, K.i64(nv), K.i32(c)))
+                    fn("bncl_bwd_dx_v")(grid, block, (ga, xa, coef, dx, K.i64(nv), K.i32(c)))
                 else:
                     grid, block = K.flat_grid(xa.size, _THREADS, 4)
-                    fn("bncl_bwd_dx")(grid, block, (ga, xa, wp, ma, ra, ws, dx,
-                                                    K.i64(xa.size), K.i32(c),
-                                                    K.f32(1.0 / (n * hw)), hasw))
+                    fn("bncl_bwd_dx")(grid, block, (ga, xa, wp, ma, ra, sums, dx,
+                                                    K.i64(xa.size), K.i32(c), inv,
+                                                    K.i32(wa is not None)))
             gx = K.wrap(dx, x.device)
         gw_t = K.wrap(gw, x.device) if w is not None and need[1] else None
         gb_t = K.wrap(gb, x.device) if need[2] else None
