@@ -76,8 +76,10 @@ class Linear(Module):
             init.uniform_(self.bias, -bound, bound)
 
     def forward(self, input: Tensor) -> Tensor:
-        if not isinstance(input, Tensor) or input.dim() == 0 or \
-                input.shape[-1] != self.in_features:
+        # the array's shape tuple, not ``input.shape`` (an ember.Size per call): this check
+        # runs on every Linear call
+        if not isinstance(input, Tensor) or not input._data.shape or \
+                input._data.shape[-1] != self.in_features:
             got = tuple(input.shape) if isinstance(input, Tensor) else type(input).__name__
             raise self._layer_error(
                 RuntimeError, f"expected input (*, {self.in_features}), got {got}",
