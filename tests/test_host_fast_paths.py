@@ -88,3 +88,33 @@ def test_linear_module_input_check():
     with pytest.raises(RuntimeError, match=r"got \(\)"):
         lin(ember.tensor(1.0))
     assert tuple(lin(ember.randn(4)).shape) == (3,)
+
+
+@pytest.mark.parametrize("n", [1, 7, 4095, 4096, 9000])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_relu_backward_select_semantics_vs_torch(n, dtype):
+    """Both threshold_backward paths (small: where; large: multiply + NaN check) give torch's
+    select: a NaN input passes the gradient, an inf/NaN gradient of a clipped element gives 0."""
+    rng = np.random.default_rng(n)
+    x = rng.standard_normal(n).astype(dtype)
+    g = rng.standard_normal(n).astype(dtype)
+    x[: n // 3] = np.nan if n > 2 else x[: n // 3]
+    if n > 4:
+        x[-1], x[-2] = -1.0, 0.0       # clipped (0 counts as clipped, as torch)
+        g[-1], g[-2] = np.inf, np.nan  # their inf/NaN gradients must give 0
+    xe, xt = ember.tensor(x, requires_grad=True), torch.tensor(x, requires_grad=True)
+    F.relu(xe).backward(ember.tensor(g))
+    torch.nn.functional.relu(xt).backward(torch.tensor(g))
+    np.testing.assert_array_equal(xe.grad.numpy(), xt.grad.numpy())
+
+
+def test_relu_double_backward_vs_torch():
+    x = np.array([-1.0, 0.5, 2.0, 0.0])
+    xe, xt = ember.tensor(x, requires_grad=True), torch.tensor(x, requires_grad=True)
+    ge, gt = ember.ones(4, dtype=ember.float64, requires_grad=True), \
+        torch.ones(4, dtype=torch.float64, requires_grad=True)
+    (de,) = ember.autograd.grad(F.relu(xe), xe, ge, create_graph=True)
+    (dt,) = torch.autograd.grad(torch.nn.functional.relu(xt), xt, gt, create_graph=True)
+    (de * de).sum().backward()
+    (dt * dt).sum().backward()
+    np.testing.assert_array_equal(ge.grad.numpy(), gt.grad.numpy())
