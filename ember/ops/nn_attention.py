@@ -201,12 +201,14 @@ class ScaledDotProductAttention(OpDef):
         g = grad._data
         xp = _xp(grad)
         p, keep = ctx.p, ctx.keep
-        work = p.dtype
+        work = (p[0] if isinstance(p, tuple) else p).dtype
         k = _expand_heads(xp, key._data, hq) if gqa else key._data
         v = _expand_heads(xp, value._data, hq) if gqa else value._data
         gw = g.astype(work, copy=False)
         qw, kw, vw = (a.astype(work, copy=False) for a in (query._data, k, v))
-        if keep is None and not float_mask and _batch_split(xp, qw, kw, vw, gw, p):
+        # a tuple p: causal query blocks of the batch path (only it can use them)
+        if isinstance(p, tuple) or (keep is None and not float_mask and
+                                    _batch_split(xp, qw, kw, vw, gw, p)):
             o = saved[4]._data if len(saved) > 4 and saved[4] is not None else None
             dq, dk, dv = _backward_by_batch(xp, p, gw, qw, kw, vw, s, o)
             ds = None
@@ -316,29 +318,60 @@ def _scores_bounded(xp: Any, qs: Any, k: Any) -> bool:
     return bool(bound < _SCORE_BOUND * _SCORE_BOUND)  # False for NaN or inf
 
 
+def _causal_blocks(is_causal: bool, L: int, S: int) -> list | None:
+    """Query blocks ``[(q0, q1), ...]`` for a causal self-attention (``L == S``), or None.
+    Block ``[q0, q1)`` sees only keys ``< q1``, so its scores, softmax, products and their
+    backward skip the masked keys beyond it, as torch's CPU flash kernel does (same block
+    sizes: 32 queries under 192, 64 under 768, else 256). T=64 does 3/4 of the full work."""
+    if not is_causal or L != S:
+        return None
+    qb = 32 if L < 192 else (64 if L < 768 else 256)
+    if L < 2 * qb:
+        return None
+    return [(q0, min(q0 + qb, L)) for q0 in range(0, L, qb)]
+
+
 def _forward_by_batch(xp: Any, q: Any, k: Any, v: Any, s: float, is_causal: bool,
                       query: Any) -> tuple:
-    """``(out, p)`` without masks other than ``is_causal`` and without dropout."""
+    """``(out, p)`` without masks other than ``is_causal`` and without dropout. With causal
+    query blocks (:func:`_causal_blocks`) ``p`` is a tuple of each block's weights over its
+    visible keys, ``(*batch, q1 - q0, q1)``."""
     L, S = q.shape[-2], k.shape[-2]
-    p = xp.empty(xp.broadcast_shapes(q.shape[:-2], k.shape[:-2]) + (L, S), xp.result_type(q, k))
-    out = _out_buffer(xp, xp.broadcast_shapes(p.shape[:-2], v.shape[:-2]) + (L, v.shape[-1]),
-                      xp.result_type(p, v), query)
-    bias = _causal_bias(xp, L, S, p.dtype) if is_causal else None
+    batch = xp.broadcast_shapes(q.shape[:-2], k.shape[:-2])
+    dtype = xp.result_type(q, k)
+    blocks = _causal_blocks(is_causal, L, S)
+    if blocks is None:
+        p = xp.empty(batch + (L, S), dtype)
+        ps = (p,)
+        blocks = [(0, L)]
+    else:
+        ps = tuple(xp.empty(batch + (q1 - q0, q1), dtype) for q0, q1 in blocks)
+        p = ps
+    out = _out_buffer(xp, xp.broadcast_shapes(batch, v.shape[:-2]) + (L, v.shape[-1]),
+                      xp.result_type(dtype, v), query)
+    bias = _causal_bias(xp, L, S, dtype) if is_causal else None
+    # each block's rows of the bias over its keys, contiguous (the numba kernel's layout)
+    biases = [None if bias is None else xp.ascontiguousarray(bias[q0:q1, :pj.shape[-1]])
+              for (q0, q1), pj in zip(blocks, ps)]
     # per-matrix products: one BLAS thread (the blocks themselves run on the spare cores)
     gemm_threads(xp, L * S * q.shape[-1])
     qs = _scaled_copy(xp, q, s)  # the scale on q, (L, E), rather than on the (L, S) scores
-    nb = _kernels(xp, p)
+    nb = _kernels(xp, ps[0])
     shift = nb is None and not _scores_bounded(xp, qs, k)
 
     def block(lo: int, hi: int) -> None:
-        scores = xp.matmul(qs[lo:hi], xp.swapaxes(k[lo:hi], -1, -2), out=p[lo:hi])
-        if nb is not None:  # bias, max, exp, sum and scale in one visit per row
-            nb.softmax(scores.reshape(-1, S), bias)
-        else:
-            if bias is not None:
-                scores += bias
-            _softmax_(xp, scores, shift)
-        xp.matmul(scores, v[lo:hi], out=out[lo:hi])
+        qb_, kb_, vb_, ob_ = qs[lo:hi], k[lo:hi], v[lo:hi], out[lo:hi]
+        for (q0, q1), pj, bj in zip(blocks, ps, biases):
+            n = pj.shape[-1]
+            scores = xp.matmul(qb_[..., q0:q1, :], xp.swapaxes(kb_[..., :n, :], -1, -2),
+                               out=pj[lo:hi])
+            if nb is not None:  # bias, max, exp, sum and scale in one visit per row
+                nb.softmax(scores.reshape(-1, n), bj)
+            else:
+                if bj is not None:
+                    scores += bj
+                _softmax_(xp, scores, shift)
+            xp.matmul(scores, vb_[..., :n, :], out=ob_[..., q0:q1, :])
 
     parallel_rows(q.shape[0], block)
     return out, p
@@ -385,35 +418,58 @@ def _disjoint(xp: Any, *arrays: Any) -> bool:
 def _backward_by_batch(xp: Any, p: Any, gw: Any, q: Any, k: Any, v: Any, s: float,
                        o: Any = None) -> tuple:
     """``(dq, dk, dv)``; ``o`` (the forward's output, when saved) gives the softmax
-    backward's row sums as ``sum(dO * O)`` over E instead of ``sum(P * dP)`` over S."""
+    backward's row sums as ``sum(dO * O)`` over E instead of ``sum(P * dP)`` over S. ``p``
+    is the forward's: one array, or a tuple of causal query blocks' weights."""
     batch = gw.shape[:-2]  # the output's: every operand broadcast
-    dq, dk, dv = _grad_buffers(xp, batch, q, k, v, p.dtype)
-    gemm_threads(xp, p.shape[-2] * p.shape[-1] * q.shape[-1])
-    nb = _kernels(xp, p)
-    s32 = p.dtype.type(s)
+    ps = p if isinstance(p, tuple) else (p,)
+    # query blocks from their weights' shapes: block j has q1 - q0 rows and q1 keys
+    blocks, q0 = [], 0
+    for pj in ps:
+        blocks.append((q0, q0 + pj.shape[-2]))
+        q0 += pj.shape[-2]
+    dtype = ps[0].dtype
+    dq, dk, dv = _grad_buffers(xp, batch, q, k, v, dtype)
+    L, S = q.shape[-2], k.shape[-2]
+    gemm_threads(xp, L * S * q.shape[-1])
+    nb = _kernels(xp, ps[0])
+    s32 = dtype.type(s)
 
     def block(lo: int, hi: int) -> None:
-        p_, g_ = p[lo:hi], gw[lo:hi]
-        xp.matmul(xp.swapaxes(p_, -1, -2), g_, out=dv[lo:hi])
-        dp = xp.matmul(g_, xp.swapaxes(v[lo:hi], -1, -2))
-        if o is not None and g_.strides == o[lo:hi].strides:
+        g_, o_ = gw[lo:hi], (o[lo:hi] if o is not None else None)
+        qb_, kb_, vb_ = q[lo:hi], k[lo:hi], v[lo:hi]
+        dqb, dkb, dvb = dq[lo:hi], dk[lo:hi], dv[lo:hi]
+        rows_all = None
+        if o_ is not None and g_.strides == o_.strides:
             perm = _mem_perm(g_)
             gm = g_.transpose(perm)
-            tmp = xp.empty(gm.shape, dp.dtype)
-            xp.multiply(gm, o[lo:hi].transpose(perm), out=tmp)
-            rows = _row_sum(xp, tmp).transpose(tuple(_argsort(perm)))
-        else:
-            rows = _row_sum(xp, xp.multiply(p_, dp))
-        if nb is not None and dp.flags.c_contiguous and dp.shape == p_.shape:
-            n = dp.shape[-1]
-            nb.softmax_backward(dp.reshape(-1, n), p_.reshape(-1, n),
-                                xp.ascontiguousarray(rows).reshape(-1), s32)
-        else:
-            dp -= rows
-            dp *= p_  # ds = p * (dp - rowsum(p * dp))
-            dp *= s   # the scale of both products below, on a contiguous array
-        xp.matmul(dp, k[lo:hi], out=dq[lo:hi])
-        xp.matmul(xp.swapaxes(dp, -1, -2), q[lo:hi], out=dk[lo:hi])
+            tmp = xp.empty(gm.shape, dtype)
+            xp.multiply(gm, o_.transpose(perm), out=tmp)
+            rows_all = _row_sum(xp, tmp).transpose(tuple(_argsort(perm)))
+        # the last block sees every key and writes dk, dv; earlier ones add to their keys
+        for j in range(len(ps) - 1, -1, -1):
+            (q0, q1), pj = blocks[j], ps[j][lo:hi]
+            n = pj.shape[-1]
+            gj = g_[..., q0:q1, :]
+            first = j == len(ps) - 1
+            if first:
+                xp.matmul(xp.swapaxes(pj, -1, -2), gj, out=dvb[..., :n, :])
+            else:
+                dvb[..., :n, :] += xp.matmul(xp.swapaxes(pj, -1, -2), gj)
+            dp = xp.matmul(gj, xp.swapaxes(vb_[..., :n, :], -1, -2))
+            rows = rows_all[..., q0:q1, :] if rows_all is not None else \
+                _row_sum(xp, xp.multiply(pj, dp))
+            if nb is not None and dp.flags.c_contiguous and dp.shape == pj.shape:
+                nb.softmax_backward(dp.reshape(-1, n), pj.reshape(-1, n),
+                                    xp.ascontiguousarray(rows).reshape(-1), s32)
+            else:
+                dp -= rows
+                dp *= pj  # ds = p * (dp - rowsum(p * dp))
+                dp *= s   # the scale of both products below, on a contiguous array
+            xp.matmul(dp, kb_[..., :n, :], out=dqb[..., q0:q1, :])
+            if first:
+                xp.matmul(xp.swapaxes(dp, -1, -2), qb_[..., q0:q1, :], out=dkb[..., :n, :])
+            else:
+                dkb[..., :n, :] += xp.matmul(xp.swapaxes(dp, -1, -2), qb_[..., q0:q1, :])
 
     parallel_rows(batch[0], block)
     return dq, dk, dv
