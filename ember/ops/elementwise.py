@@ -147,9 +147,12 @@ _zero_blocks: dict = {}
 
 def _relu(xp: Any, x: Any) -> Any:
     """``max(x, 0)``, NaN propagating (torch's clamp_min)."""
-    dense = x.flags.c_contiguous or x.flags.f_contiguous
-    if xp.__name__ != "numpy" or x.dtype.kind != "f" or x.size < 4096 or not dense:
-        return xp.maximum(x, 0).astype(x.dtype, copy=False)
+    if x.size < 4096 or xp.__name__ != "numpy" or x.dtype.kind != "f" or \
+            not (x.flags.c_contiguous or x.flags.f_contiguous):
+        y = xp.maximum(x, 0)
+        # NumPy promotes bool with a Python int; only then is a cast needed (astype's call
+        # costs ~0.3 us even when it returns its input)
+        return y if y.dtype == x.dtype else y.astype(x.dtype)
     zeros = _zero_blocks.get(x.dtype)
     if zeros is None:
         zeros = _zero_blocks[x.dtype] = xp.zeros(_RELU_BLOCK, x.dtype)

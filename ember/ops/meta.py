@@ -77,18 +77,29 @@ def wrap_dims(op: str, dims: Any, ndim: int) -> tuple:
 # ---------------------------------------------------------------------- common rules
 def elementwise(op: Any, *args: Any) -> TensorMeta:
     """Broadcast of every Tensor argument; dtype comes from the op's promotion kind."""
-    shapes = [a._data.shape for a in args if isinstance(a, Tensor)]
-    if len(shapes) <= 1:
-        return TensorMeta(shapes[0] if shapes else ())
-    s0 = shapes[0]
-    if all(s == s0 for s in shapes):
+    # Runs on every elementwise call: a plain loop (no comprehension or all() generator
+    # frames), and the broadcast only when shapes differ.
+    s0 = None
+    differ = False
+    for a in args:
+        if isinstance(a, Tensor):
+            s = a._data.shape
+            if s0 is None:
+                s0 = s
+            elif s != s0:
+                differ = True
+    if s0 is None:
+        return TensorMeta(())
+    if not differ:
         return TensorMeta(s0)
-    return TensorMeta(broadcast_shapes(op.name, *shapes))
+    return TensorMeta(broadcast_shapes(op.name, *[a._data.shape for a in args
+                                                  if isinstance(a, Tensor)]))
 
 
 def unary(op: Any, input: Any, *rest: Any) -> TensorMeta:
-    check(isinstance(input, Tensor), op.name,
-          f"argument 'input' must be Tensor, not {type(input).__name__}", TypeError)
+    if not isinstance(input, Tensor):  # the message is built only on failure
+        raise make(TypeError, op.name,
+                   f"argument 'input' must be Tensor, not {type(input).__name__}")
     return TensorMeta(input._data.shape)
 
 

@@ -37,12 +37,13 @@ def batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor |
     (if given) are updated in place: ``running = (1 - momentum) * running + momentum * stat``,
     with the unbiased variance. In evaluation the running statistics normalize.
     """
-    check(isinstance(input, Tensor), "batch_norm", f"argument 'input' must be Tensor, not "
-                                                   f"{type(input).__name__}", TypeError)
+    if not isinstance(input, Tensor):
+        raise make(TypeError, "batch_norm",
+                   f"argument 'input' must be Tensor, not {type(input).__name__}")
+    size = input._data.shape   # a plain tuple (no ember.Size): this wrapper runs per BN call
     if training:
-        size = input.shape
-        per_channel = input.numel() // size[1] if input.ndim >= 2 and size[1] else 0
-        if input.ndim >= 2 and per_channel == 1:
+        per_channel = input._data.size // size[1] if len(size) >= 2 and size[1] else 0
+        if len(size) >= 2 and per_channel == 1:
             raise make(ValueError, "batch_norm",
                        f"Expected more than 1 value per channel when training, got input size "
                        f"{ember.Size(size)}",
@@ -50,7 +51,7 @@ def batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor |
     y, mean, var = apply(OPS["_batch_norm"], (input, weight, bias, running_mean, running_var,
                                               bool(training), float(eps)))
     if training and (running_mean is not None or running_var is not None):
-        n = input.numel() // input.shape[1]
+        n = input._data.size // size[1]
         if input._device.type == "cuda":
             from ember.backend.cuda_ops.kernels_batchnorm import update_running
             if update_running(running_mean, running_var, mean, var, momentum, n):

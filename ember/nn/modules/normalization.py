@@ -83,7 +83,8 @@ class _NormBase(Module):
                     **self.__dict__, use_bias=self.bias is not None))
 
     def _check_features(self, input: Tensor, dim: int) -> None:
-        if input.shape[dim] != self.num_features:
+        # the array's shape tuple: ``input.shape`` makes an ember.Size on every call
+        if input._data.shape[dim] != self.num_features:
             raise self._layer_error(
                 RuntimeError, f"expected input with {self.num_features} channels (num_features) "
                               f"at dim {dim}, got input of shape {tuple(input.shape)}")
@@ -93,7 +94,7 @@ class _BatchNorm(_NormBase):
     _ranks: tuple = ()
 
     def _check_input_dim(self, input: Any) -> None:
-        if not isinstance(input, Tensor) or input.dim() not in self._ranks:
+        if not isinstance(input, Tensor) or input._data.ndim not in self._ranks:
             got = f"{input.dim()}D input" if isinstance(input, Tensor) else type(input).__name__
             ranks = " or ".join(f"{r}D" for r in self._ranks)
             raise ValueError(f"[{type(self).__name__}] expected {ranks} input (got {got}"
@@ -341,8 +342,9 @@ class LayerNorm(Module):
 
     def forward(self, input: Tensor) -> Tensor:
         ns = self.normalized_shape
-        if not isinstance(input, Tensor) or input.dim() < len(ns) or \
-                tuple(input.shape[input.dim() - len(ns):]) != ns:
+        # plain tuples of the array (no ember.Size per call): this runs on every call
+        if not isinstance(input, Tensor) or input._data.ndim < len(ns) or \
+                input._data.shape[input._data.ndim - len(ns):] != ns:
             got = tuple(input.shape) if isinstance(input, Tensor) else type(input).__name__
             raise self._layer_error(
                 RuntimeError, f"expected input (*, {', '.join(map(str, ns))}), got {got}",
