@@ -32,6 +32,8 @@ def cases(m: Any) -> dict[str, Callable[[], Any]]:
     ln = m.nn.LayerNorm(8)
     lin = m.nn.Linear(8, 8)
     xs = m.randn(4, 8)
+    logits = m.randn(128, 10, requires_grad=True)  # the MLP bench's loss input
+    labels = m.randint(0, 10, (128,))
 
     def add():
         return a + b
@@ -67,11 +69,19 @@ def cases(m: Any) -> dict[str, Callable[[], Any]]:
             y = F.relu(y)
         y.sum().backward()
 
+    def cross_entropy():
+        return F.cross_entropy(logits, labels)
+
+    def cross_entropy_bwd():
+        F.cross_entropy(logits, labels).backward()
+
     return {"a + b": add, "a + b (requires_grad)": add_grad, "F.relu": relu,
             "F.linear fwd+sum+bwd": linear_fwd_bwd, "Linear module": linear_module,
             "BatchNorm2d train": batchnorm, "LayerNorm module (grad)": layernorm,
             "F.conv2d 3x3 (grad)": conv, "autocast linear (2 casts)": cast_amp,
-            "12 ops fwd + backward": chain_bwd}
+            "12 ops fwd + backward": chain_bwd,
+            "cross_entropy (128, 10) (grad)": cross_entropy,
+            "cross_entropy (128, 10) fwd+bwd": cross_entropy_bwd}
 
 
 def run(fw: str, profile: bool, only: str | None = None) -> None:
