@@ -215,4 +215,8 @@ def test_lazy_instance_norm_infers_num_features(name, shape):
     t = getattr(torch.nn, base)(m.num_features, affine=True, track_running_stats=True).double()
     np.testing.assert_allclose(y.detach().numpy(), t(torch.tensor(x)).detach().numpy(),
                                atol=1e-9)
-    np.testing.assert_allclose(m.running_mean.numpy(), t.running_mean.numpy(), atol=1e-9)
+    # The lazy module's buffers are float32 (the default dtype at construction), so the
+    # running mean holds the float64 batch mean rounded to float32: a float32 tolerance.
+    assert m.running_mean.dtype == ember.float32
+    np.testing.assert_allclose(m.running_mean.numpy(), t.running_mean.numpy(), rtol=1e-6,
+                               atol=1e-7)
