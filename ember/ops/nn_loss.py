@@ -287,13 +287,7 @@ def _forward_rows(ctx: Any, xp: Any, input: Any, target: Any, weight: Any, ignor
         wsum = float(w.sum()) if w is not None else float(n_classes)
         loss_el = loss_el - (eps / n_classes) * (ssum - log_s * wsum) * valid
     denom = float(w_t.sum())
-    if reduction == "none":
-        res = loss_el.reshape(target.shape)
-    elif reduction == "sum":
-        res = loss_el.sum()
-    else:
-        with _errstate(xp):
-            res = loss_el.sum() / work.dtype.type(denom)
+    res = _reduce_rows(xp, loss_el, denom, reduction, target.shape, work.dtype)
     if recording:
         ctx.rows = True
         ctx.prob = False
@@ -310,6 +304,17 @@ def _forward_rows(ctx: Any, xp: Any, input: Any, target: Any, weight: Any, ignor
                             valid.reshape(target.shape))
         ctx.save(input, target)
     return xp.asarray(res).astype(input.dtype, copy=False)
+
+
+def _reduce_rows(xp: Any, loss_el: Any, denom: float, reduction: str, shape: tuple,
+                 dtype: Any) -> Any:
+    """The per-row losses reduced as ``reduction`` asks (mean: over the target weights)."""
+    if reduction == "none":
+        return loss_el.reshape(shape)
+    if reduction == "sum":
+        return loss_el.sum()
+    with _errstate(xp):
+        return loss_el.sum() / dtype.type(denom)
 
 
 def _forward_small(ctx: Any, xp: Any, input: Any, target: Any, work: Any, ignore_index: int,
@@ -329,13 +334,7 @@ def _forward_small(ctx: Any, xp: Any, input: Any, target: Any, work: Any, ignore
     if nb.ce_rows(work, tgt, int(ignore_index), p, loss_el, safe, w_t, valid) != 0:
         return None
     denom = float(w_t.sum())
-    if reduction == "none":
-        res = loss_el.reshape(target.shape)
-    elif reduction == "sum":
-        res = loss_el.sum()
-    else:
-        with _errstate(xp):
-            res = loss_el.sum() / work.dtype.type(denom)
+    res = _reduce_rows(xp, loss_el, denom, reduction, target.shape, work.dtype)
     if isinstance(ctx, OpNode):
         ctx.rows = True
         ctx.prob = False
