@@ -2,6 +2,7 @@
 ``empty`` (and ``_like``), ``arange``, ``linspace``, ``logspace``, ``eye``, ``from_dlpack``."""
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from typing import Any, Sequence
@@ -40,6 +41,11 @@ def _resolve_device(dev: Any) -> device:
         from ember import cuda
         d = device("cuda", cuda.current_device())
     return d
+
+
+def _on_device(xp: Any, dev: device) -> Any:
+    """The CUDA device context for ``dev`` (a no-op on the CPU)."""
+    return contextlib.nullcontext() if xp is np else xp.cuda.Device(dev.index or 0)
 
 
 def _finish(arr: Any, dt: _dt.dtype, dev: device, requires_grad: bool) -> Tensor:
@@ -383,11 +389,17 @@ def arange(start: Any = 0, end: Any = None, step: Any = 1, *, out: Any = None, d
         _dt.int64 if all_int else _dt.get_default_dtype())
     n = int(math.ceil((end - start) / step))
     n = max(n, 0)
-    if all_int:
-        arr = (np.arange(n, dtype=np.int64) * step + start).astype(dt.np)
-    else:
-        arr = (np.arange(n, dtype=np.float64) * float(step) + float(start)).astype(dt.np)
-    return _finish(arr, dt, _resolve_device(device), requires_grad)
+    dev = _resolve_device(device)
+    # On a GPU the values are computed there: no host-to-device copy, which a stream being
+    # captured into a CUDA graph would refuse (models build position indices in forward).
+    # (bfloat16 and other ml_dtypes types, kind 'V', are made on the host: CuPy lacks them)
+    xp = np if dev.type == "cpu" or np.dtype(dt.np).kind == "V" else get_xp(dev)
+    with _on_device(xp, dev):
+        if all_int:
+            arr = (xp.arange(n, dtype=np.int64) * step + start).astype(dt.np)
+        else:
+            arr = (xp.arange(n, dtype=np.float64) * float(step) + float(start)).astype(dt.np)
+    return _finish(arr, dt, dev, requires_grad)
 
 
 def linspace(start: Any, end: Any, steps: int, *, out: Any = None, dtype: Any = None,

@@ -35,9 +35,19 @@ def _check_indices(op: str, indices: Any, arg: str = "indices", pos: int = 1) ->
                    f"arguments for {op})")
 
 
+def _capturing(xp: Any) -> bool:
+    s = xp.cuda.get_current_stream()
+    return s.ptr != 0 and s.is_capturing()   # (the legacy null stream is never captured)
+
+
 def _check_range(op: str, xp: Any, indices: Any, num: int, kind: type = IndexError) -> None:
     """Torch raises for an out-of-range index (IndexError from embedding, RuntimeError from
-    embedding_bag); NumPy would wrap negatives silently."""
+    embedding_bag); NumPy would wrap negatives silently. While a CUDA graph is captured the
+    host may not read the indices: the check then runs on the device."""
+    if indices.size and xp is not np and _capturing(xp):
+        from ember.backend.cuda_ops.kernels_embedding import check_range_on_device
+        check_range_on_device(xp, indices, num)
+        return
     if indices.size and (int(indices.min()) < 0 or int(indices.max()) >= num):
         bad = int(indices.min()) if int(indices.min()) < 0 else int(indices.max())
         raise make(kind, op, f"index out of range in self: index {bad} with "

@@ -31,7 +31,33 @@ __global__ void emb_bwd(const T* __restrict__ g, const I* __restrict__ idx,
 }
 """
 
+_CHECK_SRC = r"""
+// an index outside [0, num) stops the kernel: a device-side assert, as torch's CUDA gather
+template <typename I>
+__global__ void idx_check(const I* __restrict__ idx, long long n, long long num) {
+    long long k = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (k >= n) return;
+    long long r = (long long)idx[k];
+    if (r < 0 || r >= num) __trap();
+}
+"""
+
 K.define("embedding", _SRC, ("emb_bwd",))
+K.define("embedding_check", _CHECK_SRC, ("idx_check",))   # templated on the index type alone
+
+
+def check_range_on_device(xp: Any, indices: Any, num: int) -> None:
+    """Check ``0 <= indices < num`` without waiting for the GPU (used while a CUDA graph is
+    captured, where the host check's device-to-host copy is not allowed). A bad index makes
+    the kernel trap: the CUDA context reports a launch failure at the next synchronisation,
+    torch's device-side assert in effect."""
+    it = K.INDEX_CTYPES.get(indices.dtype.name)
+    n = indices.size
+    if it is None or n == 0:
+        return
+    idx = K.contiguous(xp, indices)
+    K.function("embedding_check", "idx_check", it)(
+        ((n + 255) // 256, 1, 1), (256, 1, 1), (idx, K.i64(n), K.i64(num)))
 
 
 def _dense_backward_generic(ctx: Any, grad: Any) -> Any:

@@ -1,0 +1,102 @@
+"""Host cost of a whole eager training step: bench.gpu's ResNet-50 and GPT-2 steps at a tiny
+batch, so that the GPU finishes long before the host and the synchronised step time is the
+host's own time. ember and torch, each in its own process; then ember's cProfile (tottime;
+C calls count in their caller) and its kernel launches per step.
+
+    python -m bench.host_step                # ResNet-50 B 4 and GPT-2 B 1 (T 1024)
+    python -m bench.host_step --profile      # plus ember's profile and launch counts
+    python -m bench.host_step --variants     # plus: gc disabled / frozen, peak stats on
+"""
+from __future__ import annotations
+
+import cProfile
+import collections
+import pstats
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any
+
+
+def _steps(m: Any) -> dict:
+    from bench.gpu import gpt2, resnet50
+    return {"ResNet-50 B4": lambda: resnet50(m, B=4)[0],
+            "GPT-2 B1": lambda: gpt2(m, B=1)[0]}
+
+
+def _time(m: Any, step: Any) -> float:
+    times = []
+    for _ in range(15):
+        t0 = time.perf_counter()
+        step()
+        m.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e3
+
+
+def run(fw: str, profile: bool) -> None:
+    if fw == "torch":
+        import torch as m
+    else:
+        import ember as m
+        m.cuda.is_available()
+    for name, make in _steps(m).items():
+        step = make()
+        for _ in range(3):
+            step()
+        m.cuda.synchronize()
+        print(f"{fw:5s} {_time(m, step):8.2f} ms  {name}", flush=True)
+        if "--variants" in sys.argv:
+            # what the interpreter's cyclic garbage collector and the peak-memory hook
+            # (installed by reset_peak_memory_stats) add to the step
+            import gc
+            gc.disable()
+            print(f"{fw:5s} {_time(m, step):8.2f} ms  {name}, gc disabled", flush=True)
+            gc.enable()
+            gc.collect()
+            gc.freeze()
+            print(f"{fw:5s} {_time(m, step):8.2f} ms  {name}, gc.freeze() after warmup",
+                  flush=True)
+            gc.unfreeze()
+            m.cuda.reset_peak_memory_stats()
+            print(f"{fw:5s} {_time(m, step):8.2f} ms  {name}, peak-memory statistics on",
+                  flush=True)
+        if not profile:
+            continue
+        from ember.backend.cuda_ops import _nvrtc
+        counts: collections.Counter = collections.Counter()
+        orig = _nvrtc._Launcher.__call__
+
+        def counting(self: Any, grid: tuple, block: tuple, args: tuple,
+                     shared_mem: int = 0) -> None:
+            counts[self.fn.__name__ if hasattr(self.fn, "__name__") else "kernel"] += 1
+            return orig(self, grid, block, args, shared_mem)
+        _nvrtc._Launcher.__call__ = counting
+        step()
+        m.cuda.synchronize()
+        _nvrtc._Launcher.__call__ = orig
+        print(f"  NVRTC launches per step: {sum(counts.values())}")
+        pr = cProfile.Profile()
+        pr.enable()
+        for _ in range(3):
+            step()
+        m.cuda.synchronize()
+        pr.disable()
+        st = pstats.Stats(pr)
+        st.sort_stats("tottime").print_stats(35)
+
+
+def main() -> None:
+    if len(sys.argv) > 2 and sys.argv[1] == "--one":
+        run(sys.argv[2], "--profile" in sys.argv)
+        return
+    prof = "--profile" in sys.argv
+    var = ["--variants"] if "--variants" in sys.argv else []
+    for fw in ("ember", "torch"):
+        subprocess.run([sys.executable, "-m", "bench.host_step", "--one", fw] + var +
+                       (["--profile"] if prof and fw == "ember" else []))
+
+
+if __name__ == "__main__":
+    main()
