@@ -97,9 +97,20 @@ def _out_buffer(xp: Any, shape: tuple, dtype: Any, query: Any) -> Any:
     return xp.empty((b, n, h, e), dtype).transpose(0, 2, 1, 3)
 
 
+def _mm(xp: Any, a: Any, b: Any) -> Any:
+    """``a @ b``; on the GPU through cuBLASLt where a CUDA graph capture needs it (CuPy's
+    cuBLAS matmul refuses to run while a stream captures)."""
+    if xp.__name__ == "numpy":
+        return xp.matmul(a, b)
+    from ember.backend.cuda_ops.nvmath_linear import batched_matmul
+    return batched_matmul(xp, a, b)
+
+
 def _weighted_sum(xp: Any, p: Any, v: Any, query: Any) -> Any:
     """``p @ v`` into :func:`_out_buffer`."""
     shape = xp.broadcast_shapes(p.shape[:-2], v.shape[:-2]) + (p.shape[-2], v.shape[-1])
+    if xp.__name__ != "numpy":
+        return _mm(xp, p, v)
     return xp.matmul(p, v, out=_out_buffer(xp, shape, xp.result_type(p, v), query))
 
 
@@ -164,7 +175,7 @@ class ScaledDotProductAttention(OpDef):
             # the output as well (a 5th saved value: backward's row sums of dO * O)
             ctx.save(query, key, value, attn_mask, out if out.dtype == work else None)
             return out
-        scores = xp.matmul(qw, xp.swapaxes(kw, -1, -2))
+        scores = _mm(xp, qw, xp.swapaxes(kw, -1, -2))
         scores *= s
         if is_causal:
             scores += _causal_bias(xp, L, S, scores.dtype)
@@ -244,17 +255,17 @@ def _attention_backward(xp: Any, p: Any, keep: Any, gw: Any, q: Any, k: Any, v: 
                         s: float) -> tuple:
     """``(dq, dk, dv, ds)`` of ``out = (p * keep) @ v``, ``p = softmax(q @ k^T * s + mask)``."""
     pd = p * keep if keep is not None else p
-    dv = xp.matmul(xp.swapaxes(pd, -1, -2), gw)
-    dp = xp.matmul(gw, xp.swapaxes(v, -1, -2))
+    dv = _mm(xp, xp.swapaxes(pd, -1, -2), gw)
+    dp = _mm(xp, gw, xp.swapaxes(v, -1, -2))
     if keep is not None:
         dp *= keep
     # ds = p * (dp - rowsum(dp * p)), with one temporary
     dp *= p
     ds = p * _row_sum(xp, dp)
     xp.subtract(dp, ds, out=ds)
-    dq = xp.matmul(ds, k)
+    dq = _mm(xp, ds, k)
     dq *= s
-    dk = xp.matmul(xp.swapaxes(ds, -1, -2), q)
+    dk = _mm(xp, xp.swapaxes(ds, -1, -2), q)
     dk *= s
     return dq, dk, dv, ds
 

@@ -166,6 +166,24 @@ def _rows(a: Any) -> Any:
     return a2 if a2.flags.c_contiguous else a2.copy()
 
 
+def _batch3(a: Any) -> Any:
+    """``a`` as ``(batch, rows, cols)``."""
+    return a if a.ndim == 3 else a.reshape((-1,) + a.shape[-2:])
+
+
+def batched_matmul(cp: Any, a: Any, b: Any) -> Any:
+    """``a @ b`` for equal batch dims: on cuBLASLt where a capture needs it (any non-default
+    stream, as :class:`NvMatmul`), else CuPy's matmul. For code that multiplies raw arrays
+    (attention's fallback) and must still run inside a CUDA graph capture."""
+    if nvmath is not None and a.ndim == b.ndim >= 3 and a.shape[:-2] == b.shape[:-2] and \
+            a.dtype == b.dtype and a.dtype.name in _DTYPES and a.size and b.size and \
+            cp.cuda.get_current_stream().ptr != 0:
+        y = gemm(cp, _batch3(a), _batch3(b), "bmm")
+        if y is not None:
+            return y.reshape(a.shape[:-1] + (b.shape[-1],))
+    return cp.matmul(a, b)
+
+
 def _worth_it(cp: Any, macs: int) -> bool:
     if macs >= MIN_MACS or FORCE[0]:
         return True
@@ -238,8 +256,8 @@ class NvLinear:
 
 
 class NvMatmul:
-    """``matmul`` on cuBLASLt for 2-d operands, ``(*, K) @ (K, N)`` and equal-batch 3-d
-    products; others (and small ones outside capture) run the generic code."""
+    """``matmul`` on cuBLASLt for 2-d operands, ``(*, K) @ (K, N)`` and products with equal
+    batch dims; others (and small ones outside capture) run the generic code."""
 
     def forward(ctx, xp, input, other):
         if input.dtype.name not in _DTYPES or other.dtype != input.dtype or input.ndim < 2 or \
@@ -253,10 +271,15 @@ class NvMatmul:
             y = gemm(xp, a, other, "mm")
             if y is not None and input.ndim > 2:
                 y = y.reshape(input.shape[:-1] + (n,))
-        elif input.ndim == 3 and other.ndim == 3 and input.shape[0] == other.shape[0]:
+        elif input.ndim == other.ndim >= 3 and input.shape[:-2] == other.shape[:-2]:
             if not _worth_it(xp, input.size * n):
                 return NotImplemented
-            y = gemm(xp, input, other, "bmm")
+            # (B, H, M, K) @ (B, H, K, N), attention's shape: the batch dims merge into one
+            # (a view for the usual strides, else a copy) so that it is one strided batched
+            # GEMM, which captures (CuPy's cuBLAS matmul does not)
+            y = gemm(xp, _batch3(input), _batch3(other), "bmm")
+            if y is not None and input.ndim > 3:
+                y = y.reshape(input.shape[:-1] + (n,))
         else:
             return NotImplemented
         if y is None:
