@@ -13,7 +13,10 @@ element ``i`` is ``-sum_c q_ic log p_ic``, and its gradient with respect to the 
 """
 from __future__ import annotations
 
+import functools
 from typing import Any
+
+import numpy as np
 
 from ember import dtypes as _dt
 from ember.backend import cpu_kernels
@@ -34,6 +37,14 @@ def cross_entropy_meta(op: Any, input: Any, target: Any, weight: Any = None,
                        label_smoothing: float = 0.0) -> TensorMeta:
     """Validate shapes/dtypes the way torch does and give the output shape."""
     name = "cross_entropy"
+    # the classifier case, (N, C) float logits with (N,) int64 targets, checked in a few
+    # attribute reads (the full rule below cost ~5 us of a ~10 us small loss)
+    if type(input) is Tensor and type(target) is Tensor and weight is None and \
+            target._dtype is _dt.int64 and input._dtype.is_floating_point and \
+            reduction in _REDUCTIONS and 0.0 <= label_smoothing <= 1.0:
+        ishape = input._data.shape
+        if len(ishape) == 2 and target._data.shape == ishape[:1]:
+            return TensorMeta(() if reduction != "none" else ishape[:1], input._dtype)
     if not isinstance(input, Tensor) or not isinstance(target, Tensor):
         bad = "input" if not isinstance(input, Tensor) else "target"
         raise make(TypeError, name, f"argument '{bad}' must be Tensor")
@@ -320,12 +331,15 @@ def _reduce_rows(xp: Any, loss_el: Any, denom: float, reduction: str, shape: tup
 def _forward_small(ctx: Any, xp: Any, input: Any, target: Any, work: Any, ignore_index: int,
                    reduction: str) -> Any:
     """:func:`_forward_rows` for small float32 logits without class weights or smoothing as
-    one numba pass (None: no kernels, or a row the NumPy code must handle)."""
+    one numba pass (None: no kernels, or a row the NumPy code must handle). The Python around
+    the kernel is kept to a few calls: at (128, 10) it cost more than the kernel."""
     nb = cpu_kernels.kernels()
     if nb is None:
         return None
     rows, n_classes = work.shape
-    tgt = target.reshape(-1).astype(xp.int64, copy=False)
+    tgt = target.reshape(-1) if target.ndim != 1 else target
+    if tgt.dtype != xp.int64:
+        tgt = tgt.astype(xp.int64)
     p = xp.empty_like(work)
     loss_el = xp.empty(rows, work.dtype)
     safe = xp.empty(rows, xp.int64)
@@ -333,8 +347,12 @@ def _forward_small(ctx: Any, xp: Any, input: Any, target: Any, work: Any, ignore
     valid = xp.empty(rows, bool)
     if nb.ce_rows(work, tgt, int(ignore_index), p, loss_el, safe, w_t, valid) != 0:
         return None
-    denom = float(w_t.sum())
-    res = _reduce_rows(xp, loss_el, denom, reduction, target.shape, work.dtype)
+    # w_t is 1 at the valid rows and 0 elsewhere: the mean's divisor is their count (exact)
+    denom = float(xp.count_nonzero(valid))
+    if reduction == "mean" and denom:
+        res = xp.add.reduce(loss_el) / work.dtype.type(denom)
+    else:
+        res = _reduce_rows(xp, loss_el, denom, reduction, target.shape, work.dtype)
     if isinstance(ctx, OpNode):
         ctx.rows = True
         ctx.prob = False
@@ -344,11 +362,11 @@ def _forward_small(ctx: Any, xp: Any, input: Any, target: Any, work: Any, ignore
         ctx.eps = 0.0
         ctx.w = None
         ctx.xp = xp
-        ctx.p = p.reshape(input.shape)
-        ctx.target_parts = (safe.reshape(target.shape), w_t.reshape(target.shape),
-                            valid.reshape(target.shape))
+        ctx.p = p.reshape(input.shape) if input.ndim != 2 else p
+        ctx.target_parts = (safe, w_t, valid) if target.ndim == 1 else \
+            (safe.reshape(target.shape), w_t.reshape(target.shape), valid.reshape(target.shape))
         ctx.save(input, target)
-    return xp.asarray(res).astype(input.dtype, copy=False)
+    return xp.asarray(res, dtype=input.dtype)
 
 
 class _ShapeOnly:
@@ -385,25 +403,64 @@ def _backward_rows(ctx: Any, grad: Tensor) -> Tensor | None:
         e = xp.exp(x - x.max(axis=-1, keepdims=True))
         p = (e / e.sum(axis=-1, keepdims=True)).astype(input._data.dtype, copy=False)
     ctx.p_taken = True
-    gx = p.reshape(-1, p.shape[-1])
+    gx = p.reshape(-1, p.shape[-1]) if p.ndim != 2 else p
     rows, n_classes = gx.shape
-    safe, w_t, valid = (a.reshape(-1) for a in ctx.target_parts)
+    safe, w_t, valid = ctx.target_parts
+    if safe.ndim != 1:
+        safe, w_t, valid = safe.reshape(-1), w_t.reshape(-1), valid.reshape(-1)
     dt = gx.dtype
-    g = grad._data.astype(dt, copy=False)
+    g = grad._data
+    if g.dtype != dt:
+        g = g.astype(dt)
     if ctx.reduction == "none":
         g = g.reshape(-1)
     elif ctx.reduction == "mean":
-        with _errstate(xp):
+        if ctx.denom:
             g = g / dt.type(ctx.denom)
+        else:
+            with _errstate(xp):   # all targets ignored: nan, quietly (torch)
+                g = g / dt.type(ctx.denom)
     eps, w = ctx.eps, ctx.w
-    pick = w_t * (1 - eps)            # q at the target (before the smoothing mass)
-    qsum = pick
+    if not eps and w is None and g.ndim == 0 and ctx.denom == rows and \
+            gx.size < _PARALLEL_ELEMS:
+        # every row valid and unweighted: the row scale is the one scalar (NumPy's broadcast
+        # of a (rows, 1) column costs ~2x a scalar multiply at classifier sizes)
+        gx *= g
+        at = g
+    else:
+        with _errstate(xp):
+            at = _scale_rows(xp, gx, g, w_t, valid, eps, w, rows, n_classes)
+    if xp is np and gx.flags.c_contiguous:
+        # one flat index instead of a (row, column) pair: ~3x faster on small logits
+        gx.reshape(-1)[_row_starts(rows, n_classes) + safe] -= at
+    else:
+        gx[xp.arange(rows), safe] -= at
+    return _wrap(gx.reshape(input._data.shape) if gx.shape != input._data.shape else gx,
+                 input.device)
+
+
+def _scale_rows(xp: Any, gx: Any, g: Any, w_t: Any, valid: Any, eps: float, w: Any, rows: int,
+                n_classes: int) -> Any:
+    """``gx = p * sum(q) * g`` less the smoothing mass, in place; returns what is still to
+    be subtracted at each row's target (``q`` there, times ``g``)."""
+    dt = gx.dtype
     if eps > 0:
+        pick = w_t * (1 - eps)        # q at the target (before the smoothing mass)
         wsum = float(w.sum()) if w is not None else float(n_classes)
         qsum = pick + (eps / n_classes) * wsum * valid
-    col = (qsum * g).astype(dt, copy=False).reshape(-1, 1)
-    mass = ((eps / n_classes) * g * valid).astype(dt, copy=False).reshape(-1, 1) \
-        if eps > 0 else None
+        col = (qsum * g).astype(dt, copy=False)
+        at = (pick * g).astype(dt, copy=False)
+        mass = ((eps / n_classes) * g * valid).astype(dt, copy=False).reshape(-1, 1)
+    else:                             # q is w_t at the target only: sum(q) = w_t
+        col = at = (w_t * g).astype(dt, copy=False)
+        mass = None
+    if not bool(xp.isfinite(g).all()):
+        # torch leaves ignored rows at exactly 0 whatever the incoming gradient (an all-ignored
+        # mean divides by 0, and 0 * inf is nan)
+        col, at = xp.where(valid, col, 0).astype(dt), xp.where(valid, at, 0).astype(dt)
+        if mass is not None:
+            mass = xp.where(valid.reshape(-1, 1), mass, 0).astype(dt)
+    col = col.reshape(-1, 1)
     w_row = w.astype(dt, copy=False) if w is not None else None
 
     def scale(lo: int, hi: int) -> None:
@@ -416,8 +473,16 @@ def _backward_rows(ctx: Any, grad: Tensor) -> Tensor | None:
         parallel_rows(rows, scale, min_rows=max(1, _BLOCK_ELEMS // max(n_classes, 1)))
     else:
         scale(0, rows)
-    gx[xp.arange(rows), safe] -= (pick * g).astype(dt, copy=False)
-    return _wrap(gx.reshape(input._data.shape), input.device)
+    return at
+
+
+@functools.lru_cache(maxsize=16)
+def _row_starts(rows: int, n_classes: int) -> Any:
+    """The flat offsets ``arange(rows) * n_classes`` of a C-contiguous (rows, C) array's rows
+    (cached read-only: recurring batch shapes)."""
+    a = np.arange(rows, dtype=np.int64) * n_classes
+    a.flags.writeable = False
+    return a
 
 
 def _index_q(ctx: Any) -> Any:

@@ -1,0 +1,156 @@
+"""CPU fast paths of the MLP / LeNet training steps against torch: the small cross_entropy
+(numba rows kernel, flat-index backward scatter, scalar row scale, the meta rule's classifier
+shortcut), with the cases each shortcut must leave to the general code (ignored targets,
+weights, smoothing, non-contiguous or float64 logits, 1-D input, retained graphs), with and
+without the numba kernels."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import ember
+
+torch = pytest.importorskip("torch")
+RNG = np.random.default_rng(27)
+
+
+@pytest.fixture(params=["numba", "numpy"])
+def kernels(request, monkeypatch):
+    if request.param == "numpy":
+        monkeypatch.setenv("EMBER_NUMBA", "0")
+    return request.param
+
+
+def _ce_pair(x, t, *, transpose=False, grad_w=None, backward=2, **kw):
+    """cross_entropy on torch and ember: loss values and input gradients (``backward``
+    passes through a retained graph, each with its own upstream weight)."""
+    out = {}
+    for m in (torch, ember):
+        xt = m.tensor(x.T.copy() if transpose else x)
+        xt = xt.t() if transpose else xt
+        leaf = xt
+        leaf.requires_grad_(True) if not transpose else None
+        if transpose:
+            base = m.tensor(x.T.copy(), requires_grad=True)
+            xt = base.t()
+            leaf = base
+        tt = m.tensor(t)
+        kws = dict(kw)
+        if "weight" in kws:
+            kws["weight"] = m.tensor(kws["weight"])
+        loss = m.nn.functional.cross_entropy(xt, tt, **kws)
+        grads = []
+        for k in range(backward):
+            up = (m.tensor(np.linspace(0.5, 1.5, max(loss.numel(), 1)).reshape(tuple(loss.shape))
+                           .astype(x.dtype)) if grad_w is None else m.tensor(grad_w))
+            leaf.grad = None
+            (loss * (up + k)).sum().backward(retain_graph=k + 1 < backward)
+            grads.append(leaf.grad.numpy().copy())
+        out[m.__name__] = (loss.detach().numpy().copy(), grads, str(loss.dtype).split(".")[-1])
+    return out["torch"], out["ember"]
+
+
+def _close(te, ee, tol):
+    (tl, tg, tdt), (el, eg, edt) = te, ee
+    assert tdt == edt
+    np.testing.assert_allclose(el, tl, rtol=tol, atol=tol, equal_nan=True)
+    for a, b in zip(eg, tg):
+        np.testing.assert_allclose(a, b, rtol=tol, atol=tol, equal_nan=True)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("ignored", ["none", "some", "all"])
+def test_small_ce_reductions_and_ignore_index(kernels, reduction, ignored):
+    x = RNG.standard_normal((128, 10)).astype(np.float32) * 3
+    t = RNG.integers(0, 10, 128)
+    if ignored == "some":
+        t[::7] = -100
+    elif ignored == "all":
+        t[:] = -100
+    te, ee = _ce_pair(x, t, reduction=reduction)
+    _close(te, ee, 2e-6)
+
+
+@pytest.mark.parametrize("ignore_index", [3, -1])
+def test_small_ce_custom_ignore_index(kernels, ignore_index):
+    x = RNG.standard_normal((64, 10)).astype(np.float32)
+    t = RNG.integers(0, 10, 64)
+    t[::5] = ignore_index if ignore_index >= 0 else -1
+    te, ee = _ce_pair(x, t, ignore_index=ignore_index)
+    _close(te, ee, 2e-6)
+
+
+@pytest.mark.parametrize("case", ["weight", "smoothing", "weight+smoothing"])
+def test_small_ce_weighted_and_smoothed(kernels, case):
+    x = RNG.standard_normal((50, 7)).astype(np.float32)
+    t = RNG.integers(0, 7, 50)
+    t[::9] = -100
+    kw = {}
+    if "weight" in case:
+        kw["weight"] = RNG.uniform(0.2, 2.0, 7).astype(np.float32)
+    if "smoothing" in case:
+        kw["label_smoothing"] = 0.1
+    for reduction in ("mean", "sum", "none"):
+        te, ee = _ce_pair(x, t, reduction=reduction, **kw)
+        _close(te, ee, 3e-6)
+
+
+def test_small_ce_transposed_logits(kernels):
+    # a non-contiguous (N, C) view: the probabilities follow its layout, so the backward's
+    # flat-index scatter must not be used on them
+    x = RNG.standard_normal((32, 10)).astype(np.float32)
+    t = RNG.integers(0, 10, 32)
+    t[3] = -100
+    for reduction in ("mean", "none"):
+        te, ee = _ce_pair(x, t, transpose=True, reduction=reduction)
+        _close(te, ee, 2e-6)
+
+
+def test_small_ce_float64_and_1d(kernels):
+    x = RNG.standard_normal((40, 6))
+    t = RNG.integers(0, 6, 40)
+    te, ee = _ce_pair(x, t)
+    _close(te, ee, 1e-12)
+    x1 = RNG.standard_normal(6).astype(np.float32)
+    for tgt in (np.int64(2), np.int64(-100)):
+        te, ee = _ce_pair(x1, np.array(tgt))
+        _close(te, ee, 2e-6)
+
+
+def test_small_ce_extreme_logits(kernels):
+    # rows with inf / -inf / nan take the NumPy code: torch's values and gradients
+    x = RNG.standard_normal((8, 5)).astype(np.float32)
+    x[1, 2] = np.inf
+    x[2, :] = -np.inf
+    x[3, 0] = np.nan
+    x[4] *= 1e30
+    t = np.array([0, 2, 1, 0, 4, 3, 2, 1])
+    te, ee = _ce_pair(x, t, reduction="none", backward=1)
+    _close(te, ee, 2e-6)
+
+
+def test_small_ce_double_backward_and_errors(kernels):
+    x = RNG.standard_normal((6, 4))
+    t = RNG.integers(0, 4, 6)
+    res = {}
+    for m in (torch, ember):
+        xt = m.tensor(x, requires_grad=True)
+        loss = m.nn.functional.cross_entropy(xt, m.tensor(t))
+        (g,) = m.autograd.grad(loss, xt, create_graph=True)
+        (gg,) = m.autograd.grad((g * g).sum(), xt)
+        res[m.__name__] = (g.detach().numpy(), gg.numpy())
+    for a, b in zip(res["ember"], res["torch"]):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+    x32 = ember.randn(5, 3)
+    with pytest.raises(IndexError):
+        ember.nn.functional.cross_entropy(x32, ember.tensor([0, 1, 2, 3, 0]))
+    with pytest.raises(ValueError):
+        ember.nn.functional.cross_entropy(x32, ember.tensor([0, 1, 2, 0, 1]), reduction="avg")
+    with pytest.raises(RuntimeError):
+        ember.nn.functional.cross_entropy(x32, ember.tensor([0, 1, 2, 0, 1]),
+                                          label_smoothing=1.5)
+    with pytest.raises(ValueError):
+        ember.nn.functional.cross_entropy(x32, ember.tensor([0, 1, 2, 0]))
+    with pytest.raises(RuntimeError):
+        ember.nn.functional.cross_entropy(ember.randn(5, 3, dtype=ember.float64).int(),
+                                          ember.tensor([0, 1, 2, 0, 1]))
