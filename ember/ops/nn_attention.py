@@ -242,11 +242,13 @@ def _softmax_(xp: Any, scores: Any, shift: bool = True) -> Any:
     if shift:
         S = scores.shape[-1]
         m = scores.max(axis=-1, keepdims=True) if S else scores.sum(axis=-1, keepdims=True)
-        m[~xp.isfinite(m)] = 0
+        # (copyto with where, not a boolean-mask store: CuPy's mask store counts the mask on
+        # the host, a sync that a CUDA graph capture refuses)
+        xp.copyto(m, 0, where=~xp.isfinite(m))
         scores -= m
     p = xp.exp(scores, out=scores)
     denom = _row_sum(xp, p)
-    denom[denom == 0] = 1
+    xp.copyto(denom, 1, where=denom == 0)
     p *= xp.reciprocal(denom, out=denom)
     return p
 
