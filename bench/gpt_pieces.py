@@ -1,0 +1,170 @@
+"""Paired CPU timings, ember vs torch, of the tiny-GPT training step and of its pieces.
+
+    python -m bench.gpt_pieces                 # the step, then every piece
+    python -m bench.gpt_pieces gelu adamw      # the cases whose name contains a word
+    python -m bench.gpt_pieces prof            # cProfile of ember's GPT step
+
+The same two-worker design as ``bench.cpu_pieces`` (whose worker loop this reuses): ember and
+torch run in two processes that take short turns, and only the medians taken together are
+compared. Shapes are the step's: B16, T64, d128, 4 heads, vocabulary 256.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import numpy as np
+
+STEP = "tiny GPT step (4x128, T64, B16) AdamW"
+B, T, D, H, V = 16, 64, 128, 4, 256
+
+
+def cases(fw: Any) -> dict:
+    """name -> zero-argument callable, built the same way for either framework."""
+    F = fw.nn.functional
+    rng = np.random.default_rng(0)
+    f32 = np.float32
+    out: dict = {}
+
+    def t(arr: np.ndarray, grad: bool = False) -> Any:
+        return fw.tensor(arr, requires_grad=grad)
+
+    from bench.workloads import WORKLOADS
+    fw.manual_seed(0)
+    out[STEP] = WORKLOADS[STEP](fw)[0]
+
+    def fb(fn: Any, *leaves: Any) -> Any:
+        """fn() forward, then backward of a fixed upstream gradient into ``leaves``."""
+        y0 = fn()
+        g = fw.tensor(rng.standard_normal(tuple(y0.shape)).astype(f32))
+
+        def run() -> None:
+            y = fn()
+            fw.autograd.grad(y, leaves, g)
+        return run
+
+    x = t(rng.standard_normal((B, T, D), f32), True)
+    lw = t(1 + 0.1 * rng.standard_normal(D, f32), True)
+    lb = t(0.1 * rng.standard_normal(D, f32), True)
+    out["layer_norm fwd+bwd 1024x128"] = fb(lambda: F.layer_norm(x, (D,), lw, lb), x, lw, lb)
+
+    def lin(n_in: int, n_out: int, bias: bool = True) -> tuple:
+        xi = t(rng.standard_normal((B, T, n_in), f32), True)
+        w = t(rng.standard_normal((n_out, n_in), f32) * n_in ** -0.5, True)
+        b = t(rng.standard_normal(n_out, f32) * 0.1, True) if bias else None
+        return xi, w, b
+    for name, (ni, no, bias) in {"qkv 128->384": (D, 3 * D, True),
+                                 "proj 128->128": (D, D, True),
+                                 "fc 128->512": (D, 4 * D, True),
+                                 "fc2 512->128": (4 * D, D, True),
+                                 "head 128->256": (D, V, False)}.items():
+        xi, w, b = lin(ni, no, bias)
+        leaves = (xi, w) + ((b,) if bias else ())
+        out[f"linear fwd+bwd {name}"] = fb(lambda xi=xi, w=w, b=b: F.linear(xi, w, b), *leaves)
+
+    h = t(rng.standard_normal((B, T, 4 * D), f32), True)
+    out["gelu fwd+bwd 16x64x512"] = fb(lambda: F.gelu(h), h)
+
+    def gelu_fwd() -> None:
+        with fw.no_grad():
+            F.gelu(h)
+    out["gelu fwd 16x64x512 (no grad)"] = gelu_fwd
+
+    qkv = t(rng.standard_normal((B, T, 3 * D), f32), True)
+
+    def attn() -> Any:
+        q, k, v = qkv.split(D, dim=2)
+        q = q.view(B, T, H, D // H).transpose(1, 2)
+        k = k.view(B, T, H, D // H).transpose(1, 2)
+        v = v.view(B, T, H, D // H).transpose(1, 2)
+        a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return a.transpose(1, 2).reshape(B, T, D)
+    out["sdpa causal fwd+bwd (qkv split) 16x4x64x32"] = fb(attn, qkv)
+
+    logits = t(rng.standard_normal((B * T, V), f32), True)
+    tgt = fw.tensor(rng.integers(0, V, B * T))
+    out["cross_entropy fwd+bwd 1024x256"] = fb(lambda: F.cross_entropy(logits, tgt), logits)
+
+    tok = t(rng.standard_normal((V, D), f32), True)
+    idx = fw.tensor(rng.integers(0, V, (B, T)))
+    out["embedding fwd+bwd 16x64 of 256x128"] = fb(lambda: F.embedding(idx, tok), tok)
+
+    def gpt_params() -> list:
+        fw.manual_seed(0)
+        shapes = [(V, D), (T, D)]
+        for _ in range(4):
+            shapes += [(D,), (D,), (3 * D, D), (3 * D,), (D, D), (D,), (D,), (D,),
+                       (4 * D, D), (4 * D,), (D, 4 * D), (D,)]
+        shapes += [(D,), (D,), (V, D)]
+        ps = [fw.nn.Parameter(fw.randn(s)) for s in shapes]
+        for p in ps:
+            p.grad = fw.randn(p.shape)
+        return ps
+    out["AdamW step (GPT params)"] = fw.optim.AdamW(gpt_params(), lr=3e-4).step
+    return out
+
+
+def prof() -> None:
+    import cProfile
+    import pstats
+
+    import ember
+    from bench.workloads import WORKLOADS
+    step = WORKLOADS[STEP](ember)[0]
+    for _ in range(5):
+        step()
+    pr = cProfile.Profile()
+    pr.enable()
+    for _ in range(50):
+        step()
+    pr.disable()
+    pstats.Stats(pr).sort_stats("tottime").print_stats(35)
+
+
+def main() -> None:
+    import json
+    import statistics
+    import subprocess
+
+    from bench import cpu_pieces
+    args = sys.argv[1:]
+    if args[:1] == ["prof"]:
+        prof()
+        return
+    if args[:1] == ["worker"]:
+        # cpu_pieces' worker loop over this module's cases
+        cpu_pieces.cases = cases
+        cpu_pieces.worker(args[1])
+        return
+    procs = {fw: subprocess.Popen([sys.executable, "-m", "bench.gpt_pieces", "worker", fw],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+             for fw in ("ember", "torch")}
+    names = [json.loads(p.stdout.readline()) for p in procs.values()][0]
+
+    def call(fw: str, name: str, settle: float, measure: float) -> list:
+        procs[fw].stdin.write(f"{name.replace(' ', '~')} {settle} {measure}\n")
+        procs[fw].stdin.flush()
+        return json.loads(procs[fw].stdout.readline())
+
+    rounds_arg = [a for a in args if a.startswith("rounds=")]
+    words = [a for a in args if not a.startswith("rounds=")]
+    if words:
+        names = [n for n in names if any(w.lower() in n.lower() for w in words)]
+    for name in names:
+        rounds = int(rounds_arg[0][7:]) if rounds_arg else (10 if name == STEP else 5)
+        te: list = []
+        tt: list = []
+        for r in range(rounds):
+            order = ("ember", "torch") if r % 2 == 0 else ("torch", "ember")
+            for fw in order:
+                (te if fw == "ember" else tt).extend(call(fw, name, 0.15, 0.3))
+        e, t = statistics.median(te), statistics.median(tt)
+        print(f"{name:44s} ember {e * 1e6:9.1f} us  torch {t * 1e6:9.1f} us  {e / t:5.2f}x"
+              f"  (n {len(te)}/{len(tt)})", flush=True)
+    for p in procs.values():
+        p.stdin.close()
+        p.wait()
+
+
+if __name__ == "__main__":
+    main()
