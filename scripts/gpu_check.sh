@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPU validation on the device machine (see docs/architecture.md, "GPU testing"):
-#   scripts/gpu_check.sh [tests|nn|opdb|bench|demo]...   (default: all), logs under $OUT.
+#   scripts/gpu_check.sh [tests|nn|opdb|bench|host|demo]...   (default: all), logs under $OUT.
 # Run from a clean snapshot of HEAD. Optional library wheels in .whl/ are installed first.
 set -u
 OUT=${OUT:-/tmp/gpu_out}; mkdir -p "$OUT"
@@ -9,7 +9,7 @@ if ls .whl/*.whl >/dev/null 2>&1; then
     --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
 fi
 cd "${SNAP:-.}" && export PYTHONPATH=.:${PYTHONPATH:-}
-parts=${*:-tests nn opdb bench demo}
+parts=${*:-tests nn opdb bench host demo}
 for p in $parts; do
   case $p in
     tests) python3 -m pytest -m cuda -n 8 -p no:cacheprovider tests \
@@ -19,6 +19,7 @@ for p in $parts; do
     opdb)  python3 -m pytest tests/test_opdb.py -m cuda -n 8 -p no:cacheprovider \
              > "$OUT/$p.log" 2>&1 ;;
     bench) python3 -m bench.gpu > "$OUT/$p.log" 2>&1 ;;
+    host)  python3 -m bench.host_step > "$OUT/$p.log" 2>&1 ;;
     demo)  python3 -m ember.examples.digits --device cuda --out "$OUT/digits" \
              > "$OUT/$p.log" 2>&1 ;;
   esac
