@@ -185,9 +185,52 @@ __global__ void mt_sgd(const long long* __restrict__ meta, int nt, int chunk,
         }
     }
 }
+
+// Gradient clipping, first pass: out[t] += sum of squares of tensor t's chunk (row slot 0
+// holds the tensor; fp64 partials, one atomic add per block). out starts at zero.
+template <typename T, typename M>
+__global__ void mt_sqnorm(const long long* __restrict__ meta, int nt, int chunk,
+                          double* __restrict__ out) {
+    __shared__ double part[32];
+    long long c = blockIdx.x;
+    const long long* r = find_row(meta, nt, c);
+    long long n = r[5];
+    long long start = (c - r[7]) * chunk;
+    long long end = start + chunk < n ? start + chunk : n;
+    const T* a = reinterpret_cast<const T*>(r[0]);
+    double acc = 0.0;
+    for (long long i = start + threadIdx.x; i < end; i += blockDim.x) {
+        double v = (double)load<M>(a, i);
+        acc += v * v;
+    }
+    for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+    if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = acc;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        double s = 0.0;
+        for (int w = 0; w < (int)(blockDim.x >> 5); ++w) s += part[w];
+        atomicAdd(out + (r - meta) / 8, s);
+    }
+}
+
+// Gradient clipping, second pass: every tensor *= coef[0] (a device scalar of the storage
+// type, so the host never reads it).
+template <typename T, typename M>
+__global__ void mt_scale(const long long* __restrict__ meta, int nt, int chunk,
+                         const T* __restrict__ coef) {
+    long long c = blockIdx.x;
+    const long long* r = find_row(meta, nt, c);
+    long long n = r[5];
+    long long start = (c - r[7]) * chunk;
+    long long end = start + chunk < n ? start + chunk : n;
+    T* a = reinterpret_cast<T*>(r[0]);
+    M k = load<M>(coef, 0);
+    for (long long i = start + threadIdx.x; i < end; i += blockDim.x)
+        store<M>(a, i, load<M>(a, i) * k);
+}
 """
 
-K.define("optim", _SRC, ("mt_step_inc", "mt_adam", "mt_sgd"))
+K.define("optim", _SRC, ("mt_step_inc", "mt_adam", "mt_sgd", "mt_sqnorm", "mt_scale"))
 
 # template arguments (storage type, math type) per dtype name
 TARGS = {"float32": "float, float", "bfloat16": "bf16_t, float", "float16": "half_t, float",
@@ -333,3 +376,46 @@ def sgd(params: Sequence[Any], grads: Sequence[Any], bufs: Sequence[Any] | None,
         (table, np.int32(len(params)), np.int32(CHUNK), lr_host, lr_dev, mt(momentum),
          mt(dampening), mt(weight_decay), np.int32(nesterov), np.int32(maximize),
          np.int32(first)))
+
+
+def _dense(a: Any) -> bool:
+    """Whether ``a`` covers one block of memory exactly (any order of its dims): a norm and a
+    scale do not care about the order, so channels-last gradients qualify too."""
+    if a.flags.c_contiguous:
+        return True
+    from ember.backend.cuda_ops import _layout as L  # noqa: PLC0415
+    return L.dense_order(a) is not None
+
+
+def clip_covered(arrays: Sequence[Any]) -> bool:
+    """Whether :func:`sq_norms` and :func:`scale_` take these arrays (one covered dtype,
+    dense, non-empty list)."""
+    if not arrays:
+        return False
+    dt = arrays[0].dtype
+    return covered(dt) and all(a.dtype == dt and _dense(a) for a in arrays)
+
+
+def sq_norms(arrays: Sequence[Any]) -> Any:
+    """Each array's sum of squares (fp64 accumulation) as one float64 device array, in two
+    launches whatever the number of arrays (``clip_grad_norm_``'s per-tensor norms)."""
+    import cupy as cp  # noqa: PLC0415
+    dt = arrays[0].dtype
+    out = cp.zeros(len(arrays), cp.float64)
+    table, nchunks = _table(cp, [list(arrays), None], None, None)
+    if nchunks:
+        K.function("optim", "mt_sqnorm", TARGS[dt.name])(
+            (nchunks, 1, 1), (THREADS, 1, 1),
+            (table, np.int32(len(arrays)), np.int32(CHUNK), out))
+    return out
+
+
+def scale_(arrays: Sequence[Any], coef: Any) -> None:
+    """Multiply every array in place by ``coef``, a one-element device array of their dtype."""
+    import cupy as cp  # noqa: PLC0415
+    dt = arrays[0].dtype
+    table, nchunks = _table(cp, [list(arrays), None], None, None)
+    if nchunks:
+        K.function("optim", "mt_scale", TARGS[dt.name])(
+            (nchunks, 1, 1), (THREADS, 1, 1),
+            (table, np.int32(len(arrays)), np.int32(CHUNK), coef))

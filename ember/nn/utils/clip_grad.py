@@ -53,8 +53,18 @@ def _total_norm2(tensors: list) -> Tensor | None:
         norms = xp.sqrt(xp.array(sq)).astype(dt)   # per-tensor norms in the dtype, as torch
         total = xp.sqrt(xp.dot(norms.astype(xp.float64), norms))
     else:
-        norms = xp.stack([xp.sqrt(xp.vdot(t._data, t._data)) for t in tensors])
-        total = xp.sqrt(xp.dot(norms, norms))
+        from ember.backend.cuda_ops import kernels_optim as mt
+        arrays = [t._data for t in tensors]
+        if mt.clip_covered(arrays):
+            # all per-tensor sums of squares in one multi-tensor launch, and the rest on the
+            # device too: a few launches instead of several per tensor (GPT-2 has ~150), and
+            # no cuBLAS call, so a CUDA graph capture can hold it
+            norms = xp.sqrt(mt.sq_norms(arrays)).astype(dt)
+            n64 = norms.astype(xp.float64)
+            total = xp.sqrt((n64 * n64).sum())
+        else:
+            norms = xp.stack([xp.sqrt(xp.vdot(t._data, t._data)) for t in tensors])
+            total = xp.sqrt(xp.dot(norms, norms))
     return _make(xp.asarray(total, dtype=dt), tensors[0]._dtype, tensors[0]._device)
 
 
@@ -72,6 +82,14 @@ def _scale_arrays(grads: list, max_norm: float, total_norm: Tensor) -> bool:
     # multiplying by exactly 1 changes nothing: skip the passes (on the CPU, where reading
     # the coefficient costs no device sync), still counting the write like torch's mul_
     skip = xp.__name__ == "numpy" and coef == 1
+    if xp.__name__ != "numpy":
+        from ember.backend.cuda_ops import kernels_optim as mt
+        arrays = [g._data for g in grads]
+        if mt.clip_covered(arrays):
+            mt.scale_(arrays, coef.reshape(1))   # one launch for all the gradients
+            for g in grads:
+                g._version[0] += 1
+            return True
     for g in grads:
         if not skip:
             g._data *= coef
