@@ -40,14 +40,19 @@ def _capturing(xp: Any) -> bool:
     return s.ptr != 0 and s.is_capturing()   # (the legacy null stream is never captured)
 
 
-def _check_range(op: str, xp: Any, indices: Any, num: int, kind: type = IndexError) -> None:
+def _check_range(op: str, xp: Any, indices: Any, num: int, kind: type = IndexError,
+                 out: Any = None) -> None:
     """Torch raises for an out-of-range index (IndexError from embedding, RuntimeError from
     embedding_bag); NumPy would wrap negatives silently. While a CUDA graph is captured the
-    host may not read the indices: the check then runs on the device."""
-    if indices.size and xp is not np and _capturing(xp):
-        from ember.backend.cuda_ops.kernels_embedding import check_range_on_device
-        check_range_on_device(xp, indices, num)
-        return
+    host may not read the indices: the check then runs on the device, setting the gathered
+    rows ``out`` of bad indices to NaN, and the next eager check raises."""
+    if xp is not np:
+        from ember.backend.cuda_ops import kernels_embedding as ke
+        if _capturing(xp):
+            if indices.size:
+                ke.check_range_on_device(xp, indices, num, out)
+            return
+        ke.raise_recorded(xp)
     if indices.size and (int(indices.min()) < 0 or int(indices.max()) >= num):
         bad = int(indices.min()) if int(indices.min()) < 0 else int(indices.max())
         raise make(kind, op, f"index out of range in self: index {bad} with "
@@ -117,11 +122,18 @@ class Embedding(OpDef):
 
     def forward(ctx, xp, weight, indices, padding_idx=-1, scale_grad_by_freq=False,
                 sparse=False):
-        _check_range("embedding", xp, indices, weight.shape[0])
+        if xp is np:
+            _check_range("embedding", xp, indices, weight.shape[0])
+            out = xp.take(weight, indices, axis=0)
+        else:
+            # CuPy's take wraps an out-of-range index (no fault); checked after the gather so
+            # that under graph capture the bad rows can be set to NaN
+            out = xp.take(weight, indices, axis=0)
+            _check_range("embedding", xp, indices, weight.shape[0], out=out)
         ctx.num = weight.shape[0]
         ctx.args = (padding_idx, scale_grad_by_freq)
         ctx.save(indices)
-        return xp.take(weight, indices, axis=0)
+        return out
 
     def backward(ctx, grad):
         (indices,) = ctx.saved

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from ember.backend.cuda_ops import _nvrtc as K
 
 _SRC = r"""
@@ -32,37 +34,72 @@ __global__ void emb_bwd(const T* __restrict__ g, const I* __restrict__ idx,
 """
 
 _CHECK_SRC = r"""
-// an index outside [0, num) stops the kernel: a device-side assert, as torch's CUDA gather
-template <typename I>
-__global__ void idx_check(const I* __restrict__ idx, long long n, long long num) {
-    long long k = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+// Index check on the device (while a CUDA graph is captured the host cannot read indices):
+// an index outside [0, num) is recorded in *flag, and its output row (if given) is set to
+// NaN so that a loss computed from it shows the error at once.
+template <typename I, typename T>
+__global__ void idx_check(const I* __restrict__ idx, long long n, long long num,
+                          long long* __restrict__ flag, T* __restrict__ out, int D) {
+    long long k = (long long)blockIdx.x * blockDim.y + threadIdx.y;
     if (k >= n) return;
     long long r = (long long)idx[k];
-    if (r < 0 || r >= num) __trap();
+    if (r >= 0 && r < num) return;
+    if (threadIdx.x == 0) atomicExch((unsigned long long*)flag, (unsigned long long)r);
+    if (!out) return;
+    for (int d = threadIdx.x; d < D; d += blockDim.x)
+        st(out, k * D + d, __int_as_float(0x7fc00000));
 }
 """
 
 K.define("embedding", _SRC, ("emb_bwd",))
-K.define("embedding_check", _CHECK_SRC, ("idx_check",))   # templated on the index type alone
+K.define("embedding_check", _CHECK_SRC, ("idx_check",))   # templated on (index, row type)
 
 
-def check_range_on_device(xp: Any, indices: Any, num: int) -> None:
-    """Check ``0 <= indices < num`` without waiting for the GPU (used while a CUDA graph is
-    captured, where the host check's device-to-host copy is not allowed). A bad index makes
-    the kernel trap: the CUDA context reports a launch failure at the next synchronisation,
-    torch's device-side assert in effect."""
+_NO_BAD = -(1 << 63)
+_FLAGS: dict = {}   # device -> int64 device scalar: the last bad index seen in a capture
+_ARMED = [False]    # whether any capture has recorded a check (else nothing to read back)
+
+
+def check_range_on_device(xp: Any, indices: Any, num: int, out: Any = None) -> None:
+    """Check ``0 <= indices < num`` without the host (used while a CUDA graph is captured,
+    where reading the indices back is not allowed). A bad index is recorded on the device
+    and its row of ``out`` (the gathered rows, when given) becomes NaN; the next eager check
+    (:func:`raise_recorded`) raises the IndexError. Nothing stops the GPU: a trap, torch's
+    device-side assert, would end the whole CUDA context."""
     it = K.INDEX_CTYPES.get(indices.dtype.name)
     n = indices.size
     if it is None or n == 0:
         return
+    dev = xp.cuda.runtime.getDevice()
+    flag = _FLAGS.get(dev)
+    if flag is None:
+        raise RuntimeError("[embedding] the first embedding call on a device happened during "
+                           "CUDA graph capture; run the captured code once before capturing")
+    _ARMED[0] = True
     idx = K.contiguous(xp, indices)
-    K.function("embedding_check", "idx_check", it)(
-        ((n + 255) // 256, 1, 1), (256, 1, 1), (idx, K.i64(n), K.i64(num)))
+    ot = K.ctype(out) if out is not None and out.flags.c_contiguous else None
+    d = out.size // n if ot is not None else 0
+    K.function("embedding_check", "idx_check", f"{it}, {ot or 'float'}")(
+        ((n + 7) // 8, 1, 1), (32, 8, 1),
+        (idx, K.i64(n), K.i64(num), flag, out if ot is not None else np.uint64(0), K.i32(d)))
 
 
-def _dense_backward_generic(ctx: Any, grad: Any) -> Any:
-    from ember.ops.registry import OPS
-    return OPS["embedding_dense_backward"].backward(ctx, grad)
+def raise_recorded(xp: Any) -> None:
+    """Raise the IndexError for a bad index that a captured graph's replay recorded (an
+    eager embedding call runs this first; it also creates the device's flag, outside any
+    capture)."""
+    dev = xp.cuda.runtime.getDevice()
+    flag = _FLAGS.get(dev)
+    if flag is None:
+        _FLAGS[dev] = xp.full((), _NO_BAD, xp.int64)
+        return
+    if not _ARMED[0]:
+        return
+    v = int(flag)   # the eager check syncs with the GPU anyway (it reads the indices)
+    if v != _NO_BAD:
+        flag.fill(_NO_BAD)
+        raise IndexError(f"[embedding] index out of range in self: index {v} (recorded while "
+                         f"a captured CUDA graph replayed; its output rows were set to NaN)")
 
 
 class EmbeddingDenseBackwardImpl:
