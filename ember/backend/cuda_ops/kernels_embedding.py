@@ -102,6 +102,11 @@ def raise_recorded(xp: Any) -> None:
                          f"a captured CUDA graph replayed; its output rows were set to NaN)")
 
 
+def _dense_backward_generic(ctx: Any, grad: Any) -> Any:
+    from ember.ops.registry import OPS
+    return OPS["embedding_dense_backward"].backward(ctx, grad)
+
+
 class EmbeddingDenseBackwardImpl:
     """``embedding_dense_backward(grad_output, indices, num_weights, padding_idx, False)``."""
 
