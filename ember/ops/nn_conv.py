@@ -269,7 +269,7 @@ class _Chunk:
         self.flat = flat_fold and geo.wide
         self.pitch = math.prod(geo.padded) + geo.row if self.flat else geo.length
         self.width = m * self.pitch  # columns per chunk
-        self._cols = self._rows = self._fold = self._ones = None
+        self._cols = self._rows = self._fold = self._ones = self._flat_out = None
 
     def columns(self, x: Any) -> Any:
         """The ``(C*K, m*L)`` column matrix of the chunk ``x (m, C, *sp)``."""
@@ -326,6 +326,23 @@ class _Chunk:
 
     def gemm_out(self, shape: tuple) -> Any:
         return _work(self.xp, "gemm", shape, self.dtype)
+
+    def flat_product(self, wt: Any, rows: Any) -> Any:
+        """``wt (K, O) @ rows`` for the flat layout (NumPy), as ``(K, m*pitch)``: one GEMM
+        per sample over its first ``length`` columns only, written at the sample's offset.
+        The columns past ``length`` (a third of the pitch at LeNet's conv2) hold zeros in
+        the rows and so in the product; they are zeroed once per plan instead of computed.
+        NumPy's batched matmul takes the strided views as they are (no copies, GIL released)
+        and measured ~1.3x faster than the one wide product."""
+        geo, m, o, length = self.geo, self.m, self.o, self.geo.length
+        if self._flat_out is None:
+            buf = _work(self.xp, "dcols", (wt.shape[0], m, self.pitch), self.dtype)
+            buf[:, :, length:] = 0
+            self._flat_out = (buf, buf[:, :, :length].transpose(1, 0, 2))
+        buf, view = self._flat_out
+        np.matmul(wt, rows.reshape(o, m, self.pitch)[:, :, :length].transpose(1, 0, 2),
+                  out=view)
+        return buf.reshape(-1, self.width)
 
     def ones(self) -> Any:
         """A vector of ``width`` ones (row sums of :meth:`rows` as one GEMV)."""
@@ -486,9 +503,13 @@ def conv_input_grad(xp: Any, g: Any, w: Any, sp: tuple, stride: tuple, padding: 
 
     def body(n0: int, m: int, plan: _Chunk, acc: Any) -> Any:
         rows = plan.rows(g[n0:n0 + m])
-        _gemm_threads(xp, w.size * plan.width)
-        dcols = _gemm(xp, wt, rows.reshape(groups, o // groups, -1),
-                      plan.gemm_out((groups, wt.shape[1], plan.width)))
+        if flat and xp is np:
+            _gemm_threads(xp, w.size * geo.length)  # per-sample products: one BLAS thread
+            dcols = plan.flat_product(wt[0], rows)
+        else:
+            _gemm_threads(xp, w.size * plan.width)
+            dcols = _gemm(xp, wt, rows.reshape(groups, o // groups, -1),
+                          plan.gemm_out((groups, wt.shape[1], plan.width)))
         plan.fold(dcols.reshape(-1, plan.width), dx[n0:n0 + m])
 
     _over_chunks(xp, geo, n, c, o, g.dtype, body, flat, serial)
