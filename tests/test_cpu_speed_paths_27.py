@@ -202,3 +202,45 @@ def test_conv_input_grad_repeated_calls_keep_zero_columns():
                 m.nn.functional.conv2d(xt, m.tensor(w), padding=pad).square().sum().backward()
                 res[m.__name__] = xt.grad.numpy()
             np.testing.assert_allclose(res["ember"], res["torch"], rtol=2e-4, atol=2e-3)
+
+
+# ---------------------------------------------------------------------- max pool backward
+@pytest.mark.parametrize("case", [
+    dict(kernel_size=2),                                         # LeNet: disjoint windows
+    dict(kernel_size=3, stride=1, padding=1),                    # overlapping: scatter-add
+    dict(kernel_size=3, stride=2, ceil_mode=True),
+    dict(kernel_size=2, stride=1, dilation=2),
+])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_max_pool_backward_array_path(case, dtype):
+    x = RNG.standard_normal((3, 4, 11, 10)).astype(dtype)
+    x[0, 0, :4, :4] = 1.0            # ties: the first maximum takes the gradient
+    x[1, 2, 3, 3] = np.nan
+    res = {}
+    for m in (torch, ember):
+        xt = m.tensor(x, requires_grad=True)
+        y = m.nn.functional.max_pool2d(xt, **case)
+        up = m.tensor(np.sin(np.arange(y.numel())).reshape(tuple(y.shape)).astype(dtype))
+        (y * up).sum().backward()
+        res[m.__name__] = (y.detach().numpy(), xt.grad.numpy())
+    for a, t in zip(res["ember"], res["torch"]):
+        np.testing.assert_allclose(a, t, rtol=1e-6, atol=1e-6, equal_nan=True)
+
+
+def test_max_pool_double_backward_and_saved_index_check():
+    x = RNG.standard_normal((2, 3, 6, 6))
+    res = {}
+    for m in (torch, ember):
+        xt = m.tensor(x, requires_grad=True)
+        y = m.nn.functional.max_pool2d(xt, 2, stride=1)
+        (g,) = m.autograd.grad(y.square().sum(), xt, create_graph=True)
+        (gg,) = m.autograd.grad(g.sum(), xt)
+        res[m.__name__] = (g.detach().numpy(), gg.numpy())
+    for a, t in zip(res["ember"], res["torch"]):
+        np.testing.assert_allclose(a, t, rtol=1e-12, atol=1e-12)
+    # the indices are a saved output: changing them in place must fail the backward
+    xt = ember.tensor(x, requires_grad=True)
+    y, idx = ember.nn.functional.max_pool2d(xt, 2, return_indices=True)
+    idx.zero_()
+    with pytest.raises(RuntimeError, match="inplace"):
+        y.sum().backward()

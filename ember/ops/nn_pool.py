@@ -15,10 +15,11 @@ from typing import Any
 
 import numpy as np
 
+from ember._state import _State
 from ember.errors import check, make
 from ember.ops.nn_conv import ntuple, pad_spatial, windows, work_dtype
 from ember.ops.registry import OPS, OpDef, TensorMeta, apply, register
-from ember.tensor import Tensor
+from ember.tensor import Tensor, _make
 
 
 # ---------------------------------------------------------------------- shapes
@@ -269,6 +270,15 @@ class MaxPool(OpDef):
     def backward(ctx, g, _gi=None):
         (idx,) = ctx.saved
         shape, unique = ctx.p
+        ga = g._data
+        if not _State.enabled and type(ga) is np.ndarray:
+            # no graph of the backward wanted (the engine's usual mode): the scatter on the
+            # arrays, without the dispatcher and the index range check that
+            # ``_pool_scatter`` runs for max_unpool's user indices (two passes over them:
+            # these come from the forward)
+            out = scatter_add(np, work_dtype(np, ga), idx._data, math.prod(shape[2:]), unique)
+            gx = _make(out.astype(ga.dtype, copy=False).reshape(shape), g._dtype, g._device)
+            return gx, None, None, None, None, None
         return apply(OPS["_pool_scatter"], (g, idx, shape, unique)), None, None, None, None, None
 
 
