@@ -45,22 +45,44 @@ def kernels() -> Any:
             _state["kernels"] = _build()
         except ImportError:
             _state["kernels"] = None
+        _blas_to_one()
     return _state["kernels"]
 
 
-def set_threads(chunks: int) -> None:
+def _blas_to_one() -> None:
+    from ember.backend.cpu import _libs, _set_blas_threads
+    _libs()  # (sets the current count to the default: no GEMM has run yet)
+    _set_blas_threads(1)
+
+
+def blas_spinning() -> bool:
+    """Whether OpenBLAS's worker threads are likely busy-waiting in this process: the last
+    GEMM ran on several threads. After a threaded GEMM they spin for ~2^28 cycles (~0.1 s;
+    measured: 0.11 s of CPU time over a 0.2 s sleep, whatever ``set_num_threads`` says
+    meanwhile), so in a training step, where one comes every few ms, a core is never free
+    for a second thread of ours: the tiny-GPT step ran its attention and kernels faster on
+    one thread (paired, same process kind: 99.8 vs 107.6 ms a step). The BLAS count is
+    set to one when the kernels are built, so this reads True only after a threaded GEMM."""
+    from ember.backend.cpu import _state
+    cur = _state["current"]
+    return cur is not None and cur > 1
+
+
+def set_threads(chunks: int) -> int:
     """Use as many numba threads as :func:`ember.backend.cpu.row_threads` gives for ``chunks``
-    pieces, so the kernels take only the cores other processes leave free. They run between
-    GEMMs, never beside one, so they do not compete with OpenBLAS's threads."""
+    pieces, so the kernels take only the cores other processes leave free, and none beside
+    OpenBLAS's spinning workers (:func:`blas_spinning`). Returns the count; callers run
+    their serial loop directly when it is 1 (a parallel launch costs ~50 us)."""
+    if blas_spinning():
+        return 1
     import numba
 
     from ember.backend.cpu import _set_blas_threads, row_threads
     threads = max(1, min(row_threads(chunks, 1), numba.config.NUMBA_NUM_THREADS))
     if threads > 1:
-        # OpenBLAS's workers busy-wait after a GEMM; sent to sleep (the next GEMM sets its own
-        # count again, as parallel_rows does) they leave the cores to the kernel's threads
-        _set_blas_threads(1)
-    numba.set_num_threads(threads)
+        _set_blas_threads(1)  # the next GEMM sets its own count again, as parallel_rows does
+        numba.set_num_threads(threads)
+    return threads
 
 
 def _exp_neg(numba: Any, np: Any) -> Any:
@@ -198,7 +220,12 @@ def _build() -> SimpleNamespace:
     def gelu_f(flat: Any, y: Any, d: Any) -> None:
         """float32 GELU of the 1-D contiguous ``flat`` into ``y`` and, unless ``d`` is None,
         its derivative into ``d`` (float32 only: the fit is float32-accurate)."""
-        set_threads(-(-flat.size // chunk))
+        if set_threads(-(-flat.size // chunk)) == 1:
+            if d is None:
+                span(flat, y)
+            else:
+                span_grad(flat, y, d)
+            return
         gelu(flat, y, y if d is None else d, d is not None)
 
     @rows_jit
@@ -253,10 +280,9 @@ def _build() -> SimpleNamespace:
         blocks = _row_blocks(x2.shape[0], x2.shape[1])
         w1 = none if w1 is None else w1
         b1 = none if b1 is None else b1
-        if blocks == 1:
+        if blocks == 1 or set_threads(blocks) == 1:  # rows are independent: one call
             ln_rows(x2, w1, b1, float(eps), y, xhat, mean, rstd)
             return
-        set_threads(blocks)
         layer_norm(x2, w1, b1, float(eps), y, xhat, mean, rstd, blocks)
 
     @rows_jit
@@ -310,8 +336,13 @@ def _build() -> SimpleNamespace:
         gx = np.empty_like(xhat) if want_gx else xhat[:0]
         if blocks == 1:
             ln_back_rows(xhat, g, w, rstd, gx, gw[0], gb[0], want_gx)
+        elif set_threads(blocks) == 1:
+            # the same blocks in turn: the same partial sums as on several threads
+            for c in range(blocks):
+                lo, hi = rows * c // blocks, rows * (c + 1) // blocks
+                ln_back_rows(xhat[lo:hi], g[lo:hi], w, rstd[lo:hi], gx[lo:hi] if want_gx
+                             else gx, gw[c], gb[c], want_gx)
         else:
-            set_threads(blocks)
             layer_norm_back(xhat, g, w, rstd, gx, gw, gb, want_gx)
         return (gx if want_gx else None), gw.sum(0), gb.sum(0)
 
@@ -415,9 +446,8 @@ def _build() -> SimpleNamespace:
         exponentials (float32 (rows,) each). Returns the number of rows skipped (a NaN, or an
         infinite max); the caller must redo those rows."""
         blocks = _row_blocks(*x2.shape)
-        if blocks == 1:
+        if blocks == 1 or set_threads(blocks) == 1:
             return int(softmax_stats_rows(x2, out, m, s, normalize))
-        set_threads(blocks)
         return int(softmax_stats(x2, out, m, s, normalize, blocks))
 
     @serial
