@@ -186,10 +186,9 @@ def main() -> None:
         return json.loads(procs[fw].stdout.readline())
 
     words = [a for a in args if a != "steps"]
-    if "steps" in args:
-        names = [n for n in names if n in STEPS]
-    if words:
-        names = [n for n in names if any(w.lower() in n.lower() for w in words)]
+    if args:   # "steps": the whole steps; a word: the cases whose name contains it
+        names = [n for n in names if ("steps" in args and n in STEPS) or
+                 any(w.lower() in n.lower() for w in words)]
     for name in names:
         rounds = 8 if name in STEPS else 5
         te: list = []
