@@ -244,3 +244,23 @@ def test_max_pool_double_backward_and_saved_index_check():
     idx.zero_()
     with pytest.raises(RuntimeError, match="inplace"):
         y.sum().backward()
+
+
+def test_conv_wrapper_checks_still_raise():
+    # the functional wrapper formats its messages only on failure: errors and the unbatched
+    # path unchanged (torch's types)
+    F = ember.nn.functional
+    w = ember.randn(4, 3, 3, 3)
+    with pytest.raises(TypeError, match="must be Tensor"):
+        F.conv2d(np.zeros((1, 3, 5, 5)), w)
+    with pytest.raises(TypeError, match="must be Tensor"):
+        F.conv2d(ember.randn(1, 3, 5, 5), np.zeros((4, 3, 3, 3)))
+    with pytest.raises(RuntimeError, match="weight expects 4 dims"):
+        F.conv2d(ember.randn(1, 3, 5, 5), ember.randn(4, 3, 3))
+    with pytest.raises(RuntimeError, match="Expected 3D"):
+        F.conv2d(ember.randn(5, 5), w)
+    x = RNG.standard_normal((3, 6, 7)).astype(np.float32)
+    wa = RNG.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    out = F.conv2d(ember.tensor(x), ember.tensor(wa), padding=1).numpy()
+    ref = torch.nn.functional.conv2d(torch.tensor(x), torch.tensor(wa), padding=1).numpy()
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)

@@ -22,8 +22,12 @@ _SPATIAL = {1: "L", 2: "H, W", 3: "D, H, W"}
 
 def _batched(name: str, input: Any, nd: int) -> tuple[Tensor, bool]:
     """``input`` with a batch dim, and whether one was added (unbatched input)."""
-    check(isinstance(input, Tensor), name, f"argument 'input' must be Tensor, not "
-                                           f"{type(input).__name__}", TypeError)
+    # checks format their messages only on failure (this runs on every conv call)
+    if not isinstance(input, Tensor):
+        raise make(TypeError, name, f"argument 'input' must be Tensor, not "
+                                    f"{type(input).__name__}")
+    if input._data.ndim == nd + 2:
+        return input, False
     if input.ndim == nd + 1:
         return input.unsqueeze(0), True
     if input.ndim != nd + 2:
@@ -58,13 +62,15 @@ def _same_padding(name: str, input: Tensor, weight: Tensor, stride: tuple, dilat
 def _conv(name: str, nd: int, input: Tensor, weight: Tensor, bias: Tensor | None, stride: Any,
           padding: Any, dilation: Any, groups: int) -> Tensor:
     x, unbatched = _batched(name, input, nd)
-    check(isinstance(weight, Tensor), name, f"argument 'weight' must be Tensor, not "
-                                            f"{type(weight).__name__}", TypeError)
-    check(weight.ndim == nd + 2, name,
-          f"weight expects {nd + 2} dims (out, in/groups, {', '.join(['k'] * nd)}), got shape "
-          f"{tuple(weight.shape)}",
-          hint=f"for {weight.ndim - 2}-d kernels use conv{weight.ndim - 2}d"
-          if weight.ndim >= 3 else None)
+    if not isinstance(weight, Tensor):
+        raise make(TypeError, name, f"argument 'weight' must be Tensor, not "
+                                    f"{type(weight).__name__}")
+    if weight._data.ndim != nd + 2:
+        raise make(RuntimeError, name,
+                   f"weight expects {nd + 2} dims (out, in/groups, {', '.join(['k'] * nd)}), "
+                   f"got shape {tuple(weight.shape)}",
+                   hint=f"for {weight.ndim - 2}-d kernels use conv{weight.ndim - 2}d"
+                   if weight.ndim >= 3 else None)
     stride = ntuple(stride, nd, "stride", name)
     dilation = ntuple(dilation, nd, "dilation", name)
     if isinstance(padding, str):
