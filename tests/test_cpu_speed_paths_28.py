@@ -70,3 +70,67 @@ def test_gelu_no_grad_special_values_match_torch(path):
         np.testing.assert_array_equal(yg, y)
     else:
         np.testing.assert_allclose(yg, y, rtol=1e-6, atol=0)
+
+
+def _adam_params(m, specs, rng_seed=3):
+    rng = np.random.default_rng(rng_seed)
+    out = []
+    for shape, dt, transposed in specs:
+        a = rng.standard_normal(shape).astype(dt)
+        t = m.tensor(a.T.copy() if transposed else a)
+        if transposed:
+            t = t.t()  # a non-contiguous parameter: the general loop's path
+        out.append(t.detach().requires_grad_(True))
+    return out
+
+
+_SPECS = [((5, 3), "float32", False), ((7,), "float32", False), ((4, 6), "float32", True),
+          ((3, 2), "float64", False), ((9,), "float32", False)]
+
+
+@pytest.mark.parametrize("name,kw", [
+    ("AdamW", dict(lr=3e-3)),
+    ("AdamW", dict(lr=0.02, betas=(0.3, 0.8), weight_decay=0.2, amsgrad=True, maximize=True)),
+    ("Adam", dict(lr=0.01, weight_decay=0.1, amsgrad=True)),
+    ("Adam", dict(lr=0.01, betas=(0.6, 0.99), eps=1e-3)),
+])
+@pytest.mark.parametrize("foreach", [None, False, True])
+def test_adam_group_path_matches_torch(path, name, kw, foreach):
+    rng = np.random.default_rng(11)
+    grads = [[rng.standard_normal(s).astype(d) for s, d, _ in _SPECS] for _ in range(4)]
+    res = []
+    for m in (ember, torch):
+        ps = _adam_params(m, _SPECS)
+        opt = getattr(m.optim, name)(ps, foreach=foreach, **kw)
+        for k, gs in enumerate(grads):
+            for i, (p, g) in enumerate(zip(ps, gs)):
+                # parameter 1 has no gradient at step 2: it skips that step (and its counter)
+                p.grad = None if (i == 1 and k == 2) else m.tensor(g.T.copy()).t() \
+                    if _SPECS[i][2] else m.tensor(g)
+            opt.step()
+        st = [opt.state[p] for p in ps]
+        res.append(([p.detach().numpy().copy() for p in ps],
+                    [s["exp_avg"].numpy().copy() for s in st],
+                    [s["exp_avg_sq"].numpy().copy() for s in st],
+                    [float(s["step"]) for s in st]))
+    (pe, me, ve, se), (pt, mt, vt, stt) = res
+    assert se == stt
+    for a, b in zip(pe + me + ve, pt + mt + vt):
+        assert a.dtype == b.dtype
+        tol = 1e-6 if a.dtype == np.float32 else 1e-12
+        np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
+
+
+def test_adam_group_path_keeps_versions_and_lr_tensor(path):
+    p = ember.nn.Parameter(ember.ones(4, 3))
+    q = torch.nn.Parameter(torch.ones(4, 3))
+    opts = [ember.optim.AdamW([p], lr=ember.tensor(0.05)),
+            torch.optim.AdamW([q], lr=torch.tensor(0.05))]
+    for _ in range(3):
+        for t, m in ((p, ember), (q, torch)):
+            t.grad = m.arange(12.0).reshape(4, 3) - 5
+        v0 = p._version[0]
+        for o in opts:
+            o.step()
+        assert p._version[0] == v0 + 1  # one in-place write recorded per step
+    np.testing.assert_allclose(p.detach().numpy(), q.detach().numpy(), rtol=1e-6, atol=1e-7)

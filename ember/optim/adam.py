@@ -74,6 +74,19 @@ def adam_update(xp: Any, param: Any, grad: Any, exp_avg: Any, exp_avg_sq: Any,
     param += tmp
 
 
+def _adam_scalars(dt: Any, step: float, lr: float, beta1: float, beta2: float, eps: float,
+                  weight_decay: float, maximize: bool, decoupled: bool) -> tuple:
+    """The numba kernel's arguments after the arrays: :func:`adam_update`'s scalars in the
+    parameters' dtype ``dt`` (NumPy's float32 passes compute with them in float32)."""
+    c = dt.type
+    w1 = 1 - beta1
+    bc1 = 1 - beta1 ** step
+    return (c(1 - lr * weight_decay) if decoupled and weight_decay != 0 else c(1),
+            c(0) if decoupled else c(weight_decay), bool(maximize),
+            c(1 - w1) if abs(w1) >= 0.5 else c(w1), abs(w1) >= 0.5, c(beta2), c(1 - beta2),
+            c(lr / bc1), c((1 - beta2 ** step) ** 0.5), c(eps))
+
+
 def _adam_numba(param: Any, grad: Any, exp_avg: Any, exp_avg_sq: Any, max_exp_avg_sq: Any,
                 step: float, lr: float, beta1: float, beta2: float, eps: float,
                 weight_decay: float, maximize: bool, decoupled: bool) -> bool:
@@ -89,17 +102,78 @@ def _adam_numba(param: Any, grad: Any, exp_avg: Any, exp_avg_sq: Any, max_exp_av
     nb = cpu_kernels.kernels()
     if nb is None:
         return False
-    c = dt.type
-    w1 = 1 - beta1
-    bc1 = 1 - beta1 ** step
     flat = [a.reshape(-1) for a in arrays]
     vmax = flat[4] if max_exp_avg_sq is not None else flat[0][:0]
     nb.adam(flat[0], flat[1], flat[2], flat[3], vmax,
-            c(1 - lr * weight_decay) if decoupled and weight_decay != 0 else c(1),
-            c(0) if decoupled else c(weight_decay), bool(maximize),
-            c(1 - w1) if abs(w1) >= 0.5 else c(w1), abs(w1) >= 0.5, c(beta2), c(1 - beta2), c(lr / bc1),
-            c((1 - beta2 ** step) ** 0.5), c(eps))
+            *_adam_scalars(dt, step, lr, beta1, beta2, eps, weight_decay, maximize, decoupled))
     return True
+
+
+def _flat32_64(a: Any, dt: Any) -> Any:
+    """``a`` as a 1-D view when it is a C-contiguous NumPy array of dtype ``dt``, else None."""
+    if type(a) is not np.ndarray or a.dtype != dt or not a.flags.c_contiguous:
+        return None
+    return a.reshape(-1)
+
+
+def _adam_cpu_group(opt: "Adam", group: dict, params: list, lr: float, beta1: float,
+                    beta2: float) -> list:
+    """The numba kernel over the group's CPU float32/float64 parameters, with the per-step
+    scalars computed once per (step, dtype) rather than per parameter (the Python around
+    each kernel call was ~20 us a parameter: a third of a tiny-GPT AdamW step). Returns
+    the parameters it did not take, for the general loop; same results as that loop."""
+    nb = cpu_kernels.kernels()
+    if nb is None or group["differentiable"] or group["fused"]:
+        return params
+    rest = []
+    scalars: dict = {}
+    amsgrad = group["amsgrad"]
+    state_of = opt.state
+    eps, wd, maximize = group["eps"], group["weight_decay"], group["maximize"]
+    decoupled = group["decoupled_weight_decay"]
+    for p in params:
+        a = p._data
+        dt = a.dtype
+        if type(a) is not np.ndarray or dt not in (np.float32, np.float64):
+            rest.append(p)
+            continue
+        state = state_of[p]
+        if len(state) == 0:
+            rest.append(p)  # the general loop creates the state (and checks the flags)
+            continue
+        fa = _flat32_64(a, dt)
+        fg = _flat32_64(p._grad._data, dt)
+        m, v = state["exp_avg"], state["exp_avg_sq"]
+        fm = _flat32_64(m._data, dt)
+        fv = _flat32_64(v._data, dt)
+        vm = state.get("max_exp_avg_sq") if amsgrad else None
+        step_t = state["step"]
+        sa = step_t._data
+        if fa is None or fg is None or fm is None or fv is None or \
+                (amsgrad and vm is None) or type(sa) is not np.ndarray:
+            rest.append(p)
+            continue
+        fvm = fa[:0]  # the kernel's "no AMSGrad" (an empty maximum)
+        if vm is not None:
+            fvm = _flat32_64(vm._data, dt)
+            if fvm is None:
+                rest.append(p)
+                continue
+        sa += 1
+        step = float(sa)
+        key = (step, dt)
+        sc = scalars.get(key)
+        if sc is None:
+            sc = scalars[key] = _adam_scalars(dt, step, lr, beta1, beta2, eps, wd, maximize,
+                                              decoupled)
+        nb.adam(fa, fg, fm, fv, fvm, *sc)
+        p._version[0] += 1
+        step_t._version[0] += 1
+        m._version[0] += 1
+        v._version[0] += 1
+        if vm is not None:
+            vm._version[0] += 1
+    return rest
 
 
 class Adam(Optimizer):
@@ -188,6 +262,8 @@ class Adam(Optimizer):
             lr = _to_scalar(group["lr"])
             beta1, beta2 = (_to_scalar(b) for b in group["betas"])
             amsgrad = group["amsgrad"]
+            if params and params[0]._device.type == "cpu":
+                params = _adam_cpu_group(self, group, params, lr, beta1, beta2)
             for p in params:
                 state = self.state[p]
                 if len(state) == 0:
