@@ -134,3 +134,37 @@ def test_adam_group_path_keeps_versions_and_lr_tensor(path):
             o.step()
         assert p._version[0] == v0 + 1  # one in-place write recorded per step
     np.testing.assert_allclose(p.detach().numpy(), q.detach().numpy(), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("spinning", [True, False])
+def test_kernels_serial_beside_spinning_blas_match_torch(path, spinning, monkeypatch):
+    """While OpenBLAS's workers spin the kernels and attention run their blocks on one thread
+    (layer norm's backward keeps its per-block partial sums): both ways against torch."""
+    import ember.ops.nn_attention as att
+    monkeypatch.setattr(cpu_kernels, "blas_spinning", lambda: spinning)
+    monkeypatch.setattr(att, "blas_spinning", lambda: spinning)
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((4096, 128)).astype(np.float32)  # several kernel row blocks
+    w, b = (rng.standard_normal(128).astype(np.float32) for _ in range(2))
+    g = rng.standard_normal((4096, 128)).astype(np.float32)
+    tgt = rng.integers(0, 128, 2048)
+    qkv_a = rng.standard_normal((16, 64, 384)).astype(np.float32)
+    got, want = [], []
+    for m, out in ((ember, got), (torch, want)):
+        ts = [m.tensor(a, requires_grad=True) for a in (x, w, b)]
+        m.nn.functional.layer_norm(ts[0], (128,), ts[1], ts[2]).backward(m.tensor(g))
+        out += [t.grad.numpy() for t in ts]
+        lg = m.tensor(x[:2048] * 3, requires_grad=True)  # cross_entropy's row blocks
+        m.nn.functional.cross_entropy(lg, m.tensor(tgt)).backward()
+        out.append(lg.grad.numpy())
+        qkv = m.tensor(qkv_a, requires_grad=True)  # attention's batch blocks
+        q, k, v = (a.view(16, 64, 4, 32).transpose(1, 2) for a in qkv.split(128, dim=2))
+        o = m.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        o.backward(m.ones_like(o) * 0.1)
+        out += [o.detach().numpy(), qkv.grad.numpy()]
+    for a, b_ in zip(got, want):
+        np.testing.assert_allclose(a, b_, rtol=2e-4, atol=2e-5)
+    xg = (rng.standard_normal(600_000) * 3).astype(np.float32)
+    with ember.no_grad():
+        y = F.gelu(ember.tensor(xg)).numpy()
+    np.testing.assert_allclose(y, _gelu64(xg), rtol=5e-6, atol=3e-7)
