@@ -398,3 +398,31 @@ def test_linear_cross_entropy_kdim_and_errors():
         F(ember).linear_cross_entropy(ember.randn(2, 5), ember.randn(4, 6), ember.tensor([0, 1]))
     with pytest.raises(ValueError):
         ember.nn.LinearCrossEntropyOptions(acc_policy="fast")
+
+
+@pytest.mark.parametrize("case", ["all_ignored", "all_ignored_smoothing", "zero_weights",
+                                  "zero_weights_some_ignored"])
+@pytest.mark.parametrize("shape", [(4, 3), (2, 3, 4)])
+def test_cross_entropy_zero_total_weight_gradients_match_torch(case, shape):
+    # mean over a total weight of 0: the loss is NaN; ignored positions get a gradient of
+    # exactly 0, counted targets of weight 0 get NaN (torch's nll_loss backward)
+    x = RNG.standard_normal(shape).astype(np.float32)
+    tshape = (shape[0],) + shape[2:]
+    if case.startswith("all_ignored"):
+        y = np.full(tshape, -100)
+    else:
+        y = RNG.integers(0, 3, tshape)
+        if case.endswith("some_ignored"):
+            y.reshape(-1)[::2] = -100
+    grads = []
+    for lib in (torch, ember):
+        kw = {"label_smoothing": 0.2} if case.endswith("smoothing") else {}
+        if case.startswith("zero_weights"):
+            kw["weight"] = lib.zeros(3)
+        xi = lib.tensor(x, requires_grad=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            lib.nn.functional.cross_entropy(xi, lib.tensor(y), **kw).backward()
+        grads.append(np.asarray(xi.grad.detach().numpy()))
+    np.testing.assert_array_equal(np.isnan(grads[1]), np.isnan(grads[0]))
+    np.testing.assert_allclose(np.nan_to_num(grads[1]), np.nan_to_num(grads[0]), atol=1e-6)

@@ -206,6 +206,12 @@ class CrossEntropy(OpDef):
             else:
                 p = _wrap(ctx.p, dev)
             gx = (p * q.sum(cd, keepdim=True) - q) * g
+            if ctx.reduction == "mean" and not ctx.prob and not ctx.denom:
+                # total weight 0: torch leaves ignored positions at exactly 0 (no 0 * inf),
+                # while counted targets of weight 0 give NaN
+                valid = _wrap(ctx.target_parts[2], dev)
+                gx = ember.where(valid.unsqueeze(cd) if input.dim() > 1 else valid, gx,
+                                 ember.zeros((), dtype=gx.dtype, device=dev))
         if ctx.prob and ctx.next_edges[1] is not None:
             logp = input.log_softmax(cd)
             if ctx.w is not None:
