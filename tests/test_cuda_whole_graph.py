@@ -259,3 +259,28 @@ def test_clip_grad_norm_multi_tensor_matches_torch_and_captures(dtype: str) -> N
     for p, a in zip(ps, stored):
         np.testing.assert_allclose(p.grad.double().cpu().numpy(), a * min(0.5 / (norm + 1e-6), 1),
                                    rtol=10 * tol, atol=1e-6)
+
+
+def test_eager_conv_after_a_captured_conv_runs_on_the_default_stream() -> None:
+    # a capture borrows the device's first cuDNN handle for its own stream; later eager
+    # convolutions must get the handle back on their stream (left on the capture stream, they
+    # raced the default stream and crashed once that stream was destroyed with the graph)
+    import gc
+
+    from ember.backend.cuda_ops import _cudnn
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((2, 3, 9, 9)).astype(np.float32)
+    w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    xg, wg = ember.tensor(x, device="cuda"), ember.tensor(w, device="cuda")
+    F.conv2d(xg, wg)                               # the default stream's handle first
+    g = ember.cuda.CUDAGraph()
+    with ember.cuda.graph(g):
+        F.conv2d(xg, wg, padding=1)
+    g.replay()
+    del g
+    gc.collect()
+    got = F.conv2d(xg, wg, padding=1).cpu().numpy()
+    h = _cudnn.handle(__import__("cupy"))
+    assert _cudnn._BOUND[id(h)] == __import__("cupy").cuda.get_current_stream().ptr
+    want = F.conv2d(ember.tensor(x), ember.tensor(w), padding=1).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)

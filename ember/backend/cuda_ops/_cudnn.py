@@ -8,7 +8,9 @@ device pointers, and tensors are declared with explicit dims and element strides
 - **Handles**: one per (device, stream), bound to that stream once with ``set_stream``, so a
   steady-state execute pays no stream switch. A handle is never created during CUDA graph
   capture (``cudnnCreate`` is not capturable); the device's first handle is re-pointed at the
-  capturing stream instead.
+  capturing stream instead, and re-bound to its own stream on its next use (every lookup
+  checks the stream a handle was last bound to: a handle left on a capture stream ran later
+  eager convolutions there, racing the default stream, or on a destroyed stream: a crash).
 - **Workspace**: one growing buffer per (device, stream). During capture a fresh block comes
   from the current (private) allocator instead, so the graph never refers to a buffer that a
   later growth frees back into the shared pool.
@@ -66,28 +68,37 @@ def is_capturing(cp: Any) -> bool:
 
 # ---------------------------------------------------------------------- handles
 _HANDLES: dict = {}
+_BOUND: dict = {}   # id(handle) -> the stream pointer it was last bound to
+
+
+def _bind(h: Any, ptr: int) -> Any:
+    if _BOUND.get(id(h)) != ptr:
+        cudnn.set_stream(h, ptr)
+        _BOUND[id(h)] = ptr
+    return h
 
 
 def handle(cp: Any) -> Any:
-    """The cuDNN handle for the current device and CuPy stream."""
+    """The cuDNN handle for the current device and CuPy stream, bound to that stream."""
     stream = cp.cuda.get_current_stream()
     dev = cp.cuda.runtime.getDevice()
     key = (dev, stream.ptr)
     h = _HANDLES.get(key)
     if h is not None:
-        return h
+        # (re-bound when a capture borrowed it meanwhile: work on the default stream must
+        # never run on a capture stream, which may be gone by now)
+        return _bind(h, stream.ptr)
     if stream.ptr != 0 and stream.is_capturing():
         # cudnnCreate allocates and synchronises: borrow the device's first handle and point
-        # it at the capture stream (set_stream is a no-op when it already runs there).
+        # it at the capture stream; its own stream gets it back on its next use.
         first = _HANDLES.get((dev, "first"))
         if first is None:
             raise RuntimeError("[cudnn] the first cuDNN call on a device happened during CUDA "
                                "graph capture; run the captured code once before capturing")
-        cudnn.set_stream(first, stream.ptr)
-        return first
+        return _bind(first, stream.ptr)
     with cp.cuda.Device(dev):
         h = cudnn.create_handle()
-        cudnn.set_stream(h, stream.ptr)
+        _bind(h, stream.ptr)
     _HANDLES[key] = h
     _HANDLES.setdefault((dev, "first"), h)
     return h
