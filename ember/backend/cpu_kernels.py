@@ -582,6 +582,21 @@ def _build() -> SimpleNamespace:
             p[i] = p[i] - lr * gi
 
     @serial
+    def relu_flat(x, out):  # pragma: no cover - compiled
+        # max(x, 0) with NaN passed through, one pass (NumPy's maximum needs a zeros
+        # operand for its SIMD loop and still ran ~3x torch's time on LeNet's activations)
+        for i in range(x.size):
+            v = x[i]
+            out[i] = v if not v < 0 else 0
+
+    @serial
+    def threshold_backward_flat(g, x, t, out):  # pragma: no cover - compiled
+        # g where x > t, else 0 (a select: NaN x passes g; an inf/NaN g at a clipped
+        # element gives 0), one pass instead of a comparison, a multiply and a NaN check
+        for i in range(g.size):
+            out[i] = 0 if x[i] <= t else g[i]
+
+    @serial
     def scatter_add_rows(out, idx, rows):  # pragma: no cover - compiled
         # out[idx[k]] += rows[k] in k order: the same sums in the same order as the NumPy
         # path's stable sort and reduceat, without the sort, gathers and temporaries
@@ -634,5 +649,6 @@ def _build() -> SimpleNamespace:
                            layer_norm_backward=layer_norm_backward_f, softmax=softmax_f,
                            softmax_backward=softmax_back, softmax_stats=softmax_stats_f,
                            adam=adam, lstm_step=lstm_step, lstm_step_back=lstm_step_back,
-                           sgd=sgd, scatter_add_rows=scatter_add_rows,
+                           sgd=sgd, scatter_add_rows=scatter_add_rows, relu=relu_flat,
+                           threshold_backward=threshold_backward_flat,
                            ce_rows=ce_rows)

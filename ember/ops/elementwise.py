@@ -12,7 +12,7 @@ import numpy as _np
 
 from ember import dtypes as _dt
 from ember._state import _State
-from ember.backend import special
+from ember.backend import cpu_kernels, special
 from ember.errors import check, make
 from ember.ops import meta as M
 from ember.ops.registry import OPS, OpDef, register
@@ -155,6 +155,13 @@ def _relu(xp: Any, x: Any) -> Any:
         # NumPy promotes bool with a Python int; only then is a cast needed (astype's call
         # costs ~0.3 us even when it returns its input)
         return y if y.dtype == x.dtype else y.astype(x.dtype)
+    if x.dtype.itemsize >= 4:
+        nb = cpu_kernels.kernels()
+        if nb is not None:
+            out = xp.empty_like(x)
+            order = "C" if x.flags.c_contiguous else "F"
+            nb.relu(x.reshape(-1, order=order), out.reshape(-1, order=order))
+            return out
     zeros = _zero_blocks.get(x.dtype)
     if zeros is None:
         zeros = _zero_blocks[x.dtype] = xp.zeros(_RELU_BLOCK, x.dtype)
@@ -212,6 +219,15 @@ class ThresholdBackward(OpDef):
         if grad.dtype.kind != "f" or grad.size < _THRESHOLD_SELECT_MAX:
             # NaN <= threshold is False: a NaN input passes the gradient, as in torch
             return xp.where(input <= threshold, grad.dtype.type(0), grad)
+        if xp is _np and grad.dtype == input.dtype and grad.dtype.itemsize >= 4 and \
+                grad.shape == input.shape and grad.flags.c_contiguous and \
+                input.flags.c_contiguous:
+            nb = cpu_kernels.kernels()
+            if nb is not None:
+                out = xp.empty_like(grad)
+                nb.threshold_backward(grad.reshape(-1), input.reshape(-1),
+                                      grad.dtype.type(threshold), out.reshape(-1))
+                return out
         mask = xp.asarray(input <= threshold)  # 0-d inputs compare to a scalar
         xp.logical_not(mask, out=mask)  # torch passes the gradient where input is NaN
         # float * bool is one mixed-type ufunc pass, ~10x faster than NumPy's where; it differs
