@@ -140,16 +140,17 @@ def cases(fw: Any) -> dict:
     return out
 
 
-def worker(fw_name: str) -> None:
-    """Build the cases, print their names, then answer ``name settle measure`` requests from
-    stdin: call the case for ``settle`` seconds untimed, then for ``measure`` seconds (at
-    least 3 calls), and print the seconds of each timed call."""
+def worker(fw_name: str, make_cases: Callable[[Any], dict] | None = None) -> None:
+    """Build the cases (``make_cases``, this module's :func:`cases` by default), print their
+    names, then answer ``name settle measure`` requests from stdin: call the case for
+    ``settle`` seconds untimed, then for ``measure`` seconds (at least 3 calls), and print the
+    seconds of each timed call."""
     if fw_name == "torch":
         import torch as fw
         fw.set_num_threads(2)  # as bench.run_one
     else:
         import ember as fw
-    table = cases(fw)
+    table = (make_cases or cases)(fw)
     print(json.dumps(list(table)), flush=True)
     clock = time.perf_counter
     for line in sys.stdin:
@@ -167,6 +168,38 @@ def worker(fw_name: str) -> None:
         print(json.dumps(times), flush=True)
 
 
+def paired(module: str, select: Callable[[list], list], rounds: Callable[[str], int],
+           measure: float, width: int = 42) -> None:
+    """Run ``python -m <module> worker <fw>`` for ember and torch and time each selected case
+    in alternating turns (``rounds(name)`` of them), printing the medians and their ratio.
+
+    Turns last ``0.15 + measure`` s, the first 0.15 s untimed: ember's BLAS thread count
+    follows the machine's busy time over the last 0.1 s, which must not see torch's turn."""
+    procs = {fw: subprocess.Popen([sys.executable, "-m", module, "worker", fw],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+             for fw in ("ember", "torch")}
+    names = [json.loads(p.stdout.readline()) for p in procs.values()][0]
+
+    def call(fw: str, name: str) -> list:
+        procs[fw].stdin.write(f"{name.replace(' ', '~')} 0.15 {measure}\n")
+        procs[fw].stdin.flush()
+        return json.loads(procs[fw].stdout.readline())
+
+    for name in select(names):
+        te: list = []
+        tt: list = []
+        for r in range(rounds(name)):
+            order = ("ember", "torch") if r % 2 == 0 else ("torch", "ember")
+            for fw in order:
+                (te if fw == "ember" else tt).extend(call(fw, name))
+        e, t = statistics.median(te), statistics.median(tt)
+        print(f"{name:{width}s} ember {e * 1e6:9.1f} us  torch {t * 1e6:9.1f} us  {e / t:5.2f}x"
+              f"  (n {len(te)}/{len(tt)})", flush=True)
+    for p in procs.values():
+        p.stdin.close()
+        p.wait()
+
+
 def main() -> None:
     args = sys.argv[1:]
     if args[:1] == ["worker"]:
@@ -175,36 +208,14 @@ def main() -> None:
     if args[:1] == ["prof"]:
         prof(args[1] if len(args) > 1 else "MLP")
         return
-    procs = {fw: subprocess.Popen([sys.executable, "-m", "bench.cpu_pieces", "worker", fw],
-                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-             for fw in ("ember", "torch")}
-    names = [json.loads(p.stdout.readline()) for p in procs.values()][0]
-
-    def call(fw: str, name: str, settle: float, measure: float) -> list:
-        procs[fw].stdin.write(f"{name.replace(' ', '~')} {settle} {measure}\n")
-        procs[fw].stdin.flush()
-        return json.loads(procs[fw].stdout.readline())
-
     words = [a for a in args if a != "steps"]
-    if args:   # "steps": the whole steps; a word: the cases whose name contains it
-        names = [n for n in names if ("steps" in args and n in STEPS) or
-                 any(w.lower() in n.lower() for w in words)]
-    for name in names:
-        rounds = 8 if name in STEPS else 5
-        te: list = []
-        tt: list = []
-        for r in range(rounds):
-            # turns of ~0.35 s, the first 0.15 s untimed: ember's BLAS thread count follows
-            # the machine's busy time over the last 0.1 s, which must not see torch's turn
-            order = ("ember", "torch") if r % 2 == 0 else ("torch", "ember")
-            for fw in order:
-                (te if fw == "ember" else tt).extend(call(fw, name, 0.15, 0.2))
-        e, t = statistics.median(te), statistics.median(tt)
-        print(f"{name:42s} ember {e * 1e6:9.1f} us  torch {t * 1e6:9.1f} us  {e / t:5.2f}x"
-              f"  (n {len(te)}/{len(tt)})", flush=True)
-    for p in procs.values():
-        p.stdin.close()
-        p.wait()
+
+    def select(names: list) -> list:
+        if not args:   # "steps": the whole steps; a word: the cases whose name contains it
+            return names
+        return [n for n in names if ("steps" in args and n in STEPS) or
+                any(w.lower() in n.lower() for w in words)]
+    paired("bench.cpu_pieces", select, lambda n: 8 if n in STEPS else 5, 0.2)
 
 
 def prof(which: str) -> None:

@@ -122,48 +122,23 @@ def prof() -> None:
 
 
 def main() -> None:
-    import json
-    import statistics
-    import subprocess
-
     from bench import cpu_pieces
     args = sys.argv[1:]
     if args[:1] == ["prof"]:
         prof()
         return
     if args[:1] == ["worker"]:
-        # cpu_pieces' worker loop over this module's cases
-        cpu_pieces.cases = cases
-        cpu_pieces.worker(args[1])
+        cpu_pieces.worker(args[1], cases)
         return
-    procs = {fw: subprocess.Popen([sys.executable, "-m", "bench.gpt_pieces", "worker", fw],
-                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-             for fw in ("ember", "torch")}
-    names = [json.loads(p.stdout.readline()) for p in procs.values()][0]
-
-    def call(fw: str, name: str, settle: float, measure: float) -> list:
-        procs[fw].stdin.write(f"{name.replace(' ', '~')} {settle} {measure}\n")
-        procs[fw].stdin.flush()
-        return json.loads(procs[fw].stdout.readline())
-
     rounds_arg = [a for a in args if a.startswith("rounds=")]
     words = [a for a in args if not a.startswith("rounds=")]
-    if words:
-        names = [n for n in names if any(w.lower() in n.lower() for w in words)]
-    for name in names:
-        rounds = int(rounds_arg[0][7:]) if rounds_arg else (10 if name == STEP else 5)
-        te: list = []
-        tt: list = []
-        for r in range(rounds):
-            order = ("ember", "torch") if r % 2 == 0 else ("torch", "ember")
-            for fw in order:
-                (te if fw == "ember" else tt).extend(call(fw, name, 0.15, 0.3))
-        e, t = statistics.median(te), statistics.median(tt)
-        print(f"{name:44s} ember {e * 1e6:9.1f} us  torch {t * 1e6:9.1f} us  {e / t:5.2f}x"
-              f"  (n {len(te)}/{len(tt)})", flush=True)
-    for p in procs.values():
-        p.stdin.close()
-        p.wait()
+
+    def select(names: list) -> list:
+        return [n for n in names if any(w.lower() in n.lower() for w in words)] \
+            if words else names
+    cpu_pieces.paired("bench.gpt_pieces", select,
+                      lambda n: int(rounds_arg[0][7:]) if rounds_arg else (10 if n == STEP else 5),
+                      0.3, width=44)
 
 
 if __name__ == "__main__":
