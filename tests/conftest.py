@@ -94,3 +94,18 @@ def _seed():
     np.random.seed(0)
     yield
     ember.set_default_dtype(ember.float32)
+
+
+@pytest.fixture(params=["numba", "numpy"])
+def kernel_path(request, monkeypatch):
+    """Run a test on both CPU paths: ember's numba kernels and the NumPy code
+    (``EMBER_NUMBA=0``, read on every call); checks that the switch took."""
+    from ember.backend import cpu_kernels
+    if request.param == "numba":
+        pytest.importorskip("numba")
+        monkeypatch.setenv("EMBER_NUMBA", "1")
+        assert cpu_kernels.kernels() is not None
+    else:
+        monkeypatch.setenv("EMBER_NUMBA", "0")
+        assert cpu_kernels.kernels() is None
+    return request.param

@@ -19,24 +19,12 @@ torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.host_only
 
 
-@pytest.fixture(params=["numba", "numpy"])
-def path(request, monkeypatch):
-    if request.param == "numba":
-        pytest.importorskip("numba")
-        monkeypatch.setenv("EMBER_NUMBA", "1")
-        assert cpu_kernels.kernels() is not None
-    else:
-        monkeypatch.setenv("EMBER_NUMBA", "0")
-        assert cpu_kernels.kernels() is None
-    return request.param
-
-
 def test_import_ember_does_not_import_numba():
     code = "import sys, ember; assert 'numba' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-def test_gelu_accuracy_over_the_whole_range(path):
+def test_gelu_accuracy_over_the_whole_range(kernel_path):
     x = np.linspace(-16, 16, 320001).astype(np.float32)
     t = ember.tensor(x, requires_grad=True)
     y = F.gelu(t)
@@ -48,7 +36,7 @@ def test_gelu_accuracy_over_the_whole_range(path):
     np.testing.assert_allclose(t.grad.numpy(), dwant, rtol=5e-6, atol=3e-7)
 
 
-def test_gelu_special_values(path):
+def test_gelu_special_values(kernel_path):
     vals = [math.inf, -math.inf, math.nan, 0.0, -0.0, 1e-30, -1e-30, 1e30, -1e30, -40.0]
     e = ember.tensor(vals, requires_grad=True)
     y = F.gelu(e)
@@ -90,7 +78,7 @@ def test_vectorized_exp_against_float64():
 
 @pytest.mark.parametrize("shape", [(0,), (1,), (4097,), (16, 64, 512), (1024, 128), (3, 1, 5)])
 @pytest.mark.parametrize("layout", ["contiguous", "transposed", "strided"])
-def test_gelu_shapes_and_layouts(path, shape, layout):
+def test_gelu_shapes_and_layouts(kernel_path, shape, layout):
     rng = np.random.default_rng(0)
     x = rng.standard_normal(shape).astype(np.float32) * 3
     e = ember.tensor(x, requires_grad=True)
@@ -109,7 +97,7 @@ def test_gelu_shapes_and_layouts(path, shape, layout):
     np.testing.assert_allclose(e.grad.numpy(), tt.grad.numpy(), rtol=1e-5, atol=1e-6)
 
 
-def test_gelu_float64_and_half_keep_their_paths(path):
+def test_gelu_float64_and_half_keep_their_paths(kernel_path):
     for dt, tdt in [(ember.float64, torch.float64), (ember.bfloat16, torch.bfloat16)]:
         x = np.linspace(-5, 5, 101)
         y = F.gelu(ember.tensor(x, dtype=dt)).float().numpy()
@@ -121,7 +109,7 @@ def test_gelu_float64_and_half_keep_their_paths(path):
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("affine", [True, False])
 @pytest.mark.parametrize("shape", [(1024, 128), (3, 5, 33), (1, 3), (4099, 67)])
-def test_layer_norm_matches_torch(path, dtype, affine, shape):
+def test_layer_norm_matches_torch(kernel_path, dtype, affine, shape):
     rng = np.random.default_rng(1)
     x = (rng.standard_normal(shape) * 3 + 1).astype(dtype)
     n = shape[-1]
@@ -147,7 +135,7 @@ def test_layer_norm_matches_torch(path, dtype, affine, shape):
 
 
 @pytest.mark.parametrize("case", ["bias_only", "weight_only", "input_without_grad"])
-def test_layer_norm_partial_affine_and_grads(path, case):
+def test_layer_norm_partial_affine_and_grads(kernel_path, case):
     rng = np.random.default_rng(3)
     x = rng.standard_normal((70, 48)).astype(np.float32)
     p = rng.standard_normal(48).astype(np.float32)
@@ -171,7 +159,7 @@ def test_layer_norm_partial_affine_and_grads(path, case):
         assert ex.grad is None
 
 
-def test_layer_norm_nonfinite_rows_and_noncontiguous(path):
+def test_layer_norm_nonfinite_rows_and_noncontiguous(kernel_path):
     x = np.random.default_rng(2).standard_normal((6, 40)).astype(np.float32)
     x[1, 3] = math.nan
     x[2, 0] = math.inf
@@ -184,8 +172,8 @@ def test_layer_norm_nonfinite_rows_and_noncontiguous(path):
 
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("scale", [1.0, 40.0])
-def test_sdpa_fused_qkv_matches_torch(path, causal, scale):
-    # the batch path (NumPy or numba softmax), q/k/v as views of one qkv projection; scale 40
+def test_sdpa_fused_qkv_matches_torch(kernel_path, causal, scale):
+    # the batch kernel_path (NumPy or numba softmax), q/k/v as views of one qkv projection; scale 40
     # gives scores far beyond exp's range without the row max
     B, T, H, E = 3, 9, 2, 4
     rng = np.random.default_rng(5)
@@ -202,7 +190,7 @@ def test_sdpa_fused_qkv_matches_torch(path, causal, scale):
         np.testing.assert_allclose(e, t, rtol=1e-4, atol=1e-4 * scale)
 
 
-def test_sdpa_nonfinite_rows_match_torch(path):
+def test_sdpa_nonfinite_rows_match_torch(kernel_path):
     rng = np.random.default_rng(6)
     q, k, v = (rng.standard_normal((2, 3, 5, 4)).astype(np.float32) for _ in range(3))
     q[0, 1, 2, 0] = math.inf
@@ -233,9 +221,9 @@ def test_softmax_kernel_against_float64():
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
-def test_cross_entropy_rows_match_torch(path, reduction):
+def test_cross_entropy_rows_match_torch(kernel_path, reduction):
     # (128, 10): the small one-pass kernel; (700, 100) and (300, 1000): the fused softmax
-    # path (one block and several blocks)
+    # kernel_path (one block and several blocks)
     for shape in ((128, 10), (700, 100), (300, 1000)):
         rng = np.random.default_rng(8)
         x = (rng.standard_normal(shape) * 4).astype(np.float32)
@@ -252,7 +240,7 @@ def test_cross_entropy_rows_match_torch(path, reduction):
 
 
 @pytest.mark.parametrize("shape", [(300, 1000), (30, 10)])
-def test_cross_entropy_nonfinite_rows_match_torch(path, shape):
+def test_cross_entropy_nonfinite_rows_match_torch(kernel_path, shape):
     rng = np.random.default_rng(9)
     x = rng.standard_normal(shape).astype(np.float32)
     x[1, 7] = math.nan
@@ -277,7 +265,7 @@ def test_cross_entropy_nonfinite_rows_match_torch(path, shape):
     ("Adam", dict(lr=0.01, betas=(0.4, 0.9), weight_decay=0.1, amsgrad=True)),
     ("AdamW", dict(lr=0.02, amsgrad=True, weight_decay=0.3, maximize=True)),
 ])
-def test_adam_steps_match_torch(path, dtype, name, kw):
+def test_adam_steps_match_torch(kernel_path, dtype, name, kw):
     rng = np.random.default_rng(10)
     w0 = rng.standard_normal((33, 7)).astype(dtype)
     grads = [rng.standard_normal((33, 7)).astype(dtype) for _ in range(5)]
@@ -323,7 +311,7 @@ def test_sigmoid_tanh_kernels_against_float64():
 
 @pytest.mark.parametrize("proj_size", [0, 3])
 @pytest.mark.parametrize("bidirectional", [False, True])
-def test_lstm_packed_matches_torch(path, proj_size, bidirectional):
+def test_lstm_packed_matches_torch(kernel_path, proj_size, bidirectional):
     rng = np.random.default_rng(11)
     lengths = [7, 5, 5, 2]
     x = rng.standard_normal((7, 4, 6)).astype(np.float32)
@@ -355,7 +343,7 @@ def test_lstm_packed_matches_torch(path, proj_size, bidirectional):
     dict(lr=0.05, momentum=0.8, dampening=0.3, maximize=True),
     dict(lr=0.05, momentum=0.8, dampening=1.0),
 ])
-def test_sgd_momentum_steps_match_torch(path, dtype, kw):
+def test_sgd_momentum_steps_match_torch(kernel_path, dtype, kw):
     rng = np.random.default_rng(12)
     w0 = rng.standard_normal((21, 5)).astype(dtype)
     grads = [rng.standard_normal((21, 5)).astype(dtype) for _ in range(4)]
@@ -373,7 +361,7 @@ def test_sgd_momentum_steps_match_torch(path, dtype, kw):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_embedding_backward_matches_torch(path, dtype):
+def test_embedding_backward_matches_torch(kernel_path, dtype):
     rng = np.random.default_rng(13)
     w = rng.standard_normal((50, 6)).astype(dtype)
     idx = rng.integers(0, 50, (7, 30))
@@ -389,7 +377,7 @@ def test_embedding_backward_matches_torch(path, dtype):
     np.testing.assert_allclose(res[0], res[1], **tol)
 
 
-def test_cross_entropy_small_single_row_and_bad_target(path):
+def test_cross_entropy_small_single_row_and_bad_target(kernel_path):
     x = np.random.default_rng(14).standard_normal(10).astype(np.float32)
     res = []
     for m in (ember, torch):

@@ -17,18 +17,6 @@ torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.host_only
 
 
-@pytest.fixture(params=["numba", "numpy"])
-def path(request, monkeypatch):
-    if request.param == "numba":
-        pytest.importorskip("numba")
-        monkeypatch.setenv("EMBER_NUMBA", "1")
-        assert cpu_kernels.kernels() is not None
-    else:
-        monkeypatch.setenv("EMBER_NUMBA", "0")
-        assert cpu_kernels.kernels() is None
-    return request.param
-
-
 def _gelu64(x: np.ndarray) -> np.ndarray:
     x64 = x.astype(np.float64)
     return 0.5 * x64 * sp.erfc(-x64 / math.sqrt(2))
@@ -37,7 +25,7 @@ def _gelu64(x: np.ndarray) -> np.ndarray:
 # sizes around the 8-wide vector loop's remainder and the 4096-element prange chunk
 @pytest.mark.parametrize("n", [1, 7, 8, 9, 4095, 4096, 4097, 3 * 4096 + 5])
 @pytest.mark.parametrize("grad", [False, True])
-def test_gelu_value_loop_with_and_without_derivative(path, n, grad):
+def test_gelu_value_loop_with_and_without_derivative(kernel_path, n, grad):
     rng = np.random.default_rng(n)
     x = (rng.standard_normal(n) * 4).astype(np.float32)
     x[::97] = 0.0
@@ -55,7 +43,7 @@ def test_gelu_value_loop_with_and_without_derivative(path, n, grad):
     np.testing.assert_allclose(y.detach().numpy(), _gelu64(x), rtol=5e-6, atol=3e-7)
 
 
-def test_gelu_no_grad_special_values_match_torch(path):
+def test_gelu_no_grad_special_values_match_torch(kernel_path):
     vals = [math.inf, -math.inf, math.nan, 0.0, -0.0, 1e-30, -1e-30, 1e30, -1e30, -40.0, 40.0]
     with ember.no_grad():
         y = F.gelu(ember.tensor(vals)).numpy()
@@ -66,7 +54,7 @@ def test_gelu_no_grad_special_values_match_torch(path):
     # no-grad form s x - |x| h may differ in the last bit)
     e = ember.tensor(vals, requires_grad=True)
     yg = F.gelu(e).detach().numpy()
-    if path == "numba":
+    if kernel_path == "numba":
         np.testing.assert_array_equal(yg, y)
     else:
         np.testing.assert_allclose(yg, y, rtol=1e-6, atol=0)
@@ -79,7 +67,7 @@ def _adam_params(m, specs, rng_seed=3):
         a = rng.standard_normal(shape).astype(dt)
         t = m.tensor(a.T.copy() if transposed else a)
         if transposed:
-            t = t.t()  # a non-contiguous parameter: the general loop's path
+            t = t.t()  # a non-contiguous parameter: the general loop's kernel_path
         out.append(t.detach().requires_grad_(True))
     return out
 
@@ -95,7 +83,7 @@ _SPECS = [((5, 3), "float32", False), ((7,), "float32", False), ((4, 6), "float3
     ("Adam", dict(lr=0.01, betas=(0.6, 0.99), eps=1e-3)),
 ])
 @pytest.mark.parametrize("foreach", [None, False, True])
-def test_adam_group_path_matches_torch(path, name, kw, foreach):
+def test_adam_group_path_matches_torch(kernel_path, name, kw, foreach):
     rng = np.random.default_rng(11)
     grads = [[rng.standard_normal(s).astype(d) for s, d, _ in _SPECS] for _ in range(4)]
     res = []
@@ -121,7 +109,7 @@ def test_adam_group_path_matches_torch(path, name, kw, foreach):
         np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
 
 
-def test_adam_group_path_keeps_versions_and_lr_tensor(path):
+def test_adam_group_path_keeps_versions_and_lr_tensor(kernel_path):
     p = ember.nn.Parameter(ember.ones(4, 3))
     q = torch.nn.Parameter(torch.ones(4, 3))
     opts = [ember.optim.AdamW([p], lr=ember.tensor(0.05)),
@@ -137,7 +125,7 @@ def test_adam_group_path_keeps_versions_and_lr_tensor(path):
 
 
 @pytest.mark.parametrize("spinning", [True, False])
-def test_kernels_serial_beside_spinning_blas_match_torch(path, spinning, monkeypatch):
+def test_kernels_serial_beside_spinning_blas_match_torch(kernel_path, spinning, monkeypatch):
     """While OpenBLAS's workers spin the kernels and attention run their blocks on one thread
     (layer norm's backward keeps its per-block partial sums): both ways against torch."""
     import ember.ops.nn_attention as att

@@ -11,11 +11,9 @@ import ember
 torch = pytest.importorskip("torch")
 
 
-@pytest.mark.parametrize("numba", ["1", "0"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("layout", ["C", "F", "strided"])
-def test_relu_forward_backward_match_torch(numba, dtype, layout, monkeypatch):
-    monkeypatch.setenv("EMBER_NUMBA", numba)
+def test_relu_forward_backward_match_torch(kernel_path, dtype, layout):
     rng = np.random.default_rng(4)
     x = rng.standard_normal((16, 6, 12, 12)).astype(dtype)   # 13824 elements
     x.reshape(-1)[::97] = np.nan
@@ -37,10 +35,8 @@ def test_relu_forward_backward_match_torch(numba, dtype, layout, monkeypatch):
     np.testing.assert_array_equal(got[0][1], got[1][1])
 
 
-@pytest.mark.parametrize("numba", ["1", "0"])
-def test_threshold_backward_through_relu_of_relu_output(numba, monkeypatch):
+def test_threshold_backward_through_relu_of_relu_output(kernel_path):
     # the backward selects on relu's output (y > 0), which equals selecting on x > 0
-    monkeypatch.setenv("EMBER_NUMBA", numba)
     x = np.linspace(-3, 3, 8192, dtype=np.float32).reshape(64, 128)
     e = ember.tensor(x, requires_grad=True)
     t = torch.tensor(x, requires_grad=True)

@@ -1,4 +1,4 @@
-"""scaled_dot_product_attention's causal query blocks on the CPU batch path (each block of
+"""scaled_dot_product_attention's causal query blocks on the CPU batch kernel_path (each block of
 queries only touches keys up to its last query) against torch: outputs and the gradients
 of query, key and value, float32 (numba kernels and ``EMBER_NUMBA=0``) and float64, with
 and without ``scale``, sequence lengths that leave a short last block, a fused-qkv layout,
@@ -14,12 +14,6 @@ from ember.ops import nn_attention
 torch = pytest.importorskip("torch")
 EF = ember.nn.functional
 TF = torch.nn.functional
-
-
-@pytest.fixture(params=["numba", "numpy"])
-def path(request, monkeypatch):
-    monkeypatch.setenv("EMBER_NUMBA", "1" if request.param == "numba" else "0")
-    return request.param
 
 
 def _check(shapes, dtype, tol, layout="plain", **kw):
@@ -50,8 +44,8 @@ def _check(shapes, dtype, tol, layout="plain", **kw):
 
 @pytest.mark.parametrize("T", [64, 77, 200])
 @pytest.mark.parametrize("scale", [None, 0.3])
-def test_causal_blocks_float32(path, T, scale):
-    assert nn_attention._causal_blocks(True, T, T) is not None  # the path under test
+def test_causal_blocks_float32(kernel_path, T, scale):
+    assert nn_attention._causal_blocks(True, T, T) is not None  # the kernel_path under test
     _check(((3, 2, T, 8), (3, 2, T, 8), (3, 2, T, 6)), np.float32, 2e-5, scale=scale)
 
 
@@ -60,16 +54,16 @@ def test_causal_blocks_float64(T):
     _check(((2, 3, T, 5), (2, 3, T, 5), (2, 3, T, 7)), np.float64, 1e-10, scale=0.7)
 
 
-def test_causal_blocks_fused_qkv(path):
+def test_causal_blocks_fused_qkv(kernel_path):
     _check(((4, 2, 96, 8),), np.float32, 2e-5, layout="qkv")
 
 
-def test_causal_blocks_3d_and_gqa(path):
+def test_causal_blocks_3d_and_gqa(kernel_path):
     _check(((3, 70, 5), (3, 70, 5), (3, 70, 4)), np.float32, 2e-5)
     _check(((2, 4, 70, 5), (2, 2, 70, 5), (2, 2, 70, 4)), np.float32, 2e-5, enable_gqa=True)
 
 
-def test_causal_blocks_large_scores(path):
+def test_causal_blocks_large_scores(kernel_path):
     # scores far beyond exp's range: the per-block softmax still subtracts the row max
     rng = np.random.default_rng(2)
     arrs = [(rng.standard_normal((2, 2, 64, 4)) * 30).astype(np.float32) for _ in range(3)]
