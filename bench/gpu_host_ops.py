@@ -6,12 +6,12 @@ ember against torch in one process each, then cProfile's top entries for ember.
 """
 from __future__ import annotations
 
-import cProfile
-import pstats
 import subprocess
 import sys
 import time
 from typing import Any, Callable
+
+from bench._percall import report
 
 
 def cases(m: Any) -> dict[str, Callable[[], Any]]:
@@ -72,27 +72,8 @@ def run(fw: str, profile: bool) -> None:
     else:
         import ember as m
         m.cuda.is_available()
-    for name, fn in cases(m).items():
-        for _ in range(20):
-            fn()
-        m.cuda.synchronize()
-        n = 300
-        best = 1e9
-        for _ in range(3):
-            t0 = time.perf_counter()
-            for _ in range(n):
-                fn()
-            best = min(best, (time.perf_counter() - t0) / n)
-            m.cuda.synchronize()
-        print(f"{fw:5s} {best * 1e6:8.1f} us  {name}", flush=True)
-        if profile:
-            pr = cProfile.Profile()
-            pr.enable()
-            for _ in range(n):
-                fn()
-            pr.disable()
-            m.cuda.synchronize()
-            pstats.Stats(pr).sort_stats("tottime").print_stats(14)
+    report(fw, cases(m), clock=time.perf_counter, sync=m.cuda.synchronize, n=300, warmup=20,
+           repeats=3, profile=profile)
 
 
 def main() -> None:

@@ -10,12 +10,12 @@ wall time counts the other processes' slices, CPU time does not).
 """
 from __future__ import annotations
 
-import cProfile
-import pstats
 import subprocess
 import sys
 import time
 from typing import Any, Callable
+
+from bench._percall import report
 
 
 def cases(m: Any) -> dict[str, Callable[[], Any]]:
@@ -90,26 +90,8 @@ def run(fw: str, profile: bool, only: str | None = None) -> None:
         m.set_num_threads(1)
     else:
         import ember as m
-    for name, fn in cases(m).items():
-        if only and only not in name:
-            continue
-        for _ in range(50):
-            fn()
-        n = 500
-        best = 1e9
-        for _ in range(7):
-            t0 = time.process_time()
-            for _ in range(n):
-                fn()
-            best = min(best, (time.process_time() - t0) / n)
-        print(f"{fw:5s} {best * 1e6:8.1f} us  {name}", flush=True)
-        if profile:
-            pr = cProfile.Profile()
-            pr.enable()
-            for _ in range(n):
-                fn()
-            pr.disable()
-            pstats.Stats(pr).sort_stats("tottime").print_stats(14)
+    report(fw, cases(m), clock=time.process_time, sync=lambda: None, n=500, warmup=50,
+           repeats=7, profile=profile, only=only)
 
 
 def main() -> None:
