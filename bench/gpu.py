@@ -49,10 +49,11 @@ def mlp(torch: Any, graphed: bool = False) -> tuple:
     return step, {}
 
 
-def _whole_step_graph(torch: Any, body: Callable) -> Callable:
+def _whole_step_graph(torch: Any, body: Callable) -> tuple[Callable, Any]:
     """Capture one training step ``body`` (forward, loss, backward, optimizer) as one CUDA
     graph, torch's whole-network capture recipe: warm up on a side stream (kernels built,
-    optimizer state made), capture, and return the replay."""
+    optimizer state made), capture, and return the replay and what the captured ``body``
+    returned (its static outputs)."""
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
@@ -61,8 +62,8 @@ def _whole_step_graph(torch: Any, body: Callable) -> Callable:
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        body()
-    return graph.replay
+        out = body()
+    return graph.replay, out
 
 
 def gpt(torch: Any, amp: bool, d: int = 256, T: int = 256, B: int = 16, V: int = 4096,
@@ -113,7 +114,7 @@ def gpt(torch: Any, amp: bool, d: int = 256, T: int = 256, B: int = 16, V: int =
         loss.backward()
         opt.step()
     if whole_graph:
-        step = _whole_step_graph(torch, step)
+        step = _whole_step_graph(torch, step)[0]
     return step, {"tokens": B * T, "batch": B}
 
 
@@ -140,7 +141,7 @@ def resnet50(torch: Any, B: int = 128, whole_graph: bool = False) -> tuple:
         loss.backward()
         opt.step()
     if whole_graph:
-        step = _whole_step_graph(torch, step)
+        step = _whole_step_graph(torch, step)[0]
     return step, {"images": B, "batch": B}
 
 
@@ -168,23 +169,14 @@ def mlp_whole_step_graph(torch: Any) -> tuple:
     opt = torch.optim.Adam(model.parameters(), lr=1e-3, capturable=True)
     x = torch.randn(64, 784, device="cuda")
     y = torch.randint(0, 10, (64,), device="cuda")
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):  # warm up on a side stream (kernels compiled, state made)
-        for _ in range(3):
-            opt.zero_grad(set_to_none=True)
-            nn.functional.cross_entropy(model(x), y).backward()
-            opt.step()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    opt.zero_grad(set_to_none=True)
-    with torch.cuda.graph(graph):
+
+    def body() -> Any:
+        opt.zero_grad(set_to_none=True)
         loss = nn.functional.cross_entropy(model(x), y)
         loss.backward()
         opt.step()
-
-    def step() -> None:
-        graph.replay()
+        return loss
+    step, loss = _whole_step_graph(torch, body)
     return step, {"loss": loss}
 
 

@@ -79,6 +79,21 @@ def _cnn_case() -> tuple:
     return build, loss_of
 
 
+def _capture(body: Callable, warmup: int) -> tuple:
+    """torch's capture recipe: ``warmup`` calls of ``body`` on a side stream, then one
+    captured call; returns the graph and what the captured call returned."""
+    side = ember.cuda.Stream()
+    side.wait_stream(ember.cuda.current_stream())
+    with ember.cuda.stream(side):
+        for _ in range(warmup):
+            body()
+    ember.cuda.current_stream().wait_stream(side)
+    g = ember.cuda.CUDAGraph()
+    with ember.cuda.graph(g):
+        out = body()   # capture records the kernels without running them
+    return g, out
+
+
 def _state(m: Any) -> list:
     return [t.detach().float().cpu().numpy().astype(np.float64)
             for t in list(m.parameters()) + list(m.buffers())]
@@ -105,15 +120,7 @@ def test_whole_step_graph_trains_like_eager(case: Callable) -> None:
         loss.backward()
         opt_g.step()
         return loss
-    side = ember.cuda.Stream()
-    side.wait_stream(ember.cuda.current_stream())
-    with ember.cuda.stream(side):
-        for _ in range(3):          # warm-up steps train too
-            body()
-    ember.cuda.current_stream().wait_stream(side)
-    g = ember.cuda.CUDAGraph()
-    with ember.cuda.graph(g):
-        static_loss = body()        # capture records the kernels without running them
+    g, static_loss = _capture(body, 3)   # the 3 warm-up steps train too
     got = []
     for _ in range(5):
         g.replay()
@@ -158,15 +165,7 @@ def test_fp32_attention_and_4d_matmuls_capture_and_replay_new_inputs() -> None:
         return arrs
 
     fill()
-    side = ember.cuda.Stream()
-    side.wait_stream(ember.cuda.current_stream())
-    with ember.cuda.stream(side):
-        for _ in range(2):
-            body()
-    ember.cuda.current_stream().wait_stream(side)
-    g = ember.cuda.CUDAGraph()
-    with ember.cuda.graph(g):
-        static_loss = body()
+    g, static_loss = _capture(body, 2)
     for _ in range(2):
         arrs = fill()
         g.replay()
@@ -239,14 +238,7 @@ def test_clip_grad_norm_multi_tensor_matches_torch_and_captures(dtype: str) -> N
             np.testing.assert_allclose(p.grad.double().cpu().numpy(), t.grad.numpy(),
                                        rtol=max(tol, 1e-6) * 10, atol=1e-7)
     # captured: the graph replays the norm and the scaling on whatever the gradients hold
-    g = ember.cuda.CUDAGraph()
-    side = ember.cuda.Stream()
-    side.wait_stream(ember.cuda.current_stream())
-    with ember.cuda.stream(side):
-        ember.nn.utils.clip_grad_norm_(ps, 0.5)
-    ember.cuda.current_stream().wait_stream(side)
-    with ember.cuda.graph(g):
-        static_total = ember.nn.utils.clip_grad_norm_(ps, 0.5)
+    g, static_total = _capture(lambda: ember.nn.utils.clip_grad_norm_(ps, 0.5), 1)
     fresh = [rng.standard_normal(s) for s in shapes]
     with ember.no_grad():
         for p, a in zip(ps, fresh):
