@@ -36,22 +36,31 @@ class RemovableHandle:
 class Node:
     """Base of all graph nodes (``grad_fn`` objects)."""
 
-    next_edges: list
+    next_edges: Any
     _name = "Node"
+    # Class-level defaults, set on an instance only when used: nodes are made per op call and
+    # per parameter and step (op nodes even skip __init__), so their construction stays lean.
+    _pre_hooks: dict | None = None        # output_nr-agnostic hooks on grad_outputs
+    _tensor_pre_hooks: dict | None = None  # {output_nr: {key: fn}}
+    _post_hooks: dict | None = None
+    _retains: dict | None = None          # {output_nr: weakref(tensor)}
+    _traceback: list | None = None
+    n_outputs = 1
+    out_meta: Any = ()                    # [(shape, dtype, device)] per output
 
     def __init__(self) -> None:
         self.next_edges = []
-        self._pre_hooks: dict | None = None     # output_nr-agnostic hooks on grad_outputs
-        self._tensor_pre_hooks: dict | None = None  # {output_nr: {key: fn}}
-        self._post_hooks: dict | None = None
-        self._retains: dict | None = None      # {output_nr: weakref(tensor)}
-        self.metadata: dict = {}
-        self.n_outputs = 1
-        self.out_meta: list = []               # [(shape, dtype, device)] per output
-        self._traceback: list | None = None
         if _State.anomaly:
             import traceback
             self._traceback = traceback.format_stack()[:-3]
+
+    @property
+    def metadata(self) -> dict:
+        """A dict for the user's annotations (torch's ``Node.metadata``), made on first use."""
+        md = self.__dict__.get("_metadata")
+        if md is None:
+            md = self.__dict__["_metadata"] = {}
+        return md
 
     # -- torch-compatible introspection
     def name(self) -> str:
@@ -95,28 +104,14 @@ class AccumulateGrad(Node):
     """The sink for a leaf tensor: adds incoming gradients into ``leaf.grad``."""
 
     _name = "AccumulateGrad"
-    # Class-level defaults instead of Node.__init__'s nine assignments: one of these is made
-    # per parameter and step (the leaf holds it weakly), ~300 a GPT-2 or ResNet-50 step.
-    _pre_hooks = None
-    _tensor_pre_hooks = None
-    _post_hooks = None
-    _retains = None
-    _traceback = None
-    n_outputs = 1
     next_edges = ()   # a leaf's sink has no inputs
 
     def __init__(self, leaf: Any) -> None:
+        # (one is made per parameter and step: no list of edges, the base's defaults)
         self.variable = leaf
         if _State.anomaly:
             import traceback
             self._traceback = traceback.format_stack()[:-3]
-
-    @property
-    def metadata(self) -> dict:
-        md = self.__dict__.get("_metadata")
-        if md is None:
-            md = self.__dict__["_metadata"] = {}
-        return md
 
     @property
     def out_meta(self) -> list:

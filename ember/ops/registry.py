@@ -79,29 +79,11 @@ class OpNode(Node):
     """The ``grad_fn`` of an op call; it is also the op's ``ctx`` during forward."""
 
     op: OpDef
-    _pre_hooks = None
-    _tensor_pre_hooks = None
-    _post_hooks = None
-    _retains = None
-    _traceback = None
     _saved = ()
     _raw = ()
     _released = False
-    n_outputs = 1
-    out_meta = ()
     _impl = None  # the CUDA implementation whose forward ran, when one did
-
-    def __init__(self) -> None:  # lean on purpose: runs once per recorded op call
-        if _State.anomaly:
-            import traceback
-            self._traceback = traceback.format_stack()[:-3]
-
-    @property
-    def metadata(self) -> dict:
-        md = self.__dict__.get("_metadata")
-        if md is None:
-            md = self.__dict__["_metadata"] = {}
-        return md
+    # (apply makes op nodes without __init__; their edges and traceback are set there)
 
     def save(self, *arrays: Any) -> None:
         """Forward-time: keep these arrays (inputs, outputs or temporaries) for backward."""
