@@ -55,6 +55,18 @@ __device__ __forceinline__ const long long* find_row(const long long* meta, int 
     return meta + lo * 8;
 }
 
+// Block c's tensor row and its element range [start, end): CHUNK elements of that tensor.
+__device__ __forceinline__ const long long* chunk_range(const long long* meta, int nt,
+                                                        int chunk, long long* start,
+                                                        long long* end) {
+    long long c = blockIdx.x;
+    const long long* r = find_row(meta, nt, c);
+    long long n = r[5];
+    *start = (c - r[7]) * chunk;
+    *end = *start + chunk < n ? *start + chunk : n;
+    return r;
+}
+
 template <typename M>
 __device__ __forceinline__ M read_step(const long long* r, int step_kind) {
     if (step_kind == 1) return (M)(*reinterpret_cast<const float*>(r[6]));
@@ -85,11 +97,8 @@ __global__ void mt_adam(const long long* __restrict__ meta, int nt, int chunk,
                         M lr_host, const float* __restrict__ lr_dev, M beta1, M beta2, M eps,
                         M wd, int decoupled, int amsgrad, int maximize, int step_kind,
                         M step_size_host, M bc2_sqrt_host) {
-    long long c = blockIdx.x;
-    const long long* r = find_row(meta, nt, c);
-    long long n = r[5];
-    long long start = (c - r[7]) * chunk;
-    long long end = start + chunk < n ? start + chunk : n;
+    long long start, end;
+    const long long* r = chunk_range(meta, nt, chunk, &start, &end);
     T* p = reinterpret_cast<T*>(r[0]);
     const T* g = reinterpret_cast<const T*>(r[1]);
     T* m = reinterpret_cast<T*>(r[2]);
@@ -150,11 +159,8 @@ template <typename T, typename M>
 __global__ void mt_sgd(const long long* __restrict__ meta, int nt, int chunk,
                        M lr_host, const float* __restrict__ lr_dev, M momentum, M dampening,
                        M wd, int nesterov, int maximize, int first) {
-    long long c = blockIdx.x;
-    const long long* r = find_row(meta, nt, c);
-    long long n = r[5];
-    long long start = (c - r[7]) * chunk;
-    long long end = start + chunk < n ? start + chunk : n;
+    long long start, end;
+    const long long* r = chunk_range(meta, nt, chunk, &start, &end);
     T* p = reinterpret_cast<T*>(r[0]);
     const T* g = reinterpret_cast<const T*>(r[1]);
     T* buf = reinterpret_cast<T*>(r[2]);
@@ -192,11 +198,8 @@ template <typename T, typename M>
 __global__ void mt_sqnorm(const long long* __restrict__ meta, int nt, int chunk,
                           double* __restrict__ out) {
     __shared__ double part[32];
-    long long c = blockIdx.x;
-    const long long* r = find_row(meta, nt, c);
-    long long n = r[5];
-    long long start = (c - r[7]) * chunk;
-    long long end = start + chunk < n ? start + chunk : n;
+    long long start, end;
+    const long long* r = chunk_range(meta, nt, chunk, &start, &end);
     const T* a = reinterpret_cast<const T*>(r[0]);
     double acc = 0.0;
     for (long long i = start + threadIdx.x; i < end; i += blockDim.x) {
@@ -218,11 +221,8 @@ __global__ void mt_sqnorm(const long long* __restrict__ meta, int nt, int chunk,
 template <typename T, typename M>
 __global__ void mt_scale(const long long* __restrict__ meta, int nt, int chunk,
                          const T* __restrict__ coef) {
-    long long c = blockIdx.x;
-    const long long* r = find_row(meta, nt, c);
-    long long n = r[5];
-    long long start = (c - r[7]) * chunk;
-    long long end = start + chunk < n ? start + chunk : n;
+    long long start, end;
+    const long long* r = chunk_range(meta, nt, chunk, &start, &end);
     T* a = reinterpret_cast<T*>(r[0]);
     M k = load<M>(coef, 0);
     for (long long i = start + threadIdx.x; i < end; i += blockDim.x)
