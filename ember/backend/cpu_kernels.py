@@ -28,6 +28,7 @@ _TANH: Any = None
 _LN_ROWS: Any = None
 _LN_BACK_ROWS: Any = None
 _SOFTMAX_STATS_ROWS: Any = None
+_ROW_MAX: Any = None
 
 
 def enabled() -> bool:
@@ -160,8 +161,20 @@ def _build() -> SimpleNamespace:
     isp = 1.0 / math.sqrt(2.0 * math.pi)
 
     global _EXP_NEG, _GELU_PARTS, _GELU_SPAN, _GELU_SPAN_GRAD, _SIGMOID, _TANH
-    global _LN_ROWS, _LN_BACK_ROWS, _SOFTMAX_STATS_ROWS
+    global _LN_ROWS, _LN_BACK_ROWS, _SOFTMAX_STATS_ROWS, _ROW_MAX
     _EXP_NEG = _exp_neg(numba, np)
+
+    @numba.njit(inline="always", error_model="numpy")
+    def row_max(xr):  # pragma: no cover - compiled
+        # (max, whether any element is NaN) of a row; the max of an empty row is 0
+        mx = xr[0] if xr.size else np.float32(0.0)
+        nan = False
+        for j in range(xr.size):
+            v = xr[j]
+            mx = v if v > mx else mx
+            nan = nan | (v != v)
+        return mx, nan
+    _ROW_MAX = row_max
 
     @numba.njit(inline="always", fastmath={"contract"}, error_model="numpy")
     def gelu_parts(v):  # pragma: no cover - compiled
@@ -405,12 +418,7 @@ def _build() -> SimpleNamespace:
         bad = 0
         for r in range(rows):
             xr = x[r]
-            mx = xr[0] if n else np.float32(0.0)
-            nan = False
-            for j in range(n):
-                v = xr[j]
-                mx = v if v > mx else mx
-                nan = nan | (v != v)
+            mx, nan = _ROW_MAX(xr)
             if nan or not math.isfinite(mx):
                 bad += 1
                 continue
@@ -616,12 +624,7 @@ def _build() -> SimpleNamespace:
         rows, n = x.shape
         for r in range(rows):
             xr = x[r]
-            mx = xr[0]
-            nan = False
-            for j in range(n):
-                v = xr[j]
-                mx = v if v > mx else mx
-                nan = nan | (v != v)
+            mx, nan = _ROW_MAX(xr)
             if nan or not math.isfinite(mx):
                 return 1
             t = tgt[r]
