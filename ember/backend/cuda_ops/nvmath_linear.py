@@ -171,16 +171,24 @@ def _batch3(a: Any) -> Any:
     return a if a.ndim == 3 else a.reshape((-1,) + a.shape[-2:])
 
 
+def _gemm_batched(cp: Any, a: Any, b: Any) -> Any:
+    """``a @ b`` for equal batch dims of any rank as one strided batched cuBLASLt GEMM (the
+    batch dims merged: a view for the usual strides, else a copy), or None when nvmath
+    rejects it. (B, H, M, K) @ (B, H, K, N) is attention's shape; unlike CuPy's cuBLAS
+    matmul it runs inside a CUDA graph capture."""
+    y = gemm(cp, _batch3(a), _batch3(b), "bmm")
+    return y if y is None or a.ndim == 3 else y.reshape(a.shape[:-1] + (b.shape[-1],))
+
+
 def batched_matmul(cp: Any, a: Any, b: Any) -> Any:
-    """``a @ b`` for equal batch dims: on cuBLASLt where a capture needs it (any non-default
-    stream, as :class:`NvMatmul`), else CuPy's matmul. For code that multiplies raw arrays
-    (attention's fallback) and must still run inside a CUDA graph capture."""
+    """``a @ b`` on raw arrays (attention's fallback): :func:`_gemm_batched` where a capture
+    needs it (any non-default stream, as :class:`NvMatmul`), else CuPy's matmul."""
     if nvmath is not None and a.ndim == b.ndim >= 3 and a.shape[:-2] == b.shape[:-2] and \
             a.dtype == b.dtype and a.dtype.name in _DTYPES and a.size and b.size and \
             cp.cuda.get_current_stream().ptr != 0:
-        y = gemm(cp, _batch3(a), _batch3(b), "bmm")
+        y = _gemm_batched(cp, a, b)
         if y is not None:
-            return y.reshape(a.shape[:-1] + (b.shape[-1],))
+            return y
     return cp.matmul(a, b)
 
 
@@ -274,12 +282,7 @@ class NvMatmul:
         elif input.ndim == other.ndim >= 3 and input.shape[:-2] == other.shape[:-2]:
             if not _worth_it(xp, input.size * n):
                 return NotImplemented
-            # (B, H, M, K) @ (B, H, K, N), attention's shape: the batch dims merge into one
-            # (a view for the usual strides, else a copy) so that it is one strided batched
-            # GEMM, which captures (CuPy's cuBLAS matmul does not)
-            y = gemm(xp, _batch3(input), _batch3(other), "bmm")
-            if y is not None and input.ndim > 3:
-                y = y.reshape(input.shape[:-1] + (n,))
+            y = _gemm_batched(xp, input, other)
         else:
             return NotImplemented
         if y is None:
