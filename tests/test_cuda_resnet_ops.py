@@ -55,7 +55,8 @@ def _bn_ref(x, w, b, g, eps=1e-5):
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
 @pytest.mark.parametrize("cl", [False, True])
 @pytest.mark.parametrize("pdt", ["same", "float32"])
-@pytest.mark.parametrize("shape", [(8, 48, 7, 5), (3, 70, 11, 13), (64, 5, 2, 2)])
+@pytest.mark.parametrize("shape", [(8, 48, 7, 5), (3, 70, 11, 13), (64, 5, 2, 2),
+                                   (16, 24, 33, 31)])  # the last: several vectors a thread
 def test_batch_norm_layouts_and_param_dtypes(dtype, cl, pdt, shape):
     rng = np.random.default_rng(0)
     c = shape[1]
@@ -181,11 +182,12 @@ CASES = [dict(kernel_size=3, stride=2, padding=1), dict(kernel_size=2),
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
 @pytest.mark.parametrize("cl", [False, True])
 @pytest.mark.parametrize("case", range(len(CASES)))
-def test_max_pool2d_against_torch(dtype, cl, case):
+@pytest.mark.parametrize("c", [5, 16])  # 16: the 16-byte vector kernels when channels-last
+def test_max_pool2d_against_torch(dtype, cl, case, c):
     torch = pytest.importorskip("torch")
     kw = CASES[case]
     rng = np.random.default_rng(4)
-    x = _rounded(rng.integers(-8, 8, (2, 5, 9, 11)).astype(np.float64), dtype)  # ties
+    x = _rounded(rng.integers(-8, 8, (2, c, 9, 11)).astype(np.float64), dtype)  # ties
     x[0, 0, 0, 0] = np.nan
     x[1, 2, 3, 3:5] = np.nan
     xt = _cuda(x, dtype, cl)

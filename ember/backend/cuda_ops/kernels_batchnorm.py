@@ -18,8 +18,8 @@ Channels-last (memory ``(N, *, C)``: rows of C channels):
   row partials meet in shared memory, one partial per (channel, chunk); the same fp64
   finalize as NCHW (which also writes per-channel coefficients);
 - normalization ``(x - mean) * (rstd * w) + b`` and ``dx = A g + B (x - mean) + D`` run flat
-  over memory in 16-byte vectors (the channel is ``i % C``, tracked incrementally); the
-  output keeps the input's layout. C not a multiple of the vector width or unaligned
+  over memory in 16-byte vectors; the grid stride is a multiple of C, so each thread keeps
+  its channels and their coefficients in registers; the output keeps the input's layout. C not a multiple of the vector width or unaligned
   arrays: scalar kernels (blocks of 32 channels x 8 rows for the statistics).
 
 Evaluation mode and anything uncovered return ``NotImplemented`` (generic CuPy code). What
@@ -28,6 +28,7 @@ its differentiable backward runs on the same node.
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from ember.backend.cuda_ops import _layout as L
@@ -312,27 +313,51 @@ __global__ void bncl_stats_v(const T* __restrict__ x, const T* __restrict__ g,
     }
 }
 
-// y = (x - mean) * (rstd * w) + b over 16-byte vectors (coef from bn_finalize)
+// Per-channel coefficients of a thread's N channels: K rows of C floats from coef (16-byte
+// aligned: C and c are multiples of N, and N is a multiple of 4 floats).
+template <int N, int K>
+__device__ __forceinline__ void ld_coef(const float* __restrict__ coef, int C, int c,
+                                        float (&k)[K][N]) {
+#pragma unroll
+    for (int r = 0; r < K; ++r)
+#pragma unroll
+        for (int j = 0; j < N; j += 4) ldv(coef + r * C + c + j, &k[r][j]);
+}
+
+// y = (x - mean) * (rstd * w) + b over 16-byte vectors (coef from bn_finalize). The launcher
+// (_cl_flat_grid) makes the grid stride a multiple of C, so a thread's channels never change:
+// their coefficients stay in registers, and two vectors are in flight per iteration.
 template <typename T, typename W>
 __global__ void bncl_apply_v(const T* __restrict__ x, const float* __restrict__ coef,
                              T* __restrict__ y, long long nv, int C) {
     constexpr int N = VW<T>::n;
     long long k = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     long long nt = (long long)gridDim.x * blockDim.x;
-    int c = (int)((k * N) % C), step = (int)((nt * N) % C);
-    for (; k < nv; k += nt) {
+    float q[3][N];
+    ld_coef<N, 3>(coef, C, (int)((k * N) % C), q);
+    for (; k + nt < nv; k += 2 * nt) {
+        float u[N], v[N];
+        ldv(x + k * N, u);
+        ldv(x + (k + nt) * N, v);
+#pragma unroll
+        for (int j = 0; j < N; ++j) {
+            u[j] = (u[j] - q[0][j]) * q[1][j] + q[2][j];
+            v[j] = (v[j] - q[0][j]) * q[1][j] + q[2][j];
+        }
+        stv(y + k * N, u);
+        stv(y + (k + nt) * N, v);
+    }
+    if (k < nv) {
         float v[N];
         ldv(x + k * N, v);
 #pragma unroll
-        for (int j = 0; j < N; ++j)
-            v[j] = (v[j] - coef[c + j]) * coef[C + c + j] + coef[2 * C + c + j];
+        for (int j = 0; j < N; ++j) v[j] = (v[j] - q[0][j]) * q[1][j] + q[2][j];
         stv(y + k * N, v);
-        c += step;
-        if (c >= C) c -= C;
     }
 }
 
-// dx = A g + B (x - mean) + D over 16-byte vectors (coef from bn_bwd_finalize)
+// dx = A g + B (x - mean) + D over 16-byte vectors (coef from bn_bwd_finalize: rows mean,
+// A, B, D); grid and registers as in bncl_apply_v.
 template <typename T, typename W>
 __global__ void bncl_bwd_dx_v(const T* __restrict__ g, const T* __restrict__ x,
                               const float* __restrict__ coef, T* __restrict__ dx, long long nv,
@@ -340,19 +365,30 @@ __global__ void bncl_bwd_dx_v(const T* __restrict__ g, const T* __restrict__ x,
     constexpr int N = VW<T>::n;
     long long k = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     long long nt = (long long)gridDim.x * blockDim.x;
-    int c = (int)((k * N) % C), step = (int)((nt * N) % C);
-    for (; k < nv; k += nt) {
+    float q[4][N];
+    ld_coef<N, 4>(coef, C, (int)((k * N) % C), q);
+    for (; k + nt < nv; k += 2 * nt) {
+        float u[N], v[N], a[N], b[N];
+        ldv(g + k * N, u);
+        ldv(x + k * N, v);
+        ldv(g + (k + nt) * N, a);
+        ldv(x + (k + nt) * N, b);
+#pragma unroll
+        for (int j = 0; j < N; ++j) {
+            u[j] = q[1][j] * u[j] + q[2][j] * (v[j] - q[0][j]) + q[3][j];
+            a[j] = q[1][j] * a[j] + q[2][j] * (b[j] - q[0][j]) + q[3][j];
+        }
+        stv(dx + k * N, u);
+        stv(dx + (k + nt) * N, a);
+    }
+    if (k < nv) {
         float u[N], v[N];
         ldv(g + k * N, u);
         ldv(x + k * N, v);
 #pragma unroll
-        for (int j = 0; j < N; ++j) {
-            int cc = c + j;
-            u[j] = coef[C + cc] * u[j] + coef[2 * C + cc] * (v[j] - coef[cc]) + coef[3 * C + cc];
-        }
+        for (int j = 0; j < N; ++j)
+            u[j] = q[1][j] * u[j] + q[2][j] * (v[j] - q[0][j]) + q[3][j];
         stv(dx + k * N, u);
-        c += step;
-        if (c >= C) c -= C;
     }
 }
 
@@ -492,6 +528,16 @@ def _cl_geom(c: int, m: int, nvec: int) -> tuple:
     return geo
 
 
+def _cl_flat_grid(nv: int, c: int, nvec: int) -> tuple[tuple, tuple]:
+    """(grid, block) of the vectorised channels-last elementwise kernels: a few waves of
+    256-thread blocks, their number a multiple of ``c / gcd(c, 256 * nvec)`` so that the grid
+    stride covers whole rows and each thread keeps its channels (and their coefficients)."""
+    unit = c // math.gcd(c, _THREADS * nvec)
+    blocks = min((nv + _THREADS * 4 - 1) // (_THREADS * 4), 2048)
+    blocks = max(unit, (blocks + unit - 1) // unit * unit)
+    return (blocks, 1, 1), (_THREADS, 1, 1)
+
+
 def _cl_stats(fn: Any, xp: Any, x: Any, g: Any, mean: Any, rstd: Any, m: int, c: int,
               mode: int) -> tuple:
     """Per-(channel, chunk) partial sums over the rows of a channels-last array: (p1, p2, P)."""
@@ -556,7 +602,7 @@ class BatchNormImpl:
                                          K.i32(c), K.i32(hw), hasw, hasb))
         elif _vec(c, input, y):
             nv = input.size // _vec(c, input, y)
-            grid, block = K.flat_grid(nv, _THREADS, 2)
+            grid, block = _cl_flat_grid(nv, c, _vec(c, input, y))
             fn("bncl_apply_v")(grid, block, (input, coef, y, K.i64(nv), K.i32(c)))
         else:
             grid, block = K.flat_grid(input.size, _THREADS, 4)
@@ -613,7 +659,7 @@ class BatchNormImpl:
                 nvec = _vec(c, ga, xa, dx)
                 if nvec:
                     nv = xa.size // nvec
-                    grid, block = K.flat_grid(nv, _THREADS, 2)
+                    grid, block = _cl_flat_grid(nv, c, nvec)
                     fn("bncl_bwd_dx_v")(grid, block, (ga, xa, coef, dx, K.i64(nv), K.i32(c)))
                 else:
                     grid, block = K.flat_grid(xa.size, _THREADS, 4)

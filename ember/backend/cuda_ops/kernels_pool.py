@@ -11,6 +11,8 @@ no atomics and the sum order is fixed.
 """
 from __future__ import annotations
 
+from typing import Any
+
 from ember.backend.cuda_ops import _layout as L
 from ember.backend.cuda_ops import _nvrtc as K
 from ember.ops.nn_conv import ntuple
@@ -121,13 +123,124 @@ __global__ void maxpool2d_bwd(const T* __restrict__ g, const long long* __restri
         st(dx, i, acc);
     }
 }
+
+// Dense channels-last (NHWC memory, C % N == 0, 16-byte aligned): one thread per N = VW<T>::n
+// neighbouring channels of one output (forward) or input (backward) position, with 16-byte
+// loads and stores, and one index decode per N elements instead of one per element. Unit u
+// is (n, a, b, channel group) in memory order; same comparison rule as above.
+__device__ __forceinline__ void decode_cl(long long u, int G, int A, int B, long long& n,
+                                          int& a, int& b, int& cg) {
+    if (u < 2147483647LL) {
+        unsigned int v = (unsigned int)u, t;
+        cg = (int)(v % G); t = v / G;
+        b = (int)(t % B); t /= B;
+        a = (int)(t % A); n = t / A;
+        return;
+    }
+    cg = (int)(u % G); long long t = u / G;
+    b = (int)(t % B); t /= B;
+    a = (int)(t % A); n = t / A;
+}
+
+template <typename T>
+__global__ void maxpool2d_fwd_clv(const T* __restrict__ x, T* __restrict__ y,
+                                  long long* __restrict__ idx, long long units, int C, int H,
+                                  int W, int OH, int OW, int kh, int kw, int sth, int stw,
+                                  int ph, int pw, int dh, int dw) {
+    constexpr int N = VW<T>::n;
+    int G = C / N;
+    long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long u = (long long)blockIdx.x * blockDim.x + threadIdx.x; u < units;
+         u += stride) {
+        long long n; int oh, ow, cg;
+        decode_cl(u, G, OH, OW, n, oh, ow, cg);
+        const T* base = x + n * H * W * C + cg * N;
+        int h0 = oh * sth - ph, w0 = ow * stw - pw;
+        float best[N];
+        long long bi[N];
+#pragma unroll
+        for (int j = 0; j < N; ++j) { best[j] = -INFINITY; bi[j] = -1; }
+        for (int a = 0; a < kh; ++a) {
+            int h = h0 + a * dh;
+            if (h < 0 || h >= H) continue;
+            for (int b = 0; b < kw; ++b) {
+                int w = w0 + b * dw;
+                if (w < 0 || w >= W) continue;
+                float v[N];
+                long long me = (long long)h * W + w;
+                ldv(base + me * C, v);
+#pragma unroll
+                for (int j = 0; j < N; ++j)
+                    if (bi[j] < 0 || v[j] > best[j] || v[j] != v[j]) { best[j] = v[j]; bi[j] = me; }
+            }
+        }
+        stv(y + u * N, best);
+#pragma unroll
+        for (int j = 0; j < N; ++j) idx[u * N + j] = bi[j];
+    }
+}
+
+// g and idx dense channels-last of (N, OH, OW, C); dx dense channels-last of (N, H, W, C)
+template <typename T>
+__global__ void maxpool2d_bwd_clv(const T* __restrict__ g, const long long* __restrict__ idx,
+                                  T* __restrict__ dx, long long units, int C, int H, int W,
+                                  int OH, int OW, int kh, int kw, int sth, int stw, int ph,
+                                  int pw, int dh, int dw) {
+    constexpr int N = VW<T>::n;
+    int G = C / N;
+    long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long u = (long long)blockIdx.x * blockDim.x + threadIdx.x; u < units;
+         u += stride) {
+        long long n; int h, w, cg;
+        decode_cl(u, G, H, W, n, h, w, cg);
+        long long me = (long long)h * W + w, off = n * OH * OW * C + cg * N;
+        float acc[N];
+#pragma unroll
+        for (int j = 0; j < N; ++j) acc[j] = 0.f;
+        for (int a = 0; a < kh; ++a) {
+            int t = h + ph - a * dh;
+            if (t < 0 || t % sth) continue;
+            int oh = t / sth;
+            if (oh >= OH) continue;
+            for (int b = 0; b < kw; ++b) {
+                int q = w + pw - b * dw;
+                if (q < 0 || q % stw) continue;
+                int ow = q / stw;
+                if (ow >= OW) continue;
+                long long o = off + ((long long)oh * OW + ow) * C;
+                float gv[N];
+                ldv(g + o, gv);
+#pragma unroll
+                for (int j = 0; j < N; ++j)
+                    if (idx[o + j] == me) acc[j] += gv[j];
+            }
+        }
+        stv(dx + u * N, acc);
+    }
+}
 """
 
-K.define("pool", _SRC, ("maxpool2d_fwd", "maxpool2d_bwd"))
+K.define("pool", _SRC, ("maxpool2d_fwd", "maxpool2d_bwd", "maxpool2d_fwd_clv",
+                          "maxpool2d_bwd_clv"))
 
 
 def _elem(a) -> list:
     return [s // a.itemsize for s in a.strides]
+
+
+def _dense_cl_vec(c: int, *arrays: Any) -> int:
+    """Elements per 16-byte vector when every array is dense channels-last (NHWC memory),
+    16-byte aligned, and C is a multiple of the vector width (the vector kernels), else 0."""
+    a0 = arrays[0]
+    n = 16 // a0.itemsize
+    if c % n:
+        return 0
+    for a in arrays:
+        nb, cb, hb, wb = a.shape
+        e = a.itemsize
+        if a.strides != (hb * wb * cb * e, e, wb * cb * e, cb * e) or a.data.ptr % 16:
+            return 0
+    return n
 
 
 class MaxPoolImpl:
@@ -153,12 +266,21 @@ class MaxPoolImpl:
         else:
             y = xp.empty(shape, input.dtype)
             idx = xp.empty(shape, xp.int64)
-        total = y.size
-        grid, block = K.flat_grid(total, 256, 2)
-        K.function("pool", "maxpool2d_fwd", ct)(
-            grid, block, (input, y, idx, K.i64(total), K.i32(c), K.i32(h), K.i32(w),
-                          K.i32(out[0]), K.i32(out[1]), *(K.i64(v) for v in _elem(input)),
-                          K.i32(cl), *(K.i32(v) for v in (*k, *s, *p, *d))))
+        geom = tuple(K.i32(v) for v in (*k, *s, *p, *d))
+        nvec = _dense_cl_vec(c, input, y) if cl else 0
+        if nvec:
+            units = y.size // nvec
+            grid, block = K.flat_grid(units, 256, 2)
+            K.function("pool", "maxpool2d_fwd_clv", ct)(
+                grid, block, (input, y, idx, K.i64(units), K.i32(c), K.i32(h), K.i32(w),
+                              K.i32(out[0]), K.i32(out[1]), *geom))
+        else:
+            total = y.size
+            grid, block = K.flat_grid(total, 256, 2)
+            K.function("pool", "maxpool2d_fwd", ct)(
+                grid, block, (input, y, idx, K.i64(total), K.i32(c), K.i32(h), K.i32(w),
+                              K.i32(out[0]), K.i32(out[1]), *(K.i64(v) for v in _elem(input)),
+                              K.i32(cl), *geom))
         ctx.p = (input.shape, all(s[i] >= d[i] * (k[i] - 1) + 1 for i in range(2)))
         ctx.pool = (k, s, p, d)
         ctx.save(idx)
@@ -181,13 +303,21 @@ class MaxPoolImpl:
             dx = xp.empty((n, h, w, c), ga.dtype).transpose(0, 3, 1, 2)
         else:
             dx = xp.empty(shape, ga.dtype)
-        total = dx.size
-        grid, block = K.flat_grid(total, 256, 2)
-        K.function("pool", "maxpool2d_bwd", ct)(
-            grid, block, (ga, ia, dx, K.i64(total), K.i32(c), K.i32(h), K.i32(w),
-                          K.i32(ia.shape[2]), K.i32(ia.shape[3]), *(K.i64(v) for v in _elem(ga)),
-                          K.i32(cl), *(K.i32(v) for v in (*k, *s, *p, *d))))
+        geom = tuple(K.i32(v) for v in (*k, *s, *p, *d))
+        nvec = _dense_cl_vec(c, ga, ia, dx) if cl else 0
+        if nvec:
+            units = dx.size // nvec
+            grid, block = K.flat_grid(units, 256, 2)
+            K.function("pool", "maxpool2d_bwd_clv", ct)(
+                grid, block, (ga, ia, dx, K.i64(units), K.i32(c), K.i32(h), K.i32(w),
+                              K.i32(ia.shape[2]), K.i32(ia.shape[3]), *geom))
+        else:
+            total = dx.size
+            grid, block = K.flat_grid(total, 256, 2)
+            K.function("pool", "maxpool2d_bwd", ct)(
+                grid, block, (ga, ia, dx, K.i64(total), K.i32(c), K.i32(h), K.i32(w),
+                              K.i32(ia.shape[2]), K.i32(ia.shape[3]),
+                              *(K.i64(v) for v in _elem(ga)), K.i32(cl), *geom))
         return K.wrap(dx, g.device), None, None, None, None, None
-
 
 IMPLS = {"_max_pool": MaxPoolImpl}
