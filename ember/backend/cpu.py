@@ -28,7 +28,7 @@ _HZ = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 _CORES = os.cpu_count() or 1
 
 _state: dict = {"libs": None, "current": None, "default": None, "spare": None,
-                "next_sample": 0.0, "last": None}
+                "next_sample": 0.0, "last": None, "spin": False}
 
 
 def _libs() -> list:
@@ -44,7 +44,55 @@ def _libs() -> list:
         if libs:
             _state["default"] = max(lib.num_threads for lib in libs)
             _state["current"] = _state["default"]
+            _state["spin"] = not all(_stop_spinning(lib) for lib in libs)
     return libs
+
+
+# OpenBLAS's pthreads workers busy-wait for 2^28 cycles (~0.1 s) after each threaded GEMM
+# before they sleep (measured: 0.11 s of CPU time over a 0.2 s sleep). In a training step a
+# threaded GEMM comes every few ms, so one core was never free for ember's own threads (the
+# attention blocks, numba kernels), which had to run serially beside the spinner. With the
+# timeout at its minimum (2^4 cycles) the workers sleep at once, and waking them costs
+# nothing measurable: the step's GEMM shapes (1024x128x384 ... 1024x512x128, all three
+# products) took the same time within noise either way, alternating in one process.
+_SPIN_TIMEOUT = "4"
+
+
+def _stop_spinning(lib: Any) -> bool:
+    """Set OpenBLAS's worker timeout to its minimum; True when its workers no longer spin.
+
+    OpenBLAS reads ``OPENBLAS_THREAD_TIMEOUT`` once (``openblas_read_env``) and applies it
+    when it starts its threads, so the variable is set, read, and put back (child processes
+    see the user's environment), then the idle workers are stopped; the next threaded GEMM
+    starts them again with the new timeout. Skipped where the user set the variable, where
+    ``EMBER_BLAS_SPIN=1``, and for other BLAS libraries or OpenMP builds (returns False:
+    callers keep assuming spinning workers)."""
+    if getattr(lib, "internal_api", None) != "openblas" or \
+            getattr(lib, "threading_layer", None) != "pthreads":
+        return False
+    if "OPENBLAS_THREAD_TIMEOUT" in os.environ:
+        return os.environ["OPENBLAS_THREAD_TIMEOUT"] == _SPIN_TIMEOUT
+    if os.environ.get("EMBER_BLAS_SPIN", "0") == "1":
+        return False
+    dll = getattr(lib, "dynlib", None)
+    read_env = getattr(dll, "openblas_read_env", None)
+    shutdown = getattr(dll, "blas_thread_shutdown_", None)
+    if read_env is None or shutdown is None:
+        return False
+    os.environ["OPENBLAS_THREAD_TIMEOUT"] = _SPIN_TIMEOUT
+    try:
+        read_env()
+    finally:
+        del os.environ["OPENBLAS_THREAD_TIMEOUT"]
+    shutdown()
+    return True
+
+
+def blas_spins() -> bool:
+    """Whether the BLAS library's idle workers busy-wait (False once :func:`_libs` stopped
+    OpenBLAS's spinning, or where no BLAS library was found)."""
+    _libs()
+    return bool(_state["spin"])
 
 
 def _machine_sample(now: float) -> tuple | None:

@@ -58,15 +58,17 @@ def _blas_to_one() -> None:
 
 def blas_spinning() -> bool:
     """Whether OpenBLAS's worker threads are likely busy-waiting in this process: the last
-    GEMM ran on several threads. After a threaded GEMM they spin for ~2^28 cycles (~0.1 s;
-    measured: 0.11 s of CPU time over a 0.2 s sleep, whatever ``set_num_threads`` says
-    meanwhile), so in a training step, where one comes every few ms, a core is never free
-    for a second thread of ours: the tiny-GPT step ran its attention and kernels faster on
-    one thread (paired, same process kind: 99.8 vs 107.6 ms a step). The BLAS count is
-    set to one when the kernels are built, so this reads True only after a threaded GEMM."""
+    GEMM ran on several threads and the workers spin when idle. After a threaded GEMM they
+    spin for ~2^28 cycles (~0.1 s; measured: 0.11 s of CPU time over a 0.2 s sleep, whatever
+    ``set_num_threads`` says meanwhile), so in a training step, where one comes every few
+    ms, a core is never free for a second thread of ours: the tiny-GPT step ran its
+    attention and kernels faster on one thread (paired, same process kind: 99.8 vs 107.6 ms
+    a step). ember normally stops the spinning (``backend.cpu._stop_spinning``), and then
+    this is False. The BLAS count is set to one when the kernels are built, so this reads
+    True only after a threaded GEMM."""
     from ember.backend.cpu import _state
     cur = _state["current"]
-    return cur is not None and cur > 1
+    return cur is not None and cur > 1 and bool(_state["spin"])
 
 
 def set_threads(chunks: int) -> int:
