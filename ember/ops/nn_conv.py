@@ -28,6 +28,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ember.backend import cpu_conv_kernels
 from ember.backend.cpu import gemm_threads, parallel_rows
 
 from ember._state import _State
@@ -461,6 +462,10 @@ def conv_forward(xp: Any, x: Any, w: Any, stride: tuple, padding: tuple, dilatio
     """Correlation of ``x (N, C, *sp)`` with ``w (O, C/groups, *k)``, plus ``bias (O,)`` when
     given; returns (y, cols), where ``cols`` is the whole batch's column matrix when it can be
     kept (GPU), else None."""
+    if xp is np and cpu_conv_kernels.forward_fits(x, w, groups):  # direct kernel (float32 2-D)
+        y = cpu_conv_kernels.conv2d_forward(x, w, bias, stride, padding, dilation)
+        if y is not None:
+            return y, None
     n, c = x.shape[:2]
     o = w.shape[0]
     geo = _geom(x.shape[2:], w.shape[2:], tuple(stride), tuple(padding), tuple(dilation))
@@ -488,6 +493,9 @@ def conv_input_grad(xp: Any, g: Any, w: Any, sp: tuple, stride: tuple, padding: 
                     dilation: tuple, groups: int, serial: bool = False) -> Any:
     """Gradient of the conv in its input (the transposed conv): ``g (N, O, *out)`` -> ``(N, C, *sp)``
     (``serial``: all chunks on this thread, which runs beside another task)."""
+    if xp is np and cpu_conv_kernels.input_grad_fits(g, w, groups):
+        return cpu_conv_kernels.conv2d_input_grad(g, w, tuple(sp), stride, padding, dilation,
+                                                  serial)
     n, o = g.shape[:2]
     c = w.shape[1] * groups
     geo = _geom(tuple(sp), w.shape[2:], tuple(stride), tuple(padding), tuple(dilation),
@@ -525,6 +533,9 @@ def conv_weight_grad(xp: Any, x: Any, g: Any, ksize: tuple, stride: tuple, paddi
 
     ``cols`` are the forward's whole-batch columns (same geometry), reused when given.
     """
+    if xp is np and cpu_conv_kernels.weight_grad_fits(x, g, ksize, groups):
+        return cpu_conv_kernels.conv2d_weight_grad(x, g, tuple(ksize), stride, padding,
+                                                   dilation, with_bias, serial)
     n, o = g.shape[:2]
     c = x.shape[1]
     geo = _geom(x.shape[2:], tuple(ksize), tuple(stride), tuple(padding), tuple(dilation))

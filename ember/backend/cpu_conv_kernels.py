@@ -1,0 +1,660 @@
+"""Direct 2-D convolution kernels for the CPU (float32), compiled by numba.
+
+The im2col + GEMM path (``ops/nn_conv.py``) spends most of a small conv's time outside the
+GEMM: copying the columns (25x the input for a 5x5 kernel), the transposes around it, and
+col2im's adds. At LeNet's sizes (C_in 1 or 6, C_out 6 or 16) OpenBLAS also runs the thin
+GEMMs at 20-60 GFLOP/s. These kernels read the input in place and keep a tile of outputs in
+AVX registers for a whole reduction:
+
+* forward: 8 output channels per vector lane group, a tile of pixels x 8 or 16 channels
+  (8 accumulators), one broadcast of an input value and one weight-vector load per tap;
+* weight gradient: a tile of taps x 8 or 16 output channels, summed over every output pixel
+  (the output gradient transposed to pixel-major first, so its channels are one vector);
+* input gradient: each output pixel's gradient scattered through a tile of taps into a
+  pixel-major (channel-vector) padded input gradient, then cropped and transposed.
+
+numba has no SIMD type, and neither its loop vectorizer nor the SLP vectorizer kept
+per-lane accumulators in registers (a naive direct conv ran LeNet's conv2 in 5.4 ms, the
+scalar-accumulator form in 4 ms; measured), so the kernels use a small ``F32x8`` type
+lowered to LLVM's ``<8 x float>`` with load/broadcast/fma/store intrinsics.
+
+All kernels are serial, release the GIL (``nogil``), and work over a range of samples (or of
+weight taps), so the callers spread them over spare cores with ``backend.cpu.parallel_rows``
+like the rest of the CPU conv. numba is imported on first use; without it (or with
+``EMBER_NUMBA=0``) :func:`kernels` returns None and the callers keep the im2col path.
+Tiles past an edge are moved back to overlap the previous one (recomputing a few outputs
+rather than running a scalar remainder loop), so a plane needs at least one full tile.
+"""
+from __future__ import annotations
+
+import functools
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+
+from ember.backend.cpu import parallel_rows
+from ember.backend.cpu_kernels import blas_spinning, enabled
+
+_state: dict = {"kernels": None, "tried": False}
+# intrinsics the kernels call: module globals (numba's on-disk cache does not take closure
+# variables, see cpu_kernels)
+_VLOAD: Any = None
+_VSTORE: Any = None
+_VBCAST: Any = None
+_VFMA: Any = None
+_VADD: Any = None
+_LD: Any = None
+_ST: Any = None
+_VZERO: Any = None
+
+
+def kernels() -> Any:
+    """The compiled kernel namespace, or None (numba missing or switched off)."""
+    if not enabled():
+        return None
+    if not _state["tried"]:
+        _state["tried"] = True
+        try:
+            _state["kernels"] = _build()
+        except ImportError:
+            _state["kernels"] = None
+    return _state["kernels"]
+
+
+def _intrinsics() -> None:
+    """Define the ``F32x8`` vector type and its intrinsics (no bounds or wraparound checks:
+    the callers guarantee every index; numba's negative-index handling added a compare and
+    a conditional move to each load, half the inner loop)."""
+    from llvmlite import ir
+    from numba import types
+    from numba.core import cgutils
+    from numba.extending import intrinsic, models, register_model
+
+    global _VLOAD, _VSTORE, _VBCAST, _VFMA, _VADD, _LD, _ST, _VZERO
+    vt = ir.VectorType(ir.FloatType(), 8)
+    i32 = ir.IntType(32)
+
+    class F32x8(types.Type):
+        def __init__(self) -> None:
+            super().__init__(name="F32x8")
+
+    f32x8 = F32x8()
+
+    @register_model(F32x8)
+    class _Model(models.PrimitiveModel):
+        def __init__(self, dmm: Any, fe_type: Any) -> None:
+            super().__init__(dmm, fe_type, vt)
+
+    def elem_ptr(context: Any, builder: Any, arrty: Any, arr: Any, idx: Any) -> Any:
+        a = context.make_array(arrty)(context, builder, arr)
+        return builder.gep(a.data, [idx])
+
+    def splat(builder: Any, s: Any) -> Any:
+        v = builder.insert_element(ir.Constant(vt, ir.Undefined), s, ir.Constant(i32, 0))
+        return builder.shuffle_vector(v, ir.Constant(vt, ir.Undefined),
+                                      ir.Constant(ir.VectorType(i32, 8), [0] * 8))
+
+    @intrinsic
+    def vload(typingctx, arr, idx):  # pragma: no cover - compile-time
+        def cg(context, builder, sig, args):
+            p = elem_ptr(context, builder, sig.args[0], args[0], args[1])
+            return builder.load(builder.bitcast(p, vt.as_pointer()), align=4)
+        return f32x8(arr, idx), cg
+
+    @intrinsic
+    def vstore(typingctx, arr, idx, v):  # pragma: no cover - compile-time
+        def cg(context, builder, sig, args):
+            p = elem_ptr(context, builder, sig.args[0], args[0], args[1])
+            builder.store(args[2], builder.bitcast(p, vt.as_pointer()), align=4)
+            return context.get_dummy_value()
+        return types.none(arr, idx, v), cg
+
+    @intrinsic
+    def vbcast(typingctx, arr, idx):  # pragma: no cover - compile-time
+        def cg(context, builder, sig, args):
+            p = elem_ptr(context, builder, sig.args[0], args[0], args[1])
+            return splat(builder, builder.load(p, align=4))
+        return f32x8(arr, idx), cg
+
+    @intrinsic
+    def vfma(typingctx, a, b, c):  # pragma: no cover - compile-time
+        def cg(context, builder, sig, args):
+            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vt, [vt] * 3),
+                                                "llvm.fma.v8f32")
+            return builder.call(fn, args)
+        return f32x8(f32x8, f32x8, f32x8), cg
+
+    @intrinsic
+    def vzero(typingctx):  # pragma: no cover - compile-time
+        def cg(context, builder, sig, args):
+            return ir.Constant(vt, [0.0] * 8)
+        return f32x8(), cg
+
+    @intrinsic
+    def vadd(typingctx, a, b):  # pragma: no cover - compile-time
+        def cg(context, builder, sig, args):
+            return builder.fadd(args[0], args[1])
+        return f32x8(f32x8, f32x8), cg
+
+    @intrinsic
+    def ld(typingctx, arr, idx):  # pragma: no cover - compile-time
+        def cg(context, builder, sig, args):
+            return builder.load(elem_ptr(context, builder, sig.args[0], args[0], args[1]),
+                                align=4)
+        return arr.dtype(arr, idx), cg
+
+    @intrinsic
+    def st(typingctx, arr, idx, v):  # pragma: no cover - compile-time
+        def cg(context, builder, sig, args):
+            builder.store(args[2], elem_ptr(context, builder, sig.args[0], args[0], args[1]),
+                          align=4)
+            return context.get_dummy_value()
+        return types.none(arr, idx, arr.dtype), cg
+
+    _VLOAD, _VSTORE, _VBCAST, _VFMA, _VADD, _LD, _ST = vload, vstore, vbcast, vfma, vadd, ld, st
+    _VZERO = vzero
+
+
+def _build() -> SimpleNamespace:
+    import numba
+
+    _intrinsics()
+    jit = numba.njit(cache=True, nogil=True, error_model="numpy", boundscheck=False)
+
+    # ------------------------------------------------------------------ forward
+    # x: padded input, flat (N, C, Hp, Wp); toff (T,): each tap's offset (c, kh, kw) from a
+    # pixel's base; pbase (P,): each output pixel's base (oh*sh*Wp + ow*sw); w: (T, Op)
+    # taps x output channels (zero lanes past O); b: (Op,); y: flat (N, O, P).
+    @jit
+    def fwd16(x, plane, toff, pbase, w, b, y, O, Op, n0, n1):  # pragma: no cover - compiled
+        # 4 pixels x 16 channels: 2 weight vectors and 4 broadcasts per tap for 8 FMAs
+        T, P = toff.size, pbase.size
+        t = np.empty(64, np.float32)
+        for n in range(n0, n1):
+            xn = n * plane
+            for o0 in range(0, Op, 16):
+                b0 = _VLOAD(b, o0)
+                b1 = _VLOAD(b, o0 + 8)
+                q0 = 0
+                while q0 < P:
+                    if q0 + 4 > P:
+                        q0 = P - 4
+                    p0 = xn + _LD(pbase, q0)
+                    p1 = xn + _LD(pbase, q0 + 1)
+                    p2 = xn + _LD(pbase, q0 + 2)
+                    p3 = xn + _LD(pbase, q0 + 3)
+                    a00 = b0
+                    a01 = b1
+                    a10 = b0
+                    a11 = b1
+                    a20 = b0
+                    a21 = b1
+                    a30 = b0
+                    a31 = b1
+                    for k in range(T):
+                        off = _LD(toff, k)
+                        w0 = _VLOAD(w, k * Op + o0)
+                        w1 = _VLOAD(w, k * Op + o0 + 8)
+                        v = _VBCAST(x, p0 + off)
+                        a00 = _VFMA(v, w0, a00)
+                        a01 = _VFMA(v, w1, a01)
+                        v = _VBCAST(x, p1 + off)
+                        a10 = _VFMA(v, w0, a10)
+                        a11 = _VFMA(v, w1, a11)
+                        v = _VBCAST(x, p2 + off)
+                        a20 = _VFMA(v, w0, a20)
+                        a21 = _VFMA(v, w1, a21)
+                        v = _VBCAST(x, p3 + off)
+                        a30 = _VFMA(v, w0, a30)
+                        a31 = _VFMA(v, w1, a31)
+                    _VSTORE(t, 0, a00)
+                    _VSTORE(t, 8, a01)
+                    _VSTORE(t, 16, a10)
+                    _VSTORE(t, 24, a11)
+                    _VSTORE(t, 32, a20)
+                    _VSTORE(t, 40, a21)
+                    _VSTORE(t, 48, a30)
+                    _VSTORE(t, 56, a31)
+                    for j in range(min(16, O - o0)):
+                        yb = (n * O + o0 + j) * P + q0
+                        for r in range(4):
+                            _ST(y, yb + r, _LD(t, r * 16 + j))
+                    q0 += 4
+
+    @jit
+    def fwd8(x, plane, toff, pbase, w, b, y, O, Op, n0, n1):  # pragma: no cover - compiled
+        # 8 pixels x 8 channels (O <= 8, e.g. LeNet's conv1): 1 weight vector and 8
+        # broadcasts per tap for 8 FMAs
+        T, P = toff.size, pbase.size
+        t = np.empty(64, np.float32)
+        for n in range(n0, n1):
+            xn = n * plane
+            for o0 in range(0, Op, 8):
+                b0 = _VLOAD(b, o0)
+                q0 = 0
+                while q0 < P:
+                    if q0 + 8 > P:
+                        q0 = P - 8
+                    p0 = xn + _LD(pbase, q0)
+                    p1 = xn + _LD(pbase, q0 + 1)
+                    p2 = xn + _LD(pbase, q0 + 2)
+                    p3 = xn + _LD(pbase, q0 + 3)
+                    p4 = xn + _LD(pbase, q0 + 4)
+                    p5 = xn + _LD(pbase, q0 + 5)
+                    p6 = xn + _LD(pbase, q0 + 6)
+                    p7 = xn + _LD(pbase, q0 + 7)
+                    a0 = b0
+                    a1 = b0
+                    a2 = b0
+                    a3 = b0
+                    a4 = b0
+                    a5 = b0
+                    a6 = b0
+                    a7 = b0
+                    for k in range(T):
+                        off = _LD(toff, k)
+                        w0 = _VLOAD(w, k * Op + o0)
+                        a0 = _VFMA(_VBCAST(x, p0 + off), w0, a0)
+                        a1 = _VFMA(_VBCAST(x, p1 + off), w0, a1)
+                        a2 = _VFMA(_VBCAST(x, p2 + off), w0, a2)
+                        a3 = _VFMA(_VBCAST(x, p3 + off), w0, a3)
+                        a4 = _VFMA(_VBCAST(x, p4 + off), w0, a4)
+                        a5 = _VFMA(_VBCAST(x, p5 + off), w0, a5)
+                        a6 = _VFMA(_VBCAST(x, p6 + off), w0, a6)
+                        a7 = _VFMA(_VBCAST(x, p7 + off), w0, a7)
+                    _VSTORE(t, 0, a0)
+                    _VSTORE(t, 8, a1)
+                    _VSTORE(t, 16, a2)
+                    _VSTORE(t, 24, a3)
+                    _VSTORE(t, 32, a4)
+                    _VSTORE(t, 40, a5)
+                    _VSTORE(t, 48, a6)
+                    _VSTORE(t, 56, a7)
+                    for j in range(min(8, O - o0)):
+                        yb = (n * O + o0 + j) * P + q0
+                        for r in range(8):
+                            _ST(y, yb + r, _LD(t, r * 8 + j))
+                    q0 += 8
+
+
+    # ------------------------------------------------------------------ weight gradient
+    # x, toff, pbase as the forward's; gt: flat (N, P, Op) output gradient, pixel-major with
+    # zero lanes past O; dw: flat (T, Op). Tiles of taps [k0, k0 + R) over every pixel of
+    # every sample; tiles i0..i1 (a tile past T moves back to end at T and stores only its
+    # new taps).
+    @jit
+    def wgrad16(x, plane, toff, pbase, gt, dw, Op, N, i0, i1):  # pragma: no cover - compiled
+        # 4 taps x 16 channels: 2 gradient vectors and 4 broadcasts per pixel for 8 FMAs
+        T, P = toff.size, pbase.size
+        t = np.empty(64, np.float32)
+        for i in range(i0, i1):
+            k0 = min(i * 4, T - 4)
+            f0 = toff[k0]
+            f1 = toff[k0 + 1]
+            f2 = toff[k0 + 2]
+            f3 = toff[k0 + 3]
+            for o0 in range(0, Op, 16):
+                z = _VZERO()
+                a00 = z
+                a01 = z
+                a10 = z
+                a11 = z
+                a20 = z
+                a21 = z
+                a30 = z
+                a31 = z
+                for n in range(N):
+                    xn = n * plane
+                    gn = n * P * Op + o0
+                    for q in range(P):
+                        p = xn + _LD(pbase, q)
+                        g0 = _VLOAD(gt, gn + q * Op)
+                        g1 = _VLOAD(gt, gn + q * Op + 8)
+                        v = _VBCAST(x, p + f0)
+                        a00 = _VFMA(v, g0, a00)
+                        a01 = _VFMA(v, g1, a01)
+                        v = _VBCAST(x, p + f1)
+                        a10 = _VFMA(v, g0, a10)
+                        a11 = _VFMA(v, g1, a11)
+                        v = _VBCAST(x, p + f2)
+                        a20 = _VFMA(v, g0, a20)
+                        a21 = _VFMA(v, g1, a21)
+                        v = _VBCAST(x, p + f3)
+                        a30 = _VFMA(v, g0, a30)
+                        a31 = _VFMA(v, g1, a31)
+                _VSTORE(t, 0, a00)
+                _VSTORE(t, 8, a01)
+                _VSTORE(t, 16, a10)
+                _VSTORE(t, 24, a11)
+                _VSTORE(t, 32, a20)
+                _VSTORE(t, 40, a21)
+                _VSTORE(t, 48, a30)
+                _VSTORE(t, 56, a31)
+                for r in range(i * 4 - k0, 4):
+                    for j in range(16):
+                        dw[(k0 + r) * Op + o0 + j] = t[r * 16 + j]
+
+    @jit
+    def wgrad8(x, plane, toff, pbase, gt, dw, Op, N, i0, i1):  # pragma: no cover - compiled
+        # 8 taps x 8 channels: 1 gradient vector and 8 broadcasts per pixel for 8 FMAs
+        T, P = toff.size, pbase.size
+        t = np.empty(64, np.float32)
+        for i in range(i0, i1):
+            k0 = min(i * 8, T - 8)
+            f0 = toff[k0]
+            f1 = toff[k0 + 1]
+            f2 = toff[k0 + 2]
+            f3 = toff[k0 + 3]
+            f4 = toff[k0 + 4]
+            f5 = toff[k0 + 5]
+            f6 = toff[k0 + 6]
+            f7 = toff[k0 + 7]
+            for o0 in range(0, Op, 8):
+                z = _VZERO()
+                a0 = z
+                a1 = z
+                a2 = z
+                a3 = z
+                a4 = z
+                a5 = z
+                a6 = z
+                a7 = z
+                for n in range(N):
+                    xn = n * plane
+                    gn = n * P * Op + o0
+                    for q in range(P):
+                        p = xn + _LD(pbase, q)
+                        g0 = _VLOAD(gt, gn + q * Op)
+                        a0 = _VFMA(_VBCAST(x, p + f0), g0, a0)
+                        a1 = _VFMA(_VBCAST(x, p + f1), g0, a1)
+                        a2 = _VFMA(_VBCAST(x, p + f2), g0, a2)
+                        a3 = _VFMA(_VBCAST(x, p + f3), g0, a3)
+                        a4 = _VFMA(_VBCAST(x, p + f4), g0, a4)
+                        a5 = _VFMA(_VBCAST(x, p + f5), g0, a5)
+                        a6 = _VFMA(_VBCAST(x, p + f6), g0, a6)
+                        a7 = _VFMA(_VBCAST(x, p + f7), g0, a7)
+                _VSTORE(t, 0, a0)
+                _VSTORE(t, 8, a1)
+                _VSTORE(t, 16, a2)
+                _VSTORE(t, 24, a3)
+                _VSTORE(t, 32, a4)
+                _VSTORE(t, 40, a5)
+                _VSTORE(t, 48, a6)
+                _VSTORE(t, 56, a7)
+                for r in range(i * 8 - k0, 8):
+                    for j in range(8):
+                        dw[(k0 + r) * Op + o0 + j] = t[r * 8 + j]
+
+    @jit
+    def to_pixel_major(g, gt, db, O, Op, P, n0, n1):  # pragma: no cover - compiled
+        # g flat (N, O, P) -> gt flat (N, P, Op) (lanes past O stay as they are: zeros),
+        # and db[o] += this range's sum of channel o (per-sample partial sums first)
+        for n in range(n0, n1):
+            for o in range(O):
+                s = np.float32(0.0)
+                src = (n * O + o) * P
+                dst = n * P * Op + o
+                for q in range(P):
+                    v = g[src + q]
+                    s += v
+                    gt[dst + q * Op] = v
+                db[o] += s
+
+    # ------------------------------------------------------------------ input gradient
+    # g: flat (N, O, P) output gradient; pbase (P,): each output pixel's base in the padded
+    # input-gradient planes (oh*sh*Wr + ow*sw); toff (KK,): each tap's (kh*dh*Wr + kw*dw);
+    # w: flat (O, KK, Cp), the weight with its input channels as lanes (zeros past C);
+    # dx: flat (N, Hr*Wr, Cp), pixel-major, zeroed: each (pixel, tap) adds its sum over
+    # the output channels.
+    @jit
+    def igrad(g, O, pbase, toff, w, dx, Cp, plane, n0, n1):  # pragma: no cover - compiled
+        # 2 pixels x 4 taps x 8 input channels: 2 broadcasts and 4 weight vectors per
+        # output channel for 8 FMAs; a tile past the pixels or taps moves back and adds
+        # only its new (pixel, tap) pairs
+        P, KK = pbase.size, toff.size
+        for n in range(n0, n1):
+            gb = n * O * P
+            db = n * plane
+            for c0 in range(0, Cp, 8):
+                for qi in range(0, P, 2):
+                    q0 = min(qi, P - 2)
+                    new_q = qi - q0
+                    d0 = (db + _LD(pbase, q0)) * Cp + c0
+                    d1 = (db + _LD(pbase, q0 + 1)) * Cp + c0
+                    for ki in range(0, KK, 4):
+                        k0 = min(ki, KK - 4)
+                        new_k = ki - k0
+                        a00 = _VZERO()
+                        a01 = a00
+                        a02 = a00
+                        a03 = a00
+                        a10 = a00
+                        a11 = a00
+                        a12 = a00
+                        a13 = a00
+                        for o in range(O):
+                            g0 = _VBCAST(g, gb + o * P + q0)
+                            g1 = _VBCAST(g, gb + o * P + q0 + 1)
+                            wb = (o * KK + k0) * Cp + c0
+                            w0 = _VLOAD(w, wb)
+                            w1 = _VLOAD(w, wb + Cp)
+                            w2 = _VLOAD(w, wb + 2 * Cp)
+                            w3 = _VLOAD(w, wb + 3 * Cp)
+                            a00 = _VFMA(g0, w0, a00)
+                            a01 = _VFMA(g0, w1, a01)
+                            a02 = _VFMA(g0, w2, a02)
+                            a03 = _VFMA(g0, w3, a03)
+                            a10 = _VFMA(g1, w0, a10)
+                            a11 = _VFMA(g1, w1, a11)
+                            a12 = _VFMA(g1, w2, a12)
+                            a13 = _VFMA(g1, w3, a13)
+                        f0 = _LD(toff, k0) * Cp
+                        f1 = _LD(toff, k0 + 1) * Cp
+                        f2 = _LD(toff, k0 + 2) * Cp
+                        f3 = _LD(toff, k0 + 3) * Cp
+                        if new_q == 0:
+                            if new_k == 0:
+                                _VSTORE(dx, d0 + f0, _VADD(_VLOAD(dx, d0 + f0), a00))
+                            if new_k <= 1:
+                                _VSTORE(dx, d0 + f1, _VADD(_VLOAD(dx, d0 + f1), a01))
+                            if new_k <= 2:
+                                _VSTORE(dx, d0 + f2, _VADD(_VLOAD(dx, d0 + f2), a02))
+                            _VSTORE(dx, d0 + f3, _VADD(_VLOAD(dx, d0 + f3), a03))
+                        if new_k == 0:
+                            _VSTORE(dx, d1 + f0, _VADD(_VLOAD(dx, d1 + f0), a10))
+                        if new_k <= 1:
+                            _VSTORE(dx, d1 + f1, _VADD(_VLOAD(dx, d1 + f1), a11))
+                        if new_k <= 2:
+                            _VSTORE(dx, d1 + f2, _VADD(_VLOAD(dx, d1 + f2), a12))
+                        _VSTORE(dx, d1 + f3, _VADD(_VLOAD(dx, d1 + f3), a13))
+
+    @jit
+    def from_pixel_major(dx, out, C, Cp, H, W, Hr, Wr, ph, pw, n0, n1):  # pragma: no cover
+        # out flat (N, C, H, W) = dx flat (N, Hr, Wr, Cp) cropped by the padding
+        for n in range(n0, n1):
+            for c in range(C):
+                for i in range(H):
+                    src = ((n * Hr + i + ph) * Wr + pw) * Cp + c
+                    dst = ((n * C + c) * H + i) * W
+                    for j in range(W):
+                        out[dst + j] = dx[src + j * Cp]
+
+    return SimpleNamespace(fwd16=fwd16, fwd8=fwd8, wgrad16=wgrad16, wgrad8=wgrad8,
+                           to_pixel_major=to_pixel_major, igrad=igrad,
+                           from_pixel_major=from_pixel_major)
+
+
+# ---------------------------------------------------------------------- callers
+def _tap_offsets(c: int, hp: int, wp: int, ksize: tuple, dilation: tuple) -> np.ndarray:
+    """Offset of each tap (c, kh, kw) in a padded (C, Hp, Wp) sample from a pixel's base."""
+    ci, i, j = np.meshgrid(np.arange(c), np.arange(ksize[0]), np.arange(ksize[1]),
+                           indexing="ij")
+    return (((ci * hp + i * dilation[0]) * wp) + j * dilation[1]).ravel().astype(np.int64)
+
+
+@functools.lru_cache(maxsize=64)
+def _fwd_tables(c: int, hp: int, wp: int, ksize: tuple, stride: tuple, dilation: tuple,
+                out: tuple) -> tuple:
+    """(tap offsets, pixel bases) of a forward geometry (cached: ~20 us of NumPy)."""
+    pbase = (np.arange(out[0])[:, None] * (stride[0] * wp) +
+             np.arange(out[1])[None, :] * stride[1]).ravel().astype(np.int64)
+    return _tap_offsets(c, hp, wp, ksize, dilation), pbase
+
+
+def _padded(x: np.ndarray, padding: tuple) -> np.ndarray:
+    """``x`` zero-padded (C-contiguous) in its two spatial dims."""
+    ph, pw = padding
+    if not (ph or pw):
+        return np.ascontiguousarray(x)
+    n, c, h, w = x.shape
+    xp = np.zeros((n, c, h + 2 * ph, w + 2 * pw), np.float32)
+    xp[:, :, ph:ph + h, pw:pw + w] = x
+    return xp
+
+
+def _split(n: int, fn: Any, min_rows: int) -> None:
+    """``fn(lo, hi)`` over the samples, on the spare cores unless OpenBLAS's workers are
+    spinning (then a second thread of ours would only wait for them)."""
+    if blas_spinning():
+        fn(0, n)
+    else:
+        parallel_rows(n, fn, min_rows)
+
+
+def forward_fits(x: np.ndarray, w: np.ndarray, groups: int) -> bool:
+    """Whether :func:`conv2d_forward` takes this conv (float32 2-D, one group, at least one
+    full pixel tile per plane)."""
+    return (x.dtype == np.float32 and w.dtype == np.float32 and x.ndim == 4 and groups == 1
+            and kernels() is not None)
+
+
+def conv2d_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride: tuple,
+                   padding: tuple, dilation: tuple) -> np.ndarray | None:
+    """``conv2d(x, w, b)`` for float32 ``x (N, C, H, W)``, ``w (O, C, KH, KW)``; None when
+    the output plane is smaller than a tile (the caller's path then runs)."""
+    k = kernels()
+    n, c, h, wd = x.shape
+    o, _, kh, kw = w.shape
+    oh = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    ow = (wd + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    wide = o > 8
+    if oh * ow < (4 if wide else 8) or n == 0:
+        return None
+    lanes = 16 if wide else 8
+    op = -(-o // lanes) * lanes
+    xp = _padded(x, padding)
+    toff, pbase = _fwd_tables(c, xp.shape[2], xp.shape[3], (kh, kw), tuple(stride),
+                              tuple(dilation), (oh, ow))
+    wv = np.zeros((c * kh * kw, op), np.float32)
+    wv[:, :o] = w.reshape(o, -1).T
+    bv = np.zeros(op, np.float32)
+    if b is not None:
+        bv[:o] = b
+    y = np.empty((n, o, oh, ow), np.float32)
+    kern = k.fwd16 if wide else k.fwd8
+    xf, yf, plane = xp.reshape(-1), y.reshape(-1), c * xp.shape[2] * xp.shape[3]
+
+    def run(lo: int, hi: int) -> None:
+        kern(xf, plane, toff, pbase, wv, bv, yf, o, op, lo, hi)
+
+    _split(n, run, 8)
+    return y
+
+
+def weight_grad_fits(x: np.ndarray, g: np.ndarray, ksize: tuple, groups: int) -> bool:
+    """Whether :func:`conv2d_weight_grad` takes this conv."""
+    if x.ndim != 4 or groups != 1 or x.dtype != np.float32 or g.dtype != np.float32:
+        return False
+    taps = x.shape[1] * ksize[0] * ksize[1]
+    return taps >= (4 if g.shape[1] > 8 else 8) and kernels() is not None
+
+
+def conv2d_weight_grad(x: np.ndarray, g: np.ndarray, ksize: tuple, stride: tuple,
+                       padding: tuple, dilation: tuple, with_bias: bool = False,
+                       serial: bool = False) -> Any:
+    """Weight gradient ``(O, C, KH, KW)`` of ``conv2d(x, w)`` for output gradient ``g``;
+    with ``with_bias`` the pair (weight grad, bias grad). ``serial``: on this thread only
+    (a task beside another one)."""
+    k = kernels()
+    n, c = x.shape[:2]
+    o, oh, ow = g.shape[1:]
+    wide = o > 8
+    lanes = 16 if wide else 8
+    op = -(-o // lanes) * lanes
+    xp = _padded(x, padding)
+    toff, pbase = _fwd_tables(c, xp.shape[2], xp.shape[3], tuple(ksize), tuple(stride),
+                              tuple(dilation), (oh, ow))
+    p = oh * ow
+    gt = np.zeros((n, p, op), np.float32)
+    db = np.zeros(o, np.float32)
+    gf = np.ascontiguousarray(g).reshape(-1)
+    k.to_pixel_major(gf, gt.reshape(-1), db, o, op, p, 0, n)
+    taps = toff.size
+    tile = 4 if wide else 8
+    dw = np.empty((taps, op), np.float32)
+    kern = k.wgrad16 if wide else k.wgrad8
+    xf, gtf, dwf, plane = xp.reshape(-1), gt.reshape(-1), dw.reshape(-1), xp[0].size
+
+    def run(lo: int, hi: int) -> None:
+        kern(xf, plane, toff, pbase, gtf, dwf, op, n, lo, hi)
+
+    tiles = -(-taps // tile)
+    if serial:
+        run(0, tiles)
+    else:
+        _split(tiles, run, 1)
+    dw = np.ascontiguousarray(dw[:, :o].T).reshape((o, c) + tuple(ksize))
+    return (dw, db) if with_bias else dw
+
+
+@functools.lru_cache(maxsize=64)
+def _igrad_tables(hr: int, wr: int, ksize: tuple, stride: tuple, dilation: tuple,
+                  out: tuple) -> tuple:
+    """(pixel bases, tap offsets) of an input gradient in pixel units of (Hr, Wr) planes."""
+    pbase = (np.arange(out[0])[:, None] * (stride[0] * wr) +
+             np.arange(out[1])[None, :] * stride[1]).ravel().astype(np.int64)
+    i, j = np.meshgrid(np.arange(ksize[0]), np.arange(ksize[1]), indexing="ij")
+    toff = (i * dilation[0] * wr + j * dilation[1]).ravel().astype(np.int64)
+    return pbase, toff
+
+
+def input_grad_fits(g: np.ndarray, w: np.ndarray, groups: int) -> bool:
+    """Whether :func:`conv2d_input_grad` takes this conv."""
+    # input channels are the vector lanes: below 4 of 8 the im2col path wins (LeNet's
+    # conv1, C=1: 6.8 vs 1.9 ms)
+    return (g.dtype == np.float32 and w.dtype == np.float32 and g.ndim == 4 and groups == 1
+            and w.shape[1] >= 4 and w.shape[2] * w.shape[3] >= 4 and g.shape[2] * g.shape[3] >= 2
+            and kernels() is not None)
+
+
+def conv2d_input_grad(g: np.ndarray, w: np.ndarray, sp: tuple, stride: tuple,
+                      padding: tuple, dilation: tuple, serial: bool = False) -> np.ndarray:
+    """Input gradient ``(N, C, *sp)`` of ``conv2d(x, w)`` for output gradient ``g`` (also the
+    transposed conv of ``g``)."""
+    k = kernels()
+    n, o, oh, ow = g.shape
+    c, kh, kw = w.shape[1:]
+    cp = -(-c // 8) * 8
+    # the padded planes also hold the reach of the last window (a transposed conv's
+    # output_padding leaves input rows no window reads)
+    hr = max(sp[0] + 2 * padding[0], dilation[0] * (kh - 1) + stride[0] * (oh - 1) + 1)
+    wr = max(sp[1] + 2 * padding[1], dilation[1] * (kw - 1) + stride[1] * (ow - 1) + 1)
+    pbase, toff = _igrad_tables(hr, wr, (kh, kw), tuple(stride), tuple(dilation), (oh, ow))
+    wv = np.zeros((o, kh * kw, cp), np.float32)
+    wv[:, :, :c] = w.reshape(o, c, -1).transpose(0, 2, 1)
+    dxt = np.zeros((n, hr * wr, cp), np.float32)
+    out = np.empty((n, c) + tuple(sp), np.float32)
+    gf, wf, dxf, of = np.ascontiguousarray(g).reshape(-1), wv.reshape(-1), dxt.reshape(-1), \
+        out.reshape(-1)
+
+    def run(lo: int, hi: int) -> None:
+        k.igrad(gf, o, pbase, toff, wf, dxf, cp, hr * wr, lo, hi)
+        k.from_pixel_major(dxf, of, c, cp, sp[0], sp[1], hr, wr, padding[0], padding[1],
+                           lo, hi)
+
+    if serial:
+        run(0, n)
+    else:
+        _split(n, run, 8)
+    return out
