@@ -2,8 +2,8 @@
 
 NumPy runs an elementwise chain as one call per operation; every call hands the GIL back, so
 chains split over Python threads barely scale past one core, while torch runs one fused loop
-per op on every core. These kernels are that fused loop: one pass per element, ``prange`` over
-cache-sized chunks on numba's own thread pool. numba is imported on the first call of a covered
+per op on every core. These kernels are that fused loop: one pass per element, compiled
+``nogil``, and the large ones cut into pieces for ember's row threads (:func:`_spread`). numba is imported on the first call of a covered
 op, never by ``import ember``; without numba, or with ``EMBER_NUMBA=0``, :func:`kernels`
 returns None and callers keep their NumPy code. Kernels are compiled with ``cache=True`` (the
 compiled code lands in ``__pycache__``) and for few signatures (1-D float32 arrays).
@@ -15,7 +15,7 @@ import os
 from types import SimpleNamespace
 from typing import Any
 
-_CHUNK = 1 << 12  # elements a prange iteration handles: ~16 KB of float32 per array
+_GELU_MIN = 1 << 17  # elements a GELU piece gets at least: 128K split no faster (measured)
 _state: dict = {"kernels": None, "tried": False}
 # jitted helpers that other kernels call, set by _build: module globals rather than closure
 # variables, which numba's on-disk cache does not take (every process recompiled them)
@@ -71,21 +71,21 @@ def blas_spinning() -> bool:
     return cur is not None and cur > 1 and bool(_state["spin"])
 
 
-def set_threads(chunks: int) -> int:
-    """Use as many numba threads as :func:`ember.backend.cpu.row_threads` gives for ``chunks``
-    pieces, so the kernels take only the cores other processes leave free, and none beside
-    OpenBLAS's spinning workers (:func:`blas_spinning`). Returns the count; callers run
-    their serial loop directly when it is 1 (a parallel launch costs ~50 us)."""
-    if blas_spinning():
-        return 1
-    import numba
+def _spread(n: int, piece: Any, min_rows: int) -> None:
+    """Call ``piece(lo, hi)`` over ``[0, n)``, in pieces of at least ``min_rows`` on the
+    cores other processes leave free (``backend.cpu.parallel_rows``: Python threads; the
+    kernels are compiled ``nogil``, so the pieces run at once), or in one call beside
+    OpenBLAS's spinning workers (:func:`blas_spinning`).
 
-    from ember.backend.cpu import _set_blas_threads, row_threads
-    threads = max(1, min(row_threads(chunks, 1), numba.config.NUMBA_NUM_THREADS))
-    if threads > 1:
-        _set_blas_threads(1)  # the next GEMM sets its own count again, as parallel_rows does
-        numba.set_num_threads(threads)
-    return threads
+    Why not numba's own ``prange``: measured alternating in one process, GELU of 512K float32
+    elements took 471 us this way against 546 us (often ~900) with ``prange`` on numba's
+    workqueue threads, and right after a threaded GEMM 1.69 vs 2.22 ms for both (serial
+    787 us); one thread pool for every parallel pass also keeps ember's threads to one set."""
+    if blas_spinning():
+        piece(0, n)
+        return
+    from ember.backend.cpu import parallel_rows
+    parallel_rows(n, piece, min_rows)
 
 
 def _exp_neg(numba: Any, np: Any) -> Any:
@@ -127,18 +127,18 @@ def _exp_neg(numba: Any, np: Any) -> Any:
 def _row_blocks(rows: int, n: int) -> int:
     """Blocks of rows a row kernel is cut into: ~128K elements each, at most 16, so that the
     per-block partial sums (and so the result) do not depend on the thread count. One block
-    runs serially without the parallel launch (~50 us measured: more than a second thread
-    saves on a (1024, 128) layer norm)."""
+    runs on the calling thread (a parallel launch cost more than a second thread saved on a
+    (1024, 128) layer norm)."""
     return max(1, min(16, rows, rows * n >> 17))
 
 
 def _build() -> SimpleNamespace:
     import numba
     import numpy as np
-    from numba import prange
 
     if "NUMBA_THREADING_LAYER" not in os.environ:
-        # not OpenMP (numba's pick when libgomp is there): its threads spin after each kernel
+        # for any prange kernel compiled in this process (none here: see _spread): not
+        # OpenMP (numba's pick when libgomp is there), whose threads spin after each kernel
         # and took the cores from OpenBLAS's next GEMM (measured: a GPT step 120 -> 230 ms);
         # workqueue threads sleep between kernels
         numba.config.THREADING_LAYER = "workqueue"
@@ -148,7 +148,6 @@ def _build() -> SimpleNamespace:
     # error_model="numpy": with numba's default ("python") every division checks for a zero
     # divisor to raise ZeroDivisionError, a branch that kept the GELU loop scalar (6.4 ms vs
     # 0.9 ms for 512K elements on one core)
-    jit = numba.njit(parallel=True, fastmath=False, cache=True, nogil=True, error_model="numpy")
     serial = numba.njit(fastmath=False, cache=True, nogil=True, error_model="numpy")
     # row reductions may be reassociated (that alone lets LLVM vectorize a sum; NaN and inf
     # keep their IEEE behaviour), and multiply-adds fused (the softmax rows' exp: 481 vs
@@ -158,7 +157,6 @@ def _build() -> SimpleNamespace:
     # GELU's polynomials and exp as fused multiply-adds (one rounding fewer per step; the
     # loop is bound by its ~40 vector arithmetic instructions per 8 elements)
     fma = numba.njit(fastmath={"contract"}, cache=True, nogil=True, error_model="numpy")
-    chunk = _CHUNK
     r0, r1, r2, r3, r4, r5, r6, r7 = _GELU_R
     isp = 1.0 / math.sqrt(2.0 * math.pi)
 
@@ -219,29 +217,16 @@ def _build() -> SimpleNamespace:
     _GELU_SPAN = span
     _GELU_SPAN_GRAD = span_grad
 
-    @jit
-    def gelu(x, y, d, want_grad):  # pragma: no cover - compiled
-        # the loop over one chunk is its own function: inside a prange body (a parfor) the
-        # same loop indexed from c * chunk did not vectorize (~7x slower)
-        n = x.size
-        for c in prange((n + chunk - 1) // chunk):
-            lo = c * chunk
-            hi = min(n, lo + chunk)
-            if want_grad:
-                _GELU_SPAN_GRAD(x[lo:hi], y[lo:hi], d[lo:hi])
-            else:
-                _GELU_SPAN(x[lo:hi], y[lo:hi])
-
     def gelu_f(flat: Any, y: Any, d: Any) -> None:
         """float32 GELU of the 1-D contiguous ``flat`` into ``y`` and, unless ``d`` is None,
         its derivative into ``d`` (float32 only: the fit is float32-accurate)."""
-        if set_threads(-(-flat.size // chunk)) == 1:
-            if d is None:
-                span(flat, y)
-            else:
-                span_grad(flat, y, d)
-            return
-        gelu(flat, y, y if d is None else d, d is not None)
+        if d is None:
+            def piece(lo: int, hi: int) -> None:
+                span(flat[lo:hi], y[lo:hi])
+        else:
+            def piece(lo: int, hi: int) -> None:
+                span_grad(flat[lo:hi], y[lo:hi], d[lo:hi])
+        _spread(flat.size, piece, _GELU_MIN)
 
     @rows_jit
     def ln_rows(x, w, b, eps, y, xhat, mean, rstd):  # pragma: no cover - compiled
@@ -279,26 +264,23 @@ def _build() -> SimpleNamespace:
 
     _LN_ROWS = ln_rows
 
-    @jit
-    def layer_norm(x, w, b, eps, y, xhat, mean, rstd, blocks):  # pragma: no cover - compiled
-        rows = x.shape[0]
-        for c in prange(blocks):
-            lo = rows * c // blocks
-            hi = rows * (c + 1) // blocks
-            _LN_ROWS(x[lo:hi], w, b, eps, y[lo:hi], xhat[lo:hi], mean[lo:hi], rstd[lo:hi])
-
     def layer_norm_f(x2: Any, w1: Any, b1: Any, eps: float, y: Any, xhat: Any, mean: Any,
                      rstd: Any) -> None:
         """Layer norm of the C-contiguous (rows, n) ``x2`` (float32 or float64) into ``y``,
         ``xhat`` (may be ``y`` itself when there is no affine), ``mean`` and ``rstd`` (rows,)."""
         none = x2[0, :0]
-        blocks = _row_blocks(x2.shape[0], x2.shape[1])
+        rows = x2.shape[0]
+        blocks = _row_blocks(rows, x2.shape[1])
         w1 = none if w1 is None else w1
         b1 = none if b1 is None else b1
-        if blocks == 1 or set_threads(blocks) == 1:  # rows are independent: one call
-            ln_rows(x2, w1, b1, float(eps), y, xhat, mean, rstd)
-            return
-        layer_norm(x2, w1, b1, float(eps), y, xhat, mean, rstd, blocks)
+        eps = float(eps)
+
+        def piece(lo: int, hi: int) -> None:  # rows are independent
+            ln_rows(x2[lo:hi], w1, b1, eps, y[lo:hi], xhat[lo:hi], mean[lo:hi], rstd[lo:hi])
+        if blocks == 1:
+            piece(0, rows)
+        else:
+            _spread(rows, piece, rows // blocks)
 
     @rows_jit
     def ln_back_rows(xhat, g, w, rstd, gx, gw, gb, want_gx):  # pragma: no cover - compiled
@@ -329,16 +311,6 @@ def _build() -> SimpleNamespace:
 
     _LN_BACK_ROWS = ln_back_rows
 
-    @jit
-    def layer_norm_back(xhat, g, w, rstd, gx, gw, gb, want_gx):  # pragma: no cover - compiled
-        rows = xhat.shape[0]
-        blocks = gw.shape[0]
-        for c in prange(blocks):
-            lo = rows * c // blocks
-            hi = rows * (c + 1) // blocks
-            _LN_BACK_ROWS(xhat[lo:hi], g[lo:hi], w, rstd[lo:hi], gx[lo:hi], gw[c], gb[c],
-                         want_gx)
-
     def layer_norm_backward_f(xhat: Any, g: Any, w: Any, rstd: Any, want_gx: bool) -> tuple:
         """Layer norm's gradients from the saved C-contiguous (rows, n) ``xhat``, the
         upstream ``g`` (same shape and dtype), ``w`` (n,) of that dtype (ones when the norm
@@ -349,16 +321,16 @@ def _build() -> SimpleNamespace:
         gw = np.zeros((blocks, n))
         gb = np.zeros((blocks, n))
         gx = np.empty_like(xhat) if want_gx else xhat[:0]
-        if blocks == 1:
-            ln_back_rows(xhat, g, w, rstd, gx, gw[0], gb[0], want_gx)
-        elif set_threads(blocks) == 1:
-            # the same blocks in turn: the same partial sums as on several threads
-            for c in range(blocks):
+
+        def piece(c0: int, c1: int) -> None:  # blocks c0..c1-1, each its own partial sums
+            for c in range(c0, c1):
                 lo, hi = rows * c // blocks, rows * (c + 1) // blocks
                 ln_back_rows(xhat[lo:hi], g[lo:hi], w, rstd[lo:hi], gx[lo:hi] if want_gx
                              else gx, gw[c], gb[c], want_gx)
+        if blocks == 1:
+            piece(0, 1)
         else:
-            layer_norm_back(xhat, g, w, rstd, gx, gw, gb, want_gx)
+            _spread(blocks, piece, 1)
         return (gx if want_gx else None), gw.sum(0), gb.sum(0)
 
     @rows_jit
@@ -440,25 +412,23 @@ def _build() -> SimpleNamespace:
 
     _SOFTMAX_STATS_ROWS = softmax_stats_rows
 
-    @jit
-    def softmax_stats(x, out, m, s, normalize, blocks):  # pragma: no cover - compiled
-        rows = x.shape[0]
-        bad = 0
-        for c in prange(blocks):
-            lo = rows * c // blocks
-            hi = rows * (c + 1) // blocks
-            bad += _SOFTMAX_STATS_ROWS(x[lo:hi], out[lo:hi], m[lo:hi], s[lo:hi], normalize)
-        return bad
-
     def softmax_stats_f(x2: Any, out: Any, m: Any, s: Any, normalize: bool) -> int:
         """For the C-contiguous float32 (rows, n) ``x2``: ``out = exp(x - m)`` (normalized
         to sum 1 when ``normalize``), ``m`` the row max and ``s`` the row sum of the
         exponentials (float32 (rows,) each). Returns the number of rows skipped (a NaN, or an
         infinite max); the caller must redo those rows."""
+        rows = x2.shape[0]
         blocks = _row_blocks(*x2.shape)
-        if blocks == 1 or set_threads(blocks) == 1:
-            return int(softmax_stats_rows(x2, out, m, s, normalize))
-        return int(softmax_stats(x2, out, m, s, normalize, blocks))
+        bad = []
+
+        def piece(lo: int, hi: int) -> None:
+            bad.append(int(softmax_stats_rows(x2[lo:hi], out[lo:hi], m[lo:hi], s[lo:hi],
+                                              normalize)))
+        if blocks == 1:
+            piece(0, rows)
+        else:
+            _spread(rows, piece, rows // blocks)
+        return sum(bad)
 
     @serial
     def adam(p, g, m, v, vmax, decay, l2, neg, w1, two_sided, b2, c2, step_size, bc2_sqrt,
