@@ -5,7 +5,8 @@
 Each route runs 2,000 times back to back (the GPU keeps up at these sizes, so the time per
 call is the host's) for ``(64, 784) @ (512, 784).T`` in float32: ``cupy.matmul`` with the
 weight as a transposed view (ember's linear), with a contiguous right operand, cuBLAS
-through ``cupy.cublas.gemm``, and ember's ``F.linear`` itself.
+through ``cupy.cublas.gemm``, the raw ``cublasGemmEx`` binding (with and without allocating
+the result), and ember's ``F.linear`` itself.
 """
 from __future__ import annotations
 
@@ -25,7 +26,31 @@ def main() -> None:
     ea = ember.randn(64, 784, device="cuda")
     ew = ember.randn(512, 784, device="cuda")
     eb = ember.randn(512, device="cuda")
+    import numpy as np
+    from cupy_backends.cuda.libs import cublas as cb
+    h = cp.cuda.device.get_cublas_handle()
+    one, zero = np.ones(1, np.float32), np.zeros(1, np.float32)
+
+    def raw_gemm_ex() -> None:
+        # row-major out (64, 512) = a (64, 784) @ w.T: column-major out.T = w @ a.T
+        cb.setStream(h, cp.cuda.get_current_stream().ptr)
+        cb.gemmEx(h, cb.CUBLAS_OP_T, cb.CUBLAS_OP_N, 512, 64, 784, one.ctypes.data,
+                  w.data.ptr, 0, 784, a.data.ptr, 0, 784, zero.ctypes.data, out.data.ptr, 0,
+                  512, 68, -1)   # CUDA_R_32F = 0, CUBLAS_COMPUTE_32F = 68, default algo
+
+    def raw_gemm_ex_alloc() -> None:
+        o = cp.empty((64, 512), cp.float32)
+        cb.setStream(h, cp.cuda.get_current_stream().ptr)
+        cb.gemmEx(h, cb.CUBLAS_OP_T, cb.CUBLAS_OP_N, 512, 64, 784, one.ctypes.data,
+                  w.data.ptr, 0, 784, a.data.ptr, 0, 784, zero.ctypes.data, o.data.ptr, 0,
+                  512, 68, -1)
+    ref = cp.matmul(a, w.T)
+    raw_gemm_ex()
+    assert cp.allclose(out, ref, rtol=1e-3, atol=1e-3), "raw gemmEx disagrees with matmul"
     routes = {
+        "raw cublas gemmEx out=": raw_gemm_ex,
+        "raw cublas gemmEx + cp.empty": raw_gemm_ex_alloc,
+        "cp.empty((64, 512))": lambda: cp.empty((64, 512), cp.float32),
         "cupy.matmul(a, w.T)": lambda: cp.matmul(a, w.T),
         "cupy.matmul(a, wt)": lambda: cp.matmul(a, wt),
         "cupy.cublas.gemm N,T out=": lambda: cublas.gemm("N", "T", a, w, out=out),

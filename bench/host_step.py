@@ -3,8 +3,9 @@ batch, so that the GPU finishes long before the host and the synchronised step t
 host's own time. ember and torch, each in its own process; then ember's cProfile (tottime;
 C calls count in their caller) and its kernel launches per step.
 
-    python -m bench.host_step                # ResNet-50 B 4 and GPT-2 B 1 (T 1024)
+    python -m bench.host_step                # ResNet-50 B 4, GPT-2 B 1 (T 1024), MLP B 64
     python -m bench.host_step --profile      # plus ember's profile and launch counts
+    python -m bench.host_step --profile mlp  # the steps whose names contain a word
     python -m bench.host_step --variants     # plus: gc disabled / frozen, peak stats on
 """
 from __future__ import annotations
@@ -20,9 +21,13 @@ from typing import Any
 
 
 def _steps(m: Any) -> dict:
-    from bench.gpu import gpt2, resnet50
-    return {"ResNet-50 B4": lambda: resnet50(m, B=4)[0],
-            "GPT-2 B1": lambda: gpt2(m, B=1)[0]}
+    from bench.gpu import gpt2, mlp, resnet50
+    steps = {"ResNet-50 B4": lambda: resnet50(m, B=4)[0],
+             "GPT-2 B1": lambda: gpt2(m, B=1)[0],
+             "MLP 784-512-512-10 B64 Adam": lambda: mlp(m)[0]}
+    words = [a.lower() for a in sys.argv[1:] if not a.startswith("--") and a not in
+             ("ember", "torch")]
+    return {k: v for k, v in steps.items() if not words or any(w in k.lower() for w in words)}
 
 
 def _time(m: Any, step: Any) -> float:
@@ -46,7 +51,8 @@ def run(fw: str, profile: bool) -> None:
         for _ in range(3):
             step()
         m.cuda.synchronize()
-        print(f"{fw:5s} {_time(m, step):8.2f} ms  {name}", flush=True)
+        ms = _time(m, step)
+        print(f"{fw:5s} {ms:8.2f} ms  {name}", flush=True)
         if "--variants" in sys.argv:
             # what the interpreter's cyclic garbage collector and the peak-memory hook
             # (installed by reset_peak_memory_stats) add to the step
@@ -76,15 +82,20 @@ def run(fw: str, profile: bool) -> None:
         step()
         m.cuda.synchronize()
         _nvrtc._Launcher.__call__ = orig
-        print(f"  NVRTC launches per step: {sum(counts.values())}")
+        raw = [k for k, f in _nvrtc._FUNCS.items() if f.raw]
+        print(f"  NVRTC launches per step: {sum(counts.values())}; kernels launched with raw "
+              f"pointers (CuPy refused an array dtype): {len(raw)} of {len(_nvrtc._FUNCS)}")
+        reps = max(3, int(300 / ms))  # ~0.3 s of steps
         pr = cProfile.Profile()
         pr.enable()
-        for _ in range(3):
+        for _ in range(reps):
             step()
         m.cuda.synchronize()
         pr.disable()
+        print(f"  profile of {reps} steps")
         st = pstats.Stats(pr)
         st.sort_stats("tottime").print_stats(35)
+        st.sort_stats("cumulative").print_stats(30)
 
 
 def main() -> None:
@@ -93,8 +104,9 @@ def main() -> None:
         return
     prof = "--profile" in sys.argv
     var = ["--variants"] if "--variants" in sys.argv else []
+    words = [a for a in sys.argv[1:] if not a.startswith("--")]
     for fw in ("ember", "torch"):
-        subprocess.run([sys.executable, "-m", "bench.host_step", "--one", fw] + var +
+        subprocess.run([sys.executable, "-m", "bench.host_step", "--one", fw] + var + words +
                        (["--profile"] if prof and fw == "ember" else []))
 
 

@@ -400,34 +400,60 @@ class Split(OpDef):
 
 
 def _adjacent_views(grads: tuple, dim: int) -> Tensor | None:
-    """The gradients of a split joined without a copy, when they are NumPy views lying side by
-    side along ``dim`` in one array (as attention's backward writes the gradients of a fused
-    qkv projection), else None."""
+    """The gradients of a split joined without a copy, when they are views (NumPy or CuPy)
+    lying side by side along ``dim`` in one buffer, as attention's backward writes the
+    gradients of a fused qkv projection (CPU attention, and cuDNN attention's backward on
+    the GPU), else None. Their union is then exactly the joined view's elements."""
     first = grads[0]
-    if not isinstance(first, Tensor) or type(first._data) is not np.ndarray:
+    if not isinstance(first, Tensor):
         return None
     a0 = first._data
-    base, strides, step = a0.base, a0.strides, a0.strides[dim]
-    if base is None or type(base) is not np.ndarray or not base.flags.c_contiguous:
+    kind = type(a0)
+    if kind is np.ndarray:
+        owner = a0.base   # the buffer: the array the views were taken of
+        if owner is None or type(owner) is not np.ndarray or not owner.flags.c_contiguous:
+            return None
+
+        def ptr(a: Any) -> int:
+            return a.__array_interface__["data"][0]
+
+        def same(a: Any) -> bool:
+            return a.base is owner
+        lo, size = ptr(owner), owner.nbytes
+    elif hasattr(a0, "data") and hasattr(a0.data, "mem"):  # CuPy: views share one allocation
+        owner = a0.data.mem
+
+        def ptr(a: Any) -> int:
+            return a.data.ptr
+
+        def same(a: Any) -> bool:
+            return a.data.mem is owner
+        lo, size = owner.ptr, owner.size
+    else:
         return None
-    ptr = a0.__array_interface__["data"][0]
+    strides, step = a0.strides, a0.strides[dim]
+    if any(st < 0 for st in strides):
+        return None
+    p0 = ptr(a0)
     n = 0
     for g in grads:
         a = g._data if isinstance(g, Tensor) else None
-        if a is None or type(a) is not np.ndarray or a.base is not base or \
-                a.dtype != a0.dtype or a.strides != strides or g._dtype is not first._dtype or \
+        if a is None or type(a) is not kind or not same(a) or a.dtype != a0.dtype or \
+                a.strides != strides or g._dtype is not first._dtype or \
                 a.shape[:dim] != a0.shape[:dim] or a.shape[dim + 1:] != a0.shape[dim + 1:] or \
-                a.__array_interface__["data"][0] != ptr + n * step:
+                ptr(a) != p0 + n * step:
             return None
         n += a.shape[dim]
     if n and not step:
         return None
     shape = a0.shape[:dim] + (n,) + a0.shape[dim + 1:]
-    try:  # np.ndarray checks that the joined view lies inside base
-        whole = np.ndarray(shape, a0.dtype, buffer=base, strides=strides,
-                           offset=ptr - base.__array_interface__["data"][0])
-    except (TypeError, ValueError):
-        return None
+    extent = sum((d - 1) * st for d, st in zip(shape, strides)) + a0.itemsize
+    if p0 < lo or p0 + extent > lo + size or 0 in shape:
+        return None   # the joined view must lie inside the buffer
+    if kind is np.ndarray:
+        whole = np.ndarray(shape, a0.dtype, buffer=owner, strides=strides, offset=p0 - lo)
+    else:
+        whole = kind(shape, a0.dtype, memptr=a0.data, strides=strides)
     return _make(whole, first._dtype, first._device)
 
 

@@ -63,6 +63,28 @@ def _operand(cp: Any, a: Any) -> tuple:
     return a, st
 
 
+def _grads_like_base(cp: Any, q: Any, k: Any, v: Any) -> tuple | None:
+    """``(dq, dk, dv)`` as views of one new array laid out like the array that ``q``, ``k``
+    and ``v`` are views of, when together they are all of it (a fused qkv projection split
+    in three), else None. The gradients then lie side by side as the projection's output
+    does, and split's backward joins them without a copy (a ~60 us copy per GPT-2 layer)."""
+    base = q.base   # e.g. a linear layer's (B, T, 3C) output (C or F order)
+    if base is None or k.base is not base or v.base is not base or \
+            not (base.flags.c_contiguous or base.flags.f_contiguous) or \
+            q.size + k.size + v.size != base.size or \
+            not (q.dtype == k.dtype == v.dtype == base.dtype):
+        return None
+    out = cp.empty_like(base)   # order 'K': the same strides
+    if out.strides != base.strides:
+        return None
+    start = base.data.ptr
+
+    def like(a: Any) -> Any:
+        return cp.ndarray(a.shape, a.dtype, memptr=out.data + (a.data.ptr - start),
+                          strides=a.strides)
+    return like(q), like(k), like(v)
+
+
 def _packed_strides(shape: tuple, strides: tuple) -> tuple:
     """``strides`` with those of size-1 dims replaced by row-major values (any value is valid
     for them; cuDNN's validation prefers consistent ones)."""
@@ -304,9 +326,13 @@ class CudnnSDPA:
         do, sdo = _operand(cp, g)
         bias, rng, p = ctx.cudnn_bias, ctx.cudnn_rng, ctx.cudnn_dropout
         b, h, sq, d = q.shape
-        dq = _bshd(cp, b, h, sq, d, q.dtype)
-        dk = _bshd(cp, b, k.shape[1], k.shape[2], k.shape[3], q.dtype)
-        dv = _bshd(cp, b, v.shape[1], v.shape[2], v.shape[3], q.dtype)
+        grads = _grads_like_base(cp, q, k, v)
+        if grads is not None:
+            dq, dk, dv = grads
+        else:
+            dq = _bshd(cp, b, h, sq, d, q.dtype)
+            dk = _bshd(cp, b, k.shape[1], k.shape[2], k.shape[3], q.dtype)
+            dv = _bshd(cp, b, v.shape[1], v.shape[2], v.shape[3], q.dtype)
         shapes = (q.shape, k.shape, v.shape, o.shape, do.shape, dq.shape, dk.shape, dv.shape)
         strides = (sqs, sks, svs, _cudnn.elem_strides(o), sdo, _cudnn.elem_strides(dq),
                    _cudnn.elem_strides(dk), _cudnn.elem_strides(dv))
