@@ -62,6 +62,8 @@ def _phases(mod: Any, step: Any, sync: Any, name: str) -> dict:
     """Host time of the forward (with the loss), backward and optimizer step of bench.gpu's
     ResNet-50 / GPT workloads, rebuilt from the step closure's variables; each phase is
     timed without synchronising (the GPU trails), the step is synchronised afterwards."""
+    if not getattr(step, "__closure__", None):  # a graph replay: no phases to rebuild
+        return {}
     cells = dict(zip(step.__code__.co_freevars, (c.cell_contents for c in step.__closure__)))
     if not {"model", "opt", "x", "y"} <= cells.keys():
         return {}

@@ -70,16 +70,22 @@ def _test_device(monkeypatch, request):
 
 
 def _clear_pending_cuda_errors() -> None:
-    """A bad cross_entropy target on CUDA is reported by a later call (asynchronously, as
-    torch's device-side assert); a test that provokes one must not fail the next test."""
+    """A bad cross_entropy target or embedding index on CUDA is reported by a later call
+    (asynchronously, as torch's device-side assert); a test that provokes one must not fail
+    the next test."""
     loss = sys.modules.get("ember.backend.cuda_ops.kernels_loss")
-    if loss is None:
+    emb = sys.modules.get("ember.backend.cuda_ops.kernels_embedding")
+    if loss is None and emb is None:
         return
-    import ember
-    ember.cuda.synchronize()
-    for flag in loss._FLAGS.values():
+    import cupy
+    cupy.cuda.Device().synchronize()
+    for flag in (loss._FLAGS.values() if loss is not None else ()):
         flag.dev.fill(loss._NO_BAD)
         flag.pending = False
+    for flag in (emb._FLAGS.values() if emb is not None else ()):
+        flag.dev.fill(emb._NO_BAD)
+        flag.host[0] = emb._NO_BAD
+        flag.event = None
 
 
 @pytest.fixture

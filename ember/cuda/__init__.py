@@ -4,6 +4,8 @@ stays GPU-free.
 """
 from __future__ import annotations
 
+import sys
+
 from typing import Any
 
 from ember.backend import cuda as _backend
@@ -142,9 +144,14 @@ def is_bf16_supported(including_emulation: bool = True) -> bool:
 
 
 def synchronize(dev: Any = None) -> None:
-    """Wait for all work on the device to finish."""
+    """Wait for all work on the device to finish. Raises the IndexError of an embedding
+    index that a device-side check found bad meanwhile (torch raises its device-side assert
+    at a synchronisation too)."""
     with device(dev if dev is not None else current_device()):
         _cp().cuda.Device().synchronize()
+        emb = sys.modules.get("ember.backend.cuda_ops.kernels_embedding")
+        if emb is not None:
+            emb.raise_pending()
 
 
 # ---------------------------------------------------------------------- random

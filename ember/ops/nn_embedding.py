@@ -41,18 +41,23 @@ def _capturing(xp: Any) -> bool:
 
 
 def _check_range(op: str, xp: Any, indices: Any, num: int, kind: type = IndexError,
-                 out: Any = None) -> None:
+                 out: Any = None, busy: bool = False) -> None:
     """Torch raises for an out-of-range index (IndexError from embedding, RuntimeError from
-    embedding_bag); NumPy would wrap negatives silently. While a CUDA graph is captured the
-    host may not read the indices: the check then runs on the device, setting the gathered
-    rows ``out`` of bad indices to NaN, and the next eager check raises."""
+    embedding_bag); NumPy would wrap negatives silently. On CUDA, reading the indices on
+    the host waits for the GPU's whole queue: while a graph is captured (where it is not
+    allowed) and, for embedding, while the GPU was ``busy`` before the call, the check runs
+    on the device instead, setting the gathered rows ``out`` of bad indices to NaN, and the
+    IndexError comes from the next embedding call or ``ember.cuda.synchronize()``."""
     if xp is not np:
         from ember.backend.cuda_ops import kernels_embedding as ke
         if _capturing(xp):
             if indices.size:
                 ke.check_range_on_device(xp, indices, num, out)
             return
-        ke.raise_recorded(xp)
+        ke.raise_recorded(xp, wait=not busy)   # an idle GPU: reading the record is free
+        if busy and out is not None:
+            ke.check_range_on_device(xp, indices, num, out)
+            return
     if indices.size and (int(indices.min()) < 0 or int(indices.max()) >= num):
         bad = int(indices.min()) if int(indices.min()) < 0 else int(indices.max())
         raise make(kind, op, f"index out of range in self: index {bad} with "
@@ -127,9 +132,12 @@ class Embedding(OpDef):
             out = xp.take(weight, indices, axis=0)
         else:
             # CuPy's take wraps an out-of-range index (no fault); checked after the gather so
-            # that under graph capture the bad rows can be set to NaN
+            # that a device-side check can set the bad rows to NaN. Whether the GPU is busy is
+            # asked before the gather is queued (an idle GPU: the host check costs no stall).
+            stream = xp.cuda.get_current_stream()
+            busy = not (stream.ptr != 0 and stream.is_capturing()) and not stream.done
             out = xp.take(weight, indices, axis=0)
-            _check_range("embedding", xp, indices, weight.shape[0], out=out)
+            _check_range("embedding", xp, indices, weight.shape[0], out=out, busy=busy)
         ctx.num = weight.shape[0]
         ctx.args = (padding_idx, scale_grad_by_freq)
         ctx.save(indices)

@@ -56,22 +56,35 @@ K.define("embedding_check", _CHECK_SRC, ("idx_check",))   # templated on (index,
 
 
 _NO_BAD = -(1 << 63)
-_FLAGS: dict = {}   # device -> int64 device scalar: the last bad index seen in a capture
-_ARMED = [False]    # whether any capture has recorded a check (else nothing to read back)
+_FLAGS: dict = {}   # device -> _Flag: the last bad index the device check saw
+_ARMED = [False]    # whether any device check ran (else nothing to read back)
+
+
+class _Flag:
+    """A device's bad-index record: the int64 on the device, a pinned host copy, the event of
+    the copy in flight (None when none is)."""
+
+    __slots__ = ("dev", "host", "event")
+
+    def __init__(self, xp: Any) -> None:
+        self.dev = xp.full((), _NO_BAD, xp.int64)
+        self.host = np.frombuffer(xp.cuda.alloc_pinned_memory(8), np.int64, 1)
+        self.event = None
 
 
 def check_range_on_device(xp: Any, indices: Any, num: int, out: Any = None) -> None:
-    """Check ``0 <= indices < num`` without the host (used while a CUDA graph is captured,
-    where reading the indices back is not allowed). A bad index is recorded on the device
-    and its row of ``out`` (the gathered rows, when given) becomes NaN; the next eager check
-    (:func:`raise_recorded`) raises the IndexError. Nothing stops the GPU: a trap, torch's
-    device-side assert, would end the whole CUDA context."""
+    """Check ``0 <= indices < num`` without the host: while a CUDA graph is captured
+    (reading the indices back is not allowed there), and in eager calls made while the GPU
+    is busy (reading them would stall the host until the queue drains, and with it the
+    overlap of host and GPU). A bad index is recorded on the device and its row of ``out``
+    (the gathered rows, when given) becomes NaN; :func:`raise_recorded` raises the
+    IndexError at the next embedding call or ``ember.cuda.synchronize()``. Nothing stops the
+    GPU: a trap, torch's device-side assert, would end the whole CUDA context."""
     it = K.INDEX_CTYPES.get(indices.dtype.name)
     n = indices.size
     if it is None or n == 0:
         return
-    dev = xp.cuda.runtime.getDevice()
-    flag = _FLAGS.get(dev)
+    flag = _FLAGS.get(xp.cuda.runtime.getDevice())
     if flag is None:
         raise RuntimeError("[embedding] the first embedding call on a device happened during "
                            "CUDA graph capture; run the captured code once before capturing")
@@ -81,25 +94,57 @@ def check_range_on_device(xp: Any, indices: Any, num: int, out: Any = None) -> N
     d = out.size // n if ot is not None else 0
     K.function("embedding_check", "idx_check", f"{it}, {ot or 'float'}")(
         ((n + 7) // 8, 1, 1), (32, 8, 1),
-        (idx, K.i64(n), K.i64(num), flag, out if ot is not None else np.uint64(0), K.i32(d)))
+        (idx, K.i64(n), K.i64(num), flag.dev, out if ot is not None else np.uint64(0),
+         K.i32(d)))
+    stream = xp.cuda.get_current_stream()
+    if stream.ptr == 0 or not stream.is_capturing():
+        _start_copy(xp, flag, stream)   # eager: the next call can read this check's result
 
 
-def raise_recorded(xp: Any) -> None:
-    """Raise the IndexError for a bad index that a captured graph's replay recorded (an
-    eager embedding call runs this first; it also creates the device's flag, outside any
-    capture)."""
+def _start_copy(xp: Any, flag: _Flag, stream: Any) -> None:
+    """Copy the device record to the pinned host word behind the stream's work (replacing a
+    copy in flight: the record only ever gains bad indices until the host resets it)."""
+    flag.dev.data.copy_to_host_async(flag.host.ctypes.data, 8, stream)
+    flag.event = xp.cuda.Event(disable_timing=True)
+    flag.event.record(stream)
+
+
+def raise_recorded(xp: Any, wait: bool = False) -> None:
+    """Raise the IndexError for a bad index a device check recorded (an eager embedding call
+    runs this first; it also creates the device's record, outside any capture). The record
+    is read through an asynchronous copy: a finished copy is examined and a new one started,
+    so the host never waits for the GPU unless ``wait`` (``ember.cuda.synchronize``)."""
     dev = xp.cuda.runtime.getDevice()
     flag = _FLAGS.get(dev)
     if flag is None:
-        _FLAGS[dev] = xp.full((), _NO_BAD, xp.int64)
+        _FLAGS[dev] = _Flag(xp)
         return
     if not _ARMED[0]:
         return
-    v = int(flag)   # the eager check syncs with the GPU anyway (it reads the indices)
+    if flag.event is None:   # no copy in flight: start one (never while capturing)
+        stream = xp.cuda.get_current_stream()
+        if stream.ptr != 0 and stream.is_capturing():
+            return
+        _start_copy(xp, flag, stream)
+    ev = flag.event
+    if wait:
+        ev.synchronize()
+    elif not ev.done:
+        return
+    flag.event = None
+    v = int(flag.host[0])
     if v != _NO_BAD:
-        flag.fill(_NO_BAD)
-        raise IndexError(f"[embedding] index out of range in self: index {v} (recorded while "
-                         f"a captured CUDA graph replayed; its output rows were set to NaN)")
+        flag.dev.fill(_NO_BAD)
+        flag.host[0] = _NO_BAD
+        raise IndexError(f"[embedding] index out of range in self: index {v} (checked on the "
+                         f"GPU: its output rows were set to NaN)")
+
+
+def raise_pending() -> None:
+    """``ember.cuda.synchronize``'s check: raise a bad index any device check recorded."""
+    if _ARMED[0]:
+        import cupy  # noqa: PLC0415 - only reached with CUDA in use
+        raise_recorded(cupy, wait=True)
 
 
 def _dense_backward_generic(ctx: Any, grad: Any) -> Any:
