@@ -3,6 +3,7 @@
     python -m bench.gpt_pieces                 # the step, then every piece
     python -m bench.gpt_pieces gelu adamw      # the cases whose name contains a word
     python -m bench.gpt_pieces prof            # cProfile of ember's GPT step
+    python -m bench.gpt_pieces ab EMBER_BLAS_SPIN=1 step   # ember with VAR=VALUE vs without
 
 The same two-worker design as ``bench.cpu_pieces`` (whose worker loop this reuses): ember and
 torch run in two processes that take short turns, and only the medians taken together are
@@ -121,12 +122,51 @@ def prof() -> None:
     pstats.Stats(pr).sort_stats("tottime").print_stats(35)
 
 
+def ab(setting: str, select: Any, rounds: Any, measure: float = 0.3, settle: float = 0.4) -> None:
+    """Paired turns of two ember workers, one run with the environment variable ``setting``
+    (``VAR=VALUE``) and one without: the A/B test of a switchable code path, on the same
+    machine state (ember against torch moved by +-5% between runs minutes apart). Turns
+    settle longer than ``cpu_pieces.paired``'s: a worker whose OpenBLAS threads spin keeps a
+    core busy ~0.1 s after its turn, which the other's BLAS thread choice would see."""
+    import json
+    import os
+    import statistics
+    import subprocess
+    var, value = setting.split("=", 1)
+    base = {k: v for k, v in os.environ.items() if k != var}
+    procs = {tag: subprocess.Popen([sys.executable, "-m", "bench.gpt_pieces", "worker", "ember"],
+                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                   env=dict(base, **({var: value} if tag == "A" else {})))
+             for tag in ("A", "B")}
+    names = [json.loads(p.stdout.readline()) for p in procs.values()][0]
+
+    def call(tag: str, name: str) -> list:
+        procs[tag].stdin.write(f"{name.replace(' ', '~')} {settle} {measure}\n")
+        procs[tag].stdin.flush()
+        return json.loads(procs[tag].stdout.readline())
+
+    for name in select(names):
+        times: dict = {"A": [], "B": []}
+        for r in range(rounds(name)):
+            for tag in (("A", "B") if r % 2 == 0 else ("B", "A")):
+                times[tag].extend(call(tag, name))
+        a, b = statistics.median(times["A"]), statistics.median(times["B"])
+        print(f"{name:44s} {setting} {a * 1e6:9.1f} us  without {b * 1e6:9.1f} us  "
+              f"{a / b:5.2f}x  (n {len(times['A'])}/{len(times['B'])})", flush=True)
+    for p in procs.values():
+        p.stdin.close()
+        p.wait()
+
+
 def main() -> None:
     from bench import cpu_pieces
     args = sys.argv[1:]
     if args[:1] == ["prof"]:
         prof()
         return
+    setting = None
+    if args[:1] == ["ab"]:
+        setting, args = args[1], args[2:]
     if args[:1] == ["worker"]:
         cpu_pieces.worker(args[1], cases)
         return
@@ -136,9 +176,13 @@ def main() -> None:
     def select(names: list) -> list:
         return [n for n in names if any(w.lower() in n.lower() for w in words)] \
             if words else names
-    cpu_pieces.paired("bench.gpt_pieces", select,
-                      lambda n: int(rounds_arg[0][7:]) if rounds_arg else (10 if n == STEP else 5),
-                      0.3, width=44)
+
+    def rounds(n: str) -> int:
+        return int(rounds_arg[0][7:]) if rounds_arg else (10 if n == STEP else 5)
+    if setting is not None:
+        ab(setting, select, rounds)
+        return
+    cpu_pieces.paired("bench.gpt_pieces", select, rounds, 0.3, width=44)
 
 
 if __name__ == "__main__":

@@ -44,22 +44,27 @@ def _libs() -> list:
         if libs:
             _state["default"] = max(lib.num_threads for lib in libs)
             _state["current"] = _state["default"]
-            _state["spin"] = not all(_stop_spinning(lib) for lib in libs)
+            _state["spin"] = not all(_short_spin(lib) for lib in libs)
     return libs
 
 
 # OpenBLAS's pthreads workers busy-wait for 2^28 cycles (~0.1 s) after each threaded GEMM
 # before they sleep (measured: 0.11 s of CPU time over a 0.2 s sleep). In a training step a
 # threaded GEMM comes every few ms, so one core was never free for ember's own threads (the
-# attention blocks, numba kernels), which had to run serially beside the spinner. With the
-# timeout at its minimum (2^4 cycles) the workers sleep at once, and waking them costs
-# nothing measurable: the step's GEMM shapes (1024x128x384 ... 1024x512x128, all three
-# products) took the same time within noise either way, alternating in one process.
-_SPIN_TIMEOUT = "4"
+# attention blocks, numba kernels), which had to run serially beside the spinner. 2^20
+# cycles (~0.4 ms) keeps the workers awake across the back-to-back GEMMs of one linear's
+# forward and backward and frees the core soon after. Measured with
+# ``bench.gpt_pieces ab`` (two ember workers in alternating turns): tiny-GPT step with
+# 2^20 against 2^4 (workers sleep at once) 0.97x, 0.99x, 0.98x; linear fwd+bwd pieces
+# 0.87-0.94x (proj 1.06x); 2^4 against the default 2^28 1.00x on the step (the GEMMs lost
+# to the wake-ups what the kernels gained on the second core); 2^22 0.94x then 1.08x,
+# 2^24 1.10x, 2^18 1.02x against 2^4.
+_SPIN_TIMEOUT = "20"
 
 
-def _stop_spinning(lib: Any) -> bool:
-    """Set OpenBLAS's worker timeout to its minimum; True when its workers no longer spin.
+def _short_spin(lib: Any) -> bool:
+    """Set OpenBLAS's worker timeout to ``2^_SPIN_TIMEOUT`` cycles; True when its idle
+    workers no longer spin for long.
 
     OpenBLAS reads ``OPENBLAS_THREAD_TIMEOUT`` once (``openblas_read_env``) and applies it
     when it starts its threads, so the variable is set, read, and put back (child processes
@@ -70,8 +75,12 @@ def _stop_spinning(lib: Any) -> bool:
     if getattr(lib, "internal_api", None) != "openblas" or \
             getattr(lib, "threading_layer", None) != "pthreads":
         return False
-    if "OPENBLAS_THREAD_TIMEOUT" in os.environ:
-        return os.environ["OPENBLAS_THREAD_TIMEOUT"] == _SPIN_TIMEOUT
+    user = os.environ.get("OPENBLAS_THREAD_TIMEOUT")
+    if user is not None:  # the user's own choice stands: short spins count as no spinning
+        try:
+            return int(user) <= int(_SPIN_TIMEOUT)
+        except ValueError:
+            return False
     if os.environ.get("EMBER_BLAS_SPIN", "0") == "1":
         return False
     dll = getattr(lib, "dynlib", None)
@@ -89,8 +98,8 @@ def _stop_spinning(lib: Any) -> bool:
 
 
 def blas_spins() -> bool:
-    """Whether the BLAS library's idle workers busy-wait (False once :func:`_libs` stopped
-    OpenBLAS's spinning, or where no BLAS library was found)."""
+    """Whether the BLAS library's idle workers busy-wait for long (False once :func:`_libs`
+    shortened OpenBLAS's spinning, or where no BLAS library was found)."""
     _libs()
     return bool(_state["spin"])
 

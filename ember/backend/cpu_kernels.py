@@ -63,7 +63,7 @@ def blas_spinning() -> bool:
     ``set_num_threads`` says meanwhile), so in a training step, where one comes every few
     ms, a core is never free for a second thread of ours: the tiny-GPT step ran its
     attention and kernels faster on one thread (paired, same process kind: 99.8 vs 107.6 ms
-    a step). ember normally stops the spinning (``backend.cpu._stop_spinning``), and then
+    a step). ember normally cuts the spinning to ~0.4 ms (``backend.cpu._short_spin``); then
     this is False. The BLAS count is set to one when the kernels are built, so this reads
     True only after a threaded GEMM."""
     from ember.backend.cpu import _state
