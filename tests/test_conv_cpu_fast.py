@@ -28,6 +28,7 @@ CASES = [
     (2, 4, 5, 5, 8, (5, 5), 1, 0, 1, 1, True, {"wgrad"}),  # 1x1 output: < a pixel tile
     (2, 4, 8, 8, 6, (3, 3), 1, 1, 1, 2, True, set()),     # groups: im2col path
     (2, 2, 8, 8, 5, (3, 3), 1, 1, 1, 1, True, {"fwd", "wgrad"}),  # C < 4: no igrad
+    (3, 3, 12, 12, 5, (3, 3), 1, 0, 1, 1, True, {"fwd", "wgrad"}),  # pixel-lane wgrad, odd O
 ]
 
 
@@ -121,6 +122,32 @@ def test_nonfinite_values_match_torch(kernel_path) -> None:
     np.testing.assert_allclose(ey.detach().numpy(), ty.detach().numpy(), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(ex.grad.numpy(), tx.grad.numpy(), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(ew.grad.numpy(), tw.grad.numpy(), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("case", [CASES[0], CASES[-1]], ids=["lenet-conv1", "odd-o"])
+def test_pixel_lane_weight_grad_runs(case, monkeypatch) -> None:
+    """The pixel-lane weight gradient (stride-1 rows, a moved-back last step per row, odd
+    channel counts) is the one taken for these shapes, and matches torch."""
+    n, c, h, wd, o, k, s, p, d, groups, has_bias, _ = case
+    calls: list = []
+    real = cpu_conv_kernels._weight_grad_px
+    monkeypatch.setattr(cpu_conv_kernels, "_weight_grad_px",
+                        lambda *a: calls.append(1) or real(*a))
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((n, c, h, wd)).astype(np.float32)
+    w = (rng.standard_normal((o, c) + k) * 0.3).astype(np.float32)
+    b = rng.standard_normal(o).astype(np.float32)
+    (ex, ew, eb), (tx, tw, tb) = _pair(x, w, b)
+    ey = ember.nn.functional.conv2d(ex, ew, eb, stride=s, padding=p, dilation=d)
+    ty = torch.nn.functional.conv2d(tx, tw, tb, stride=s, padding=p, dilation=d)
+    g = rng.standard_normal(tuple(ty.shape)).astype(np.float32)
+    ey.backward(ember.tensor(g))
+    ty.backward(torch.tensor(g))
+    for e, t in ((ew, tw), (eb, tb)):
+        scale = max(1.0, float(t.grad.abs().max()))
+        np.testing.assert_allclose(e.grad.numpy() / scale, t.grad.numpy() / scale, rtol=1e-4,
+                                   atol=1e-4)
+    assert calls
 
 
 def test_kernels_off_without_numba_switch(monkeypatch) -> None:

@@ -47,6 +47,7 @@ _VADD: Any = None
 _LD: Any = None
 _ST: Any = None
 _VZERO: Any = None
+_VTAIL: Any = None
 
 
 def kernels() -> Any:
@@ -71,7 +72,7 @@ def _intrinsics() -> None:
     from numba.core import cgutils
     from numba.extending import intrinsic, models, register_model
 
-    global _VLOAD, _VSTORE, _VBCAST, _VFMA, _VADD, _LD, _ST, _VZERO
+    global _VLOAD, _VSTORE, _VBCAST, _VFMA, _VADD, _LD, _ST, _VZERO, _VTAIL
     vt = ir.VectorType(ir.FloatType(), 8)
     i32 = ir.IntType(32)
 
@@ -132,6 +133,21 @@ def _intrinsics() -> None:
         return f32x8(), cg
 
     @intrinsic
+    def vtail(typingctx, v, k):  # pragma: no cover - compile-time
+        # lanes below k set to +0.0 (a select, so inf/NaN there vanish too)
+        def cg(context, builder, sig, args):
+            lanes = ir.Constant(ir.VectorType(ir.IntType(64), 8), list(range(8)))
+            kk = builder.insert_element(ir.Constant(ir.VectorType(ir.IntType(64), 8),
+                                                    ir.Undefined), args[1],
+                                        ir.Constant(i32, 0))
+            kk = builder.shuffle_vector(kk, ir.Constant(ir.VectorType(ir.IntType(64), 8),
+                                                        ir.Undefined),
+                                        ir.Constant(ir.VectorType(i32, 8), [0] * 8))
+            keep = builder.icmp_signed(">=", lanes, kk)
+            return builder.select(keep, args[0], ir.Constant(vt, [0.0] * 8))
+        return f32x8(f32x8, types.int64), cg
+
+    @intrinsic
     def vadd(typingctx, a, b):  # pragma: no cover - compile-time
         def cg(context, builder, sig, args):
             return builder.fadd(args[0], args[1])
@@ -154,6 +170,7 @@ def _intrinsics() -> None:
 
     _VLOAD, _VSTORE, _VBCAST, _VFMA, _VADD, _LD, _ST = vload, vstore, vbcast, vfma, vadd, ld, st
     _VZERO = vzero
+    _VTAIL = vtail
 
 
 def _build() -> SimpleNamespace:
@@ -397,6 +414,98 @@ def _build() -> SimpleNamespace:
         return s
 
     @jit
+    def wgrad_px(x, plane, rowstep, toff, g, O, OH, OW, acc, db, n0, n1):
+        # pragma: no cover - compiled
+        # stride-1 rows, pixels as the lanes (no transposed gradient: LeNet's conv1, whose
+        # 6 channels would fill 6 of 8 lanes and whose 1.2 MB gradient took ~0.5 ms to
+        # transpose): tiles of 2 channels x 4 taps, 8 consecutive pixels of a row per
+        # step; a row's last step moves back to end at OW, its already counted lanes
+        # zeroed in both operands. acc (O, T, 8) collects per-lane sums; db += the
+        # channel sums. Requires O >= 2, T >= 4, OW >= 8.
+        T = toff.size
+        P = OH * OW
+        last = OW - 8
+        over = 8 - OW % 8 if OW % 8 else 0
+        for n in range(n0, n1):
+            xn = n * plane
+            gn = n * O * P
+            for o in range(O):
+                db[o] += span_sum(g, gn + o * P, gn + (o + 1) * P)
+            for oi in range(0, O, 2):
+                o0 = min(oi, O - 2)
+                for ti in range(0, T, 4):
+                    k0 = min(ti, T - 4)
+                    f0 = _LD(toff, k0)
+                    f1 = _LD(toff, k0 + 1)
+                    f2 = _LD(toff, k0 + 2)
+                    f3 = _LD(toff, k0 + 3)
+                    b0 = (o0 * T + k0) * 8
+                    b1 = b0 + T * 8
+                    a00 = _VZERO()
+                    a01 = a00
+                    a02 = a00
+                    a03 = a00
+                    a10 = a00
+                    a11 = a00
+                    a12 = a00
+                    a13 = a00
+                    for oh in range(OH):
+                        xr = xn + oh * rowstep
+                        gr = gn + o0 * P + oh * OW
+                        ow = 0
+                        while ow <= last:
+                            g0 = _VLOAD(g, gr + ow)
+                            g1 = _VLOAD(g, gr + P + ow)
+                            p = xr + ow
+                            v = _VLOAD(x, p + f0)
+                            a00 = _VFMA(v, g0, a00)
+                            a10 = _VFMA(v, g1, a10)
+                            v = _VLOAD(x, p + f1)
+                            a01 = _VFMA(v, g0, a01)
+                            a11 = _VFMA(v, g1, a11)
+                            v = _VLOAD(x, p + f2)
+                            a02 = _VFMA(v, g0, a02)
+                            a12 = _VFMA(v, g1, a12)
+                            v = _VLOAD(x, p + f3)
+                            a03 = _VFMA(v, g0, a03)
+                            a13 = _VFMA(v, g1, a13)
+                            ow += 8
+                        if over:
+                            g0 = _VTAIL(_VLOAD(g, gr + last), over)
+                            g1 = _VTAIL(_VLOAD(g, gr + P + last), over)
+                            p = xr + last
+                            v = _VTAIL(_VLOAD(x, p + f0), over)
+                            a00 = _VFMA(v, g0, a00)
+                            a10 = _VFMA(v, g1, a10)
+                            v = _VTAIL(_VLOAD(x, p + f1), over)
+                            a01 = _VFMA(v, g0, a01)
+                            a11 = _VFMA(v, g1, a11)
+                            v = _VTAIL(_VLOAD(x, p + f2), over)
+                            a02 = _VFMA(v, g0, a02)
+                            a12 = _VFMA(v, g1, a12)
+                            v = _VTAIL(_VLOAD(x, p + f3), over)
+                            a03 = _VFMA(v, g0, a03)
+                            a13 = _VFMA(v, g1, a13)
+                    # only the (channel, tap) pairs this tile adds first: the moved-back
+                    # tiles' others are counted by an earlier tile
+                    r0 = ti - k0
+                    if oi == o0:
+                        if r0 == 0:
+                            _VSTORE(acc, b0, _VADD(_VLOAD(acc, b0), a00))
+                        if r0 <= 1:
+                            _VSTORE(acc, b0 + 8, _VADD(_VLOAD(acc, b0 + 8), a01))
+                        if r0 <= 2:
+                            _VSTORE(acc, b0 + 16, _VADD(_VLOAD(acc, b0 + 16), a02))
+                        _VSTORE(acc, b0 + 24, _VADD(_VLOAD(acc, b0 + 24), a03))
+                    if r0 == 0:
+                        _VSTORE(acc, b1, _VADD(_VLOAD(acc, b1), a10))
+                    if r0 <= 1:
+                        _VSTORE(acc, b1 + 8, _VADD(_VLOAD(acc, b1 + 8), a11))
+                    if r0 <= 2:
+                        _VSTORE(acc, b1 + 16, _VADD(_VLOAD(acc, b1 + 16), a12))
+                    _VSTORE(acc, b1 + 24, _VADD(_VLOAD(acc, b1 + 24), a13))
+
+    @jit
     def to_pixel_major(g, gt, db, O, Op, P, n0, n1):  # pragma: no cover - compiled
         # g flat (N, O, P) -> gt flat (N, P, Op) (lanes past O are left as they are:
         # zeros), and db[o] += this range's sum of channel o (per-sample partial sums
@@ -537,7 +646,7 @@ def _build() -> SimpleNamespace:
                 _ST(out, o, _LD(out, o) + _LD(g, k))
 
     return SimpleNamespace(max_pool_4=max_pool_4, pool_scatter=pool_scatter, fwd16=fwd16, fwd8=fwd8, wgrad16=wgrad16, wgrad8=wgrad8,
-                           to_pixel_major=to_pixel_major, igrad=igrad,
+                           to_pixel_major=to_pixel_major, igrad=igrad, wgrad_px=wgrad_px,
                            from_pixel_major=from_pixel_major)
 
 
@@ -635,6 +744,8 @@ def conv2d_weight_grad(x: np.ndarray, g: np.ndarray, ksize: tuple, stride: tuple
     k = kernels()
     n, c = x.shape[:2]
     o, oh, ow = g.shape[1:]
+    if _pixel_lanes(o, ow, stride, c * ksize[0] * ksize[1]):
+        return _weight_grad_px(k, x, g, ksize, stride, padding, dilation, with_bias, serial)
     wide = o > 8
     lanes = 16 if wide else 8
     op = -(-o // lanes) * lanes
@@ -661,6 +772,47 @@ def conv2d_weight_grad(x: np.ndarray, g: np.ndarray, ksize: tuple, stride: tuple
     else:
         _split(tiles, run, 1)
     dw = np.ascontiguousarray(dw[:, :o].T).reshape((o, c) + tuple(ksize))
+    return (dw, db) if with_bias else dw
+
+
+def _pixel_lanes(o: int, ow: int, stride: tuple, taps: int) -> bool:
+    """Whether the weight gradient takes pixels as its lanes (stride-1 rows of >= 8) rather
+    than output channels: when that fills more of each vector (LeNet's conv1: 28 of 32
+    pixels vs 6 of 8 channels) and saves the gradient's transposition."""
+    if stride[1] != 1 or ow < 8 or o < 2 or taps < 4:
+        return False
+    return ow / (8 * -(-ow // 8)) >= o / (-(-o // 8) * 8 if o <= 8 else -(-o // 16) * 16)
+
+
+def _weight_grad_px(k: Any, x: np.ndarray, g: np.ndarray, ksize: tuple, stride: tuple,
+                    padding: tuple, dilation: tuple, with_bias: bool, serial: bool) -> Any:
+    n, c = x.shape[:2]
+    o, oh, ow = g.shape[1:]
+    xp = _padded(x, padding)
+    wp = xp.shape[3]
+    toff, _ = _fwd_tables(c, xp.shape[2], wp, tuple(ksize), tuple(stride), tuple(dilation),
+                          (oh, ow))
+    xf = xp.reshape(-1)
+    gf = np.ascontiguousarray(g).reshape(-1)
+    taps = toff.size
+    parts: list = []
+
+    def run(lo: int, hi: int) -> None:
+        acc = np.zeros((o, taps, 8), np.float32)
+        db = np.zeros(o, np.float32)
+        k.wgrad_px(xf, xp[0].size, stride[0] * wp, toff, gf, o, oh, ow, acc.reshape(-1), db,
+                   lo, hi)
+        parts.append((acc, db))
+
+    if serial:
+        run(0, n)
+    else:
+        _split(n, run, 8)
+    acc, db = parts[0]
+    for a, b in parts[1:]:
+        acc += a
+        db += b
+    dw = acc.sum(axis=2).reshape((o, c) + tuple(ksize))
     return (dw, db) if with_bias else dw
 
 
