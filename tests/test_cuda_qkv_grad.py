@@ -13,33 +13,38 @@ from ember.ops import movement
 pytestmark = pytest.mark.cuda
 
 
-@pytest.mark.parametrize("causal", [False, True])
-@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
-def test_fused_qkv_gradient_joins_without_copy(monkeypatch, causal, dtype):
-    torch = pytest.importorskip("torch")
+@pytest.fixture
+def joins(monkeypatch):
+    """Whether each split backward joined its gradients without a copy (True) or not."""
+    seen = []
+    orig = movement._adjacent_views
+
+    def spy(grads, dim):
+        out = orig(grads, dim)
+        seen.append(out is not None)
+        return out
+    monkeypatch.setattr(movement, "_adjacent_views", spy)
     from ember.ops.registry import OPS
     if OPS["scaled_dot_product_attention"].cuda_impl is None:
         pytest.skip("cuDNN attention not installed")
+    return seen
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_fused_qkv_gradient_joins_without_copy(joins, causal, dtype):
+    torch = pytest.importorskip("torch")
     B, T, H, D = 2, 64, 4, 32
     C = H * D
     rng = np.random.default_rng(0)
     qkv_np = rng.standard_normal((B, T, 3 * C)).astype(np.float32)
     go_np = rng.standard_normal((B, H, T, D)).astype(np.float32)
-    joined = []
-    orig = movement._adjacent_views
-
-    def spy(grads, dim):
-        out = orig(grads, dim)
-        joined.append(out is not None)
-        return out
-    monkeypatch.setattr(movement, "_adjacent_views", spy)
-
     dt = getattr(ember, dtype)
     qkv = ember.tensor(qkv_np, device="cuda").to(dt).requires_grad_()
     q, k, v = (z.view(B, T, H, D).transpose(1, 2) for z in qkv.split(C, dim=2))
     out = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
     out.backward(ember.tensor(go_np, device="cuda").to(dt))
-    assert joined == [True]
+    assert joins == [True]
 
     # torch on the same (rounded) inputs, float64
     tq = torch.tensor(qkv.detach().float().cpu().numpy(), dtype=torch.float64,
@@ -65,23 +70,16 @@ def test_split_of_separate_gradients_still_concatenates():
                                np.concatenate([x.cpu().numpy() for x in w], axis=2), rtol=1e-6)
 
 
-def test_linear_qkv_under_autocast_joins_without_copy(monkeypatch):
+def test_linear_qkv_under_autocast_joins_without_copy(joins, monkeypatch):
     # the GPT block's pattern: a Linear's (B, T, 3C) output (cuBLASLt writes it column-major
     # transposed, so its buffer is F-ordered) split into heads, under bf16 autocast
     torch = pytest.importorskip("torch")
-    from ember.ops.registry import OPS
-    if OPS["scaled_dot_product_attention"].cuda_impl is None:
-        pytest.skip("cuDNN attention not installed")
     B, T, H, D = 2, 64, 4, 32
     C = H * D
     rng = np.random.default_rng(1)
     x_np = rng.standard_normal((B, T, C)).astype(np.float32)
     w_np = (rng.standard_normal((3 * C, C)) / np.sqrt(C)).astype(np.float32)
     b_np = rng.standard_normal(3 * C).astype(np.float32) * 0.1
-    joined = []
-    orig = movement._adjacent_views
-    monkeypatch.setattr(movement, "_adjacent_views",
-                        lambda g, d: (lambda r: (joined.append(r is not None), r)[1])(orig(g, d)))
     from ember.backend.cuda_ops import nvmath_linear
     monkeypatch.setattr(nvmath_linear, "MIN_MACS", 0)  # this small Linear on cuBLASLt too
     lin = ember.nn.Linear(C, 3 * C).to("cuda")
@@ -93,7 +91,7 @@ def test_linear_qkv_under_autocast_joins_without_copy(monkeypatch):
         q, k, v = (z.view(B, T, H, D).transpose(1, 2) for z in lin(x).split(C, dim=2))
         out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
     out.float().sum().backward()
-    assert joined == [True]
+    assert joins == [True]
     tx = torch.tensor(x_np, dtype=torch.float64, requires_grad=True)
     ty = tx @ torch.tensor(w_np, dtype=torch.float64).T + torch.tensor(b_np, dtype=torch.float64)
     tq, tk, tv = (z.view(B, T, H, D).transpose(1, 2) for z in ty.split(C, dim=2))

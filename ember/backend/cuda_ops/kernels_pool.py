@@ -77,6 +77,27 @@ __global__ void maxpool2d_fwd(const T* __restrict__ x, T* __restrict__ y,
     }
 }
 
+// Calls f(oh, ow) for each output window (any stride, padding, dilation) that covers input
+// position (h, w): the windows a max-pool backward gathers from.
+template <typename F>
+__device__ __forceinline__ void windows_of(int h, int w, int OH, int OW, int kh, int kw,
+                                           int sth, int stw, int ph, int pw, int dh, int dw,
+                                           F f) {
+    for (int a = 0; a < kh; ++a) {
+        int t = h + ph - a * dh;
+        if (t < 0 || t % sth) continue;
+        int oh = t / sth;
+        if (oh >= OH) continue;
+        for (int b = 0; b < kw; ++b) {
+            int u = w + pw - b * dw;
+            if (u < 0 || u % stw) continue;
+            int ow = u / stw;
+            if (ow >= OW) continue;
+            f(oh, ow);
+        }
+    }
+}
+
 // g and idx share one layout (element strides gn, gc, gh, gw); dx is written in memory order
 template <typename T>
 __global__ void maxpool2d_bwd(const T* __restrict__ g, const long long* __restrict__ idx,
@@ -106,20 +127,10 @@ __global__ void maxpool2d_bwd(const T* __restrict__ g, const long long* __restri
             st(dx, i, acc);
             continue;
         }
-        for (int a = 0; a < kh; ++a) {
-            int t = h + ph - a * dh;
-            if (t < 0 || t % sth) continue;
-            int oh = t / sth;
-            if (oh >= OH) continue;
-            for (int b = 0; b < kw; ++b) {
-                int u = w + pw - b * dw;
-                if (u < 0 || u % stw) continue;
-                int ow = u / stw;
-                if (ow >= OW) continue;
-                long long o = off + oh * gh + ow * gw;
-                if (idx[o] == me) acc += ld(g, o);
-            }
-        }
+        windows_of(h, w, OH, OW, kh, kw, sth, stw, ph, pw, dh, dw, [&](int oh, int ow) {
+            long long o = off + oh * gh + ow * gw;
+            if (idx[o] == me) acc += ld(g, o);
+        });
         st(dx, i, acc);
     }
 }
@@ -197,24 +208,14 @@ __global__ void maxpool2d_bwd_clv(const T* __restrict__ g, const long long* __re
         float acc[N];
 #pragma unroll
         for (int j = 0; j < N; ++j) acc[j] = 0.f;
-        for (int a = 0; a < kh; ++a) {
-            int t = h + ph - a * dh;
-            if (t < 0 || t % sth) continue;
-            int oh = t / sth;
-            if (oh >= OH) continue;
-            for (int b = 0; b < kw; ++b) {
-                int q = w + pw - b * dw;
-                if (q < 0 || q % stw) continue;
-                int ow = q / stw;
-                if (ow >= OW) continue;
-                long long o = off + ((long long)oh * OW + ow) * C;
-                float gv[N];
-                ldv(g + o, gv);
+        windows_of(h, w, OH, OW, kh, kw, sth, stw, ph, pw, dh, dw, [&](int oh, int ow) {
+            long long o = off + ((long long)oh * OW + ow) * C;
+            float gv[N];
+            ldv(g + o, gv);
 #pragma unroll
-                for (int j = 0; j < N; ++j)
-                    if (idx[o + j] == me) acc[j] += gv[j];
-            }
-        }
+            for (int j = 0; j < N; ++j)
+                if (idx[o + j] == me) acc[j] += gv[j];
+        });
         stv(dx + u * N, acc);
     }
 }
