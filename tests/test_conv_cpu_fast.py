@@ -20,11 +20,14 @@ pytest.importorskip("numba")
 CASES = [
     (64, 1, 28, 28, 6, (5, 5), 1, 2, 1, 1, True, {"fwd", "wgrad"}),       # LeNet conv1
     (64, 6, 14, 14, 16, (5, 5), 1, 0, 1, 1, True, {"fwd", "wgrad", "igrad"}),  # LeNet conv2
-    (3, 5, 11, 9, 20, (3, 3), 2, 1, 1, 1, True, {"fwd", "wgrad", "igrad"}),  # O past 16
+    (3, 5, 11, 9, 14, (3, 3), 2, 1, 1, 1, True, {"fwd", "wgrad", "igrad"}),  # O in 9..16
+    (3, 5, 11, 9, 20, (3, 3), 2, 1, 1, 1, True, set()),  # O past 16: im2col (measured)
+    (2, 30, 7, 7, 8, (3, 3), 1, 1, 1, 1, True, set()),   # 270 taps: im2col
     (2, 4, 13, 12, 7, (3, 2), 1, 2, 2, 1, False, {"fwd", "wgrad", "igrad"}),  # dilation
     (4, 9, 9, 10, 3, (3, 3), (2, 1), (0, 1), (2, 1), 1, True,
      {"fwd", "wgrad", "igrad"}),                                             # mixed tuples
     (2, 16, 6, 6, 12, (1, 1), 1, 0, 1, 1, True, {"fwd", "wgrad"}),  # 1x1: < 4 taps, no igrad
+    (2, 12, 6, 6, 16, (3, 3), 1, 1, 1, 1, True, {"fwd", "wgrad", "igrad"}),  # C in 9..16
     (2, 4, 5, 5, 8, (5, 5), 1, 0, 1, 1, True, {"wgrad"}),  # 1x1 output: < a pixel tile
     (2, 4, 8, 8, 6, (3, 3), 1, 1, 1, 2, True, set()),     # groups: im2col path
     (2, 2, 8, 8, 5, (3, 3), 1, 1, 1, 1, True, {"fwd", "wgrad"}),  # C < 4: no igrad
