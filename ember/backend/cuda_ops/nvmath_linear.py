@@ -2,11 +2,12 @@
 
 Two reasons to leave CuPy's ``matmul`` (cuBLAS ``gemmEx``):
 
-- **Speed on big GEMMs.** cuBLASLt picks better kernels for skinny-K shapes (GPU.md: 133 us
-  against 263 us for (16384x768) @ (768x3072) in bf16) and fuses the bias into the GEMM
-  (``BIAS`` epilogue) and the bias gradient into the weight-gradient GEMM (``BGRADB``). Its
-  host cost is higher (about 30 us per execute against about 10 us), so small GEMMs stay on
-  CuPy: the switch is ``EMBER_NVMATH_MIN_MACS`` multiply-adds (default 2**27).
+- **Speed.** cuBLASLt picks better kernels for skinny-K shapes (GPU.md: 133 us against 263
+  us for (16384x768) @ (768x3072) in bf16) and fuses the bias into the GEMM (``BIAS``
+  epilogue) and the bias gradient into the weight-gradient GEMM (``BGRADB``); a planned GEMM
+  replayed by one direct ``cublasLtMatmul`` call also costs less host time than CuPy's
+  matmul. Planning a shape costs milliseconds, so GEMMs under ``EMBER_NVMATH_MIN_MACS``
+  multiply-adds (default 2**28) go to cuBLASLt only from their shape's second call on.
 - **CUDA graph capture.** CuPy refuses every cuBLAS call while a stream is capturing; nvmath
   captures. On any non-default stream (capture runs on one, and torch's capture recipe warms
   up on one) every supported GEMM goes here, whatever its size, so a capture finds the plans
@@ -46,6 +47,9 @@ else:
 # against 100 us (35); (2048x768)@(768x768) 43 against 63 us (23); (64x784)@(784x512) 89
 # against 61 us (16). Below this many multiply-adds CuPy's cuBLAS runs (on the default stream).
 MIN_MACS = int(os.environ.get("EMBER_NVMATH_MIN_MACS", str(1 << 28)))
+# Smaller GEMMs go to cuBLASLt from their shape's second call on (see _worth_it); 0 keeps
+# them on CuPy always.
+RECURRING = [os.environ.get("EMBER_NVMATH_RECURRING", "1") != "0"]
 _DTYPES = ("float32", "float16", "bfloat16")
 _PLANS: dict = {}
 _FAILED: dict = {}
@@ -192,13 +196,31 @@ def batched_matmul(cp: Any, a: Any, b: Any) -> Any:
     return cp.matmul(a, b)
 
 
-def _worth_it(cp: Any, macs: int) -> bool:
+_SEEN: dict = {}
+
+
+def _worth_it(cp: Any, macs: int, key: tuple) -> bool:
+    """Whether a GEMM of ``macs`` multiply-adds with these operand shapes (``key``) goes to
+    cuBLASLt: large ones always; small ones from their shape's second call on. A replayed
+    plan costs less host time than CuPy's matmul (a Linear under autocast: 124 against 154-165
+    us per call, H200), but planning a new shape costs milliseconds, so a shape seen once (a
+    one-off size in a dynamic-shape workload) stays on CuPy."""
     if macs >= MIN_MACS or FORCE[0]:
         return True
     # On a side stream (capture runs on one, and torch's whole-step capture recipe warms up
     # on one), every GEMM takes cuBLASLt, so a capture finds the plans its warmup made:
     # planning itself is not capturable.
-    return cp.cuda.get_current_stream().ptr != 0
+    if cp.cuda.get_current_stream().ptr != 0:
+        return True
+    if not RECURRING[0]:
+        return False
+    n = _SEEN.get(key, 0)
+    if n:
+        return True
+    if len(_SEEN) > 4096:   # a workload of ever-new shapes: forget, plan nothing more
+        _SEEN.clear()
+    _SEEN[key] = 1
+    return False
 
 
 class NvLinear:
@@ -211,7 +233,8 @@ class NvLinear:
             return NotImplemented
         n, k = weight.shape
         m = input.size // k if k else 0
-        if not m or not n or not k or not _worth_it(xp, m * n * k):
+        if not m or not n or not k or not _worth_it(xp, m * n * k, ("linear", input.shape,
+                                                                     weight.shape)):
             return NotImplemented
         x2, w = _rows(input), _rows(weight)
         if bias is not None:
@@ -237,7 +260,7 @@ class NvLinear:
         n = g.shape[-1]
         m = g.size // n if n else 0
         kdim = (x if x is not None else w).shape[-1]
-        if not m or not _worth_it(cp, m * n * kdim) or g.dtype.name not in _DTYPES:
+        if not m or g.dtype.name not in _DTYPES:  # (the forward chose cuBLASLt: so does this)
             return OPS["linear"].backward(ctx, grad)
         g2 = _rows(g)
         gx = gw = gb = None
@@ -273,14 +296,14 @@ class NvMatmul:
             return NotImplemented
         k, n = other.shape[-2], other.shape[-1]
         if other.ndim == 2:
-            if not _worth_it(xp, (input.size // k) * n * k):
+            if not _worth_it(xp, (input.size // k) * n * k, ("mm", input.shape, other.shape)):
                 return NotImplemented
             a = input if input.ndim == 2 else _rows(input)
             y = gemm(xp, a, other, "mm")
             if y is not None and input.ndim > 2:
                 y = y.reshape(input.shape[:-1] + (n,))
         elif input.ndim == other.ndim >= 3 and input.shape[:-2] == other.shape[:-2]:
-            if not _worth_it(xp, input.size * n):
+            if not _worth_it(xp, input.size * n, ("bmm", input.shape, other.shape)):
                 return NotImplemented
             y = _gemm_batched(xp, input, other)
         else:
