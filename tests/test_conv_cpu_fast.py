@@ -39,7 +39,7 @@ def _spy(monkeypatch: pytest.MonkeyPatch) -> set:
     """Record which kernel entry points run."""
     used: set = set()
     for name, tag in (("conv2d_forward", "fwd"), ("conv2d_weight_grad", "wgrad"),
-                      ("conv2d_input_grad", "igrad")):
+                      ("conv2d_input_grad", "igrad"), ("conv2d_backward", "igrad")):
         fn = getattr(cpu_conv_kernels, name)
 
         def wrapped(*a, _fn=fn, _tag=tag, **k):

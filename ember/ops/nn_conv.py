@@ -748,6 +748,13 @@ class Convolution(OpDef):
         return gx, gw, gb, None, None, None, None, None, None
 
 
+def _direct_backward(g: Any, x: Any, w: Any, groups: int) -> bool:
+    """Whether both gradients of this conv come from the direct CPU kernels."""
+    return g.ndim == 4 and x.dtype == np.float32 and w.dtype == np.float32 and \
+        cpu_conv_kernels.input_grad_fits(g, w, groups) and \
+        cpu_conv_kernels.weight_grad_fits(x, g, tuple(w.shape[2:]), groups)
+
+
 def _conv_backward_arrays(ctx: Any, grad: Tensor, x: Tensor, w: Tensor) -> tuple:
     """A CPU conv's backward straight on arrays when no graph of the backward is wanted:
     the same passes as the two ops it otherwise dispatches (no meta rules, no nodes), and the
@@ -773,7 +780,12 @@ def _conv_backward_arrays(ctx: Any, grad: Tensor, x: Tensor, w: Tensor) -> tuple
             res[1] = conv_weight_grad(np, work_dtype(np, xa), g, tuple(wa.shape[2:]), s, p, d,
                                       groups, with_bias=want_bias, serial=serial)
 
-    if need[0] and need[1]:
+    if need[0] and need[1] and _direct_backward(g, xa, wa, groups):
+        # both gradients from the direct kernels, balanced over the free cores there
+        res[0], dw, db = cpu_conv_kernels.conv2d_backward(
+            g, work_dtype(np, xa), work_dtype(np, wa), s, p, d, want_bias)
+        res[1] = (dw, db) if want_bias else dw
+    elif need[0] and need[1]:
         parallel_rows(2, grads)
     else:
         grads(0, 2)
