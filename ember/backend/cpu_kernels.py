@@ -334,42 +334,52 @@ def _build() -> SimpleNamespace:
         return (gx if want_gx else None), gw.sum(0), gb.sum(0)
 
     @rows_jit
-    def softmax_rows(x, bias):  # pragma: no cover - compiled
-        # in place over the rows of x (float32): + bias[r % L] (bias (L, S), or (0, 0) for
-        # none), then the shifted softmax: max, exp(x - max) with the vectorized exp, one sum
-        # and a scale, each row in cache. A row with no finite maximum (all keys masked)
-        # gives zeros, torch's safe softmax; NaN or +inf make the row NaN, as in torch.
+    def softmax_rows(x, bias, scale):  # pragma: no cover - compiled
+        # in place over the rows of x (float32): x * scale + bias[r % L] (bias (L, S), or
+        # (0, 0) for none) and the row max in one pass, then exp(x - max) with the vectorized
+        # exp and its sum, then a scale, each row in cache. The scale here rather than on a
+        # scaled copy of q, and a float32 sum (torch's CPU kernel accumulates floats in float
+        # too): 2048 rows of 64 in 162 vs 291 us, plus the copy's ~80 us a call. A row with
+        # no finite maximum (all keys masked) gives zeros, torch's safe softmax; NaN or +inf
+        # make the row NaN, as in torch.
         rows, n = x.shape
         lb = bias.shape[0]
-        ninf = -np.inf
+        ninf = np.float32(-np.inf)
         for r in range(rows):
             xr = x[r]
+            m = ninf
+            nan = False  # max() skips NaN: a NaN row must not pass for a fully masked one
             if lb:
                 br = bias[r % lb]
                 for j in range(n):
-                    xr[j] += br[j]
-            m = xr[0] if n else np.float32(0.0)
-            for j in range(n):
-                v = xr[j]
-                m = v if v > m else m
-            if m == ninf:
+                    v = xr[j] * scale + br[j]
+                    xr[j] = v
+                    m = max(m, v)
+                    nan = nan | (v != v)
+            else:
+                for j in range(n):
+                    v = xr[j] * scale
+                    xr[j] = v
+                    m = max(m, v)
+                    nan = nan | (v != v)
+            if m == ninf and not nan:
                 for j in range(n):
                     xr[j] = np.float32(0.0)
                 continue
-            t = 0.0
+            t = np.float32(0.0)
             for j in range(n):
                 e = _EXP_NEG(xr[j] - m)
                 xr[j] = e
                 t += e
-            inv = np.float32(1.0 / t)
+            inv = np.float32(1.0) / t
             for j in range(n):
                 xr[j] *= inv
 
-    def softmax_f(x2: Any, bias: Any) -> None:
+    def softmax_f(x2: Any, bias: Any, scale: float = 1.0) -> None:
         """Softmax over the last axis of the C-contiguous float32 (rows, n) ``x2`` in place,
-        after adding ``bias`` (L, n) to row r's ``bias[r % L]`` (None: no bias). Runs on the
-        calling thread (callers spread blocks of rows over the cores)."""
-        softmax_rows(x2, x2[:0, :0] if bias is None else bias)
+        of ``x2 * scale`` plus ``bias`` (L, n) on row r's ``bias[r % L]`` (None: no bias).
+        Runs on the calling thread (callers spread blocks of rows over the cores)."""
+        softmax_rows(x2, x2[:0, :0] if bias is None else bias, np.float32(scale))
 
     @serial
     def softmax_back(dp, p, rows, s):  # pragma: no cover - compiled

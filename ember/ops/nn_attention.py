@@ -373,8 +373,11 @@ def _forward_by_batch(xp: Any, q: Any, k: Any, v: Any, s: float, is_causal: bool
     serial = blas_spinning()
     # per-matrix products: one BLAS thread (the blocks themselves run on the spare cores)
     gemm_threads(xp, L * S * q.shape[-1])
-    qs = _scaled_copy(xp, q, s)  # the scale on q, (L, E), rather than on the (L, S) scores
     nb = _kernels(xp, ps[0])
+    if nb is not None:
+        qs = q  # the kernel scales the scores in its first pass over them
+    else:
+        qs = _scaled_copy(xp, q, s)  # the scale on q, (L, E), rather than on the (L, S) scores
     shift = nb is None and not _scores_bounded(xp, qs, k)
 
     def block(lo: int, hi: int) -> None:
@@ -383,8 +386,8 @@ def _forward_by_batch(xp: Any, q: Any, k: Any, v: Any, s: float, is_causal: bool
             n = pj.shape[-1]
             scores = xp.matmul(qb_[..., q0:q1, :], xp.swapaxes(kb_[..., :n, :], -1, -2),
                                out=pj[lo:hi])
-            if nb is not None:  # bias, max, exp, sum and scale in one visit per row
-                nb.softmax(scores.reshape(-1, n), bj)
+            if nb is not None:  # scale, bias, max, exp, sum and norm in one visit per row
+                nb.softmax(scores.reshape(-1, n), bj, s)
             else:
                 if bj is not None:
                     scores += bj
