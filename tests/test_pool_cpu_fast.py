@@ -16,6 +16,7 @@ pytest.importorskip("numba")
 CASES = [
     ("max_pool2d", (64, 6, 28, 28), dict(kernel_size=2), True),           # LeNet pool1
     ("max_pool2d", (3, 4, 9, 7), dict(kernel_size=2, ceil_mode=True), True),
+    ("max_pool2d", (3, 4, 9, 7), dict(kernel_size=2), True),  # odd sizes, windows inside
     ("max_pool2d", (2, 3, 8, 8), dict(kernel_size=2, stride=1, padding=1), True),  # overlap
     ("max_pool2d", (2, 3, 9, 9), dict(kernel_size=2, dilation=2, stride=2), True),
     ("max_pool1d", (2, 5, 17), dict(kernel_size=4, stride=3, padding=2), True),
@@ -41,7 +42,7 @@ def _special(x: np.ndarray) -> np.ndarray:
 def test_max_pool_matches_torch(case, dtype, kernel_path, monkeypatch) -> None:
     name, shape, kw, fast = case
     used: list = []
-    for fn_name in ("max_pool_planes", "pool_scatter"):
+    for fn_name in ("max_pool_planes", "pool_scatter", "planes_2x2"):
         fn = getattr(cpu_conv_kernels, fn_name)
 
         def spy(*a, _fn=fn, _name=fn_name):
@@ -65,6 +66,9 @@ def test_max_pool_matches_torch(case, dtype, kernel_path, monkeypatch) -> None:
     on = kernel_path == "numba"
     assert ("max_pool_planes" in used) == (on and fast)
     assert ("pool_scatter" in used) == on
+    inside = name == "max_pool2d" and kw.get("stride", 2) == 2 and kw["kernel_size"] == 2 \
+        and not kw.get("padding") and not kw.get("ceil_mode") and "dilation" not in kw
+    assert ("planes_2x2" in used) == (on and inside)
 
 
 def test_max_pool_double_backward_matches_torch(kernel_path) -> None:

@@ -256,7 +256,12 @@ class MaxPool(OpDef):
         xpad = pad_spatial(xp, x, _pads(sp, k, s, p, d, out), -xp.inf)
         v = windows(xp, xpad, k, s, d, out)
         base, offsets = _positions(xp, k, s, p, d, out, sp)
-        planes = _kernel_planes(xp, v, nd)
+        planes = None
+        if xp is np and nd == 2 and k == (2, 2) and s == (2, 2) and p == (0, 0) and \
+                d == (1, 1):
+            planes = cpu_conv_kernels.planes_2x2(x, out)
+        if planes is None:
+            planes = _kernel_planes(xp, v, nd)
         res = cpu_conv_kernels.max_pool_planes(planes, base, offsets) \
             if xp is np and isinstance(planes, np.ndarray) and len(planes) == 4 else None
         if res is not None:
