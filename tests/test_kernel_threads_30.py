@@ -105,3 +105,17 @@ def test_layer_norm_block_sums_do_not_depend_on_threads(two_threads, monkeypatch
     serial = grads()
     for a, b in zip(split, serial):
         np.testing.assert_array_equal(a, b)  # the same block partial sums, bit for bit
+
+
+def test_nested_split_inside_a_piece_runs_serially(two_threads):
+    # a piece that splits again (a kernel called from a row block) must not wait on the
+    # pool it runs in: with one worker that would never finish
+    seen = np.zeros(64, np.int64)
+
+    def inner(lo, hi):
+        seen[lo:hi] += 1
+
+    def outer(lo, hi):
+        cpu.parallel_rows(64, lambda a, b: inner(a, b) if lo == 0 else None, 1)
+    cpu.parallel_rows(2, outer, 1)
+    assert (seen == 1).all()

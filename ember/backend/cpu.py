@@ -19,6 +19,7 @@ changes.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from typing import Any
 
@@ -226,7 +227,9 @@ def parallel_rows(n: int, fn: Any, min_rows: int = 1) -> None:
     other (measured on two free cores: GELU over 32K-element chunks slower than serial,
     over 64K chunks ~1.4x faster; a (1024, 128) layer norm no faster)."""
     threads = row_threads(n, min_rows)
-    if threads == 1:
+    if threads == 1 or threading.current_thread().name.startswith("ember-rows"):
+        # (a piece that itself splits runs serially: a pool worker waiting on work queued
+        # behind it would wait for ever)
         fn(0, n)
         return
     # the pieces' own BLAS calls (GEMVs, per-block products) run on one thread each: a
