@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import ember
-from ember.backend import cpu_conv_kernels
+from ember.backend import cpu_pool_kernels
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("numba")
@@ -43,14 +43,14 @@ def test_max_pool_matches_torch(case, dtype, kernel_path, monkeypatch) -> None:
     name, shape, kw, fast = case
     used: list = []
     for fn_name in ("max_pool_planes", "pool_scatter", "planes_2x2"):
-        fn = getattr(cpu_conv_kernels, fn_name)
+        fn = getattr(cpu_pool_kernels, fn_name)
 
         def spy(*a, _fn=fn, _name=fn_name):
             out = _fn(*a)
             if out is not None:
                 used.append(_name)
             return out
-        monkeypatch.setattr(cpu_conv_kernels, fn_name, spy)
+        monkeypatch.setattr(cpu_pool_kernels, fn_name, spy)
     rng = np.random.default_rng(0)
     x = _special(rng.standard_normal(shape).astype(dtype))
     ex = ember.tensor(x, requires_grad=True)

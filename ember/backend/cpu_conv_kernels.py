@@ -1,33 +1,43 @@
-"""Direct 2-D convolution kernels for the CPU (float32), compiled by numba.
+"""Direct 2-D convolution and max-pooling kernels for the CPU, compiled by numba.
 
 The im2col + GEMM path (``ops/nn_conv.py``) spends most of a small conv's time outside the
 GEMM: copying the columns (25x the input for a 5x5 kernel), the transposes around it, and
 col2im's adds. At LeNet's sizes (C_in 1 or 6, C_out 6 or 16) OpenBLAS also runs the thin
-GEMMs at 20-60 GFLOP/s. These kernels read the input in place and keep a tile of outputs in
-AVX registers for a whole reduction:
+GEMMs at 20-60 GFLOP/s. These kernels (float32) read the input in place and keep a tile of
+outputs in AVX registers for a whole reduction:
 
-* forward: 8 output channels per vector lane group, a tile of pixels x 8 or 16 channels
-  (8 accumulators), one broadcast of an input value and one weight-vector load per tap;
-* weight gradient: a tile of taps x 8 or 16 output channels, summed over every output pixel
-  (the output gradient transposed to pixel-major first, so its channels are one vector);
+* forward: output channels as the vector lanes, a tile of 8 pixels x 8 channels (transposed
+  in registers and stored as one vector per channel) or 4 pixels x 16 channels, one
+  broadcast of an input value and one weight-vector load per tap;
+* weight gradient: a tile of taps x 8 or 16 output channels over every output pixel (the
+  output gradient transposed to pixel-major first), or, for stride-1 rows of >= 8 pixels
+  when that fills the lanes better (LeNet's conv1), 8 pixels of a row as the lanes and
+  tiles of 2 channels x 4 taps, reading the gradient as it is;
 * input gradient: each output pixel's gradient scattered through a tile of taps into a
-  pixel-major (channel-vector) padded input gradient, then cropped and transposed.
+  pixel-major (channel-vector) padded input gradient, then cropped and transposed; with
+  the weight gradient, :func:`conv2d_backward` balances the two over two threads.
+
+They are used for small convs only (``_MAX_OUT``, ``_MAX_TAPS``: where they were measured
+faster); larger ones, groups, float64 and other dims keep im2col. Max pooling's kernels,
+which use the same intrinsics, are in ``cpu_pool_kernels``.
 
 numba has no SIMD type, and neither its loop vectorizer nor the SLP vectorizer kept
 per-lane accumulators in registers (a naive direct conv ran LeNet's conv2 in 5.4 ms, the
-scalar-accumulator form in 4 ms; measured), so the kernels use a small ``F32x8`` type
+scalar-accumulator form in 4 ms; measured), so the conv kernels use a small ``F32x8`` type
 lowered to LLVM's ``<8 x float>`` with load/broadcast/fma/store intrinsics.
 
 All kernels are serial, release the GIL (``nogil``), and work over a range of samples (or of
 weight taps), so the callers spread them over spare cores with ``backend.cpu.parallel_rows``
 like the rest of the CPU conv. numba is imported on first use; without it (or with
-``EMBER_NUMBA=0``) :func:`kernels` returns None and the callers keep the im2col path.
+``EMBER_NUMBA=0``) :func:`kernels` returns None and the callers keep their NumPy paths.
 Tiles past an edge are moved back to overlap the previous one (recomputing a few outputs
-rather than running a scalar remainder loop), so a plane needs at least one full tile.
+rather than running a scalar remainder loop); accumulating kernels then add only the
+moved-back tile's new part.
 """
 from __future__ import annotations
 
 import functools
+import threading
 from types import SimpleNamespace
 from typing import Any
 
@@ -37,6 +47,7 @@ from ember.backend.cpu import parallel_rows
 from ember.backend.cpu_kernels import blas_spinning, enabled
 
 _state: dict = {"kernels": None, "tried": False}
+_build_lock = threading.Lock()
 # intrinsics the kernels call: module globals (numba's on-disk cache does not take closure
 # variables, see cpu_kernels)
 _VLOAD: Any = None
@@ -56,11 +67,13 @@ def kernels() -> Any:
     if not enabled():
         return None
     if not _state["tried"]:
-        _state["tried"] = True
-        try:
-            _state["kernels"] = _build()
-        except ImportError:
-            _state["kernels"] = None
+        with _build_lock:  # built once, even when two threads ask first at the same time
+            if not _state["tried"]:
+                try:
+                    _state["kernels"] = _build()
+                except ImportError:
+                    _state["kernels"] = None
+                _state["tried"] = True
     return _state["kernels"]
 
 
@@ -625,70 +638,7 @@ def _build() -> SimpleNamespace:
                     for j in range(W):
                         out[dst + j] = dx[src + j * Cp]
 
-    # ------------------------------------------------------------------ max pooling
-    # any float dtype (plain scalar code, which LLVM vectorizes: contiguous loads and no
-    # integer division or modulo in the loop. A kernel reading the windows straight from the
-    # input (stride-2 loads) stayed scalar, its selects became unpredictable branches:
-    # 1.5 ms for LeNet's first pool, twice NumPy's time)
-    @jit
-    def max_pool_4(pl4, base, off, y, idx, planes, P):  # pragma: no cover - compiled
-        # pl4 flat (4, planes * P): the windows' 4 elements as contiguous planes; base (P,):
-        # each window's first flat input position; off (4,): each element's offset in it.
-        # torch's CPU rule: a later element wins when greater or NaN (the last NaN wins)
-        M = planes * P
-        o1 = off[1]
-        o2 = off[2]
-        o3 = off[3]
-        for pl in range(planes):
-            for q in range(P):
-                i = pl * P + q
-                best = _LD(pl4, i)
-                bi = np.int64(0)
-                v = _LD(pl4, M + i)
-                t = (v > best) | (v != v)
-                best = v if t else best
-                bi = o1 if t else bi
-                v = _LD(pl4, 2 * M + i)
-                t = (v > best) | (v != v)
-                best = v if t else best
-                bi = o2 if t else bi
-                v = _LD(pl4, 3 * M + i)
-                t = (v > best) | (v != v)
-                best = v if t else best
-                bi = o3 if t else bi
-                _ST(y, i, best)
-                _ST(idx, i, _LD(base, q) + bi)
-
-    @jit
-    def planes_2x2(x, H, W, out, OH, OW, planes):  # pragma: no cover - compiled
-        # the 4 elements of each 2x2 stride-2 window as contiguous planes out (4, planes,
-        # OH, OW), in one pass (NumPy's two strided copies took 1.7x longer)
-        M = planes * OH * OW
-        for pl in range(planes):
-            for oh in range(OH):
-                r0 = pl * H * W + 2 * oh * W
-                i0 = (pl * OH + oh) * OW
-                for ow in range(OW):
-                    p = r0 + 2 * ow
-                    _ST(out, i0 + ow, _LD(x, p))
-                    _ST(out, M + i0 + ow, _LD(x, p + 1))
-                    _ST(out, 2 * M + i0 + ow, _LD(x, p + W))
-                    _ST(out, 3 * M + i0 + ow, _LD(x, p + W + 1))
-
-    @jit
-    def pool_scatter(g, idx, out, size, per, planes):  # pragma: no cover - compiled
-        # out flat (planes, size), zeroed: += g at each plane's flat positions idx (nested
-        # loops: a division per element to find the plane cost 4x)
-        for pl in range(planes):
-            ob = pl * size
-            gb = pl * per
-            for j in range(per):
-                k = gb + j
-                o = ob + _LD(idx, k)
-                _ST(out, o, _LD(out, o) + _LD(g, k))
-
-    return SimpleNamespace(max_pool_4=max_pool_4, pool_scatter=pool_scatter,
-                           planes_2x2=planes_2x2, fwd16=fwd16, fwd8=fwd8, wgrad16=wgrad16, wgrad8=wgrad8,
+    return SimpleNamespace(fwd16=fwd16, fwd8=fwd8, wgrad16=wgrad16, wgrad8=wgrad8,
                            to_pixel_major=to_pixel_major, igrad=igrad, wgrad_px=wgrad_px,
                            from_pixel_major=from_pixel_major)
 
@@ -969,54 +919,3 @@ def conv2d_backward(g: np.ndarray, x: np.ndarray, w: np.ndarray, stride: tuple,
     if with_bias:
         dw, db = dw
     return dx, dw, db
-
-
-# ---------------------------------------------------------------------- max pooling
-def max_pool_planes(planes: np.ndarray, base: np.ndarray, offsets: np.ndarray) -> tuple | None:
-    """(values, flat input indices (int64)) of max pooling from the windows' elements as
-    contiguous planes ``(4, N, C, *out)`` (the 2x2 windows of LeNet's pools); ``base`` is
-    each window's first flat input position (shape ``out``), ``offsets`` each element's
-    offset. None without the kernels, or for other window sizes and dtypes."""
-    kern = kernels()
-    if kern is None or planes.shape[0] != 4 or planes.dtype not in (np.float32, np.float64) \
-            or not planes.flags.c_contiguous:
-        return None
-    shape = planes.shape[1:]
-    nplanes = shape[0] * shape[1]
-    p = planes[0].size // max(nplanes, 1)
-    y = np.empty(shape, planes.dtype)
-    idx = np.empty(shape, np.int64)
-    kern.max_pool_4(planes.reshape(-1), np.ascontiguousarray(base, np.int64).reshape(-1),
-                    np.ascontiguousarray(offsets, np.int64), y.reshape(-1), idx.reshape(-1),
-                    nplanes, p)
-    return y, idx
-
-
-def planes_2x2(x: np.ndarray, out: tuple) -> np.ndarray | None:
-    """The windows of a 2x2, stride-2, unpadded pooling of ``x (N, C, H, W)`` as contiguous
-    planes ``(4, N, C, *out)`` (windows inside the input); None without the kernels."""
-    kern = kernels()
-    if kern is None or x.ndim != 4 or x.dtype not in (np.float32, np.float64) or \
-            2 * out[0] > x.shape[2] or 2 * out[1] > x.shape[3]:
-        return None
-    n, c, h, w = x.shape
-    planes = np.empty((4, n, c) + tuple(out), x.dtype)
-    kern.planes_2x2(np.ascontiguousarray(x).reshape(-1), h, w, planes.reshape(-1), out[0],
-                    out[1], n * c)
-    return planes
-
-
-def pool_scatter(g: np.ndarray, idx: np.ndarray, shape: tuple) -> np.ndarray | None:
-    """Zeros of ``shape (N, C, *sp)`` with ``g`` added at the flat spatial ``idx`` (in range:
-    from the forward); None without the kernels or for other dtypes."""
-    kern = kernels()
-    if kern is None or g.dtype not in (np.float32, np.float64) or g.shape != idx.shape or \
-            len(shape) < 3:
-        return None
-    out = np.zeros(shape, g.dtype)
-    planes = shape[0] * shape[1]
-    if planes:
-        kern.pool_scatter(np.ascontiguousarray(g).reshape(-1),
-                          np.ascontiguousarray(idx, np.int64).reshape(-1), out.reshape(-1),
-                          int(np.prod(shape[2:])), g.size // planes, planes)
-    return out

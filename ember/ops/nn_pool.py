@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ember._state import _State
-from ember.backend import cpu_conv_kernels
+from ember.backend import cpu_pool_kernels
 from ember.errors import check, make
 from ember.ops.nn_conv import ntuple, pad_spatial, windows, work_dtype
 from ember.ops.registry import OPS, OpDef, TensorMeta, apply, register
@@ -259,10 +259,10 @@ class MaxPool(OpDef):
         planes = None
         if xp is np and nd == 2 and k == (2, 2) and s == (2, 2) and p == (0, 0) and \
                 d == (1, 1):
-            planes = cpu_conv_kernels.planes_2x2(x, out)
+            planes = cpu_pool_kernels.planes_2x2(x, out)
         if planes is None:
             planes = _kernel_planes(xp, v, nd)
-        res = cpu_conv_kernels.max_pool_planes(planes, base, offsets) \
+        res = cpu_pool_kernels.max_pool_planes(planes, base, offsets) \
             if xp is np and isinstance(planes, np.ndarray) and len(planes) == 4 else None
         if res is not None:
             # 2x2 windows: max, first-max index and flat position in one numba pass
@@ -293,7 +293,7 @@ class MaxPool(OpDef):
             # ``_pool_scatter`` runs for max_unpool's user indices (two passes over them:
             # these come from the forward)
             gw = work_dtype(np, ga)
-            out = cpu_conv_kernels.pool_scatter(gw, idx._data, tuple(shape))
+            out = cpu_pool_kernels.pool_scatter(gw, idx._data, tuple(shape))
             if out is None:
                 out = scatter_add(np, gw, idx._data, math.prod(shape[2:]), unique)
             gx = _make(out.astype(ga.dtype, copy=False).reshape(shape), g._dtype, g._device)
