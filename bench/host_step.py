@@ -24,7 +24,8 @@ def _steps(m: Any) -> dict:
     from bench.gpu import gpt2, mlp, resnet50
     steps = {"ResNet-50 B4": lambda: resnet50(m, B=4)[0],
              "GPT-2 B1": lambda: gpt2(m, B=1)[0],
-             "MLP 784-512-512-10 B64 Adam": lambda: mlp(m)[0]}
+             "MLP 784-512-512-10 B64 Adam": lambda: mlp(m)[0],
+             "MLP 784-512-512-10 B64 Adam, graphed": lambda: mlp(m, graphed=True)[0]}
     words = [a.lower() for a in sys.argv[1:] if not a.startswith("--") and a not in
              ("ember", "torch")]
     return {k: v for k, v in steps.items() if not words or any(w in k.lower() for w in words)}
