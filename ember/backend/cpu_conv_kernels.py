@@ -59,6 +59,7 @@ _LD: Any = None
 _ST: Any = None
 _VZERO: Any = None
 _VSTORE_T8: Any = None
+_VSTORE_T4: Any = None
 _VTAIL: Any = None
 
 
@@ -87,6 +88,7 @@ def _intrinsics() -> None:
     from numba.extending import intrinsic, models, register_model
 
     global _VLOAD, _VSTORE, _VBCAST, _VFMA, _VADD, _LD, _ST, _VZERO, _VTAIL, _VSTORE_T8
+    global _VSTORE_T4
     vt = ir.VectorType(ir.FloatType(), 8)
     i32 = ir.IntType(32)
 
@@ -195,6 +197,38 @@ def _intrinsics() -> None:
         return types.none(arr, base, stride, rows, *([f32x8] * 8)), cg
 
     @intrinsic
+    def vstore_t4(typingctx, arr, base, stride, rows, a0, a1, a2,
+                  a3):  # pragma: no cover - compile-time
+        # the 8x4 block (a_i: lane j = row j of column i) transposed in registers, its rows
+        # j < ``rows`` (4 floats each) stored at base + j*stride
+        def cg(context, builder, sig, args):
+            a = args[4:]
+            v4 = ir.VectorType(ir.FloatType(), 4)
+
+            def shuf(x, y, mask):
+                n = len(mask)
+                return builder.shuffle_vector(x, y, ir.Constant(ir.VectorType(i32, n), mask))
+            lo = [shuf(a[i], a[i + 1], [0, 8, 1, 9, 4, 12, 5, 13]) for i in (0, 2)]
+            hi = [shuf(a[i], a[i + 1], [2, 10, 3, 11, 6, 14, 7, 15]) for i in (0, 2)]
+            m_even, m_odd = [0, 1, 8, 9, 4, 5, 12, 13], [2, 3, 10, 11, 6, 7, 14, 15]
+            pairs = (shuf(lo[0], lo[1], m_even), shuf(lo[0], lo[1], m_odd),
+                     shuf(hi[0], hi[1], m_even), shuf(hi[0], hi[1], m_odd))
+            r = [None] * 8
+            for j, v in enumerate(pairs):
+                r[j] = shuf(v, v, [0, 1, 2, 3])
+                r[j + 4] = shuf(v, v, [4, 5, 6, 7])
+            ary = context.make_array(sig.args[0])(context, builder, args[0])
+            for j in range(8):
+                cond = builder.icmp_signed(">", args[3], ir.Constant(args[3].type, j))
+                with cgutils.if_likely(builder, cond):
+                    off = builder.add(args[1], builder.mul(args[2],
+                                                           ir.Constant(args[2].type, j)))
+                    ptr = builder.bitcast(builder.gep(ary.data, [off]), v4.as_pointer())
+                    builder.store(r[j], ptr, align=4)
+            return context.get_dummy_value()
+        return types.none(arr, base, stride, rows, *([f32x8] * 4)), cg
+
+    @intrinsic
     def vadd(typingctx, a, b):  # pragma: no cover - compile-time
         def cg(context, builder, sig, args):
             return builder.fadd(args[0], args[1])
@@ -218,6 +252,7 @@ def _intrinsics() -> None:
     _VLOAD, _VSTORE, _VBCAST, _VFMA, _VADD, _LD, _ST = vload, vstore, vbcast, vfma, vadd, ld, st
     _VZERO = vzero
     _VSTORE_T8 = vstore_t8
+    _VSTORE_T4 = vstore_t4
     _VTAIL = vtail
 
 
@@ -235,7 +270,6 @@ def _build() -> SimpleNamespace:
     def fwd16(x, plane, toff, pbase, w, b, y, O, Op, n0, n1):  # pragma: no cover - compiled
         # 4 pixels x 16 channels: 2 weight vectors and 4 broadcasts per tap for 8 FMAs
         T, P = toff.size, pbase.size
-        t = np.empty(64, np.float32)
         for n in range(n0, n1):
             xn = n * plane
             for o0 in range(0, Op, 16):
@@ -273,18 +307,11 @@ def _build() -> SimpleNamespace:
                         v = _VBCAST(x, p3 + off)
                         a30 = _VFMA(v, w0, a30)
                         a31 = _VFMA(v, w1, a31)
-                    _VSTORE(t, 0, a00)
-                    _VSTORE(t, 8, a01)
-                    _VSTORE(t, 16, a10)
-                    _VSTORE(t, 24, a11)
-                    _VSTORE(t, 32, a20)
-                    _VSTORE(t, 40, a21)
-                    _VSTORE(t, 48, a30)
-                    _VSTORE(t, 56, a31)
-                    for j in range(min(16, O - o0)):
-                        yb = (n * O + o0 + j) * P + q0
-                        for r in range(4):
-                            _ST(y, yb + r, _LD(t, r * 16 + j))
+                    # each channel's 4 pixels as one 4-float store (transposed in
+                    # registers, as fwd8)
+                    yb = (n * O + o0) * P + q0
+                    _VSTORE_T4(y, yb, P, min(8, O - o0), a00, a10, a20, a30)
+                    _VSTORE_T4(y, yb + 8 * P, P, O - o0 - 8, a01, a11, a21, a31)
                     q0 += 4
 
     @jit
