@@ -3,7 +3,7 @@
     python -m bench.gpt_pieces                 # the step, then every piece
     python -m bench.gpt_pieces gelu adamw      # the cases whose name contains a word
     python -m bench.gpt_pieces prof            # cProfile of ember's GPT step
-    python -m bench.gpt_pieces ab EMBER_BLAS_SPIN=1 step   # ember with VAR=VALUE vs without
+    python -m bench.gpt_pieces ab EMBER_BLAS_SPIN=0 step   # ember with VAR=VALUE vs without
 
 The same two-worker design as ``bench.cpu_pieces`` (whose worker loop this reuses): ember and
 torch run in two processes that take short turns, and only the medians taken together are

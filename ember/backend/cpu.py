@@ -59,7 +59,10 @@ def _libs() -> list:
 # 2^20 against 2^4 (workers sleep at once) 0.97x, 0.99x, 0.98x; linear fwd+bwd pieces
 # 0.87-0.94x (proj 1.06x); 2^4 against the default 2^28 1.00x on the step (the GEMMs lost
 # to the wake-ups what the kernels gained on the second core); 2^22 0.94x then 1.08x,
-# 2^24 1.10x, 2^18 1.02x against 2^4.
+# 2^24 1.10x, 2^18 1.02x against 2^4. Against OpenBLAS's own default (A/B on the four CPU
+# training steps, bench.steps_paired's workers): tiny GPT 0.99x, LSTM 1.01x, LeNet-5 1.04x
+# then 0.95x, but the MLP step 1.05x, 1.15x, 1.15x, 1.00x (its small GEMMs pay the
+# wake-ups), so the short spin is opt-in: EMBER_BLAS_SPIN=0.
 _SPIN_TIMEOUT = "20"
 
 
@@ -71,8 +74,8 @@ def _short_spin(lib: Any) -> bool:
     when it starts its threads, so the variable is set, read, and put back (child processes
     see the user's environment), then the idle workers are stopped; the next threaded GEMM
     starts them again with the new timeout. Skipped where the user set the variable, where
-    ``EMBER_BLAS_SPIN=1``, and for other BLAS libraries or OpenMP builds (returns False:
-    callers keep assuming spinning workers)."""
+    unless ``EMBER_BLAS_SPIN=0`` (the default keeps OpenBLAS's spin), and for other BLAS
+    libraries or OpenMP builds (returns False: callers keep assuming spinning workers)."""
     if getattr(lib, "internal_api", None) != "openblas" or \
             getattr(lib, "threading_layer", None) != "pthreads":
         return False
@@ -82,7 +85,7 @@ def _short_spin(lib: Any) -> bool:
             return int(user) <= int(_SPIN_TIMEOUT)
         except ValueError:
             return False
-    if os.environ.get("EMBER_BLAS_SPIN", "0") == "1":
+    if os.environ.get("EMBER_BLAS_SPIN", "1") != "0":
         return False
     dll = getattr(lib, "dynlib", None)
     read_env = getattr(dll, "openblas_read_env", None)
