@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Callable
 
 _GELU_MIN = 1 << 17  # elements a GELU piece gets at least: 128K split no faster (measured)
-_state: dict = {"kernels": None, "tried": False}
 # jitted helpers that other kernels call, set by _build: module globals rather than closure
 # variables, which numba's on-disk cache does not take (every process recompiled them)
 _EXP_NEG: Any = None
@@ -36,18 +36,34 @@ def enabled() -> bool:
     return os.environ.get("EMBER_NUMBA", "1") != "0"
 
 
-def kernels() -> Any:
-    """The compiled kernel namespace, or None (numba missing or switched off)."""
-    if not enabled():
-        return None
-    if not _state["tried"]:
-        _state["tried"] = True
-        try:
-            _state["kernels"] = _build()
-        except ImportError:
-            _state["kernels"] = None
-        _blas_to_one()
-    return _state["kernels"]
+class LazyKernels:
+    """A kernel module's compiled namespace, built by ``build`` on the first call (once, even
+    when two threads ask at the same time; ``after`` runs once the attempt is over); None
+    when numba is missing or ``EMBER_NUMBA=0`` (read on every call)."""
+
+    __slots__ = ("build", "after", "value", "tried", "lock")
+
+    def __init__(self, build: Callable[[], Any], after: Callable[[], None] | None = None
+                 ) -> None:
+        self.build, self.after = build, after
+        self.value: Any = None
+        self.tried = False
+        self.lock = threading.Lock()
+
+    def __call__(self) -> Any:
+        if not enabled():
+            return None
+        if not self.tried:
+            with self.lock:
+                if not self.tried:
+                    try:
+                        self.value = self.build()
+                    except ImportError:
+                        self.value = None
+                    self.tried = True
+                    if self.after is not None:
+                        self.after()
+        return self.value
 
 
 def _blas_to_one() -> None:
@@ -637,3 +653,6 @@ def _build() -> SimpleNamespace:
                            sgd=sgd, scatter_add_rows=scatter_add_rows, relu=relu_flat,
                            threshold_backward=threshold_backward_flat,
                            ce_rows=ce_rows)
+
+
+kernels = LazyKernels(_build, after=_blas_to_one)   # the compiled namespace, or None

@@ -11,45 +11,30 @@ Measured and dropped: a kernel reading the windows straight from the input. Its 
 loads kept LLVM from vectorizing, and x86 lowers scalar float selects to branches (even
 with ``!unpredictable``), mispredicted on every other window: 1.26-1.5 ms.
 
-Uses ``cpu_conv_kernels``' no-wraparound load/store intrinsics; numba is imported on first
+Uses ``cpu_simd``'s no-wraparound load/store intrinsics; numba is imported on first
 use, and without it (or with ``EMBER_NUMBA=0``) every function here returns None.
 """
 from __future__ import annotations
 
-import threading
 from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 
-from ember.backend import cpu_conv_kernels
-from ember.backend.cpu_kernels import enabled
+from ember.backend import cpu_simd
+from ember.backend.cpu_kernels import LazyKernels
 
-_state: dict = {"kernels": None, "tried": False}
-_build_lock = threading.Lock()
 # the intrinsics, as module globals (numba's on-disk cache does not take closure variables)
 _LD: Any = None
 _ST: Any = None
-
-
-def kernels() -> Any:
-    """The compiled kernel namespace, or None (numba missing or switched off)."""
-    if not enabled():
-        return None
-    if not _state["tried"]:
-        with _build_lock:
-            if not _state["tried"]:
-                _state["kernels"] = _build() if cpu_conv_kernels.kernels() is not None \
-                    else None
-                _state["tried"] = True
-    return _state["kernels"]
 
 
 def _build() -> SimpleNamespace:
     import numba
 
     global _LD, _ST
-    _LD, _ST = cpu_conv_kernels._LD, cpu_conv_kernels._ST
+    v = cpu_simd.intrinsics()
+    _LD, _ST = v.ld, v.st
     jit = numba.njit(cache=True, nogil=True, error_model="numpy", boundscheck=False)
 
     # any float dtype (plain scalar code, which LLVM vectorizes: contiguous loads and no
@@ -115,6 +100,9 @@ def _build() -> SimpleNamespace:
 
     return SimpleNamespace(max_pool_4=max_pool_4, planes_2x2=planes_2x2,
                            pool_scatter=pool_scatter)
+
+
+kernels = LazyKernels(_build)   # the compiled namespace, or None
 
 
 def max_pool_planes(planes: np.ndarray, base: np.ndarray, offsets: np.ndarray) -> tuple | None:
