@@ -168,36 +168,44 @@ def worker(fw_name: str, make_cases: Callable[[Any], dict] | None = None) -> Non
         print(json.dumps(times), flush=True)
 
 
-def paired(module: str, select: Callable[[list], list], rounds: Callable[[str], int],
-           measure: float, width: int = 42) -> None:
-    """Run ``python -m <module> worker <fw>`` for ember and torch and time each selected case
-    in alternating turns (``rounds(name)`` of them), printing the medians and their ratio.
-
-    Turns last ``0.15 + measure`` s, the first 0.15 s untimed: ember's BLAS thread count
-    follows the machine's busy time over the last 0.1 s, which must not see torch's turn."""
-    procs = {fw: subprocess.Popen([sys.executable, "-m", module, "worker", fw],
-                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-             for fw in ("ember", "torch")}
+def turns(sides: dict, select: Callable[[list], list], rounds: Callable[[str], int],
+          settle: float, measure: float, width: int = 42) -> None:
+    """Time each selected case in two worker processes taking alternating turns
+    (``rounds(name)`` of them) and print the two medians and their ratio. ``sides`` maps two
+    labels to ``(argv, env)`` of a worker (``python -m <module> worker <fw>``; env None:
+    this process's). Each turn runs the case ``settle`` s untimed, then ``measure`` s timed."""
+    procs = {lab: subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                   text=True, env=env) for lab, (argv, env) in sides.items()}
     names = [json.loads(p.stdout.readline()) for p in procs.values()][0]
+    first, second = procs
 
-    def call(fw: str, name: str) -> list:
-        procs[fw].stdin.write(f"{name.replace(' ', '~')} 0.15 {measure}\n")
-        procs[fw].stdin.flush()
-        return json.loads(procs[fw].stdout.readline())
+    def call(lab: str, name: str) -> list:
+        procs[lab].stdin.write(f"{name.replace(' ', '~')} {settle} {measure}\n")
+        procs[lab].stdin.flush()
+        return json.loads(procs[lab].stdout.readline())
 
     for name in select(names):
-        te: list = []
-        tt: list = []
+        times: dict = {first: [], second: []}
         for r in range(rounds(name)):
-            order = ("ember", "torch") if r % 2 == 0 else ("torch", "ember")
-            for fw in order:
-                (te if fw == "ember" else tt).extend(call(fw, name))
-        e, t = statistics.median(te), statistics.median(tt)
-        print(f"{name:{width}s} ember {e * 1e6:9.1f} us  torch {t * 1e6:9.1f} us  {e / t:5.2f}x"
-              f"  (n {len(te)}/{len(tt)})", flush=True)
+            for lab in ((first, second) if r % 2 == 0 else (second, first)):
+                times[lab].extend(call(lab, name))
+        a, b = statistics.median(times[first]), statistics.median(times[second])
+        print(f"{name:{width}s} {first} {a * 1e6:9.1f} us  {second} {b * 1e6:9.1f} us  "
+              f"{a / b:5.2f}x  (n {len(times[first])}/{len(times[second])})", flush=True)
     for p in procs.values():
         p.stdin.close()
         p.wait()
+
+
+def paired(module: str, select: Callable[[list], list], rounds: Callable[[str], int],
+           measure: float, width: int = 42) -> None:
+    """ember against torch (``python -m <module> worker <fw>``) in alternating turns.
+
+    Turns last ``0.15 + measure`` s, the first 0.15 s untimed: ember's BLAS thread count
+    follows the machine's busy time over the last 0.1 s, which must not see torch's turn."""
+    sides = {fw: ([sys.executable, "-m", module, "worker", fw], None)
+             for fw in ("ember", "torch")}
+    turns(sides, select, rounds, 0.15, measure, width)
 
 
 def main() -> None:

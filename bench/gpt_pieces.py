@@ -128,34 +128,14 @@ def ab(setting: str, select: Any, rounds: Any, measure: float = 0.3, settle: flo
     machine state (ember against torch moved by +-5% between runs minutes apart). Turns
     settle longer than ``cpu_pieces.paired``'s: a worker whose OpenBLAS threads spin keeps a
     core busy ~0.1 s after its turn, which the other's BLAS thread choice would see."""
-    import json
     import os
-    import statistics
-    import subprocess
+
+    from bench import cpu_pieces
     var, value = setting.split("=", 1)
     base = {k: v for k, v in os.environ.items() if k != var}
-    procs = {tag: subprocess.Popen([sys.executable, "-m", "bench.gpt_pieces", "worker", "ember"],
-                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                                   env=dict(base, **({var: value} if tag == "A" else {})))
-             for tag in ("A", "B")}
-    names = [json.loads(p.stdout.readline()) for p in procs.values()][0]
-
-    def call(tag: str, name: str) -> list:
-        procs[tag].stdin.write(f"{name.replace(' ', '~')} {settle} {measure}\n")
-        procs[tag].stdin.flush()
-        return json.loads(procs[tag].stdout.readline())
-
-    for name in select(names):
-        times: dict = {"A": [], "B": []}
-        for r in range(rounds(name)):
-            for tag in (("A", "B") if r % 2 == 0 else ("B", "A")):
-                times[tag].extend(call(tag, name))
-        a, b = statistics.median(times["A"]), statistics.median(times["B"])
-        print(f"{name:44s} {setting} {a * 1e6:9.1f} us  without {b * 1e6:9.1f} us  "
-              f"{a / b:5.2f}x  (n {len(times['A'])}/{len(times['B'])})", flush=True)
-    for p in procs.values():
-        p.stdin.close()
-        p.wait()
+    argv = [sys.executable, "-m", "bench.gpt_pieces", "worker", "ember"]
+    cpu_pieces.turns({setting: (argv, dict(base, **{var: value})), "without": (argv, base)},
+                     select, rounds, settle, measure, width=44)
 
 
 def main() -> None:
