@@ -13,6 +13,7 @@ import pstats
 import os
 import sys
 import time
+from typing import Any
 
 from bench.gpu import WORKLOADS
 
@@ -43,16 +44,23 @@ def main() -> None:
                 o.step()
             ember.cuda.synchronize()
             print(f"   optimizer step alone: {(time.perf_counter() - t0) / n * 1e3:.3f} ms")
-        prof = cProfile.Profile()
-        prof.enable()
-        for _ in range(n):
-            step()
-        ember.cuda.synchronize()
-        prof.disable()
-        st = pstats.Stats(prof)
-        st.sort_stats("tottime").print_stats(int(os.environ.get("PROFILE_TOP", "30")))
-        if os.environ.get("PROFILE_CUM"):
-            st.sort_stats("cumulative").print_stats(int(os.environ["PROFILE_CUM"]))
+        profile_steps(step, n, ember.cuda.synchronize, int(os.environ.get("PROFILE_TOP", "30")),
+                      int(os.environ.get("PROFILE_CUM", "0")))
+
+
+def profile_steps(step: Any, n: int, sync: Any, top: int, cum: int = 0) -> None:
+    """cProfile of ``n`` calls of ``step`` (synchronised at the end): the ``top`` entries
+    by own time, and the ``cum`` first by cumulative time when ``cum``."""
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(n):
+        step()
+    sync()
+    prof.disable()
+    st = pstats.Stats(prof)
+    st.sort_stats("tottime").print_stats(top)
+    if cum:
+        st.sort_stats("cumulative").print_stats(cum)
 
 
 if __name__ == "__main__":

@@ -10,14 +10,14 @@ C calls count in their caller) and its kernel launches per step.
 """
 from __future__ import annotations
 
-import cProfile
 import collections
-import pstats
 import statistics
 import subprocess
 import sys
 import time
 from typing import Any
+
+from bench.host_profile import profile_steps
 
 
 def _steps(m: Any) -> dict:
@@ -87,16 +87,8 @@ def run(fw: str, profile: bool) -> None:
         print(f"  NVRTC launches per step: {sum(counts.values())}; kernels launched with raw "
               f"pointers (CuPy refused an array dtype): {len(raw)} of {len(_nvrtc._FUNCS)}")
         reps = max(3, int(300 / ms))  # ~0.3 s of steps
-        pr = cProfile.Profile()
-        pr.enable()
-        for _ in range(reps):
-            step()
-        m.cuda.synchronize()
-        pr.disable()
         print(f"  profile of {reps} steps")
-        st = pstats.Stats(pr)
-        st.sort_stats("tottime").print_stats(35)
-        st.sort_stats("cumulative").print_stats(30)
+        profile_steps(step, reps, m.cuda.synchronize, 35, 30)
 
 
 def main() -> None:
