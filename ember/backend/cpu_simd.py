@@ -8,7 +8,10 @@ scalar-accumulator form in 4 ms; measured), hence the explicit vector type. The 
 do no bounds or wraparound checks: the callers guarantee every index (numba's negative-index
 handling added a compare and a conditional move to each load, half the inner loop).
 Kernel modules bind them to module globals before compiling (numba's on-disk cache does not
-take closure variables). numba and llvmlite are imported on first use only.
+take closure variables). numba's cache is invalidated by a change of the kernel's own source
+file only: after editing this file, delete the kernel modules' cached code
+(``ember/backend/__pycache__/cpu_conv_kernels*.nb*`` and ``cpu_pool_kernels*.nb*``), or their
+cached machine code keeps the old intrinsics. numba and llvmlite are imported on first use.
 """
 from __future__ import annotations
 
@@ -59,6 +62,17 @@ def _define() -> SimpleNamespace:
         v = builder.insert_element(ir.Constant(vt, ir.Undefined), s, ir.Constant(i32, 0))
         return builder.shuffle_vector(v, ir.Constant(vt, ir.Undefined),
                                       ir.Constant(ir.VectorType(i32, 8), [0] * 8))
+
+    def store_rows(context: Any, builder: Any, sig: Any, args: Any, r: list, rowty: Any) -> None:
+        # the transposing stores' tail: row j of ``r`` (of type ``rowty``) stored at
+        # base + j*stride for j < rows (args: arr, base, stride, rows, ...)
+        ary = context.make_array(sig.args[0])(context, builder, args[0])
+        for j in range(8):
+            cond = builder.icmp_signed(">", args[3], ir.Constant(args[3].type, j))
+            with cgutils.if_likely(builder, cond):
+                off = builder.add(args[1], builder.mul(args[2], ir.Constant(args[2].type, j)))
+                ptr = builder.bitcast(builder.gep(ary.data, [off]), rowty.as_pointer())
+                builder.store(r[j], ptr, align=4)
 
     @intrinsic
     def vload(typingctx, arr, idx):  # pragma: no cover - compile-time
@@ -133,14 +147,7 @@ def _define() -> SimpleNamespace:
             for j, pair in enumerate((s04, s15, s26, s37)):
                 r[j] = shuf(pair[0], pair[1], first)
                 r[j + 4] = shuf(pair[0], pair[1], second)
-            ary = context.make_array(sig.args[0])(context, builder, args[0])
-            for j in range(8):
-                cond = builder.icmp_signed(">", args[3], ir.Constant(args[3].type, j))
-                with cgutils.if_likely(builder, cond):
-                    off = builder.add(args[1], builder.mul(args[2],
-                                                           ir.Constant(args[2].type, j)))
-                    ptr = builder.bitcast(builder.gep(ary.data, [off]), vt.as_pointer())
-                    builder.store(r[j], ptr, align=4)
+            store_rows(context, builder, sig, args, r, vt)
             return context.get_dummy_value()
         return types.none(arr, base, stride, rows, *([f32x8] * 8)), cg
 
@@ -165,14 +172,7 @@ def _define() -> SimpleNamespace:
             for j, v in enumerate(pairs):
                 r[j] = shuf(v, v, [0, 1, 2, 3])
                 r[j + 4] = shuf(v, v, [4, 5, 6, 7])
-            ary = context.make_array(sig.args[0])(context, builder, args[0])
-            for j in range(8):
-                cond = builder.icmp_signed(">", args[3], ir.Constant(args[3].type, j))
-                with cgutils.if_likely(builder, cond):
-                    off = builder.add(args[1], builder.mul(args[2],
-                                                           ir.Constant(args[2].type, j)))
-                    ptr = builder.bitcast(builder.gep(ary.data, [off]), v4.as_pointer())
-                    builder.store(r[j], ptr, align=4)
+            store_rows(context, builder, sig, args, r, v4)
             return context.get_dummy_value()
         return types.none(arr, base, stride, rows, *([f32x8] * 4)), cg
 
