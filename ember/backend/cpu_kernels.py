@@ -3,9 +3,10 @@
 NumPy runs an elementwise chain as one call per operation; every call hands the GIL back, so
 chains split over Python threads barely scale past one core, while torch runs one fused loop
 per op on every core. These kernels are that fused loop: one pass per element, compiled
-``nogil``, and the large ones cut into pieces for ember's row threads (:func:`_spread`). numba is imported on the first call of a covered
-op, never by ``import ember``; without numba, or with ``EMBER_NUMBA=0``, :func:`kernels`
-returns None and callers keep their NumPy code. Kernels are compiled with ``cache=True`` (the
+``nogil``, and the large ones cut into pieces for ember's row threads (:func:`_spread`).
+numba is imported on the first call of a covered op, never by ``import ember``; without
+numba, or with ``EMBER_NUMBA=0``, ``kernels()`` (a :class:`LazyKernels`) returns None and
+callers keep their NumPy code. Kernels are compiled with ``cache=True`` (the
 compiled code lands in ``__pycache__``) and for few signatures (1-D float32 arrays).
 """
 from __future__ import annotations
