@@ -14,6 +14,8 @@ from __future__ import annotations
 import gc
 from typing import Any, Callable
 
+from ember.tensor import _make
+
 
 def _cp() -> Any:
     from ember.backend import cuda
@@ -192,6 +194,66 @@ def make_graphed_callables(callables: Any, sample_args: Any, num_warmup_iters: i
     return results[0] if just_one else tuple(results)
 
 
+_ALIGN = 256  # bytes: each packed gradient starts where a fresh allocation would
+
+
+def _pack_grads(cp: Any, grads: list) -> tuple[list, list]:
+    """Inside the backward capture: copy the C-contiguous gradients of each dtype into one
+    flat static buffer (the copies replay with the graph). Returns ``packs`` (flat buffer,
+    [(slot, byte offset, shape, array dtype, ember dtype, device)]) and the ``loose`` slots left out
+    (other layouts, empty tensors), which are cloned at each call instead."""
+    groups: dict = {}
+    loose = []
+    for i, g in enumerate(grads):
+        if g is None:
+            continue
+        a = g._data
+        if not a.flags.c_contiguous or a.size == 0:
+            loose.append((i, g))
+            continue
+        groups.setdefault(a.dtype, []).append((i, g))
+    packs = []
+    for dt, members in groups.items():
+        entries, off = [], 0
+        for i, g in members:
+            entries.append((i, off, g._data.shape, g._data.dtype, g._dtype, g._device))
+            off += (g._data.nbytes + _ALIGN - 1) // _ALIGN * _ALIGN
+        flat = cp.empty(off, dtype=cp.uint8)   # from the graph's pool, kept by the graph
+        for (_, g), entry in zip(members, entries):
+            a = g._data
+            (flat.data + entry[1]).copy_from_device_async(a.data, a.nbytes)
+        packs.append((flat, entries))
+    return packs, loose
+
+
+def _unpack_grads(cp: Any, packs: list, loose: list, n: int) -> tuple:
+    """Fresh copies of the static gradients: per pack one allocation and one device copy,
+    each gradient an array over its part of it (base-less, so the engine adopts it)."""
+    out: list = [None] * n
+    for flat, entries in packs:
+        mem = cp.cuda.alloc(flat.nbytes)
+        mem.copy_from_device_async(flat.data, flat.nbytes)
+        for i, off, shape, np_dt, dt, dev in entries:
+            out[i] = _make(cp.ndarray(shape, np_dt, mem + off), dt, dev)
+    for i, g in loose:
+        out[i] = g.clone()
+    return tuple(out)
+
+
+def _copy_into(static: Any, new: Any) -> None:
+    """``static.copy_(new)`` for the graph's static input/grad buffers; a plain device copy
+    when both are C-contiguous arrays of one dtype and shape (the usual case)."""
+    a, b = static._data, new._data
+    if a.data.ptr == b.data.ptr:
+        return
+    if a.dtype == b.dtype and a.shape == b.shape and a.flags.c_contiguous and \
+            b.flags.c_contiguous and static._device is new._device:
+        a.data.copy_from_device_async(b.data, a.nbytes)
+        static._version[0] += 1
+    else:
+        static.copy_(new)
+
+
 def _gemm_force_flag() -> list:
     """The switch that sends every GEMM to cuBLASLt (a dummy without nvmath-python)."""
     try:
@@ -248,34 +310,36 @@ def _graph_one(cp: Any, fn: Callable, args: tuple, params: tuple, warmup: int,
                                     for o in static_outputs)
         with graph(bwd_graph, pool=mempool, stream=side):
             grads = run_backward(static_outputs, static_grad_outputs)
+            # one gradient slot per Function input (user args, then parameters)
+            static_grad_inputs: list = [None] * len(inputs)
+            for i, g in zip(grad_in_idx, grads):
+                static_grad_inputs[i] = g.detach() if g is not None else None
+            packs, loose = _pack_grads(cp, static_grad_inputs)
     finally:
         force[0] = prev
-    # one gradient slot per Function input (user args, then parameters)
-    static_grad_inputs: list = [None] * len(inputs)
-    for i, g in zip(grad_in_idx, grads):
-        static_grad_inputs[i] = g.detach() if g is not None else None
     static_outputs = tuple(o.detach() for o in static_outputs)
     n_args = len(args)
+    n_inputs = len(inputs)
 
     class Graphed(ember.autograd.Function):
         @staticmethod
         def forward(ctx: Any, *func_inputs: Any) -> Any:
             for static, new in zip(args, func_inputs[:n_args]):
-                if static.data_ptr() != new.data_ptr():
-                    static.copy_(new)
+                _copy_into(static, new)
             fwd_graph.replay()
-            return tuple(o.detach() for o in static_outputs)
+            return tuple(_make(o._data, o._dtype, o._device) for o in static_outputs)
 
         @staticmethod
         @once_differentiable
         def backward(ctx: Any, *grads_out: Any) -> Any:
             for static, g in zip(static_grad_outputs, grads_out):
-                if static is not None and g is not None and static.data_ptr() != g.data_ptr():
-                    static.copy_(g)
+                if static is not None and g is not None:
+                    _copy_into(static, g)
             bwd_graph.replay()
-            # clones: the engine may adopt a returned gradient as a leaf's .grad, and the
-            # next replay would overwrite it (breaking gradient accumulation)
-            return tuple(g.clone() if g is not None else None for g in static_grad_inputs)
+            # Fresh memory for the returned gradients: the engine adopts a returned gradient
+            # as a leaf's .grad, and the next replay would overwrite it (breaking gradient
+            # accumulation). One device copy per dtype instead of a clone per gradient.
+            return _unpack_grads(cp, packs, loose, n_inputs)
 
     def call(*user_args: Any) -> Any:
         if len(user_args) != n_args:

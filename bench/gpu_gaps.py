@@ -1,0 +1,94 @@
+"""Where the GPU waits for the host in one eager training step (ember or torch, one card).
+
+    python -m bench.gpu_gaps                  # GPT-2 B16 and ResNet-50 B128, ember and torch
+    python -m bench.gpu_gaps gpt2 --top 25    # workloads whose names contain a word
+
+A synchronised step's time is its kernels' time plus the time the GPU sits idle: before the
+first kernel (the host has not queued anything yet) and in gaps where the host falls behind.
+CUPTI (through ``torch.profiler``, as in ``bench.kernel_profile``) records every kernel with
+its start and end; this script sorts them, sums the idle time between consecutive kernels,
+splits it by tenth of the step (so a slow phase shows: forward, backward, optimizer), and
+lists the largest gaps with the kernels on either side. ember never imports torch; only this
+script does, in the ember process, after ember has built the model.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+from typing import Any
+
+GAP_US = 2.0  # idle time below this between two kernels is launch latency, not host lag
+
+
+def _workloads(m: Any) -> dict:
+    from bench.gpu import gpt2, resnet50
+    return {"GPT-2 B16 T1024 bf16 AdamW": lambda: gpt2(m)[0],
+            "ResNet-50 B128 bf16 CL SGD": lambda: resnet50(m)[0]}
+
+
+def run_one(fw: str, only: list, top: int) -> None:
+    mod: Any
+    if fw == "torch":
+        import torch as mod
+    else:
+        import ember as mod
+    for name, make in _workloads(mod).items():
+        if only and not any(s.lower() in name.lower() for s in only):
+            continue
+        mod.manual_seed(0)
+        step = make()
+        for _ in range(3):
+            step()
+        mod.cuda.synchronize()
+        import torch  # the recorder; in the ember process only for CUPTI
+        from torch.profiler import ProfilerActivity, profile
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            step()
+            mod.cuda.synchronize()
+            torch.cuda.synchronize()
+        ks = sorted((ev.time_range.start, ev.time_range.end, ev.name) for ev in prof.events()
+                    if "CUDA" in str(ev.device_type) and ev.device_time_total)
+        if not ks:
+            print(f"{fw}: no kernels recorded")
+            continue
+        span = ks[-1][1] - ks[0][0]
+        busy = sum(e - s for s, e, _ in ks)
+        gaps = []
+        end = ks[0][1]
+        for i in range(1, len(ks)):
+            s, e, n = ks[i]
+            if s - end > GAP_US:
+                gaps.append((s - end, i, ks[i - 1][2], n, s - ks[0][0]))
+            end = max(end, e)
+        idle = sum(g[0] for g in gaps)
+        print(f"\n## {fw}: {name}")
+        print(f"kernels {len(ks)}, first-to-last {span / 1e3:.2f} ms, kernel time "
+              f"{busy / 1e3:.2f} ms, idle gaps > {GAP_US:g} us: {len(gaps)} totalling "
+              f"{idle / 1e3:.2f} ms")
+        tenths = [0.0] * 10
+        for g, _, _, _, at in gaps:
+            tenths[min(9, int(10 * at / span))] += g
+        print("idle ms by tenth of the step: " + " ".join(f"{t / 1e3:.2f}" for t in tenths))
+        print(f"largest gaps (us, kernel index, at ms, before -> after):")
+        for g, i, a, b, at in sorted(gaps, reverse=True)[:top]:
+            print(f"{g:8.1f} {i:5d} {at / 1e3:7.2f}  {a[:60]} -> {b[:60]}")
+        del step
+
+
+def main() -> None:
+    args = sys.argv[1:]
+    top = 20
+    if "--top" in args:
+        i = args.index("--top")
+        top = int(args[i + 1])
+        del args[i:i + 2]
+    if args[:1] == ["--one"]:
+        run_one(args[1], args[2:], top)
+        return
+    for fw in ("ember", "torch"):
+        subprocess.run([sys.executable, "-m", "bench.gpu_gaps", "--one", fw, "--top", str(top),
+                        *args])
+
+
+if __name__ == "__main__":
+    main()
