@@ -2,6 +2,8 @@
 
     python -m bench.gpu_gaps                  # GPT-2 B16 and ResNet-50 B128, ember and torch
     python -m bench.gpu_gaps gpt2 --top 25    # workloads whose names contain a word
+    GAPS_DUMP=dir python -m bench.gpu_gaps    # also write every kernel (start, duration,
+                                              # name) to dir/<framework>_<workload>.json
 
 A synchronised step's time is its kernels' time plus the time the GPU sits idle: before the
 first kernel (the host has not queued anything yet) and in gaps where the host falls behind.
@@ -13,6 +15,8 @@ script does, in the ember process, after ember has built the model.
 """
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 from typing import Any
@@ -61,6 +65,12 @@ def run_one(fw: str, only: list, top: int) -> None:
                 gaps.append((s - end, i, ks[i - 1][2], n, s - ks[0][0]))
             end = max(end, e)
         idle = sum(g[0] for g in gaps)
+        dump = os.environ.get("GAPS_DUMP")
+        if dump:   # the whole sequence, for offline reading: [start us, duration us, name]
+            rows = [[round(s - ks[0][0], 1), round(e - s, 1), n] for s, e, n in ks]
+            tag = "".join(c for c in name.split()[0].lower() if c.isalnum())
+            with open(os.path.join(dump, f"{fw}_{tag}.json"), "w") as f:
+                json.dump(rows, f)
         print(f"\n## {fw}: {name}")
         print(f"kernels {len(ks)}, first-to-last {span / 1e3:.2f} ms, kernel time "
               f"{busy / 1e3:.2f} ms, idle gaps > {GAP_US:g} us: {len(gaps)} totalling "

@@ -59,7 +59,45 @@ def cases(m: Any) -> dict[str, Callable[[], Any]]:
         for _ in range(10):
             y = F.relu(y)
         y.sum().backward()
-    return {"mul (one op)": mul, "mul + relu_": relu_, "cast fp32->bf16 (leaf)": cast,
+    # one GPT-2 block's forward pieces at a tiny size (d 768, 12 heads, T 64), under autocast
+    # as bench.gpu's GPT-2 step runs them
+    d, T, H = 768, 64, 12
+    ln = m.nn.LayerNorm(d).to(dev)
+    qkv, proj = m.nn.Linear(d, 3 * d).to(dev), m.nn.Linear(d, d).to(dev)
+    fc = m.nn.Linear(d, 4 * d).to(dev)
+    xs = m.randn(1, T, d, device=dev, requires_grad=True)
+
+    def amp(fn: Callable) -> Callable:
+        def run() -> Any:
+            with m.autocast("cuda", dtype=m.bfloat16):
+                return fn()
+        return run
+
+    def attention():
+        q, k, v = qkv(xs).split(d, dim=2)
+        q, k, v = (z.view(1, T, H, d // H).transpose(1, 2) for z in (q, k, v))
+        a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return proj(a.transpose(1, 2).reshape(1, T, d))
+
+    def split_views():
+        q, k, v = xs.split(d // 3, dim=2)
+        return [z.view(1, T, 4, d // 12).transpose(1, 2) for z in (q, k, v)]
+
+    qs = [m.randn(1, H, T, d // H, device=dev, dtype=m.bfloat16, requires_grad=True)
+          for _ in range(3)]
+
+    def sdpa():
+        return F.scaled_dot_product_attention(*qs, is_causal=True)
+
+    def residual_mlp():
+        h = xs + proj(xs)
+        return F.gelu(fc(ln(h)), approximate="tanh")
+    gpt = {"GPT block: attention (qkv, split/view/transpose, sdpa, proj)": amp(attention),
+           "GPT block: split + 3 view/transpose": split_views,
+           "GPT block: sdpa bf16 (grad)": sdpa,
+           "GPT block: layer_norm (grad)": amp(lambda: ln(xs)),
+           "GPT block: x + proj(x), ln, fc, gelu": amp(residual_mlp)}
+    return gpt | {"mul (one op)": mul, "mul + relu_": relu_, "cast fp32->bf16 (leaf)": cast,
             "conv2d autocast (cast + conv)": conv, "BatchNorm2d train": batchnorm,
             "BatchNorm2d train fwd + bwd": batchnorm_bwd,
             "mul + add_": add_, "Linear autocast (2 casts + linear)": linear_amp,

@@ -251,7 +251,8 @@ def _draw_rng(xp: Any, query: Any) -> Any:
     from ember.backend import device_of_array
     from ember.backend.cuda_ops.kernels_dropout import next_key
     seed = next_key(device_of_array(query)) >> 1  # 63 bits: cuDNN's seed is a signed int64
-    return xp.asarray(np.array([seed, 0, 0, 0], dtype=np.int64))
+    from ember.backend.cuda_ops._upload import to_device
+    return to_device(xp, np.array([seed, 0, 0, 0], dtype=np.int64))
 
 
 class CudnnSDPA:

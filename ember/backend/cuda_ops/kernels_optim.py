@@ -26,6 +26,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ember.backend.cuda_ops import _nvrtc as K
+from ember.backend.cuda_ops import _upload
 
 ROW = 8            # int64 fields per tensor row
 CHUNK = 4096       # elements per block
@@ -238,6 +239,7 @@ TARGS = {"float32": "float, float", "bfloat16": "bf16_t, float", "float16": "hal
 
 _TABLES: "OrderedDict[tuple, Any]" = OrderedDict()
 _KEEP: list = []          # tables built during a capture: referenced by a graph, never freed
+_TEMPLATES: dict = {}     # static key -> (host table with the gradient column unset, chunks)
 _MAX_TABLES = 64
 
 
@@ -273,33 +275,28 @@ def _table(cp: Any, lists: Sequence[Sequence[Any] | None], steps: Sequence[Any] 
     if hit is not None:
         _TABLES.move_to_end(key)
         return hit
-    others, sizes, step_ptrs = static
-    chunks = [(n + CHUNK - 1) // CHUNK for n in sizes]
-    first = np.zeros(nt, dtype=np.int64)
-    if nt > 1:
-        np.cumsum(chunks[:-1], out=first[1:])
-    cols = [others[0], key[1], *others[1:]]
-    while len(cols) < 5:
-        cols.append((0,) * nt)
-    cols += [sizes, step_ptrs]
-    host = np.stack([np.asarray(c, dtype=np.int64) for c in cols] + [first], axis=1)
-    dev = cp.empty(host.shape, dtype=np.int64)
-    stream = cp.cuda.get_current_stream()
-    capturing = stream.is_capturing()
-    if capturing:
-        # a copy from pinned memory is capturable; the graph replays it from this buffer.
-        # CuPy's ndarray.set refuses any host-to-device copy while capturing, so the copy
-        # is issued through the runtime directly.
-        pinned = cp.cuda.alloc_pinned_memory(host.nbytes)
-        staged = np.frombuffer(pinned, dtype=np.int64, count=host.size).reshape(host.shape)
-        staged[...] = host
-        rt = cp.cuda.runtime
-        rt.memcpyAsync(dev.data.ptr, pinned.ptr, host.nbytes, rt.memcpyHostToDevice,
-                       stream.ptr)
-        _KEEP.append((dev, pinned, staged))
-    else:
-        dev.set(host, stream=stream)   # pageable source: staged by the driver at once
-    entry = (dev, int(sum(chunks)))
+    tmpl = _TEMPLATES.get(static)
+    if tmpl is None:
+        others, sizes, step_ptrs = static
+        chunks = [(n + CHUNK - 1) // CHUNK for n in sizes]
+        first = np.zeros(nt, dtype=np.int64)
+        if nt > 1:
+            np.cumsum(chunks[:-1], out=first[1:])
+        cols = [others[0], (0,) * nt, *others[1:]]
+        while len(cols) < 5:
+            cols.append((0,) * nt)
+        cols += [sizes, step_ptrs]
+        host = np.stack([np.asarray(c, dtype=np.int64) for c in cols] + [first], axis=1)
+        tmpl = _TEMPLATES[static] = (host, int(sum(chunks)))
+        while len(_TEMPLATES) > _MAX_TABLES:
+            del _TEMPLATES[next(iter(_TEMPLATES))]
+    host = tmpl[0].copy()
+    host[:, 1] = key[1]   # the gradients: the only column that changes between steps
+    # Pinned staging (never a pageable copy, which would wait for the stream to drain);
+    # inside a capture the copy becomes a graph node (CuPy's ndarray.set refuses that).
+    capturing = cp.cuda.get_current_stream().is_capturing()
+    dev = _upload.to_device(cp, host)
+    entry = (dev, tmpl[1])
     _TABLES[key] = entry
     if capturing:
         _KEEP.append(entry)
