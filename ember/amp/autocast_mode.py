@@ -26,6 +26,7 @@ LOWER = frozenset({
     "matmul", "convolution", "scaled_dot_product_attention", "_lstm_layer", "_gru_layer",
     "_rnn_layer", "einsum", "baddbmm", "addbmm", "addmv", "addr", "linear", "bilinear",
     "prelu", "chain_matmul", "multi_dot",
+    "_linear_activation",   # ember's fused Linear + ReLU/GELU (torch: _addmm_activation)
 })
 # Ops that run in float32 (torch: "fp32" list).
 FP32 = frozenset({

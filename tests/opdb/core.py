@@ -453,6 +453,34 @@ def _lin_samples(rng):
             Sample((r(4, 3), r(5, 3), r(5)), noncontig=True)]
 
 
+def _lin_act_samples(rng):
+    r = lambda *s: rng.uniform(-1, 1, s)  # noqa: E731
+    return [Sample((r(3, 4), r(5, 4), r(5)), {"activation": "relu"}),
+            Sample((r(2, 3, 4), r(5, 4), None), {"activation": "relu"}),
+            Sample((r(3, 4), r(5, 4), r(5)), {"activation": "gelu_tanh"}),
+            Sample((r(2, 3, 4), r(6, 4), r(6)), {"activation": "gelu_tanh"})]
+
+
+def _lin_act_call(m, x, w, b, activation):
+    if m.__name__ == "ember":
+        return m._linear_activation(x, w, b, activation)
+    if activation not in ("relu", "gelu_tanh"):   # torch: the two ops it fuses
+        raise ValueError(f"unknown activation {activation!r}")
+    y = m.nn.functional.linear(x, w, b)
+    return m.relu(y) if activation == "relu" else m.nn.functional.gelu(y, approximate="tanh")
+
+
+def _np_lin_act(x, w, b, activation):
+    h = x @ w.T + (b if b is not None else 0)
+    if activation == "relu":
+        return np.maximum(h, 0)
+    return 0.5 * h * (1 + np.tanh(np.sqrt(2 / np.pi) * (h + 0.044715 * h ** 3)))
+
+
+add(OpEntry("_linear_activation", _lin_act_call, _lin_act_samples, ref=_np_lin_act,
+            errors=[ErrorInput(Sample((np.ones((2, 4)), np.ones((3, 4)), None),
+                                      {"activation": "tanh"}),
+                               ValueError, r"\[_linear_activation\] activation must be")]))
 add(OpEntry("linear", lambda m, x, w, b: m.nn.functional.linear(x, w, b), _lin_samples,
             ref=lambda x, w, b: x @ w.T + (b if b is not None else 0),
             errors=[ErrorInput(Sample((np.ones((64, 100)), np.ones((256, 784)), None)),

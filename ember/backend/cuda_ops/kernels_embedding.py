@@ -125,6 +125,9 @@ def raise_recorded(xp: Any, wait: bool = False) -> None:
         stream = xp.cuda.get_current_stream()
         if stream.ptr != 0 and stream.is_capturing():
             return
+        # on an idle stream the copy is all there is to wait for (microseconds): wait, so a
+        # bad index recorded by a graph replay raises at this call, not at a later one
+        wait = wait or stream.done
         _start_copy(xp, flag, stream)
     ev = flag.event
     if wait:

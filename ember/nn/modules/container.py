@@ -6,6 +6,7 @@ keys are ``'0.weight'`` exactly as in torch.
 from __future__ import annotations
 
 import operator
+import os
 from collections import OrderedDict, abc as container_abcs
 from itertools import chain, islice
 from typing import Any, Iterable, Iterator, Mapping
@@ -174,9 +175,62 @@ class Sequential(Module):
         return v
 
     def forward(self, input: Any) -> Any:
-        for module in self:
+        mods = list(self._modules.values())
+        if not (type(input) is Tensor and input._device.type == "cuda" and len(mods) > 1
+                and FUSE_LINEAR_ACT[0]):
+            for module in mods:
+                input = module(input)
+            return input
+        i, n = 0, len(mods)
+        while i < n:
+            module = mods[i]
+            act = _fusable(module, mods[i + 1], input) if i + 1 < n else None
+            if act is not None:
+                # Linear + ReLU / tanh-GELU as one op: the activation is the GEMM's cuBLASLt
+                # epilogue (ember/ops/linear_act.py); same values and gradients
+                input = _linear_activation(input, module.weight, module.bias, act)
+                i += 2
+                continue
             input = module(input)
+            i += 1
         return input
+
+
+# EMBER_FUSE_LINEAR_ACT=0: Sequential runs every module on its own (for A/B measurements)
+FUSE_LINEAR_ACT = [os.environ.get("EMBER_FUSE_LINEAR_ACT", "1") != "0"]
+
+
+def _fusable(first: Module, second: Module, input: Any) -> str | None:
+    """The activation of a ``Linear`` -> ``ReLU`` / ``GELU('tanh')`` pair that may run as one
+    op: exact types, a bias, no hooks anywhere that could observe the intermediate, and an
+    input the Linear accepts (otherwise the Linear's own call raises its error)."""
+    from ember.nn.modules import _hooks as H
+    from ember.nn.modules.activation import GELU, ReLU
+    from ember.nn.modules.linear import Linear
+    if type(first) is not Linear or first.bias is None:
+        return None
+    if type(second) is ReLU:
+        act = "relu"
+    elif type(second) is GELU and second.approximate == "tanh":
+        act = "gelu_tanh"
+    else:
+        return None
+    for m in (first, second):
+        if m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or \
+                m._backward_pre_hooks:
+            return None
+    if H._global_forward_hooks or H._global_forward_pre_hooks or H._global_backward_hooks \
+            or H._global_backward_pre_hooks:
+        return None
+    shape = input._data.shape
+    if not shape or shape[-1] != first.in_features or input.ndim < 2:
+        return None
+    return act
+
+
+def _linear_activation(input: Tensor, weight: Tensor, bias: Tensor, act: str) -> Tensor:
+    from ember.ops.registry import OPS, apply
+    return apply(OPS["_linear_activation"], (input, weight, bias, act))
 
 
 class ModuleList(Module):

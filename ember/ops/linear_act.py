@@ -1,0 +1,101 @@
+"""``_linear_activation``: a Linear layer and the activation after it, as one op.
+
+``nn.Sequential`` runs a ``Linear`` followed by ``ReLU`` or ``GELU(approximate='tanh')``
+through this op when the input is on the GPU and neither module has hooks
+(``ember/nn/modules/container.py``): on CUDA the activation becomes the GEMM's cuBLASLt
+epilogue (``RELU_BIAS``, ``GELU_AUX_BIAS``; ``backend/cuda_ops/nvmath_linear.py``), which
+saves a kernel, a pass over the activations and a dispatch each way. Here is the generic
+version (any device and float dtype, the decomposition the tests compare against): the
+product, the bias and the activation, with its gradient through the same three steps.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from ember.errors import make
+from ember.ops.blas import _linear_meta
+from ember._state import _State
+from ember.ops.registry import OpDef, register
+from ember.tensor import Tensor
+
+ACTIVATIONS = ("relu", "gelu_tanh")
+_K = math.sqrt(2.0 / math.pi)   # the tanh approximation's constants, as torch's
+_C = 0.044715
+
+
+def _meta(op: Any, input: Any, weight: Any, bias: Any, activation: str) -> Any:
+    if activation not in ACTIVATIONS:
+        raise make(ValueError, "_linear_activation",
+                   f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+    if not isinstance(weight, Tensor) or weight._data.ndim != 2:
+        raise make(RuntimeError, "_linear_activation",
+                   "weight must be a 2-D Tensor (out_features, in_features)")
+    return _linear_meta(op, input, weight, bias)
+
+
+def _gelu_tanh(xp: Any, h: Any) -> Any:
+    return 0.5 * h * (1.0 + xp.tanh(_K * (h + _C * h * h * h)))
+
+
+@register("_linear_activation", meta=_meta, method=False,
+          sig="input, weight, bias=None, activation='relu'")
+class LinearActivation(OpDef):
+    """``act(input @ weight.T + bias)`` with ``act`` ``'relu'`` or ``'gelu_tanh'``
+    (torch's ``gelu(approximate='tanh')``).
+
+    Shape:
+        - input: ``(*, in_features)``; weight: ``(out_features, in_features)``;
+          bias: ``(out_features)`` or None.
+        - Output: ``(*, out_features)``.
+    """
+
+    def forward(ctx, xp, input, weight, bias, activation):
+        k = input.shape[-1]
+        h = xp.matmul(input.reshape(-1, k), weight.T).reshape(input.shape[:-1] +
+                                                             (weight.shape[0],))
+        if h.dtype != input.dtype:   # bfloat16 on NumPy: fp32 accumulation, rounded once
+            h = h.astype(input.dtype)
+        if bias is not None:
+            h = h + bias
+        if activation == "relu":
+            # NaN stays NaN, as torch's relu; CuPy's bfloat16 maximum returns float32
+            y = xp.maximum(h, h.dtype.type(0)).astype(h.dtype, copy=False)
+            ctx.save(input, weight, y, None)
+        else:
+            y = _gelu_tanh(xp, h.astype(xp.float32) if h.dtype.itemsize < 4 else h)
+            y = y.astype(h.dtype, copy=False)
+            ctx.save(input, weight, h, bias)
+        ctx.activation = activation
+        ctx.has_bias = bias is not None
+        return y
+
+    def backward(ctx, grad):
+        x, w, s, b = ctx.saved
+        if grad.dtype != s.dtype:
+            # a gradient in another dtype (CuPy's bfloat16 matmul hands back float32): the
+            # products below need the op's own dtype, as torch's engine casts it
+            grad = grad.to(s.dtype)
+        if ctx.activation == "relu":
+            gh = grad.masked_fill(s <= 0, 0)   # s: the output (torch's threshold_backward)
+        else:                                  # s: the pre-activation, in float32 math
+            if _State.enabled:   # create_graph: h as a function of the inputs, not a constant
+                s = x.reshape(-1, x.shape[-1]).matmul(w.t()).reshape(grad.shape)
+                if b is not None:
+                    s = s + b
+            h = s.float() if s.element_size() < 4 else s
+            t = (_K * (h + _C * h * h * h)).tanh()
+            d = 0.5 * (1 + t) + 0.5 * h * (1 - t * t) * _K * (1 + 3 * _C * h * h)
+            gh = (grad * d).to(grad.dtype)
+        if gh.dtype != grad.dtype:   # (CuPy's generic bfloat16 ops may widen to float32)
+            gh = gh.to(grad.dtype)
+        edges = ctx.next_edges
+        gx = gw = gb = None
+        n = gh.shape[-1]
+        if edges[0] is not None:
+            gx = gh.matmul(w)
+        if edges[1] is not None:
+            gw = gh.reshape(-1, n).t().matmul(x.reshape(-1, x.shape[-1]))
+        if ctx.has_bias and edges[2] is not None:
+            gb = gh.reshape(-1, n).sum(0)
+        return gx, gw, gb, None
