@@ -14,6 +14,19 @@ from ember.ops.registry import TensorMeta
 from ember.tensor import Tensor
 
 _BCAST_CACHE: dict = {}
+# TensorMeta(shape) per shape: the elementwise and unary rules run on every such op call, and
+# building the named tuple costs ~0.3 us against ~0.05 us for the lookup (it is immutable).
+_SAME: dict = {}
+
+
+def same_shape_meta(shape: tuple) -> TensorMeta:
+    """``TensorMeta(shape)``, shared between calls."""
+    m = _SAME.get(shape)
+    if m is None:
+        if len(_SAME) > 4096:
+            _SAME.clear()
+        m = _SAME[shape] = TensorMeta(shape)
+    return m
 
 
 def shape_of(x: Any) -> tuple:
@@ -50,6 +63,8 @@ def broadcast_shapes(op: str, *shapes: tuple, names: Sequence[str] | None = None
 
 def wrap_dim(op: str, dim: int, ndim: int) -> int:
     """Normalise a possibly negative dim, raising torch's IndexError when out of range."""
+    if type(dim) is int and 0 <= dim < ndim:   # the common case, without the checks below
+        return dim
     n = max(ndim, 1)
     if not isinstance(dim, int) or isinstance(dim, bool):
         if hasattr(dim, "__index__"):
@@ -66,6 +81,8 @@ def wrap_dims(op: str, dims: Any, ndim: int) -> tuple:
     """Normalise ``dim`` arguments: None/() means all dims; ints or sequences of ints."""
     if dims is None:
         return tuple(range(ndim))
+    if type(dims) is int:
+        return (wrap_dim(op, dims, ndim),)
     if isinstance(dims, int) or hasattr(dims, "__index__") and not isinstance(dims, (tuple, list)):
         return (wrap_dim(op, dims, ndim),)
     out = tuple(wrap_dim(op, d, ndim) for d in dims)
@@ -89,18 +106,21 @@ def elementwise(op: Any, *args: Any) -> TensorMeta:
             elif s != s0:
                 differ = True
     if s0 is None:
-        return TensorMeta(())
+        return same_shape_meta(())
     if not differ:
-        return TensorMeta(s0)
-    return TensorMeta(broadcast_shapes(op.name, *[a._data.shape for a in args
-                                                  if isinstance(a, Tensor)]))
+        m = _SAME.get(s0)
+        return m if m is not None else same_shape_meta(s0)
+    return same_shape_meta(broadcast_shapes(op.name, *[a._data.shape for a in args
+                                                       if isinstance(a, Tensor)]))
 
 
 def unary(op: Any, input: Any, *rest: Any) -> TensorMeta:
     if not isinstance(input, Tensor):  # the message is built only on failure
         raise make(TypeError, op.name,
                    f"argument 'input' must be Tensor, not {type(input).__name__}")
-    return TensorMeta(input._data.shape)
+    s = input._data.shape
+    m = _SAME.get(s)
+    return m if m is not None else same_shape_meta(s)
 
 
 def reduction(op: Any, input: Any, dim: Any = None, keepdim: bool = False, *rest: Any) -> TensorMeta:
