@@ -121,9 +121,15 @@ def _grads_of(ps: list, dtype: Any) -> list | None:
     return gs
 
 
+_STREAM: list = [None]   # cupy.cuda.get_current_stream, bound on first use
+
+
 def _capturing() -> bool:
-    from ember.backend import cuda  # noqa: PLC0415
-    return cuda.xp().cuda.get_current_stream().is_capturing()
+    get = _STREAM[0]
+    if get is None:
+        from ember.backend import cuda  # noqa: PLC0415
+        get = _STREAM[0] = cuda.xp().cuda.get_current_stream
+    return get().is_capturing()
 
 
 def _plans(opt: Any) -> dict:

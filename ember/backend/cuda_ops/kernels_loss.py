@@ -223,18 +223,18 @@ class CrossEntropyImpl:
         w32 = weight.astype(xp.float32) if weight is not None else None
         if w32 is not None:
             w32 = K.contiguous(xp, w32)
-        lse = xp.empty(rows, xp.float32)
-        loss = xp.empty(rows, xp.float32)
-        wt = xp.empty(rows, xp.float32)
+        # lse, per-row loss, per-row weight and the 3 reduced values: one allocation (each
+        # CuPy allocation costs host time; the GPU work is two small kernels)
+        buf = xp.empty(3 * rows + 3, xp.float32)
+        lse, loss, wt, red = buf[:rows], buf[rows:2 * rows], buf[2 * rows:3 * rows], buf[3 * rows:]
         flag = _flag(xp)
-        _poll(xp, flag, False)
+        _poll(xp, flag, False)   # an earlier call's bad target raises before this call runs
         bad = flag.dev
         grid, block = K.row_config(rows, n_classes)
         K.function("loss", "ce_fwd", ct)(
             grid, block, (input, tgt, w32 if w32 is not None else lse, K.i32(w32 is not None),
                           lse, loss, wt, bad, K.i64(rows), K.i32(n_classes),
                           K.i64(ignore_index), K.f32(eps), K.aligned(input)))
-        red = xp.empty(3, xp.float32)
         mode = _MODES[reduction]
         out = xp.empty((), input.dtype) if mode else None
         K.function("loss", "ce_reduce", ct)(

@@ -243,6 +243,19 @@ _TEMPLATES: dict = {}     # static key -> (host table with the gradient column u
 _MAX_TABLES = 64
 
 
+_BY_DTYPE: dict = {}
+
+
+def _targs(dt: Any) -> tuple:
+    """(template arguments, NumPy math scalar type) of a storage dtype (NumPy's ``dtype.name``
+    is a Python property: cached by the dtype object)."""
+    hit = _BY_DTYPE.get(dt)
+    if hit is None:
+        hit = _BY_DTYPE[dt] = (TARGS[dt.name],
+                               np.float64 if dt.name == "float64" else np.float32)
+    return hit
+
+
 def covered(dtype: Any) -> bool:
     """Whether the multi-tensor kernels handle arrays of this NumPy dtype."""
     return dtype.name in TARGS
@@ -326,9 +339,7 @@ def adam(params: Sequence[Any], grads: Sequence[Any], exp_avgs: Sequence[Any],
     :func:`static_key`, when the caller keeps it.
     """
     import cupy as cp  # noqa: PLC0415
-    dt = params[0].dtype
-    targs = TARGS[dt.name]
-    mt = np.float64 if dt.name == "float64" else np.float32
+    targs, mt = _targs(params[0].dtype)
     lists = [params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs]
     table, nchunks = _table(cp, lists, steps, static)
     nt = len(params)
@@ -362,13 +373,12 @@ def sgd(params: Sequence[Any], grads: Sequence[Any], bufs: Sequence[Any] | None,
     gradient instead of decaying them (all tensors of one call share it).
     """
     import cupy as cp  # noqa: PLC0415
-    dt = params[0].dtype
-    mt = np.float64 if dt.name == "float64" else np.float32
+    targs, mt = _targs(params[0].dtype)
     table, nchunks = _table(cp, [params, grads, bufs], None, static)
     if nchunks == 0:
         return
     lr_host, lr_dev = _lr_args(lr, mt)
-    K.function("optim", "mt_sgd", TARGS[dt.name])(
+    K.function("optim", "mt_sgd", targs)(
         (nchunks, 1, 1), (THREADS, 1, 1),
         (table, np.int32(len(params)), np.int32(CHUNK), lr_host, lr_dev, mt(momentum),
          mt(dampening), mt(weight_decay), np.int32(nesterov), np.int32(maximize),

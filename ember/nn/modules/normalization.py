@@ -103,23 +103,29 @@ class _BatchNorm(_NormBase):
     def forward(self, input: Tensor) -> Tensor:
         self._check_input_dim(input)
         self._check_features(input, 1)
-        factor = 0.0 if self.momentum is None else self.momentum
-        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
+        # buffers and parameters straight from their dicts: each ``self.<name>`` goes through
+        # Module.__getattr__, and this runs per layer and step (53 a ResNet-50 step on the GPU)
+        # (a name missing from its dict, e.g. parametrized, is read the usual way)
+        bufs, params = self._buffers, self._parameters
+        rm = bufs["running_mean"] if "running_mean" in bufs else self.running_mean
+        rv = bufs["running_var"] if "running_var" in bufs else self.running_var
+        nbt = bufs["num_batches_tracked"] if "num_batches_tracked" in bufs else \
+            getattr(self, "num_batches_tracked", None)
+        weight = params["weight"] if "weight" in params else self.weight
+        bias = params["bias"] if "bias" in params else self.bias
+        training, momentum = self.training, self.momentum
+        factor = 0.0 if momentum is None else momentum
+        if training and self.track_running_stats and nbt is not None:
             # the counter's `add_(1)` directly on its array (it never needs autograd): a
-            # dispatcher round trip per BatchNorm layer and step is measurable host time on
-            # the GPU (53 per ResNet-50 step)
-            nbt = self.num_batches_tracked
+            # dispatcher round trip per BatchNorm layer and step is measurable host time
             nbt._data += 1
             nbt._version[0] += 1
-            if self.momentum is None:  # cumulative moving average
-                factor = 1.0 / float(self.num_batches_tracked.item())
-            else:
-                factor = self.momentum
-        bn_training = self.training or (self.running_mean is None and self.running_var is None)
-        use_running = not self.training or self.track_running_stats
-        return F.batch_norm(input, self.running_mean if use_running else None,
-                            self.running_var if use_running else None, self.weight, self.bias,
-                            bn_training, factor, self.eps)
+            if momentum is None:  # cumulative moving average
+                factor = 1.0 / float(nbt.item())
+        bn_training = training or (rm is None and rv is None)
+        use_running = not training or self.track_running_stats
+        return F.batch_norm(input, rm if use_running else None, rv if use_running else None,
+                            weight, bias, bn_training, factor, self.eps)
 
 
 class BatchNorm1d(_BatchNorm):
