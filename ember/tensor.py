@@ -294,8 +294,11 @@ class Tensor:
             create_graph: record the backward pass, for higher-order derivatives.
             inputs: accumulate only into these tensors' ``.grad``.
         """
-        from ember.autograd import backward as _backward
-        _backward(self, gradient, retain_graph, create_graph, inputs=inputs)
+        fn = _BACKWARD[0]
+        if fn is None:   # bound on first use (an import statement costs ~0.5 us per call)
+            from ember.autograd import backward as fn
+            _BACKWARD[0] = fn
+        fn(self, gradient, retain_graph, create_graph, inputs=inputs)
 
     # ------------------------------------------------------------------ conversions
     def numpy(self, *, force: bool = False) -> np.ndarray:
@@ -517,6 +520,7 @@ def _wrap_dim(dim: int, ndim: int, op: str) -> int:
 
 
 _warned = [False]
+_BACKWARD: list = [None]   # ember.autograd.backward
 
 
 def _warn_nonleaf_grad() -> None:

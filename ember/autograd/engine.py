@@ -10,6 +10,8 @@ import sys as _sys
 
 from typing import Any, Sequence
 
+import numpy as _np
+
 from ember.autograd.grad_mode import _State
 from ember.autograd.graph import AccumulateGrad, Node, accumulate_node
 from ember.tensor import Tensor, _make
@@ -40,12 +42,19 @@ def _make_root_grad(t: Tensor, g: Any, i: int) -> Tensor:
 
 
 def _ones_like(arr: Any) -> Any:
-    import numpy as np
-    if isinstance(arr, np.ndarray):
-        return np.ones(arr.shape, arr.dtype)
+    if type(arr) is _np.ndarray:
+        if not arr.shape:   # a scalar loss: copying a cached 1 is ~5x cheaper than np.ones
+            one = _ONE.get(arr.dtype)
+            if one is None:
+                one = _ONE[arr.dtype] = _np.ones((), arr.dtype)
+            return one.copy()
+        return _np.ones(arr.shape, arr.dtype)
     out = type(arr)(arr.shape, arr.dtype)   # uninitialised memory: fill, never * 0 (NaN bits)
     out.fill(1)
     return out
+
+
+_ONE: dict = {}
 
 
 def run_backward(tensors: Sequence[Tensor], grads: Sequence[Any], retain_graph: bool,
@@ -74,22 +83,26 @@ def run_backward(tensors: Sequence[Tensor], grads: Sequence[Any], retain_graph: 
             else:
                 targets[(t._grad_fn, t._output_nr)] = k
 
-    # Topological order of the reachable graph (iterative DFS, post-order, reversed).
+    # Topological order of the reachable graph (iterative DFS, post-order, reversed). A node
+    # is pushed again under a marker when first expanded; popping the marker finishes it.
     order: list = []
     seen = set()
-    stack = [(r[0], False) for r in roots]
+    stack = [r[0] for r in roots]
+    push = stack.append
+    pop = stack.pop
     while stack:
-        node, done = stack.pop()
-        if done:
-            order.append(node)
+        node = pop()
+        if node is _MARK:
+            order.append(pop())
             continue
         if node in seen:
             continue
         seen.add(node)
-        stack.append((node, True))
+        push(node)
+        push(_MARK)
         for e in node.next_edges:
             if e is not None and e[0] not in seen:
-                stack.append((e[0], False))
+                push(e[0])
     order.reverse()
 
     needed = None
@@ -107,7 +120,9 @@ def run_backward(tensors: Sequence[Tensor], grads: Sequence[Any], retain_graph: 
         buf[nr] = g if buf[nr] is None else buf[nr] + g
 
     captured: list = [None] * len(inputs) if inputs is not None else []
-    stolen = {id(r[2]._data) for r in roots}  # user-given grads are never stolen
+    stolen = set()   # user-given grads are never stolen
+    for r in roots:
+        stolen.add(id(r[2]._data))
     prev = _State.enabled
     _State.enabled = bool(create_graph)
     try:
@@ -130,7 +145,51 @@ def run_backward(tensors: Sequence[Tensor], grads: Sequence[Any], retain_graph: 
                 if buf[0] is not None:
                     _accumulate(node.variable, buf[0], create_graph, stolen)
                 continue
-            _run_node(node, buf, buffers, retain_graph)
+            # The node's backward, then its gradients handed to the next nodes' buffers
+            # (written here rather than in a helper: this runs once per node of every step).
+            if node.n_outputs > 1:
+                buf = _materialize(node, buf)
+                if buf is None:
+                    continue
+            try:
+                res = node.apply_backward(buf)
+            except Exception as exc:
+                if node._traceback is not None:
+                    _anomaly_report(node)
+                raise exc
+            edges = node.next_edges
+            if len(res) != len(edges):
+                raise RuntimeError(f"function {node.name()} returned an incorrect number of "
+                                   f"gradients (expected {len(edges)}, got {len(res)})")
+            if _State.anomaly:
+                _check_finite(node, res)
+            if node._post_hooks:
+                for fn in list(node._post_hooks.values()):
+                    fn(tuple(res), tuple(buf))
+            for e, g in zip(edges, res):
+                if e is None or g is None:
+                    continue
+                nxt, nr, shape, dt = e
+                if type(g) is not Tensor and not isinstance(g, Tensor):
+                    raise TypeError(f"function {node.name()} returned a gradient of type "
+                                    f"{type(g).__name__}; expected a Tensor")
+                if g._data.shape != shape:
+                    g = _reduce_to(g, shape, node)
+                if g._dtype is not dt:
+                    if g._dtype.is_complex and not dt.is_complex:
+                        g = g.real  # real inputs take the real part of a complex gradient
+                    g = g.to(dt)
+                nbuf = buffers.get(nxt)
+                if nbuf is None:
+                    n = nxt.n_outputs
+                    if n == 1 and nr == 0:
+                        buffers[nxt] = [g]
+                        continue
+                    nbuf = buffers[nxt] = [None] * (n if n > nr else nr + 1)
+                old = nbuf[nr]
+                nbuf[nr] = g if old is None else _sum(old, g)
+            if not retain_graph:
+                node.release()
     finally:
         _State.enabled = prev
 
@@ -170,51 +229,22 @@ def _pre_hooks(node: Node, buf: list) -> list:
     return buf
 
 
-def _run_node(node: Node, buf: list, buffers: dict, retain_graph: bool) -> None:
-    if node.n_outputs > 1 and getattr(node, "materialize_grads", True) and \
-            any(g is None for g in buf):
-        if all(g is None for g in buf):
-            return
-        import ember
-        # outputs an op declares non-differentiable (indices, batch statistics) get no zeros:
-        # their backwards never read those gradients
-        skip = getattr(getattr(node, "op", None), "nondiff_outputs", ())
-        buf = [g if g is not None or k in skip else ember.zeros(m[0], dtype=m[1], device=m[2])
-               for k, (g, m) in enumerate(zip(buf, node.out_meta))]
-    try:
-        res = node.apply_backward(buf)
-    except Exception as exc:
-        if node._traceback is not None:
-            _anomaly_report(node)
-        raise exc
-    edges = node.next_edges
-    if len(res) != len(edges):
-        raise RuntimeError(f"function {node.name()} returned an incorrect number of gradients "
-                           f"(expected {len(edges)}, got {len(res)})")
-    if _State.anomaly:
-        _check_finite(node, res)
-    if node._post_hooks:
-        for fn in list(node._post_hooks.values()):
-            fn(tuple(res), tuple(buf))
-    for e, g in zip(edges, res):
-        if e is None or g is None:
-            continue
-        nxt, nr, shape, dt = e
-        if type(g) is not Tensor and not isinstance(g, Tensor):
-            raise TypeError(f"function {node.name()} returned a gradient of type "
-                            f"{type(g).__name__}; expected a Tensor")
-        if g._data.shape != shape:
-            g = _reduce_to(g, shape, node)
-        if g._dtype is not dt:
-            if g._dtype.is_complex and not dt.is_complex:
-                g = g.real  # real inputs take the real part of a complex gradient (torch)
-            g = g.to(dt)
-        nbuf = buffers.get(nxt)
-        if nbuf is None:
-            nbuf = buffers[nxt] = [None] * nxt.n_outputs if nxt.n_outputs > nr else [None] * (nr + 1)
-        nbuf[nr] = g if nbuf[nr] is None else _sum(nbuf[nr], g)
-    if not retain_graph:
-        node.release()
+def _materialize(node: Node, buf: list) -> list | None:
+    """A multi-output node's gradients with zeros for the missing ones (None: none arrived,
+    the node is skipped), unless the node opted out (``ctx.set_materialize_grads(False)``)."""
+    if not getattr(node, "materialize_grads", True) or all(g is not None for g in buf):
+        return buf
+    if all(g is None for g in buf):
+        return None
+    import ember
+    # outputs an op declares non-differentiable (indices, batch statistics) get no zeros:
+    # their backwards never read those gradients
+    skip = getattr(getattr(node, "op", None), "nondiff_outputs", ())
+    return [g if g is not None or k in skip else ember.zeros(m[0], dtype=m[1], device=m[2])
+            for k, (g, m) in enumerate(zip(buf, node.out_meta))]
+
+
+_MARK = object()   # the DFS's "finish the node below" entry
 
 
 def _sum(a: Tensor, b: Tensor) -> Tensor:

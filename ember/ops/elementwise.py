@@ -30,6 +30,7 @@ def unary_op(name: str, fwd: Callable, bwd: Callable | None, *, save: str = "x",
              node: str | None = None, doc: str = "") -> OpDef:
     """Declare a unary op. ``bwd(g, x, y)`` gets the saved input ``x`` or output ``y``."""
     differentiable = bwd is not None
+    conj = name != "abs"
 
     class Unary(OpDef):
         __doc__ = doc or f"Elementwise ``{name}`` of ``input``."
@@ -43,12 +44,15 @@ def unary_op(name: str, fwd: Callable, bwd: Callable | None, *, save: str = "x",
             return y
 
         def backward(ctx, grad):
-            saved = ctx.saved
-            x = saved[0] if save == "x" else None
-            y = saved[0] if save == "y" else None
-            if name != "abs":  # holomorphic f: torch's complex gradient is grad * conj(f'(z))
-                x, y = _cj(x), _cj(y)
-            return bwd(grad, x, y)
+            saved = ctx.saved   # (also raises when the graph was freed)
+            if not save:
+                return bwd(grad, None, None)
+            v = saved[0]
+            # holomorphic f: torch's complex gradient is grad * conj(f'(z)); the dtype test
+            # inline, as this runs for every unary node of a backward
+            if conj and v._dtype.category == 3:
+                v = v.conj()
+            return bwd(grad, v, None) if save == "x" else bwd(grad, None, v)
 
     return register(name, meta=M.unary, promote=promote, inplace=inplace, onnx=onnx,
                     differentiable=differentiable, method=method, function=function,

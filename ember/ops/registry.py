@@ -144,14 +144,15 @@ class OpNode(Node):
 
     def apply_backward(self, grads: list) -> tuple:
         impl = self._impl
+        op = self.op
         # A fused CUDA backward works on raw arrays; double backward needs the generic one.
         if impl is not None and not _State.enabled:
             res = impl.backward(self, *grads)
         else:
-            res = self.op.backward(self, *grads)
-        if self.op.variadic:
+            res = op.backward(self, *grads)
+        if op.variadic:
             return tuple(res[0])  # one gradient per tensor of the sequence argument
-        if not isinstance(res, (tuple, list)):
+        if type(res) is not tuple and not isinstance(res, (tuple, list)):
             res = (res,)
         return res
 
