@@ -12,7 +12,7 @@ from typing import Any
 
 from ember import dtypes as _dt
 from ember._state import _State
-from ember.backend import cpu_kernels
+from ember.backend import cpu_attention_kernels, cpu_kernels
 from ember.backend.cpu import gemm_threads, parallel_rows
 from ember.backend.cpu_kernels import blas_spinning
 from ember.errors import check, make
@@ -168,6 +168,15 @@ class ScaledDotProductAttention(OpDef):
         work = xp.float32 if query.dtype.itemsize < 4 else query.dtype
         qw, kw, vw = (a.astype(work, copy=False) for a in (query, k, v))
         L, S = qw.shape[-2], kw.shape[-2]
+        if attn_mask is None and dropout_p == 0.0:
+            fused = _fused_kernels(xp, qw, kw, vw)
+            if fused is not None:
+                out = _out_buffer(xp, qw.shape[:3] + (vw.shape[3],), qw.dtype, query)
+                ctx.p = _FusedWeights(fused.forward(qw, kw, vw, out, s, is_causal))
+                ctx.info = (s, gqa, hq, is_causal, False)
+                ctx.keep = None
+                ctx.save(query, key, value, attn_mask)
+                return out.astype(query.dtype, copy=False)
         if attn_mask is None and dropout_p == 0.0 and _batch_split(xp, qw, kw, vw):
             out, p = _forward_by_batch(xp, qw, kw, vw, s, is_causal, query)
             ctx.info = (s, gqa, hq, is_causal, False)
@@ -213,6 +222,8 @@ class ScaledDotProductAttention(OpDef):
         g = grad._data
         xp = _xp(grad)
         p, keep = ctx.p, ctx.keep
+        if isinstance(p, _FusedWeights):
+            return _fused_backward(ctx, grad, p.p, query, key, value)
         work = (p[0] if isinstance(p, tuple) else p).dtype
         k = _expand_heads(xp, key._data, hq) if gqa else key._data
         v = _expand_heads(xp, value._data, hq) if gqa else value._data
@@ -234,6 +245,55 @@ class ScaledDotProductAttention(OpDef):
         return (_wrap(dq.astype(dt.np, copy=False), grad), _wrap(dk.astype(dt.np, copy=False),
                                                                   grad),
                 _wrap(dv.astype(dt.np, copy=False), grad), dmask, None, None, None, None)
+
+
+class _FusedWeights:
+    """The attention weights kept by the fused CPU kernels (``cpu_attention_kernels``):
+    padded (batch, heads, Lp, Sp), readable only by their backward."""
+
+    __slots__ = ("p",)
+
+    def __init__(self, p: Any) -> None:
+        self.p = p
+
+
+def _fused_kernels(xp: Any, q: Any, k: Any, v: Any) -> Any:
+    """The fused float32 attention kernels when they take these operands (NumPy, 4-D with
+    one (batch, heads), head sizes a multiple of 8; see ``cpu_attention_kernels.usable``),
+    else None (numba missing, ``EMBER_NUMBA=0``, or another case: the batched path)."""
+    import os
+    if xp.__name__ != "numpy" or os.environ.get("EMBER_ATTN_KERNELS") == "0" or \
+            not cpu_attention_kernels.usable(q, k, v):
+        return None
+    return cpu_attention_kernels.kernels()
+
+
+def _fused_backward(ctx: Any, grad: Tensor, p: Any, query: Tensor, key: Tensor,
+                    value: Tensor) -> tuple:
+    """The fused kernels' backward. The gradients come back laid out like q, k, v (views of
+    one array when those are views of a fused qkv projection: :func:`_grad_buffers`)."""
+    import numpy as np
+    s, gqa, hq, is_causal, _ = ctx.info
+    k = _expand_heads(np, key._data, hq) if gqa else key._data
+    v = _expand_heads(np, value._data, hq) if gqa else value._data
+    qw, kw, vw = (a.astype(np.float32, copy=False) for a in (query._data, k, v))
+    g = grad._data.astype(np.float32, copy=False)
+    if not cpu_attention_kernels.strided_ok(g):
+        g = np.ascontiguousarray(g)
+    dq, dk, dv = _grad_buffers(np, qw.shape[:2], qw, kw, vw, np.float32)
+    if not all(cpu_attention_kernels.strided_ok(a) for a in (dq, dk, dv)):
+        dq, dk, dv = (np.empty(a.shape, np.float32) for a in (qw, kw, vw))
+    nb = cpu_attention_kernels.kernels()
+    if nb is None:  # EMBER_NUMBA=0 set between forward and backward
+        raise make(RuntimeError, _OP, "the forward ran the numba attention kernels but they "
+                                      "are off now (EMBER_NUMBA=0 set in between)")
+    nb.backward(qw, kw, vw, g, p, dq, dk, dv, s, is_causal)
+    if gqa:
+        dk = _group_sum(dk, key._data.shape[-3])
+        dv = _group_sum(dv, value._data.shape[-3])
+    dt = query._dtype
+    return (_wrap(dq.astype(dt.np, copy=False), grad), _wrap(dk.astype(dt.np, copy=False), grad),
+            _wrap(dv.astype(dt.np, copy=False), grad), None, None, None, None, None)
 
 
 def _softmax_(xp: Any, scores: Any, shift: bool = True) -> Any:
