@@ -34,6 +34,12 @@ def cases(m: Any) -> dict[str, Callable[[], Any]]:
     xs = m.randn(4, 8)
     logits = m.randn(128, 10, requires_grad=True)  # the MLP bench's loss input
     labels = m.randint(0, 10, (128,))
+    # views as a tiny GPT's attention takes them: (B, T, C) -> heads and back
+    xg = m.randn(2, 6, 8, requires_grad=True)
+    w1 = m.randn(8, 16, requires_grad=True)
+    b1 = m.randn(16, requires_grad=True)
+    w2 = m.randn(16, 4, requires_grad=True)
+    xin = m.randn(32, 8)
 
     def add():
         return a + b
@@ -75,13 +81,52 @@ def cases(m: Any) -> dict[str, Callable[[], Any]]:
     def cross_entropy_bwd():
         F.cross_entropy(logits, labels).backward()
 
+    def view():
+        return xg.view(2, 6, 2, 4)
+
+    def view_infer():
+        return xg.view(2, 6, -1, 4)
+
+    def reshape():
+        return xg.reshape(12, 8)
+
+    def transpose():
+        return xg.transpose(1, 2)
+
+    def permute():
+        return xg.permute(0, 2, 1)
+
+    def split():
+        return xg.split(4, dim=2)
+
+    def unsqueeze():
+        return xg.unsqueeze(1)
+
+    def flatten():
+        return xg.flatten(1)
+
+    def heads_bwd():
+        q, k = xg.split(4, dim=2)
+        q = q.view(2, 6, 2, 2).transpose(1, 2)
+        k = k.reshape(2, 6, 2, 2).permute(0, 2, 3, 1)
+        (q @ k).sum().backward()
+
+    def mlp_bwd():
+        h = (xin @ w1 + b1).relu()
+        ((h @ w2) ** 2).mean().backward()
+
     return {"a + b": add, "a + b (requires_grad)": add_grad, "F.relu": relu,
             "F.linear fwd+sum+bwd": linear_fwd_bwd, "Linear module": linear_module,
             "BatchNorm2d train": batchnorm, "LayerNorm module (grad)": layernorm,
             "F.conv2d 3x3 (grad)": conv, "autocast linear (2 casts)": cast_amp,
             "12 ops fwd + backward": chain_bwd,
             "cross_entropy (128, 10) (grad)": cross_entropy,
-            "cross_entropy (128, 10) fwd+bwd": cross_entropy_bwd}
+            "cross_entropy (128, 10) fwd+bwd": cross_entropy_bwd,
+            "view (grad)": view, "view -1 (grad)": view_infer, "reshape (grad)": reshape,
+            "transpose (grad)": transpose, "permute (grad)": permute,
+            "split 2 (grad)": split, "unsqueeze (grad)": unsqueeze, "flatten (grad)": flatten,
+            "heads: split/view/transpose/permute/matmul fwd+bwd": heads_bwd,
+            "MLP 2 layers fwd+bwd": mlp_bwd}
 
 
 def run(fw: str, profile: bool, only: str | None = None) -> None:

@@ -47,14 +47,22 @@ _ENV = {"_size": _size}
 
 def infer_shape(op: str, shape: tuple, numel: int) -> tuple:
     """Replace a single -1 in ``shape`` and check the element count."""
+    # The common cases in one scan: no negative size, or one -1 to infer; the count matches.
     n = 1
-    for s in shape:   # the common case: no -1, the count matches
+    at = -1
+    for i, s in enumerate(shape):
         if s < 0:
-            break
-        n *= s
-    else:
+            if s != -1 or at >= 0:
+                at = -2
+                break
+            at = i
+        else:
+            n *= s
+    if at == -1:
         if n == numel:
             return shape
+    elif at >= 0 and n and numel % n == 0:
+        return shape[:at] + (numel // n,) + shape[at + 1:]
     neg = [i for i, s in enumerate(shape) if s == -1]
     check(len(neg) <= 1, op, "only one dimension can be inferred")
     for s in shape:
@@ -121,8 +129,8 @@ def flatten(input: Tensor, start_dim: int = 0, end_dim: int = -1) -> Tensor:
     s = M.wrap_dim("flatten", start_dim, nd)
     e = M.wrap_dim("flatten", end_dim, nd)
     check(s <= e, "flatten", "start_dim cannot come after end_dim")
-    shape = input.shape
-    return input.reshape(tuple(shape[:s]) + (math.prod(shape[s:e + 1]),) + tuple(shape[e + 1:]))
+    shape = input._data.shape   # the plain tuple: slicing an ember.Size costs a call per slice
+    return input.reshape(shape[:s] + (math.prod(shape[s:e + 1]),) + shape[e + 1:])
 
 
 @composite()
