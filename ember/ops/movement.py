@@ -419,6 +419,8 @@ def _split_sizes(op: str, n: int, split: Any) -> list[int]:
                                    f"(input tensor's size at dimension), but got split_sizes="
                                    f"{list(sizes)}")
         return sizes
+    if type(split) is int and split > 0 and n >= split:   # the common case
+        return [split] * (n // split) + ([n % split] if n % split else [])
     split = int(split)
     check(split > 0 or n == 0, op, f"split expects split_size be non-negative, but got "
                                    f"split_size={split}")
@@ -436,8 +438,9 @@ class Split(OpDef):
         sizes = _split_sizes("split", input.shape[d], split_size_or_sections)
         ctx.dim = d
         out, start = [], 0
+        lead = (slice(None),) * d
         for s in sizes:
-            out.append(input[(slice(None),) * d + (slice(start, start + s),)])
+            out.append(input[lead + (slice(start, start + s),)])
             start += s
         return tuple(out)
 

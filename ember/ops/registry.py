@@ -140,7 +140,9 @@ class OpNode(Node):
 
     @property
     def needs_input_grad(self) -> tuple:
-        return tuple(e is not None for e in self.next_edges)
+        # read by forwards (mul, div ...) on each recorded call: a list comprehension is
+        # cheaper than tuple() over a generator
+        return tuple([e is not None for e in self.next_edges])
 
     def apply_backward(self, grads: list) -> tuple:
         impl = self._impl
@@ -452,12 +454,14 @@ def _wrap_outputs(op: OpDef, args: tuple, arr_args: tuple, out: Any, ctx: Any, d
     multi = type(out) is tuple
     outs = out if multi else (out,)
     results = []
+    changes_device = op.changes_device
+    nd = xp.ndarray
     for arr in outs:
-        if op.changes_device:
+        if changes_device:
             odev = _device_of_array(arr)
         else:
             odev = dev
-            if not isinstance(arr, xp.ndarray):
+            if type(arr) is not nd and not isinstance(arr, nd):
                 # NumPy returns scalars for 0-d results; keep what forward saved pointing at
                 # the output array that the tensor will hold.
                 orig, arr = arr, xp.asarray(arr)
