@@ -278,6 +278,26 @@ def t(input: Tensor) -> Tensor:
 
 def _expand_meta(op: Any, input: Any, sizes: tuple) -> TensorMeta:
     shape = input._data.shape
+    lead = len(sizes) - len(shape)
+    if lead >= 0:
+        # the common case (every sum/mean backward expands its gradient back): one loop, the
+        # checks and their messages below only when a size does not fit
+        out = []
+        for i, s in enumerate(sizes):
+            if i < lead:
+                if s < 0:
+                    break
+                out.append(s)
+                continue
+            cur = shape[i - lead]
+            if s == -1:
+                out.append(cur)
+            elif s == cur or cur == 1:
+                out.append(s)
+            else:
+                break
+        else:
+            return TensorMeta(tuple(out))
     check(len(sizes) >= len(shape), "expand",
           f"the number of sizes provided ({len(sizes)}) must be greater or equal to the number of "
           f"dimensions in the tensor ({len(shape)})")
