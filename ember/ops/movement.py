@@ -245,8 +245,9 @@ class Transpose(OpDef):
         if input.ndim == 0:
             return input.view()
         n = input.ndim
-        d0 = dim0 % n   # the meta rule checked the dims
-        d1 = dim1 % n
+        # the meta rule checked the dims; plain ints wrap here without its calls
+        d0 = dim0 % n if type(dim0) is int else M.wrap_dim("transpose", dim0, n)
+        d1 = dim1 % n if type(dim1) is int else M.wrap_dim("transpose", dim1, n)
         ctx.d = (d0, d1)
         return input.swapaxes(d0, d1)   # the method: np.swapaxes's wrapper costs ~0.5 us
 
