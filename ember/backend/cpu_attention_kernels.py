@@ -27,8 +27,7 @@ from __future__ import annotations
 from typing import Any
 
 from ember.backend import cpu_simd
-from ember.backend.cpu import parallel_rows
-from ember.backend.cpu_kernels import LazyKernels, _exp_neg
+from ember.backend.cpu_kernels import LazyKernels, _exp_neg, _spread as spread_kernels
 
 # set by _build, module globals rather than closure variables (numba's on-disk cache does
 # not take closure variables that are jitted functions)
@@ -47,12 +46,13 @@ _MIN_HEADS = 4  # heads a thread gets at least (a 64 x 64 x 32 causal head: ~10 
 
 
 def _spread(n: int, piece: Any) -> None:
-    """``piece(lo, hi)`` over the ``n`` heads on the cores other processes leave free, even
-    beside OpenBLAS's spinning workers (unlike ``cpu_kernels._spread``): each thread makes one
-    long nogil call. Measured on the tiny-GPT step, alternating in one process: 0.977x and
-    0.960x the step time of running the heads serially; the same for every numba kernel
-    (GELU, layer norm, softmax: shorter calls) was 1.02x."""
-    parallel_rows(n, piece, _MIN_HEADS)
+    """``piece(lo, hi)`` over the ``n`` heads through ``cpu_kernels._spread``: on the spare
+    cores, but serially beside OpenBLAS's spinning workers (as after the qkv projection in a
+    training step). Heads on two threads beside the spinning workers measured 0.977x and
+    0.960x of serial on the tiny-GPT step alternating in one process, but 1.14x and 1.04x
+    in two processes taking turns (``bench.gpt_pieces ab``, the setting of the paired
+    benchmarks against torch), so serial it is."""
+    spread_kernels(n, piece, _MIN_HEADS)
 
 
 def _build() -> Any:
