@@ -58,6 +58,13 @@ def test_causal_blocks_fused_qkv(kernel_path):
     _check(((4, 2, 96, 8),), np.float32, 2e-5, layout="qkv")
 
 
+def test_causal_blocks_fused_qkv_without_attention_kernels(kernel_path, monkeypatch):
+    # head size 8 takes the fused attention kernels (cpu_attention_kernels) under numba:
+    # switched off, the blocked path with numba's softmax kernels keeps its qkv coverage
+    monkeypatch.setenv("EMBER_ATTN_KERNELS", "0")
+    _check(((4, 2, 96, 8),), np.float32, 2e-5, layout="qkv")
+
+
 def test_causal_blocks_3d_and_gqa(kernel_path):
     _check(((3, 70, 5), (3, 70, 5), (3, 70, 4)), np.float32, 2e-5)
     _check(((2, 4, 70, 5), (2, 2, 70, 5), (2, 2, 70, 4)), np.float32, 2e-5, enable_gqa=True)
