@@ -329,24 +329,7 @@ def apply(op: OpDef, args: tuple) -> Any:
             ctx._traceback = traceback.format_stack()[:-2]
     else:
         ctx = _NO_CTX
-    try:
-        impl = op.cuda_impl
-        if impl is not None and xp is not _np:
-            if dest is not None:
-                out = impl.forward_into(ctx, xp, dest, *arr_args)
-            else:
-                out = impl.forward(ctx, xp, *arr_args)
-            if out is NotImplemented:
-                out = op.forward(ctx, xp, *arr_args)
-            elif ctx is not _NO_CTX:
-                ctx._impl = impl
-        else:
-            out = op.forward(ctx, xp, *arr_args)
-    except EmberError:
-        raise
-    except (TypeError, ValueError, IndexError, RuntimeError, ArithmeticError, AttributeError,
-            KeyError, NotImplementedError, MemoryError) as exc:
-        raise op_error(op.name, exc, args) from None
+    out = _forward(op, ctx, xp, dest, arr_args, args)
 
     if type(out) is _ndarray or (xp is not _np and type(out) is xp.ndarray):
         # the common case: one array out (NumPy or CuPy), in the dtype promotion expects
@@ -367,6 +350,30 @@ def apply(op: OpDef, args: tuple) -> Any:
                     res._grad_fn = ctx
             return res
     return _wrap_outputs(op, args, arr_args, out, ctx, dev, out_dt, xp)
+
+
+def _forward(op: OpDef, ctx: Any, xp: Any, dest: Any, arr_args: tuple, args: tuple) -> Any:
+    """The op's forward on arrays: its CUDA implementation first on CuPy (``forward_into``
+    ``dest`` for an in-place call; ``NotImplemented`` falls back to the generic forward),
+    NumPy's exceptions re-raised as torch's types naming the op and the inputs."""
+    try:
+        impl = op.cuda_impl
+        if impl is not None and xp is not _np:
+            if dest is not None:
+                out = impl.forward_into(ctx, xp, dest, *arr_args)
+            else:
+                out = impl.forward(ctx, xp, *arr_args)
+            if out is NotImplemented:
+                out = op.forward(ctx, xp, *arr_args)
+            elif ctx is not _NO_CTX:
+                ctx._impl = impl
+            return out
+        return op.forward(ctx, xp, *arr_args)
+    except EmberError:
+        raise
+    except (TypeError, ValueError, IndexError, RuntimeError, ArithmeticError, AttributeError,
+            KeyError, NotImplementedError, MemoryError) as exc:
+        raise op_error(op.name, exc, args) from None
 
 
 def _apply_variadic(op: OpDef, args: tuple, dest: Any) -> Any:
@@ -411,24 +418,7 @@ def _apply_variadic(op: OpDef, args: tuple, dest: Any) -> Any:
             ctx._traceback = traceback.format_stack()[:-2]
     else:
         ctx = _NO_CTX
-    try:
-        impl = op.cuda_impl
-        if impl is not None and xp is not _np:
-            if dest is not None:
-                out = impl.forward_into(ctx, xp, dest, *arr_args)
-            else:
-                out = impl.forward(ctx, xp, *arr_args)
-            if out is NotImplemented:
-                out = op.forward(ctx, xp, *arr_args)
-            elif ctx is not _NO_CTX:
-                ctx._impl = impl
-        else:
-            out = op.forward(ctx, xp, *arr_args)
-    except EmberError:
-        raise
-    except (TypeError, ValueError, IndexError, RuntimeError, ArithmeticError, AttributeError,
-            KeyError, NotImplementedError, MemoryError) as exc:
-        raise op_error(op.name, exc, args) from None
+    out = _forward(op, ctx, xp, dest, arr_args, args)
     return _wrap_outputs(op, args, arr_args, out, ctx, dev, out_dt, xp)
 
 
