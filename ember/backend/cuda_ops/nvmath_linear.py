@@ -225,22 +225,32 @@ def _worth_it(cp: Any, macs: int, key: tuple) -> bool:
     return False
 
 
+def _linear_operands(xp: Any, input: Any, weight: Any, bias: Any) -> tuple | None:
+    """``(x2, w, b, n)`` for a linear that goes to cuBLASLt: the input as (rows, K) and the
+    weight as C-contiguous 2-d arrays, the bias contiguous (or None), n the output features;
+    None when the dtypes/shapes are not covered or the GEMM stays on CuPy (:func:`_worth_it`)."""
+    if weight.ndim != 2 or input.ndim < 2 or input.dtype.name not in _DTYPES or \
+            weight.dtype != input.dtype or (bias is not None and bias.dtype != input.dtype):
+        return None
+    n, k = weight.shape
+    m = input.size // k if k else 0
+    if not m or not n or not k or not _worth_it(xp, m * n * k, ("linear", input.shape,
+                                                                 weight.shape)):
+        return None
+    b = None if bias is None else bias if bias.flags.c_contiguous else bias.copy()
+    return _rows(input), _rows(weight), b, n
+
+
 class NvLinear:
     """``linear`` on cuBLASLt with the bias fused (forward) and the bias gradient fused into
     the weight-gradient GEMM (backward)."""
 
     def forward(ctx, xp, input, weight, bias):
-        if weight.ndim != 2 or input.ndim < 2 or input.dtype.name not in _DTYPES or \
-                weight.dtype != input.dtype or (bias is not None and bias.dtype != input.dtype):
+        ops = _linear_operands(xp, input, weight, bias)
+        if ops is None:
             return NotImplemented
-        n, k = weight.shape
-        m = input.size // k if k else 0
-        if not m or not n or not k or not _worth_it(xp, m * n * k, ("linear", input.shape,
-                                                                     weight.shape)):
-            return NotImplemented
-        x2, w = _rows(input), _rows(weight)
-        if bias is not None:
-            b = bias if bias.flags.c_contiguous else bias.copy()
+        x2, w, b, n = ops
+        if b is not None:
             yt = gemm(xp, w, x2.T, "fwd_bias", MatmulEpilog.BIAS, b)
             y = None if yt is None else yt.T
         else:
@@ -314,17 +324,12 @@ class NvLinearAct:
     gradient fused into the weight GEMM)."""
 
     def forward(ctx, xp, input, weight, bias, activation):
-        if bias is None or weight.ndim != 2 or input.ndim < 2 or \
-                input.dtype.name not in _DTYPES or weight.dtype != input.dtype or \
-                bias.dtype != input.dtype or activation not in ("relu", "gelu_tanh"):
+        ops = None if bias is None or activation not in ("relu", "gelu_tanh") else \
+            _linear_operands(xp, input, weight, bias)
+        if ops is None:
             return NotImplemented
-        n, k = weight.shape
-        m = input.size // k if k else 0
-        if not m or not n or not k or not _worth_it(xp, m * n * k, ("linear", input.shape,
-                                                                     weight.shape)):
-            return NotImplemented
-        x2, w = _rows(input), _rows(weight)
-        b = bias if bias.flags.c_contiguous else bias.copy()
+        x2, w, b, n = ops
+        m, k = x2.shape
         relu = activation == "relu"
         # The ReLU epilogue pays off where host time rules (small GEMMs: one kernel less);
         # on large ones cuBLASLt's RELU_BIAS kernels measured slower than BIAS plus the
@@ -336,14 +341,12 @@ class NvLinearAct:
             return NotImplemented
         h = yt.T.reshape(input.shape[:-1] + (n,))
         if epi:
-            y = s = h                     # the derivative reads the output (out > 0)
-        elif relu:
-            from ember.backend.cuda_ops.kernels_activation import _run
-            y = s = _run(xp, "act_fwd", (h,), h, 3)
+            y = h
         else:
             from ember.backend.cuda_ops.kernels_activation import _run
-            s = h                         # ... and the pre-activation for the GELU
-            y = _run(xp, "act_fwd", (h,), h, 1)
+            y = _run(xp, "act_fwd", (h,), h, 3 if relu else 1)
+        # what the derivative reads: ReLU's output (out > 0), the GELU's pre-activation
+        s = y if relu else h
         need = ctx.needs_input_grad
         # the generic backward's layout (it runs for create_graph): a GELU's double backward
         # recomputes the pre-activation from input, weight and bias
