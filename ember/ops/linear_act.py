@@ -72,10 +72,6 @@ class LinearActivation(OpDef):
 
     def backward(ctx, grad):
         x, w, s, b = ctx.saved
-        if grad.dtype != s.dtype:
-            # a gradient in another dtype (CuPy's bfloat16 matmul hands back float32): the
-            # products below need the op's own dtype, as torch's engine casts it
-            grad = grad.to(s.dtype)
         if ctx.activation == "relu":
             gh = grad.masked_fill(s <= 0, 0)   # s: the output (torch's threshold_backward)
         else:                                  # s: the pre-activation, in float32 math
@@ -87,8 +83,6 @@ class LinearActivation(OpDef):
             t = (_K * (h + _C * h * h * h)).tanh()
             d = 0.5 * (1 + t) + 0.5 * h * (1 - t * t) * _K * (1 + 3 * _C * h * h)
             gh = (grad * d).to(grad.dtype)
-        if gh.dtype != grad.dtype:   # (CuPy's generic bfloat16 ops may widen to float32)
-            gh = gh.to(grad.dtype)
         edges = ctx.next_edges
         gx = gw = gb = None
         n = gh.shape[-1]

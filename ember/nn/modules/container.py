@@ -11,6 +11,7 @@ from collections import OrderedDict, abc as container_abcs
 from itertools import chain, islice
 from typing import Any, Iterable, Iterator, Mapping
 
+from ember.nn.modules import _hooks as H
 from ember.nn.modules.module import Module, _addindent
 from ember.nn.parameter import Parameter
 from ember.tensor import Tensor
@@ -198,15 +199,18 @@ class Sequential(Module):
 
 # EMBER_FUSE_LINEAR_ACT=0: Sequential runs every module on its own (for A/B measurements)
 FUSE_LINEAR_ACT = [os.environ.get("EMBER_FUSE_LINEAR_ACT", "1") != "0"]
+_FUSABLE: list = [None]   # (Linear, ReLU, GELU), bound on first use (they import this module)
 
 
 def _fusable(first: Module, second: Module, input: Any) -> str | None:
     """The activation of a ``Linear`` -> ``ReLU`` / ``GELU('tanh')`` pair that may run as one
     op: exact types, a bias, no hooks anywhere that could observe the intermediate, and an
     input the Linear accepts (otherwise the Linear's own call raises its error)."""
-    from ember.nn.modules import _hooks as H
-    from ember.nn.modules.activation import GELU, ReLU
-    from ember.nn.modules.linear import Linear
+    if _FUSABLE[0] is None:   # bound once: an import statement per call costs ~1 us each
+        from ember.nn.modules.activation import GELU, ReLU
+        from ember.nn.modules.linear import Linear
+        _FUSABLE[0] = (Linear, ReLU, GELU)
+    Linear, ReLU, GELU = _FUSABLE[0]
     if type(first) is not Linear or first.bias is None:
         return None
     if type(second) is ReLU:
