@@ -21,6 +21,8 @@ import subprocess
 import sys
 from typing import Any
 
+from bench.kernel_profile import record
+
 GAP_US = 2.0  # idle time below this between two kernels is launch latency, not host lag
 
 
@@ -39,17 +41,7 @@ def run_one(fw: str, only: list, top: int) -> None:
     for name, make in _workloads(mod).items():
         if only and not any(s.lower() in name.lower() for s in only):
             continue
-        mod.manual_seed(0)
-        step = make()
-        for _ in range(3):
-            step()
-        mod.cuda.synchronize()
-        import torch  # the recorder; in the ember process only for CUPTI
-        from torch.profiler import ProfilerActivity, profile
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            step()
-            mod.cuda.synchronize()
-            torch.cuda.synchronize()
+        prof = record(mod, make, 1)
         ks = sorted((ev.time_range.start, ev.time_range.end, ev.name) for ev in prof.events()
                     if "CUDA" in str(ev.device_type) and ev.device_time_total)
         if not ks:
@@ -79,10 +71,9 @@ def run_one(fw: str, only: list, top: int) -> None:
         for g, _, _, _, at in gaps:
             tenths[min(9, int(10 * at / span))] += g
         print("idle ms by tenth of the step: " + " ".join(f"{t / 1e3:.2f}" for t in tenths))
-        print(f"largest gaps (us, kernel index, at ms, before -> after):")
+        print("largest gaps (us, kernel index, at ms, before -> after):")
         for g, i, a, b, at in sorted(gaps, reverse=True)[:top]:
             print(f"{g:8.1f} {i:5d} {at / 1e3:7.2f}  {a[:60]} -> {b[:60]}")
-        del step
 
 
 def main() -> None:

@@ -58,18 +58,7 @@ def run_one(fw: str, only: list) -> None:
     for name, make in _workloads(mod).items():
         if only and not any(s.lower() in name.lower() for s in only):
             continue
-        mod.manual_seed(0)
-        step = make()
-        for _ in range(3):
-            step()
-        mod.cuda.synchronize()
-        import torch  # the recorder; in the ember process only for CUPTI
-        from torch.profiler import ProfilerActivity, profile
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            for _ in range(PROFILED):
-                step()
-            mod.cuda.synchronize()
-            torch.cuda.synchronize()
+        prof = record(mod, make, PROFILED)
         kernels: collections.Counter = collections.Counter()
         calls: collections.Counter = collections.Counter()
         for ev in prof.events():
@@ -81,7 +70,24 @@ def run_one(fw: str, only: list) -> None:
         print(json.dumps({name: {"kernels": dict(kernels),
                                  "calls": {k: v // PROFILED for k, v in calls.items()}}}),
               flush=True)
-        del step
+
+
+def record(mod: Any, make: Any, steps: int) -> Any:
+    """Build a step with ``make()`` (seeded), warm it up, and record ``steps`` synchronised
+    steps' CUDA kernels through CUPTI; returns the torch profiler (its ``events()``)."""
+    mod.manual_seed(0)
+    step = make()
+    for _ in range(3):
+        step()
+    mod.cuda.synchronize()
+    import torch  # the recorder; in the ember process only for CUPTI
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            step()
+        mod.cuda.synchronize()
+        torch.cuda.synchronize()
+    return prof
 
 
 def _collect(fw: str, only: list) -> dict:
