@@ -41,6 +41,7 @@ _LD: Any = None
 _ST: Any = None
 _TILE: Any = None
 _SOFTMAX_ROW: Any = None
+_ROWS: Any = None
 
 _MIN_HEADS = 4  # heads a thread gets at least (a 64 x 64 x 32 causal head: ~10 us forward)
 
@@ -60,6 +61,7 @@ def _build() -> Any:
     import numpy as np
 
     global _EXP_NEG, _VLOAD, _VSTORE, _VBCAST, _VFMA, _VZERO, _LD, _ST, _TILE, _SOFTMAX_ROW
+    global _ROWS
     _EXP_NEG = _exp_neg(numba, np)
     vi = cpu_simd.intrinsics()
     _VLOAD, _VSTORE, _VBCAST, _VFMA, _VZERO = vi.vload, vi.vstore, vi.vbcast, vi.vfma, vi.vzero
@@ -101,6 +103,16 @@ def _build() -> Any:
         _VSTORE(c, c0 + 7 * ldc, x7)
 
     _TILE = tile
+
+    @numba.njit(inline="always", error_model="numpy")
+    def rows(dst, d0, dstride, src, s0, sstride, r0, r1, width):  # pragma: no cover
+        # dst[d0 + r*dstride : +width] = src[s0 + r*sstride : +width] for r0 <= r < r1, in
+        # 8-float vectors (width a multiple of 8): a head's rows into or out of scratch
+        for r in range(r0, r1):
+            for e in range(0, width, 8):
+                _VSTORE(dst, d0 + r * dstride + e, _VLOAD(src, s0 + r * sstride + e))
+
+    _ROWS = rows
 
     @numba.njit(inline="always", fastmath={"reassoc", "contract"}, error_model="numpy")
     def softmax_row(pr, n, scale):  # pragma: no cover - compiled
@@ -144,14 +156,11 @@ def _build() -> Any:
             vb = b * vst[0] + h * vst[1]
             ob = b * ost[0] + h * ost[1]
             pb = bh * Lp * Sp
-            for i in range(L):
-                for e in range(0, E, 8):
-                    _VSTORE(qh, i * E + e, _VLOAD(q, qb + i * qst[2] + e))
+            _ROWS(qh, 0, E, q, qb, qst[2], 0, L, E)
+            _ROWS(vh, 0, Ev, v, vb, vst[2], 0, S, Ev)
             for j in range(S):
                 for e in range(E):
                     _ST(kt, e * Sp + j, _LD(k, kb + j * kst[2] + e))
-                for e in range(0, Ev, 8):
-                    _VSTORE(vh, j * Ev + e, _VLOAD(v, vb + j * vst[2] + e))
             for i0 in range(0, L, 8):
                 kmax = min(i0 + 8, S) if causal else S
                 for j0 in range(0, kmax, 8):  # scores of 8 queries x 8 keys
@@ -162,9 +171,7 @@ def _build() -> Any:
                     p[b, h, i, :] = np.float32(0.0)
                 for c0 in range(0, Ev, 8):    # out = p v over the visible keys
                     _TILE(p, pb + i0 * Sp, Sp, 1, vh, c0, Ev, 0, kmax, oh, i0 * Ev + c0, Ev)
-                for i in range(i0, min(i0 + 8, L)):
-                    for e in range(0, Ev, 8):
-                        _VSTORE(out, ob + i * ost[2] + e, _VLOAD(oh, i * Ev + e))
+                _ROWS(out, ob, ost[2], oh, 0, Ev, i0, min(i0 + 8, L), Ev)
 
     @jit
     def bwd(q, k, v, g, p, dq, dk, dv, qst, kst, vst, gst, dqst, dkst, dvst, scale, causal,
@@ -193,14 +200,10 @@ def _build() -> Any:
             dkb = b * dkst[0] + h * dkst[1]
             dvb = b * dvst[0] + h * dvst[1]
             pb = bh * Lp * Sp
-            for i in range(L):
-                for e in range(0, E, 8):
-                    _VSTORE(qh, i * E + e, _VLOAD(q, qb + i * qst[2] + e))
-                for e in range(0, Ev, 8):
-                    _VSTORE(gh, i * Ev + e, _VLOAD(g, gb + i * gst[2] + e))
+            _ROWS(qh, 0, E, q, qb, qst[2], 0, L, E)
+            _ROWS(gh, 0, Ev, g, gb, gst[2], 0, L, Ev)
+            _ROWS(kh, 0, E, k, kb, kst[2], 0, S, E)
             for j in range(S):
-                for e in range(0, E, 8):
-                    _VSTORE(kh, j * E + e, _VLOAD(k, kb + j * kst[2] + e))
                 for e in range(Ev):
                     _ST(vt, e * Sp + j, _LD(v, vb + j * vst[2] + e))
             for i0 in range(0, L, 8):
@@ -220,20 +223,15 @@ def _build() -> Any:
                         dr[j] = np.float32(0.0)
                 for c0 in range(0, E, 8):     # dq = ds k
                     _TILE(ds, i0 * Sp, Sp, 1, kh, c0, E, 0, kmax, dqh, i0 * E + c0, E)
-                for i in range(i0, min(i0 + 8, L)):
-                    for e in range(0, E, 8):
-                        _VSTORE(dq, dqb + i * dqst[2] + e, _VLOAD(dqh, i * E + e))
+                _ROWS(dq, dqb, dqst[2], dqh, 0, E, i0, min(i0 + 8, L), E)
             for j0 in range(0, S, 8):
                 t0 = j0 if causal else 0      # rows that see key block j0
                 for c0 in range(0, Ev, 8):    # dv = p^T dO
                     _TILE(p, pb + j0, 1, Sp, gh, c0, Ev, t0, L, dvh, j0 * Ev + c0, Ev)
                 for c0 in range(0, E, 8):     # dk = ds^T q
                     _TILE(ds, j0, 1, Sp, qh, c0, E, t0, L, dkh, j0 * E + c0, E)
-                for j in range(j0, min(j0 + 8, S)):
-                    for e in range(0, E, 8):
-                        _VSTORE(dk, dkb + j * dkst[2] + e, _VLOAD(dkh, j * E + e))
-                    for e in range(0, Ev, 8):
-                        _VSTORE(dv, dvb + j * dvst[2] + e, _VLOAD(dvh, j * Ev + e))
+                _ROWS(dk, dkb, dkst[2], dkh, 0, E, j0, min(j0 + 8, S), E)
+                _ROWS(dv, dvb, dvst[2], dvh, 0, Ev, j0, min(j0 + 8, S), Ev)
 
     return _Kernels(fwd, bwd)
 
