@@ -176,12 +176,11 @@ class Sequential(Module):
         return v
 
     def forward(self, input: Any) -> Any:
-        mods = list(self._modules.values())
-        if not (type(input) is Tensor and input._device.type == "cuda" and len(mods) > 1
-                and FUSE_LINEAR_ACT[0]):
-            for module in mods:
+        if not (type(input) is Tensor and input._device.type == "cuda" and FUSE_LINEAR_ACT[0]):
+            for module in self._modules.values():
                 input = module(input)
             return input
+        mods = list(self._modules.values())
         i, n = 0, len(mods)
         while i < n:
             module = mods[i]
