@@ -46,7 +46,7 @@ def main() -> None:
     launch.restype = ctypes.c_int
     launch.argtypes = [ctypes.c_void_p] + [ctypes.c_uint] * 6 + [ctypes.c_uint, ctypes.c_void_p,
                                                                   ctypes.c_void_p, ctypes.c_void_p]
-    fptr = fn.ptr
+    fptr = fn.kernel.ptr   # the CUfunction behind CuPy's RawKernel
     u64, i64, i32, f32 = ctypes.c_uint64, ctypes.c_int64, ctypes.c_int32, ctypes.c_float
     P8 = ctypes.c_void_p * 8
     addr = ctypes.addressof
