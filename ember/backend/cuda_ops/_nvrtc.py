@@ -348,6 +348,18 @@ def dtype_ctype(dt: Any) -> str | None:
         return ct
 
 
+_NAME_BY_DTYPE: dict = {}
+
+
+def dtype_name(dt: Any) -> str:
+    """``dt.name``, cached by the dtype object (the property costs ~1-2 us a call)."""
+    try:
+        return _NAME_BY_DTYPE[dt]
+    except KeyError:
+        name = _NAME_BY_DTYPE[dt] = dt.name
+        return name
+
+
 def i32(v: int) -> Any:
     return np.int32(v)
 

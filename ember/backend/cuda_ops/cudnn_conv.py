@@ -24,6 +24,7 @@ import math
 from typing import Any
 
 from ember.backend.cuda_ops import _cudnn
+from ember.backend.cuda_ops import _nvrtc
 from ember.ops.nn_conv import ntuple, out_size
 
 _DTYPES = ("float32", "float16", "bfloat16")
@@ -218,7 +219,7 @@ def _wgrad(cp: Any, x: Any, dy: Any, w_shape: tuple, s: tuple, p: tuple, d: tupl
 
 def _usable(*arrays: Any) -> bool:
     a0 = arrays[0]
-    return a0.dtype.name in _DTYPES and 3 <= a0.ndim <= 5 and \
+    return _nvrtc.dtype_name(a0.dtype) in _DTYPES and 3 <= a0.ndim <= 5 and \
         all(a.dtype == a0.dtype and a.ndim == a0.ndim for a in arrays)
 
 

@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from ember.backend.cuda_ops import _cudnn
+from ember.backend.cuda_ops import _nvrtc
 
 CALLS = {"forward": 0, "backward": 0}
 
@@ -261,7 +262,7 @@ class CudnnSDPA:
     def forward(ctx, xp, query, key, value, attn_mask, dropout_p, is_causal, scale,
                 enable_gqa):
         if query.ndim != 4 or key.ndim != 4 or value.ndim != 4 or \
-                query.dtype.name not in ("float16", "bfloat16") or \
+                _nvrtc.dtype_name(query.dtype) not in ("float16", "bfloat16") or \
                 not (query.dtype == key.dtype == value.dtype):
             return NotImplemented
         b, h, sq, d = query.shape

@@ -683,7 +683,7 @@ def update_running(running_mean: Any, running_var: Any, mean: Any, var: Any, mom
     if not runs or mean._device.type != "cuda":
         return False
     dt = mean._data.dtype
-    ct = K.CTYPES.get(dt.name)
+    ct = K.dtype_ctype(dt)
     if ct is None or var._data.dtype != dt or any(
             t._device is not mean._device or t._data.dtype != dt or
             not t._data.flags.c_contiguous or t._data.shape != mean._data.shape for t in runs):

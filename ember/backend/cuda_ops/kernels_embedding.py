@@ -80,7 +80,7 @@ def check_range_on_device(xp: Any, indices: Any, num: int, out: Any = None) -> N
     (the gathered rows, when given) becomes NaN; :func:`raise_recorded` raises the
     IndexError at the next embedding call or ``ember.cuda.synchronize()``. Nothing stops the
     GPU: a trap, torch's device-side assert, would end the whole CUDA context."""
-    it = K.INDEX_CTYPES.get(indices.dtype.name)
+    it = K.INDEX_CTYPES.get(K.dtype_name(indices.dtype))
     n = indices.size
     if it is None or n == 0:
         return
@@ -160,7 +160,7 @@ class EmbeddingDenseBackwardImpl:
 
     def forward(ctx, xp, grad_output, indices, num_weights, padding_idx, scale_grad_by_freq):
         ct = K.ctype(grad_output)
-        it = K.INDEX_CTYPES.get(indices.dtype.name)
+        it = K.INDEX_CTYPES.get(K.dtype_name(indices.dtype))
         if ct is None or it is None or scale_grad_by_freq or grad_output.ndim == 0:
             return NotImplemented
         d = grad_output.shape[-1]

@@ -223,7 +223,7 @@ class RMSNormImpl:
         if eps is None:
             import ember
             from ember.dtypes import _FROM_NP
-            if input.dtype.name not in K.CTYPES:
+            if K.dtype_name(input.dtype) not in K.CTYPES:
                 return NotImplemented
             eps = float(ember.finfo(_FROM_NP[input.dtype]).eps)
         return _row_norm_forward(ctx, xp, input, normalized_shape, weight, None, eps, False)

@@ -258,7 +258,7 @@ def _targs(dt: Any) -> tuple:
 
 def covered(dtype: Any) -> bool:
     """Whether the multi-tensor kernels handle arrays of this NumPy dtype."""
-    return dtype.name in TARGS
+    return K.dtype_name(dtype) in TARGS
 
 
 def _ptrs(arrs: Sequence[Any] | None, nt: int) -> tuple:
@@ -411,7 +411,7 @@ def sq_norms(arrays: Sequence[Any]) -> Any:
     out = cp.zeros(len(arrays), cp.float64)
     table, nchunks = _table(cp, [list(arrays), None], None, None)
     if nchunks:
-        K.function("optim", "mt_sqnorm", TARGS[dt.name])(
+        K.function("optim", "mt_sqnorm", TARGS[K.dtype_name(dt)])(
             (nchunks, 1, 1), (THREADS, 1, 1),
             (table, np.int32(len(arrays)), np.int32(CHUNK), out))
     return out
@@ -423,6 +423,6 @@ def scale_(arrays: Sequence[Any], coef: Any) -> None:
     dt = arrays[0].dtype
     table, nchunks = _table(cp, [list(arrays), None], None, None)
     if nchunks:
-        K.function("optim", "mt_scale", TARGS[dt.name])(
+        K.function("optim", "mt_scale", TARGS[K.dtype_name(dt)])(
             (nchunks, 1, 1), (THREADS, 1, 1),
             (table, np.int32(len(arrays)), np.int32(CHUNK), coef))

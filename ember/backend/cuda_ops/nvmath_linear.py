@@ -32,6 +32,8 @@ import os
 import warnings
 from typing import Any
 
+from ember.backend.cuda_ops import _nvrtc as K
+
 try:  # optional: the 'cuda' extra installs it
     import nvmath  # type: ignore[import-not-found]
     from nvmath.bindings import cublasLt as _cublaslt  # type: ignore[import-not-found]
@@ -66,7 +68,7 @@ def _tf32() -> bool:
 
 
 def _options(dtype: Any) -> Any:
-    if dtype.name == "float32" and _tf32():
+    if K.dtype_name(dtype) == "float32" and _tf32():
         return MatmulOptions(compute_type=nvmath.linalg.ComputeType.COMPUTE_32F_FAST_TF32)
     return MatmulOptions()
 
@@ -119,7 +121,7 @@ def gemm(cp: Any, a: Any, b: Any, tag: str, epilog: Any = None, bias: Any = None
     # No stream in the key: a plan made while warming up on a side stream must serve the
     # capture stream (torch's graph-capture recipe); launches take the stream per call.
     key = (tag, a.shape, a.strides, b.shape, b.strides, a.dtype.str, epilog,
-           None if bias is None else bias.strides, a.dtype.name == "float32" and _tf32(),
+           None if bias is None else bias.strides, K.dtype_name(a.dtype) == "float32" and _tf32(),
            cp.cuda.runtime.getDevice())
     launch = _PLANS.get(key)
     if launch is not None:
@@ -190,7 +192,7 @@ def batched_matmul(cp: Any, a: Any, b: Any) -> Any:
     """``a @ b`` on raw arrays (attention's fallback): :func:`_gemm_batched` where a capture
     needs it (any non-default stream, as :class:`NvMatmul`), else CuPy's matmul."""
     if nvmath is not None and a.ndim == b.ndim >= 3 and a.shape[:-2] == b.shape[:-2] and \
-            a.dtype == b.dtype and a.dtype.name in _DTYPES and a.size and b.size and \
+            a.dtype == b.dtype and K.dtype_name(a.dtype) in _DTYPES and a.size and b.size and \
             cp.cuda.get_current_stream().ptr != 0:
         y = _gemm_batched(cp, a, b)
         if y is not None:
@@ -229,7 +231,7 @@ def _linear_operands(xp: Any, input: Any, weight: Any, bias: Any) -> tuple | Non
     """``(x2, w, b, n)`` for a linear that goes to cuBLASLt: the input as (rows, K) and the
     weight as C-contiguous 2-d arrays, the bias contiguous (or None), n the output features;
     None when the dtypes/shapes are not covered or the GEMM stays on CuPy (:func:`_worth_it`)."""
-    if weight.ndim != 2 or input.ndim < 2 or input.dtype.name not in _DTYPES or \
+    if weight.ndim != 2 or input.ndim < 2 or K.dtype_name(input.dtype) not in _DTYPES or \
             weight.dtype != input.dtype or (bias is not None and bias.dtype != input.dtype):
         return None
     n, k = weight.shape
@@ -277,7 +279,7 @@ def _linear_backward(ctx: Any, grad: Any, x: Any, w: Any) -> tuple:
     n = g.shape[-1]
     m = g.size // n if n else 0
     kdim = (x if x is not None else w).shape[-1]
-    if not m or g.dtype.name not in _DTYPES:  # (the forward chose cuBLASLt: so does this)
+    if not m or K.dtype_name(g.dtype) not in _DTYPES:  # (the forward chose cuBLASLt: so does this)
         return _generic_backward(ctx, grad, x, w)
     g2 = _rows(g)
     gx = gw = gb = None
@@ -377,7 +379,7 @@ class NvMatmul:
     batch dims; others (and small ones outside capture) run the generic code."""
 
     def forward(ctx, xp, input, other):
-        if input.dtype.name not in _DTYPES or other.dtype != input.dtype or input.ndim < 2 or \
+        if K.dtype_name(input.dtype) not in _DTYPES or other.dtype != input.dtype or input.ndim < 2 or \
                 other.ndim < 2 or not input.size or not other.size:
             return NotImplemented
         k, n = other.shape[-2], other.shape[-1]
