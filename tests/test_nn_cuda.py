@@ -120,3 +120,29 @@ def test_utils_on_cuda():
     orth = enn.utils.parametrizations.orthogonal(enn.Linear(4, 4).double().to("cuda"))
     q = _np(orth.weight)
     np.testing.assert_allclose(q.T @ q, np.eye(4), atol=1e-10)
+
+
+def test_view_gradients_are_adopted_without_a_copy(monkeypatch):
+    # cuBLASLt's weight gradient is the transposed view of a column-major result and its bias
+    # gradient a reshape of the epilogue's vector: whole-block views nothing else holds, which
+    # become .grad as they are (a second backward accumulates into them). Values against NumPy.
+    from ember.autograd import engine
+    copies = []
+    real = engine._copy_like
+    monkeypatch.setattr(engine, "_copy_like", lambda a, like: copies.append(a.shape) or
+                        real(a, like))
+    x = RNG.standard_normal((64, 96)).astype(np.float32)
+    lin = enn.Linear(96, 48).to("cuda")
+    w, b = _np(lin.weight).astype(np.float64), _np(lin.bias).astype(np.float64)
+    xt = ember.tensor(x, device="cuda")
+    for _ in range(2):   # small GEMMs take cuBLASLt from their shape's second call
+        (lin(xt) ** 2).sum().backward()
+    g = 2 * (x.astype(np.float64) @ w.T + b)
+    for k in (1, 2):
+        lin.zero_grad()
+        copies.clear()
+        for _ in range(k):
+            (lin(xt) ** 2).sum().backward()
+        assert copies == [], copies
+        np.testing.assert_allclose(_np(lin.weight.grad), k * g.T @ x, rtol=2e-3, atol=1e-2)
+        np.testing.assert_allclose(_np(lin.bias.grad), k * g.sum(0), rtol=2e-3, atol=1e-2)

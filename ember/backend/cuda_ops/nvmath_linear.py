@@ -63,8 +63,14 @@ FORCE = [False]
 
 
 def _tf32() -> bool:
-    from ember.backends import cuda as _bc
-    return _bc.matmul.allow_tf32
+    bc = _BACKENDS_CUDA[0]
+    if bc is None:
+        from ember.backends import cuda as bc
+        _BACKENDS_CUDA[0] = bc
+    return bc.matmul.allow_tf32
+
+
+_BACKENDS_CUDA: list = [None]   # ember.backends.cuda, bound on first use (a GEMM key asks)
 
 
 def _options(dtype: Any) -> Any:
