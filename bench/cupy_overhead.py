@@ -5,6 +5,7 @@ so the GPU never limits): where an eager CUDA op's microseconds go.
 """
 from __future__ import annotations
 
+import ctypes
 import time
 from typing import Any, Callable
 
@@ -47,6 +48,18 @@ def main() -> None:
     ea = ember.randn(n, device="cuda")
     eb = ember.randn(n, device="cuda")
     ga = ember.randn(n, device="cuda", requires_grad=True)
+    # the same launch through the driver by ctypes, arguments built per call as an op would
+    # (13.7 us against RawKernel's 9.4 on an H100 host: no cheaper way round CuPy's launch)
+    launch = ctypes.CDLL("libcuda.so.1").cuLaunchKernel
+    launch.argtypes = [ctypes.c_void_p] + [ctypes.c_uint] * 7 + [ctypes.c_void_p] * 3
+    fptr = raw.kernel.ptr
+    ptrs4 = ctypes.c_void_p * 4
+
+    def via_ctypes() -> None:
+        vals = (ctypes.c_uint64(a.data.ptr), ctypes.c_uint64(b.data.ptr),
+                ctypes.c_uint64(c.data.ptr), ctypes.c_int64(n))
+        launch(fptr, n // 256, 1, 1, 256, 1, 1, 0, stream.ptr,
+               ptrs4(*[ctypes.addressof(v) for v in vals]), None)
     cases: dict[str, Callable[[], Any]] = {
         "cupy.multiply(a, b)": lambda: cp.multiply(a, b),
         "a * b (cupy)": lambda: a * b,
@@ -58,6 +71,7 @@ def main() -> None:
         "RawKernel(arrays)": lambda: raw((n // 256,), (256,), (a, b, c, nn)),
         "RawKernel(uint64 pointers)": lambda: raw((n // 256,), (256,), (pa, pb, pc, nn)),
         "RawKernel 13 args (6 arrays)": lambda: raw((n // 256,), (256,), args13),
+        "cuLaunchKernel by ctypes (args built per call)": via_ctypes,
         "0-d int64 += 1": lambda: cnt.__iadd__(1),
         "permuted copy y[...] = x (4-d)": lambda: y4.__setitem__(Ellipsis, x4),
         "get_current_stream()": lambda: cp.cuda.get_current_stream(),
