@@ -79,13 +79,9 @@ def _clear_pending_cuda_errors() -> None:
         return
     import cupy
     cupy.cuda.Device().synchronize()
-    for flag in (loss._FLAGS.values() if loss is not None else ()):
-        flag.dev.fill(loss._NO_BAD)
-        flag.pending = False
-    for flag in (emb._FLAGS.values() if emb is not None else ()):
-        flag.dev.fill(emb._NO_BAD)
-        flag.host[0] = emb._NO_BAD
-        flag.event = None
+    for mod in (loss, emb):
+        for flag in (mod._FLAGS.values() if mod is not None else ()):
+            flag.reset()
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from ember.backend.cuda_ops import _nvrtc as K
+from ember.backend.cuda_ops._device_flag import NO_BAD, DeviceFlag
 
 _SRC = r"""
 // block (32, 8): threadIdx.x walks the columns of row blockIdx.x * 8 + threadIdx.y
@@ -55,21 +56,8 @@ K.define("embedding", _SRC, ("emb_bwd",))
 K.define("embedding_check", _CHECK_SRC, ("idx_check",))   # templated on (index, row type)
 
 
-_NO_BAD = -(1 << 63)
-_FLAGS: dict = {}   # device -> _Flag: the last bad index the device check saw
+_FLAGS: dict = {}   # device -> DeviceFlag: the last bad index the device check saw
 _ARMED = [False]    # whether any device check ran (else nothing to read back)
-
-
-class _Flag:
-    """A device's bad-index record: the int64 on the device, a pinned host copy, the event of
-    the copy in flight (None when none is)."""
-
-    __slots__ = ("dev", "host", "event")
-
-    def __init__(self, xp: Any) -> None:
-        self.dev = xp.full((), _NO_BAD, xp.int64)
-        self.host = np.frombuffer(xp.cuda.alloc_pinned_memory(8), np.int64, 1)
-        self.event = None
 
 
 def check_range_on_device(xp: Any, indices: Any, num: int, out: Any = None) -> None:
@@ -98,15 +86,7 @@ def check_range_on_device(xp: Any, indices: Any, num: int, out: Any = None) -> N
          K.i32(d)))
     stream = xp.cuda.get_current_stream()
     if stream.ptr == 0 or not stream.is_capturing():
-        _start_copy(xp, flag, stream)   # eager: the next call can read this check's result
-
-
-def _start_copy(xp: Any, flag: _Flag, stream: Any) -> None:
-    """Copy the device record to the pinned host word behind the stream's work (replacing a
-    copy in flight: the record only ever gains bad indices until the host resets it)."""
-    flag.dev.data.copy_to_host_async(flag.host.ctypes.data, 8, stream)
-    flag.event = xp.cuda.Event(disable_timing=True)
-    flag.event.record(stream)
+        flag.start_copy(stream)   # eager: the next call can read this check's result
 
 
 def raise_recorded(xp: Any, wait: bool = False) -> None:
@@ -117,7 +97,7 @@ def raise_recorded(xp: Any, wait: bool = False) -> None:
     dev = xp.cuda.runtime.getDevice()
     flag = _FLAGS.get(dev)
     if flag is None:
-        _FLAGS[dev] = _Flag(xp)
+        _FLAGS[dev] = DeviceFlag(xp)
         return
     if not _ARMED[0]:
         return
@@ -128,17 +108,9 @@ def raise_recorded(xp: Any, wait: bool = False) -> None:
         # on an idle stream the copy is all there is to wait for (microseconds): wait, so a
         # bad index recorded by a graph replay raises at this call, not at a later one
         wait = wait or stream.done
-        _start_copy(xp, flag, stream)
-    ev = flag.event
-    if wait:
-        ev.synchronize()
-    elif not ev.done:
-        return
-    flag.event = None
-    v = int(flag.host[0])
-    if v != _NO_BAD:
-        flag.dev.fill(_NO_BAD)
-        flag.host[0] = _NO_BAD
+        flag.start_copy(stream)
+    v = flag.take(wait)
+    if v != NO_BAD:
         raise IndexError(f"[embedding] index out of range in self: index {v} (checked on the "
                          f"GPU: its output rows were set to NaN)")
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from ember.backend.cuda_ops import _nvrtc as K
+from ember.backend.cuda_ops._device_flag import NO_BAD, DeviceFlag
 
 _SRC = r"""
 template <typename T>
@@ -140,48 +141,29 @@ class _DeviceFloat:
 
 # Out-of-range targets: the forward does not wait for the GPU (no host sync, so it can be
 # captured in a CUDA graph). The kernel makes the loss NaN and records the bad target value
-# in a persistent per-device flag; the flag is copied to pinned memory behind an event (one
-# copy in flight at a time, buffer and event reused), and the IndexError is raised by the
-# next cross_entropy forward or backward that finds the copy finished (torch's CUDA kernel
-# reports a bad target asynchronously too, as a device-side assert).
-_NO_BAD = -(1 << 63)
-_FLAGS: dict = {}
+# in the device's flag (_device_flag.py); the IndexError is raised by the next cross_entropy
+# forward or backward that finds the flag's copy finished.
+_FLAGS: dict = {}   # device -> DeviceFlag
 
 
-class _BadTarget:
-    __slots__ = ("dev", "host", "event", "pending")
-
-    def __init__(self, xp) -> None:
-        self.dev = xp.full(1, _NO_BAD, xp.int64)
-        self.host = xp.cuda.alloc_pinned_memory(8)
-        self.event = xp.cuda.Event(disable_timing=True)
-        self.pending = False
-
-
-def _flag(xp) -> _BadTarget:
+def _flag(xp) -> DeviceFlag:
     d = xp.cuda.runtime.getDevice()
     f = _FLAGS.get(d)
     if f is None:
-        f = _FLAGS[d] = _BadTarget(xp)
+        f = _FLAGS[d] = DeviceFlag(xp)
     return f
 
 
-def _poll(xp, f: _BadTarget, start: bool) -> None:
+def _poll(xp, f: DeviceFlag, start: bool) -> None:
     """Raise for a finished copy that saw a bad target; with ``start``, copy the flag again
     when no copy is in flight (never while a graph is being captured)."""
-    if f.pending and f.event.done:
-        f.pending = False
-        value = int(np.frombuffer(f.host, dtype=np.int64, count=1)[0])
-        if value != _NO_BAD:
-            f.dev.fill(_NO_BAD)
-            raise IndexError(f"Target {value} is out of bounds.")
-    if start and not f.pending:
+    value = f.take()
+    if value != NO_BAD:
+        raise IndexError(f"Target {value} is out of bounds.")
+    if start and f.event is None:
         stream = xp.cuda.get_current_stream()
-        if stream.is_capturing():
-            return
-        f.dev.data.copy_to_host_async(f.host.ptr, 8, stream)
-        f.event.record(stream)
-        f.pending = True
+        if not stream.is_capturing():
+            f.start_copy(stream)
 
 
 class _TargetParts:
