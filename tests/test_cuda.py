@@ -138,3 +138,30 @@ def test_autocast_and_grad_scaler_on_gpu():
     scaler.step(opt)
     scaler.update()
     assert scaler.get_scale() == 2.0 ** 16
+
+
+def test_copy_into_cuda_tensors():
+    # same dtype and layout: one device memcpy; other cases (cast, broadcast, strided
+    # destination, a view of the same storage) keep the general assignment. Against NumPy.
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((6, 5)).astype(np.float32)
+    b = rng.standard_normal((6, 5)).astype(np.float32)
+    x, y = ember.tensor(a, device="cuda"), ember.tensor(b, device="cuda")
+    v = x._version[0]
+    assert x.copy_(y) is x and x._version[0] == v + 1
+    np.testing.assert_array_equal(x.cpu().numpy(), b)
+    y.add_(1)                                    # x holds its own copy
+    np.testing.assert_array_equal(x.cpu().numpy(), b)
+    x.copy_(x)
+    np.testing.assert_array_equal(x.cpu().numpy(), b)
+    x.copy_(ember.tensor(a, device="cuda", dtype=ember.float64))          # a cast
+    np.testing.assert_array_equal(x.cpu().numpy(), a)
+    x.copy_(ember.tensor(b[0], device="cuda"))                            # a broadcast
+    np.testing.assert_array_equal(x.cpu().numpy(), np.broadcast_to(b[0], (6, 5)))
+    x.t().copy_(ember.tensor(a.T.copy(), device="cuda"))                  # strided destination
+    np.testing.assert_array_equal(x.cpu().numpy(), a)
+    z = ember.zeros(10, device="cuda")
+    z[:5].copy_(ember.arange(5, dtype=ember.float32, device="cuda"))
+    np.testing.assert_array_equal(z.cpu().numpy(), np.r_[np.arange(5), np.zeros(5)])
+    e = ember.empty(0, device="cuda")
+    e.copy_(ember.empty(0, device="cuda"))

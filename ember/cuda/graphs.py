@@ -240,20 +240,6 @@ def _unpack_grads(cp: Any, packs: list, loose: list, n: int) -> tuple:
     return tuple(out)
 
 
-def _copy_into(static: Any, new: Any) -> None:
-    """``static.copy_(new)`` for the graph's static input/grad buffers; a plain device copy
-    when both are C-contiguous arrays of one dtype and shape (the usual case)."""
-    a, b = static._data, new._data
-    if a.data.ptr == b.data.ptr:
-        return
-    if a.dtype == b.dtype and a.shape == b.shape and a.flags.c_contiguous and \
-            b.flags.c_contiguous and static._device is new._device:
-        a.data.copy_from_device_async(b.data, a.nbytes)
-        static._version[0] += 1
-    else:
-        static.copy_(new)
-
-
 def _gemm_force_flag() -> list:
     """The switch that sends every GEMM to cuBLASLt (a dummy without nvmath-python)."""
     try:
@@ -325,7 +311,7 @@ def _graph_one(cp: Any, fn: Callable, args: tuple, params: tuple, warmup: int,
         @staticmethod
         def forward(ctx: Any, *func_inputs: Any) -> Any:
             for static, new in zip(args, func_inputs[:n_args]):
-                _copy_into(static, new)
+                static.copy_(new)
             fwd_graph.replay()
             return tuple(_make(o._data, o._dtype, o._device) for o in static_outputs)
 
@@ -334,7 +320,7 @@ def _graph_one(cp: Any, fn: Callable, args: tuple, params: tuple, warmup: int,
         def backward(ctx: Any, *grads_out: Any) -> Any:
             for static, g in zip(static_grad_outputs, grads_out):
                 if static is not None and g is not None:
-                    _copy_into(static, g)
+                    static.copy_(g)
             bwd_graph.replay()
             # Fresh memory for the returned gradients: the engine adopts a returned gradient
             # as a leaf's .grad, and the next replay would overwrite it (breaking gradient
