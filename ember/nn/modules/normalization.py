@@ -200,9 +200,12 @@ class _LazyNormBase(LazyModuleMixin, _NormBase):
         if not self.has_uninitialized_params() and self.num_features != 0:
             super().reset_parameters()
 
+    def _channel_dim(self, input: Tensor) -> int:
+        return 1
+
     def initialize_parameters(self, input: Tensor) -> None:
         if self.has_uninitialized_params():
-            self.num_features = input.shape[1]
+            self.num_features = input.shape[self._channel_dim(input)]
             if self.affine:
                 self.weight.materialize((self.num_features,))
                 if self.bias is not None:
@@ -547,42 +550,11 @@ class CrossMapLRN2d(Module):
         return "{size}, alpha={alpha}, beta={beta}, k={k}".format(**self.__dict__)
 
 
-class _LazyInstanceNorm(LazyModuleMixin, _InstanceNorm):
+class _LazyInstanceNorm(_LazyNormBase, _InstanceNorm):
     """An instance norm whose ``num_features`` comes from the first input (channel dim)."""
 
-    weight: UninitializedParameter
-    bias: UninitializedParameter
-
-    def __init__(self, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True,
-                 track_running_stats: bool = True, device: Any = None, dtype: Any = None, *,
-                 bias: bool = True) -> None:
-        super().__init__(0, eps, momentum, False, False)
-        self.affine = affine
-        self.track_running_stats = track_running_stats
-        if self.affine:
-            self.weight = UninitializedParameter(device=device, dtype=dtype)
-            if bias:
-                self.bias = UninitializedParameter(device=device, dtype=dtype)
-        if self.track_running_stats:
-            self.running_mean = UninitializedBuffer(device=device, dtype=dtype)
-            self.running_var = UninitializedBuffer(device=device, dtype=dtype)
-            self.num_batches_tracked = ember.tensor(0, dtype=ember.long, device=device)
-
-    def reset_parameters(self) -> None:
-        if not self.has_uninitialized_params() and self.num_features != 0:
-            super().reset_parameters()
-
-    def initialize_parameters(self, input: Tensor) -> None:
-        if self.has_uninitialized_params():
-            self.num_features = input.shape[input.dim() - (self._nd + 1)]
-            if self.affine:
-                self.weight.materialize((self.num_features,))
-                if self.bias is not None:
-                    self.bias.materialize((self.num_features,))
-            if self.track_running_stats:
-                self.running_mean.materialize((self.num_features,))
-                self.running_var.materialize((self.num_features,))
-            self.reset_parameters()
+    def _channel_dim(self, input: Tensor) -> int:
+        return input.dim() - (self._nd + 1)   # (C, *) unbatched or (N, C, *)
 
 
 class LazyInstanceNorm1d(_LazyInstanceNorm):
