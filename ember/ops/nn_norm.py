@@ -201,9 +201,9 @@ class LayerNorm(OpDef):
                                           else None,
                                           work_dtype(xp, bias) if bias is not None else None, eps)
             ctx.save(input, weight, mean, rstd)
-            if (ctx.needs_input_grad[0] or ctx.needs_input_grad[2]) and \
-                    (weight is not None or bias is not None):  # else xhat is the output itself
-                ctx.xhat = xhat  # backward's first two passes, already computed
+            if xhat is not None and (ctx.needs_input_grad[0] or ctx.needs_input_grad[2]) \
+                    and (weight is not None or bias is not None):  # else xhat is the output
+                ctx.xhat = xhat  # NumPy path: backward's first two passes, already computed
             return y.astype(input.dtype, copy=False)
         mean = x.mean(axis=axes, keepdims=True)
         xc = x - mean
@@ -257,17 +257,28 @@ def _col_sum(a: Any) -> Any:
 
 def _ln_cpu(x: Any, k: int, w: Any, b: Any, eps: float) -> tuple:
     """``(y, mean, rstd, xhat)``; the statistics shaped like ``x.mean(axes, keepdims=True)``,
-    ``xhat`` (rows, n) (``y`` itself when there is no affine)."""
+    ``xhat`` (rows, n) (``y`` itself when there is no affine), None from the numba kernel."""
     n = math.prod(x.shape[x.ndim - k:])
     x2 = x.reshape(-1, n)
     rows = x2.shape[0]
     mean = np.empty((rows, 1), x.dtype)
     rstd = np.empty((rows, 1), x.dtype)
-    xhat = np.empty((rows, n), x.dtype)
     affine = w is not None or b is not None
-    y = np.empty((rows, n), x.dtype) if affine else xhat
     w1 = w.reshape(-1) if w is not None else None
     b1 = b.reshape(-1) if b is not None else None
+    stat_shape = x.shape[:x.ndim - k] + (1,) * k
+    nb = cpu_kernels.kernels() if x.dtype in (np.float32, np.float64) else None
+    if nb is not None and (w1 is None or w1.dtype == x.dtype) and \
+            (b1 is None or b1.dtype == x.dtype):
+        # one fused visit per row, every spare core; no xhat (the kernel backward
+        # recomputes it from x and the statistics)
+        c = np.ascontiguousarray
+        y = np.empty((rows, n), x.dtype)
+        nb.layer_norm(c(x2), None if w1 is None else c(w1), None if b1 is None else c(b1), eps,
+                      y, mean.reshape(-1), rstd.reshape(-1))
+        return y.reshape(x.shape), mean.reshape(stat_shape), rstd.reshape(stat_shape), None
+    xhat = np.empty((rows, n), x.dtype)
+    y = np.empty((rows, n), x.dtype) if affine else xhat
 
     def block(lo: int, hi: int) -> None:
         xh, m, r = xhat[lo:hi], mean[lo:hi], rstd[lo:hi]
@@ -287,15 +298,7 @@ def _ln_cpu(x: Any, k: int, w: Any, b: Any, eps: float) -> tuple:
         elif b1 is not None:
             np.add(xh, b1, out=sq)
 
-    nb = cpu_kernels.kernels() if x.dtype in (np.float32, np.float64) else None
-    if nb is not None and (w1 is None or w1.dtype == x.dtype) and \
-            (b1 is None or b1.dtype == x.dtype):  # one fused visit per row, every spare core
-        c = np.ascontiguousarray
-        nb.layer_norm(c(x2), None if w1 is None else c(w1), None if b1 is None else c(b1), eps,
-                      y, xhat, mean.reshape(-1), rstd.reshape(-1))
-    else:
-        parallel_rows(rows, block, min_rows=_ln_min_rows(rows, n))
-    stat_shape = x.shape[:x.ndim - k] + (1,) * k
+    parallel_rows(rows, block, min_rows=_ln_min_rows(rows, n))
     return y.reshape(x.shape), mean.reshape(stat_shape), rstd.reshape(stat_shape), xhat
 
 
@@ -327,11 +330,12 @@ def _ln_backward_cpu(x: Tensor, w: Tensor | None, g: Tensor, mean: Tensor, rstd:
         return _make(arr.astype(like._dtype.np, copy=False), like._dtype, like._device)
 
     ns = shape[len(shape) - k:]
-    nb = cpu_kernels.kernels() if have_xhat and work in (np.float32, np.float64) else None
-    if nb is not None and xhat.flags.c_contiguous:  # one fused visit per row, spare cores
-        w_k = np.ones(n, work) if w1 is None else np.ascontiguousarray(w1)
-        gx, gw, gb = nb.layer_norm_backward(xhat, np.ascontiguousarray(g2), w_k,
-                                            r2.reshape(-1), bool(need[0]))
+    nb = cpu_kernels.kernels() if work in (np.float32, np.float64) else None
+    if nb is not None:  # one fused visit per row (xhat recomputed from x), spare cores
+        c = np.ascontiguousarray
+        w_k = np.ones(n, work) if w1 is None else c(w1)
+        gx, gw, gb = nb.layer_norm_backward(c(x2), c(g2), w_k, c(m2.reshape(-1)),
+                                            c(r2.reshape(-1)), bool(need[0]))
         return (wrap(gx.reshape(shape), x) if gx is not None else None, None,
                 wrap(gw.reshape(ns), w) if want_gw else None,
                 wrap(gb.reshape(ns), w if w is not None else x) if want_gb else None,

@@ -1,0 +1,84 @@
+"""CPU speed paths of issue #4 (tiny GPT and MLP steps), each against torch or NumPy float64:
+the layer norm kernels that accumulate in the input's dtype and recompute xhat in backward."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import ember
+import ember.nn.functional as F
+
+torch = pytest.importorskip("torch")
+pytestmark = pytest.mark.host_only
+
+
+def _ln_ref64(x: np.ndarray, w: np.ndarray | None, b: np.ndarray | None,
+              g: np.ndarray) -> tuple:
+    """Layer norm over the last dim and its gradients, in float64."""
+    xd = x.astype(np.float64)
+    n = x.shape[-1]
+    m = xd.mean(-1, keepdims=True)
+    r = 1 / np.sqrt(((xd - m) ** 2).mean(-1, keepdims=True) + 1e-5)
+    h = (xd - m) * r
+    wd = np.ones(n) if w is None else w.astype(np.float64)
+    y = h * wd + (0 if b is None else b.astype(np.float64))
+    gh = g * wd
+    gx = r * (gh - gh.mean(-1, keepdims=True) - h * (gh * h).mean(-1, keepdims=True))
+    lead = tuple(range(x.ndim - 1))
+    return y, gx, (g * h).sum(lead), g.sum(lead)
+
+
+@pytest.mark.parametrize("shape", [(16, 64, 128), (700, 48), (4099, 67)])
+@pytest.mark.parametrize("affine", ["both", "weight", "bias", "none"])
+def test_layer_norm_against_float64_and_torch(kernel_path, shape, affine):
+    rng = np.random.default_rng(4)
+    n = shape[-1]
+    x = (rng.standard_normal(shape) * 2 + 3).astype(np.float32)
+    g = rng.standard_normal(shape).astype(np.float32)
+    w = (1 + 0.1 * rng.standard_normal(n)).astype(np.float32) if affine in ("both", "weight") \
+        else None
+    b = rng.standard_normal(n).astype(np.float32) if affine in ("both", "bias") else None
+    y64, gx64, gw64, gb64 = _ln_ref64(x, w, b, g)
+    ex = ember.tensor(x, requires_grad=True)
+    ew = None if w is None else ember.tensor(w, requires_grad=True)
+    eb = None if b is None else ember.tensor(b, requires_grad=True)
+    y = F.layer_norm(ex, (n,), ew, eb)
+    y.backward(ember.tensor(g))
+    np.testing.assert_allclose(y.detach().numpy(), y64, rtol=1e-5, atol=2e-6)
+    np.testing.assert_allclose(ex.grad.numpy(), gx64, rtol=1e-4, atol=2e-5)
+    rows = x.size // n
+    if ew is not None:   # column sums over many rows: float32 error grows with sqrt(rows)
+        np.testing.assert_allclose(ew.grad.numpy(), gw64, rtol=1e-5, atol=2e-6 * rows ** 0.5)
+    if eb is not None:
+        np.testing.assert_allclose(eb.grad.numpy(), gb64, rtol=1e-5, atol=2e-6 * rows ** 0.5)
+    ty = torch.nn.functional.layer_norm(torch.tensor(x), (n,), None if w is None else
+                                        torch.tensor(w), None if b is None else torch.tensor(b))
+    np.testing.assert_allclose(y.detach().numpy(), ty.numpy(), rtol=1e-5, atol=2e-6)
+
+
+@pytest.mark.parametrize("offset, scale", [(1000.0, 0.01), (1e4, 1.0), (100.0, 1.0)])
+def test_layer_norm_offset_rows_no_worse_than_torch(kernel_path, offset, scale):
+    # float32 statistics lose digits on rows far from zero; ember's error against float64
+    # stays within torch's own (which accumulates in float32 as well)
+    x = (offset + scale * np.random.default_rng(5).standard_normal((64, 128))).astype(np.float32)
+    ref = _ln_ref64(x, None, None, np.zeros_like(x))[0]
+    err = np.abs(F.layer_norm(ember.tensor(x), (128,)).numpy() - ref).max()
+    err_t = np.abs(torch.nn.functional.layer_norm(torch.tensor(x), (128,)).numpy() - ref).max()
+    assert err <= 1.5 * err_t + 1e-6
+
+
+def test_layer_norm_bfloat16_input_gradients(kernel_path):
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((33, 40)).astype(np.float32)
+    g = rng.standard_normal((33, 40)).astype(np.float32)
+    w = (1 + 0.1 * rng.standard_normal(40)).astype(np.float32)
+    ex = ember.tensor(x, dtype=ember.bfloat16, requires_grad=True)
+    ew = ember.tensor(w, dtype=ember.bfloat16, requires_grad=True)
+    tx = torch.tensor(x, dtype=torch.bfloat16, requires_grad=True)
+    tw = torch.tensor(w, dtype=torch.bfloat16, requires_grad=True)
+    F.layer_norm(ex, (40,), ew).backward(ember.tensor(g, dtype=ember.bfloat16))
+    torch.nn.functional.layer_norm(tx, (40,), tw).backward(torch.tensor(g, dtype=torch.bfloat16))
+    np.testing.assert_allclose(ex.grad.float().numpy(), tx.grad.float().numpy(), rtol=2e-2,
+                               atol=2e-2)
+    np.testing.assert_allclose(ew.grad.float().numpy(), tw.grad.float().numpy(), rtol=2e-2,
+                               atol=5e-2)
