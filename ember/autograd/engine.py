@@ -50,6 +50,17 @@ def _ones_like(arr: Any) -> Any:
             return one.copy()
         return _np.ones(arr.shape, arr.dtype)
     out = type(arr)(arr.shape, arr.dtype)   # uninitialised memory: fill, never * 0 (NaN bits)
+    if arr.size == 1:
+        # a scalar loss on the GPU: a memcpy from a cached device 1 (~6 us of host time)
+        # instead of CuPy's fill kernel (~13 us); the cached array is never handed out
+        key = (arr.dtype, arr.data.device_id)
+        one = _ONE.get(key)
+        if one is None:
+            with arr.device:
+                one = _ONE[key] = type(arr)((), arr.dtype)
+                one.fill(1)
+        out.data.copy_from_device_async(one.data, out.nbytes)
+        return out
     out.fill(1)
     return out
 
