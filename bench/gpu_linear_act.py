@@ -7,7 +7,8 @@
 Shapes: a wide bf16 MLP (B 4096, 4096 -> 4096 -> 4096, autocast), where the activation's
 extra pass over memory is a visible part of the GEMMs' time, and the MLP of bench.gpu
 (B 64, 784 -> 512 -> 512 -> 10, float32), where host time rules. Forward + backward per
-call, median of timed calls after warm-up, synchronised.
+call, and the small MLP's forward alone under no_grad (where the tanh GELU is cuBLASLt's
+GELU_BIAS epilogue too); median of timed calls after warm-up, synchronised.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import time
 from typing import Any
 
 
-def _case(m: Any, act: str, wide: bool) -> Any:
+def _case(m: Any, act: str, wide: bool, train: bool = True) -> Any:
     nn = m.nn
     A = (lambda: nn.ReLU()) if act == "relu" else (lambda: nn.GELU(approximate="tanh"))
     if wide:
@@ -35,7 +36,11 @@ def _case(m: Any, act: str, wide: bool) -> Any:
         with m.autocast("cuda", dtype=m.bfloat16, enabled=wide):
             y = model(x)
         y.float().sum().backward()
-    return run
+
+    def infer() -> None:
+        with m.no_grad():
+            model(x)
+    return run if train else infer
 
 
 def one(fw: str, label: str) -> None:
@@ -44,9 +49,9 @@ def one(fw: str, label: str) -> None:
         import torch as m
     else:
         import ember as m
-    for wide in (True, False):
+    for wide, train in ((True, True), (False, True), (False, False)):
         for act in ("relu", "gelu_tanh"):
-            run = _case(m, act, wide)
+            run = _case(m, act, wide, train)
             for _ in range(5):
                 run()
             m.cuda.synchronize()
@@ -56,7 +61,8 @@ def one(fw: str, label: str) -> None:
                 run()
                 m.cuda.synchronize()
                 times.append(time.perf_counter() - t0)
-            name = ("B4096 4096x3 bf16" if wide else "B64 784-512-512-10 fp32") + f" {act}"
+            name = ("B4096 4096x3 bf16" if wide else "B64 784-512-512-10 fp32") + f" {act}" + \
+                ("" if train else ", forward under no_grad")
             print(f"{label:14s} {statistics.median(times) * 1e3:8.3f} ms  {name}", flush=True)
 
 

@@ -113,3 +113,27 @@ def test_fused_double_backward_matches_torch():
     (gge,) = ember.autograd.grad(ge.square().sum(), xe)
     (ggt,) = torch.autograd.grad(gt.square().sum(), xt)
     np.testing.assert_allclose(gge.cpu().numpy(), ggt.numpy(), rtol=2e-3, atol=2e-4)
+
+
+@pytest.mark.parametrize("amp", [False, True])
+def test_inference_gelu_epilogue_matches_torch(amp):
+    # under no_grad nothing is saved for backward, so the tanh GELU runs as cuBLASLt's
+    # GELU_BIAS epilogue (checked through the plan cache); values against torch in float64
+    # (amp: against torch's own CPU bf16 autocast error, as in the training test)
+    from ember.backend.cuda_ops import nvmath_linear
+    e, t = _models(*ACTS[1])
+    x = np.random.default_rng(4).standard_normal((32, 784)).astype(np.float32)
+    xe = ember.tensor(x, device="cuda")
+    with ember.no_grad():
+        for _ in range(2):   # the second call takes cuBLASLt
+            with ember.autocast("cuda", dtype=ember.bfloat16, enabled=amp):
+                ye = e(xe)
+    assert any(k[0] == "fwd_gelu_bias" for k in nvmath_linear._PLANS), "no GELU epilogue"
+    with torch.no_grad():
+        want = t(torch.tensor(x, dtype=torch.float64)).numpy()
+        t32 = _models(*ACTS[1])[1].float()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            floor = t32(torch.tensor(x)).float().numpy()
+    err = _rel(ye.float().cpu().numpy(), want)
+    tol = max(1e-2, 1.5 * _rel(floor, want)) if amp else 2e-4
+    assert err < tol, (err, tol)

@@ -341,10 +341,18 @@ class NvLinearAct:
         relu = activation == "relu"
         # The ReLU epilogue pays off where host time rules (small GEMMs: one kernel less);
         # on large ones cuBLASLt's RELU_BIAS kernels measured slower than BIAS plus the
-        # activation kernel (H200, 4096^3 bf16: 2.39 vs 2.20 ms a fwd+bwd of two layers)
-        epi = relu and m * n * k < EPILOG_MAX_MACS
-        yt = gemm(xp, w, x2.T, "fwd_relu_bias" if epi else "fwd_bias",
-                  MatmulEpilog.RELU_BIAS if epi else MatmulEpilog.BIAS, b)
+        # activation kernel (H200, 4096^3 bf16: 2.39 vs 2.20 ms a fwd+bwd of two layers).
+        # The tanh GELU is an epilogue only where nothing is recorded for backward: its
+        # GELU_BIAS form has no aux output to re-point (the training form, GELU_AUX_BIAS,
+        # writes the pre-activation to an aux buffer of cuBLASLt's layout).
+        epi = m * n * k < EPILOG_MAX_MACS and (relu or not K.recording(ctx))
+        if epi:
+            yt = gemm(xp, w, x2.T, "fwd_relu_bias" if relu else "fwd_gelu_bias",
+                      MatmulEpilog.RELU_BIAS if relu else MatmulEpilog.GELU_BIAS, b)
+            if yt is None and not relu:   # cuBLASLt refused it: bias GEMM + GELU kernel
+                epi = False
+        if not epi:
+            yt = gemm(xp, w, x2.T, "fwd_bias", MatmulEpilog.BIAS, b)
         if yt is None:
             return NotImplemented
         h = yt.T.reshape(input.shape[:-1] + (n,))
