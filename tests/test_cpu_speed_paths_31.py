@@ -82,3 +82,38 @@ def test_layer_norm_bfloat16_input_gradients(kernel_path):
                                atol=2e-2)
     np.testing.assert_allclose(ew.grad.float().numpy(), tw.grad.float().numpy(), rtol=2e-2,
                                atol=5e-2)
+
+
+@pytest.mark.parametrize("shape", [(1024, 256), (3000, 150), (37, 11)])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_cross_entropy_row_kernel_sizes_against_float64(kernel_path, shape, reduction):
+    # logits up to 512K elements take the one-pass row kernel (vectorized row sums)
+    rng = np.random.default_rng(7)
+    rows, c = shape
+    x = (rng.standard_normal(shape) * 4).astype(np.float32)
+    t = rng.integers(0, c, rows)
+    t[::7] = -100   # ignored rows
+    ex = ember.tensor(x, requires_grad=True)
+    loss = F.cross_entropy(ex, ember.tensor(t), reduction=reduction)
+    g = rng.standard_normal(rows).astype(np.float32) if reduction == "none" else None
+    loss.backward(ember.tensor(g) if g is not None else None)
+    xd = x.astype(np.float64)
+    lse = np.log(np.exp(xd - xd.max(1, keepdims=True)).sum(1)) + xd.max(1)
+    valid = t != -100
+    safe = np.where(valid, t, 0)
+    el = np.where(valid, lse - xd[np.arange(rows), safe], 0.0)
+    p = np.exp(xd - lse[:, None])
+    onehot = np.zeros_like(p)
+    onehot[np.arange(rows), safe] = 1
+    gel = np.where(valid, 1.0, 0.0)
+    if reduction == "mean":
+        want, scale = el.sum() / valid.sum(), gel / valid.sum()
+    elif reduction == "sum":
+        want, scale = el.sum(), gel
+    else:
+        want, scale = el, gel * g
+    np.testing.assert_allclose(loss.detach().numpy(), want, rtol=2e-6, atol=2e-6)
+    np.testing.assert_allclose(ex.grad.numpy(), (p - onehot) * scale[:, None], rtol=1e-5,
+                               atol=1e-7)
+    tl = torch.nn.functional.cross_entropy(torch.tensor(x), torch.tensor(t), reduction=reduction)
+    np.testing.assert_allclose(loss.detach().numpy(), tl.numpy(), rtol=2e-6, atol=2e-6)

@@ -618,7 +618,9 @@ def _build() -> SimpleNamespace:
             for j in range(r.size):
                 o[j] += r[j]
 
-    @serial
+    # reassociated row sums (rows_jit): the exp-and-sum loop then vectorizes; serial it ran
+    # ~7 ns an element, 1.8 ms for (1024, 256) logits against 0.3 ms
+    @rows_jit
     def ce_rows(x, tgt, ignore, p, loss, safe, w_t, valid):  # pragma: no cover - compiled
         # cross_entropy over small (rows, C) float32 logits with index targets, no class
         # weights, no smoothing: probabilities into p, per-row loss -log p[target] (0 where

@@ -232,6 +232,12 @@ class CrossEntropy(OpDef):
 # at the targets, no (N, C) one-hot.
 _BLOCK_ELEMS = 1 << 16  # 256 KB of float32 per block
 _PARALLEL_ELEMS = 1 << 20  # spread over spare cores from here (exp dominates; GIL released)
+# Up to here the one-pass row kernel (_forward_small) runs on the calling thread: the tiny
+# GPT's (1024, 256) logits took the blocked statistics kernel plus NumPy's log, gather and
+# sums before (piece fwd+bwd, paired with torch: see tests/test_cpu_speed_paths_31.py's
+# commit); in a training step the row kernels run serially anyway beside OpenBLAS's
+# spinning workers.
+_SMALL_ELEMS = 1 << 19
 
 
 def _forward_rows(ctx: Any, xp: Any, input: Any, target: Any, weight: Any, ignore_index: int,
@@ -240,7 +246,7 @@ def _forward_rows(ctx: Any, xp: Any, input: Any, target: Any, weight: Any, ignor
     work = x.astype(xp.float32) if x.dtype.itemsize < 4 else x
     rows, n_classes = work.shape
     if xp.__name__ == "numpy" and weight is None and not label_smoothing and \
-            work.dtype == xp.float32 and rows * n_classes < _BLOCK_ELEMS and rows and \
+            work.dtype == xp.float32 and rows * n_classes < _SMALL_ELEMS and rows and \
             n_classes and work.flags.c_contiguous:
         res = _forward_small(ctx, xp, input, target, work, ignore_index, reduction)
         if res is not None:
