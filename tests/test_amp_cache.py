@@ -114,3 +114,111 @@ def test_layout_helpers():
     assert e.dtype == np.float16 and e.strides == tuple(s // 2 for s in a.strides)
     one = np.zeros((2, 3, 1, 1), np.float32)          # size-1 axes: both layouts at once
     assert L.is_channels_last(one) and L.dense_order(one) is not None
+
+
+def _mlp_steps(m, model, x, steps, bulk_cpu=False, modify=None):
+    """Per step: autocast forward, float loss, backward; the outputs and the weight grads."""
+    out = []
+    for k in range(steps):
+        model.zero_grad()
+        with m.autocast("cpu", dtype=m.bfloat16):
+            y = model(x)
+        y.float().square().sum().backward()
+        out.append([y.float().detach().numpy()] +
+                   [p.grad.float().numpy() for p in model.parameters()])
+        if modify is not None:
+            modify(k)
+    return out
+
+
+def test_bulk_weight_casts_match_torch(monkeypatch):
+    # the bulk path (on CUDA by default; switched on here for the CPU): from the second
+    # region on, the weights are cast together at the region's first cast; outputs and
+    # gradients, step after step with the weights changed in place between steps, agree
+    # with torch's autocast within bf16 error (1% of the largest value here) and equal the
+    # per-cast path bit for bit
+    from ember.ops import registry
+    adopted = []
+    real = registry._adopt_cast
+    monkeypatch.setattr(registry, "_adopt_cast", lambda *a: adopted.append(1) or real(*a))
+    monkeypatch.setattr(am, "_SEQS", {})
+    rng = np.random.default_rng(5)
+    ws = [rng.standard_normal(s).astype(np.float32) for s in ((8, 6), (8,), (4, 8), (4,))]
+    x = rng.standard_normal((5, 6)).astype(np.float32)
+    res = {}
+    for m, bulk in ((torch, False), (ember, False), (ember, True)):
+        monkeypatch.setattr(am, "_BULK_CPU", [bulk])
+        model = m.nn.Sequential(m.nn.Linear(6, 8), m.nn.Tanh(), m.nn.Linear(8, 4))
+        with m.no_grad():
+            for p, w in zip(model.parameters(), ws):
+                p.copy_(m.tensor(w))
+
+        def bump(k, model=model, m=m):
+            with m.no_grad():
+                for p in model.parameters():
+                    p.mul_(0.5 + 0.1 * k)
+        res[m.__name__, bulk] = _mlp_steps(m, model, m.tensor(x), 3, modify=bump)
+    seqs = list(am._SEQS.values())
+    assert len(seqs) == 1 and len(seqs[0]) == 4   # 4 parameters, cast in one sequence
+    assert len(adopted) == 8                      # steps 2 and 3 took every cast in bulk
+    for got, plain, want in zip(res["ember", True], res["ember", False], res["torch", False]):
+        for a, b, c in zip(got, plain, want):
+            np.testing.assert_array_equal(a, b)
+            np.testing.assert_allclose(a, c, rtol=0, atol=0.02 * np.abs(c).max())
+
+
+def test_bulk_cast_entries_checked_at_use(monkeypatch):
+    # a parameter changed in place after the bulk cast but before its use is cast again;
+    # a cast made under no_grad never comes from (or feeds) the bulk entries
+    monkeypatch.setattr(am, "_BULK_CPU", [True])
+    monkeypatch.setattr(am, "_SEQS", {})
+    w1 = ember.nn.Parameter(ember.randn(4, 4))
+    w2 = ember.nn.Parameter(ember.randn(4, 4))
+    x = ember.randn(2, 4)
+
+    def region(change_w2=False):
+        with ember.autocast("cpu", dtype=ember.bfloat16):
+            h = ember.nn.functional.linear(x, w1)
+            if change_w2:
+                with ember.no_grad():
+                    w2.add_(1.0)
+            return ember.nn.functional.linear(h, w2)
+    region()
+    assert [r() for r in am._SEQS[id(w1)]] == [w1, w2]
+    y = region(change_w2=True)            # w2's bulk copy is stale: cast again
+    want = (x.to(ember.bfloat16) @ w1.detach().to(ember.bfloat16).T) @ \
+        w2.detach().to(ember.bfloat16).T
+    np.testing.assert_array_equal(y.float().detach().numpy(), want.float().numpy())
+    y.float().sum().backward()
+    assert w1.grad is not None and w2.grad is not None and w2.grad.dtype == ember.float32
+    with ember.no_grad(), ember.autocast("cpu", dtype=ember.bfloat16):
+        ember.nn.functional.linear(x, w1)
+    assert not am._BULK and not am._SEQ
+
+
+def test_bulk_cast_layouts(monkeypatch):
+    # kernels_pointwise.bulk_cast's allocation on NumPy, its one launch replaced by a copy
+    # per pair: each result has its source's shape, values and (channels-last too) element
+    # strides, starts 256-byte aligned in one block; others come back None
+    import ml_dtypes
+    from ember.backend.cuda_ops import kernels_optim, kernels_pointwise as kp
+    monkeypatch.setattr(kernels_optim, "multi_cast",
+                        lambda srcs, dsts: [d.__setitem__(Ellipsis, s) for s, d in
+                                            zip(srcs, dsts)])
+    rng = np.random.default_rng(2)
+    cl = rng.standard_normal((8, 5, 3, 3)).astype(np.float32).transpose(0, 2, 3, 1).copy() \
+        .transpose(0, 3, 1, 2)                                   # dense, channels-last
+    arrays = [rng.standard_normal((7, 3)).astype(np.float32), cl,
+              rng.standard_normal(5).astype(np.float32), np.ones(3, np.float64),
+              rng.standard_normal((4, 6)).astype(np.float32)[:, ::2],   # not dense
+              np.zeros((0, 4), np.float32)]
+    bf16 = np.dtype(ml_dtypes.bfloat16)
+    out = kp.bulk_cast(np, arrays, bf16)
+    assert out[3] is None and out[4] is None and out[5] is None
+    base = out[0].base if out[0].base is not None else out[0]
+    for a, d in zip(arrays[:3], out[:3]):
+        assert d.shape == a.shape and d.dtype == bf16
+        assert [s // 2 for s in d.strides] == [s // 4 for s in a.strides]
+        np.testing.assert_array_equal(d.astype(np.float64), a.astype(bf16).astype(np.float64))
+        assert (d.__array_interface__["data"][0] - base.__array_interface__["data"][0]) % 256 \
+            == 0

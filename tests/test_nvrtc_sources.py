@@ -28,6 +28,7 @@ _TARGS = {
     "embedding_check": [f"{i}, {t}" for t in _HALF for i in ("long long", "int")],
     "optim": ["float, float", "bf16_t, float", "half_t, float", "double, double"],
     "cast": [f"{a}, {b}" for a in _HALF for b in _HALF if a != b],
+    "optim_cast": ["float, bf16_t", "float, half_t"],
 }
 
 

@@ -476,13 +476,18 @@ def _wrap_outputs(op: OpDef, args: tuple, arr_args: tuple, out: Any, ctx: Any, d
     return results[0]
 
 
-def apply_cast(a: Tensor, dt: _dt.dtype) -> Tensor:
+def apply_cast(a: Tensor, dt: _dt.dtype, made: Any = None) -> Tensor:
     """``apply(OPS["_to_copy"], (a, dt, None))`` for autocast's casts of real floating
     operands on their own device: the same forward (CUDA impl first), node and recording,
     without the steps such a cast never needs (argument scan, nested autocast lookup, meta
     rule, promotion, output dtype and device checks). An autocast Linear makes up to three of
-    these inside its own call, each then about half the dispatcher's host cost."""
+    these inside its own call, each then about half the dispatcher's host cost.
+
+    ``made``: the cast's result array, already computed (autocast's bulk weight casts on
+    CUDA); only the node is made then."""
     op = OPS["_to_copy"]
+    if made is not None:
+        return _adopt_cast(op, a, dt, made)
     if _DEST[0] is not None or _State.anomaly or a._dtype.is_complex or a._dtype is dt:
         return apply(op, (a, dt, None))
     arr = a._data
@@ -517,6 +522,24 @@ def apply_cast(a: Tensor, dt: _dt.dtype) -> Tensor:
     res = _make(out, dt, dev)
     if need_grad:
         _record(op, ctx, args, (arr, dt, None), (res,))
+    return res
+
+
+def _adopt_cast(op: OpDef, a: Tensor, dt: _dt.dtype, made: Any) -> Tensor:
+    """:func:`apply_cast` with the result ``made`` already computed (a bulk cast): the tensor,
+    and its node when ``a`` needs a gradient (on CUDA the impl's backward, as apply_cast)."""
+    args = (a, dt, None)
+    res = _make(made, dt, a._device)
+    if a._requires_grad and _State.enabled:
+        ctx = _new(op.node_cls)
+        ctx.next_edges = _edges(args)
+        impl = op.cuda_impl if a._device.type != "cpu" else None
+        if impl is not None:
+            impl.adopt(ctx, a._data, made)
+            ctx._impl = impl   # its backward casts the gradient back directly
+        else:
+            op.adopt(ctx, a._data, made)
+        _record(op, ctx, args, (a._data, dt, None), (res,))
     return res
 
 

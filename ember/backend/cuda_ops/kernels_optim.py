@@ -33,7 +33,8 @@ CHUNK = 4096       # elements per block
 THREADS = 256      # threads per block; each handles CHUNK / THREADS elements, 4 at a time
 STEP_HOST, STEP_F32, STEP_F64 = 0, 1, 2
 
-_SRC = r"""
+# The table walk every multi-tensor kernel shares: a block per CHUNK elements of one tensor.
+_TABLE_SRC = r"""
 __device__ __forceinline__ double ld(const double* p, long long i) { return p[i]; }
 __device__ __forceinline__ void st(double* p, long long i, double v) { p[i] = v; }
 
@@ -67,7 +68,9 @@ __device__ __forceinline__ const long long* chunk_range(const long long* meta, i
     *end = *start + chunk < n ? *start + chunk : n;
     return r;
 }
+"""
 
+_SRC = _TABLE_SRC + r"""
 template <typename M>
 __device__ __forceinline__ M read_step(const long long* r, int step_kind) {
     if (step_kind == 1) return (M)(*reinterpret_cast<const float*>(r[6]));
@@ -233,6 +236,21 @@ __global__ void mt_scale(const long long* __restrict__ meta, int nt, int chunk,
 
 K.define("optim", _SRC, ("mt_step_inc", "mt_adam", "mt_sgd", "mt_sqnorm", "mt_scale"))
 
+_CAST_SRC = _TABLE_SRC + r"""
+// Every tensor of the table cast at once: row slot 0 the float32 source, slot 1 the
+// destination (same layout), rounded as the single cast kernel rounds (autocast's weights)
+template <typename Tin, typename Tout>
+__global__ void mt_cast(const long long* __restrict__ meta, int nt, int chunk) {
+    long long start, end;
+    const long long* r = chunk_range(meta, nt, chunk, &start, &end);
+    const Tin* a = reinterpret_cast<const Tin*>(r[0]);
+    Tout* out = reinterpret_cast<Tout*>(r[1]);
+    for (long long i = start + threadIdx.x; i < end; i += blockDim.x) st(out, i, ld(a, i));
+}
+"""
+
+K.define("optim_cast", _CAST_SRC, ("mt_cast",))
+
 # template arguments (storage type, math type) per dtype name
 TARGS = {"float32": "float, float", "bfloat16": "bf16_t, float", "float16": "half_t, float",
          "float64": "double, double"}
@@ -383,6 +401,16 @@ def sgd(params: Sequence[Any], grads: Sequence[Any], bufs: Sequence[Any] | None,
         (table, np.int32(len(params)), np.int32(CHUNK), lr_host, lr_dev, mt(momentum),
          mt(dampening), mt(weight_decay), np.int32(nesterov), np.int32(maximize),
          np.int32(first)))
+
+
+def multi_cast(srcs: Sequence[Any], dsts: Sequence[Any]) -> None:
+    """``dsts[i][...] = srcs[i]`` in one launch: float32 sources, float16/bfloat16
+    destinations, each pair dense in one layout (a flat index is the same element in both)."""
+    import cupy as cp  # noqa: PLC0415
+    table, nchunks = _table(cp, [list(srcs), list(dsts)], None, None)
+    if nchunks:
+        K.function("optim_cast", "mt_cast", f"float, {K.dtype_ctype(dsts[0].dtype)}")(
+            (nchunks, 1, 1), (THREADS, 1, 1), (table, np.int32(len(srcs)), np.int32(CHUNK)))
 
 
 def _dense(a: Any) -> bool:

@@ -76,6 +76,48 @@ def cast(xp, arr, dtype):
     return out
 
 
+_ALIGN = 128   # elements: each bulk-cast copy starts 256-byte aligned (bf16/fp16), as a
+               # fresh allocation does (cuBLASLt and cuDNN plans are made on such pointers)
+
+
+def bulk_cast(xp, arrays, dtype) -> list:
+    """``[a.astype(dtype) for a in arrays]`` for float32 arrays into float16/bfloat16, in
+    one allocation and one launch (autocast's weight casts, made together at a region's
+    first cast). Each result keeps its array's layout; None for an array this does not take
+    (another dtype, empty, not dense)."""
+    out: list = [None] * len(arrays)
+    if K.dtype_ctype(xp.dtype(dtype)) not in ("bf16_t", "half_t"):
+        return out
+    picks, total = [], 0
+    for i, a in enumerate(arrays):
+        if K.dtype_ctype(a.dtype) != "float" or a.size == 0:
+            continue
+        order = None if a.flags.c_contiguous else L.dense_order(a)
+        if order is None and not a.flags.c_contiguous:
+            continue
+        picks.append((i, a, order, total))
+        total += (a.size + _ALIGN - 1) // _ALIGN * _ALIGN
+    if not picks:
+        return out
+    flat = xp.empty(total, dtype)
+    srcs, dsts = [], []
+    for i, a, order, off in picks:
+        part = flat[off:off + a.size]
+        if order is None:
+            d = part.reshape(a.shape)
+        else:   # dense in another order (a channels-last conv weight): the same strides
+            inv = [0] * len(order)
+            for k, ax in enumerate(order):
+                inv[ax] = k
+            d = part.reshape(tuple(a.shape[ax] for ax in order)).transpose(inv)
+        out[i] = d
+        srcs.append(a)
+        dsts.append(d)
+    from ember.backend.cuda_ops.kernels_optim import multi_cast  # noqa: PLC0415
+    multi_cast(srcs, dsts)
+    return out
+
+
 class AddImpl:
     """``add(input, other, alpha=1)`` for operands of one shape, dtype and dense layout
     (computed in fp32, rounded once to the storage type, as CuPy's)."""
@@ -144,6 +186,11 @@ class ToCopyImpl:
             return NotImplemented
         ctx.src = (_dt._FROM_NP[input.dtype], device_of_array(input))
         return cast(xp, input, dtype.np)
+
+    def adopt(ctx, input, out):
+        """The forward of a cast already made (:func:`bulk_cast`): ``out`` is the result."""
+        ctx.src = (_dt._FROM_NP[input.dtype], device_of_array(input))
+        return out
 
     def backward(ctx, grad):
         dt, _dev = ctx.src
