@@ -209,14 +209,17 @@ def test_bulk_autocast_weight_casts_on_gpu(monkeypatch):
                 for p in model.parameters():
                     p.mul_(0.9)
         return out
-    plain = steps(ember, "cuda", forget=True)
+    steps(ember, "cuda", forget=True)   # cuDNN's plans made: the first run of a shape may
+    plain = steps(ember, "cuda", forget=True)   # round its bf16 results differently
     assert not adopted
     bulk = steps(ember, "cuda")
     assert len(adopted) == 12                       # steps 2 and 3: all six parameters
     want = steps(torch, "cpu")
+
+    def rel(a, b):
+        return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+    # bf16 rounding (and cuDNN's summation order) keep these within ~1%; a misplaced cast is
+    # off by its whole value, a stale one (weights 10% smaller) by ~10% or more
     for b_step, p_step, w_step in zip(bulk, plain, want):
         for b, p, w in zip(b_step, p_step, w_step):
-            # (cuDNN's weight-gradient kernels may sum in another order run to run: a bf16
-            # rounding can differ by an ulp, while a misplaced or stale cast is off by far more)
-            np.testing.assert_allclose(b, p, rtol=0, atol=0.01 * np.abs(p).max())
-            np.testing.assert_allclose(b, w, rtol=0, atol=0.03 * np.abs(w).max())
+            assert rel(b, p) < 0.02 and rel(b, w) < 0.03, (rel(b, p), rel(b, w))
