@@ -16,6 +16,7 @@ in-place update inside the region).
 from __future__ import annotations
 
 import functools
+import os
 import weakref
 from typing import Any
 
@@ -86,7 +87,8 @@ def _cast_low(a: Any, dt: Any) -> Any:
     hit = _CACHE.get(key)
     if hit is not None and hit[0] is a and hit[1] == a._version[0] and hit[2]._dtype is dt:
         return hit[2]
-    out = _from_bulk(a, dt) if a._device.type == "cuda" or _BULK_CPU[0] else None
+    out = _from_bulk(a, dt) if (a._device.type == "cuda" and _BULK_ON) or _BULK_CPU[0] \
+        else None
     if out is None:
         out = _cast(a, dt)
     _CACHE[key] = (a, a._version[0], out)
@@ -103,6 +105,7 @@ _SEQS: dict = {}       # id(first parameter) -> [weakref to each parameter cast,
 _SEQ: list = []        # the parameters this region has cast so far
 _BULK: dict = {}       # id(parameter) -> (parameter, version, array) cast ahead this region
 _BULK_CPU = [False]    # tests: the bulk path on the CPU too (NumPy casts, one per array)
+_BULK_ON = os.environ.get("EMBER_BULK_CASTS", "1") != "0"   # 0: one cast per parameter
 _MAX_SEQS = 8
 
 
