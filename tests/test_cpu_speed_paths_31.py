@@ -117,3 +117,35 @@ def test_cross_entropy_row_kernel_sizes_against_float64(kernel_path, shape, redu
                                atol=1e-7)
     tl = torch.nn.functional.cross_entropy(torch.tensor(x), torch.tensor(t), reduction=reduction)
     np.testing.assert_allclose(loss.detach().numpy(), tl.numpy(), rtol=2e-6, atol=2e-6)
+
+
+def test_view_op_backward_array_path_against_torch():
+    # transpose / view / reshape backward on NumPy arrays (no dispatcher) when no graph of
+    # the backward is wanted; with create_graph the differentiable path runs
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((4, 6, 10)).astype(np.float32)
+    g = rng.standard_normal((6, 40)).astype(np.float32)
+
+    def run(m, leaf, create_graph=False):
+        y = leaf.transpose(0, 1).reshape(6, 40) * 2
+        z = leaf.permute(2, 0, 1).contiguous().view(10, 24).t().reshape(6, 40)
+        out = (y * z).sum() if create_graph else None
+        if create_graph:
+            (gx,) = m.autograd.grad(out, leaf, create_graph=True)
+            return gx
+        (y + z).backward(m.tensor(g))
+        return leaf.grad
+
+    ex = ember.tensor(x, requires_grad=True)
+    tx = torch.tensor(x, requires_grad=True)
+    eg, tg = run(ember, ex), run(torch, tx)
+    np.testing.assert_allclose(eg.numpy(), tg.numpy(), rtol=1e-6, atol=1e-6)
+    assert eg.is_contiguous() and not np.shares_memory(eg.numpy(), g)
+    ex2 = ember.tensor(x, requires_grad=True)
+    tx2 = torch.tensor(x, requires_grad=True)
+    eg2, tg2 = run(ember, ex2, True), run(torch, tx2, True)
+    assert eg2.requires_grad and tg2.requires_grad
+    np.testing.assert_allclose(eg2.detach().numpy(), tg2.detach().numpy(), rtol=1e-5, atol=1e-5)
+    (eg2 * eg2).sum().backward()
+    (tg2 * tg2).sum().backward()
+    np.testing.assert_allclose(ex2.grad.numpy(), tx2.grad.numpy(), rtol=1e-4, atol=1e-4)
