@@ -96,7 +96,7 @@ def _cast_low(a: Any, dt: Any) -> Any:
 
 
 # Bulk weight casts. A training loop's regions cast the same parameters in the same order
-# every step, one launch each (~50 in a GPT-2 forward, ~25 us of host time apiece on CUDA).
+# every step, one launch each (~100 in a GPT-2 forward, ~25 us of host time apiece on CUDA).
 # So each outermost region records the parameters it cast, keyed by the first; when a later
 # region's first cast is that parameter, all of them are cast there in one launch
 # (kernels_pointwise.bulk_cast) and each later cast only wraps its ready result in the
