@@ -149,3 +149,21 @@ def test_view_op_backward_array_path_against_torch():
     (eg2 * eg2).sum().backward()
     (tg2 * tg2).sum().backward()
     np.testing.assert_allclose(ex2.grad.numpy(), tx2.grad.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_gelu_backward_in_place_then_retained_second_backward(kernel_path):
+    # the first backward writes its product into the saved derivative; a second backward
+    # through the retained graph recomputes from x; both against torch
+    rng = np.random.default_rng(9)
+    x = (rng.standard_normal((64, 96)) * 3).astype(np.float32)
+    g = rng.standard_normal((64, 96)).astype(np.float32)
+    ex, tx = ember.tensor(x, requires_grad=True), torch.tensor(x, requires_grad=True)
+    ey, ty = F.gelu(ex), torch.nn.functional.gelu(tx)
+    eg, tg = ember.tensor(g), torch.tensor(g)
+    (e1,) = ember.autograd.grad(ey, ex, eg, retain_graph=True)
+    (t1,) = torch.autograd.grad(ty, tx, tg, retain_graph=True)
+    (e2,) = ember.autograd.grad(ey, ex, eg)
+    (t2,) = torch.autograd.grad(ty, tx, tg)
+    np.testing.assert_allclose(e1.numpy(), t1.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(e2.numpy(), t2.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(eg.numpy(), g)   # the incoming gradient is not written

@@ -158,7 +158,16 @@ class Gelu(OpDef):
         (x,) = ctx.saved  # also checks that x was not modified in place since forward
         d = ctx.__dict__.get("dgelu")
         if d is not None and not _State.enabled:  # no graph of the backward wanted
-            g = grad._data * d
+            g = grad._data
+            if type(g) is np.ndarray and g.dtype == d.dtype and g.shape == d.shape:
+                # the product goes into the saved derivative, which is handed over (no fresh
+                # 2 MB block whose lines are fetched before being written: 512K elements in a
+                # training step, where these arrays come from memory); a second backward
+                # through a retained graph then takes the generic path from x
+                del ctx.dgelu
+                np.multiply(g, d, out=d)
+                return _make(d, grad._dtype, grad._device), None
+            g = g * d
             return _make(g.astype(grad._data.dtype, copy=False), grad._dtype, grad._device), None
         if ctx.approximate == "tanh":
             inner = _SQRT_2_OVER_PI * (x + _C * x * x * x)
