@@ -742,3 +742,57 @@ def test_user_defined_optimizer_subclass_runs_like_torch():
                         len(calls), sched.get_last_lr()))
     np.testing.assert_allclose(results[1][0], results[0][0])
     assert results[1][1:] == results[0][1:]
+
+
+_LEGACY = ["SGD", "ASGD", "Adam", "AdamW", "Adagrad", "Adadelta", "Adamax", "NAdam", "RAdam",
+           "RMSprop", "Rprop", "Adafactor"]
+
+
+@pytest.mark.parametrize("name", _LEGACY)
+def test_setstate_upgrades_an_older_state_like_torch(name):
+    # the state of an optimizer pickled by an older version: group options missing and the
+    # step a Python number. __setstate__ fills the options with torch's defaults and makes
+    # the step state a tensor, as torch's does; the upgraded optimizer still steps like torch.
+    if not hasattr(torch.optim, name):
+        pytest.skip(f"this torch has no optim.{name}")
+    rng = np.random.default_rng(3)
+    w0 = rng.standard_normal(4).astype(np.float32)
+    # the options torch's own __setstate__ restores, found by dropping each in turn
+    dropped = []
+    for k in ("foreach", "maximize", "differentiable", "capturable", "fused", "nesterov",
+              "amsgrad", "decoupled_weight_decay", "momentum", "centered"):
+        opt = getattr(torch.optim, name)([torch.nn.Parameter(torch.ones(2))], lr=0.01)
+        state = opt.__getstate__()
+        if k in state["param_groups"][0]:
+            state["param_groups"][0].pop(k)
+            opt.__setstate__(state)
+            if k in opt.param_groups[0]:
+                dropped.append(k)
+    res = {}
+    for m, mod in ((torch, torch.optim), (ember, eoptim)):
+        w = m.nn.Parameter(m.tensor(w0.copy()))
+        opt = getattr(mod, name)([w], lr=0.01)
+        (w * w).sum().backward()
+        opt.step()
+        state = opt.__getstate__()
+        for g in state["param_groups"]:
+            for k in dropped:
+                g.pop(k, None)
+        for s in state["state"].values():
+            for k in ("step", "eta", "mu"):   # scalar state once stored as numbers
+                if k in s:
+                    s[k] = float(s[k])
+        opt.__setstate__(state)
+        group = {k: v for k, v in opt.param_groups[0].items() if k != "params"}
+        step = opt.state[w].get("step")
+        opt.zero_grad()
+        (w * w).sum().backward()
+        opt.step()
+        res[m.__name__] = (group, isinstance(step, m.Tensor), float(step) if step is not None
+                           else None, w.detach().numpy().copy())
+    tg, ts, tv, tw = res["torch"]
+    eg, es, ev, ew = res["ember"]
+    assert {k: v for k, v in eg.items() if k in dropped} == \
+        {k: v for k, v in tg.items() if k in dropped}
+    assert (es, ev) == (ts, tv)
+    np.testing.assert_allclose(ew, tw, rtol=1e-5, atol=1e-7)

@@ -23,18 +23,6 @@ def _check_adam_args(lr: Any, betas: tuple, eps: float, weight_decay: float) -> 
         raise ValueError(f"Invalid weight_decay value: {weight_decay}")
 
 
-def _upgrade_steps(opt: Optimizer, keys: tuple = ("step",)) -> None:
-    """Old checkpoints stored scalar state as Python floats; make them tensors (as torch)."""
-    for group in opt.param_groups:
-        for p in group["params"]:
-            p_state = opt.state.get(p, [])
-            if len(p_state) == 0:
-                continue
-            for key in keys:
-                if key in p_state and not isinstance(p_state[key], ember.Tensor):
-                    p_state[key] = _step_tensor(p, group, float(p_state[key]))
-
-
 def adamax_update(xp: Any, param: Any, grad: Any, exp_avg: Any, exp_inf: Any, step: float, *,
                   lr: float, beta1: float, beta2: float, eps: float, weight_decay: float,
                   maximize: bool) -> None:
@@ -161,14 +149,9 @@ class Adamax(Optimizer):
                         capturable=capturable)
         super().__init__(params, defaults)
 
-    def __setstate__(self, state: dict) -> None:
-        super().__setstate__(state)
-        for group in self.param_groups:
-            group.setdefault("foreach", None)
-            group.setdefault("maximize", False)
-            group.setdefault("differentiable", False)
-            group.setdefault("capturable", False)
-        _upgrade_steps(self)
+    _group_defaults = {"foreach": None, "maximize": False, "differentiable": False,
+                       "capturable": False}
+    _tensor_state_keys = ("step",)
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Perform a single optimization step; ``closure`` re-evaluates and returns the loss."""
@@ -233,15 +216,9 @@ class NAdam(Optimizer):
                         foreach=foreach, capturable=capturable, differentiable=differentiable)
         super().__init__(params, defaults)
 
-    def __setstate__(self, state: dict) -> None:
-        super().__setstate__(state)
-        for group in self.param_groups:
-            group.setdefault("maximize", False)
-            group.setdefault("foreach", None)
-            group.setdefault("capturable", False)
-            group.setdefault("differentiable", False)
-            group.setdefault("decoupled_weight_decay", False)
-        _upgrade_steps(self, ("step", "mu_product"))
+    _group_defaults = {"maximize": False, "foreach": None, "capturable": False,
+                       "differentiable": False, "decoupled_weight_decay": False}
+    _tensor_state_keys = ("step", "mu_product")
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Perform a single optimization step; ``closure`` re-evaluates and returns the loss."""
@@ -308,15 +285,9 @@ class RAdam(Optimizer):
                         differentiable=differentiable)
         super().__init__(params, defaults)
 
-    def __setstate__(self, state: dict) -> None:
-        super().__setstate__(state)
-        for group in self.param_groups:
-            group.setdefault("foreach", None)
-            group.setdefault("maximize", False)
-            group.setdefault("differentiable", False)
-            group.setdefault("decoupled_weight_decay", False)
-            group.setdefault("capturable", False)
-        _upgrade_steps(self)
+    _group_defaults = {"foreach": None, "maximize": False, "differentiable": False,
+                       "decoupled_weight_decay": False, "capturable": False}
+    _tensor_state_keys = ("step",)
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Perform a single optimization step; ``closure`` re-evaluates and returns the loss."""

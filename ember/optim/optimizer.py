@@ -76,6 +76,18 @@ def _step_tensor(p: "ember.Tensor", group: dict, value: float = 0.0) -> "ember.T
     return ember.tensor(value, dtype=_get_scalar_dtype())
 
 
+def _upgrade_steps(opt: "Optimizer", keys: tuple = ("step",)) -> None:
+    """Old checkpoints stored scalar state as Python floats; make them tensors (as torch)."""
+    for group in opt.param_groups:
+        for p in group["params"]:
+            p_state = opt.state.get(p, [])
+            if len(p_state) == 0:
+                continue
+            for key in keys:
+                if key in p_state and not isinstance(p_state[key], ember.Tensor):
+                    p_state[key] = _step_tensor(p, group, float(p_state[key]))
+
+
 def _bump(*tensors: "ember.Tensor") -> None:
     """Record one in-place write on each tensor (autograd's version check relies on it)."""
     for t in tensors:
@@ -206,6 +218,11 @@ class Optimizer:
     def __getstate__(self) -> dict[str, Any]:
         return {"defaults": self.defaults, "state": self.state, "param_groups": self.param_groups}
 
+    # What an unpickled optimizer from an older version lacks: group options (with torch's
+    # defaults) and per-parameter state once stored as Python numbers, now tensors.
+    _group_defaults: dict[str, Any] = {}
+    _tensor_state_keys: tuple[str, ...] = ()
+
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         for name in ("_optimizer_step_pre_hooks", "_optimizer_step_post_hooks",
@@ -216,6 +233,11 @@ class Optimizer:
                 setattr(self, name, OrderedDict())
         self._patch_step_function()
         self.defaults.setdefault("differentiable", False)
+        for group in self.param_groups:
+            for key, value in self._group_defaults.items():
+                group.setdefault(key, value)
+        if self._tensor_state_keys:
+            _upgrade_steps(self, self._tensor_state_keys)
 
     def __repr__(self) -> str:
         format_string = self.__class__.__name__ + " ("
