@@ -9,8 +9,9 @@ import ember
 from ember.backend import cpu_kernels
 from ember.optim import _cuda_fused, _multi_tensor
 from ember.optim import _differentiable as _diff
-from ember.optim.optimizer import (Optimizer, ParamsT, _bump, _check_fused, _check_fused_flags,
-                                   _check_lr, _lerp_, _real, _step_tensor, _to_scalar, _xp)
+from ember.optim.optimizer import (Optimizer, ParamsT, _adam_moments_, _bump, _check_fused,
+                                   _check_fused_flags, _check_lr, _real, _step_tensor,
+                                   _to_scalar, _xp)
 
 __all__ = ["Adam", "AdamW", "adam_update"]
 
@@ -45,18 +46,9 @@ def adam_update(xp: Any, param: Any, grad: Any, exp_avg: Any, exp_avg_sq: Any,
                                               step, lr, beta1, beta2, eps, weight_decay,
                                               maximize, decoupled_weight_decay):
         return
-    g = -grad if maximize else grad
-    if weight_decay != 0:
-        if decoupled_weight_decay:
-            param *= 1 - lr * weight_decay
-        else:
-            g = g + weight_decay * param
-    tmp = xp.empty_like(param)
-    _lerp_(xp, exp_avg, g, 1 - beta1, tmp)
-    exp_avg_sq *= beta2
-    xp.multiply(g, g, out=tmp)
-    tmp *= 1 - beta2
-    exp_avg_sq += tmp
+    g, tmp = _adam_moments_(xp, param, grad, exp_avg, exp_avg_sq, lr=lr, beta1=beta1,
+                            beta2=beta2, weight_decay=weight_decay,
+                            decoupled_weight_decay=decoupled_weight_decay, maximize=maximize)
 
     bias_correction1 = 1 - beta1 ** step
     bias_correction2 = 1 - beta2 ** step

@@ -5,8 +5,8 @@ from typing import Any, Callable
 
 import ember
 from ember.optim import _differentiable as _diff
-from ember.optim.optimizer import (Optimizer, ParamsT, _bump, _check_lr, _lerp_, _real,
-                                   _step_tensor, _to_scalar, _xp)
+from ember.optim.optimizer import (Optimizer, ParamsT, _adam_moments_, _bump, _check_lr,
+                                   _lerp_, _real, _step_tensor, _to_scalar, _xp)
 
 __all__ = ["Adamax", "NAdam", "RAdam", "adamax_update", "nadam_update", "radam_update"]
 
@@ -60,19 +60,10 @@ def nadam_update(xp: Any, param: Any, grad: Any, exp_avg: Any, exp_avg_sq: Any, 
           - \\gamma\\frac{1-\\mu_t}{1-\\prod_{i\\le t}\\mu_i}\\frac{g}{\\sqrt{\\hat v}+\\epsilon}
           - \\gamma\\frac{\\mu_{t+1}}{1-\\prod_{i\\le t+1}\\mu_i}\\frac{m}{\\sqrt{\\hat v}+\\epsilon}
     """
-    g = -grad if maximize else grad
     bias_correction2 = 1 - beta2 ** step
-    if weight_decay != 0:
-        if decoupled_weight_decay:
-            param *= 1 - lr * weight_decay
-        else:
-            g = g + weight_decay * param
-    tmp = xp.empty_like(param)
-    _lerp_(xp, exp_avg, g, 1 - beta1, tmp)
-    exp_avg_sq *= beta2
-    xp.multiply(g, g, out=tmp)
-    tmp *= 1 - beta2
-    exp_avg_sq += tmp
+    g, tmp = _adam_moments_(xp, param, grad, exp_avg, exp_avg_sq, lr=lr, beta1=beta1,
+                            beta2=beta2, weight_decay=weight_decay,
+                            decoupled_weight_decay=decoupled_weight_decay, maximize=maximize)
     denom = exp_avg_sq / bias_correction2
     xp.sqrt(denom, out=denom)
     denom += eps
@@ -97,18 +88,9 @@ def radam_update(xp: Any, param: Any, grad: Any, exp_avg: Any, exp_avg_sq: Any, 
     :math:`r_t = \\sqrt{(\\rho_t-4)(\\rho_t-2)\\rho_\\infty / ((\\rho_\\infty-4)(\\rho_\\infty-2)\\rho_t)}`;
     before that the step is plain momentum SGD on the bias-corrected first moment.
     """
-    g = -grad if maximize else grad
-    if weight_decay != 0:
-        if decoupled_weight_decay:
-            param *= 1 - lr * weight_decay
-        else:
-            g = g + weight_decay * param
-    tmp = xp.empty_like(param)
-    _lerp_(xp, exp_avg, g, 1 - beta1, tmp)
-    exp_avg_sq *= beta2
-    xp.multiply(g, g, out=tmp)
-    tmp *= 1 - beta2
-    exp_avg_sq += tmp
+    g, tmp = _adam_moments_(xp, param, grad, exp_avg, exp_avg_sq, lr=lr, beta1=beta1,
+                            beta2=beta2, weight_decay=weight_decay,
+                            decoupled_weight_decay=decoupled_weight_decay, maximize=maximize)
 
     bias_correction1 = 1 - beta1 ** step
     bias_correction2 = 1 - beta2 ** step

@@ -114,6 +114,27 @@ def _lerp_(xp: Any, start: Any, end: Any, weight: float, tmp: Any = None) -> Non
         xp.subtract(end, diff, out=start)
 
 
+def _adam_moments_(xp: Any, param: Any, grad: Any, exp_avg: Any, exp_avg_sq: Any, *,
+                   lr: float, beta1: float, beta2: float, weight_decay: float,
+                   decoupled_weight_decay: bool, maximize: bool) -> tuple[Any, Any]:
+    """The first half of an Adam-family step on arrays, in place: the gradient (negated to
+    maximize; L2 or decoupled weight decay applied) folded into the first moment (torch's
+    lerp) and the second. Returns the gradient used and a scratch array shaped like param."""
+    g = -grad if maximize else grad
+    if weight_decay != 0:
+        if decoupled_weight_decay:
+            param *= 1 - lr * weight_decay
+        else:
+            g = g + weight_decay * param
+    tmp = xp.empty_like(param)
+    _lerp_(xp, exp_avg, g, 1 - beta1, tmp)
+    exp_avg_sq *= beta2
+    xp.multiply(g, g, out=tmp)
+    tmp *= 1 - beta2
+    exp_avg_sq += tmp
+    return g, tmp
+
+
 def _check_fused(p: "ember.Tensor") -> None:
     if not p.is_floating_point():
         raise RuntimeError("`fused=True` requires all the params to be floating point Tensors of "
