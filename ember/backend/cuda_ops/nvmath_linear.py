@@ -393,8 +393,8 @@ class NvMatmul:
     batch dims; others (and small ones outside capture) run the generic code."""
 
     def forward(ctx, xp, input, other):
-        if K.dtype_name(input.dtype) not in _DTYPES or other.dtype != input.dtype or input.ndim < 2 or \
-                other.ndim < 2 or not input.size or not other.size:
+        if K.dtype_name(input.dtype) not in _DTYPES or other.dtype != input.dtype or \
+                input.ndim < 2 or other.ndim < 2 or not input.size or not other.size:
             return NotImplemented
         k, n = other.shape[-2], other.shape[-1]
         if other.ndim == 2:
