@@ -260,13 +260,7 @@ def apply(op: OpDef, args: tuple) -> Any:
     meta = op.meta
     if meta is not None:
         meta(op, *args)
-    if dev is _CPU or dev.type == "cpu":
-        xp = _np
-    else:
-        xp = _GPU_XP[0]
-        if xp is None:
-            xp = get_xp(dev)    # CuPy, once it loaded (raises without it)
-            _GPU_XP[0] = xp
+    xp = _np if dev is _CPU or dev.type == "cpu" else _gpu_xp(dev)
 
     # Promotion: cast operands to the compute dtype first (torch's rule, not NumPy's).
     out_dt = None
@@ -306,29 +300,7 @@ def apply(op: OpDef, args: tuple) -> Any:
         if out_dt is None:
             args, arr_args, out_dt = _promote(op, args, arr_args, xp)
 
-    if rg and _State.enabled and op.differentiable:
-        ctx = _new(op.node_cls)  # no __init__: the node is filled in here and below
-        # One edge per positional input: (grad_fn or AccumulateGrad, output_nr, shape,
-        # dtype), or None where no gradient is needed. Set before forward, so a forward can
-        # save only what the needed gradients use (``ctx.needs_input_grad``), as torch does.
-        edges = []
-        for a in args:
-            if (type(a) is Tensor or isinstance(a, Tensor)) and a._requires_grad:
-                node = a._grad_fn
-                if node is None:
-                    ref = a._acc
-                    node = ref() if ref is not None else None
-                    if node is None:
-                        node = accumulate_node(a)
-                edges.append((node, a._output_nr, a._data.shape, a._dtype))
-            else:
-                edges.append(None)
-        ctx.next_edges = edges
-        if _State.anomaly:
-            import traceback
-            ctx._traceback = traceback.format_stack()[:-2]
-    else:
-        ctx = _NO_CTX
+    ctx = _node(op, args) if rg and _State.enabled and op.differentiable else _NO_CTX
     out = _forward(op, ctx, xp, dest, arr_args, args)
 
     if type(out) is _ndarray or (xp is not _np and type(out) is xp.ndarray):
@@ -343,11 +315,7 @@ def apply(op: OpDef, args: tuple) -> Any:
             if op.view:
                 _link_views(op, args, (res,), xp)
             if ctx is not _NO_CTX:
-                if ctx._raw:
-                    _save_raw(op, ctx, args, arr_args, (res,))
-                if dt.category >= 2 and 0 not in op.nondiff_outputs:
-                    res._requires_grad = True
-                    res._grad_fn = ctx
+                _record(op, ctx, args, arr_args, (res,))
             return res
     return _wrap_outputs(op, args, arr_args, out, ctx, dev, out_dt, xp)
 
@@ -387,13 +355,7 @@ def _apply_variadic(op: OpDef, args: tuple, dest: Any) -> Any:
     meta = op.meta
     if meta is not None:
         meta(op, *args)
-    if dev.type == "cpu":
-        xp = _np
-    else:
-        xp = _GPU_XP[0]
-        if xp is None:
-            xp = get_xp(dev)
-            _GPU_XP[0] = xp
+    xp = _np if dev.type == "cpu" else _gpu_xp(dev)
     out_dt = None
     arr_args = None
     if op.promote is not None:
@@ -410,14 +372,7 @@ def _apply_variadic(op: OpDef, args: tuple, dest: Any) -> Any:
             if t._requires_grad:
                 need_grad = True
                 break
-    if need_grad:
-        ctx = _new(op.node_cls)
-        ctx.next_edges = _edges(args[0])
-        if _State.anomaly:
-            import traceback
-            ctx._traceback = traceback.format_stack()[:-2]
-    else:
-        ctx = _NO_CTX
+    ctx = _node(op, args[0]) if need_grad else _NO_CTX
     out = _forward(op, ctx, xp, dest, arr_args, args)
     return _wrap_outputs(op, args, arr_args, out, ctx, dev, out_dt, xp)
 
@@ -494,19 +449,13 @@ def apply_cast(a: Tensor, dt: _dt.dtype, made: Any = None) -> Tensor:
     dev = a._device
     args = (a, dt, None)
     need_grad = a._requires_grad and _State.enabled
-    if need_grad:
-        ctx = _new(op.node_cls)
-        ctx.next_edges = _edges(args)
-    else:
-        ctx = _NO_CTX
+    ctx = _node(op, args) if need_grad else _NO_CTX
     try:
         out = NotImplemented
         if dev.type == "cpu":
             xp = _np
         else:
-            xp = _GPU_XP[0]
-            if xp is None:
-                xp = _GPU_XP[0] = get_xp(dev)
+            xp = _gpu_xp(dev)
             impl = op.cuda_impl
             if impl is not None:
                 out = impl.forward(ctx, xp, arr, dt, None)
@@ -531,8 +480,7 @@ def _adopt_cast(op: OpDef, a: Tensor, dt: _dt.dtype, made: Any) -> Tensor:
     args = (a, dt, None)
     res = _make(made, dt, a._device)
     if a._requires_grad and _State.enabled:
-        ctx = _new(op.node_cls)
-        ctx.next_edges = _edges(args)
+        ctx = _node(op, args)
         impl = op.cuda_impl if a._device.type != "cpu" else None
         if impl is not None:
             impl.adopt(ctx, a._data, made)
@@ -612,13 +560,32 @@ def _link_views(op: OpDef, args: tuple, results: Any, xp: Any) -> None:
         r._view_chain = chain
 
 
+def _gpu_xp(dev: Any) -> Any:
+    """CuPy for a GPU device, bound once it has loaded (raises without it)."""
+    xp = _GPU_XP[0]
+    if xp is None:
+        xp = _GPU_XP[0] = get_xp(dev)
+    return xp
+
+
+def _node(op: OpDef, inputs: Any) -> OpNode:
+    """A new graph node for a recorded call of ``op`` on ``inputs``, its edges set (and,
+    under anomaly detection, the forward's traceback)."""
+    ctx = _new(op.node_cls)  # no __init__: the dispatcher fills the node in
+    ctx.next_edges = _edges(inputs)
+    if _State.anomaly:
+        import traceback
+        ctx._traceback = traceback.format_stack()[:-3]
+    return ctx
+
+
 def _edges(inputs: Any) -> list:
     """One edge per positional input: (grad_fn or AccumulateGrad, output_nr, shape, dtype),
     or None where no gradient is needed. Set on ctx before forward, so a forward can save
     only what the needed gradients use (``ctx.needs_input_grad``), as torch does."""
     edges = []
     for a in inputs:
-        if isinstance(a, Tensor) and a._requires_grad:
+        if (type(a) is Tensor or isinstance(a, Tensor)) and a._requires_grad:
             node = a._grad_fn
             if node is None:
                 ref = a._acc
