@@ -137,18 +137,7 @@ class Linear(OpDef):
     """``y = input @ weight.T + bias`` as one op (one GEMM, bias added in place)."""
 
     def forward(ctx, xp, input, weight, bias):
-        gemm_threads(xp, input.size * (weight.shape[0] if weight.ndim > 1 else 1))
-        if input.ndim > 2 and weight.ndim == 2:
-            # one GEMM over all rows: NumPy loops over the leading dims of a stacked
-            # (*, K) @ (K, N), about 8x slower at (35, 20, 200) @ (200, 10000)
-            y = xp.matmul(input.reshape(-1, input.shape[-1]), weight.T).reshape(
-                input.shape[:-1] + (weight.shape[0],))
-        else:
-            y = xp.matmul(input, weight.T)  # weight.T is a view: BLAS reads it transposed
-        if y.dtype != input.dtype:  # bfloat16: fp32 accumulation, rounded once
-            y = y.astype(input.dtype)
-        if bias is not None:
-            _add_bias(xp, y, bias)
+        y = linear_arrays(xp, input, weight, bias)
         need = ctx.needs_input_grad
         ctx.save(input if need[1] else None, weight if need[0] else None)
         ctx.has_bias = bias is not None
@@ -157,21 +146,46 @@ class Linear(OpDef):
 
     def backward(ctx, grad):
         x, w = ctx.saved  # either may be None when its partner needs no gradient
-        edges = ctx.next_edges
-        if not _State.enabled and ctx.w_ndim == 2 and grad._data.dtype.kind == "f":
-            return _linear_backward_arrays(ctx, grad, x, w)
-        gx = gw = gb = None
-        if edges[0] is not None:
-            gx = grad.matmul(w) if w.ndim == 2 else grad.unsqueeze(-1) * w
-        if edges[1] is not None:
-            if ctx.w_ndim == 2:
-                g2 = grad.reshape(-1, grad.shape[-1])
-                gw = g2.t().matmul(x.reshape(-1, x.shape[-1]))
-            else:
-                gw = (grad.unsqueeze(-1) * x).reshape(-1, x.shape[-1]).sum(0)
-        if ctx.has_bias and edges[2] is not None:
-            gb = grad.reshape(-1, grad.shape[-1]).sum(0) if ctx.w_ndim == 2 else grad.sum()
-        return gx, gw, gb
+        return linear_grads(ctx, grad, x, w)
+
+
+def linear_arrays(xp: Any, input: Any, weight: Any, bias: Any) -> Any:
+    """``input @ weight.T + bias`` on arrays: one GEMM, the bias added in place."""
+    gemm_threads(xp, input.size * (weight.shape[0] if weight.ndim > 1 else 1))
+    if input.ndim > 2 and weight.ndim == 2:
+        # one GEMM over all rows: NumPy loops over the leading dims of a stacked
+        # (*, K) @ (K, N), about 8x slower at (35, 20, 200) @ (200, 10000)
+        y = xp.matmul(input.reshape(-1, input.shape[-1]), weight.T).reshape(
+            input.shape[:-1] + (weight.shape[0],))
+    else:
+        y = xp.matmul(input, weight.T)  # weight.T is a view: BLAS reads it transposed
+    if y.dtype != input.dtype:  # bfloat16: fp32 accumulation, rounded once
+        y = y.astype(input.dtype)
+    if bias is not None:
+        _add_bias(xp, y, bias)
+    return y
+
+
+def linear_grads(ctx: Any, grad: Tensor, x: Tensor | None, w: Tensor | None) -> tuple:
+    """Linear's gradients (input, weight, bias) of ``grad`` for the saved input ``x`` and
+    weight ``w`` (either None when its partner needs no gradient), as ``ctx.next_edges``
+    asks; ``ctx.has_bias`` and ``ctx.w_ndim`` describe the call. Linear and the ops built on
+    it (``_linear_activation``, cuBLASLt's fallbacks) share it."""
+    edges = ctx.next_edges
+    if not _State.enabled and ctx.w_ndim == 2 and grad._data.dtype.kind == "f":
+        return _linear_backward_arrays(ctx, grad, x, w)
+    gx = gw = gb = None
+    if edges[0] is not None:
+        gx = grad.matmul(w) if w.ndim == 2 else grad.unsqueeze(-1) * w
+    if edges[1] is not None:
+        if ctx.w_ndim == 2:
+            g2 = grad.reshape(-1, grad.shape[-1])
+            gw = g2.t().matmul(x.reshape(-1, x.shape[-1]))
+        else:
+            gw = (grad.unsqueeze(-1) * x).reshape(-1, x.shape[-1]).sum(0)
+    if ctx.has_bias and edges[2] is not None:
+        gb = grad.reshape(-1, grad.shape[-1]).sum(0) if ctx.w_ndim == 2 else grad.sum()
+    return gx, gw, gb
 
 
 def _add_bias(xp: Any, y: Any, bias: Any) -> None:

@@ -3,25 +3,25 @@
 ``nn.Sequential`` runs a ``Linear`` followed by ``ReLU`` or ``GELU(approximate='tanh')``
 through this op when the input is on the GPU and neither module has hooks
 (``ember/nn/modules/container.py``): on CUDA the activation becomes the GEMM's cuBLASLt
-epilogue (``RELU_BIAS``, ``GELU_AUX_BIAS``; ``backend/cuda_ops/nvmath_linear.py``), which
-saves a kernel, a pass over the activations and a dispatch each way. Here is the generic
+epilogue where that pays (``RELU_BIAS``; the tanh GELU as ``GELU_BIAS`` only under no_grad;
+``backend/cuda_ops/nvmath_linear.py``), which saves a kernel, a pass over the activations
+and a dispatch each way. Here is the generic
 version (any device and float dtype, the decomposition the tests compare against): the
-product, the bias and the activation, with its gradient through the same three steps.
+product, the bias and the activation (Linear's and GELU's own code), with its gradient
+through the same steps.
 """
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from ember.errors import make
-from ember.ops.blas import _linear_meta
+from ember.ops.blas import _linear_meta, linear_arrays, linear_grads
+from ember.ops.nn_activation import gelu_tanh, gelu_tanh_derivative
 from ember._state import _State
 from ember.ops.registry import OpDef, register
 from ember.tensor import Tensor
 
 ACTIVATIONS = ("relu", "gelu_tanh")
-_K = math.sqrt(2.0 / math.pi)   # the tanh approximation's constants, as torch's
-_C = 0.044715
 
 
 def _meta(op: Any, input: Any, weight: Any, bias: Any, activation: str) -> Any:
@@ -32,10 +32,6 @@ def _meta(op: Any, input: Any, weight: Any, bias: Any, activation: str) -> Any:
         raise make(RuntimeError, "_linear_activation",
                    "weight must be a 2-D Tensor (out_features, in_features)")
     return _linear_meta(op, input, weight, bias)
-
-
-def _gelu_tanh(xp: Any, h: Any) -> Any:
-    return 0.5 * h * (1.0 + xp.tanh(_K * (h + _C * h * h * h)))
 
 
 @register("_linear_activation", meta=_meta, method=False,
@@ -51,23 +47,18 @@ class LinearActivation(OpDef):
     """
 
     def forward(ctx, xp, input, weight, bias, activation):
-        k = input.shape[-1]
-        h = xp.matmul(input.reshape(-1, k), weight.T).reshape(input.shape[:-1] +
-                                                             (weight.shape[0],))
-        if h.dtype != input.dtype:   # bfloat16 on NumPy: fp32 accumulation, rounded once
-            h = h.astype(input.dtype)
-        if bias is not None:
-            h = h + bias
+        h = linear_arrays(xp, input, weight, bias)
         if activation == "relu":
             # NaN stays NaN, as torch's relu; CuPy's bfloat16 maximum returns float32
             y = xp.maximum(h, h.dtype.type(0)).astype(h.dtype, copy=False)
             ctx.save(input, weight, y, None)
         else:
-            y = _gelu_tanh(xp, h.astype(xp.float32) if h.dtype.itemsize < 4 else h)
+            y = gelu_tanh(xp, h.astype(xp.float32) if h.dtype.itemsize < 4 else h)
             y = y.astype(h.dtype, copy=False)
             ctx.save(input, weight, h, bias)
         ctx.activation = activation
         ctx.has_bias = bias is not None
+        ctx.w_ndim = 2
         return y
 
     def backward(ctx, grad):
@@ -80,16 +71,5 @@ class LinearActivation(OpDef):
                 if b is not None:
                     s = s + b
             h = s.float() if s.element_size() < 4 else s
-            t = (_K * (h + _C * h * h * h)).tanh()
-            d = 0.5 * (1 + t) + 0.5 * h * (1 - t * t) * _K * (1 + 3 * _C * h * h)
-            gh = (grad * d).to(grad.dtype)
-        edges = ctx.next_edges
-        gx = gw = gb = None
-        n = gh.shape[-1]
-        if edges[0] is not None:
-            gx = gh.matmul(w)
-        if edges[1] is not None:
-            gw = gh.reshape(-1, n).t().matmul(x.reshape(-1, x.shape[-1]))
-        if ctx.has_bias and edges[2] is not None:
-            gb = gh.reshape(-1, n).sum(0)
-        return gx, gw, gb, None
+            gh = (grad * gelu_tanh_derivative(h)).to(grad.dtype)
+        return linear_grads(ctx, gh, x, w) + (None,)

@@ -124,6 +124,18 @@ def _gelu_chunk(xs: Any, ys: Any, ds: Any, pinf: bool, a: Any, t: Any, e: Any, r
             ds[at] = 1.0
 
 
+def gelu_tanh(xp: Any, x: Any) -> Any:
+    """torch's ``gelu(approximate='tanh')`` of a float array."""
+    return 0.5 * x * (1.0 + xp.tanh(_SQRT_2_OVER_PI * (x + _C * x * x * x)))
+
+
+def gelu_tanh_derivative(x: Any) -> Any:
+    """d gelu_tanh / dx of a Tensor, in ember ops (differentiable, for double backward)."""
+    t = (_SQRT_2_OVER_PI * (x + _C * x * x * x)).tanh()
+    d_inner = _SQRT_2_OVER_PI * (1 + 3 * _C * x * x)
+    return 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * d_inner
+
+
 def _float_work(name: str, xp: Any, x: Any) -> Any:
     if x.dtype.kind in "iubc":
         raise RuntimeError(f'"{name}" not implemented for integer dtype {x.dtype}')
@@ -149,7 +161,7 @@ class Gelu(OpDef):
                 ctx.dgelu = d
             return y.astype(input.dtype, copy=False)
         if approximate == "tanh":
-            y = 0.5 * x * (1.0 + xp.tanh(_SQRT_2_OVER_PI * (x + _C * x * x * x)))
+            y = gelu_tanh(xp, x)
         else:
             y = 0.5 * x * (1.0 + special(xp).erf(x * _INV_SQRT_2))
         return y.astype(input.dtype, copy=False)
@@ -170,10 +182,7 @@ class Gelu(OpDef):
             g = g * d
             return _make(g.astype(grad._data.dtype, copy=False), grad._dtype, grad._device), None
         if ctx.approximate == "tanh":
-            inner = _SQRT_2_OVER_PI * (x + _C * x * x * x)
-            t = inner.tanh()
-            d_inner = _SQRT_2_OVER_PI * (1 + 3 * _C * x * x)
-            return grad * (0.5 * (1 + t) + 0.5 * x * (1 - t * t) * d_inner), None
+            return grad * gelu_tanh_derivative(x), None
         cdf = 0.5 * (1 + (x * _INV_SQRT_2).erf())
         pdf = (-0.5 * x * x).exp() * _INV_SQRT_2PI
         return grad * (cdf + x * pdf), None

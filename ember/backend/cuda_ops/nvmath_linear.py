@@ -312,14 +312,9 @@ def _linear_backward(ctx: Any, grad: Any, x: Any, w: Any) -> tuple:
 
 
 def _generic_backward(ctx: Any, grad: Any, x: Any, w: Any) -> tuple:
-    """Linear's gradients through ember ops (their matmuls take CuPy's cuBLAS)."""
-    edges = ctx.next_edges
-    n = grad.shape[-1]
-    gx = grad.matmul(w) if edges[0] is not None else None
-    gw = (grad.reshape(-1, n).t().matmul(x.reshape(-1, x.shape[-1]))
-          if edges[1] is not None else None)
-    gb = grad.reshape(-1, n).sum(0) if ctx.has_bias and edges[2] is not None else None
-    return gx, gw, gb
+    """Linear's own gradients (ember ops, or arrays on CuPy's cuBLAS) where cuBLASLt refuses."""
+    from ember.ops.blas import linear_grads
+    return linear_grads(ctx, grad, x, w)
 
 
 class NvLinearAct:
