@@ -20,13 +20,13 @@ __all__ = ["Container", "Sequential", "ModuleList", "ModuleDict", "ParameterList
            "ParameterDict"]
 
 
-
 def _abs_string_index(idx: Any, n: int) -> str:
     """The key of list position ``idx`` (negative counts from the end) among ``n`` entries."""
     idx = operator.index(idx)
     if not (-n <= idx < n):
         raise IndexError(f"index {idx} is out of range")
     return str(idx + n if idx < 0 else idx)
+
 
 class Container(Module):
     """Deprecated torch base class kept for compatibility: children passed as keywords."""
@@ -196,7 +196,7 @@ class Sequential(Module):
             if act is not None:
                 # Linear + ReLU / tanh-GELU as one op: the activation is the GEMM's cuBLASLt
                 # epilogue (ember/ops/linear_act.py); same values and gradients
-                input = _linear_activation(input, module.weight, module.bias, act)
+                input = _FUSABLE[0][3](input, module.weight, module.bias, act)
                 i += 2
                 continue
             input = module(input)
@@ -206,7 +206,8 @@ class Sequential(Module):
 
 # EMBER_FUSE_LINEAR_ACT=0: Sequential runs every module on its own (for A/B measurements)
 FUSE_LINEAR_ACT = [os.environ.get("EMBER_FUSE_LINEAR_ACT", "1") != "0"]
-_FUSABLE: list = [None]   # (Linear, ReLU, GELU), bound on first use (they import this module)
+# (Linear, ReLU, GELU, ember._linear_activation), bound on first use (they import this module)
+_FUSABLE: list = [None]
 
 
 def _fusable(first: Module, second: Module, input: Any) -> str | None:
@@ -214,10 +215,11 @@ def _fusable(first: Module, second: Module, input: Any) -> str | None:
     op: exact types, a bias, no hooks anywhere that could observe the intermediate, and an
     input the Linear accepts (otherwise the Linear's own call raises its error)."""
     if _FUSABLE[0] is None:   # bound once: an import statement per call costs ~1 us each
+        import ember
         from ember.nn.modules.activation import GELU, ReLU
         from ember.nn.modules.linear import Linear
-        _FUSABLE[0] = (Linear, ReLU, GELU)
-    Linear, ReLU, GELU = _FUSABLE[0]
+        _FUSABLE[0] = (Linear, ReLU, GELU, ember._linear_activation)
+    Linear, ReLU, GELU, _ = _FUSABLE[0]
     if type(first) is not Linear or first.bias is None:
         return None
     if type(second) is ReLU:
@@ -237,11 +239,6 @@ def _fusable(first: Module, second: Module, input: Any) -> str | None:
     if not shape or shape[-1] != first.in_features or input.ndim < 2:
         return None
     return act
-
-
-def _linear_activation(input: Tensor, weight: Tensor, bias: Tensor, act: str) -> Tensor:
-    from ember.ops.registry import OPS, apply
-    return apply(OPS["_linear_activation"], (input, weight, bias, act))
 
 
 class ModuleList(Module):
