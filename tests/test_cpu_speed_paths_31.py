@@ -119,9 +119,8 @@ def test_cross_entropy_row_kernel_sizes_against_float64(kernel_path, shape, redu
     np.testing.assert_allclose(loss.detach().numpy(), tl.numpy(), rtol=2e-6, atol=2e-6)
 
 
-def test_view_op_backward_array_path_against_torch():
-    # transpose / view / reshape backward on NumPy arrays (no dispatcher) when no graph of
-    # the backward is wanted; with create_graph the differentiable path runs
+def test_view_op_backward_against_torch():
+    # transpose / view / reshape backward, plain and with create_graph (double backward)
     rng = np.random.default_rng(8)
     x = rng.standard_normal((4, 6, 10)).astype(np.float32)
     g = rng.standard_normal((6, 40)).astype(np.float32)

@@ -104,19 +104,7 @@ class View(OpDef):
         return out
 
     def backward(ctx, grad):
-        g = grad._data
-        if not _State.enabled and type(g) is np.ndarray:
-            return _grad_array(grad, g.reshape(ctx.shape)), None
         return grad.reshape(ctx.shape), None
-
-
-def _grad_array(grad: Tensor, arr: Any) -> Tensor:
-    """A view op's gradient straight from the NumPy array when no graph of the backward is
-    wanted: the dispatcher round trip (meta rule, view links) cost ~15-20 us per call, and
-    a tiny-GPT step's backward runs ~37 of them (transpose, view, reshape). The engine
-    copies such a gradient before keeping it as ``.grad`` unless it owns its memory, as for
-    the dispatcher's views."""
-    return _make(arr, grad._dtype, grad._device)
 
 
 @register("reshape", meta=_reshape_meta, view="maybe", sig="input, *shape",
@@ -129,9 +117,6 @@ class Reshape(OpDef):
         return input.reshape(infer_shape("reshape", shape, input.size))
 
     def backward(ctx, grad):
-        g = grad._data
-        if not _State.enabled and type(g) is np.ndarray:
-            return _grad_array(grad, g.reshape(ctx.shape)), None
         return grad.reshape(ctx.shape), None
 
 
@@ -267,11 +252,8 @@ class Transpose(OpDef):
         return input.swapaxes(d0, d1)   # the method: np.swapaxes's wrapper costs ~0.5 us
 
     def backward(ctx, grad):
-        g = grad._data
-        if g.ndim == 0:
+        if grad._data.ndim == 0:
             return grad, None, None
-        if not _State.enabled and type(g) is np.ndarray:
-            return _grad_array(grad, g.swapaxes(*ctx.d)), None, None
         return grad.transpose(*ctx.d), None, None
 
 
