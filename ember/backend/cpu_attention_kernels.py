@@ -42,6 +42,8 @@ _ST: Any = None
 _TILE: Any = None
 _SOFTMAX_ROW: Any = None
 _ROWS: Any = None
+_COLS: Any = None
+_HEAD: Any = None
 
 _MIN_HEADS = 4  # heads a thread gets at least (a 64 x 64 x 32 causal head: ~10 us forward)
 
@@ -61,7 +63,7 @@ def _build() -> Any:
     import numpy as np
 
     global _EXP_NEG, _VLOAD, _VSTORE, _VBCAST, _VFMA, _VZERO, _LD, _ST, _TILE, _SOFTMAX_ROW
-    global _ROWS
+    global _ROWS, _COLS, _HEAD
     _EXP_NEG = _exp_neg(numba, np)
     vi = cpu_simd.intrinsics()
     _VLOAD, _VSTORE, _VBCAST, _VFMA, _VZERO = vi.vload, vi.vstore, vi.vbcast, vi.vfma, vi.vzero
@@ -114,6 +116,21 @@ def _build() -> Any:
 
     _ROWS = rows
 
+    @numba.njit(inline="always", error_model="numpy")
+    def cols(dst, dstride, src, s0, sstride, n, width):  # pragma: no cover - compiled
+        # dst[e * dstride + j] = src[s0 + j * sstride + e]: n rows of a head transposed into
+        # scratch, so a score tile loads 8 keys at once
+        for j in range(n):
+            for e in range(width):
+                _ST(dst, e * dstride + j, _LD(src, s0 + j * sstride + e))
+
+    @numba.njit(inline="always")
+    def head(st, b, h):  # pragma: no cover - compiled
+        # element offset of (batch b, head h) for element strides st
+        return b * st[0] + h * st[1]
+
+    _COLS, _HEAD = cols, head
+
     @numba.njit(inline="always", fastmath={"reassoc", "contract"}, error_model="numpy")
     def softmax_row(pr, n, scale):  # pragma: no cover - compiled
         # pr[:n] <- softmax(pr[:n] * scale), pr[n:] <- 0. The max skips NaN; a NaN score
@@ -151,16 +168,11 @@ def _build() -> Any:
         for bh in range(lo, hi):
             b = bh // nh
             h = bh - b * nh
-            qb = b * qst[0] + h * qst[1]
-            kb = b * kst[0] + h * kst[1]
-            vb = b * vst[0] + h * vst[1]
-            ob = b * ost[0] + h * ost[1]
+            ob = _HEAD(ost, b, h)
             pb = bh * Lp * Sp
-            _ROWS(qh, 0, E, q, qb, qst[2], 0, L, E)
-            _ROWS(vh, 0, Ev, v, vb, vst[2], 0, S, Ev)
-            for j in range(S):
-                for e in range(E):
-                    _ST(kt, e * Sp + j, _LD(k, kb + j * kst[2] + e))
+            _ROWS(qh, 0, E, q, _HEAD(qst, b, h), qst[2], 0, L, E)
+            _ROWS(vh, 0, Ev, v, _HEAD(vst, b, h), vst[2], 0, S, Ev)
+            _COLS(kt, Sp, k, _HEAD(kst, b, h), kst[2], S, E)
             for i0 in range(0, L, 8):
                 kmax = min(i0 + 8, S) if causal else S
                 for j0 in range(0, kmax, 8):  # scores of 8 queries x 8 keys
@@ -192,20 +204,12 @@ def _build() -> Any:
         for bh in range(lo, hi):
             b = bh // nh
             h = bh - b * nh
-            qb = b * qst[0] + h * qst[1]
-            kb = b * kst[0] + h * kst[1]
-            vb = b * vst[0] + h * vst[1]
-            gb = b * gst[0] + h * gst[1]
-            dqb = b * dqst[0] + h * dqst[1]
-            dkb = b * dkst[0] + h * dkst[1]
-            dvb = b * dvst[0] + h * dvst[1]
+            dqb, dkb, dvb = _HEAD(dqst, b, h), _HEAD(dkst, b, h), _HEAD(dvst, b, h)
             pb = bh * Lp * Sp
-            _ROWS(qh, 0, E, q, qb, qst[2], 0, L, E)
-            _ROWS(gh, 0, Ev, g, gb, gst[2], 0, L, Ev)
-            _ROWS(kh, 0, E, k, kb, kst[2], 0, S, E)
-            for j in range(S):
-                for e in range(Ev):
-                    _ST(vt, e * Sp + j, _LD(v, vb + j * vst[2] + e))
+            _ROWS(qh, 0, E, q, _HEAD(qst, b, h), qst[2], 0, L, E)
+            _ROWS(gh, 0, Ev, g, _HEAD(gst, b, h), gst[2], 0, L, Ev)
+            _ROWS(kh, 0, E, k, _HEAD(kst, b, h), kst[2], 0, S, E)
+            _COLS(vt, Sp, v, _HEAD(vst, b, h), vst[2], S, Ev)
             for i0 in range(0, L, 8):
                 kmax = min(i0 + 8, S) if causal else S
                 for j0 in range(0, kmax, 8):  # dp = dO v^T
