@@ -439,7 +439,7 @@ def sq_norms(arrays: Sequence[Any]) -> Any:
     out = cp.zeros(len(arrays), cp.float64)
     table, nchunks = _table(cp, [list(arrays), None], None, None)
     if nchunks:
-        K.function("optim", "mt_sqnorm", TARGS[K.dtype_name(dt)])(
+        K.function("optim", "mt_sqnorm", _targs(dt)[0])(
             (nchunks, 1, 1), (THREADS, 1, 1),
             (table, np.int32(len(arrays)), np.int32(CHUNK), out))
     return out
@@ -451,6 +451,6 @@ def scale_(arrays: Sequence[Any], coef: Any) -> None:
     dt = arrays[0].dtype
     table, nchunks = _table(cp, [list(arrays), None], None, None)
     if nchunks:
-        K.function("optim", "mt_scale", TARGS[K.dtype_name(dt)])(
+        K.function("optim", "mt_scale", _targs(dt)[0])(
             (nchunks, 1, 1), (THREADS, 1, 1),
             (table, np.int32(len(arrays)), np.int32(CHUNK), coef))
