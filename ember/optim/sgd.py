@@ -66,17 +66,30 @@ def _sgd_numba(param: Any, grad: Any, buf: Any, lr: float, momentum: float, damp
     """:func:`sgd_update`'s momentum step as one numba loop over contiguous float32/float64
     arrays of one dtype (4-6 NumPy passes and a temporary before); False when the kernels
     are off or the arrays do not qualify."""
-    dt = param.dtype
-    if dt not in (np.float32, np.float64) or \
-            any(a.dtype != dt or not a.flags.c_contiguous for a in (param, grad, buf)):
-        return False
     nb = cpu_kernels.kernels()
-    if nb is None:
+    if nb is None or not _numba_arrays(param, grad, buf):
         return False
-    c = dt.type
-    nb.sgd(param.reshape(-1), grad.reshape(-1), buf.reshape(-1), c(lr), c(momentum),
-           c(1 - dampening), dampening != 0, c(weight_decay), bool(nesterov), bool(maximize))
+    nb.sgd(param.reshape(-1), grad.reshape(-1), buf.reshape(-1),
+           *_numba_scalars(param.dtype, lr, momentum, dampening, weight_decay, nesterov,
+                           maximize))
     return True
+
+
+def _numba_arrays(param: Any, grad: Any, buf: Any) -> bool:
+    """Whether the numba SGD kernel takes these: C-contiguous NumPy float32/float64 arrays of
+    one dtype."""
+    dt = param.dtype
+    return dt in (np.float32, np.float64) and all(
+        type(a) is np.ndarray and a.dtype == dt and a.flags.c_contiguous
+        for a in (param, grad, buf))
+
+
+def _numba_scalars(dt: Any, lr: float, momentum: float, dampening: float, weight_decay: float,
+                   nesterov: bool, maximize: bool) -> tuple:
+    """The numba SGD kernel's scalar arguments, in the arrays' dtype."""
+    c = dt.type
+    return (c(lr), c(momentum), c(1 - dampening), dampening != 0, c(weight_decay),
+            bool(nesterov), bool(maximize))
 
 
 def _sgd_cpu_group(opt: "SGD", group: dict, params: list, lr: float, momentum: float) -> list:
@@ -87,29 +100,23 @@ def _sgd_cpu_group(opt: "SGD", group: dict, params: list, lr: float, momentum: f
     nb = cpu_kernels.kernels()
     if nb is None or group["differentiable"]:
         return params
-    dampening, nesterov, maximize = group["dampening"], group["nesterov"], group["maximize"]
-    wd = _to_scalar(group["weight_decay"])
+    args = (group["dampening"], _to_scalar(group["weight_decay"]), group["nesterov"],
+            group["maximize"])
     state_of = opt.state
     scalars: dict = {}
     rest = []
     for p in params:
-        a = p._data
-        dt = a.dtype
         buf_t = state_of[p].get("momentum_buffer") if p in state_of else None
-        if buf_t is None or type(a) is not np.ndarray or dt not in (np.float32, np.float64):
+        a = p._data
+        if buf_t is None or not _numba_arrays(a, p._grad._data, buf_t._data):
             rest.append(p)
             continue
-        g, b = p._grad._data, buf_t._data
-        if type(g) is not np.ndarray or g.dtype != dt or b.dtype != dt or \
-                not (a.flags.c_contiguous and g.flags.c_contiguous and b.flags.c_contiguous):
-            rest.append(p)
-            continue
-        sc = scalars.get(dt)
+        sc = scalars.get(a.dtype)
         if sc is None:
-            c = dt.type
-            sc = scalars[dt] = (c(lr), c(momentum), c(1 - dampening), dampening != 0, c(wd),
-                                bool(nesterov), bool(maximize))
-        nb.sgd(a.reshape(-1), g.reshape(-1), b.reshape(-1), *sc)
+            dampening, wd, nesterov, maximize = args
+            sc = scalars[a.dtype] = _numba_scalars(a.dtype, lr, momentum, dampening, wd,
+                                                   nesterov, maximize)
+        nb.sgd(a.reshape(-1), p._grad._data.reshape(-1), buf_t._data.reshape(-1), *sc)
         p._version[0] += 1
         buf_t._version[0] += 1
     return rest
