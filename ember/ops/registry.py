@@ -714,18 +714,44 @@ def write_inplace(self: Tensor, out: Tensor, name: str) -> Tensor:
         return self
     if track:
         _snapshot_saved_self(out._grad_fn, self)
-    if dst.ndim == 0:
-        dst[()] = data
-    elif type(dst) is not _ndarray and not dst.flags.c_contiguous and \
-            getattr(data, "shape", None) == dst.shape:
-        _store_permuted(dst, data)
-    else:
-        dst[...] = data
+    store(dst, data)
     self._version[0] += 1
     if track:
         _alias_saved_output(out, self)
         _rebase_history(self, out)
     return self
+
+
+def store(dst: Any, data: Any) -> None:
+    """``dst[...] = data`` into a tensor's array (in-place ops, ``copy_``), the cheapest way
+    for CuPy: one device memcpy for arrays of one dtype and shape, both C-contiguous and not
+    partly overlapping (CuPy's assignment launches a kernel: ~17 us of host time against
+    ~6); in memory order when ``dst`` has another dense layout that ``data`` shares."""
+    if type(dst) is not _ndarray and getattr(data, "shape", None) == dst.shape:
+        if type(data) is type(dst) and _memcpy(dst, data):
+            return
+        if not dst.flags.c_contiguous:
+            _store_permuted(dst, data)
+            return
+    if dst.ndim == 0:
+        dst[()] = data
+    else:
+        dst[...] = data
+
+
+def _memcpy(dst: Any, src: Any) -> bool:
+    """``dst[...] = src`` as one device-to-device copy on the current stream when both are
+    C-contiguous with one dtype and do not partly overlap (the same array: nothing to do);
+    False otherwise."""
+    if dst.dtype != src.dtype or not dst.flags.c_contiguous or not src.flags.c_contiguous:
+        return False
+    a, b, n = dst.data.ptr, src.data.ptr, dst.nbytes
+    if a == b or not n:
+        return True
+    if a < b + n and b < a + n:
+        return False
+    dst.data.copy_from_device_async(src.data, n)
+    return True
 
 
 def _store_permuted(dst: Any, src: Any) -> None:

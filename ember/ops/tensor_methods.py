@@ -11,7 +11,8 @@ from ember import dtypes as _dt
 from ember._state import _State
 from ember.backend.device import device, to_device
 from ember.errors import make
-from ember.ops.registry import OPS, PUBLIC_FUNCTIONS, apply, apply_inplace, composite, write_inplace
+from ember.ops.registry import (OPS, PUBLIC_FUNCTIONS, apply, apply_inplace, composite, store,
+                                write_inplace)
 from ember.tensor import Tensor, _make
 
 T = Tensor
@@ -229,30 +230,9 @@ def copy_(self: Tensor, src: Any, non_blocking: bool = False) -> Tensor:
     if not getattr(self._data.flags, "writeable", True):
         raise make(RuntimeError, "copy_", "unsupported operation: more than one element of the "
                                           "written-to tensor refers to a single memory location.")
-    dst, data = self._data, out._data
-    if type(dst) is not _np_ndarray and type(data) is type(dst) and _device_copy(dst, data):
-        pass
-    else:
-        dst[...] = data
+    store(self._data, out._data)
     self._version[0] += 1
     return self
-
-
-def _device_copy(dst: Any, src: Any) -> bool:
-    """``dst[...] = src`` as one device-to-device memcpy on the current stream, for CuPy
-    arrays of one dtype and shape, both C-contiguous and not partly overlapping (CuPy's
-    assignment launches an elementwise kernel: ~17 us of host time against ~6). False when
-    it does not apply."""
-    if dst.dtype != src.dtype or dst.shape != src.shape or not dst.flags.c_contiguous or \
-            not src.flags.c_contiguous:
-        return False
-    a, b, n = dst.data.ptr, src.data.ptr, dst.nbytes
-    if a == b or not n:
-        return True
-    if a < b + n and b < a + n:
-        return False
-    dst.data.copy_from_device_async(src.data, n)
-    return True
 
 
 # ---------------------------------------------------------------------- operators
