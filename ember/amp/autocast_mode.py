@@ -166,18 +166,27 @@ def clear_autocast_cache() -> None:
     _BULK.clear()
 
 
-def cast_args(op_name: str, args: tuple, device_type: str) -> tuple:
-    """The op's arguments cast for the active autocast region (unchanged if not listed)."""
+def cast_args(op: Any, args: tuple, device_type: str) -> tuple:
+    """The op's arguments cast for the active autocast region (unchanged if not listed).
+
+    A float32-listed op whose CUDA implementation computes in float32 from bf16/fp16 inputs
+    itself says so for a call (``cuda_impl.fp32_from_low(args)``, cross_entropy's fused
+    kernels): its inputs then go uncast, and it returns float32 as if they had been cast."""
     dt = _State.autocast.get(device_type)
     if dt is None:
         return args
     if not _LAZY:
         _load()
     Tensor = _LAZY[1]
+    op_name = op.name
     if op_name in LOWER:
         return tuple(_cast_low(a, dt) if isinstance(a, Tensor) and a._dtype.category == 2
                      and a._dtype is not dt and not a._dtype.is_complex else a for a in args)
     if op_name in (FP32 if device_type == "cuda" else FP32_CPU):
+        if device_type == "cuda":
+            native = getattr(op.cuda_impl, "fp32_from_low", None)
+            if native is not None and native(args):
+                return args
         return tuple(_cast(a, _dt.float32) if isinstance(a, Tensor) and a._dtype in _LOW
                      else a for a in args)
     return args

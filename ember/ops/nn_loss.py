@@ -188,6 +188,11 @@ class CrossEntropy(OpDef):
         if getattr(ctx, "rows", False) and not ember.is_grad_enabled():
             return _backward_rows(ctx, grad), None, None, None, None, None
         input, target = ctx.saved
+        # bf16/fp16 logits that CUDA autocast passed uncast to the fused kernels
+        # (kernels_loss.fp32_from_low): differentiate as torch's cast-then-compute does
+        low = input.dtype if getattr(ctx, "upcast", False) else None
+        if low is not None:
+            input = input.float()
         cd = ctx.cd
         dev = input.device
         if ctx.reduction == "none":
@@ -219,6 +224,8 @@ class CrossEntropy(OpDef):
                 shape[cd] = -1
                 logp = logp * _wrap(ctx.w, dev).to(input.dtype).reshape(shape)
             gt = -logp * (1 - ctx.eps) * g
+        if low is not None and gx is not None:
+            gx = gx.to(low)
         return gx, gt, None, None, None, None
 
 

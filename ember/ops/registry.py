@@ -253,7 +253,7 @@ def apply(op: OpDef, args: tuple) -> Any:
         if cast_args is None:
             from ember.amp.autocast_mode import cast_args
             _CAST_ARGS[0] = cast_args
-        cast = cast_args(op.name, args, dev.type)
+        cast = cast_args(op, args, dev.type)
         if cast is not args:  # a listed op: operands may have been cast
             args = cast
             arr_args = tuple(a._data if isinstance(a, Tensor) else a for a in args)

@@ -9,6 +9,13 @@ log-sum-exp (``q``: the target's weight times ``1 - label_smoothing`` on the tar
 plus ``label_smoothing / C * weight``). Logits are read in their own dtype, so bf16 logits of
 a 50k vocabulary never get an fp32 copy; the only (N, C) array made is the gradient itself.
 
+Under CUDA autocast cross_entropy is a float32 op: torch casts bf16/fp16 logits to a float32
+copy first (GPT-2 B16: 3.3 GB written, kept for backward, and a float32 gradient cast back).
+These kernels already compute in float32 from the logits' own dtype, so autocast hands them
+the logits uncast (``fp32_from_low``); the loss is float32 and the gradient is written once in
+the logits' dtype, the values torch's cast-then-compute gives (the bf16 -> fp32 cast is exact,
+the gradient is rounded once either way).
+
 Covered: 2-D contiguous float32/bfloat16/float16 logits, 1-D int64 targets, optional class
 weights, ignore_index, reduction mean/sum/none, label smoothing. Probability targets, the
 ``(N, C, d1, ...)`` form and float64 fall back to the generic code (ember/ops/nn_loss.py),
@@ -22,6 +29,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ember._state import _State
 from ember.backend.cuda_ops import _nvrtc as K
 from ember.backend.cuda_ops._device_flag import NO_BAD, DeviceFlag
 
@@ -71,6 +79,8 @@ __global__ void ce_fwd(const T* __restrict__ x, const long long* __restrict__ tg
 }
 
 // One block: red = (sum loss, sum weight, any bad target); out = mean (mode 1) or sum (2).
+// T here is the loss's dtype: the logits' own, or float32 for low-precision logits under
+// autocast (the instantiation for float32 logits serves then).
 template <typename T>
 __global__ void ce_reduce(const float* __restrict__ loss, const float* __restrict__ wt,
                           const unsigned long long* __restrict__ bad, float* __restrict__ red,
@@ -92,7 +102,7 @@ __global__ void ce_reduce(const float* __restrict__ loss, const float* __restric
 template <typename T>
 __global__ void ce_bwd(const T* __restrict__ x, const long long* __restrict__ tgt,
                        const float* __restrict__ w, int has_w, const float* __restrict__ wsum,
-                       const float* __restrict__ lse, const T* __restrict__ gout,
+                       const float* __restrict__ lse, const float* __restrict__ gout,
                        int g_per_row, const float* __restrict__ denom, T* __restrict__ dx,
                        long long rows, int C, long long ignore, float eps, int vec) {
     long long row = (long long)blockIdx.x * blockDim.y + threadIdx.y;
@@ -190,15 +200,39 @@ class _Shape:
         self.shape, self.ndim = shape, len(shape)
 
 
+def _fused(input, target, reduction) -> bool:
+    """Whether the kernels take this call (else the generic code runs)."""
+    return K.ctype(input) is not None and input.ndim == 2 and target.ndim == 1 and \
+        target.dtype == np.int64 and input.flags.c_contiguous and input.size != 0 and \
+        reduction in _MODES and input.shape[1] < 2 ** 31
+
+
+_LOW = ("bf16_t", "half_t")
+
+
+def _autocast_cuda() -> bool:
+    ac = _State.autocast
+    return ac is not None and "cuda" in ac
+
+
 class CrossEntropyImpl:
     """``cross_entropy(input (N, C), target (N,) int64, ...)`` in two kernels each way."""
 
+    @staticmethod
+    def fp32_from_low(args: tuple) -> bool:
+        """Autocast's question for this float32-listed op: do the kernels take these
+        low-precision logits as they are (computing in float32, returning a float32 loss)?"""
+        x, t = getattr(args[0], "_data", None), getattr(args[1], "_data", None)
+        return x is not None and t is not None and K.ctype(x) in _LOW and \
+            _fused(x, t, args[4] if len(args) > 4 else "mean")
+
     def forward(ctx, xp, input, target, weight, ignore_index, reduction, label_smoothing):
-        ct = K.ctype(input)
-        if ct is None or input.ndim != 2 or target.ndim != 1 or target.dtype != xp.int64 or \
-                not input.flags.c_contiguous or input.size == 0 or \
-                reduction not in _MODES or input.shape[1] >= 2 ** 31:
+        if not _fused(input, target, reduction):
             return NotImplemented
+        ct = K.ctype(input)
+        # low-precision logits here under CUDA autocast: autocast passed them uncast
+        # (fp32_from_low), so the loss is float32 as after torch's cast
+        fp32_out = ct in _LOW and _autocast_cuda()
         rows, n_classes = input.shape
         tgt = K.contiguous(xp, target)
         eps = float(label_smoothing)
@@ -218,13 +252,13 @@ class CrossEntropyImpl:
                           lse, loss, wt, bad, K.i64(rows), K.i32(n_classes),
                           K.i64(ignore_index), K.f32(eps), K.aligned(input)))
         mode = _MODES[reduction]
-        out = xp.empty((), input.dtype) if mode else None
-        K.function("loss", "ce_reduce", ct)(
+        out = xp.empty((), xp.float32 if fp32_out else input.dtype) if mode else None
+        K.function("loss", "ce_reduce", "float" if fp32_out else ct)(
             (1, 1, 1), (1024, 1, 1),
             (loss, wt, bad, red, out if mode else loss, K.i64(rows), K.i32(mode)))
         _poll(xp, flag, True)
         if not mode:
-            out = loss.astype(input.dtype)
+            out = loss.copy() if fp32_out else loss.astype(input.dtype)
         if K.recording(ctx):
             # the generic backward's layout (ember/ops/nn_loss.py), for create_graph
             ctx.cd = 1
@@ -233,6 +267,7 @@ class CrossEntropyImpl:
             ctx.eps = eps
             ctx.w = w32
             ctx.prob = False
+            ctx.upcast = fp32_out   # the generic backward computes as after torch's cast
             ctx.xp = xp
             # the generic backward reads only the shape of ctx.p when it recomputes softmax
             ctx.p = _Shape(input.shape)
@@ -249,7 +284,7 @@ class CrossEntropyImpl:
         if ctx.next_edges[0] is not None:
             x = input._data
             lse, tgt, w32, wsum, ignore_index = ctx.fused
-            g = K.contiguous(xp, grad._data, x.dtype)
+            g = K.contiguous(xp, grad._data, xp.float32)
             rows, n_classes = x.shape
             _poll(xp, _flag(xp), False)
             denom = ctx.denom.arr if ctx.reduction == "mean" else None
