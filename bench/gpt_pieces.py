@@ -1,6 +1,7 @@
 """Paired CPU timings, ember vs torch, of the tiny-GPT training step and of its pieces.
 
-    python -m bench.gpt_pieces                 # the step, then every piece
+    python -m bench.gpt_pieces                 # the step, its phases, then every piece
+    python -m bench.gpt_pieces "fwd (graph)"   # the pieces' forwards alone (graph recorded)
     python -m bench.gpt_pieces gelu adamw      # the cases whose name contains a word
     python -m bench.gpt_pieces prof            # cProfile of ember's GPT step
     python -m bench.gpt_pieces ab EMBER_BLAS_SPIN=0 step   # ember with VAR=VALUE vs without
@@ -32,7 +33,22 @@ def cases(fw: Any) -> dict:
 
     from bench.workloads import WORKLOADS
     fw.manual_seed(0)
-    out[STEP] = WORKLOADS[STEP](fw)[0]
+    step = WORKLOADS[STEP](fw)[0]
+    out[STEP] = step
+    # the step's phases, from the objects its closure holds (the model is the workload's)
+    env = dict(zip(step.__code__.co_freevars, [c.cell_contents for c in step.__closure__]))
+    model, gx, gy = env["model"], env["x"], env["y"]
+
+    def gpt_forward() -> Any:
+        return F.cross_entropy(model(gx).reshape(-1, V), gy.reshape(-1))
+
+    def gpt_fwd_bwd() -> None:
+        model.zero_grad()
+        gpt_forward().backward()
+    out["GPT step forward + loss (graph)"] = gpt_forward
+    out["GPT step forward + loss + backward"] = gpt_fwd_bwd
+
+    fwd_only: dict = {}   # fb's callables -> their forward alone
 
     def fb(fn: Any, *leaves: Any) -> Any:
         """fn() forward, then backward of a fixed upstream gradient into ``leaves``."""
@@ -42,6 +58,7 @@ def cases(fw: Any) -> dict:
         def run() -> None:
             y = fn()
             fw.autograd.grad(y, leaves, g)
+        fwd_only[run] = fn
         return run
 
     x = t(rng.standard_normal((B, T, D), f32), True)
@@ -101,6 +118,11 @@ def cases(fw: Any) -> dict:
         for p in ps:
             p.grad = fw.randn(p.shape)
         return ps
+    # each piece's forward alone (graph recorded) too: in the step ember's forward lost to
+    # torch's (1.39x paired) while its backward and optimizer won, which the fwd+bwd pieces hid
+    for name, run in list(out.items()):
+        if run in fwd_only:
+            out[name.replace("fwd+bwd", "fwd (graph)")] = fwd_only[run]
     out["AdamW step (GPT params)"] = fw.optim.AdamW(gpt_params(), lr=3e-4).step
     return out
 
