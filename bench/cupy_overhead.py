@@ -41,6 +41,7 @@ def main() -> None:
     stream = cp.cuda.get_current_stream()
     pool = cp.get_default_memory_pool()
     cnt = cp.zeros((), cp.int64)
+    flat = cp.empty(2 * n, cp.float32)
     i32, f32 = np.int32(3), np.float32(1e-5)
     args13 = (a, b, c, nn, i32, i32, f32, a, b, i32, i32, nn, c)
     x4 = cp.random.standard_normal((8, 4, 4, 64), dtype=cp.float32).transpose(0, 3, 1, 2)
@@ -73,6 +74,11 @@ def main() -> None:
         "RawKernel 13 args (6 arrays)": lambda: raw((n // 256,), (256,), args13),
         "cuLaunchKernel by ctypes (args built per call)": via_ctypes,
         "0-d int64 += 1": lambda: cnt.__iadd__(1),
+        # a view of part of a flat buffer (bulk_cast's results): slicing and reshaping
+        # against constructing the array over the memory pointer
+        "flat[off:off+n].reshape(64, 64)": lambda: flat[128:128 + 4096].reshape(64, 64),
+        "cupy.ndarray((64, 64), memptr=flat.data + off)":
+            lambda: cp.ndarray((64, 64), cp.float32, flat.data + 512),
         "permuted copy y[...] = x (4-d)": lambda: y4.__setitem__(Ellipsis, x4),
         "get_current_stream()": lambda: cp.cuda.get_current_stream(),
         "stream.is_capturing()": lambda: stream.is_capturing(),

@@ -196,29 +196,32 @@ def test_bulk_cast_entries_checked_at_use(monkeypatch):
     assert not am._BULK and not am._SEQ
 
 
-def test_bulk_cast_layouts(monkeypatch):
-    # kernels_pointwise.bulk_cast's allocation on NumPy, its one launch replaced by a copy
-    # per pair: each result has its source's shape, values and (channels-last too) element
-    # strides, starts 256-byte aligned in one block; others come back None
+@pytest.mark.cuda
+def test_bulk_cast_layouts():
+    # kernels_pointwise.bulk_cast on the GPU: each result has its source's shape, values and
+    # (channels-last too) element strides, starts 256-byte aligned in one block; others come
+    # back None
+    import cupy as cp
     import ml_dtypes
-    from ember.backend.cuda_ops import kernels_optim, kernels_pointwise as kp
-    monkeypatch.setattr(kernels_optim, "multi_cast",
-                        lambda srcs, dsts: [d.__setitem__(Ellipsis, s) for s, d in
-                                            zip(srcs, dsts)])
+    from ember.backend.cuda_ops import kernels_pointwise as kp
     rng = np.random.default_rng(2)
     cl = rng.standard_normal((8, 5, 3, 3)).astype(np.float32).transpose(0, 2, 3, 1).copy() \
         .transpose(0, 3, 1, 2)                                   # dense, channels-last
-    arrays = [rng.standard_normal((7, 3)).astype(np.float32), cl,
-              rng.standard_normal(5).astype(np.float32), np.ones(3, np.float64),
-              rng.standard_normal((4, 6)).astype(np.float32)[:, ::2],   # not dense
-              np.zeros((0, 4), np.float32)]
+    host = [rng.standard_normal((7, 3)).astype(np.float32), cl,
+            rng.standard_normal(5).astype(np.float32), np.ones(3, np.float64)]
+    arrays = [cp.asarray(a) for a in host[:1]] + \
+        [cp.asarray(cl.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)] + \
+        [cp.asarray(a) for a in host[2:]] + \
+        [cp.asarray(rng.standard_normal((4, 6)).astype(np.float32))[:, ::2],   # not dense
+         cp.zeros((0, 4), cp.float32)]
+    assert arrays[1].strides == cl.strides
     bf16 = np.dtype(ml_dtypes.bfloat16)
-    out = kp.bulk_cast(np, arrays, bf16)
+    out = kp.bulk_cast(cp, arrays, bf16)
     assert out[3] is None and out[4] is None and out[5] is None
-    base = out[0].base if out[0].base is not None else out[0]
-    for a, d in zip(arrays[:3], out[:3]):
+    base = min(d.data.ptr for d in out[:3])
+    for a, d in zip(host[:3], out[:3]):
         assert d.shape == a.shape and d.dtype == bf16
         assert [s // 2 for s in d.strides] == [s // 4 for s in a.strides]
-        np.testing.assert_array_equal(d.astype(np.float64), a.astype(bf16).astype(np.float64))
-        assert (d.__array_interface__["data"][0] - base.__array_interface__["data"][0]) % 256 \
-            == 0
+        got = cp.asnumpy(d.view(cp.uint16)).view(bf16).astype(np.float64)
+        np.testing.assert_array_equal(got, a.astype(bf16).astype(np.float64))
+        assert (d.data.ptr - base) % 256 == 0

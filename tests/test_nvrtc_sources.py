@@ -29,6 +29,8 @@ _TARGS = {
     "optim": ["float, float", "bf16_t, float", "half_t, float", "double, double"],
     "cast": [f"{a}, {b}" for a in _HALF for b in _HALF if a != b],
     "optim_cast": ["float, bf16_t", "float, half_t"],
+    "pointwise_mixed": [f"{a}, {b}" for a in _HALF for b in _HALF
+                        if a != b and "float" in (a, b)],
 }
 
 

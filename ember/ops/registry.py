@@ -298,7 +298,15 @@ def apply(op: OpDef, args: tuple) -> Any:
             elif dt.category >= 2 and (kind == "int_to_float" or kind == "float_only"):
                 out_dt = dt
         if out_dt is None:
-            args, arr_args, out_dt = _promote(op, args, arr_args, xp)
+            # a CUDA implementation may take operands of two float dtypes as they are (add of
+            # a float32 residual and a bf16 sublayer output): no cast of either first
+            impl = op.cuda_impl
+            takes = getattr(impl, "takes_mixed", None) if xp is not _np and dest is None \
+                else None
+            if takes is not None and takes(arr_args):
+                out_dt = _compute_dtype(op, args)[1]
+            else:
+                args, arr_args, out_dt = _promote(op, args, arr_args, xp)
 
     ctx = _node(op, args) if rg and _State.enabled and op.differentiable else _NO_CTX
     out = _forward(op, ctx, xp, dest, arr_args, args)
