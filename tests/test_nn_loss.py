@@ -426,3 +426,18 @@ def test_cross_entropy_zero_total_weight_gradients_match_torch(case, shape):
         grads.append(np.asarray(xi.grad.detach().numpy()))
     np.testing.assert_array_equal(np.isnan(grads[1]), np.isnan(grads[0]))
     np.testing.assert_allclose(np.nan_to_num(grads[1]), np.nan_to_num(grads[0]), atol=1e-6)
+
+
+def test_multilabel_margin_loss_counts_repeated_labels():
+    # a label listed twice counts twice (torch loops over the listed labels)
+    x = np.random.default_rng(0).standard_normal((3, 5)).astype(np.float32)
+    t = [[0, 0, 2, -1, 1], [4, 4, 4, 4, 4], [1, 3, -1, 0, 0]]
+    for reduction in ("none", "mean", "sum"):
+        xe = ember.tensor(x, requires_grad=True)
+        xt = torch.tensor(x, requires_grad=True)
+        le = ember.nn.functional.multilabel_margin_loss(xe, ember.tensor(t), reduction=reduction)
+        lt = torch.nn.functional.multilabel_margin_loss(xt, torch.tensor(t), reduction=reduction)
+        np.testing.assert_allclose(le.detach().numpy(), lt.detach().numpy(), rtol=1e-5)
+        le.sum().backward()
+        lt.sum().backward()
+        np.testing.assert_allclose(xe.grad.numpy(), xt.grad.numpy(), rtol=1e-5, atol=1e-6)

@@ -23,22 +23,28 @@ from typing import Any
 from ember import dtypes as _dt
 from ember._state import _State
 
-# Ops that run in the autocast dtype (torch: "lower_precision_fp" list).
+# Ops that run in the autocast dtype (torch: "lower_precision_fp" list; bilinear is on its
+# "promote" list instead, which leaves one-dtype inputs as they are).
 LOWER = frozenset({
     "matmul", "convolution", "scaled_dot_product_attention", "_lstm_layer", "_gru_layer",
-    "_rnn_layer", "einsum", "baddbmm", "addbmm", "addmv", "addr", "linear", "bilinear",
+    "_rnn_layer", "einsum", "addmm", "baddbmm", "addbmm", "addmv", "addr", "linear",
     "prelu", "chain_matmul", "multi_dot",
     "_linear_activation",   # ember's fused Linear + ReLU/GELU (torch: _addmm_activation)
 })
-# Ops that run in float32 (torch: "fp32" list).
+# The CPU's list is shorter: addmv, addr, chain_matmul and multi_dot stay in their dtype.
+LOWER_CPU = LOWER - {"addmv", "addr", "chain_matmul", "multi_dot"}
+# Ops that run in float32 (torch: "fp32" and "fp32_set_opt_dtype" lists; mean, var and std
+# are on neither: they keep the input's low precision, accumulating in float32).
 FP32 = frozenset({
     "exp", "expm1", "log", "log2", "log10", "log1p", "pow", "reciprocal", "rsqrt", "sinh", "cosh",
     "tan", "acos", "asin", "softmax", "log_softmax", "cross_entropy", "layer_norm",
-    "group_norm", "rms_norm", "sum", "prod", "cumsum", "cumprod", "mean",
-    "linalg_vector_norm", "var", "std", "logsumexp", "erfinv", "cdist", "dist", "pdist",
+    "group_norm", "rms_norm", "sum", "prod", "cumsum", "cumprod",
+    "linalg_vector_norm", "logsumexp", "erfinv", "cdist", "dist", "pdist",
     "nll_loss", "mse_loss", "l1_loss", "smooth_l1_loss", "huber_loss", "kl_div",
     "binary_cross_entropy_with_logits", "soft_margin_loss", "softplus", "softmin",
-    "cosine_similarity", "normalize", "embedding_bag",
+    "cosine_similarity", "normalize", "embedding_bag", "poisson_nll_loss",
+    "cosine_embedding_loss", "hinge_embedding_loss", "margin_ranking_loss",
+    "multilabel_margin_loss", "triplet_margin_loss", "multi_margin_loss",
 })
 # On the CPU torch keeps most math in the autocast dtype and only moves losses and a few
 # numerically fragile ops to float32.
@@ -179,7 +185,7 @@ def cast_args(op: Any, args: tuple, device_type: str) -> tuple:
         _load()
     Tensor = _LAZY[1]
     op_name = op.name
-    if op_name in LOWER:
+    if op_name in (LOWER if device_type == "cuda" else LOWER_CPU):
         return tuple(_cast_low(a, dt) if isinstance(a, Tensor) and a._dtype.category == 2
                      and a._dtype is not dt and not a._dtype.is_complex else a for a in args)
     if op_name in (FP32 if device_type == "cuda" else FP32_CPU):
@@ -190,6 +196,48 @@ def cast_args(op: Any, args: tuple, device_type: str) -> tuple:
         return tuple(_cast(a, _dt.float32) if isinstance(a, Tensor) and a._dtype in _LOW
                      else a for a in args)
     return args
+
+
+def composite(name: str) -> Any:
+    """Decorator for a function written in other ember ops (no registered op of its own)
+    that torch's autocast lists as ``name``: inside an active region its floating Tensor
+    arguments (also inside list/tuple arguments) are cast as a listed op's are before the
+    body runs, so ``F.mse_loss`` of bf16 inputs is float32 and ``addmv`` low precision, as
+    in torch. Outside a region it costs one attribute check."""
+    if name not in LOWER and name not in FP32 and name not in FP32_CPU:
+        raise ValueError(f"autocast.composite: {name!r} is on no autocast list")
+
+    def deco(fn: Any) -> Any:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            if _State.autocast is not None:
+                args, kwargs = _cast_call(name, args, kwargs)
+            return fn(*args, **kwargs)
+        return wrapper
+    return deco
+
+
+def _cast_call(name: str, args: tuple, kwargs: dict) -> tuple:
+    if not _LAZY:
+        _load()
+    Tensor = _LAZY[1]
+    regions = _State.autocast
+
+    def one(a: Any) -> Any:
+        if isinstance(a, (list, tuple)) and a and all(isinstance(x, Tensor) for x in a):
+            return type(a)(one(x) for x in a)
+        if not isinstance(a, Tensor) or a._dtype.category != 2 or a._dtype.is_complex:
+            return a
+        kind = a._device.type
+        dt = regions.get(kind)
+        if dt is None:
+            return a
+        if name in (LOWER if kind == "cuda" else LOWER_CPU):
+            return a if a._dtype is dt else _cast_low(a, dt)
+        if a._dtype in _LOW and name in (FP32 if kind == "cuda" else FP32_CPU):
+            return _cast(a, _dt.float32)
+        return a
+    return tuple(one(a) for a in args), {k: one(v) for k, v in kwargs.items()}
 
 
 class autocast:

@@ -960,6 +960,13 @@ def composite(name: str | None = None, *, method: bool | str = True,
     come from the primitives it calls). It becomes ``ember.<name>`` and ``Tensor.<name>``."""
     def deco(fn: Callable) -> Callable:
         n = name or fn.__name__
+        # on an autocast list (addmv, cdist, linalg_multi_dot ...): cast its inputs as a
+        # listed op's are, since no registered op of that name reaches cast_args
+        from ember.amp import autocast_mode as am
+        for listed in (n, fn.__name__):
+            if listed in am.LOWER or listed in am.FP32 or listed in am.FP32_CPU:
+                fn = am.composite(listed)(fn)
+                break
         COMPOSITES[n] = fn
         if function:
             PUBLIC_FUNCTIONS[n] = fn

@@ -15,6 +15,7 @@ from ember.errors import check, make
 from ember.ops import nn_activation as _nn_activation  # noqa: F401  (registers gelu, silu)
 from ember.ops.registry import OPS, apply
 from ember.tensor import Tensor
+from ember.amp.autocast_mode import composite as _autocast_composite
 
 __all__ = ["threshold", "threshold_", "relu", "relu_", "relu6", "hardtanh", "hardtanh_",
            "elu", "elu_", "selu", "selu_", "celu", "celu_", "leaky_relu", "leaky_relu_", "prelu",
@@ -140,6 +141,7 @@ def leaky_relu_(input: Tensor, negative_slope: float = 0.01) -> Tensor:
     return leaky_relu(input, negative_slope, inplace=True)
 
 
+@_autocast_composite("prelu")
 def prelu(input: Tensor, weight: Tensor) -> Tensor:
     """``x if x >= 0 else weight * x``; ``weight`` has 1 or C (= dim 1 of input) entries."""
     _tensor_arg("prelu", input)
@@ -228,6 +230,7 @@ def softsign(input: Tensor) -> Tensor:
     return input / (input.abs() + 1)
 
 
+@_autocast_composite("softplus")
 def softplus(input: Tensor, beta: float = 1.0, threshold: float = 20.0) -> Tensor:
     """``log(1 + exp(beta x)) / beta``; linear where ``beta x > threshold``."""
     _tensor_arg("softplus", input)
@@ -262,6 +265,7 @@ def softmax(input: Tensor, dim: int | None = None, _stacklevel: int = 3,
     return input.softmax(dim, dtype)
 
 
+@_autocast_composite("softmin")
 def softmin(input: Tensor, dim: int | None = None, _stacklevel: int = 3,
             dtype: Any = None) -> Tensor:
     """``softmax(-x)``."""
@@ -338,6 +342,7 @@ def hardswish(input: Tensor, inplace: bool = False) -> Tensor:
 
 
 # ---------------------------------------------------------------------- distances
+@_autocast_composite("normalize")
 def normalize(input: Tensor, p: float = 2.0, dim: int = 1, eps: float = 1e-12,
               out: Tensor | None = None) -> Tensor:
     """``x / max(||x||_p, eps)`` along ``dim``."""
@@ -349,6 +354,7 @@ def normalize(input: Tensor, p: float = 2.0, dim: int = 1, eps: float = 1e-12,
     return res
 
 
+@_autocast_composite("cosine_similarity")
 def cosine_similarity(x1: Tensor, x2: Tensor, dim: int = 1, eps: float = 1e-8) -> Tensor:
     """``x1 . x2 / (max(||x1||, eps) * max(||x2||, eps))`` along ``dim`` (broadcasting)."""
     _tensor_arg("cosine_similarity", x1)
@@ -374,6 +380,7 @@ def pairwise_distance(x1: Tensor, x2: Tensor, p: float = 2.0, eps: float = 1e-6,
         ember, "linalg_vector_norm") else diff.norm(p, -1, keepdim)
 
 
+@_autocast_composite("pdist")
 def pdist(input: Tensor, p: float = 2) -> Tensor:
     """Distances between all pairs of rows of a 2-D ``input``: the upper triangle, row-major,
     ``N (N - 1) / 2`` values."""

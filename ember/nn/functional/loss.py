@@ -19,6 +19,7 @@ from ember.ops import nn_loss as _nn_loss  # noqa: F401  (registers cross_entrop
 from ember.ops.meta import broadcast_shapes
 from ember.ops.registry import OPS, apply
 from ember.tensor import Tensor
+from ember.amp.autocast_mode import composite as _autocast_composite
 
 __all__ = ["l1_loss", "mse_loss", "smooth_l1_loss", "huber_loss", "cross_entropy", "nll_loss",
            "binary_cross_entropy", "binary_cross_entropy_with_logits", "kl_div",
@@ -116,6 +117,7 @@ def _pointwise(name: str, input: Tensor, target: Tensor, fn: Callable, reduction
 
 
 # ---------------------------------------------------------------------- regression losses
+@_autocast_composite("l1_loss")
 def l1_loss(input: Tensor, target: Tensor, size_average: Any = None, reduce: Any = None,
             reduction: str = "mean", weight: Tensor | None = None) -> Tensor:
     """Mean absolute error ``|input - target|``.
@@ -129,6 +131,7 @@ def l1_loss(input: Tensor, target: Tensor, size_average: Any = None, reduce: Any
     return _pointwise("l1_loss", input, target, lambda d: d.abs(), reduction, weight)
 
 
+@_autocast_composite("mse_loss")
 def mse_loss(input: Tensor, target: Tensor, size_average: Any = None, reduce: Any = None,
              reduction: str = "mean", weight: Tensor | None = None) -> Tensor:
     """Mean squared error ``(input - target)^2``."""
@@ -136,6 +139,7 @@ def mse_loss(input: Tensor, target: Tensor, size_average: Any = None, reduce: An
     return _pointwise("mse_loss", input, target, lambda d: d * d, reduction, weight)
 
 
+@_autocast_composite("smooth_l1_loss")
 def smooth_l1_loss(input: Tensor, target: Tensor, size_average: Any = None, reduce: Any = None,
                    reduction: str = "mean", beta: float = 1.0) -> Tensor:
     """``0.5 d^2 / beta`` where ``|d| < beta``, else ``|d| - 0.5 beta``."""
@@ -152,6 +156,7 @@ def smooth_l1_loss(input: Tensor, target: Tensor, size_average: Any = None, redu
     return _pointwise("smooth_l1_loss", input, target, fn, reduction)
 
 
+@_autocast_composite("huber_loss")
 def huber_loss(input: Tensor, target: Tensor, reduction: str = "mean", delta: float = 1.0,
                weight: Tensor | None = None) -> Tensor:
     """``0.5 d^2`` where ``|d| < delta``, else ``delta (|d| - 0.5 delta)``."""
@@ -229,6 +234,7 @@ def _cross_entropy_reference(input: Tensor, target: Tensor, weight: Tensor | Non
     return (1 - label_smoothing) * nll + smooth * (label_smoothing / n_classes)
 
 
+@_autocast_composite("nll_loss")
 def nll_loss(input: Tensor, target: Tensor, weight: Tensor | None = None,
              size_average: Any = None, ignore_index: int = -100, reduce: Any = None,
              reduction: str = "mean") -> Tensor:
@@ -288,6 +294,7 @@ def nll_loss(input: Tensor, target: Tensor, weight: Tensor | None = None,
     return loss.sum() / w_t.sum().to(input.dtype)
 
 
+@_autocast_composite("binary_cross_entropy")
 def binary_cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None,
                          size_average: Any = None, reduce: Any = None,
                          reduction: str = "mean") -> Tensor:
@@ -310,6 +317,7 @@ def binary_cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = 
     return _reduce("binary_cross_entropy", loss, reduction)
 
 
+@_autocast_composite("binary_cross_entropy_with_logits")
 def binary_cross_entropy_with_logits(input: Tensor, target: Tensor,
                                      weight: Tensor | None = None, size_average: Any = None,
                                      reduce: Any = None, reduction: str = "mean",
@@ -338,6 +346,7 @@ def binary_cross_entropy_with_logits(input: Tensor, target: Tensor,
     return _reduce("binary_cross_entropy_with_logits", loss, reduction)
 
 
+@_autocast_composite("kl_div")
 def kl_div(input: Tensor, target: Tensor, size_average: Any = None, reduce: Any = None,
            reduction: str = "mean", log_target: bool = False) -> Tensor:
     """``target * (log target - input)`` for log-probabilities ``input``.
@@ -369,6 +378,7 @@ def kl_div(input: Tensor, target: Tensor, size_average: Any = None, reduce: Any 
     return _reduce("kl_div", loss, reduction)
 
 
+@_autocast_composite("poisson_nll_loss")
 def poisson_nll_loss(input: Tensor, target: Tensor, log_input: bool = True, full: bool = False,
                      size_average: Any = None, eps: float = 1e-8, reduce: Any = None,
                      reduction: str = "mean") -> Tensor:
@@ -421,6 +431,7 @@ def gaussian_nll_loss(input: Tensor, target: Tensor, var: Tensor | float, full: 
 
 
 # ---------------------------------------------------------------------- margin losses
+@_autocast_composite("margin_ranking_loss")
 def margin_ranking_loss(input1: Tensor, input2: Tensor, target: Tensor, margin: float = 0,
                         size_average: Any = None, reduce: Any = None,
                         reduction: str = "mean") -> Tensor:
@@ -435,6 +446,7 @@ def margin_ranking_loss(input1: Tensor, input2: Tensor, target: Tensor, margin: 
     return _reduce("margin_ranking_loss", loss, reduction)
 
 
+@_autocast_composite("hinge_embedding_loss")
 def hinge_embedding_loss(input: Tensor, target: Tensor, margin: float = 1.0,
                          size_average: Any = None, reduce: Any = None,
                          reduction: str = "mean") -> Tensor:
@@ -448,6 +460,7 @@ def hinge_embedding_loss(input: Tensor, target: Tensor, margin: float = 1.0,
     return _reduce("hinge_embedding_loss", out_margin + out_self, reduction)
 
 
+@_autocast_composite("multilabel_margin_loss")
 def multilabel_margin_loss(input: Tensor, target: Tensor, size_average: Any = None,
                            reduce: Any = None, reduction: str = "mean") -> Tensor:
     """Multi-class multi-label hinge loss; ``target`` holds class indices, padded with -1
@@ -461,14 +474,16 @@ def multilabel_margin_loss(input: Tensor, target: Tensor, size_average: Any = No
     x = input if input.dim() == 2 else input.reshape(1, -1)
     t = target.reshape(tuple(x.shape)).long()
     n, c = x.shape
-    # is_target[n, j]: class j is one of row n's labels (those before the first -1)
+    # count[n, j]: how often class j is listed among row n's labels (those before the
+    # first -1); a label listed twice counts twice, as in torch's loop over the list
     stop = (t < 0).long().cumsum(1) > 0
     valid = ~stop
     classes = ember.arange(c, device=x.device)
-    is_target = ((t.unsqueeze(2) == classes) & valid.unsqueeze(2)).any(1)
+    count = ((t.unsqueeze(2) == classes) & valid.unsqueeze(2)).sum(1)
+    is_target = count > 0
     # hinge over pairs (label j, non-label i): max(0, 1 - (x_j - x_i))
     pair = (1 - (x.unsqueeze(2) - x.unsqueeze(1))).clamp_min(0)
-    mask = (is_target.unsqueeze(2) & ~is_target.unsqueeze(1)).to(x.dtype)
+    mask = count.unsqueeze(2).to(x.dtype) * (~is_target).unsqueeze(1).to(x.dtype)
     loss = (pair * mask).sum((1, 2)) / c
     if input.dim() < 2:
         loss = loss.reshape(())
@@ -490,6 +505,7 @@ def multilabel_soft_margin_loss(input: Tensor, target: Tensor, weight: Tensor | 
     return _reduce("multilabel_soft_margin_loss", loss, reduction)
 
 
+@_autocast_composite("multi_margin_loss")
 def multi_margin_loss(input: Tensor, target: Tensor, p: int = 1, margin: float = 1.0,
                       weight: Tensor | None = None, size_average: Any = None,
                       reduce: Any = None, reduction: str = "mean") -> Tensor:
@@ -521,6 +537,7 @@ def multi_margin_loss(input: Tensor, target: Tensor, p: int = 1, margin: float =
     return _reduce("multi_margin_loss", loss, reduction)
 
 
+@_autocast_composite("soft_margin_loss")
 def soft_margin_loss(input: Tensor, target: Tensor, size_average: Any = None,
                      reduce: Any = None, reduction: str = "mean") -> Tensor:
     """``log(1 + exp(-target * input))``."""
@@ -532,6 +549,7 @@ def soft_margin_loss(input: Tensor, target: Tensor, size_average: Any = None,
     return _reduce("soft_margin_loss", loss, reduction)
 
 
+@_autocast_composite("cosine_embedding_loss")
 def cosine_embedding_loss(input1: Tensor, input2: Tensor, target: Tensor, margin: float = 0,
                           size_average: Any = None, reduce: Any = None,
                           reduction: str = "mean") -> Tensor:
@@ -556,6 +574,7 @@ def cosine_embedding_loss(input1: Tensor, input2: Tensor, target: Tensor, margin
     return _reduce("cosine_embedding_loss", loss, reduction)
 
 
+@_autocast_composite("triplet_margin_loss")
 def triplet_margin_loss(anchor: Tensor, positive: Tensor, negative: Tensor, margin: float = 1.0,
                         p: float = 2, eps: float = 1e-6, swap: bool = False,
                         size_average: Any = None, reduce: Any = None,
@@ -607,6 +626,7 @@ def _triplet(anchor: Tensor, positive: Tensor, negative: Tensor, dist: Callable,
 _NEG = -1e30  # a finite "log 0": keeps logsumexp gradients finite on unreachable states
 
 
+@_autocast_composite("ctc_loss")
 def ctc_loss(log_probs: Tensor, targets: Tensor, input_lengths: Any, target_lengths: Any,
              blank: int = 0, reduction: str = "mean", zero_infinity: bool = False) -> Tensor:
     """Connectionist Temporal Classification loss (Graves et al. 2006).

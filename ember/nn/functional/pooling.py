@@ -180,6 +180,10 @@ def _adaptive_avg(name: str, nd: int, input: Tensor, output_size: Any) -> Tensor
           f"Expected input to have non-zero size for non-batch dimensions, but input has sizes "
           f"{list(x.shape)}")
     check(x.is_floating_point(), name, f'"{name}" not implemented for \'{x.dtype}\'')
+    if all(o == 1 for o in out):
+        # global average pooling (a classifier head): one reduction over every spatial dim,
+        # rounded once as torch's kernel rounds, in the input's dtype
+        return _unbatch(x.mean(tuple(range(2, 2 + nd)), keepdim=True), unb)
     y = x
     for i in range(nd):
         dim = 2 + i
