@@ -50,6 +50,8 @@ def _ops(m):
         "mean": lambda x: x.mean(), "matmul": lambda x: x @ x.t(),
         "softmax": lambda x: F.softmax(x, 1), "sum": lambda x: x.sum(),
         "layer_norm": lambda x: F.layer_norm(x, (4,)), "exp": lambda x: x.exp(),
+        "einsum": lambda x: m.einsum("ij,kj->ik", x, x),
+        "bilinear": lambda x: F.bilinear(x, x, x.reshape(2, 4, 4)),
     }
 
 

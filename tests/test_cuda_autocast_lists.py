@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import ember
+from test_amp_lists import _ops as _cpu_ops
 
 pytestmark = pytest.mark.cuda
 torch = pytest.importorskip("torch")
@@ -20,7 +21,7 @@ if not torch.cuda.is_available():
 
 def _ops(m):
     F = m.nn.functional
-    return {
+    return _cpu_ops(m) | {
         "mean": lambda x: x.mean(), "mean dim": lambda x: x.mean(1),
         "var": lambda x: x.var(1), "std": lambda x: x.std(), "sum": lambda x: x.sum(1),
         "prod": lambda x: x.prod(1), "cumsum": lambda x: x.cumsum(1),
@@ -48,8 +49,13 @@ def _ops(m):
 def test_autocast_output_dtype_matches_torch(name, src):
     x = np.random.default_rng(0).standard_normal((8, 4)).astype(np.float32)
     got = {}
-    for m in (ember, torch):
+    for m in (torch, ember):
         t = m.tensor(x, device="cuda").to(getattr(m, src))
         with m.autocast("cuda", dtype=m.bfloat16):
-            got[m.__name__] = str(_ops(m)[name](t).dtype).split(".")[-1]
+            try:
+                got[m.__name__] = str(_ops(m)[name](t).dtype).split(".")[-1]
+            except (RuntimeError, NotImplementedError) as exc:
+                if m is torch:   # torch refuses (binary_cross_entropy is banned under autocast)
+                    pytest.skip(f"torch: {exc}"[:120])
+                raise
     assert got["ember"] == got["torch"], (name, src, got)

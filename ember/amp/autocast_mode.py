@@ -33,6 +33,9 @@ LOWER = frozenset({
 })
 # The CPU's list is shorter: addmv, addr, chain_matmul and multi_dot stay in their dtype.
 LOWER_CPU = LOWER - {"addmv", "addr", "chain_matmul", "multi_dot"}
+# torch's "promote" list (functions written in other ember ops): floating inputs of mixed
+# dtypes meet in the widest, and the body runs without autocast (one dtype: nothing cast)
+PROMOTE = frozenset({"bilinear"})
 # Ops that run in float32 (torch: "fp32" and "fp32_set_opt_dtype" lists; mean, var and std
 # are on neither: they keep the input's low precision, accumulating in float32).
 FP32 = frozenset({
@@ -203,16 +206,27 @@ def composite(name: str) -> Any:
     that torch's autocast lists as ``name``: inside an active region its floating Tensor
     arguments (also inside list/tuple arguments) are cast as a listed op's are before the
     body runs, so ``F.mse_loss`` of bf16 inputs is float32 and ``addmv`` low precision, as
-    in torch. Outside a region it costs one attribute check."""
-    if name not in LOWER and name not in FP32 and name not in FP32_CPU:
+    in torch. The body then runs with autocast off, as torch runs a listed op's kernel.
+    Outside a region it costs one attribute check."""
+    if name not in LOWER and name not in FP32 and name not in FP32_CPU and name not in PROMOTE:
         raise ValueError(f"autocast.composite: {name!r} is on no autocast list")
 
     def deco(fn: Any) -> Any:
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            if _State.autocast is not None:
-                args, kwargs = _cast_call(name, args, kwargs)
-            return fn(*args, **kwargs)
+            regions = _State.autocast
+            if regions is None:
+                return fn(*args, **kwargs)
+            args, kwargs, listed = _cast_call(name, args, kwargs)
+            if not listed:   # not on this device's lists: its inner ops autocast themselves
+                return fn(*args, **kwargs)
+            # the body is one op to autocast, as in torch (its kernel runs with autocast
+            # excluded): addbmm's inner sum must not move to float32 on its own
+            _State.autocast = None
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                _State.autocast = regions
         return wrapper
     return deco
 
@@ -222,6 +236,14 @@ def _cast_call(name: str, args: tuple, kwargs: dict) -> tuple:
         _load()
     Tensor = _LAZY[1]
     regions = _State.autocast
+    listed = []   # whether a Tensor argument's device has an active region listing ``name``
+    if name in PROMOTE:
+        ts = [a for a in args if isinstance(a, Tensor) and a._dtype.category == 2]
+        if not any(regions.get(t._device.type) is not None for t in ts):
+            return args, kwargs, False
+        wide = _dt.result_type_of(ts) if ts else None
+        return tuple(_cast(a, wide) if isinstance(a, Tensor) and a._dtype.category == 2 and
+                     a._dtype is not wide else a for a in args), kwargs, True
 
     def one(a: Any) -> Any:
         if isinstance(a, (list, tuple)) and a and all(isinstance(x, Tensor) for x in a):
@@ -233,11 +255,14 @@ def _cast_call(name: str, args: tuple, kwargs: dict) -> tuple:
         if dt is None:
             return a
         if name in (LOWER if kind == "cuda" else LOWER_CPU):
+            listed.append(True)
             return a if a._dtype is dt else _cast_low(a, dt)
-        if a._dtype in _LOW and name in (FP32 if kind == "cuda" else FP32_CPU):
-            return _cast(a, _dt.float32)
+        if name in (FP32 if kind == "cuda" else FP32_CPU):
+            listed.append(True)
+            return _cast(a, _dt.float32) if a._dtype in _LOW else a
         return a
-    return tuple(one(a) for a in args), {k: one(v) for k, v in kwargs.items()}
+    args, kwargs = tuple(one(a) for a in args), {k: one(v) for k, v in kwargs.items()}
+    return args, kwargs, bool(listed)
 
 
 class autocast:

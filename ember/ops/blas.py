@@ -5,6 +5,7 @@ from typing import Any, Sequence
 
 import numpy as _np
 
+from ember import dtypes as _dt
 from ember._state import _State
 from ember.backend import get_xp
 from ember.backend.cpu import gemm_threads, parallel_rows
@@ -373,8 +374,14 @@ class Einsum(OpDef):
         ctx.ins, ctx.out = ins, out
         ctx.save(*operands)
         expr = ",".join(ins) + "->" + out
-        if len(operands) > 2 and xp.__name__ == "numpy":
-            return xp.einsum(expr, *operands, optimize=True)
+        if xp.__name__ == "numpy":
+            dt = operands[0].dtype if operands else None
+            if dt is not None and _dt._FROM_NP.get(dt) is _dt.bfloat16:
+                # NumPy's einsum has no bfloat16 loop: float32 math, one rounding (as matmul)
+                f32 = [o.astype(_np.float32) for o in operands]
+                return xp.einsum(expr, *f32, optimize=len(f32) > 2).astype(dt)
+            if len(operands) > 2:
+                return xp.einsum(expr, *operands, optimize=True)
         return xp.einsum(expr, *operands)
 
     def backward(ctx, grad):

@@ -360,6 +360,15 @@ def _apply_variadic(op: OpDef, args: tuple, dest: Any) -> Any:
             raise TypeError(f"[{op.name}] expected a sequence of Tensors, but element {i} "
                             f"is {type(t).__name__}")
     dev = _common_device(op, seq)
+    if _State.autocast is not None:   # einsum is on autocast's low-precision list
+        cast_args = _CAST_ARGS[0]
+        if cast_args is None:
+            from ember.amp.autocast_mode import cast_args
+            _CAST_ARGS[0] = cast_args
+        cast = cast_args(op, seq, dev.type)
+        if cast is not seq:
+            seq = tuple(cast)
+            args = (seq,) + tuple(args[1:])
     meta = op.meta
     if meta is not None:
         meta(op, *args)

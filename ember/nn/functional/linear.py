@@ -5,6 +5,7 @@ from __future__ import annotations
 import ember
 from ember.errors import make
 from ember.tensor import Tensor
+from ember.amp.autocast_mode import composite as _autocast_composite
 
 __all__ = ["linear", "bilinear"]
 
@@ -31,6 +32,7 @@ def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     return _linear_op(input, weight, bias)
 
 
+@_autocast_composite("bilinear")
 def bilinear(input1: Tensor, input2: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """``y = x1^T A x2 + b`` for each output feature.
 
