@@ -374,14 +374,17 @@ class Einsum(OpDef):
         ctx.ins, ctx.out = ins, out
         ctx.save(*operands)
         expr = ",".join(ins) + "->" + out
-        if xp.__name__ == "numpy":
-            dt = operands[0].dtype if operands else None
-            if dt is not None and _dt._FROM_NP.get(dt) is _dt.bfloat16:
-                # NumPy's einsum has no bfloat16 loop: float32 math, one rounding (as matmul)
-                f32 = [o.astype(_np.float32) for o in operands]
-                return xp.einsum(expr, *f32, optimize=len(f32) > 2).astype(dt)
-            if len(operands) > 2:
-                return xp.einsum(expr, *operands, optimize=True)
+        numpy = xp.__name__ == "numpy"
+        dt = operands[0].dtype if operands else None
+        if dt is not None and _dt._FROM_NP.get(dt) is _dt.bfloat16:
+            # neither NumPy's nor CuPy's einsum has a bfloat16 loop: float32 math, one
+            # rounding (as matmul)
+            f32 = [o.astype(xp.float32) for o in operands]
+            res = xp.einsum(expr, *f32, optimize=len(f32) > 2) if numpy else \
+                xp.einsum(expr, *f32)
+            return res.astype(dt)
+        if numpy and len(operands) > 2:
+            return xp.einsum(expr, *operands, optimize=True)
         return xp.einsum(expr, *operands)
 
     def backward(ctx, grad):
