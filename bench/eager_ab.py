@@ -4,21 +4,20 @@
     PYTHONPATH=treeB python -m bench.eager_ab B GPT-2 ResNet   # alternating A, B, A, B
 
 Each call builds the named workloads (``GPT-2``: GPT-2 124M B16 bf16 AdamW; ``ResNet``:
-ResNet-50 B128 bf16 channels-last SGD), runs 3 warmup steps and prints the median and the
-minimum of 15 synchronised steps, with the label first. Eager steps are host-bound and the
-host drifts between machines and minutes, so compare trees only within one machine, in
-alternating processes.
+ResNet-50 B128 bf16 channels-last SGD), runs 3 warmup steps and prints the median of 15
+synchronised steps (``bench.host_step``'s timer), with the label first. Eager steps are
+host-bound and the host drifts between machines and minutes, so compare trees only within
+one machine, in alternating processes.
 """
 from __future__ import annotations
 
-import statistics
 import sys
-import time
 
 
 def main() -> None:
     import ember
     from bench.gpu import gpt2, resnet50
+    from bench.host_step import _time
     label, names = sys.argv[1], sys.argv[2:] or ["GPT-2", "ResNet"]
     makers = {"GPT-2": gpt2, "ResNet": resnet50}
     out = []
@@ -27,17 +26,9 @@ def main() -> None:
         for _ in range(3):
             step()
         ember.cuda.synchronize()
-        times = []
-        for _ in range(15):
-            t0 = time.perf_counter()
-            step()
-            ember.cuda.synchronize()
-            times.append(time.perf_counter() - t0)
-        out.append(f"{name} {statistics.median(times) * 1e3:.1f} ms "
-                   f"(min {min(times) * 1e3:.1f})")
+        out.append(f"{name} {_time(ember, step):.1f} ms")
         del step
     print(label, " | ".join(out), flush=True)
-
 
 if __name__ == "__main__":
     main()

@@ -15,6 +15,7 @@ in-place update inside the region).
 """
 from __future__ import annotations
 
+import collections
 import functools
 import os
 import weakref
@@ -59,6 +60,8 @@ FP32_CPU = frozenset({
     "binary_cross_entropy", "quantile", "nanquantile", "inv_ex", "cholesky_ex", "lu_factor_ex",
     "eigh", "svd", "qr", "fft_c2c", "fft_r2c", "fft_c2r",
 })
+# (low-precision list, float32 list) by device type: cast_args and the composites read these
+_LISTS = {"cuda": (LOWER, FP32), "cpu": (LOWER_CPU, FP32_CPU)}
 _LOW = (_dt.float16, _dt.bfloat16)
 
 # The cast cache: id(leaf) -> (leaf, its version when cast, the cast tensor). Holding the leaf
@@ -188,10 +191,11 @@ def cast_args(op: Any, args: tuple, device_type: str) -> tuple:
         _load()
     Tensor = _LAZY[1]
     op_name = op.name
-    if op_name in (LOWER if device_type == "cuda" else LOWER_CPU):
+    lower, fp32 = _LISTS[device_type]
+    if op_name in lower:
         return tuple(_cast_low(a, dt) if isinstance(a, Tensor) and a._dtype.category == 2
                      and a._dtype is not dt and not a._dtype.is_complex else a for a in args)
-    if op_name in (FP32 if device_type == "cuda" else FP32_CPU):
+    if op_name in fp32:
         if device_type == "cuda":
             native = getattr(op.cuda_impl, "fp32_from_low", None)
             if native is not None and native(args):
@@ -211,13 +215,15 @@ def composite(name: str) -> Any:
     if name not in LOWER and name not in FP32 and name not in FP32_CPU and name not in PROMOTE:
         raise ValueError(f"autocast.composite: {name!r} is on no autocast list")
 
+    listed_as = _Listed(name, None)   # what cast_args reads of an op
+
     def deco(fn: Any) -> Any:
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             regions = _State.autocast
             if regions is None:
                 return fn(*args, **kwargs)
-            args, kwargs, listed = _cast_call(name, args, kwargs)
+            args, kwargs, listed = _cast_call(listed_as, args, kwargs)
             if not listed:   # not on this device's lists: its inner ops autocast themselves
                 return fn(*args, **kwargs)
             # the body is one op to autocast, as in torch (its kernel runs with autocast
@@ -231,12 +237,18 @@ def composite(name: str) -> Any:
     return deco
 
 
-def _cast_call(name: str, args: tuple, kwargs: dict) -> tuple:
+_Listed = collections.namedtuple("_Listed", "name cuda_impl")
+
+
+def _cast_call(op: Any, args: tuple, kwargs: dict) -> tuple:
+    """A composite's arguments cast by :func:`cast_args`'s rule for its name, each Tensor
+    (also inside a list/tuple argument) by its own device's region and lists; and whether
+    any was listed there."""
     if not _LAZY:
         _load()
     Tensor = _LAZY[1]
     regions = _State.autocast
-    listed = []   # whether a Tensor argument's device has an active region listing ``name``
+    name = op.name
     if name in PROMOTE:
         ts = [a for a in args if isinstance(a, Tensor) and a._dtype.category == 2]
         if not any(regions.get(t._device.type) is not None for t in ts):
@@ -244,23 +256,21 @@ def _cast_call(name: str, args: tuple, kwargs: dict) -> tuple:
         wide = _dt.result_type_of(ts) if ts else None
         return tuple(_cast(a, wide) if isinstance(a, Tensor) and a._dtype.category == 2 and
                      a._dtype is not wide else a for a in args), kwargs, True
+    listed = []
 
     def one(a: Any) -> Any:
         if isinstance(a, (list, tuple)) and a and all(isinstance(x, Tensor) for x in a):
             return type(a)(one(x) for x in a)
-        if not isinstance(a, Tensor) or a._dtype.category != 2 or a._dtype.is_complex:
+        if not isinstance(a, Tensor):
             return a
         kind = a._device.type
-        dt = regions.get(kind)
-        if dt is None:
+        if regions.get(kind) is None:
             return a
-        if name in (LOWER if kind == "cuda" else LOWER_CPU):
-            listed.append(True)
-            return a if a._dtype is dt else _cast_low(a, dt)
-        if name in (FP32 if kind == "cuda" else FP32_CPU):
-            listed.append(True)
-            return _cast(a, _dt.float32) if a._dtype in _LOW else a
-        return a
+        lower, fp32 = _LISTS[kind]
+        if name not in lower and name not in fp32:
+            return a
+        listed.append(True)
+        return cast_args(op, (a,), kind)[0]
     args, kwargs = tuple(one(a) for a in args), {k: one(v) for k, v in kwargs.items()}
     return args, kwargs, bool(listed)
 

@@ -374,18 +374,16 @@ class Einsum(OpDef):
         ctx.ins, ctx.out = ins, out
         ctx.save(*operands)
         expr = ",".join(ins) + "->" + out
-        numpy = xp.__name__ == "numpy"
         dt = operands[0].dtype if operands else None
-        if dt is not None and _dt._FROM_NP.get(dt) is _dt.bfloat16:
-            # neither NumPy's nor CuPy's einsum has a bfloat16 loop: float32 math, one
-            # rounding (as matmul)
-            f32 = [o.astype(xp.float32) for o in operands]
-            res = xp.einsum(expr, *f32, optimize=len(f32) > 2) if numpy else \
-                xp.einsum(expr, *f32)
-            return res.astype(dt)
-        if numpy and len(operands) > 2:
-            return xp.einsum(expr, *operands, optimize=True)
-        return xp.einsum(expr, *operands)
+        # neither NumPy's nor CuPy's einsum has a bfloat16 loop: float32 math, one rounding
+        # (as matmul)
+        low = dt is not None and _dt._FROM_NP.get(dt) is _dt.bfloat16
+        arrays = [o.astype(xp.float32) for o in operands] if low else operands
+        if len(arrays) > 2 and xp.__name__ == "numpy":
+            res = xp.einsum(expr, *arrays, optimize=True)
+        else:
+            res = xp.einsum(expr, *arrays)
+        return res.astype(dt) if low else res
 
     def backward(ctx, grad):
         ops = ctx.saved

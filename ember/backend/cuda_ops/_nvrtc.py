@@ -333,6 +333,10 @@ class _Launcher:
 _CT_BY_DTYPE: dict = {}
 
 
+# the storage types of the 16-bit floats (bfloat16, float16)
+HALF_CTYPES = ("bf16_t", "half_t")
+
+
 def ctype(arr: Any) -> str | None:
     """The storage C++ type of an array's dtype, or None when the kernels do not cover it."""
     return dtype_ctype(arr.dtype)

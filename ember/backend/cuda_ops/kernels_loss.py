@@ -207,9 +207,6 @@ def _fused(input, target, reduction) -> bool:
         reduction in _MODES and input.shape[1] < 2 ** 31
 
 
-_LOW = ("bf16_t", "half_t")
-
-
 def _autocast_cuda() -> bool:
     ac = _State.autocast
     return ac is not None and "cuda" in ac
@@ -223,7 +220,7 @@ class CrossEntropyImpl:
         """Autocast's question for this float32-listed op: do the kernels take these
         low-precision logits as they are (computing in float32, returning a float32 loss)?"""
         x, t = getattr(args[0], "_data", None), getattr(args[1], "_data", None)
-        return x is not None and t is not None and K.ctype(x) in _LOW and \
+        return x is not None and t is not None and K.ctype(x) in K.HALF_CTYPES and \
             _fused(x, t, args[4] if len(args) > 4 else "mean")
 
     def forward(ctx, xp, input, target, weight, ignore_index, reduction, label_smoothing):
@@ -232,7 +229,7 @@ class CrossEntropyImpl:
         ct = K.ctype(input)
         # low-precision logits here under CUDA autocast: autocast passed them uncast
         # (fp32_from_low), so the loss is float32 as after torch's cast
-        fp32_out = ct in _LOW and _autocast_cuda()
+        fp32_out = ct in K.HALF_CTYPES and _autocast_cuda()
         rows, n_classes = input.shape
         tgt = K.contiguous(xp, target)
         eps = float(label_smoothing)

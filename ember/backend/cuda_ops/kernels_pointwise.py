@@ -105,7 +105,7 @@ def bulk_cast(xp, arrays, dtype) -> list:
     first cast). Each result keeps its array's layout; None for an array this does not take
     (another dtype, empty, not dense)."""
     out: list = [None] * len(arrays)
-    if K.dtype_ctype(xp.dtype(dtype)) not in ("bf16_t", "half_t"):
+    if K.dtype_ctype(xp.dtype(dtype)) not in K.HALF_CTYPES:
         return out
     picks, total = [], 0
     for i, a in enumerate(arrays):
