@@ -196,12 +196,15 @@ def test_embedding_bad_index_in_a_captured_graph_gives_nan_rows_then_raises() ->
     g.replay()
     np.testing.assert_array_equal(out.cpu().numpy(), w.cpu().numpy()[[1, 2, 3]])
     idx.copy_(ember.tensor([4, 12, 0]))
+    # made before the replay: the check waits for its record only on an idle stream, and an
+    # index upload queued just before the call would leave the stream busy for a moment
+    zero = ember.tensor([0], device="cuda")
     g.replay()
     got = out.cpu().numpy()
     np.testing.assert_array_equal(got[[0, 2]], w.cpu().numpy()[[4, 0]])
     assert np.isnan(got[1]).all()
     with pytest.raises(IndexError, match="index 12"):
-        F.embedding(ember.tensor([0], device="cuda"), w)
+        F.embedding(zero, w)
     F.embedding(ember.tensor([0], device="cuda"), w)   # reported once, then clear
     with pytest.raises(IndexError, match="index out of range"):
         F.embedding(ember.tensor([10], device="cuda"), w)   # the eager check itself
