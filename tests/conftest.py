@@ -53,6 +53,7 @@ def _test_device(monkeypatch, request):
             import ember
             ember.set_default_device("cpu")
         yield
+        _clear_pending_cuda_errors()
         return
     import ember
     orig = ember.Tensor.numpy

@@ -41,7 +41,8 @@ def test_gelu_special_values(kernel_path):
     e = ember.tensor(vals, requires_grad=True)
     y = F.gelu(e)
     y.sum().backward()
-    t = torch.tensor(vals, requires_grad=True)
+    # torch in float64 on the float32 inputs (torch's float32 AVX-512 GELU gives NaN at +inf)
+    t = torch.tensor(np.array(vals, np.float32).astype(np.float64), requires_grad=True)
     yt = torch.nn.functional.gelu(t)
     yt.sum().backward()
     np.testing.assert_array_equal(np.isnan(y.detach().numpy()), np.isnan(yt.detach().numpy()))
@@ -52,7 +53,7 @@ def test_gelu_special_values(kernel_path):
     g, gt = e.grad.numpy()[fin], t.grad.numpy()[fin]
     np.testing.assert_array_equal(e.grad.numpy()[:2], [1.0, math.nan])
     np.testing.assert_array_equal(np.isnan(g), np.isnan(gt))
-    np.testing.assert_allclose(g, gt, rtol=1e-6, atol=1e-30)
+    np.testing.assert_allclose(g, gt, rtol=1e-6, atol=1e-30)   # float32 against float64
 
 
 def test_vectorized_exp_against_float64():
@@ -82,7 +83,9 @@ def test_gelu_shapes_and_layouts(kernel_path, shape, layout):
     rng = np.random.default_rng(0)
     x = rng.standard_normal(shape).astype(np.float32) * 3
     e = ember.tensor(x, requires_grad=True)
-    tt = torch.tensor(x, requires_grad=True)
+    # torch in float64 (its float32 AVX-512 GELU is ~1e-6 off near x = -3.9): ember's float32
+    # within the kernel's accuracy bound of the exact values
+    tt = torch.tensor(x.astype(np.float64), requires_grad=True)
     if layout == "transposed":
         ei, ti = e.transpose(0, -1), tt.transpose(0, -1)
     elif layout == "strided":
@@ -92,7 +95,7 @@ def test_gelu_shapes_and_layouts(kernel_path, shape, layout):
     y, yt = F.gelu(ei), torch.nn.functional.gelu(ti)
     g = rng.standard_normal(tuple(yt.shape)).astype(np.float32)
     y.backward(ember.tensor(g))
-    yt.backward(torch.tensor(g))
+    yt.backward(torch.tensor(g.astype(np.float64)))
     np.testing.assert_allclose(y.detach().numpy(), yt.detach().numpy(), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(e.grad.numpy(), tt.grad.numpy(), rtol=1e-5, atol=1e-6)
 

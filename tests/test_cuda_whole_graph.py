@@ -198,16 +198,17 @@ def test_embedding_bad_index_in_a_captured_graph_gives_nan_rows_then_raises() ->
     idx.copy_(ember.tensor([4, 12, 0]))
     # made before the replay: the check waits for its record only on an idle stream, and an
     # index upload queued just before the call would leave the stream busy for a moment
-    zero = ember.tensor([0], device="cuda")
+    zero, ten = ember.tensor([0], device="cuda"), ember.tensor([10], device="cuda")
     g.replay()
     got = out.cpu().numpy()
     np.testing.assert_array_equal(got[[0, 2]], w.cpu().numpy()[[4, 0]])
     assert np.isnan(got[1]).all()
     with pytest.raises(IndexError, match="index 12"):
         F.embedding(zero, w)
-    F.embedding(ember.tensor([0], device="cuda"), w)   # reported once, then clear
+    F.embedding(zero, w)   # reported once, then clear
+    ember.cuda.synchronize()   # an idle GPU: the eager call checks on the host, at once
     with pytest.raises(IndexError, match="index out of range"):
-        F.embedding(ember.tensor([10], device="cuda"), w)   # the eager check itself
+        F.embedding(ten, w)   # the eager check itself
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64", "bfloat16"])
