@@ -3,6 +3,7 @@ ember against torch in one process each, then cProfile's top entries for ember.
 
     python -m bench.gpu_host_ops            # us per call, ember and torch
     python -m bench.gpu_host_ops --profile  # plus ember's cProfile per case
+    python -m bench.gpu_host_ops --profile "MLP:"   # only the cases whose names contain it
 """
 from __future__ import annotations
 
@@ -92,12 +93,27 @@ def cases(m: Any) -> dict[str, Callable[[], Any]]:
     def residual_mlp():
         h = xs + proj(xs)
         return F.gelu(fc(ln(h)), approximate="tanh")
+    # the graphed MLP step's eager pieces (bench.gpu "MLP ..., graphed"): its loss on the
+    # (64, 10) logits, that loss's backward, and Adam over the MLP's six parameters
+    logits = m.randn(64, 10, device=dev, requires_grad=True)
+    labels = m.randint(0, 10, (64,), device=dev)
+    mlp_params = [m.randn(*s, device=dev, requires_grad=True)
+                  for s in ((512, 784), (512,), (512, 512), (512,), (10, 512), (10,))]
+    for p_ in mlp_params:
+        p_.grad = m.randn_like(p_)
+    adam = m.optim.Adam(mlp_params, lr=1e-3)
+
+    def ce_bwd():
+        F.cross_entropy(logits, labels).backward()
+    mlp = {"MLP: cross_entropy (64, 10)": lambda: F.cross_entropy(logits, labels),
+           "MLP: cross_entropy fwd + bwd": ce_bwd,
+           "MLP: Adam step (6 params)": adam.step}
     gpt = {"GPT block: attention (qkv, split/view/transpose, sdpa, proj)": amp(attention),
            "GPT block: split + 3 view/transpose": split_views,
            "GPT block: sdpa bf16 (grad)": sdpa,
            "GPT block: layer_norm (grad)": amp(lambda: ln(xs)),
            "GPT block: x + proj(x), ln, fc, gelu": amp(residual_mlp)}
-    return gpt | {"mul (one op)": mul, "mul + relu_": relu_, "cast fp32->bf16 (leaf)": cast,
+    return mlp | gpt | {"mul (one op)": mul, "mul + relu_": relu_, "cast fp32->bf16 (leaf)": cast,
             "conv2d autocast (cast + conv)": conv, "BatchNorm2d train": batchnorm,
             "BatchNorm2d train fwd + bwd": batchnorm_bwd,
             "mul + add_": add_, "Linear autocast (2 casts + linear)": linear_amp,
@@ -110,8 +126,9 @@ def run(fw: str, profile: bool) -> None:
     else:
         import ember as m
         m.cuda.is_available()
+    words = [a for a in sys.argv[3:] if not a.startswith("--")]
     report(fw, cases(m), clock=time.perf_counter, sync=m.cuda.synchronize, n=300, warmup=20,
-           repeats=3, profile=profile)
+           repeats=3, profile=profile, only=words[0] if words else None)
 
 
 def main() -> None:
@@ -119,9 +136,10 @@ def main() -> None:
         run(sys.argv[2], "--profile" in sys.argv)
         return
     prof = "--profile" in sys.argv
+    words = [a for a in sys.argv[1:] if not a.startswith("--")][:1]
     for fw in ("ember", "torch"):
         subprocess.run([sys.executable, "-m", "bench.gpu_host_ops", "--one", fw] +
-                       (["--profile"] if prof and fw == "ember" else []))
+                       (["--profile"] if prof and fw == "ember" else []) + words)
 
 
 if __name__ == "__main__":

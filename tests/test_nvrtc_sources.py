@@ -26,6 +26,7 @@ _TARGS = {
     "batchnorm": [f"{t}, float" for t in _HALF] + ["bf16_t, bf16_t", "half_t, half_t"],
     "embedding": [f"{t}, {i}" for t in _HALF for i in ("long long", "int")],
     "embedding_check": [f"{i}, {t}" for t in _HALF for i in ("long long", "int")],
+    "loss_small": [f"{t}, {o}" for t in _HALF for o in sorted({t, "float"})],
     "optim": ["float, float", "bf16_t, float", "half_t, float", "double, double"],
     "cast": [f"{a}, {b}" for a in _HALF for b in _HALF if a != b],
     "optim_cast": ["float, bf16_t", "float, half_t"],

@@ -31,6 +31,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
+
 from ember.backend.cuda_ops import _layout as L
 from ember.backend.cuda_ops import _nvrtc as K
 from ember.ops.registry import OPS
@@ -203,8 +205,9 @@ __global__ void bn_bwd_dx(const T* __restrict__ g, const T* __restrict__ x,
 template <typename T, typename W>
 __global__ void bn_running(W* __restrict__ rm, W* __restrict__ rv, const W* __restrict__ mean,
                            const W* __restrict__ var, int C, float momentum, float unbias,
-                           int has_m, int has_v) {
+                           int has_m, int has_v, long long* __restrict__ nbt) {
     int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (nbt && c == 0) nbt[0] += 1;   // BatchNorm's num_batches_tracked, when given
     if (c >= C) return;
     if (has_m) st(rm, c, ld(rm, c) * (1.f - momentum) + ld(mean, c) * momentum);
     if (has_v) st(rv, c, ld(rv, c) * (1.f - momentum) + ld(var, c) * unbias * momentum);
@@ -673,10 +676,11 @@ class BatchNormImpl:
 
 
 def update_running(running_mean: Any, running_var: Any, mean: Any, var: Any, momentum: float,
-                   n: int) -> bool:
-    """``F.batch_norm``'s running-statistics update in one kernel (in place, versions bumped);
-    False (nothing done) unless every tensor is on the GPU with the batch statistics' dtype,
-    contiguous, and the fused batch_norm is installed."""
+                   n: int, nbt: Any = None) -> bool:
+    """``F.batch_norm``'s running-statistics update in one kernel (in place, versions bumped),
+    and with ``nbt`` (BatchNorm's int64 ``num_batches_tracked``, on the same device) its
+    ``+= 1`` too; False (nothing done) unless every tensor is on the GPU with the batch
+    statistics' dtype, contiguous, and the fused batch_norm is installed."""
     if OPS["_batch_norm"].cuda_impl is not BatchNormImpl:
         return False
     runs = [t for t in (running_mean, running_var) if t is not None]
@@ -688,14 +692,18 @@ def update_running(running_mean: Any, running_var: Any, mean: Any, var: Any, mom
             t._device is not mean._device or t._data.dtype != dt or
             not t._data.flags.c_contiguous or t._data.shape != mean._data.shape for t in runs):
         return False
+    if nbt is not None and (nbt._device is not mean._device or nbt._data.dtype != np.int64
+                            or nbt._data.size != 1):
+        return False
     c = mean._data.size
     rm = running_mean._data if running_mean is not None else mean._data
     rv = running_var._data if running_var is not None else var._data
     K.function("batchnorm", "bn_running", f"{ct}, {ct}")(
         ((c + 127) // 128, 1, 1), (128, 1, 1),
         (rm, rv, mean._data, var._data, K.i32(c), K.f32(momentum), K.f32(n / max(n - 1, 1)),
-         K.i32(running_mean is not None), K.i32(running_var is not None)))
-    for t in runs:
+         K.i32(running_mean is not None), K.i32(running_var is not None),
+         nbt._data if nbt is not None else np.uint64(0)))
+    for t in runs if nbt is None else runs + [nbt]:
         t._version[0] += 1
     return True
 

@@ -3,7 +3,9 @@
 Forward: one warp or block per row makes a single online pass over the logits (running max
 and sum of ``exp``, plus the class-weighted logit sum when label smoothing is on) and writes
 the row's log-sum-exp and loss in fp32; one single-block kernel then sums the losses and the
-target weights in a fixed order (deterministic) and writes the reduced loss. Backward writes
+target weights in a fixed order (deterministic) and writes the reduced loss. Small inputs
+(up to 65,536 logits, 1,024 classes) run both steps in one single-block launch, since there
+the host's cost of a launch exceeds the GPU's work (an MLP's (64, 10) logits). Backward writes
 ``dlogits = g * (softmax * sum(q) - q)`` row by row straight from the saved logits and
 log-sum-exp (``q``: the target's weight times ``1 - label_smoothing`` on the target class,
 plus ``label_smoothing / C * weight``). Logits are read in their own dtype, so bf16 logits of
@@ -33,16 +35,17 @@ from ember._state import _State
 from ember.backend.cuda_ops import _nvrtc as K
 from ember.backend.cuda_ops._device_flag import NO_BAD, DeviceFlag
 
-_SRC = r"""
+_ROW_SRC = r"""
+// One row's log-sum-exp, loss and target weight, computed by the threads of threadIdx.x
+// (a warp, or the whole block when blockDim.y == 1); every thread gets the results.
 template <typename T>
-__global__ void ce_fwd(const T* __restrict__ x, const long long* __restrict__ tgt,
-                       const float* __restrict__ w, int has_w, float* __restrict__ lse_out,
-                       float* __restrict__ loss_out, float* __restrict__ wt_out,
-                       unsigned long long* __restrict__ bad, long long rows, int C,
-                       long long ignore, float eps, int vec) {
-    __shared__ float shm[32], shs[32], sh[32];
-    long long row = (long long)blockIdx.x * blockDim.y + threadIdx.y;
-    if (row >= rows) return;
+__device__ __forceinline__ void ce_row(const T* __restrict__ x,
+                                       const long long* __restrict__ tgt,
+                                       const float* __restrict__ w, int has_w,
+                                       unsigned long long* __restrict__ bad, long long row,
+                                       int C, long long ignore, float eps, int vec,
+                                       float* shm, float* shs, float* sh,
+                                       float& l, float& loss, float& wt) {
     const T* xr = x + row * C;
     float m = -INFINITY, s = 0.f, sx = 0.f, sw = 0.f;
     row_each(xr, C, vec, [&](int c, float v) {
@@ -58,21 +61,38 @@ __global__ void ce_fwd(const T* __restrict__ x, const long long* __restrict__ tg
         sx = row_sum(sx, sh);
         sw = row_sum(sw, sh);
     }
-    if (threadIdx.x != 0) return;
-    float l = m + logf(s);
+    l = m + logf(s);
     long long t = tgt[row];
     bool valid = t != ignore;
     bool oob = valid && (t < 0 || t >= C);
     if (oob) {
-        atomicCAS(bad, 0x8000000000000000ull, (unsigned long long)t);   // first one wins
+        if (threadIdx.x == 0)
+            atomicCAS(bad, 0x8000000000000000ull, (unsigned long long)t);   // first one wins
         valid = false;
     }
-    float wt = valid ? (has_w ? w[t] : 1.f) : 0.f;
-    float loss = oob ? __int_as_float(0x7fc00000) : 0.f;   // NaN marks a bad target
+    wt = valid ? (has_w ? w[t] : 1.f) : 0.f;
+    loss = oob ? __int_as_float(0x7fc00000) : 0.f;   // NaN marks a bad target
     if (valid) {
         loss = -(1.f - eps) * wt * (ld(xr, t) - l);
         if (eps > 0.f) loss -= eps / C * (sx - l * sw);
     }
+}
+
+"""
+
+_SRC = _ROW_SRC + r"""
+template <typename T>
+__global__ void ce_fwd(const T* __restrict__ x, const long long* __restrict__ tgt,
+                       const float* __restrict__ w, int has_w, float* __restrict__ lse_out,
+                       float* __restrict__ loss_out, float* __restrict__ wt_out,
+                       unsigned long long* __restrict__ bad, long long rows, int C,
+                       long long ignore, float eps, int vec) {
+    __shared__ float shm[32], shs[32], sh[32];
+    long long row = (long long)blockIdx.x * blockDim.y + threadIdx.y;
+    if (row >= rows) return;
+    float l, loss, wt;
+    ce_row(x, tgt, w, has_w, bad, row, C, ignore, eps, vec, shm, shs, sh, l, loss, wt);
+    if (threadIdx.x != 0) return;
     lse_out[row] = l;
     loss_out[row] = loss;
     wt_out[row] = wt;
@@ -131,16 +151,72 @@ __global__ void ce_bwd(const T* __restrict__ x, const long long* __restrict__ tg
 
 K.define("loss", _SRC, ("ce_fwd", "ce_reduce", "ce_bwd"))
 
+_SMALL_SRC = _ROW_SRC + r"""
+// Small inputs (a few thousand rows of up to 1024 classes): the whole forward in one block
+// of 32 warps, a warp per row (rows strided over the warps), then the reduction that
+// ce_reduce does, in a fixed order: one launch instead of two. T2 is the loss's dtype.
+template <typename T, typename T2>
+__global__ void ce_fwd_small(const T* __restrict__ x, const long long* __restrict__ tgt,
+                             const float* __restrict__ w, int has_w,
+                             float* __restrict__ buf, unsigned long long* __restrict__ bad,
+                             T2* __restrict__ out, long long rows, int C, long long ignore,
+                             float eps, int vec, int mode) {
+    __shared__ float sa[32], sb[32];
+    float a = 0.f, b = 0.f;
+    float* lse_out = buf;
+    float* loss_out = buf + rows;
+    float* wt_out = buf + 2 * rows;
+    for (long long row = threadIdx.y; row < rows; row += blockDim.y) {
+        float l, loss, wt;
+        // a warp per row: the row reductions use shuffles only (no shared memory)
+        ce_row(x, tgt, w, has_w, bad, row, C, ignore, eps, vec, nullptr, nullptr, nullptr,
+               l, loss, wt);
+        if (threadIdx.x == 0) {
+            lse_out[row] = l;
+            loss_out[row] = loss;
+            wt_out[row] = wt;
+            a += loss;
+            b += wt;
+        }
+    }
+    if (threadIdx.x == 0) { sa[threadIdx.y] = a; sb[threadIdx.y] = b; }
+    __syncthreads();
+    if (threadIdx.y != 0) return;
+    a = threadIdx.x < blockDim.y ? sa[threadIdx.x] : 0.f;
+    b = threadIdx.x < blockDim.y ? sb[threadIdx.x] : 0.f;
+    a = warp_sum(a);
+    b = warp_sum(b);
+    if (threadIdx.x == 0) {
+        float* red = buf + 3 * rows;
+        red[0] = a;
+        red[1] = b;
+        red[2] = bad[0] != 0x8000000000000000ull ? 1.f : 0.f;
+        if (mode == 1) st(out, 0, a / b);
+        else st(out, 0, a);
+    }
+}
+"""
+
+K.define("loss_small", _SMALL_SRC, ("ce_fwd_small",))
+
 _MODES = {"none": 0, "mean": 1, "sum": 2}
+# rows x classes up to which the forward runs in one block (ce_fwd_small: one launch, a few
+# microseconds on one SM) rather than a grid of rows and a reduction kernel
+_SMALL = 1 << 16
+_P = np.uint64   # a device address passed to a kernel as a raw pointer
 
 
 class _DeviceFloat:
     """A device scalar that becomes a Python float only when asked (then it syncs)."""
 
-    __slots__ = ("arr",)
+    __slots__ = ("buf", "i")
 
-    def __init__(self, arr) -> None:
-        self.arr = arr
+    def __init__(self, buf, i: int) -> None:
+        self.buf, self.i = buf, i   # element i of buf (its view is made only when read)
+
+    @property
+    def arr(self):
+        return self.buf[self.i]
 
     def __float__(self) -> float:
         return float(self.arr)
@@ -180,15 +256,16 @@ class _TargetParts:
     """``(safe targets, weights, valid)`` for the generic backward (``create_graph`` only),
     built when it iterates them: the fused path never needs them."""
 
-    __slots__ = ("tgt", "wt", "ignore")
+    __slots__ = ("tgt", "buf", "ignore")
 
-    def __init__(self, tgt, wt, ignore) -> None:
-        self.tgt, self.wt, self.ignore = tgt, wt, ignore
+    def __init__(self, tgt, buf, ignore) -> None:
+        self.tgt, self.buf, self.ignore = tgt, buf, ignore
 
     def __iter__(self):
         import cupy as xp  # noqa: PLC0415
         valid = self.tgt != self.ignore
-        return iter((xp.where(valid, self.tgt, 0), self.wt, valid))
+        rows = self.tgt.size
+        return iter((xp.where(valid, self.tgt, 0), self.buf[2 * rows:3 * rows], valid))
 
 
 class _Shape:
@@ -237,30 +314,43 @@ class CrossEntropyImpl:
         if w32 is not None:
             w32 = K.contiguous(xp, w32)
         # lse, per-row loss, per-row weight and the 3 reduced values: one allocation (each
-        # CuPy allocation costs host time; the GPU work is two small kernels)
+        # CuPy allocation costs host time; the GPU work is one or two small kernels). The
+        # kernels get its pointer and offsets: views of it are made only where read.
         buf = xp.empty(3 * rows + 3, xp.float32)
-        lse, loss, wt, red = buf[:rows], buf[rows:2 * rows], buf[2 * rows:3 * rows], buf[3 * rows:]
         flag = _flag(xp)
         _poll(xp, flag, False)   # an earlier call's bad target raises before this call runs
         bad = flag.dev
-        grid, block = K.row_config(rows, n_classes)
-        K.function("loss", "ce_fwd", ct)(
-            grid, block, (input, tgt, w32 if w32 is not None else lse, K.i32(w32 is not None),
-                          lse, loss, wt, bad, K.i64(rows), K.i32(n_classes),
-                          K.i64(ignore_index), K.f32(eps), K.aligned(input)))
         mode = _MODES[reduction]
-        out = xp.empty((), xp.float32 if fp32_out else input.dtype) if mode else None
-        K.function("loss", "ce_reduce", "float" if fp32_out else ct)(
-            (1, 1, 1), (1024, 1, 1),
-            (loss, wt, bad, red, out if mode else loss, K.i64(rows), K.i32(mode)))
+        w_arg = w32 if w32 is not None else buf
+        if mode and rows * n_classes <= _SMALL and n_classes <= 1024:
+            out = xp.empty((), xp.float32 if fp32_out else input.dtype)
+            K.function("loss_small", "ce_fwd_small", f"{ct}, {'float' if fp32_out else ct}")(
+                (1, 1, 1), (32, 32, 1),
+                (input, tgt, w_arg, K.i32(w32 is not None), buf, bad, out, K.i64(rows),
+                 K.i32(n_classes), K.i64(ignore_index), K.f32(eps), K.aligned(input),
+                 K.i32(mode)))
+        else:
+            base = buf.data.ptr
+            lse, loss, wt, red = base, base + 4 * rows, base + 8 * rows, base + 12 * rows
+            grid, block = K.row_config(rows, n_classes)
+            K.function("loss", "ce_fwd", ct)(
+                grid, block, (input, tgt, w_arg, K.i32(w32 is not None), _P(lse), _P(loss),
+                              _P(wt), bad, K.i64(rows), K.i32(n_classes),
+                              K.i64(ignore_index), K.f32(eps), K.aligned(input)))
+            out = xp.empty((), xp.float32 if fp32_out else input.dtype) if mode else None
+            K.function("loss", "ce_reduce", "float" if fp32_out else ct)(
+                (1, 1, 1), (1024, 1, 1),
+                (_P(loss), _P(wt), bad, _P(red), out if mode else _P(loss), K.i64(rows),
+                 K.i32(mode)))
         _poll(xp, flag, True)
         if not mode:
+            loss = buf[rows:2 * rows]
             out = loss.copy() if fp32_out else loss.astype(input.dtype)
         if K.recording(ctx):
             # the generic backward's layout (ember/ops/nn_loss.py), for create_graph
             ctx.cd = 1
             ctx.reduction = reduction
-            ctx.denom = _DeviceFloat(red[1])   # read only by the generic (create_graph) path
+            ctx.denom = _DeviceFloat(buf, 3 * rows + 1)   # read only by the generic path
             ctx.eps = eps
             ctx.w = w32
             ctx.prob = False
@@ -268,9 +358,9 @@ class CrossEntropyImpl:
             ctx.xp = xp
             # the generic backward reads only the shape of ctx.p when it recomputes softmax
             ctx.p = _Shape(input.shape)
-            ctx.target_parts = _TargetParts(tgt, wt, ignore_index)
+            ctx.target_parts = _TargetParts(tgt, buf, ignore_index)
             ctx.save(input, target)
-            ctx.fused = (lse, tgt, w32, w32.sum() if w32 is not None and eps > 0 else None,
+            ctx.fused = (buf, tgt, w32, w32.sum() if w32 is not None and eps > 0 else None,
                          ignore_index)
         return out
 
@@ -280,11 +370,14 @@ class CrossEntropyImpl:
         gx = None
         if ctx.next_edges[0] is not None:
             x = input._data
-            lse, tgt, w32, wsum, ignore_index = ctx.fused
+            buf, tgt, w32, wsum, ignore_index = ctx.fused
             g = K.contiguous(xp, grad._data, xp.float32)
             rows, n_classes = x.shape
             _poll(xp, _flag(xp), False)
-            denom = ctx.denom.arr if ctx.reduction == "mean" else None
+            lse = _P(buf.data.ptr)   # the row log-sum-exps lead the forward's buffer
+            # mean: the summed target weights, element 3 rows + 1 of that buffer
+            denom = _P(buf.data.ptr + 4 * (3 * rows + 1)) if ctx.reduction == "mean" \
+                else None
             dx = xp.empty_like(x)
             grid, block = K.row_config(rows, n_classes)
             K.function("loss", "ce_bwd", K.ctype(x))(

@@ -37,6 +37,16 @@ def batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor |
     (if given) are updated in place: ``running = (1 - momentum) * running + momentum * stat``,
     with the unbiased variance. In evaluation the running statistics normalize.
     """
+    return _batch_norm(input, running_mean, running_var, weight, bias, training, momentum,
+                       eps, None)
+
+
+def _batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor | None,
+                weight: Tensor | None, bias: Tensor | None, training: bool, momentum: float,
+                eps: float, num_batches_tracked: Tensor | None) -> Tensor:
+    """:func:`batch_norm`, plus a BatchNorm layer's ``num_batches_tracked += 1`` when given
+    (after a successful call): on CUDA the running update's kernel does it, one CuPy ufunc
+    call (~10 us of host time) less per layer and step."""
     if not isinstance(input, Tensor):
         raise make(TypeError, "batch_norm",
                    f"argument 'input' must be Tensor, not {type(input).__name__}")
@@ -54,12 +64,16 @@ def batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor |
         n = input._data.size // size[1]
         if input._device.type == "cuda":
             from ember.backend.cuda_ops.kernels_batchnorm import update_running
-            if update_running(running_mean, running_var, mean, var, momentum, n):
+            if update_running(running_mean, running_var, mean, var, momentum, n,
+                              num_batches_tracked):
                 return y   # one fused kernel instead of about ten small ops
-        elif _update_running_cpu(running_mean, running_var, mean, var, momentum, n):
-            return y
-        _update_running(running_mean, mean, momentum)
-        _update_running(running_var, var * (n / max(n - 1, 1)), momentum)
+        elif not _update_running_cpu(running_mean, running_var, mean, var, momentum, n):
+            _update_running(running_mean, mean, momentum)
+            _update_running(running_var, var * (n / max(n - 1, 1)), momentum)
+    if num_batches_tracked is not None:
+        # the counter's `add_(1)` directly on its array (it never needs autograd)
+        num_batches_tracked._data += 1
+        num_batches_tracked._version[0] += 1
     return y
 
 

@@ -13,6 +13,7 @@ from typing import Any, Sequence
 import ember
 from ember.nn import functional as F
 from ember.nn import init
+from ember.nn.functional.normalization import _batch_norm
 from ember.nn.modules.module import LazyModuleMixin, Module
 from ember.nn.parameter import Parameter, UninitializedBuffer, UninitializedParameter
 from ember.tensor import Tensor
@@ -115,17 +116,19 @@ class _BatchNorm(_NormBase):
         bias = params["bias"] if "bias" in params else self.bias
         training, momentum = self.training, self.momentum
         factor = 0.0 if momentum is None else momentum
+        count = None   # the counter F's batch_norm increments (with the running statistics)
         if training and self.track_running_stats and nbt is not None:
-            # the counter's `add_(1)` directly on its array (it never needs autograd): a
-            # dispatcher round trip per BatchNorm layer and step is measurable host time
-            nbt._data += 1
-            nbt._version[0] += 1
-            if momentum is None:  # cumulative moving average
+            if momentum is None:  # cumulative moving average: the factor needs the count now
+                # the counter's `add_(1)` directly on its array (it never needs autograd)
+                nbt._data += 1
+                nbt._version[0] += 1
                 factor = 1.0 / float(nbt.item())
+            else:
+                count = nbt
         bn_training = training or (rm is None and rv is None)
         use_running = not training or self.track_running_stats
-        return F.batch_norm(input, rm if use_running else None, rv if use_running else None,
-                            weight, bias, bn_training, factor, self.eps)
+        return _batch_norm(input, rm if use_running else None, rv if use_running else None,
+                           weight, bias, bn_training, factor, self.eps, count)
 
 
 class BatchNorm1d(_BatchNorm):
