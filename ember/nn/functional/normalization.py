@@ -67,7 +67,10 @@ def _batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor 
             if update_running(running_mean, running_var, mean, var, momentum, n,
                               num_batches_tracked):
                 return y   # one fused kernel instead of about ten small ops
-        elif not _update_running_cpu(running_mean, running_var, mean, var, momentum, n):
+            done = False
+        else:
+            done = _update_running_cpu(running_mean, running_var, mean, var, momentum, n)
+        if not done:
             _update_running(running_mean, mean, momentum)
             _update_running(running_var, var * (n / max(n - 1, 1)), momentum)
     if num_batches_tracked is not None:
