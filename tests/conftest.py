@@ -76,7 +76,9 @@ def _clear_pending_cuda_errors() -> None:
     the next test."""
     loss = sys.modules.get("ember.backend.cuda_ops.kernels_loss")
     emb = sys.modules.get("ember.backend.cuda_ops.kernels_embedding")
-    if loss is None and emb is None:
+    # the modules import without CuPy (the kernel-source tests load them): only flags that
+    # a GPU call made need clearing
+    if not any(mod is not None and mod._FLAGS for mod in (loss, emb)):
         return
     import cupy
     cupy.cuda.Device().synchronize()
