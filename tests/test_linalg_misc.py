@@ -252,6 +252,28 @@ def test_lu_roundtrip_and_pivots_match_torch():
         assert e.pivots.tolist() == t.pivots.tolist()
 
 
+def _cofactors(a: np.ndarray) -> np.ndarray:
+    """The cofactor matrix of a square float64 matrix (det's gradient), from its minors."""
+    n = a.shape[0]
+    return np.array([[(-1) ** (i + j) * np.linalg.det(np.delete(np.delete(a, i, 0), j, 1))
+                      for j in range(n)] for i in range(n)])
+
+
+def test_det_gradient_at_singular_matrices_is_the_cofactor_matrix():
+    # rank n-1 (the adjugate is nonzero) and rank n-2 (it is zero), batched with a regular
+    # matrix: first-order gradients against NumPy float64 cofactors (torch's own value at an
+    # exactly singular matrix depends on its LAPACK: 0 with OpenBLAS, the cofactors with MKL)
+    rng = np.random.default_rng(8)
+    mats = np.stack([np.array([[1.0, 2.0, 3.0], [2.0, 4.0, 6.0], [1.0, 0.0, 1.0]]),
+                     np.array([[1.0, 2.0, 3.0], [2.0, 4.0, 6.0], [3.0, 6.0, 9.0]]),
+                     rng.standard_normal((3, 3))])
+    w = rng.standard_normal(3)
+    x = ember.tensor(mats, requires_grad=True)
+    (ember.linalg.det(x) * ember.tensor(w)).sum().backward()
+    want = np.stack([wi * _cofactors(m) for wi, m in zip(w, mats)])
+    np.testing.assert_allclose(x.grad.numpy(), want, rtol=1e-9, atol=1e-12)
+
+
 def test_det_double_backward_at_singular_matrix_matches_torch():
     a = np.array([[1.0, 2.0, 3.0], [2.0, 4.0, 6.0], [1.0, 0.0, 1.0]])
     grads = []

@@ -216,8 +216,7 @@ class LinalgDet(OpDef):
         gd = (g * det.conj()) if det.is_complex() else g * det
         n = A.shape[-1]
         if not ember.is_grad_enabled():
-            # torch's first-order path: solve A^H G = conj(det) g I through LU, with exactly
-            # zero pivots nudged to eps, which makes G = 0 where det == 0
+            # solve A^H G = conj(det) g I through LU where the factorisation has no zero pivot
             _, _, info = OPS_LINALG["linalg_lu_factor_ex"](A)
             singular = info > 0
         else:
@@ -230,9 +229,10 @@ class LinalgDet(OpDef):
         A_safe = ember.where(mask, eye_like(n, A), A)
         reg = OPS_LINALG["_linalg_solve"](mH(A_safe), diag_embed(
             ember.where(singular, gd * 0, gd).unsqueeze(-1).expand(*gd.shape, n)))
-        if not ember.is_grad_enabled():
-            return ember.where(mask, reg * 0, reg)
-        # adj(A)^H from the SVD A = U S Vh: conj(det U det Vh) U diag(prod_{j != i} s_j) Vh
+        # An exactly singular matrix (a zero pivot) has the gradient g adj(A)^H, not 0: torch's
+        # first-order result there depends on its LAPACK (0 where the LU meets an exact zero
+        # pivot, the adjugate where rounding leaves a tiny one, as MKL does), so ember gives
+        # the adjugate, from the SVD A = U S Vh: conj(det U det Vh) U diag(prod_{j != i} s_j) Vh
         U, S, Vh = OPS_LINALG["linalg_svd"](A, False)
         alpha = OPS_LINALG["linalg_det"](U) * OPS_LINALG["linalg_det"](Vh)
         alpha = (alpha.conj() if alpha.is_complex() else alpha) * g
