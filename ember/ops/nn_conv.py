@@ -43,6 +43,13 @@ _KEEP_COLS_BYTES = 64 * 2 ** 20
 # ---------------------------------------------------------------------- array helpers
 def ntuple(v: Any, n: int, name: str = "", op: str = "") -> tuple:
     """``v`` as an n-tuple of ints (an int is repeated; a 1-sequence too, as torch does)."""
+    if type(v) is tuple and len(v) == n:
+        # already normalised (a module's stored tuple): ~10 calls per convolution and step
+        for x in v:
+            if type(x) is not int:
+                break
+        else:
+            return v
     if isinstance(v, Tensor):
         v = v.tolist()
     if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
