@@ -213,7 +213,8 @@ def _linear_backward_arrays(ctx: Any, grad: Tensor, x: Tensor | None,
     edges = ctx.next_edges
     g = grad._data
     n_out = g.shape[-1]
-    g2 = g.reshape(-1, n_out)
+    # (reshape(-1, 0) is ambiguous to NumPy: zero output features name the rows)
+    g2 = g.reshape(-1, n_out) if n_out else g.reshape(_prod(g.shape[:-1]), 0)
     dev = grad._device
     dt = grad._dtype
     xp = _np if type(g) is _np.ndarray else get_xp(dev)
@@ -233,6 +234,13 @@ def _linear_backward_arrays(ctx: Any, grad: Tensor, x: Tensor | None,
         # (700, 10000), and more accurate (wider partial sums)
         gb = _make(xp.matmul(_ones(xp, g2.shape[0], g2.dtype), g2), dt, dev)
     return gx, gw, gb
+
+
+def _prod(shape: tuple) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
 
 
 _ONES: dict = {}
