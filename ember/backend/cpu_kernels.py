@@ -156,6 +156,39 @@ def _gelu_lanes() -> int:
         return 8
 
 
+def _ir_exp_neg(builder: Any, z: Any, lanes: int, intr: Any) -> Any:
+    """LLVM IR for ``exp(z)``, ``z <= 0``, on a ``<lanes x float>`` vector: ``_exp_neg``'s
+    steps (clamp at -87, Cody-Waite reduction, degree-6 polynomial, 2^m from exponent bits;
+    0 below -87) with fused multiply-adds. ``intr(name, n)`` gives the vector intrinsic
+    ``llvm.<name>.v<lanes>f32`` of ``n`` operands."""
+    import numpy as np
+    from llvmlite import ir
+
+    vt = ir.VectorType(ir.FloatType(), lanes)
+    it = ir.VectorType(ir.IntType(32), lanes)
+
+    def c(v: float) -> Any:
+        return ir.Constant(vt, [float(np.float32(v))] * lanes)
+    fma = intr("fma", 3)
+
+    def fm(a: Any, b: Any, cc: Any) -> Any:
+        return builder.call(fma, [a, b, cc])
+    lo = c(-87.0)
+    zc = builder.select(builder.fcmp_ordered(">", z, lo), z, lo)
+    m = builder.call(intr("floor", 1), [fm(zc, c(1.4426950408889634), c(0.5))])
+    r = fm(m, c(-0.693359375), zc)
+    r = fm(m, c(2.12194440e-4), r)
+    q = c(1.9875691500e-4)
+    for k in (1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1,
+              5.0000001201e-1):
+        q = fm(q, r, c(k))
+    q = builder.fadd(fm(builder.fmul(q, r), r, r), c(1.0))
+    bits = builder.shl(builder.add(builder.fptosi(m, it), ir.Constant(it, [127] * lanes)),
+                       ir.Constant(it, [23] * lanes))
+    e = builder.fmul(q, builder.bitcast(bits, vt))
+    return builder.select(builder.fcmp_ordered("<", z, lo), c(0.0), e)
+
+
 def _gelu_vec(lanes: int) -> tuple:
     """Two numba intrinsics, ``gelu_v(x, y, i)`` and ``gelu_grad_v(x, y, d, i)``: GELU of
     the ``lanes`` floats of the 1-D float32 ``x`` at ``i`` into ``y`` (and its derivative
@@ -174,7 +207,6 @@ def _gelu_vec(lanes: int) -> tuple:
     from ember.ops.nn_activation import _GELU_K, _GELU_R
 
     vt = ir.VectorType(ir.FloatType(), lanes)
-    it = ir.VectorType(ir.IntType(32), lanes)
 
     def c(v: float) -> Any:
         import numpy as np
@@ -192,22 +224,9 @@ def _gelu_vec(lanes: int) -> tuple:
             return builder.call(fma, [a, b, cc])
         a = builder.call(intr("fabs", 1), [v])
         t = builder.fdiv(c(1.0), fm(c(_GELU_K), a, c(1.0)))
-        # exp(-a^2/2) as _exp_neg: clamp, Cody-Waite reduction, polynomial, 2^m from bits
+        # exp(-a^2/2) as _exp_neg
         z = builder.fmul(builder.fmul(c(-0.5), a), a)
-        lo = c(-87.0)
-        zc = builder.select(builder.fcmp_ordered(">", z, lo), z, lo)
-        m = builder.call(intr("floor", 1), [fm(zc, c(1.4426950408889634), c(0.5))])
-        r = fm(m, c(-0.693359375), zc)
-        r = fm(m, c(2.12194440e-4), r)
-        q = c(1.9875691500e-4)
-        for k in (1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1,
-                  5.0000001201e-1):
-            q = fm(q, r, c(k))
-        q = builder.fadd(fm(builder.fmul(q, r), r, r), c(1.0))
-        bits = builder.shl(builder.add(builder.fptosi(m, it), ir.Constant(it, [127] * lanes)),
-                           ir.Constant(it, [23] * lanes))
-        e = builder.fmul(q, builder.bitcast(bits, vt))
-        e = builder.select(builder.fcmp_ordered("<", z, lo), c(0.0), e)
+        e = _ir_exp_neg(builder, z, lanes, intr)
         pol = c(_GELU_R[0])
         for k in _GELU_R[1:]:
             pol = fm(pol, t, c(k))
@@ -300,24 +319,7 @@ def _row_vec(lanes: int) -> tuple:
         return builder.extract_element(v, ir.Constant(ir.IntType(32), 0))
 
     def exp_neg(builder: Any, z: Any) -> Any:
-        fma = intr(builder, "fma", 3)
-
-        def fm(a: Any, b: Any, cc: Any) -> Any:
-            return builder.call(fma, [a, b, cc])
-        lo = c(-87.0)
-        zc = builder.select(builder.fcmp_ordered(">", z, lo), z, lo)
-        m = builder.call(intr(builder, "floor", 1), [fm(zc, c(1.4426950408889634), c(0.5))])
-        r = fm(m, c(-0.693359375), zc)
-        r = fm(m, c(2.12194440e-4), r)
-        q = c(1.9875691500e-4)
-        for k in (1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1,
-                  5.0000001201e-1):
-            q = fm(q, r, c(k))
-        q = builder.fadd(fm(builder.fmul(q, r), r, r), c(1.0))
-        bits = builder.shl(builder.add(builder.fptosi(m, it), ir.Constant(it, [127] * lanes)),
-                           ir.Constant(it, [23] * lanes))
-        e = builder.fmul(q, builder.bitcast(bits, vt))
-        return builder.select(builder.fcmp_ordered("<", z, lo), c(0.0), e)
+        return _ir_exp_neg(builder, z, lanes, lambda name, n: intr(builder, name, n))
 
     def vec_loop(context: Any, builder: Any, base: Any, count: Any, body: Any) -> None:
         step = ir.Constant(base.type, lanes)
