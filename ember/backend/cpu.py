@@ -66,7 +66,7 @@ def _libs() -> list:
 _SPIN_TIMEOUT = "20"
 
 
-def _short_spin(lib: Any) -> bool:
+def _short_spin(lib: Any, force: bool = False) -> bool:
     """Set OpenBLAS's worker timeout to ``2^_SPIN_TIMEOUT`` cycles; True when its idle
     workers no longer spin for long.
 
@@ -75,7 +75,8 @@ def _short_spin(lib: Any) -> bool:
     see the user's environment), then the idle workers are stopped; the next threaded GEMM
     starts them again with the new timeout. Skipped where the user set the variable, where
     unless ``EMBER_BLAS_SPIN=0`` (the default keeps OpenBLAS's spin), and for other BLAS
-    libraries or OpenMP builds (returns False: callers keep assuming spinning workers)."""
+    libraries or OpenMP builds (returns False: callers keep assuming spinning workers).
+    ``force`` applies it without ``EMBER_BLAS_SPIN=0`` (:func:`quiet_blas_workers`)."""
     if getattr(lib, "internal_api", None) != "openblas" or \
             getattr(lib, "threading_layer", None) != "pthreads":
         return False
@@ -85,7 +86,7 @@ def _short_spin(lib: Any) -> bool:
             return int(user) <= int(_SPIN_TIMEOUT)
         except ValueError:
             return False
-    if os.environ.get("EMBER_BLAS_SPIN", "1") != "0":
+    if not force and os.environ.get("EMBER_BLAS_SPIN", "1") != "0":
         return False
     dll = getattr(lib, "dynlib", None)
     read_env = getattr(dll, "openblas_read_env", None)
@@ -99,6 +100,19 @@ def _short_spin(lib: Any) -> bool:
         del os.environ["OPENBLAS_THREAD_TIMEOUT"]
     shutdown()
     return True
+
+
+def quiet_blas_workers() -> None:
+    """Cut OpenBLAS's idle spinning to ~0.4 ms whatever ``EMBER_BLAS_SPIN`` says (a user's
+    ``OPENBLAS_THREAD_TIMEOUT`` still stands): called when MKL starts taking the large GEMMs
+    (``backend/cpu_mkl``). OpenBLAS then still runs the GEMMs of the ops that call NumPy
+    directly (the LSTM's recurrence, attention's per-block products, convolution), and its
+    workers, spinning ~0.1 s after each threaded one, took the second core from MKL's
+    threads: the tiny GPT step went from 42 ms to 75-82 ms with MKL beside default-spinning
+    OpenBLAS workers, and to 37.5-38.3 ms with short spins (one process, alternating)."""
+    libs = _libs()
+    if libs and _state["spin"]:
+        _state["spin"] = not all(_short_spin(lib, force=True) for lib in libs)
 
 
 def blas_spins() -> bool:

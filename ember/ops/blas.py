@@ -8,6 +8,7 @@ import numpy as _np
 from ember import dtypes as _dt
 from ember._state import _State
 from ember.backend import get_xp
+from ember.backend import cpu_mkl
 from ember.backend.cpu import gemm_threads, parallel_rows
 from ember.errors import check, make
 from ember.ops import meta as M
@@ -49,6 +50,16 @@ def _matmul_meta(op: Any, input: Any, other: Any) -> TensorMeta:
     return TensorMeta(out)
 
 
+def _mm(xp: Any, a: Any, b: Any) -> Any:
+    """``a @ b`` of two 2-D arrays: through MKL on the CPU where ``backend.cpu_mkl`` takes
+    it (float32/float64, large enough, expressible strides), else ``xp.matmul``."""
+    if xp is _np:
+        y = cpu_mkl.mm(a, b)
+        if y is not None:
+            return y
+    return xp.matmul(a, b)
+
+
 def _xp_matmul(xp: Any, a: Any, b: Any) -> Any:
     """``xp.matmul``, except that CuPy's batched matmul does not know ml_dtypes' bfloat16
     (dtype char 'E'): a batched bfloat16 product runs in float32 there (fp32 accumulation; the
@@ -70,10 +81,14 @@ class Matmul(OpDef):
         gemm_threads(xp, input.size * (other.shape[-1] if other.ndim > 1 else 1))
         if input.ndim > 2 and other.ndim == 2 and input.flags.c_contiguous:
             # (*, K) @ (K, N) as one GEMM: NumPy would loop over the leading dims
-            y = xp.matmul(input.reshape(-1, input.shape[-1]), other).reshape(
+            y = _mm(xp, input.reshape(-1, input.shape[-1]), other).reshape(
                 input.shape[:-1] + (other.shape[1],))
         else:
-            y = _xp_matmul(xp, input, other)
+            y = None
+            if xp is _np and input.ndim >= 2 and other.ndim >= 2:
+                y = cpu_mkl.matmul(input, other)   # None: NumPy's turn
+            if y is None:
+                y = _xp_matmul(xp, input, other)
         # NumPy's bfloat16 matmul accumulates and returns float32; round back like torch
         return y if y.dtype == input.dtype else y.astype(input.dtype)
 
@@ -156,10 +171,12 @@ def linear_arrays(xp: Any, input: Any, weight: Any, bias: Any) -> Any:
     if input.ndim > 2 and weight.ndim == 2:
         # one GEMM over all rows: NumPy loops over the leading dims of a stacked
         # (*, K) @ (K, N), about 8x slower at (35, 20, 200) @ (200, 10000)
-        y = xp.matmul(input.reshape(-1, input.shape[-1]), weight.T).reshape(
+        y = _mm(xp, input.reshape(-1, input.shape[-1]), weight.T).reshape(
             input.shape[:-1] + (weight.shape[0],))
+    elif input.ndim == 2 and weight.ndim == 2:
+        y = _mm(xp, input, weight.T)  # weight.T is a view: BLAS reads it transposed
     else:
-        y = xp.matmul(input, weight.T)  # weight.T is a view: BLAS reads it transposed
+        y = xp.matmul(input, weight.T)
     if y.dtype != input.dtype:  # bfloat16: fp32 accumulation, rounded once
         y = y.astype(input.dtype)
     if bias is not None:
@@ -222,13 +239,13 @@ def _linear_backward_arrays(ctx: Any, grad: Tensor, x: Tensor | None,
     if edges[0] is not None:
         wa = w._data
         gemm_threads(xp, g2.size * wa.shape[1])
-        gx = xp.matmul(g2, wa)
+        gx = _mm(xp, g2, wa)
         gx = _make(gx.reshape(g.shape[:-1] + (wa.shape[1],)), dt, dev)
     if edges[1] is not None:
         xa = x._data
         x2 = xa.reshape(-1, xa.shape[-1])
         gemm_threads(xp, g2.size * x2.shape[1])
-        gw = _make(xp.matmul(g2.T, x2), dt, dev)
+        gw = _make(_mm(xp, g2.T, x2), dt, dev)
     if ctx.has_bias and edges[2] is not None:
         # the column sum as a GEMV: one BLAS pass, ~2x faster than NumPy's axis-0 sum at
         # (700, 10000), and more accurate (wider partial sums)
