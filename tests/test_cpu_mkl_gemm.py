@@ -122,6 +122,43 @@ def test_switch_off_gives_numpy_path(monkeypatch: pytest.MonkeyPatch) -> None:
     assert cpu_mkl.mm(x, w.T) is not None
 
 
+_FRESH = r"""
+import sys
+import numpy as np
+import ember
+from ember.backend import cpu, cpu_mkl
+assert "torch" not in sys.modules
+rng = np.random.default_rng(3)
+worst = 0.0
+for m, k, n in ((1, 2048, 512), (128, 784, 256), (512, 2048, 1), (1024, 128, 384)):
+    a = rng.standard_normal((m, k)).astype(np.float32)
+    b = rng.standard_normal((n, k)).astype(np.float32).T   # a linear layer's weight.T
+    y = cpu_mkl.mm(a, b)
+    assert y is not None, (m, k, n)
+    ref = a.astype(np.float64) @ b.astype(np.float64)
+    # the excess over the float32 tolerance the other tests use (rtol 2e-5, atol 2e-6 k)
+    worst = max(worst, float(np.max(np.abs(y - ref) - 2e-5 * np.abs(ref) - 2e-6 * k)))
+print(cpu_mkl._mkl["layer"], worst)
+"""
+
+
+def test_fresh_process_without_torch_matches_float64() -> None:
+    # The test process imports torch (GNU OpenMP loaded), so MKL runs on GNU OpenMP here;
+    # a training script without torch gets Intel's OpenMP (the layer once seen to double a
+    # GEMV's result beside libgomp): its products are checked in a fresh interpreter
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ)
+    env.pop("EMBER_MKL", None)
+    out = subprocess.run([sys.executable, "-c", _FRESH], capture_output=True, text=True,
+                         env=env, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    layer, worst = out.stdout.split()
+    assert int(layer) in (cpu_mkl._INTEL, cpu_mkl._SEQUENTIAL)
+    assert float(worst) <= 0.0
+
+
 def test_threads_follow_ember(counted: list) -> None:
     from ember.backend import cpu
     x = ember.randn(512, 512)
