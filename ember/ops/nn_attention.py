@@ -26,26 +26,31 @@ _OP = "scaled_dot_product_attention"
 def _sdpa_meta(op: Any, query: Any, key: Any, value: Any, attn_mask: Any = None,
                dropout_p: float = 0.0, is_causal: bool = False, scale: Any = None,
                enable_gqa: bool = False) -> TensorMeta:
+    # the checks' messages are formatted only on failure (this runs on every call)
     for name, t in (("query", query), ("key", key), ("value", value)):
-        check(isinstance(t, Tensor), _OP, f"argument '{name}' must be Tensor, not "
-                                          f"{type(t).__name__}", TypeError)
-        check(t._data.ndim >= 2, _OP, f"{name} must have at least 2 dims (..., L, E), got shape "
-                                      f"{tuple(t._data.shape)}")
+        if not isinstance(t, Tensor):
+            check(False, _OP, f"argument '{name}' must be Tensor, not {type(t).__name__}",
+                  TypeError)
+        if t._data.ndim < 2:
+            check(False, _OP, f"{name} must have at least 2 dims (..., L, E), got shape "
+                              f"{tuple(t._data.shape)}")
     q, k, v = query._data, key._data, value._data
     if not (query._dtype is key._dtype is value._dtype):
         raise make(RuntimeError, _OP,
                    f"Expected query, key, and value to have the same dtype, but got "
                    f"query.dtype: {query._dtype.name} key.dtype: {key._dtype.name} and "
                    f"value.dtype: {value._dtype.name} instead.")
-    check(query._dtype.category >= 2, _OP,
-          f"query, key and value must be floating point, got {query._dtype.name}")
-    check(q.shape[-1] == k.shape[-1], _OP,
-          f"query and key must have the same embedding size (last dim): query "
-          f"{tuple(q.shape)}, key {tuple(k.shape)}")
-    check(k.shape[-2] == v.shape[-2], _OP,
-          f"key and value must have the same sequence length (dim -2): key {tuple(k.shape)}, "
-          f"value {tuple(v.shape)}")
-    check(0.0 <= dropout_p <= 1.0, _OP, f"dropout_p must be in [0, 1], got {dropout_p}")
+    if query._dtype.category < 2:
+        check(False, _OP, f"query, key and value must be floating point, got "
+                          f"{query._dtype.name}")
+    if q.shape[-1] != k.shape[-1]:
+        check(False, _OP, f"query and key must have the same embedding size (last dim): "
+                          f"query {tuple(q.shape)}, key {tuple(k.shape)}")
+    if k.shape[-2] != v.shape[-2]:
+        check(False, _OP, f"key and value must have the same sequence length (dim -2): key "
+                          f"{tuple(k.shape)}, value {tuple(v.shape)}")
+    if not 0.0 <= dropout_p <= 1.0:
+        check(False, _OP, f"dropout_p must be in [0, 1], got {dropout_p}")
     if is_causal and attn_mask is not None:
         raise make(RuntimeError, _OP,
                    "_scaled_dot_product_attention: Explicit attn_mask should not be set when "
