@@ -113,7 +113,7 @@ def _wide(lanes: int) -> SimpleNamespace:
     from numba.core import cgutils
     from numba.extending import intrinsic, models, register_model
 
-    from ember.backend.cpu_kernels import _ir_exp_neg
+    from ember.backend.cpu_kernels import _ir_exp_neg, _vec_ir
 
     vt = ir.VectorType(ir.FloatType(), lanes)
     it = ir.VectorType(ir.IntType(32), lanes)
@@ -130,32 +130,8 @@ def _wide(lanes: int) -> SimpleNamespace:
         def __init__(self, dmm: Any, fe_type: Any) -> None:
             super().__init__(dmm, fe_type, vt)
 
-    def c(v: float) -> Any:
-        return ir.Constant(vt, [float(np.float32(v))] * lanes)
-
-    def ptr(context: Any, builder: Any, arrty: Any, arr: Any, idx: Any) -> Any:
-        a = context.make_array(arrty)(context, builder, arr)
-        return builder.bitcast(builder.gep(a.data, [idx]), vt.as_pointer())
-
-    def splat(builder: Any, s: Any, ty: Any = vt) -> Any:
-        v = builder.insert_element(ir.Constant(ty, ir.Undefined), s, ir.Constant(i32, 0))
-        return builder.shuffle_vector(v, ir.Constant(ty, ir.Undefined),
-                                      ir.Constant(it, [0] * lanes))
-
-    def intr(builder: Any, name: str, n: int) -> Any:
-        return cgutils.get_or_insert_function(builder.module, ir.FunctionType(vt, [vt] * n),
-                                              f"llvm.{name}.v{lanes}f32")
-
-    def hreduce(builder: Any, v: Any, op: Any) -> Any:
-        w = lanes
-        while w > 1:
-            w //= 2
-            lo = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(i32, w),
-                                                          list(range(w))))
-            hi = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(i32, w),
-                                                          list(range(w, 2 * w))))
-            v = op(lo, hi)
-        return builder.extract_element(v, ir.Constant(i32, 0))
+    V = _vec_ir(lanes)
+    c, ptr, splat, intr, hreduce = V.c, V.ptr, V.splat, V.intr, V.hreduce
 
     def lane_mask(builder: Any, n: Any, i: Any) -> Any:
         # lanes l of vector i with i*lanes + l < n

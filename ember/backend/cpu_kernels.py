@@ -156,19 +156,63 @@ def _gelu_lanes() -> int:
         return 8
 
 
+def _vec_ir(lanes: int) -> Any:
+    """The LLVM IR plumbing of explicit ``<lanes x float>`` kernels, shared by the GELU,
+    cross_entropy row and attention kernels: ``vt``/``it`` (the float and int32 vector
+    types), ``c(v)`` (a float32 constant in every lane), ``ptr`` (a vector pointer to
+    ``arr[idx]``), ``intr(builder, name, n)`` (the ``llvm.<name>.v<lanes>f32`` intrinsic of
+    ``n`` operands), ``splat(builder, s, ty=vt)`` (one scalar in every lane) and
+    ``hreduce(builder, v, op)`` (a tree over halves, the same order for every call)."""
+    from types import SimpleNamespace
+
+    import numpy as np
+    from llvmlite import ir
+    from numba.core import cgutils
+
+    vt = ir.VectorType(ir.FloatType(), lanes)
+    i32 = ir.IntType(32)
+    it = ir.VectorType(i32, lanes)
+
+    def c(v: float) -> Any:
+        return ir.Constant(vt, [float(np.float32(v))] * lanes)
+
+    def ptr(context: Any, builder: Any, arrty: Any, arr: Any, idx: Any) -> Any:
+        a = context.make_array(arrty)(context, builder, arr)
+        return builder.bitcast(builder.gep(a.data, [idx]), vt.as_pointer())
+
+    def intr(builder: Any, name: str, n: int) -> Any:
+        return cgutils.get_or_insert_function(builder.module, ir.FunctionType(vt, [vt] * n),
+                                              f"llvm.{name}.v{lanes}f32")
+
+    def splat(builder: Any, s: Any, ty: Any = vt) -> Any:
+        v = builder.insert_element(ir.Constant(ty, ir.Undefined), s, ir.Constant(i32, 0))
+        return builder.shuffle_vector(v, ir.Constant(ty, ir.Undefined),
+                                      ir.Constant(it, [0] * lanes))
+
+    def hreduce(builder: Any, v: Any, op: Any) -> Any:
+        w = lanes
+        while w > 1:
+            w //= 2
+            lo = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(i32, w),
+                                                          list(range(w))))
+            hi = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(i32, w),
+                                                          list(range(w, 2 * w))))
+            v = op(lo, hi)
+        return builder.extract_element(v, ir.Constant(i32, 0))
+
+    return SimpleNamespace(vt=vt, it=it, i32=i32, c=c, ptr=ptr, intr=intr, splat=splat,
+                           hreduce=hreduce)
+
+
 def _ir_exp_neg(builder: Any, z: Any, lanes: int, intr: Any) -> Any:
     """LLVM IR for ``exp(z)``, ``z <= 0``, on a ``<lanes x float>`` vector: ``_exp_neg``'s
     steps (clamp at -87, Cody-Waite reduction, degree-6 polynomial, 2^m from exponent bits;
     0 below -87) with fused multiply-adds. ``intr(name, n)`` gives the vector intrinsic
     ``llvm.<name>.v<lanes>f32`` of ``n`` operands."""
-    import numpy as np
     from llvmlite import ir
 
-    vt = ir.VectorType(ir.FloatType(), lanes)
-    it = ir.VectorType(ir.IntType(32), lanes)
-
-    def c(v: float) -> Any:
-        return ir.Constant(vt, [float(np.float32(v))] * lanes)
+    V = _vec_ir(lanes)
+    vt, it, c = V.vt, V.it, V.c
     fma = intr("fma", 3)
 
     def fm(a: Any, b: Any, cc: Any) -> Any:
@@ -199,25 +243,17 @@ def _gelu_vec(lanes: int) -> tuple:
     compiled to zmm registers: GELU of 512K floats with the derivative 0.66-0.75 -> 0.52-0.55
     ns an element on one core (no derivative 0.60-0.65 -> 0.45-0.53; alternating in one
     process). No bounds checks: callers keep ``i + lanes <= x.size``."""
-    from llvmlite import ir
     from numba import types
-    from numba.core import cgutils
     from numba.extending import intrinsic
 
     from ember.ops.nn_activation import _GELU_K, _GELU_R
 
-    vt = ir.VectorType(ir.FloatType(), lanes)
-
-    def c(v: float) -> Any:
-        import numpy as np
-        return ir.Constant(vt, [float(np.float32(v))] * lanes)
+    V = _vec_ir(lanes)
+    vt, c, ptr = V.vt, V.c, V.ptr
 
     def body(builder: Any, v: Any) -> tuple:
-        mod = builder.module
-
         def intr(name: str, n: int) -> Any:
-            return cgutils.get_or_insert_function(mod, ir.FunctionType(vt, [vt] * n),
-                                                  f"llvm.{name}.v{lanes}f32")
+            return V.intr(builder, name, n)
         fma = intr("fma", 3)
 
         def fm(a: Any, b: Any, cc: Any) -> Any:
@@ -233,10 +269,6 @@ def _gelu_vec(lanes: int) -> tuple:
         h = builder.fmul(builder.fmul(t, e), pol)
         p = builder.select(builder.fcmp_ordered(">", v, c(0.0)), builder.fsub(c(1.0), h), h)
         return builder.fmul(v, p), p, e
-
-    def ptr(context: Any, builder: Any, arrty: Any, arr: Any, idx: Any) -> Any:
-        a = context.make_array(arrty)(context, builder, arr)
-        return builder.bitcast(builder.gep(a.data, [idx]), vt.as_pointer())
 
     @intrinsic
     def gelu_v(typingctx, x, y, i):  # pragma: no cover - compile-time
@@ -286,37 +318,9 @@ def _row_vec(lanes: int) -> tuple:
     from numba.core import cgutils
     from numba.extending import intrinsic
 
-    vt = ir.VectorType(ir.FloatType(), lanes)
-    it = ir.VectorType(ir.IntType(32), lanes)
+    V = _vec_ir(lanes)
+    vt, it, c, intr, ptr, splat, hreduce = V.vt, V.it, V.c, V.intr, V.ptr, V.splat, V.hreduce
     bt = ir.VectorType(ir.IntType(1), lanes)
-
-    def c(v: float) -> Any:
-        return ir.Constant(vt, [float(np.float32(v))] * lanes)
-
-    def intr(builder: Any, name: str, n: int) -> Any:
-        return cgutils.get_or_insert_function(builder.module, ir.FunctionType(vt, [vt] * n),
-                                              f"llvm.{name}.v{lanes}f32")
-
-    def ptr(context: Any, builder: Any, arrty: Any, arr: Any, idx: Any) -> Any:
-        a = context.make_array(arrty)(context, builder, arr)
-        return builder.bitcast(builder.gep(a.data, [idx]), vt.as_pointer())
-
-    def splat(builder: Any, s: Any) -> Any:
-        v = builder.insert_element(ir.Constant(vt, ir.Undefined), s, ir.Constant(ir.IntType(32), 0))
-        return builder.shuffle_vector(v, ir.Constant(vt, ir.Undefined),
-                                      ir.Constant(it, [0] * lanes))
-
-    def hreduce(builder: Any, v: Any, op: Any) -> Any:
-        # a tree over halves (the same order for every row)
-        w = lanes
-        while w > 1:
-            w //= 2
-            lo = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(ir.IntType(32), w),
-                                                          list(range(w))))
-            hi = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(ir.IntType(32), w),
-                                                          list(range(w, 2 * w))))
-            v = op(lo, hi)
-        return builder.extract_element(v, ir.Constant(ir.IntType(32), 0))
 
     def exp_neg(builder: Any, z: Any) -> Any:
         return _ir_exp_neg(builder, z, lanes, lambda name, n: intr(builder, name, n))
