@@ -63,3 +63,19 @@ def check(f: Callable, torch: Any, ember: Any, approx: bool = False) -> None:
         assert ne[:3] == nt[:3]
     else:
         assert ne == nt, f"\ntorch: {nt}\nember: {ne}"
+
+
+def cross_entropy_rows_match(ember: Any, torch: Any, x: np.ndarray, y: np.ndarray) -> None:
+    """``cross_entropy(reduction='none')`` of float32 logits ``x`` (non-finite values
+    allowed) and targets ``y``: ember's per-row losses and logit gradients against torch's,
+    NaN where torch's are NaN, within float32 tolerance elsewhere."""
+    res = []
+    for m in (ember, torch):
+        t = m.tensor(x, requires_grad=True)
+        loss = m.nn.functional.cross_entropy(t, m.tensor(y), reduction="none")
+        loss.sum().backward()
+        res.append((loss.detach().numpy(), t.grad.numpy()))
+    for e, t in zip(*res):
+        np.testing.assert_array_equal(np.isnan(e), np.isnan(t))
+        fin = ~np.isnan(t)
+        np.testing.assert_allclose(e[fin], t[fin], rtol=2e-5, atol=1e-6)
