@@ -1,4 +1,5 @@
-"""Fused gelu (exact and tanh), silu and relu, forward and backward, one kernel each way.
+"""Fused gelu (exact and tanh), silu and relu, forward and backward, one kernel each way, and
+``_add_relu`` (a ResNet block's ``relu(out + identity)``) in one kernel.
 
 The generic CuPy code runs five to eight array expressions per call (each a kernel launch
 and a full-size temporary; half types also pay two casts; relu's backward is a comparison
@@ -86,9 +87,29 @@ __global__ void act_bwd(const T* __restrict__ g, const T* __restrict__ x, T* __r
     }
     for (long long i = nv * N + tid; i < n; i += nt) st(dx, i, dgrad(ld(g, i), ld(x, i), mode));
 }
+
+// act(a + b) of two arrays of one layout, the sum in fp32; _add_relu runs mode 3 (rounding
+// the sum to T first, as the unfused add does, gives the same result: rounding keeps signs)
+template <typename T>
+__global__ void add_act_fwd(const T* __restrict__ a, const T* __restrict__ b,
+                            T* __restrict__ y, long long n, int mode, int vec) {
+    constexpr int N = VW<T>::n;
+    long long tid = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    long long nt = (long long)gridDim.x * blockDim.x;
+    long long nv = vec ? n / N : 0;
+    for (long long k = tid; k < nv; k += nt) {
+        float u[N], v[N];
+        ldv(a + k * N, u);
+        ldv(b + k * N, v);
+#pragma unroll
+        for (int j = 0; j < N; ++j) u[j] = act(u[j] + v[j], mode);
+        stv(y + k * N, u);
+    }
+    for (long long i = nv * N + tid; i < n; i += nt) st(y, i, act(ld(a, i) + ld(b, i), mode));
+}
 """
 
-K.define("activation", _SRC, ("act_fwd", "act_bwd"))
+K.define("activation", _SRC, ("act_fwd", "act_bwd", "add_act_fwd"))
 
 
 def _dense(xp: Any, a: Any) -> Any:
@@ -169,4 +190,22 @@ class ReluImpl:
         return _backward(ctx, grad, 3)
 
 
-IMPLS = {"gelu": GeluImpl, "silu": SiluImpl, "relu": ReluImpl}
+class AddReluImpl:
+    """``_add_relu(input, other)``: one kernel when both are dense arrays of one dtype, shape
+    and layout (a ResNet block's residual tail), else the generic code. Saves the output."""
+
+    def forward(ctx, xp, input, other):
+        if K.ctype(input) is None or type(other) is not type(input) or \
+                other.dtype != input.dtype or other.shape != input.shape or \
+                other.strides != input.strides or L.dense_order(input) is None:
+            return NotImplemented
+        y = _run(xp, "add_act_fwd", (input, other), input, 3)
+        ctx.save(y)
+        return y
+
+    def backward(ctx, grad):
+        g = _backward(ctx, grad, 3)
+        return g, g
+
+
+IMPLS = {"gelu": GeluImpl, "silu": SiluImpl, "relu": ReluImpl, "_add_relu": AddReluImpl}

@@ -38,6 +38,26 @@ from ember.backend.cuda_ops import _nvrtc as K
 from ember.ops.registry import OPS
 
 _SRC = r"""
+// The fused ReLU (_batch_norm_relu): relu0 on the output (NaN stays NaN, as torch's relu);
+// in the backward, the incoming gradient where the saved output ym is > 0, else 0 (torch's
+// threshold_backward; ym null: no ReLU).
+__device__ __forceinline__ float relu0(float v) { return v < 0.f ? 0.f : v; }
+
+template <typename T>
+__device__ __forceinline__ float gmask(const T* __restrict__ g, const T* __restrict__ ym,
+                                       long long k) {
+    float gv = ld(g, k);
+    return (ym && !(ld(ym, k) > 0.f)) ? 0.f : gv;
+}
+
+template <int N, typename T>
+__device__ __forceinline__ void gmaskv(float (&u)[N], const T* __restrict__ ym) {
+    float m[N];
+    ldv(ym, m);
+#pragma unroll
+    for (int j = 0; j < N; ++j) if (!(m[j] > 0.f)) u[j] = 0.f;
+}
+
 // ---- NCHW. Within channel c, flat j in [0, N*HW) is (n, s) = divmod(j, HW).
 // Threads step j by `stride`; (n, s) advance by (sq, sr) = divmod(stride, HW), carrying.
 template <typename T, typename W>
@@ -105,7 +125,7 @@ template <typename T, typename W>
 __global__ void bn_apply(const T* __restrict__ x, const W* __restrict__ w,
                          const W* __restrict__ b, const float* __restrict__ mean,
                          const float* __restrict__ rstd, T* __restrict__ y, long long total,
-                         int C, int HW, int has_w, int has_b) {
+                         int C, int HW, int has_w, int has_b, int relu) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     long long stride = (long long)gridDim.x * blockDim.x;
     long long plane = i / HW, s = i % HW;
@@ -115,7 +135,7 @@ __global__ void bn_apply(const T* __restrict__ x, const W* __restrict__ w,
         float v = (ld(x, i) - mean[c]) * rstd[c];
         if (has_w) v *= ld(w, c);
         if (has_b) v += ld(b, c);
-        st(y, i, v);
+        st(y, i, relu ? relu0(v) : v);
         s += sr; c += cq;
         if (s >= HW) { s -= HW; ++c; }
         if (c >= C) c -= C;
@@ -126,7 +146,7 @@ template <typename T, typename W>
 __global__ void bn_bwd_stats(const T* __restrict__ g, const T* __restrict__ x,
                              const float* __restrict__ mean, const float* __restrict__ rstd,
                              float* __restrict__ p1, float* __restrict__ p2, int N, int C,
-                             int HW) {
+                             int HW, const T* __restrict__ ym) {
     __shared__ float sh[32];
     int c = blockIdx.x, P = gridDim.y;
     long long total = (long long)N * HW;
@@ -137,7 +157,7 @@ __global__ void bn_bwd_stats(const T* __restrict__ g, const T* __restrict__ x,
     float a1 = 0.f, a2 = 0.f;
     for (; j < total; j += stride) {
         long long k = (n * C + c) * HW + s;
-        float gv = ld(g, k);
+        float gv = gmask(g, ym, k);
         a1 += gv;
         a2 += gv * (ld(x, k) - mu) * r;
         n += sq; s += sr;
@@ -184,7 +204,7 @@ __global__ void bn_bwd_dx(const T* __restrict__ g, const T* __restrict__ x,
                           const W* __restrict__ w, const float* __restrict__ mean,
                           const float* __restrict__ rstd, const float* __restrict__ sums,
                           T* __restrict__ dx, long long total, int C, int HW, float inv_count,
-                          int has_w) {
+                          int has_w, const T* __restrict__ ym) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     long long stride = (long long)gridDim.x * blockDim.x;
     long long plane = i / HW, s = i % HW;
@@ -193,7 +213,7 @@ __global__ void bn_bwd_dx(const T* __restrict__ g, const T* __restrict__ x,
     for (; i < total; i += stride) {
         float r = rstd[c];
         float xh = (ld(x, i) - mean[c]) * r;
-        float v = ld(g, i) - sums[c] * inv_count - xh * sums[C + c] * inv_count;
+        float v = gmask(g, ym, i) - sums[c] * inv_count - xh * sums[C + c] * inv_count;
         st(dx, i, v * r * (has_w ? ld(w, c) : 1.f));
         s += sr; c += cq;
         if (s >= HW) { s -= HW; ++c; }
@@ -220,7 +240,7 @@ template <typename T, typename W>
 __global__ void bncl_stats(const T* __restrict__ x, const T* __restrict__ g,
                            const float* __restrict__ mean, const float* __restrict__ rstd,
                            float* __restrict__ p1, float* __restrict__ p2, long long M, int C,
-                           long long chunk, int mode) {
+                           long long chunk, int mode, const T* __restrict__ ym) {
     __shared__ float s1[8][33], s2[8][33];
     int c = blockIdx.x * 32 + threadIdx.x, P = gridDim.y;
     long long r0 = (long long)blockIdx.y * chunk;
@@ -238,7 +258,7 @@ __global__ void bncl_stats(const T* __restrict__ x, const T* __restrict__ g,
             float mu = mean[c], rs = rstd[c];
             for (long long r = r0 + threadIdx.y; r < r1; r += 8) {
                 long long k = r * C + c;
-                float gv = ld(g, k);
+                float gv = gmask(g, ym, k);
                 a1 += gv;
                 a2 += gv * (ld(x, k) - mu) * rs;
             }
@@ -262,7 +282,8 @@ template <typename T, typename W>
 __global__ void bncl_stats_v(const T* __restrict__ x, const T* __restrict__ g,
                              const float* __restrict__ mean, const float* __restrict__ rstd,
                              float* __restrict__ p1, float* __restrict__ p2, long long M, int C,
-                             long long chunk, int mode, int GB, int RB) {
+                             long long chunk, int mode, int GB, int RB,
+                             const T* __restrict__ ym) {
     constexpr int N = VW<T>::n;
     extern __shared__ float sh[];
     int t = threadIdx.x, gi = t % GB, ri = t / GB, P = gridDim.y;
@@ -290,6 +311,7 @@ __global__ void bncl_stats_v(const T* __restrict__ x, const T* __restrict__ g,
                 float u[N], v[N];
                 ldv(g + r * C + c0, u);
                 ldv(x + r * C + c0, v);
+                if (ym) gmaskv<N>(u, ym + r * C + c0);
 #pragma unroll
                 for (int j = 0; j < N; ++j) {
                     a1[j] += u[j];
@@ -332,7 +354,7 @@ __device__ __forceinline__ void ld_coef(const float* __restrict__ coef, int C, i
 // their coefficients stay in registers, and two vectors are in flight per iteration.
 template <typename T, typename W>
 __global__ void bncl_apply_v(const T* __restrict__ x, const float* __restrict__ coef,
-                             T* __restrict__ y, long long nv, int C) {
+                             T* __restrict__ y, long long nv, int C, int relu) {
     constexpr int N = VW<T>::n;
     long long k = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     long long nt = (long long)gridDim.x * blockDim.x;
@@ -346,6 +368,7 @@ __global__ void bncl_apply_v(const T* __restrict__ x, const float* __restrict__ 
         for (int j = 0; j < N; ++j) {
             u[j] = (u[j] - q[0][j]) * q[1][j] + q[2][j];
             v[j] = (v[j] - q[0][j]) * q[1][j] + q[2][j];
+            if (relu) { u[j] = relu0(u[j]); v[j] = relu0(v[j]); }
         }
         stv(y + k * N, u);
         stv(y + (k + nt) * N, v);
@@ -354,7 +377,10 @@ __global__ void bncl_apply_v(const T* __restrict__ x, const float* __restrict__ 
         float v[N];
         ldv(x + k * N, v);
 #pragma unroll
-        for (int j = 0; j < N; ++j) v[j] = (v[j] - q[0][j]) * q[1][j] + q[2][j];
+        for (int j = 0; j < N; ++j) {
+            v[j] = (v[j] - q[0][j]) * q[1][j] + q[2][j];
+            if (relu) v[j] = relu0(v[j]);
+        }
         stv(y + k * N, v);
     }
 }
@@ -364,7 +390,7 @@ __global__ void bncl_apply_v(const T* __restrict__ x, const float* __restrict__ 
 template <typename T, typename W>
 __global__ void bncl_bwd_dx_v(const T* __restrict__ g, const T* __restrict__ x,
                               const float* __restrict__ coef, T* __restrict__ dx, long long nv,
-                              int C) {
+                              int C, const T* __restrict__ ym) {
     constexpr int N = VW<T>::n;
     long long k = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     long long nt = (long long)gridDim.x * blockDim.x;
@@ -376,6 +402,7 @@ __global__ void bncl_bwd_dx_v(const T* __restrict__ g, const T* __restrict__ x,
         ldv(x + k * N, v);
         ldv(g + (k + nt) * N, a);
         ldv(x + (k + nt) * N, b);
+        if (ym) { gmaskv<N>(u, ym + k * N); gmaskv<N>(a, ym + (k + nt) * N); }
 #pragma unroll
         for (int j = 0; j < N; ++j) {
             u[j] = q[1][j] * u[j] + q[2][j] * (v[j] - q[0][j]) + q[3][j];
@@ -388,6 +415,7 @@ __global__ void bncl_bwd_dx_v(const T* __restrict__ g, const T* __restrict__ x,
         float u[N], v[N];
         ldv(g + k * N, u);
         ldv(x + k * N, v);
+        if (ym) gmaskv<N>(u, ym + k * N);
 #pragma unroll
         for (int j = 0; j < N; ++j)
             u[j] = q[1][j] * u[j] + q[2][j] * (v[j] - q[0][j]) + q[3][j];
@@ -399,7 +427,7 @@ template <typename T, typename W>
 __global__ void bncl_apply(const T* __restrict__ x, const W* __restrict__ w,
                            const W* __restrict__ b, const float* __restrict__ mean,
                            const float* __restrict__ rstd, T* __restrict__ y, long long total,
-                           int C, int has_w, int has_b) {
+                           int C, int has_w, int has_b, int relu) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     long long stride = (long long)gridDim.x * blockDim.x;
     int c = (int)(i % C), cq = (int)(stride % C);
@@ -407,7 +435,7 @@ __global__ void bncl_apply(const T* __restrict__ x, const W* __restrict__ w,
         float v = (ld(x, i) - mean[c]) * rstd[c];
         if (has_w) v *= ld(w, c);
         if (has_b) v += ld(b, c);
-        st(y, i, v);
+        st(y, i, relu ? relu0(v) : v);
         c += cq;
         if (c >= C) c -= C;
     }
@@ -418,14 +446,14 @@ __global__ void bncl_bwd_dx(const T* __restrict__ g, const T* __restrict__ x,
                             const W* __restrict__ w, const float* __restrict__ mean,
                             const float* __restrict__ rstd, const float* __restrict__ sums,
                             T* __restrict__ dx, long long total, int C, float inv_count,
-                            int has_w) {
+                            int has_w, const T* __restrict__ ym) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     long long stride = (long long)gridDim.x * blockDim.x;
     int c = (int)(i % C), cq = (int)(stride % C);
     for (; i < total; i += stride) {
         float r = rstd[c];
         float xh = (ld(x, i) - mean[c]) * r;
-        float v = ld(g, i) - sums[c] * inv_count - xh * sums[C + c] * inv_count;
+        float v = gmask(g, ym, i) - sums[c] * inv_count - xh * sums[C + c] * inv_count;
         st(dx, i, v * r * (has_w ? ld(w, c) : 1.f));
         c += cq;
         if (c >= C) c -= C;
@@ -542,21 +570,24 @@ def _cl_flat_grid(nv: int, c: int, nvec: int) -> tuple[tuple, tuple]:
 
 
 def _cl_stats(fn: Any, xp: Any, x: Any, g: Any, mean: Any, rstd: Any, m: int, c: int,
-              mode: int) -> tuple:
-    """Per-(channel, chunk) partial sums over the rows of a channels-last array: (p1, p2, P)."""
-    nvec = _vec(c, x, g)
+              mode: int, ym: Any = None) -> tuple:
+    """Per-(channel, chunk) partial sums over the rows of a channels-last array: (p1, p2, P)
+    (``ym``: the fused ReLU's output, masking the gradient ``g``)."""
+    nvec = _vec(c, x, g) if ym is None else _vec(c, x, g, ym)
+    ymp = ym if ym is not None else np.uint64(0)
     if nvec:
         grid, p, m64, c32, chunk64, gb32, rb32, shared = _cl_geom(c, m, nvec)
         p1, p2 = xp.empty((2, c, p), xp.float32)
         fn("bncl_stats_v")(grid, (_THREADS, 1, 1),
                            (x, g, mean, rstd, p1, p2, m64, c32, chunk64, K.i32(mode), gb32,
-                            rb32), shared_mem=shared)
+                            rb32, ymp), shared_mem=shared)
         return p1, p2, p
     p, chunk = _cl_chunks(c, m)
     p1 = xp.empty((c, p), xp.float32)
     p2 = xp.empty((c, p), xp.float32)
     fn("bncl_stats")(((c + 31) // 32, p, 1), (32, 8, 1),
-                     (x, g, mean, rstd, p1, p2, K.i64(m), K.i32(c), K.i64(chunk), K.i32(mode)))
+                     (x, g, mean, rstd, p1, p2, K.i64(m), K.i32(c), K.i64(chunk), K.i32(mode),
+                      ymp))
     return p1, p2, p
 
 
@@ -565,114 +596,147 @@ class BatchNormImpl:
     may come with float32 parameters (then the batch statistics are float32 too)."""
 
     def forward(ctx, xp, input, weight, bias, running_mean, running_var, training, eps):
-        ct = K.ctype(input)
-        if not training or ct is None or input.ndim < 2 or input.size == 0:
-            return NotImplemented
-        wdt = _param_dtype(input, weight, bias, running_mean, running_var)
-        lay = _layout(input)
-        if wdt is None or lay is None:
-            return NotImplemented
-        n, c = input.shape[0], input.shape[1]
-        hw = input.size // (n * c)
-        if n * hw < 2:
-            return NotImplemented  # F.batch_norm rejects it; the generic code decides
-        targs = f"{ct}, {K.dtype_ctype(wdt)}"
-        fn = _kernels(targs).__getitem__
-        f32 = xp.empty(5 * c, xp.float32)     # mean, rstd, coef: one allocation
-        mean, rstd, coef = f32[:c], f32[c:2 * c], f32[2 * c:]
-        mean_t, var_t = xp.empty((2, c), wdt)  # the returned statistics: one allocation
-        wa = weight if weight is not None else mean_t
-        ba = bias if bias is not None else mean_t
-        hasw, hasb = K.i32(weight is not None), K.i32(bias is not None)
-        if lay == "c":
-            p = _bn_blocks(c, n * hw, _THREADS)
-            p1 = xp.empty((c, p), xp.float32)
-            p2 = xp.empty((c, p), xp.float32)
-            fn("bn_stats")((c, p, 1), (_THREADS, 1, 1),
-                           (input, p1, p2, K.i32(n), K.i32(c), K.i32(hw)))
-            kstride = hw
-            y = xp.empty_like(input)
-        else:
-            p1, p2, p = _cl_stats(fn, xp, input, input, mean, rstd, n * hw, c, 0)
-            kstride = 1
-            y = L.empty_like(xp, input)
-        fn("bn_finalize")(((c + 3) // 4, 1, 1), (32, 4, 1),
-                          (input, p1, p2, K.i32(p), K.i32(c), K.i64(kstride), K.i64(n * hw),
-                           K.f32(eps), mean, rstd, mean_t, var_t, wa, ba, hasw, hasb, coef))
-        if lay == "c":
-            grid, block = K.flat_grid(input.size, _THREADS, 4)
-            fn("bn_apply")(grid, block, (input, wa, ba, mean, rstd, y, K.i64(input.size),
-                                         K.i32(c), K.i32(hw), hasw, hasb))
-        elif _vec(c, input, y):
-            nv = input.size // _vec(c, input, y)
-            grid, block = _cl_flat_grid(nv, c, _vec(c, input, y))
-            fn("bncl_apply_v")(grid, block, (input, coef, y, K.i64(nv), K.i32(c)))
-        else:
-            grid, block = K.flat_grid(input.size, _THREADS, 4)
-            fn("bncl_apply")(grid, block, (input, wa, ba, mean, rstd, y, K.i64(input.size),
-                                           K.i32(c), hasw, hasb))
-        bshape = (1, c) + (1,) * (input.ndim - 2)
-        ctx.p = (True, eps, (0,) + tuple(range(2, input.ndim)), bshape)
-        ctx.bn_layout = (lay, targs, wdt)
-        ctx.save(input, weight, mean.reshape(bshape), rstd.reshape(bshape))
-        return y, mean_t, var_t
+        return _forward(ctx, xp, input, weight, bias, running_mean, running_var, training,
+                        eps, 0)
+
+    def backward(ctx, g, _gm=None, _gv=None):
+        return _backward(ctx, g, ctx.saved if g is not None else None, None)
+
+
+class BatchNormReluImpl:
+    """``_batch_norm_relu``: the same kernels with the ReLU inside (the output saved too:
+    the backward kernels mask the gradient with it)."""
+
+    def forward(ctx, xp, input, weight, bias, running_mean, running_var, training, eps):
+        return _forward(ctx, xp, input, weight, bias, running_mean, running_var, training,
+                        eps, 1)
 
     def backward(ctx, g, _gm=None, _gv=None):
         if g is None:
             return (None,) * 7
-        import cupy as xp  # noqa: PLC0415 - only reached on the GPU
         saved = ctx.saved
-        x, w, mean, rstd = saved[0], saved[1], saved[2], saved[3]
-        lay, targs, wdt = ctx.bn_layout
-        fn = _kernels(targs).__getitem__
-        xa = x._data
-        n, c = xa.shape[0], xa.shape[1]
-        hw = xa.size // (n * c)
-        ma, ra = mean._data, rstd._data
-        wa = w._data if w is not None else None
+        return _backward(ctx, g, saved, saved[4]._data)
+
+
+def _forward(ctx: Any, xp: Any, input: Any, weight: Any, bias: Any, running_mean: Any,
+             running_var: Any, training: bool, eps: float, relu: int) -> Any:
+    """The training forward (``relu``: 1 applies the ReLU in the kernels and saves the output
+    for the backward's mask), or NotImplemented for what the kernels do not cover."""
+    ct = K.ctype(input)
+    if not training or ct is None or input.ndim < 2 or input.size == 0:
+        return NotImplemented
+    wdt = _param_dtype(input, weight, bias, running_mean, running_var)
+    lay = _layout(input)
+    if wdt is None or lay is None:
+        return NotImplemented
+    n, c = input.shape[0], input.shape[1]
+    hw = input.size // (n * c)
+    if n * hw < 2:
+        return NotImplemented  # F.batch_norm rejects it; the generic code decides
+    targs = f"{ct}, {K.dtype_ctype(wdt)}"
+    fn = _kernels(targs).__getitem__
+    f32 = xp.empty(5 * c, xp.float32)     # mean, rstd, coef: one allocation
+    mean, rstd, coef = f32[:c], f32[c:2 * c], f32[2 * c:]
+    mean_t, var_t = xp.empty((2, c), wdt)  # the returned statistics: one allocation
+    wa = weight if weight is not None else mean_t
+    ba = bias if bias is not None else mean_t
+    hasw, hasb = K.i32(weight is not None), K.i32(bias is not None)
+    if lay == "c":
+        p = _bn_blocks(c, n * hw, _THREADS)
+        p1 = xp.empty((c, p), xp.float32)
+        p2 = xp.empty((c, p), xp.float32)
+        fn("bn_stats")((c, p, 1), (_THREADS, 1, 1),
+                       (input, p1, p2, K.i32(n), K.i32(c), K.i32(hw)))
+        kstride = hw
+        y = xp.empty_like(input)
+    else:
+        p1, p2, p = _cl_stats(fn, xp, input, input, mean, rstd, n * hw, c, 0)
+        kstride = 1
+        y = L.empty_like(xp, input)
+    fn("bn_finalize")(((c + 3) // 4, 1, 1), (32, 4, 1),
+                      (input, p1, p2, K.i32(p), K.i32(c), K.i64(kstride), K.i64(n * hw),
+                       K.f32(eps), mean, rstd, mean_t, var_t, wa, ba, hasw, hasb, coef))
+    if lay == "c":
+        grid, block = K.flat_grid(input.size, _THREADS, 4)
+        fn("bn_apply")(grid, block, (input, wa, ba, mean, rstd, y, K.i64(input.size),
+                                     K.i32(c), K.i32(hw), hasw, hasb, K.i32(relu)))
+    elif _vec(c, input, y):
+        nv = input.size // _vec(c, input, y)
+        grid, block = _cl_flat_grid(nv, c, _vec(c, input, y))
+        fn("bncl_apply_v")(grid, block, (input, coef, y, K.i64(nv), K.i32(c), K.i32(relu)))
+    else:
+        grid, block = K.flat_grid(input.size, _THREADS, 4)
+        fn("bncl_apply")(grid, block, (input, wa, ba, mean, rstd, y, K.i64(input.size),
+                                       K.i32(c), hasw, hasb, K.i32(relu)))
+    bshape = (1, c) + (1,) * (input.ndim - 2)
+    ctx.p = (True, eps, (0,) + tuple(range(2, input.ndim)), bshape)
+    ctx.bn_layout = (lay, targs, wdt)
+    if relu:   # the generic op's layout, the output last (BatchNormRelu's backward)
+        ctx.save(input, weight, mean.reshape(bshape), rstd.reshape(bshape), y)
+    else:
+        ctx.save(input, weight, mean.reshape(bshape), rstd.reshape(bshape))
+    return y, mean_t, var_t
+
+
+def _backward(ctx: Any, g: Any, saved: tuple, ym: Any) -> tuple:
+    """The batch norm's gradients from ``ctx.saved`` (``ym``: the fused ReLU's output,
+    masking ``g``)."""
+    if g is None:
+        return (None,) * 7
+    import cupy as xp  # noqa: PLC0415 - only reached on the GPU
+    x, w, mean, rstd = saved[0], saved[1], saved[2], saved[3]
+    lay, targs, wdt = ctx.bn_layout
+    fn = _kernels(targs).__getitem__
+    xa = x._data
+    n, c = xa.shape[0], xa.shape[1]
+    hw = xa.size // (n * c)
+    ma, ra = mean._data, rstd._data
+    wa = w._data if w is not None else None
+    ymp = ym if ym is not None else np.uint64(0)   # the output has x's layout
+    if lay == "c":
+        ga = K.contiguous(xp, g._data, xa.dtype)
+        p = _bn_blocks(c, n * hw, _THREADS)
+        p1 = xp.empty((c, p), xp.float32)
+        p2 = xp.empty((c, p), xp.float32)
+        fn("bn_bwd_stats")((c, p, 1), (_THREADS, 1, 1),
+                           (ga, xa, ma, ra, p1, p2, K.i32(n), K.i32(c), K.i32(hw), ymp))
+    else:
+        ga = L.as_layout(xp, g._data, xa, xa.dtype)
+        p1, p2, p = _cl_stats(fn, xp, xa, ga, ma, ra, n * hw, c, 1, ym)
+    f32 = xp.empty(6 * c, xp.float32)
+    sums, coef = f32[:2 * c], f32[2 * c:]
+    gb = xp.empty(c, wdt)
+    gw = xp.empty(c, wdt)
+    inv = K.f32(1.0 / (n * hw))
+    fn("bn_bwd_finalize")(((c + 3) // 4, 1, 1), (32, 4, 1),
+                          (p1, p2, K.i32(p), K.i32(c), sums, gb, gw, ma, ra,
+                           wa if wa is not None else gw, K.i32(wa is not None), inv, coef))
+    need = ctx.needs_input_grad
+    gx = None
+    if need[0]:
+        wp = wa if wa is not None else gw
         if lay == "c":
-            ga = K.contiguous(xp, g._data, xa.dtype)
-            p = _bn_blocks(c, n * hw, _THREADS)
-            p1 = xp.empty((c, p), xp.float32)
-            p2 = xp.empty((c, p), xp.float32)
-            fn("bn_bwd_stats")((c, p, 1), (_THREADS, 1, 1),
-                               (ga, xa, ma, ra, p1, p2, K.i32(n), K.i32(c), K.i32(hw)))
+            dx = xp.empty_like(xa)
+            grid, block = K.flat_grid(xa.size, _THREADS, 4)
+            fn("bn_bwd_dx")(grid, block, (ga, xa, wp, ma, ra, sums, dx, K.i64(xa.size),
+                                          K.i32(c), K.i32(hw), inv, K.i32(wa is not None),
+                                          ymp))
         else:
-            ga = L.as_layout(xp, g._data, xa, xa.dtype)
-            p1, p2, p = _cl_stats(fn, xp, xa, ga, ma, ra, n * hw, c, 1)
-        f32 = xp.empty(6 * c, xp.float32)
-        sums, coef = f32[:2 * c], f32[2 * c:]
-        gb = xp.empty(c, wdt)
-        gw = xp.empty(c, wdt)
-        inv = K.f32(1.0 / (n * hw))
-        fn("bn_bwd_finalize")(((c + 3) // 4, 1, 1), (32, 4, 1),
-                              (p1, p2, K.i32(p), K.i32(c), sums, gb, gw, ma, ra,
-                               wa if wa is not None else gw, K.i32(wa is not None), inv, coef))
-        need = ctx.needs_input_grad
-        gx = None
-        if need[0]:
-            wp = wa if wa is not None else gw
-            if lay == "c":
-                dx = xp.empty_like(xa)
-                grid, block = K.flat_grid(xa.size, _THREADS, 4)
-                fn("bn_bwd_dx")(grid, block, (ga, xa, wp, ma, ra, sums, dx, K.i64(xa.size),
-                                              K.i32(c), K.i32(hw), inv, K.i32(wa is not None)))
+            dx = L.empty_like(xp, xa)
+            nvec = _vec(c, ga, xa, dx) if ym is None else _vec(c, ga, xa, dx, ym)
+            if nvec:
+                nv = xa.size // nvec
+                grid, block = _cl_flat_grid(nv, c, nvec)
+                fn("bncl_bwd_dx_v")(grid, block, (ga, xa, coef, dx, K.i64(nv), K.i32(c), ymp))
             else:
-                dx = L.empty_like(xp, xa)
-                nvec = _vec(c, ga, xa, dx)
-                if nvec:
-                    nv = xa.size // nvec
-                    grid, block = _cl_flat_grid(nv, c, nvec)
-                    fn("bncl_bwd_dx_v")(grid, block, (ga, xa, coef, dx, K.i64(nv), K.i32(c)))
-                else:
-                    grid, block = K.flat_grid(xa.size, _THREADS, 4)
-                    fn("bncl_bwd_dx")(grid, block, (ga, xa, wp, ma, ra, sums, dx,
-                                                    K.i64(xa.size), K.i32(c), inv,
-                                                    K.i32(wa is not None)))
-            gx = K.wrap(dx, x.device)
-        gw_t = K.wrap(gw, x.device) if w is not None and need[1] else None
-        gb_t = K.wrap(gb, x.device) if need[2] else None
-        return gx, gw_t, gb_t, None, None, None, None
+                grid, block = K.flat_grid(xa.size, _THREADS, 4)
+                fn("bncl_bwd_dx")(grid, block, (ga, xa, wp, ma, ra, sums, dx,
+                                                K.i64(xa.size), K.i32(c), inv,
+                                                K.i32(wa is not None), ymp))
+        gx = K.wrap(dx, x.device)
+    gw_t = K.wrap(gw, x.device) if w is not None and need[1] else None
+    gb_t = K.wrap(gb, x.device) if need[2] else None
+    return gx, gw_t, gb_t, None, None, None, None
 
 
 def update_running(running_mean: Any, running_var: Any, mean: Any, var: Any, momentum: float,
@@ -708,4 +772,4 @@ def update_running(running_mean: Any, running_var: Any, mean: Any, var: Any, mom
     return True
 
 
-IMPLS = {"_batch_norm": BatchNormImpl}
+IMPLS = {"_batch_norm": BatchNormImpl, "_batch_norm_relu": BatchNormReluImpl}

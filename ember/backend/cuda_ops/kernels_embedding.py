@@ -101,15 +101,19 @@ def raise_recorded(xp: Any, wait: bool = False) -> None:
         return
     if not _ARMED[0]:
         return
-    if flag.event is None:   # no copy in flight: start one (never while capturing)
-        stream = xp.cuda.get_current_stream()
-        if stream.ptr != 0 and stream.is_capturing():
-            return
-        # on an idle stream the copy is all there is to wait for (microseconds): wait, so a
-        # bad index recorded by a graph replay raises at this call, not at a later one
-        wait = wait or stream.done
+    stream = xp.cuda.get_current_stream()
+    if stream.ptr != 0 and stream.is_capturing():
+        v = flag.take(False)   # a copy that finished before the capture; never start one
+    elif wait or stream.done:
+        # an idle stream: a fresh copy is all there is to wait for (microseconds). A copy
+        # still pending may predate a graph replay's check (replays start none), so a bad
+        # index recorded by a replay raises at this call, not at a later one
         flag.start_copy(stream)
-    v = flag.take(wait)
+        v = flag.take(True)
+    else:
+        if flag.event is None:   # a busy stream: start a copy, read it at a later call
+            flag.start_copy(stream)
+        v = flag.take(False)
     if v != NO_BAD:
         raise IndexError(f"[embedding] index out of range in self: index {v} (checked on the "
                          f"GPU: its output rows were set to NaN)")

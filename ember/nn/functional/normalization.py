@@ -43,10 +43,11 @@ def batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor |
 
 def _batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor | None,
                 weight: Tensor | None, bias: Tensor | None, training: bool, momentum: float,
-                eps: float, num_batches_tracked: Tensor | None) -> Tensor:
+                eps: float, num_batches_tracked: Tensor | None, relu: bool = False) -> Tensor:
     """:func:`batch_norm`, plus a BatchNorm layer's ``num_batches_tracked += 1`` when given
     (after a successful call): on CUDA the running update's kernel does it, one CuPy ufunc
-    call (~10 us of host time) less per layer and step."""
+    call (~10 us of host time) less per layer and step. With ``relu``, ``relu`` of the
+    result as one op (``_batch_norm_relu``: on CUDA inside the batch-norm kernels)."""
     if not isinstance(input, Tensor):
         raise make(TypeError, "batch_norm",
                    f"argument 'input' must be Tensor, not {type(input).__name__}")
@@ -58,8 +59,9 @@ def _batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor 
                        f"Expected more than 1 value per channel when training, got input size "
                        f"{ember.Size(size)}",
                        hint="use a batch size > 1, or call .eval() for single-sample inference")
-    y, mean, var = apply(OPS["_batch_norm"], (input, weight, bias, running_mean, running_var,
-                                              bool(training), float(eps)))
+    y, mean, var = apply(OPS["_batch_norm_relu" if relu else "_batch_norm"],
+                         (input, weight, bias, running_mean, running_var, bool(training),
+                          float(eps)))
     if training and (running_mean is not None or running_var is not None):
         n = input._data.size // size[1]
         if input._device.type == "cuda":

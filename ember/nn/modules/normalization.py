@@ -102,6 +102,11 @@ class _BatchNorm(_NormBase):
                              f"{', shape ' + str(tuple(input.shape)) if isinstance(input, Tensor) else ''})")
 
     def forward(self, input: Tensor) -> Tensor:
+        return self._forward(input, False)
+
+    def _forward(self, input: Tensor, relu: bool) -> Tensor:
+        """The layer's forward; with ``relu``, ``relu`` of it as one op (a ResNet block's
+        ``bn -> relu``, ember/nn/modules/fused.py)."""
         self._check_input_dim(input)
         self._check_features(input, 1)
         # buffers and parameters straight from their dicts: each ``self.<name>`` goes through
@@ -128,7 +133,7 @@ class _BatchNorm(_NormBase):
         bn_training = training or (rm is None and rv is None)
         use_running = not training or self.track_running_stats
         return _batch_norm(input, rm if use_running else None, rv if use_running else None,
-                           weight, bias, bn_training, factor, self.eps, count)
+                           weight, bias, bn_training, factor, self.eps, count, relu)
 
 
 class BatchNorm1d(_BatchNorm):

@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 import ember
 from ember import Tensor, nn
+from ember.nn.modules.fused import add_relu, batch_norm_relu
 from ember.vision.models._api import Weights, WeightsEnum, _ovewrite_named_param, register_model
 from ember.vision.models._meta import _IMAGENET_NUM_CLASSES
 from ember.vision.transforms._presets import ImageClassification
@@ -53,13 +54,13 @@ class BasicBlock(nn.Module):
         self.stride = stride
 
     def forward(self, x: Tensor) -> Tensor:
+        # torchvision's steps; each ReLU tail may run fused (ember/nn/modules/fused.py)
         identity = x
-        out = self.relu(self.bn1(self.conv1(x)))
+        out = batch_norm_relu(self.bn1, self.relu, self.conv1(x))
         out = self.bn2(self.conv2(out))
         if self.downsample is not None:
             identity = self.downsample(x)
-        out += identity
-        return self.relu(out)
+        return add_relu(out, identity, self.relu)
 
 
 class Bottleneck(nn.Module):
@@ -84,14 +85,14 @@ class Bottleneck(nn.Module):
         self.stride = stride
 
     def forward(self, x: Tensor) -> Tensor:
+        # torchvision's steps; each ReLU tail may run fused (ember/nn/modules/fused.py)
         identity = x
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
+        out = batch_norm_relu(self.bn1, self.relu, self.conv1(x))
+        out = batch_norm_relu(self.bn2, self.relu, self.conv2(out))
         out = self.bn3(self.conv3(out))
         if self.downsample is not None:
             identity = self.downsample(x)
-        out += identity
-        return self.relu(out)
+        return add_relu(out, identity, self.relu)
 
 
 class ResNet(nn.Module):
@@ -167,7 +168,7 @@ class ResNet(nn.Module):
         return nn.Sequential(*layers)
 
     def _forward_impl(self, x: Tensor) -> Tensor:
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.maxpool(batch_norm_relu(self.bn1, self.relu, self.conv1(x)))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         x = ember.flatten(self.avgpool(x), 1)
         return self.fc(x)
