@@ -569,26 +569,44 @@ def _cl_flat_grid(nv: int, c: int, nvec: int) -> tuple[tuple, tuple]:
     return (blocks, 1, 1), (_THREADS, 1, 1)
 
 
-def _cl_stats(fn: Any, xp: Any, x: Any, g: Any, mean: Any, rstd: Any, m: int, c: int,
-              mode: int, ym: Any = None) -> tuple:
-    """Per-(channel, chunk) partial sums over the rows of a channels-last array: (p1, p2, P)
-    (``ym``: the fused ReLU's output, masking the gradient ``g``)."""
-    nvec = _vec(c, x, g) if ym is None else _vec(c, x, g, ym)
-    ymp = ym if ym is not None else np.uint64(0)
+def _stats_plan(lay: str, c: int, m: int, nvec: int) -> tuple:
+    """The statistics kernels' launch: ``(P, ...)`` with P partial sums per channel; NCHW
+    ``(P,)``, channels-last vectorised ``(P, geometry)``, channels-last scalar ``(P, chunk)``."""
+    if lay == "c":
+        return (_bn_blocks(c, m, _THREADS),)
     if nvec:
-        grid, p, m64, c32, chunk64, gb32, rb32, shared = _cl_geom(c, m, nvec)
-        p1, p2 = xp.empty((2, c, p), xp.float32)
+        geo = _cl_geom(c, m, nvec)
+        return geo[1], geo
+    return _cl_chunks(c, m)
+
+
+def _launch_stats(fn: Any, plan: tuple, lay: str, x: Any, g: Any, mean: Any, rstd: Any,
+                  p1: Any, p2: Any, n: int, c: int, hw: int, mode: int, ym: Any) -> None:
+    """Per-(channel, partial) sums into ``p1``/``p2`` (device pointers): mode 0, of ``x``
+    shifted by each channel's first element and their squares; mode 1, of the gradient
+    ``g`` and ``g * xhat`` (``ym``: the fused ReLU's output masking ``g``, or a null
+    pointer)."""
+    if lay == "c":
+        if mode == 0:
+            fn("bn_stats")((c, plan[0], 1), (_THREADS, 1, 1),
+                           (x, p1, p2, K.i32(n), K.i32(c), K.i32(hw)))
+        else:
+            fn("bn_bwd_stats")((c, plan[0], 1), (_THREADS, 1, 1),
+                               (g, x, mean, rstd, p1, p2, K.i32(n), K.i32(c), K.i32(hw), ym))
+    elif len(plan) == 2 and type(plan[1]) is tuple:
+        grid, _, m64, c32, chunk64, gb32, rb32, shared = plan[1]
         fn("bncl_stats_v")(grid, (_THREADS, 1, 1),
                            (x, g, mean, rstd, p1, p2, m64, c32, chunk64, K.i32(mode), gb32,
-                            rb32, ymp), shared_mem=shared)
-        return p1, p2, p
-    p, chunk = _cl_chunks(c, m)
-    p1 = xp.empty((c, p), xp.float32)
-    p2 = xp.empty((c, p), xp.float32)
-    fn("bncl_stats")(((c + 31) // 32, p, 1), (32, 8, 1),
-                     (x, g, mean, rstd, p1, p2, K.i64(m), K.i32(c), K.i64(chunk), K.i32(mode),
-                      ymp))
-    return p1, p2, p
+                            rb32, ym), shared_mem=shared)
+    else:
+        p, chunk = plan
+        fn("bncl_stats")(((c + 31) // 32, p, 1), (32, 8, 1),
+                         (x, g, mean, rstd, p1, p2, K.i64(n * hw), K.i32(c), K.i64(chunk),
+                          K.i32(mode), ym))
+
+
+_NULL = np.uint64(0)
+_U64 = np.uint64
 
 
 class BatchNormImpl:
@@ -635,34 +653,34 @@ def _forward(ctx: Any, xp: Any, input: Any, weight: Any, bias: Any, running_mean
         return NotImplemented  # F.batch_norm rejects it; the generic code decides
     targs = f"{ct}, {K.dtype_ctype(wdt)}"
     fn = _kernels(targs).__getitem__
-    f32 = xp.empty(5 * c, xp.float32)     # mean, rstd, coef: one allocation
-    mean, rstd, coef = f32[:c], f32[c:2 * c], f32[2 * c:]
-    mean_t, var_t = xp.empty((2, c), wdt)  # the returned statistics: one allocation
+    m = n * hw
+    nvec = _vec(c, input) if lay != "c" else 0   # y is a fresh, aligned allocation
+    plan = _stats_plan(lay, c, m, nvec)
+    p = plan[0]
+    # one float32 scratch allocation, addressed by pointer: mean, rstd, coef (3C: mean,
+    # rstd * w, b), then the two (C, P) partial sums; it is saved whole for the backward
+    scratch = xp.empty(5 * c + 2 * c * p, xp.float32)
+    base = scratch.data.ptr
+    mean, rstd, coef = _U64(base), _U64(base + 4 * c), _U64(base + 8 * c)
+    p1, p2 = _U64(base + 20 * c), _U64(base + 20 * c + 4 * c * p)
+    stats = xp.empty((2, c), wdt)   # the returned statistics: one allocation
+    mean_t, var_t = stats[0], stats[1]
     wa = weight if weight is not None else mean_t
     ba = bias if bias is not None else mean_t
     hasw, hasb = K.i32(weight is not None), K.i32(bias is not None)
-    if lay == "c":
-        p = _bn_blocks(c, n * hw, _THREADS)
-        p1 = xp.empty((c, p), xp.float32)
-        p2 = xp.empty((c, p), xp.float32)
-        fn("bn_stats")((c, p, 1), (_THREADS, 1, 1),
-                       (input, p1, p2, K.i32(n), K.i32(c), K.i32(hw)))
-        kstride = hw
-        y = xp.empty_like(input)
-    else:
-        p1, p2, p = _cl_stats(fn, xp, input, input, mean, rstd, n * hw, c, 0)
-        kstride = 1
-        y = L.empty_like(xp, input)
+    _launch_stats(fn, plan, lay, input, input, mean, rstd, p1, p2, n, c, hw, 0, _NULL)
+    y = xp.empty_like(input) if lay == "c" else L.empty_like(xp, input)
     fn("bn_finalize")(((c + 3) // 4, 1, 1), (32, 4, 1),
-                      (input, p1, p2, K.i32(p), K.i32(c), K.i64(kstride), K.i64(n * hw),
-                       K.f32(eps), mean, rstd, mean_t, var_t, wa, ba, hasw, hasb, coef))
+                      (input, p1, p2, K.i32(p), K.i32(c), K.i64(hw if lay == "c" else 1),
+                       K.i64(m), K.f32(eps), mean, rstd, mean_t, var_t, wa, ba, hasw, hasb,
+                       coef))
     if lay == "c":
         grid, block = K.flat_grid(input.size, _THREADS, 4)
         fn("bn_apply")(grid, block, (input, wa, ba, mean, rstd, y, K.i64(input.size),
                                      K.i32(c), K.i32(hw), hasw, hasb, K.i32(relu)))
-    elif _vec(c, input, y):
-        nv = input.size // _vec(c, input, y)
-        grid, block = _cl_flat_grid(nv, c, _vec(c, input, y))
+    elif nvec:
+        nv = input.size // nvec
+        grid, block = _cl_flat_grid(nv, c, nvec)
         fn("bncl_apply_v")(grid, block, (input, coef, y, K.i64(nv), K.i32(c), K.i32(relu)))
     else:
         grid, block = K.flat_grid(input.size, _THREADS, 4)
@@ -671,10 +689,12 @@ def _forward(ctx: Any, xp: Any, input: Any, weight: Any, bias: Any, running_mean
     bshape = (1, c) + (1,) * (input.ndim - 2)
     ctx.p = (True, eps, (0,) + tuple(range(2, input.ndim)), bshape)
     ctx.bn_layout = (lay, targs, wdt)
-    if relu:   # the generic op's layout, the output last (BatchNormRelu's backward)
-        ctx.save(input, weight, mean.reshape(bshape), rstd.reshape(bshape), y)
+    # slots 2 and 3 hold the batch statistics in the generic op's layout; only this backward
+    # reads them (the generic one runs under create_graph, and recomputes them from x)
+    if relu:   # the output last (BatchNormRelu's layout)
+        ctx.save(input, weight, scratch, None, y)
     else:
-        ctx.save(input, weight, mean.reshape(bshape), rstd.reshape(bshape))
+        ctx.save(input, weight, scratch, None)
     return y, mean_t, var_t
 
 
@@ -684,27 +704,30 @@ def _backward(ctx: Any, g: Any, saved: tuple, ym: Any) -> tuple:
     if g is None:
         return (None,) * 7
     import cupy as xp  # noqa: PLC0415 - only reached on the GPU
-    x, w, mean, rstd = saved[0], saved[1], saved[2], saved[3]
+    x, w = saved[0], saved[1]
     lay, targs, wdt = ctx.bn_layout
     fn = _kernels(targs).__getitem__
     xa = x._data
     n, c = xa.shape[0], xa.shape[1]
     hw = xa.size // (n * c)
-    ma, ra = mean._data, rstd._data
+    fbase = saved[2]._data.data.ptr          # the forward's scratch: mean, rstd first
+    ma, ra = _U64(fbase), _U64(fbase + 4 * c)
     wa = w._data if w is not None else None
-    ymp = ym if ym is not None else np.uint64(0)   # the output has x's layout
+    ymp = ym if ym is not None else _NULL    # the output has x's layout
     if lay == "c":
         ga = K.contiguous(xp, g._data, xa.dtype)
-        p = _bn_blocks(c, n * hw, _THREADS)
-        p1 = xp.empty((c, p), xp.float32)
-        p2 = xp.empty((c, p), xp.float32)
-        fn("bn_bwd_stats")((c, p, 1), (_THREADS, 1, 1),
-                           (ga, xa, ma, ra, p1, p2, K.i32(n), K.i32(c), K.i32(hw), ymp))
+        nvec = 0
     else:
         ga = L.as_layout(xp, g._data, xa, xa.dtype)
-        p1, p2, p = _cl_stats(fn, xp, xa, ga, ma, ra, n * hw, c, 1, ym)
-    f32 = xp.empty(6 * c, xp.float32)
-    sums, coef = f32[:2 * c], f32[2 * c:]
+        nvec = _vec(c, ga, xa) if ym is None else _vec(c, ga, xa, ym)
+    plan = _stats_plan(lay, c, n * hw, nvec)
+    p = plan[0]
+    # scratch: sums (2C), coef (4C: mean, A, B, D), then the two (C, P) partial sums
+    scratch = xp.empty(6 * c + 2 * c * p, xp.float32)
+    base = scratch.data.ptr
+    sums, coef = _U64(base), _U64(base + 8 * c)
+    p1, p2 = _U64(base + 24 * c), _U64(base + 24 * c + 4 * c * p)
+    _launch_stats(fn, plan, lay, xa, ga, ma, ra, p1, p2, n, c, hw, 1, ymp)
     gb = xp.empty(c, wdt)
     gw = xp.empty(c, wdt)
     inv = K.f32(1.0 / (n * hw))
@@ -722,8 +745,7 @@ def _backward(ctx: Any, g: Any, saved: tuple, ym: Any) -> tuple:
                                           K.i32(c), K.i32(hw), inv, K.i32(wa is not None),
                                           ymp))
         else:
-            dx = L.empty_like(xp, xa)
-            nvec = _vec(c, ga, xa, dx) if ym is None else _vec(c, ga, xa, dx, ym)
+            dx = L.empty_like(xp, xa)   # a fresh allocation: aligned as the vectors need
             if nvec:
                 nv = xa.size // nvec
                 grid, block = _cl_flat_grid(nv, c, nvec)
