@@ -2,7 +2,6 @@
 
     python -m bench.switch_ab relu ResNet-B4 ResNet      # EMBER_FUSE_RELU's switch
     python -m bench.switch_ab linact MLP                 # Sequential's Linear+activation
-    python -m bench.switch_ab launch ResNet-B4 MLP       # NVRTC kernels' packed-buffer launch
 
 The device host's speed differs between processes by up to ~1.7x (bench/RESULTS.md), so an
 A/B of two settings in two processes measures the host as much as the change. Here both
@@ -26,10 +25,7 @@ def _switch(name: str) -> list:
     if name == "linact":
         from ember.nn.modules import container
         return container.FUSE_LINEAR_ACT
-    if name == "launch":
-        from ember.backend.cuda_ops import _nvrtc
-        return _nvrtc.FAST_LAUNCH
-    raise SystemExit(f"unknown switch {name!r} (relu, linact, launch)")
+    raise SystemExit(f"unknown switch {name!r} (relu, linact)")
 
 
 def _steps(m: Any, name: str) -> Any:

@@ -14,9 +14,6 @@ buy nothing. All arithmetic is fp32; only loads and stores see the storage type.
 """
 from __future__ import annotations
 
-import os
-import struct
-from threading import get_ident
 from typing import Any
 
 import numpy as np
@@ -310,38 +307,18 @@ def function(family: str, name: str, targs: str) -> Any:
 class _Launcher:
     """A compiled kernel; ``launcher(grid, block, args)`` runs it on the current stream.
 
-    The launch packs the arguments into one parameter buffer (``struct``, C alignment) and
-    calls ``cuLaunchKernel`` through CuPy's driver binding with ``CU_LAUNCH_PARAM_BUFFER``:
-    CuPy's own ``RawKernel`` call wraps each argument in an object first, about twice the
-    host time (a ResNet-50 step launches ~500 of these kernels). Arrays go as their device
-    pointers, NumPy scalars as their C types. An argument of another type, or
-    ``EMBER_FAST_LAUNCH=0``, takes CuPy's call, which (should a CuPy version refuse an array
-    of a dtype it does not know; bfloat16 comes from ml_dtypes) falls back to raw pointers.
+    Arrays go to the kernel as CuPy ndarrays (their device pointers). Should a CuPy version
+    refuse an array of a dtype it does not know (bfloat16 comes from ml_dtypes), the raw
+    pointers are passed instead; the kernel sees the same bytes either way.
     """
 
-    __slots__ = ("fn", "raw", "plans", "ptr")
+    __slots__ = ("fn", "raw")
 
     def __init__(self, fn: Any) -> None:
         self.fn = fn
         self.raw = False
-        self.ptr = getattr(fn, "ptr", None)   # the CUfunction
-        self.plans: dict | None = {} if self.ptr else None
 
     def __call__(self, grid: tuple, block: tuple, args: tuple, shared_mem: int = 0) -> None:
-        plans = self.plans
-        if plans is not None and FAST_LAUNCH[0]:
-            types = tuple(map(type, args))
-            key = (types, get_ident())   # one parameter buffer per thread
-            plan = plans.get(key)
-            if plan is None:
-                plan = plans[key] = _pack_plan(types)
-            if plan is not False:
-                st, buf, extra, nd = plan
-                st.pack_into(buf, 0, *[a.data.ptr if t is nd else a
-                                       for a, t in zip(args, types)])
-                _DRIVER[0](self.ptr, grid[0], grid[1], grid[2], block[0], block[1],
-                           block[2], shared_mem, _DRIVER[1](), 0, extra)
-                return
         if not self.raw:
             try:
                 self.fn(grid, block, args, shared_mem=shared_mem)
@@ -351,42 +328,6 @@ class _Launcher:
         import cupy  # noqa: PLC0415
         args = tuple(np.uint64(a.data.ptr) if isinstance(a, cupy.ndarray) else a for a in args)
         self.fn(grid, block, args, shared_mem=shared_mem)
-
-
-# EMBER_FAST_LAUNCH=0: every launch through CuPy's RawKernel call (for A/B and debugging)
-FAST_LAUNCH = [os.environ.get("EMBER_FAST_LAUNCH", "1") != "0"]
-_DRIVER: list = [None, None]   # cupy's driver.launchKernel, the current stream's pointer
-_STRUCT_CODES = {np.int32: "i", np.int64: "q", np.uint64: "Q", np.uint32: "I",
-                 np.float32: "f", np.float64: "d", np.int8: "b", np.uint8: "B",
-                 np.bool_: "?", int: "q", float: "d"}
-
-
-def _pack_plan(types: tuple) -> Any:
-    """``(struct, buffer, extra pointer, ndarray type)`` for arguments of these types, or
-    False (some type is not covered: CuPy's call takes them)."""
-    import cupy  # noqa: PLC0415
-    if _DRIVER[0] is None:
-        from cupy.cuda import driver, stream  # noqa: PLC0415
-        get_ptr = getattr(stream, "get_current_stream_ptr", None) or \
-            (lambda: cupy.cuda.get_current_stream().ptr)
-        _DRIVER[0], _DRIVER[1] = driver.launchKernel, get_ptr
-    codes = []
-    for t in types:
-        code = "Q" if t is cupy.ndarray else _STRUCT_CODES.get(t)
-        if code is None:
-            return False
-        codes.append(code)
-    st = struct.Struct("@" + "".join(codes))   # native: C's alignment of each parameter
-    buf = np.zeros(max(st.size, 8), np.uint8)
-    size = np.array([st.size], np.uint64)
-    # CU_LAUNCH_PARAM_BUFFER_POINTER (1), the buffer, CU_LAUNCH_PARAM_BUFFER_SIZE (2), the
-    # size's address, CU_LAUNCH_PARAM_END (0); the driver copies the buffer at the launch
-    extra = np.array([1, buf.ctypes.data, 2, size.ctypes.data, 0], np.uint64)
-    _KEEP.append((buf, size, extra))
-    return st, buf, int(extra.ctypes.data), cupy.ndarray
-
-
-_KEEP: list = []   # the plans' host buffers, alive as long as the process
 
 
 _CT_BY_DTYPE: dict = {}
