@@ -17,6 +17,8 @@ import threading
 from types import SimpleNamespace
 from typing import Any, Callable
 
+_AHEAD = 8  # rows the row kernels prefetch ahead
+_GELU_AHEAD = 1024  # elements GELU prefetches ahead
 _GELU_MIN = 1 << 17  # elements a GELU piece gets at least: 128K split no faster (measured)
 # jitted helpers that other kernels call, set by _build: module globals rather than closure
 # variables, which numba's on-disk cache does not take (every process recompiled them)
@@ -35,6 +37,8 @@ _ROW_MAX: Any = None
 _ROW_VMAX: Any = None
 _ROW_VEXP_SUM: Any = None
 _ROW_VSCALE: Any = None
+_PF_READ: Any = None
+_PF_WRITE: Any = None
 
 
 def enabled() -> bool:
@@ -202,6 +206,34 @@ def _vec_ir(lanes: int) -> Any:
 
     return SimpleNamespace(vt=vt, it=it, i32=i32, c=c, ptr=ptr, intr=intr, splat=splat,
                            hreduce=hreduce)
+
+
+def _prefetch(rw: int) -> Any:
+    """A numba intrinsic ``pf(arr, idx)``: ``llvm.prefetch`` of the cache line holding
+    element ``idx`` of ``arr`` (flat, no bounds check: a prefetch never faults) into L2;
+    ``rw`` 1 for a line that will be written. Row kernels fetch a few rows ahead: in a
+    training step their inputs come from L3 or the other core's cache (a GEMM on two
+    threads wrote them) and their outputs are fresh buffers."""
+    from llvmlite import ir
+    from numba import types
+    from numba.core import cgutils
+    from numba.extending import intrinsic
+
+    i32 = ir.IntType(32)
+
+    @intrinsic
+    def pf(typingctx, arr, idx):  # pragma: no cover - compile-time
+        def cg(context, builder, sig, args):
+            a = context.make_array(sig.args[0])(context, builder, args[0])
+            i8p = ir.IntType(8).as_pointer()
+            fn = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
+                "llvm.prefetch.p0")
+            builder.call(fn, [builder.bitcast(builder.gep(a.data, [args[1]]), i8p),
+                              ir.Constant(i32, rw), ir.Constant(i32, 2), ir.Constant(i32, 1)])
+            return context.get_dummy_value()
+        return types.none(arr, idx), cg
+    return pf
 
 
 def _ir_exp_neg(builder: Any, z: Any, lanes: int, intr: Any) -> Any:
@@ -419,8 +451,9 @@ def _build() -> SimpleNamespace:
     global _EXP_NEG, _GELU_PARTS, _GELU_SPAN, _GELU_SPAN_GRAD, _SIGMOID, _TANH
     global _GELU_VEC, _GELU_VEC_GRAD
     global _LN_ROWS, _LN_BACK_ROWS, _SOFTMAX_STATS_ROWS, _ROW_MAX
-    global _ROW_VMAX, _ROW_VEXP_SUM, _ROW_VSCALE
+    global _ROW_VMAX, _ROW_VEXP_SUM, _ROW_VSCALE, _PF_READ, _PF_WRITE
     _EXP_NEG = _exp_neg(numba, np)
+    _PF_READ, _PF_WRITE = _prefetch(0), _prefetch(1)
 
     @numba.njit(inline="always", error_model="numpy")
     def row_max(xr):  # pragma: no cover - compiled
@@ -465,6 +498,9 @@ def _build() -> SimpleNamespace:
         n = x.size
         m = n - n % lanes
         for i in range(0, m, lanes):
+            _PF_READ(x, i + _GELU_AHEAD)
+            _PF_WRITE(y, i + _GELU_AHEAD)
+            _PF_WRITE(d, i + _GELU_AHEAD)
             _GELU_VEC_GRAD(x, y, d, i)
         for i in range(m, n):
             v = x[i]
@@ -478,6 +514,8 @@ def _build() -> SimpleNamespace:
         n = x.size
         m = n - n % lanes
         for i in range(0, m, lanes):
+            _PF_READ(x, i + _GELU_AHEAD)
+            _PF_WRITE(y, i + _GELU_AHEAD)
             _GELU_VEC(x, y, i)
         for i in range(m, n):
             v = x[i]
@@ -507,7 +545,12 @@ def _build() -> SimpleNamespace:
         rows, n = x.shape
         cast = x.dtype.type
         inv_n = cast(1.0 / n)
+        line = 64 // x.itemsize
         for r in range(rows):
+            if r + _AHEAD < rows:
+                for j in range(0, n, line):
+                    _PF_READ(x, (r + _AHEAD) * n + j)
+                    _PF_WRITE(y, (r + _AHEAD) * n + j)
             xr = x[r]
             s = cast(0.0)
             for j in range(n):
@@ -553,10 +596,17 @@ def _build() -> SimpleNamespace:
         rows, n = x.shape
         cast = x.dtype.type
         inv_n = cast(1.0 / n)
+        line = 64 // x.itemsize
         aw = np.zeros(n, x.dtype)
         ab = np.zeros(n, x.dtype)
         for r0 in range(0, rows, 128):
             for r in range(r0, min(rows, r0 + 128)):
+                if r + _AHEAD < rows:
+                    for j in range(0, n, line):
+                        _PF_READ(x, (r + _AHEAD) * n + j)
+                        _PF_READ(g, (r + _AHEAD) * n + j)
+                        if want_gx:
+                            _PF_WRITE(gx, (r + _AHEAD) * n + j)
                 xr = x[r]
                 gr = g[r]
                 m = mean[r]
