@@ -118,3 +118,35 @@ def test_relu_double_backward_vs_torch():
     (de * de).sum().backward()
     (dt * dt).sum().backward()
     np.testing.assert_array_equal(ge.grad.numpy(), gt.grad.numpy())
+
+
+def test_conv_meta_cache_keeps_torch_results_and_errors():
+    # conv_meta caches the signatures it accepted: repeated calls, then calls that differ in
+    # one checked part (channels, bias shape and dtype, groups, kernel larger than the input)
+    # must still give torch's shapes and exception types
+    from ember.ops import nn_conv
+    nn_conv._META_OK.clear()
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 4, 6, 6)).astype(np.float32)
+    w = rng.standard_normal((8, 4, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(8).astype(np.float32)
+    for _ in range(2):
+        got = F.conv2d(ember.tensor(x), ember.tensor(w), ember.tensor(b), padding=1)
+        want = torch.nn.functional.conv2d(torch.tensor(x), torch.tensor(w), torch.tensor(b),
+                                          padding=1)
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-5)
+    assert len(nn_conv._META_OK) == 1
+    bad = [
+        lambda m: m.nn.functional.conv2d(m.tensor(x[:, :3]), m.tensor(w), m.tensor(b)),
+        lambda m: m.nn.functional.conv2d(m.tensor(x), m.tensor(w), m.tensor(b[:5])),
+        lambda m: m.nn.functional.conv2d(m.tensor(x), m.tensor(w),
+                                         m.tensor(b, dtype=m.float64)),
+        lambda m: m.nn.functional.conv2d(m.tensor(x), m.tensor(w), m.tensor(b), groups=3),
+        lambda m: m.nn.functional.conv2d(m.tensor(x[:, :, :2, :2]), m.tensor(w)),
+    ]
+    for case in bad:
+        with pytest.raises(RuntimeError):
+            case(torch)
+        with pytest.raises(RuntimeError):
+            case(ember)
+    assert len(nn_conv._META_OK) == 1    # nothing failing was cached
