@@ -110,12 +110,15 @@ def test_batch_norm_channels_last_no_affine_and_double_backward():
     np.testing.assert_allclose(_host(xt.grad), _host(xc.grad), rtol=1e-3, atol=1e-3)
 
 
+@pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize("momentum", [0.1, None])
-def test_batch_norm_module_running_stats_and_counter_match_torch(momentum):
+def test_batch_norm_module_running_stats_and_counter_match_torch(momentum, relu):
     # BatchNorm2d training calls on CUDA (channels-last bf16 input, float32 buffers, as a
-    # ResNet step): the running statistics and num_batches_tracked (incremented by the
-    # running update's kernel when momentum is set) against torch on the CPU
+    # ResNet step; with relu, through the fused ReLU tail): the running statistics and
+    # num_batches_tracked (updated by the forward's finalize kernel when momentum is set)
+    # against torch on the CPU
     torch = pytest.importorskip("torch")
+    from ember.nn.modules.fused import batch_norm_relu
     rng = np.random.default_rng(11)
     bn = ember.nn.BatchNorm2d(6, momentum=momentum).to("cuda")
     ref = torch.nn.BatchNorm2d(6, momentum=momentum)
@@ -123,8 +126,10 @@ def test_batch_norm_module_running_stats_and_counter_match_torch(momentum):
     for _ in range(3):
         a = rng.standard_normal((4, 6, 5, 5)).astype(np.float32)
         x = _cuda(a, "bfloat16", cl=True, grad=False)
-        bn(x)
-        ref(torch.from_numpy(_rounded(a, "bfloat16")).float())
+        y = batch_norm_relu(bn, ember.nn.ReLU(), x) if relu else bn(x)
+        want = ref(torch.from_numpy(_rounded(a, "bfloat16")).float())
+        want = torch.relu(want) if relu else want
+        np.testing.assert_allclose(_host(y), want.double().numpy(), rtol=3e-2, atol=3e-2)
     assert bn.num_batches_tracked.device.type == "cuda"
     assert int(bn.num_batches_tracked.item()) == int(ref.num_batches_tracked) == 3
     assert bn.num_batches_tracked._version[0] >= version + 3

@@ -29,6 +29,7 @@ its differentiable backward runs on the same node.
 from __future__ import annotations
 
 import math
+import threading
 from typing import Any
 
 import numpy as np
@@ -93,7 +94,9 @@ __global__ void bn_finalize(const T* __restrict__ x, const float* __restrict__ p
                             float* __restrict__ rstd, W* __restrict__ mean_t,
                             W* __restrict__ var_t, const W* __restrict__ w,
                             const W* __restrict__ b, int has_w, int has_b,
-                            float* __restrict__ coef) {
+                            float* __restrict__ coef, W* __restrict__ rm, W* __restrict__ rv,
+                            float momentum, float unbias, long long* __restrict__ nbt,
+                            int upd) {
     // one warp per channel (blockDim (32, 4)): lanes stride over the P partials, fp64 sums
     int c = blockIdx.x * blockDim.y + threadIdx.y;
     if (c >= C) return;
@@ -119,6 +122,11 @@ __global__ void bn_finalize(const T* __restrict__ x, const float* __restrict__ p
     coef[c] = mu;
     coef[C + c] = has_w ? r * ld(w, c) : r;
     coef[2 * C + c] = has_b ? ld(b, c) : 0.f;
+    if (upd) {   // F.batch_norm's running update, bn_running's arithmetic on the stored stats
+        if (rm) st(rm, c, ld(rm, c) * (1.f - momentum) + ld(mean_t, c) * momentum);
+        if (rv) st(rv, c, ld(rv, c) * (1.f - momentum) + ld(var_t, c) * unbias * momentum);
+        if (nbt && c == 0) nbt[0] += 1;
+    }
 }
 
 template <typename T, typename W>
@@ -607,6 +615,53 @@ def _launch_stats(fn: Any, plan: tuple, lay: str, x: Any, g: Any, mean: Any, rst
 
 _NULL = np.uint64(0)
 _U64 = np.uint64
+_ONE = np.int32(1)
+_NO_UPDATE = (_NULL, _NULL, np.float32(0), np.float32(0), _NULL, np.int32(0))
+
+
+class _Running(threading.local):
+    """F.batch_norm's running update armed for the next CUDA batch norm of this thread:
+    ``(running_mean, running_var, momentum, unbias, num_batches_tracked, dtype, done)``
+    (arrays or None; float32 scalars; a one-item list set when a finalize kernel did it)."""
+
+    pending: Any = None
+
+
+_RUNNING = _Running()
+
+
+def arm_running(running_mean: Any, running_var: Any, momentum: float, n: int,
+                nbt: Any = None) -> list | None:
+    """Ask the next fused batch-norm forward on this thread to update the running statistics
+    (and ``nbt += 1``) inside its finalize kernel, as :func:`update_running` would; returns
+    the ``done`` flag (a list) to read after the call, or None when the tensors are not
+    covered (on the GPU, one float dtype, contiguous, one element per channel). The caller
+    clears the request with :func:`disarm_running` after the call either way."""
+    if OPS["_batch_norm"].cuda_impl is not BatchNormImpl:
+        return None
+    runs = [t for t in (running_mean, running_var) if t is not None]
+    if not runs:
+        return None
+    r0 = runs[0]
+    dt = r0._data.dtype
+    if r0._device.type != "cuda" or K.dtype_ctype(dt) is None or any(
+            t._device is not r0._device or t._data.dtype != dt or t._data.ndim != 1 or
+            not t._data.flags.c_contiguous for t in runs) or \
+            (len(runs) == 2 and runs[1]._data.shape != r0._data.shape):
+        return None
+    if nbt is not None and (nbt._device is not r0._device or nbt._data.dtype != np.int64
+                            or nbt._data.size != 1 or not nbt._data.flags.c_contiguous):
+        return None
+    done = [False]
+    _RUNNING.pending = (running_mean._data if running_mean is not None else None,
+                        running_var._data if running_var is not None else None,
+                        np.float32(momentum), np.float32(n / max(n - 1, 1)),
+                        nbt._data if nbt is not None else None, dt, done)
+    return done
+
+
+def disarm_running() -> None:
+    _RUNNING.pending = None
 
 
 class BatchNormImpl:
@@ -670,10 +725,20 @@ def _forward(ctx: Any, xp: Any, input: Any, weight: Any, bias: Any, running_mean
     hasw, hasb = K.i32(weight is not None), K.i32(bias is not None)
     _launch_stats(fn, plan, lay, input, input, mean, rstd, p1, p2, n, c, hw, 0, _NULL)
     y = xp.empty_like(input) if lay == "c" else L.empty_like(xp, input)
+    pend = _RUNNING.pending
+    if pend is not None and pend[0] is running_mean and pend[1] is running_var and \
+            pend[5] == wdt:
+        # F.batch_norm armed its running update for this call: the finalize kernel does it
+        rm_a, rv_a, mom, unb, nbt_a, _, done = pend
+        upd = (rm_a if rm_a is not None else _NULL, rv_a if rv_a is not None else _NULL,
+               mom, unb, nbt_a if nbt_a is not None else _NULL, _ONE)
+        done[0] = True
+    else:
+        upd = _NO_UPDATE
     fn("bn_finalize")(((c + 3) // 4, 1, 1), (32, 4, 1),
                       (input, p1, p2, K.i32(p), K.i32(c), K.i64(hw if lay == "c" else 1),
                        K.i64(m), K.f32(eps), mean, rstd, mean_t, var_t, wa, ba, hasw, hasb,
-                       coef))
+                       coef) + upd)
     if lay == "c":
         grid, block = K.flat_grid(input.size, _THREADS, 4)
         fn("bn_apply")(grid, block, (input, wa, ba, mean, rstd, y, K.i64(input.size),

@@ -45,9 +45,10 @@ def _batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor 
                 weight: Tensor | None, bias: Tensor | None, training: bool, momentum: float,
                 eps: float, num_batches_tracked: Tensor | None, relu: bool = False) -> Tensor:
     """:func:`batch_norm`, plus a BatchNorm layer's ``num_batches_tracked += 1`` when given
-    (after a successful call): on CUDA the running update's kernel does it, one CuPy ufunc
-    call (~10 us of host time) less per layer and step. With ``relu``, ``relu`` of the
-    result as one op (``_batch_norm_relu``: on CUDA inside the batch-norm kernels)."""
+    (after a successful call). On CUDA the fused forward's finalize kernel updates the
+    running statistics and the counter (``kernels_batchnorm.arm_running``), else one kernel
+    after the call does: no separate small ops. With ``relu``, ``relu`` of the result as one
+    op (``_batch_norm_relu``: on CUDA inside the batch-norm kernels)."""
     if not isinstance(input, Tensor):
         raise make(TypeError, "batch_norm",
                    f"argument 'input' must be Tensor, not {type(input).__name__}")
@@ -59,20 +60,34 @@ def _batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor 
                        f"Expected more than 1 value per channel when training, got input size "
                        f"{ember.Size(size)}",
                        hint="use a batch size > 1, or call .eval() for single-sample inference")
-    y, mean, var = apply(OPS["_batch_norm_relu" if relu else "_batch_norm"],
-                         (input, weight, bias, running_mean, running_var, bool(training),
-                          float(eps)))
-    if training and (running_mean is not None or running_var is not None):
+    op = OPS["_batch_norm_relu" if relu else "_batch_norm"]
+    args = (input, weight, bias, running_mean, running_var, bool(training), float(eps))
+    if not (training and (running_mean is not None or running_var is not None)):
+        y, mean, var = apply(op, args)
+    elif input._device.type == "cuda":
         n = input._data.size // size[1]
-        if input._device.type == "cuda":
-            from ember.backend.cuda_ops.kernels_batchnorm import update_running
-            if update_running(running_mean, running_var, mean, var, momentum, n,
-                              num_batches_tracked):
-                return y   # one fused kernel instead of about ten small ops
-            done = False
-        else:
-            done = _update_running_cpu(running_mean, running_var, mean, var, momentum, n)
-        if not done:
+        from ember.backend.cuda_ops import kernels_batchnorm as KB
+        # the fused forward's finalize kernel updates the running statistics (and the
+        # counter) when it runs; else one kernel after it, else the generic ops below
+        armed = KB.arm_running(running_mean, running_var, momentum, n, num_batches_tracked)
+        try:
+            y, mean, var = apply(op, args)
+        finally:
+            KB.disarm_running()
+        if armed is not None and armed[0]:
+            for t in (running_mean, running_var, num_batches_tracked):
+                if t is not None:
+                    t._version[0] += 1
+            return y
+        if KB.update_running(running_mean, running_var, mean, var, momentum, n,
+                             num_batches_tracked):
+            return y   # one fused kernel instead of about ten small ops
+        _update_running(running_mean, mean, momentum)
+        _update_running(running_var, var * (n / max(n - 1, 1)), momentum)
+    else:
+        y, mean, var = apply(op, args)
+        n = input._data.size // size[1]
+        if not _update_running_cpu(running_mean, running_var, mean, var, momentum, n):
             _update_running(running_mean, mean, momentum)
             _update_running(running_var, var * (n / max(n - 1, 1)), momentum)
     if num_batches_tracked is not None:
