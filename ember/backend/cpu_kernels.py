@@ -955,6 +955,10 @@ def _build() -> SimpleNamespace:
         m0 = nv * lanes
         for r in range(rows):
             base = r * n
+            if r + _AHEAD < rows:  # the logits come from the head GEMM's two threads
+                for j in range(0, n, 16):
+                    _PF_READ(x, base + _AHEAD * n + j)
+                    _PF_WRITE(p, base + _AHEAD * n + j)
             xr = x[r]
             mx = _ROW_VMAX(x, base, nv)
             nan = False
