@@ -205,10 +205,14 @@ def finalize(g: Any, exact_fp32: bool = False) -> None:
 
 def exact_fp32(dtype: Any) -> bool:
     """Whether float32 work of this dtype must avoid TF32 (``backends.cudnn.allow_tf32``)."""
-    if np.dtype(dtype).name != "float32":
-        return False
-    from ember.backends import cudnn as _flags
-    return not _flags.allow_tf32
+    if _F32[0] is None:
+        from ember.backends import cudnn as _flags
+        _F32[0], _F32[1] = np.dtype("float32"), _flags
+    # asked once per convolution: a dtype comparison, not np.dtype(...).name (~2 us)
+    return dtype == _F32[0] and not _F32[1].allow_tf32
+
+
+_F32: list = [None, None]   # float32's dtype, ember.backends.cudnn (bound on first use)
 
 
 def cached(key: tuple, build: Callable[[], Built]) -> Built | None:
