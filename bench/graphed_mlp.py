@@ -17,13 +17,11 @@ import statistics
 import subprocess
 import sys
 import time
+from typing import Any
 
 
-def run(fw: str) -> None:
-    if fw == "torch":
-        import torch as m
-    else:
-        import ember as m
+def _setup(m: Any) -> tuple:
+    """bench.gpu's MLP (784-512-512-10, Adam, B64) made graphed: (model, opt, x, y, CE)."""
     nn = m.nn
     m.manual_seed(0)
     model = nn.Sequential(nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(),
@@ -31,8 +29,15 @@ def run(fw: str) -> None:
     opt = m.optim.Adam(model.parameters(), lr=1e-3)
     x = m.randn(64, 784, device="cuda")
     y = m.randint(0, 10, (64,), device="cuda")
-    model = m.cuda.make_graphed_callables(model, (x,))
-    CE = nn.functional.cross_entropy
+    return m.cuda.make_graphed_callables(model, (x,)), opt, x, y, nn.functional.cross_entropy
+
+
+def run(fw: str) -> None:
+    if fw == "torch":
+        import torch as m
+    else:
+        import ember as m
+    model, opt, x, y, CE = _setup(m)
     names = ("zero_grad", "forward", "loss", "backward", "step")
     times: dict = {k: [] for k in names + ("synced",)}
     clock = time.perf_counter
@@ -65,15 +70,7 @@ def profile() -> None:
     import cProfile
     import pstats
     import ember as m
-    nn = m.nn
-    m.manual_seed(0)
-    model = nn.Sequential(nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(),
-                          nn.Linear(512, 10)).to("cuda")
-    opt = m.optim.Adam(model.parameters(), lr=1e-3)
-    x = m.randn(64, 784, device="cuda")
-    y = m.randint(0, 10, (64,), device="cuda")
-    model = m.cuda.make_graphed_callables(model, (x,))
-    CE = nn.functional.cross_entropy
+    model, opt, x, y, CE = _setup(m)
 
     def step() -> None:
         opt.zero_grad()

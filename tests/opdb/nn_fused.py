@@ -5,17 +5,15 @@ from __future__ import annotations
 import numpy as np
 
 from opdb import ErrorInput, OpEntry, Sample
-from opdb.nn_norm import _bn_call, _bn_ref
+from opdb.nn_norm import _bn_call, _bn_ref, bn_buffers
 
 
 def _bn_relu_call(m, x, rm=None, rv=None, w=None, b=None, training=False, eps=1e-5):
     if m.__name__ != "ember":
         return m.relu(_bn_call(m, x, rm, rv, w, b, training=training, eps=eps))
     from ember.nn.functional.normalization import _batch_norm
-    dt = x.dtype
-    rm = m.tensor(rm, dtype=dt) if rm is not None else None
-    rv = m.tensor(rv, dtype=dt).abs() + 0.5 if rv is not None else None
-    return _batch_norm(x, rm, rv, w, b, training, 0.1, eps, None, relu=True)
+    return _batch_norm(x, *bn_buffers(m, x, rm, rv), w, b, training, 0.1, eps, None,
+                       relu=True)
 
 
 def _bn_relu_samples(rng):

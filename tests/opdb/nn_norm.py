@@ -27,14 +27,18 @@ def ref_batch_norm(x, running_mean=None, running_var=None, weight=None, bias=Non
     return y
 
 
-def _bn_call(m, x, rm=None, rv=None, w=None, b=None, **k):
+def bn_buffers(m, x, rm, rv):
     # running statistics are buffers, never differentiated (torch refuses it): the samples
     # pass them as lists so that gradcheck does not perturb them
     dt = x.dtype
     rm = m.tensor(rm, dtype=dt) if rm is not None else None
     if rv is not None:
         rv = m.tensor(rv, dtype=dt).abs() + 0.5  # a variance must be positive
-    return m.nn.functional.batch_norm(x, rm, rv, w, b, **k)
+    return rm, rv
+
+
+def _bn_call(m, x, rm=None, rv=None, w=None, b=None, **k):
+    return m.nn.functional.batch_norm(x, *bn_buffers(m, x, rm, rv), w, b, **k)
 
 
 def _bn_ref(x, rm=None, rv=None, w=None, b=None, **k):
