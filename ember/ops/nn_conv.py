@@ -601,7 +601,7 @@ _META_MAX = 4096
 def conv_meta(op: Any, input: Any, weight: Any, bias: Any, stride: Any, padding: Any,
               dilation: Any, transposed: bool, output_padding: Any, groups: int) -> TensorMeta:
     key = None
-    if type(input) is Tensor and type(weight) is Tensor and type(stride) is tuple and \
+    if isinstance(input, Tensor) and isinstance(weight, Tensor) and type(stride) is tuple and \
             type(padding) is tuple and type(dilation) is tuple and \
             type(output_padding) is tuple and type(groups) is int:
         key = (input._data.shape, weight._data.shape, input._dtype, weight._dtype,
