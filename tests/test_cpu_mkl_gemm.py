@@ -263,3 +263,92 @@ def test_one_row_and_column_vs_torch(counted: list) -> None:
     _close(ember.from_numpy(b.T.copy()) @ ember.from_numpy(a.T.copy()),
            torch.from_numpy(b.T.copy()) @ torch.from_numpy(a.T.copy()), 4096)
     assert len(counted) == 2
+
+
+@pytest.mark.parametrize("caller", ["numba", "ctypes"])
+@pytest.mark.parametrize("dt", DTYPES)
+def test_both_callers_vs_float64(monkeypatch: pytest.MonkeyPatch, caller: str,
+                                 dt: type) -> None:
+    # the compiled caller (backend/cpu_mkl_jit) and the ctypes one it replaces where numba
+    # is missing: the same layouts, the same hand-backs
+    cpu_mkl._load()
+    if caller == "numba":
+        if cpu_mkl._mkl["jit"] is None:
+            pytest.skip("numba not installed")
+    else:
+        monkeypatch.setitem(cpu_mkl._mkl, "jit", None)
+    for a, b in ((_randn((128, 256), dt), _randn((10, 256), dt).T),       # 128x256x10
+                 (_randn((300, 128), dt).T, _randn((300, 200), dt)),      # weight gradient
+                 (_randn((70, 90), dt)[::2, 3:83], np.asfortranarray(_randn((80, 64), dt)))):
+        y = cpu_mkl.mm(a, b)
+        macs = a.shape[0] * a.shape[1] * b.shape[1]
+        if caller == "ctypes" and macs < cpu_mkl.MIN_MACS_CTYPES or macs < cpu_mkl.MIN_MACS:
+            assert y is None
+            continue
+        assert y is not None and y.flags.c_contiguous and y.dtype == dt
+        np.testing.assert_allclose(y, a.astype(np.float64) @ b.astype(np.float64),
+                                   **_tol(dt, a.shape[1]))
+    a = _randn((512, 512), dt)
+    assert cpu_mkl.mm(a[:, ::2], a[::2]) is None                   # element-strided
+    assert cpu_mkl.mm(a[::-1], a) is None                           # negative step
+    assert cpu_mkl.mm(_randn((128, 10), dt), _randn((10, 256), dt)) is None   # k < MIN_K
+
+
+@pytest.fixture
+def spare_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two cores spare whatever the machine's load, so the SGD route may run."""
+    from ember.backend import cpu
+    if not cpu._libs():
+        pytest.skip("no BLAS library found by threadpoolctl")
+    monkeypatch.setattr(cpu, "_spare_threads", lambda now: 2)
+    monkeypatch.setitem(cpu._state, "default", 2)
+
+
+@pytest.mark.parametrize("dt", ["float32", "float64"])
+@pytest.mark.parametrize("kw", [
+    dict(lr=0.05, momentum=0.9),
+    dict(lr=0.05, momentum=0.9, weight_decay=0.01),
+    dict(lr=0.05, momentum=0.8, dampening=0.3, maximize=True, weight_decay=0.02),
+    dict(lr=0.05, momentum=0.9, nesterov=True),            # numba's one pass
+])
+def test_sgd_momentum_route_vs_torch(spare_cores: None, monkeypatch: pytest.MonkeyPatch,
+                                     dt: str, kw: dict) -> None:
+    if cpu_mkl._load() is None or cpu_mkl._mkl["jit"] is None:
+        pytest.skip("numba not installed")
+    taken: list = []
+    route = cpu_mkl.sgd_momentum
+
+    def counted(*args: object) -> bool:
+        done = route(*args)
+        taken.append(done)
+        return done
+    monkeypatch.setattr(cpu_mkl, "sgd_momentum", counted)
+    rng = np.random.default_rng(12)
+    shapes = [(300, 200), (64,), (cpu_mkl.SGD_MIN,)]
+    w0 = [rng.standard_normal(s).astype(dt) for s in shapes]
+    grads = [[rng.standard_normal(s).astype(dt) for s in shapes] for _ in range(4)]
+    res = []
+    for m in (ember, torch):
+        ws = [m.tensor(w.copy(), requires_grad=True) for w in w0]
+        opt = m.optim.SGD(ws, **kw)
+        for gs in grads:
+            for w, g in zip(ws, gs):
+                w.grad = m.tensor(g)
+            opt.step()
+        res.append([w.detach().numpy() for w in ws] +
+                   [opt.state[w]["momentum_buffer"].numpy() for w in ws])
+    tol = dict(rtol=1e-6, atol=1e-6) if dt == "float32" else dict(rtol=1e-12, atol=1e-12)
+    for e, t in zip(*res):
+        np.testing.assert_allclose(e, t, **tol)
+    # steps 2-4 of the two large parameters (the first step makes the buffers)
+    assert taken == ([] if kw.get("nesterov") else [True] * 6)
+
+
+def test_sgd_route_needs_a_spare_core(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ember.backend import cpu
+    if cpu_mkl._load() is None or cpu_mkl._mkl["jit"] is None or not cpu._libs():
+        pytest.skip("numba or threadpoolctl not installed")
+    monkeypatch.setattr(cpu, "_spare_threads", lambda now: 1)
+    p = np.ones(1 << 16, np.float32)
+    assert not cpu_mkl.sgd_momentum(p, p.copy(), p.copy(), 0.1, 0.9, 1.0, 0.0)
+    assert np.array_equal(p, np.ones(1 << 16, np.float32))   # nothing written

@@ -3,17 +3,19 @@
 NumPy's OpenBLAS reaches ~75% of this AVX-512 host's peak on the GEMMs of ember's training
 steps, torch's MKL ~88%. When the ``mkl`` wheel is installed (``libmkl_rt.so.*`` under
 ``sys.prefix/lib`` or among the package's files), the CPU linear layer and matmul call
-``cblas_sgemm`` / ``cblas_dgemm`` (and ``cblas_?gemm_batch_strided`` for equal batches)
-through ctypes. :func:`matmul` returns None where NumPy should run instead: other dtypes,
-zero sizes, products too small to pay for the ctypes call (~5 us against NumPy's ~1 us),
+``cblas_sgemm`` / ``cblas_dgemm`` (and ``cblas_?gemm_batch_strided`` for equal batches),
+through numba-compiled callers where numba is installed (``backend/cpu_mkl_jit``: ~1 us a
+call), else through ctypes (~7 us). :func:`matmul` returns None where NumPy should run
+instead: other dtypes, zero sizes, products too small to pay for the call (``MIN_MACS``),
 operands whose strides cblas cannot express (negative or element-strided rows and
-columns), dimensions beyond MKL's 32-bit integers. ``EMBER_MKL=0`` (read on every call)
-switches the route off; the library is loaded on the first large GEMM, never by
-``import ember``.
+columns), dimensions beyond MKL's 32-bit integers. Momentum SGD of large parameters runs
+as MKL's threaded ``?axpby`` passes where a core is spare (:func:`sgd_momentum`).
+``EMBER_MKL=0`` (read on every call) switches the route off; the library is loaded on the
+first large GEMM, never by ``import ember``.
 
-Threads: MKL gets the count ember chose for the product (``backend.cpu.gemm_threads``: one
-thread for small products, the cores other processes leave free for large ones), set only
-when it changes. MKL runs on Intel's OpenMP (``libiomp5``; GNU OpenMP where a library such as
+Threads: MKL gets the count ember chose for it (``backend.cpu.gemm_threads``: the cores
+other processes leave free from 256K multiply-adds on, one thread below; MKL itself keeps
+a product too small to split on one thread), set only when it changes. MKL runs on Intel's OpenMP (``libiomp5``; GNU OpenMP where a library such as
 torch already loaded it, see :func:`_threading_layer`). Intel's idle workers busy-wait for
 ``KMP_BLOCKTIME`` (200 ms by default) after each threaded region: on a 2-core machine that
 takes the core from ember's own row threads and numba kernels, as OpenBLAS's spinning
@@ -35,17 +37,28 @@ from typing import Any
 
 import numpy as np
 
-# Products under this many multiply-adds stay with NumPy: the ctypes call with its three
-# pointer look-ups costs ~4 us more than np.matmul's (measured at 64x64x64: NumPy 7.0 us,
-# MKL 9.8 us; 128x256x10, 327K multiply-adds: 14.2 us each).
-MIN_MACS = 1 << 19
+from ember.backend.cpu import _state as _cpu_state, gemm_threads
+
+# Products under this many multiply-adds stay with NumPy (and those with fewer than MIN_K
+# terms per sum under MIN_MACS_CTYPES). Through the compiled caller (backend/cpu_mkl_jit,
+# ~1 us a call) MKL on the spare cores took 128x256x10 (an MLP's last layer) in 8.7 us
+# against NumPy's 13.9 and matched it at 64x64x64 (262K); NumPy stayed faster below that
+# and at 128x10x256 and 128x4x512 (5.8 against 8.7 us, 8.7 against 12.2), but not at
+# 512x10x512 (71 against 45 us) or 700x1x1024 (757 against 131). Through ctypes alone
+# (~7 us a call) every product needs MIN_MACS_CTYPES.
+MIN_MACS = 1 << 18
+MIN_MACS_CTYPES = 1 << 19
+MIN_K = 16
 # Idle OpenMP workers wait this long for the next threaded region before they sleep.
 _BLOCKTIME_MS = 1
 _INT_MAX = (1 << 31) - 1   # MKL_INT of the LP64 interface mkl_rt uses by default
 
 _ROW, _NO, _TRANS = 101, 111, 112
 _lock = threading.Lock()
-_mkl: dict = {"lib": None, "tried": False, "threads": None, "path": None, "layer": None}
+_mkl: dict = {"lib": None, "tried": False, "threads": None, "path": None, "layer": None,
+              "jit": None, "sgemm": 0, "dgemm": 0, "saxpby": 0, "daxpby": 0}
+_ONE32 = np.float32(1)
+_ZERO32 = np.float32(0)
 
 
 def enabled() -> bool:
@@ -87,8 +100,24 @@ def _load() -> Any:
         if lib is not None:
             from ember.backend.cpu import quiet_blas_workers
             quiet_blas_workers()
+            _bind_jit(lib)
         _mkl["tried"] = True
     return lib
+
+
+def _bind_jit(lib: Any) -> None:
+    """The numba callers (``backend/cpu_mkl_jit``) and the cblas addresses they call, when
+    numba is there (else the ctypes calls stay)."""
+    try:
+        from ember.backend import cpu_mkl_jit
+        jit = cpu_mkl_jit.kernels()
+    except Exception:  # numba missing or broken: the ctypes path works alone
+        jit = None
+    if jit is None:
+        return
+    for name in ("sgemm", "dgemm", "saxpby", "daxpby"):
+        _mkl[name] = ctypes.cast(getattr(lib, "cblas_" + name), ctypes.c_void_p).value
+    _mkl["jit"] = jit
 
 
 def _open(path: str) -> Any:
@@ -158,8 +187,7 @@ def available() -> bool:
 
 def _threads(lib: Any) -> None:
     """Give MKL the thread count ember chose for this product (``gemm_threads``)."""
-    from ember.backend.cpu import _state
-    want = _state["current"]
+    want = _cpu_state["mkl"]
     if want is not None and want != _mkl["threads"]:
         lib.MKL_Set_Num_Threads(want)
         _mkl["threads"] = want
@@ -198,17 +226,29 @@ def mm(a: np.ndarray, b: np.ndarray) -> np.ndarray | None:
     NumPy should compute it."""
     m, k = a.shape
     n = b.shape[1]
-    if m * n * k < MIN_MACS or not enabled():
+    macs = m * n * k
+    if macs < MIN_MACS or (k < MIN_K and macs < MIN_MACS_CTYPES) or macs == 0 or \
+            not enabled():
         return None
     dt = a.dtype
     if dt != b.dtype or (dt != np.float32 and dt != np.float64):
         return None
     lib = _mkl["lib"] if _mkl["tried"] else _load()
-    if lib is None:
+    if lib is None or m > _INT_MAX or n > _INT_MAX or k > _INT_MAX:
         return None
+    jit = _mkl["jit"]
+    if jit is not None:
+        # the compiled caller reads strides and pointers itself (~1 us against ~7 us here)
+        out = np.empty((m, n), dt)
+        _threads(lib)
+        if dt == np.float32:
+            ok = jit.gemm(_mkl["sgemm"], a, b, out, _ONE32, _ZERO32)
+        else:
+            ok = jit.gemm(_mkl["dgemm"], a, b, out, 1.0, 0.0)
+        return out if ok else None
     la = _layout(a)
     lb = _layout(b)
-    if la is None or lb is None or not _fits(m, n, k, la[1], lb[1]):
+    if macs < MIN_MACS_CTYPES or la is None or lb is None or not _fits(la[1], lb[1]):
         return None
     out = np.empty((m, n), dt)
     _threads(lib)
@@ -223,7 +263,7 @@ def bmm(a: np.ndarray, b: np.ndarray) -> np.ndarray | None:
     batch GEMM, or None where NumPy should compute it."""
     batch, m, k = a.shape
     n = b.shape[2]
-    if batch * m * n * k < MIN_MACS or b.shape[0] != batch or not enabled():
+    if batch * m * n * k < MIN_MACS_CTYPES or b.shape[0] != batch or not enabled():
         return None
     dt = a.dtype
     if dt != b.dtype or (dt != np.float32 and dt != np.float64) or m == 0 or n == 0 or \
@@ -257,3 +297,43 @@ def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray | None:
     if a.ndim == 3 and b.ndim == 3:
         return bmm(a, b)
     return None
+
+
+# SGD steps of parameters under this many elements stay on the one-pass numba kernel
+SGD_MIN = 1 << 15
+
+
+def sgd_momentum(param: np.ndarray, grad: np.ndarray, buf: np.ndarray, lr: float,
+                 momentum: float, g_scale: float, decay: float) -> bool:
+    """One momentum-SGD step ``buf = momentum * buf + g_scale * grad + decay * param;
+    param -= lr * buf`` in place on contiguous 1-D float32/float64 arrays of one dtype, as
+    two or three MKL ``?axpby`` passes spread over the spare cores; False (nothing done)
+    where the route is off, MKL or numba missing, the arrays under ``SGD_MIN`` elements, or
+    no core spare (ember's numba kernel makes one pass on one core, faster than these
+    passes there).
+
+    torch spreads its SGD's passes over its threads; on one core the step of an MLP's
+    784x256 weight took 78 us inside the training step against 22-35 us here (the
+    gradient, written by both cores' GEMM threads, also stays where it was)."""
+    n = param.size
+    if n < SGD_MIN or n > _INT_MAX or not enabled():
+        return False
+    lib = _mkl["lib"] if _mkl["tried"] else _load()
+    jit = _mkl["jit"]
+    if lib is None or jit is None:
+        return False
+    gemm_threads(np, 1 << 30)
+    if _cpu_state["mkl"] < 2:
+        return False
+    _threads(lib)
+    if param.dtype == np.float32:
+        f = _mkl["saxpby"]
+        c = np.float32
+    else:
+        f = _mkl["daxpby"]
+        c = float
+    jit.axpby(f, c(g_scale), grad, c(momentum), buf)
+    if decay != 0:
+        jit.axpby(f, c(decay), param, c(1), buf)
+    jit.axpby(f, c(-lr), buf, c(1), param)
+    return True

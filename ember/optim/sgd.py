@@ -6,7 +6,7 @@ from typing import Any, Callable
 import numpy as np
 
 import ember
-from ember.backend import cpu_kernels
+from ember.backend import cpu_kernels, cpu_mkl
 from ember.optim import _cuda_fused, _multi_tensor
 from ember.optim import _differentiable as _diff
 from ember.optim.optimizer import (Optimizer, ParamsT, _bump, _check_fused_flags, _check_lr,
@@ -93,15 +93,22 @@ def _numba_scalars(dt: Any, lr: float, momentum: float, dampening: float, weight
 
 
 def _sgd_cpu_group(opt: "SGD", group: dict, params: list, lr: float, momentum: float) -> list:
-    """The numba momentum step over the group's CPU float32/float64 parameters that already
-    have a momentum buffer, with the scalars converted once per dtype instead of per
-    parameter (the Python around each kernel call was ~15 us a parameter, a tenth of an MLP
-    step). Returns the parameters it did not take, for the general loop; same results."""
+    """The momentum step over the group's CPU float32/float64 parameters that already have
+    a momentum buffer: MKL's passes over the spare cores for large parameters
+    (``cpu_mkl.sgd_momentum``), else the numba kernel, with the scalars converted once per
+    dtype instead of per parameter (the Python around each kernel call was ~15 us a
+    parameter, a tenth of an MLP step). Returns the parameters it did not take, for the
+    general loop; same results up to float rounding."""
     nb = cpu_kernels.kernels()
     if nb is None or group["differentiable"]:
         return params
-    args = (group["dampening"], _to_scalar(group["weight_decay"]), group["nesterov"],
-            group["maximize"])
+    dampening, wd, nesterov, maximize = (group["dampening"], _to_scalar(group["weight_decay"]),
+                                         group["nesterov"], group["maximize"])
+    # buf = momentum * buf + g_scale * grad + decay * param (torch: g = +-grad + wd * param,
+    # buf = momentum * buf + (1 - dampening) * g); Nesterov's step needs g again: numba
+    g_scale = -(1 - dampening) if maximize else 1 - dampening
+    decay = (1 - dampening) * wd
+    big = cpu_mkl.SGD_MIN if not nesterov else None
     state_of = opt.state
     scalars: dict = {}
     rest = []
@@ -111,12 +118,16 @@ def _sgd_cpu_group(opt: "SGD", group: dict, params: list, lr: float, momentum: f
         if buf_t is None or not _numba_arrays(a, p._grad._data, buf_t._data):
             rest.append(p)
             continue
-        sc = scalars.get(a.dtype)
-        if sc is None:
-            dampening, wd, nesterov, maximize = args
-            sc = scalars[a.dtype] = _numba_scalars(a.dtype, lr, momentum, dampening, wd,
-                                                   nesterov, maximize)
-        nb.sgd(a.reshape(-1), p._grad._data.reshape(-1), buf_t._data.reshape(-1), *sc)
+        flat = a.reshape(-1)
+        g = p._grad._data.reshape(-1)
+        b = buf_t._data.reshape(-1)
+        if big is None or a.size < big or \
+                not cpu_mkl.sgd_momentum(flat, g, b, lr, momentum, g_scale, decay):
+            sc = scalars.get(a.dtype)
+            if sc is None:
+                sc = scalars[a.dtype] = _numba_scalars(a.dtype, lr, momentum, dampening, wd,
+                                                       nesterov, maximize)
+            nb.sgd(flat, g, b, *sc)
         p._version[0] += 1
         buf_t._version[0] += 1
     return rest
