@@ -106,8 +106,9 @@ def test_activations_are_not_kept(reentrant):
     inp = ember.tensor(X, requires_grad=True)
     full = net(inp)
     ck = checkpoint(net, inp, use_reentrant=reentrant)
-    # the whole segment is one node in the graph instead of one per layer op
-    assert _graph_nodes(full) >= 5
+    # the whole segment is one node in the graph instead of one per layer op (four: the
+    # Sequential runs its Linear + ReLU pair as one op)
+    assert _graph_nodes(full) >= 4
     assert _graph_nodes(ck) == 1
 
 

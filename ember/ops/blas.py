@@ -8,7 +8,7 @@ import numpy as _np
 from ember import dtypes as _dt
 from ember._state import _State
 from ember.backend import get_xp
-from ember.backend import cpu_mkl
+from ember.backend import cpu_linear_kernels, cpu_mkl
 from ember.backend.cpu import gemm_threads, parallel_rows
 from ember.errors import check, make
 from ember.ops import meta as M
@@ -165,8 +165,10 @@ class Linear(OpDef):
         return linear_grads(ctx, grad, x, w)
 
 
-def linear_arrays(xp: Any, input: Any, weight: Any, bias: Any) -> Any:
-    """``input @ weight.T + bias`` on arrays: one GEMM, the bias added in place."""
+def linear_arrays(xp: Any, input: Any, weight: Any, bias: Any, relu: bool = False) -> Any:
+    """``input @ weight.T + bias`` on arrays: one GEMM, the bias added in place; with
+    ``relu``, ``relu(input @ weight.T + bias)``, the bias and the ReLU in one pass where
+    the CPU kernels take the output (else two)."""
     gemm_threads(xp, input.size * (weight.shape[0] if weight.ndim > 1 else 1))
     if input.ndim > 2 and weight.ndim == 2:
         # one GEMM over all rows: NumPy loops over the leading dims of a stacked
@@ -179,8 +181,13 @@ def linear_arrays(xp: Any, input: Any, weight: Any, bias: Any) -> Any:
         y = xp.matmul(input, weight.T)
     if y.dtype != input.dtype:  # bfloat16: fp32 accumulation, rounded once
         y = y.astype(input.dtype)
+    if relu and bias_relu_(xp, y, bias):
+        return y
     if bias is not None:
         _add_bias(xp, y, bias)
+    if relu:
+        # NaN stays NaN, as torch's relu; CuPy's bfloat16 maximum returns float32
+        y = xp.maximum(y, y.dtype.type(0)).astype(y.dtype, copy=False)
     return y
 
 
@@ -208,20 +215,107 @@ def linear_grads(ctx: Any, grad: Tensor, x: Tensor | None, w: Tensor | None) -> 
 
 def _add_bias(xp: Any, y: Any, bias: Any) -> None:
     """``y += bias`` in place; a large NumPy output (an LM's (700, 10000) logits) is split
-    over the cores other processes leave free (a memory-bound pass, ~1.5x on two cores)."""
-    if xp is _np and y.size >= 1 << 20 and y.ndim >= 2 and y.flags.c_contiguous:
-        y2 = y.reshape(-1, y.shape[-1])
+    over the cores other processes leave free (a memory-bound pass, ~1.5x on two cores),
+    a smaller float one is one numba pass (``backend/cpu_linear_kernels``: 2.3 against
+    5.5 us for NumPy's broadcast add over a (128, 256) float32 output)."""
+    if xp is _np and y.ndim >= 2 and y.flags.c_contiguous:
+        if y.size >= 1 << 20:
+            y2 = y.reshape(-1, y.shape[-1])
 
-        def rows(lo: int, hi: int) -> None:
-            y2[lo:hi] += bias
+            def rows(lo: int, hi: int) -> None:
+                y2[lo:hi] += bias
 
-        parallel_rows(y2.shape[0], rows, min_rows=max(1, (1 << 16) // max(y2.shape[1], 1)))
+            parallel_rows(y2.shape[0], rows,
+                          min_rows=max(1, (1 << 16) // max(y2.shape[1], 1)))
+            return
+        if _bias_kernel_ok(y, bias):
+            nb = cpu_linear_kernels.kernels()
+            if nb is not None:
+                nb.bias_add(y.reshape(-1, y.shape[-1]), bias)
+                return
+    y += bias
+
+
+def _bias_kernel_ok(y: Any, bias: Any) -> bool:
+    """Whether the numba bias passes take ``y`` (C-contiguous, >= 2-D, float32/float64) and
+    ``bias`` (one contiguous row of y's dtype)."""
+    dt = y.dtype
+    return (dt == _np.float32 or dt == _np.float64) and type(bias) is _np.ndarray and \
+        bias.dtype == dt and bias.ndim == 1 and bias.shape[0] == y.shape[-1] and \
+        bias.flags.c_contiguous and y.size > 0
+
+
+def bias_relu_(xp: Any, y: Any, bias: Any) -> bool:
+    """``y = relu(y + bias)`` in place (bias may be None) in one numba pass over a NumPy
+    output; False (nothing done) where the kernels do not take these arrays."""
+    if xp is not _np or y.ndim < 2 or not y.flags.c_contiguous or y.size == 0 or \
+            (bias is not None and not _bias_kernel_ok(y, bias)) or \
+            (y.dtype != _np.float32 and y.dtype != _np.float64):
+        return False
+    nb = cpu_linear_kernels.kernels()
+    if nb is None:
+        return False
+    y2 = y.reshape(-1, y.shape[-1])
+    if bias is None:
+        nb.relu(y2, y.dtype.type(0))
     else:
-        y += bias
+        nb.bias_relu(y2, bias, y.dtype.type(0))
+    return True
+
+
+def relu_linear_grads(ctx: Any, grad: Tensor, y: Tensor, x: Tensor | None,
+                      w: Tensor | None) -> tuple | None:
+    """The gradients (input, weight, bias) of ``relu(linear(x, w, b))`` from its output
+    ``y`` on NumPy arrays when no graph of the backward is wanted: the ReLU mask and the
+    bias gradient's column sums in one numba pass (the same sums as :func:`_bias_grad`'s,
+    so the same bits as a separate ReLU and Linear), then Linear's two GEMMs. None where
+    that does not apply (the caller takes the generic route)."""
+    g = grad._data
+    ya = y._data
+    if _State.enabled or ctx.w_ndim != 2 or type(g) is not _np.ndarray or \
+            type(ya) is not _np.ndarray or g.shape != ya.shape or g.ndim < 2 or \
+            g.size == 0 or g.dtype != ya.dtype or \
+            (g.dtype != _np.float32 and g.dtype != _np.float64) or \
+            not (g.flags.c_contiguous and ya.flags.c_contiguous):
+        return None
+    nb = cpu_linear_kernels.kernels()
+    if nb is None:
+        return None
+    n = g.shape[-1]
+    g2 = g.reshape(-1, n)
+    gh = _np.empty_like(g2)
+    want = bool(ctx.has_bias and ctx.next_edges[2] is not None)
+    fused_sum = want and g.size < _COL_SUMS_MAX
+    gb = _np.empty(n if fused_sum else 0, g.dtype)
+    nb.relu_grad(g2, ya.reshape(-1, n), gh, gb, fused_sum, g.dtype.type(0))
+    if want and not fused_sum:
+        gb = _bias_grad(_np, gh)
+    gx, gw, _ = _linear_backward_arrays(ctx, _make(gh.reshape(g.shape), grad._dtype,
+                                                   grad._device), x, w, bias=False)
+    return gx, gw, (_make(gb, grad._dtype, grad._device) if want else None)
+
+
+# Bias gradients of up to this many elements are numba column sums, larger ones a GEMV
+_COL_SUMS_MAX = 1 << 20
+
+
+def _bias_grad(xp: Any, g2: Any) -> Any:
+    """The column sums of the 2-D gradient ``g2`` (a Linear's bias gradient): one numba pass
+    with float64 partial sums for NumPy float arrays up to ``_COL_SUMS_MAX`` elements (2 us
+    for (128, 256) float32), else a GEMV: one BLAS pass, ~2x faster than NumPy's axis-0
+    sum at (700, 10000), and more accurate (wider partial sums)."""
+    if xp is _np and g2.size < _COL_SUMS_MAX and g2.flags.c_contiguous and g2.size and \
+            (g2.dtype == _np.float32 or g2.dtype == _np.float64):
+        nb = cpu_linear_kernels.kernels()
+        if nb is not None:
+            gb = _np.empty(g2.shape[1], g2.dtype)
+            nb.col_sums(g2, gb)
+            return gb
+    return xp.matmul(_ones(xp, g2.shape[0], g2.dtype), g2)
 
 
 def _linear_backward_arrays(ctx: Any, grad: Tensor, x: Tensor | None,
-                            w: Tensor | None) -> tuple:
+                            w: Tensor | None, bias: bool = True) -> tuple:
     """Linear's backward straight on arrays when no graph of the backward is wanted: two
     GEMMs and a column sum, no dispatcher round trips (they cost as much as the small GEMMs
     of an MLP). Both products read their operands transposed in place (BLAS flags, no
@@ -246,10 +340,8 @@ def _linear_backward_arrays(ctx: Any, grad: Tensor, x: Tensor | None,
         x2 = xa.reshape(-1, xa.shape[-1])
         gemm_threads(xp, g2.size * x2.shape[1])
         gw = _make(_mm(xp, g2.T, x2), dt, dev)
-    if ctx.has_bias and edges[2] is not None:
-        # the column sum as a GEMV: one BLAS pass, ~2x faster than NumPy's axis-0 sum at
-        # (700, 10000), and more accurate (wider partial sums)
-        gb = _make(xp.matmul(_ones(xp, g2.shape[0], g2.dtype), g2), dt, dev)
+    if bias and ctx.has_bias and edges[2] is not None:
+        gb = _make(_bias_grad(xp, g2), dt, dev)
     return gx, gw, gb
 
 

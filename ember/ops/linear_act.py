@@ -1,21 +1,23 @@
 """``_linear_activation``: a Linear layer and the activation after it, as one op.
 
 ``nn.Sequential`` runs a ``Linear`` followed by ``ReLU`` or ``GELU(approximate='tanh')``
-through this op when the input is on the GPU and neither module has hooks
-(``ember/nn/modules/container.py``): on CUDA the activation becomes the GEMM's cuBLASLt
-epilogue where that pays (``RELU_BIAS``; the tanh GELU as ``GELU_BIAS`` only under no_grad;
-``backend/cuda_ops/nvmath_linear.py``), which saves a kernel, a pass over the activations
-and a dispatch each way. Here is the generic
+through this op when the input is on the GPU and neither module has hooks, and a
+``Linear`` followed by ``ReLU`` on the CPU (``ember/nn/modules/container.py``): on CUDA the
+activation becomes the GEMM's cuBLASLt epilogue where that pays (``RELU_BIAS``; the tanh
+GELU as ``GELU_BIAS`` only under no_grad; ``backend/cuda_ops/nvmath_linear.py``), which
+saves a kernel, a pass over the activations and a dispatch each way. Here is the generic
 version (any device and float dtype, the decomposition the tests compare against): the
 product, the bias and the activation (Linear's and GELU's own code), with its gradient
-through the same steps.
+through the same steps. On the CPU the bias add and the ReLU are one numba pass over the
+product, and the backward's ReLU mask and bias gradient another
+(``backend/cpu_linear_kernels``; the same bits as the two modules run apart).
 """
 from __future__ import annotations
 
 from typing import Any
 
 from ember.errors import make
-from ember.ops.blas import _linear_meta, linear_arrays, linear_grads
+from ember.ops.blas import _linear_meta, linear_arrays, linear_grads, relu_linear_grads
 from ember.ops.nn_activation import gelu_tanh, gelu_tanh_derivative
 from ember._state import _State
 from ember.ops.registry import OpDef, register
@@ -47,12 +49,11 @@ class LinearActivation(OpDef):
     """
 
     def forward(ctx, xp, input, weight, bias, activation):
-        h = linear_arrays(xp, input, weight, bias)
         if activation == "relu":
-            # NaN stays NaN, as torch's relu; CuPy's bfloat16 maximum returns float32
-            y = xp.maximum(h, h.dtype.type(0)).astype(h.dtype, copy=False)
+            y = linear_arrays(xp, input, weight, bias, relu=True)
             ctx.save(input, weight, y, None)
         else:
+            h = linear_arrays(xp, input, weight, bias)
             y = gelu_tanh(xp, h.astype(xp.float32) if h.dtype.itemsize < 4 else h)
             y = y.astype(h.dtype, copy=False)
             ctx.save(input, weight, h, bias)
@@ -64,6 +65,9 @@ class LinearActivation(OpDef):
     def backward(ctx, grad):
         x, w, s, b = ctx.saved
         if ctx.activation == "relu":
+            res = relu_linear_grads(ctx, grad, s, x, w)   # CPU arrays: one mask pass
+            if res is not None:
+                return res + (None,)
             gh = grad.masked_fill(s <= 0, 0)   # s: the output (torch's threshold_backward)
         else:                                  # s: the pre-activation, in float32 math
             if _State.enabled:   # create_graph: h as a function of the inputs, not a constant

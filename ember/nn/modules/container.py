@@ -184,18 +184,22 @@ class Sequential(Module):
         return v
 
     def forward(self, input: Any) -> Any:
-        if not (type(input) is Tensor and input._device.type == "cuda" and FUSE_LINEAR_ACT[0]):
+        if not (type(input) is Tensor and FUSE_LINEAR_ACT[0]):
             for module in self._modules.values():
                 input = module(input)
             return input
+        cuda = input._device.type == "cuda"
         mods = list(self._modules.values())
         i, n = 0, len(mods)
         while i < n:
             module = mods[i]
             act = _fusable(module, mods[i + 1], input) if i + 1 < n else None
-            if act is not None:
-                # Linear + ReLU / tanh-GELU as one op: the activation is the GEMM's cuBLASLt
-                # epilogue (ember/ops/linear_act.py); same values and gradients
+            if act is not None and (cuda or act == "relu"):
+                # Linear + ReLU / tanh-GELU as one op (ember/ops/linear_act.py): on CUDA the
+                # activation is the GEMM's cuBLASLt epilogue; on the CPU the bias add and
+                # the ReLU are one pass over the product, and the backward's ReLU mask and
+                # bias gradient another (the CPU's GELU module has its own faster kernels);
+                # same values and gradients
                 input = _FUSABLE[0][3](input, module.weight, module.bias, act)
                 i += 2
                 continue
