@@ -63,7 +63,16 @@ _ZERO32 = np.float32(0)
 
 def enabled() -> bool:
     """Whether the route may be used now (``EMBER_MKL=0`` turns it off at any time)."""
-    return os.environ.get("EMBER_MKL", "1") != "0"
+    return _ENV.get(_ENV_KEY, _ON) != _OFF
+
+
+# ``os.environ``'s own mapping (bytes on POSIX, upper-case str on Windows), which every
+# ``os.environ`` write updates: a lookup there costs ~0.05 us against ~0.6 us through
+# ``os.environ.get`` (key encoding, value decoding), and runs ten times a training step
+_ENV = getattr(os.environ, "_data", os.environ)
+_ENV_KEY: Any = os.environ.encodekey("EMBER_MKL") if _ENV is not os.environ else "EMBER_MKL"
+_ON: Any = os.environ.encodevalue("1") if _ENV is not os.environ else "1"
+_OFF: Any = os.environ.encodevalue("0") if _ENV is not os.environ else "0"
 
 
 def _find() -> str | None:
