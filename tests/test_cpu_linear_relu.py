@@ -186,3 +186,26 @@ def test_linear_bias_kernel_matches_numpy_float64(kernel_path, dtype):
         want = x.astype(np.float64) @ w.T.astype(np.float64) + b
         np.testing.assert_allclose(y, want, **(dict(rtol=1e-5, atol=1e-5)
                                                if dtype == "float32" else _tol(dtype)))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_stride_zero_operands_match_torch(dtype):
+    # sum()'s gradient reaches Linear's backward as a stride-0 array, which BLAS cannot read
+    # (it is copied first); an expanded matmul operand likewise
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((64, 300)).astype(dtype)
+    w = rng.standard_normal((200, 300)).astype(dtype)
+    b = rng.standard_normal(200).astype(dtype)
+    res = []
+    for m in (ember, torch):
+        xt, wt, bt = (m.tensor(a, requires_grad=True) for a in (x, w, b))
+        m.nn.functional.linear(xt, wt, bt).sum().backward()
+        res.append([xt.grad.numpy(), wt.grad.numpy(), bt.grad.numpy()])
+    tol = dict(rtol=1e-5, atol=1e-4) if dtype == "float32" else _tol(dtype)
+    for a, c in zip(*res):
+        np.testing.assert_allclose(a, c, **tol)
+    row = rng.standard_normal((1, 300)).astype(dtype)
+    a = ember.tensor(row).expand(64, 300)
+    got = ember.matmul(a, ember.tensor(w.T)).numpy()
+    want = np.broadcast_to(row, (64, 300)).astype(np.float64) @ w.T.astype(np.float64)
+    np.testing.assert_allclose(got, want, **tol)
