@@ -48,9 +48,15 @@ def same_layout(*arrays: Any) -> list | None:
     order = dense_order(a0)
     if order is None:
         return None
-    st0 = _elem_strides(a0)
+    st0 = None
     for a in arrays[1:]:
-        if a.shape != a0.shape or _elem_strides(a) != st0 or dense_order(a) is None:
+        if a.shape != a0.shape:
+            return None
+        if a.strides == a0.strides and a.itemsize == a0.itemsize:
+            continue   # the same geometry (the usual case: no element strides to build)
+        if st0 is None:
+            st0 = _elem_strides(a0)
+        if _elem_strides(a) != st0 or dense_order(a) is None:
             return None
     return order
 
