@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 from ember import dtypes as _dt
 from ember._state import _State
-from ember.backend import cpu_kernels
+from ember.backend import cpu_kernels, cpu_mkl, cpu_rnn_kernels
 from ember.backend.cpu import gemm_threads
 from ember.errors import check
 from ember.ops.registry import OpDef, TensorMeta, composite, register
@@ -60,6 +60,29 @@ def _kernels(xp: Any, *arrays: Any) -> Any:
     if xp.__name__ != "numpy" or any(a.dtype != xp.float32 for a in arrays):
         return None
     return cpu_kernels.kernels()
+
+
+def _fused_lstm(xp: Any, w_hr: Any, macs: int, *arrays: Any) -> tuple:
+    """(the compiled LSTM time loops, MKL's sgemm address) where the whole layer can run as
+    one compiled call (``backend/cpu_rnn_kernels``: float32 NumPy arrays, no projection, numba
+    and MKL there), else ``(None, 0)``. Sets MKL's threads for ``macs``-sized step products."""
+    if w_hr is not None or _kernels(xp, *arrays) is None:
+        return None, 0
+    ks = cpu_rnn_kernels.kernels()
+    if ks is None:
+        return None, 0
+    fptr = cpu_rnn_kernels.mkl_sgemm(macs)
+    return (ks, fptr) if fptr else (None, 0)
+
+
+def _mm(xp: Any, a: Any, b: Any) -> Any:
+    """``a @ b``: through MKL where ``backend/cpu_mkl`` takes it (the weight gradient's
+    (4H, N) @ (N, H) product), else ``xp.matmul``."""
+    if xp.__name__ == "numpy":
+        out = cpu_mkl.matmul(a, b)
+        if out is not None:
+            return out
+    return xp.matmul(a, b)
 
 
 def _offsets(batch_sizes: Sequence[int]) -> list:
@@ -132,6 +155,16 @@ class LstmLayer(OpDef):
         out = xp.empty((n, P), dt)
         h_pre = xp.empty((n, H), dt) if w_hr is not None else None
         ws = xp.empty((h0.shape[0], g4), dt)   # one step's pre-activations
+        fused, fptr = _fused_lstm(xp, w_hr, h0.shape[0] * g4 * P, xproj, w_t, c)
+        if fused is not None:   # the whole time loop in one compiled call
+            with xp.errstate(over="ignore"):
+                fused.lstm_forward(fptr, xproj, w_t, h, c, act, tanh_c, c_prev, h_prev, out, ws,
+                                   xp.asarray(off[:-1], xp.int64),
+                                   xp.asarray(batch_sizes, xp.int64), bool(reverse))
+            ctx.cache = (act, tanh_c, c_prev, h_prev, h_pre)
+            ctx.args = (tuple(batch_sizes), reverse)
+            ctx.save(xproj, h0, c0, w_hh, w_hr)
+            return out, h, c
         nb = _kernels(xp, xproj, w_t, c)
         hbuf = xp.empty((h0.shape[0], H), dt) if nb is not None else None
         with _one_blas_thread(xp):
@@ -189,36 +222,45 @@ class LstmLayer(OpDef):
         dh_out = xp.empty((n, P), dt) if wr is not None else None
         off = _offsets(batch_sizes)
         steps = range(len(batch_sizes)) if reverse else range(len(batch_sizes) - 1, -1, -1)
-        nb = _kernels(xp, act, w, dc)
-        with _one_blas_thread(xp):
-            for t in steps:
-                b = batch_sizes[t]
-                lo, hi = off[t], off[t] + b
-                dhs = dh[:b] + go[lo:hi] if go is not None else dh[:b]
-                if wr is not None:
-                    dh_out[lo:hi] = dhs
-                    dhs = xp.matmul(dhs, wr)
-                a = act[lo:hi]
-                tc = tanh_c[lo:hi]
-                dg_ = dgates[lo:hi]
-                if nb is not None:  # one pass; dc carried back in place
-                    nb.lstm_step_back(xp.ascontiguousarray(dhs), a, tc, c_prev[lo:hi], dc[:b],
-                                      dg_)
+        fused, fptr = _fused_lstm(xp, wr, B * g4 * H, act, w, dc, dh)
+        if fused is not None and (go is None or go.dtype == dt):
+            wc = xp.ascontiguousarray(w)
+            dh = xp.ascontiguousarray(dh)   # MKL writes it as a (B, H) row-major matrix
+            gc = xp.ascontiguousarray(go) if go is not None else dh
+            fused.lstm_backward(fptr, gc, go is not None, wc, act, tanh_c, c_prev, dh, dc,
+                                dgates, xp.empty((B, H), dt), xp.asarray(off[:-1], xp.int64),
+                                xp.asarray(batch_sizes, xp.int64), bool(reverse))
+        else:
+            nb = _kernels(xp, act, w, dc)
+            with _one_blas_thread(xp):
+                for t in steps:
+                    b = batch_sizes[t]
+                    lo, hi = off[t], off[t] + b
+                    dhs = dh[:b] + go[lo:hi] if go is not None else dh[:b]
+                    if wr is not None:
+                        dh_out[lo:hi] = dhs
+                        dhs = xp.matmul(dhs, wr)
+                    a = act[lo:hi]
+                    tc = tanh_c[lo:hi]
+                    dg_ = dgates[lo:hi]
+                    if nb is not None:  # one pass; dc carried back in place
+                        nb.lstm_step_back(xp.ascontiguousarray(dhs), a, tc, c_prev[lo:hi],
+                                          dc[:b], dg_)
+                        dh[:b] = xp.matmul(dg_, w)
+                        continue
+                    i, f, g, o = a[:, :H], a[:, H:2 * H], a[:, 2 * H:3 * H], a[:, 3 * H:]
+                    dcs = dhs * o
+                    dcs *= 1 - tc * tc
+                    dcs += dc[:b]
+                    xp.multiply(dcs * g, i * (1 - i), out=dg_[:, :H])
+                    xp.multiply(dcs * c_prev[lo:hi], f * (1 - f), out=dg_[:, H:2 * H])
+                    xp.multiply(dcs * i, 1 - g * g, out=dg_[:, 2 * H:3 * H])
+                    xp.multiply(dhs * tc, o * (1 - o), out=dg_[:, 3 * H:])
+                    dc[:b] = dcs * f
                     dh[:b] = xp.matmul(dg_, w)
-                    continue
-                i, f, g, o = a[:, :H], a[:, H:2 * H], a[:, 2 * H:3 * H], a[:, 3 * H:]
-                dcs = dhs * o
-                dcs *= 1 - tc * tc
-                dcs += dc[:b]
-                xp.multiply(dcs * g, i * (1 - i), out=dg_[:, :H])
-                xp.multiply(dcs * c_prev[lo:hi], f * (1 - f), out=dg_[:, H:2 * H])
-                xp.multiply(dcs * i, 1 - g * g, out=dg_[:, 2 * H:3 * H])
-                xp.multiply(dhs * tc, o * (1 - o), out=dg_[:, 3 * H:])
-                dc[:b] = dcs * f
-                dh[:b] = xp.matmul(dg_, w)
         like = xproj
         gemm_threads(xp, dgates.size * h_prev.shape[1])
-        res_w = _wrap(xp.matmul(dgates.T, h_prev), like)
+        res_w = _wrap(_mm(xp, dgates.T, h_prev), like)
         res_wr = _wrap(xp.matmul(dh_out.T, h_pre), like) if wr is not None else None
         return (_wrap(dgates, like), _wrap(dh, like), _wrap(dc, like), res_w, res_wr, None, None)
 

@@ -1,0 +1,167 @@
+"""numba time loops of the CPU LSTM layer (``ops/nn_rnn``): forward and backward over all
+timesteps in one compiled call, with the recurrent GEMM of each step done by oneMKL.
+
+The Python loop of ``_lstm_layer`` called, per step, NumPy's matmul (OpenBLAS on one
+thread: 64 us for a (20, 200) @ (200, 800) product here), the numba gate kernel, and a few
+slice copies, ~10 us of Python around them. MKL's ``cblas_sgemm`` takes that product in
+~41 us on one thread and ~24 us on the two cores (OpenBLAS threads thrash on products this
+small); calling it through its address from compiled code (``backend/cpu_mkl_jit``'s
+intrinsic) costs no Python at all, so the whole layer is one call.
+
+Used only for float32 NumPy arrays, no projection (``proj_size`` 0), with numba and MKL both
+there; ``ops/nn_rnn`` keeps its per-step loop for everything else. :data:`kernels` returns
+None without numba (or with ``EMBER_NUMBA=0``).
+"""
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+from ember.backend.cpu_kernels import LazyKernels
+
+# module globals, since numba's on-disk cache does not take closure variables
+_GEMM_CALL: Any = None
+_SIGMOID: Any = None
+_TANH: Any = None
+
+_ROW, _NO = 101, 111   # cblas: row-major, not transposed
+
+
+def _build() -> SimpleNamespace | None:
+    import numba
+    import numpy as np
+
+    from ember.backend import cpu_kernels, cpu_mkl_jit
+
+    global _GEMM_CALL, _SIGMOID, _TANH
+    base = cpu_kernels.kernels()   # builds the float32 sigmoid and tanh the loops inline
+    if base is None:
+        return None
+    _GEMM_CALL = cpu_mkl_jit._intrinsics()[0]
+    _SIGMOID, _TANH = cpu_kernels._SIGMOID, cpu_kernels._TANH
+    jit = numba.njit(fastmath=False, cache=True, nogil=True, error_model="numpy",
+                     boundscheck=False)
+
+    @jit
+    def lstm_forward(fptr, xproj, w_t, h, c, act, tanh_c, c_prev, h_prev, out, gates, off,
+                     sizes, reverse):  # pragma: no cover - compiled
+        # one LSTM layer direction over packed rows; h (B, H) and c (B, H) hold the initial
+        # state and end with the final one. Per step: gates = h[:b] @ w_t (MKL), then the
+        # elementwise part as cpu_kernels.lstm_step does it (same operations, same order),
+        # writing h and out directly. w_t is (H, 4H) C-contiguous.
+        T = sizes.size
+        H = h.shape[1]
+        g4 = 4 * H
+        one = np.float32(1.0)
+        zero = np.float32(0.0)
+        for s in range(T):
+            t = T - 1 - s if reverse else s
+            b = sizes[t]
+            lo = off[t]
+            for r in range(b):
+                h_prev[lo + r] = h[r]
+                c_prev[lo + r] = c[r]
+            _GEMM_CALL(fptr, _ROW, _NO, _NO, b, g4, H, one, h.ctypes.data, H,
+                       w_t.ctypes.data, g4, zero, gates.ctypes.data, g4)
+            for r in range(b):
+                gr = gates[r]
+                xr = xproj[lo + r]
+                ar = act[lo + r]
+                for j in range(g4):
+                    ar[j] = _SIGMOID(gr[j] + xr[j])
+                ag = ar[2 * H:3 * H]
+                gg = gr[2 * H:3 * H]
+                xg = xr[2 * H:3 * H]
+                for j in range(H):
+                    ag[j] = _TANH(gg[j] + xg[j])
+                ai = ar[:H]
+                af = ar[H:2 * H]
+                ao = ar[3 * H:]
+                cr = c[r]
+                tr = tanh_c[lo + r]
+                for j in range(H):
+                    cn = af[j] * cr[j] + ai[j] * ag[j]
+                    cr[j] = cn
+                    tr[j] = _TANH(cn)
+                hr = h[r]
+                orow = out[lo + r]
+                for j in range(H):
+                    v = ao[j] * tr[j]
+                    hr[j] = v
+                    orow[j] = v
+
+    @jit
+    def lstm_backward(fptr, go, has_go, w, act, tanh_c, c_prev, dh, dc, dgates, dhs, off,
+                      sizes, reverse):  # pragma: no cover - compiled
+        # backpropagation through time of lstm_forward: dh (B, H) and dc (B, H) hold the
+        # gradients of the final state and end with those of the initial state; dgates
+        # (N, 4H) receives the gate pre-activations' gradients (= xproj's). Per step the
+        # elementwise part is cpu_kernels.lstm_step_back's, then dh[:b] = dgates_t @ w (MKL),
+        # w (4H, H) C-contiguous. dhs is (B, H) scratch.
+        T = sizes.size
+        H = dh.shape[1]
+        g4 = 4 * H
+        one = np.float32(1.0)
+        zero = np.float32(0.0)
+        for s in range(T):
+            t = s if reverse else T - 1 - s
+            b = sizes[t]
+            lo = off[t]
+            for r in range(b):
+                d = dhs[r]
+                dr = dh[r]
+                if has_go:
+                    gr = go[lo + r]
+                    for j in range(H):
+                        d[j] = dr[j] + gr[j]
+                else:
+                    for j in range(H):
+                        d[j] = dr[j]
+            for r in range(b):
+                ar = act[lo + r]
+                dr = dgates[lo + r]
+                ai, af, ag, ao = ar[:H], ar[H:2 * H], ar[2 * H:3 * H], ar[3 * H:]
+                di, df, dg, do = dr[:H], dr[H:2 * H], dr[2 * H:3 * H], dr[3 * H:]
+                tr = tanh_c[lo + r]
+                hr = dhs[r]
+                cp = c_prev[lo + r]
+                dcr = dc[r]
+                for j in range(H):
+                    tc = tr[j]
+                    d = hr[j]
+                    o = ao[j]
+                    dcs = d * o * (one - tc * tc) + dcr[j]
+                    do[j] = (d * tc) * (o * (one - o))
+                    dcr[j] = dcs
+                for j in range(H):
+                    dcs = dcr[j]
+                    i = ai[j]
+                    f = af[j]
+                    g = ag[j]
+                    di[j] = (dcs * g) * (i * (one - i))
+                    df[j] = (dcs * cp[j]) * (f * (one - f))
+                    dg[j] = (dcs * i) * (one - g * g)
+                    dcr[j] = dcs * f
+            _GEMM_CALL(fptr, _ROW, _NO, _NO, b, H, g4, one,
+                       dgates.ctypes.data + lo * g4 * dgates.itemsize, g4, w.ctypes.data, H,
+                       zero, dh.ctypes.data, H)
+
+    return SimpleNamespace(lstm_forward=lstm_forward, lstm_backward=lstm_backward)
+
+
+kernels = LazyKernels(_build)   # the compiled namespace, or None without numba
+
+
+def mkl_sgemm(macs: int) -> int:
+    """The address of MKL's ``cblas_sgemm`` for the compiled loops, with MKL's thread count
+    set for per-step products of ``macs`` multiply-adds (``cpu.gemm_threads``: the spare
+    cores from 256K on); 0 where the MKL route is off, missing, or has no compiled callers."""
+    import numpy as np
+
+    from ember.backend import cpu_mkl
+    from ember.backend.cpu import gemm_threads
+    if not cpu_mkl.available() or cpu_mkl._mkl["jit"] is None:
+        return 0
+    gemm_threads(np, macs)
+    cpu_mkl._threads(cpu_mkl._mkl["lib"])
+    return int(cpu_mkl._mkl["sgemm"])
