@@ -10,6 +10,11 @@ Both frameworks build the same model from the same code (the APIs are the same),
 the same weights (torch's state_dict loaded into ember) and run in this process. Prints the
 median step time of each and the ember/torch ratio (lower is better).
 Run: ``.venv/bin/python bench/bench_rnn.py [lstm|gpt] [--steps N]``.
+
+Paired pieces of the LSTM LM step (bench/workloads.py's), ember and torch in two worker
+processes taking turns (bench.cpu_pieces' driver)::
+
+    .venv/bin/python -m bench.bench_rnn pieces [WORD ...]
 """
 from __future__ import annotations
 
@@ -22,10 +27,10 @@ import numpy as np
 
 import ember
 
-try:
-    import torch
-except ImportError:  # pragma: no cover
-    torch = None
+# torch is imported by main() for the in-process comparison only: the paired pieces' ember
+# worker must not load it (its GNU OpenMP becomes MKL's threading layer in that process,
+# whose spinning workers slowed ember's two-thread LSTM loops ~1.5x)
+torch: Any = None
 
 
 def lstm_lm(m: Any, vocab: int = 10000, d: int = 200, layers: int = 2) -> Any:
@@ -186,7 +191,82 @@ def bench_gpt(steps: int) -> tuple:
     return res["ember"], res["torch"]
 
 
+LM_STEP = "LSTM LM step (2x200, vocab 10k, 35x20)"
+
+
+def pieces(fw: Any) -> dict:
+    """name -> zero-argument callable: the LSTM LM step and its phases, built alike for
+    either framework (``fw`` is ember or torch)."""
+    from bench.workloads import WORKLOADS
+    F = fw.nn.functional
+    rng = np.random.default_rng(0)
+    out: dict = {}
+    fw.manual_seed(0)
+    out[LM_STEP] = WORKLOADS[LM_STEP](fw)[0]
+    fw.manual_seed(0)
+    lstm = fw.nn.LSTM(200, 200, num_layers=2)
+    x = fw.tensor(rng.standard_normal((35, 20, 200)).astype(np.float32), requires_grad=True)
+
+    def lstm_fwd() -> None:
+        lstm(x)
+    out["lstm 2x200 fwd (graph)"] = lstm_fwd
+
+    def lstm_fb() -> None:
+        o, _ = lstm(x)
+        o.sum().backward()
+        x.grad = None
+        lstm.zero_grad()
+    out["lstm 2x200 fwd+bwd (+sum)"] = lstm_fb
+    hid = fw.tensor(rng.standard_normal((700, 200)).astype(np.float32), requires_grad=True)
+    head = fw.nn.Linear(200, 10000)
+    y = fw.tensor(rng.integers(0, 10000, 700))
+
+    def head_fb() -> None:
+        F.cross_entropy(head(hid), y).backward()
+        hid.grad = None
+        head.zero_grad()
+    out["head 700x200x10k + cross_entropy fwd+bwd"] = head_fb
+    fw.manual_seed(0)
+    model = fw.nn.ModuleDict({"emb": fw.nn.Embedding(10000, 200), "rnn": fw.nn.LSTM(200, 200, 2),
+                              "out": fw.nn.Linear(200, 10000)})
+    params = list(model.parameters())
+    for p in params:
+        p.grad = fw.ones_like(p) * 1e-3
+    opt = fw.optim.SGD(params, lr=1e-6)
+    out["sgd step (LM params, 4.6M)"] = opt.step
+    out["clip_grad_norm_ (LM params)"] = \
+        lambda: fw.nn.utils.clip_grad_norm_(params, 1e9)
+    idx = fw.tensor(rng.integers(0, 10000, (35, 20)))
+    emb = model["emb"]
+
+    def emb_fb() -> None:
+        emb(idx).sum().backward()
+        emb.weight.grad = None
+    out["embedding 10k x 200 fwd+bwd (+sum)"] = emb_fb
+    return out
+
+
 def main() -> None:
+    import sys
+    argv = sys.argv[1:]
+    if argv[:1] == ["worker"]:
+        from bench import cpu_pieces
+        cpu_pieces.worker(argv[1], pieces)
+        return
+    if argv[:1] == ["pieces"]:
+        from bench import cpu_pieces
+        words = [w.lower() for w in argv[1:]]
+
+        def select(names: list) -> list:
+            return [n for n in names if not words or any(w in n.lower() for w in words)]
+        cpu_pieces.paired("bench.bench_rnn", select, lambda n: 6 if n == LM_STEP else 5, 0.3,
+                          width=44)
+        return
+    global torch
+    try:
+        import torch
+    except ImportError:  # pragma: no cover
+        torch = None
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("which", nargs="*", default=["lstm", "gpt"])
     parser.add_argument("--steps", type=int, default=10)

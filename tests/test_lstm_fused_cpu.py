@@ -14,17 +14,24 @@ torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.host_only
 
 
-@pytest.fixture(params=["fused", "steps"])
+@pytest.fixture(params=["fused", "fused-split", "steps"])
 def lstm_path(request, monkeypatch):
-    """Both CPU paths: the compiled loops (needs numba and MKL) and the per-step loop
+    """The CPU paths: the compiled loops (needs numba and MKL) on one thread, split over two
+    threads by sequences (forced, whatever the machine's load), and the per-step loop
     (``EMBER_MKL=0``); records which one each layer call took."""
-    from ember.backend import cpu_mkl, cpu_rnn_kernels
-    if request.param == "fused":
+    from ember.backend import cpu, cpu_rnn_kernels
+    if request.param.startswith("fused"):
         pytest.importorskip("numba")
         monkeypatch.setenv("EMBER_MKL", "1")
         monkeypatch.setenv("EMBER_NUMBA", "1")
-        if not cpu_mkl.available() or cpu_rnn_kernels.kernels() is None:
+        if not cpu_rnn_kernels.available():
             pytest.skip("MKL or numba missing")
+        two = request.param == "fused-split"
+        monkeypatch.setattr(cpu_rnn_kernels, "MIN_ROWS", 1)
+
+        def threads(n: int, min_rows: int = 1) -> int:
+            return max(1, min(2 if two else 1, n // max(min_rows, 1)))
+        monkeypatch.setattr(cpu, "row_threads", threads)
     else:
         monkeypatch.setenv("EMBER_MKL", "0")
     taken: list = []
@@ -32,7 +39,7 @@ def lstm_path(request, monkeypatch):
 
     def spy(*args):
         res = orig(*args)
-        taken.append(res[0] is not None)
+        taken.append(res is not None)
         return res
     monkeypatch.setattr(nn_rnn, "_fused_lstm", spy)
     return request.param, taken
@@ -83,7 +90,7 @@ def test_lstm_layer_matches_torch(lstm_path, lengths, bidirectional, with_state,
     for e, t in zip(mine, want):
         np.testing.assert_allclose(e, t, **tol)
     # the compiled loops take float32 on the fused path, nothing else
-    assert taken and all(taken) == (path == "fused" and dtype == "float32")
+    assert taken and all(taken) == (path != "steps" and dtype == "float32")
 
 
 def test_lstm_fused_long_sequence_and_saturated_gates(lstm_path):

@@ -62,17 +62,13 @@ def _kernels(xp: Any, *arrays: Any) -> Any:
     return cpu_kernels.kernels()
 
 
-def _fused_lstm(xp: Any, w_hr: Any, macs: int, *arrays: Any) -> tuple:
-    """(the compiled LSTM time loops, MKL's sgemm address) where the whole layer can run as
-    one compiled call (``backend/cpu_rnn_kernels``: float32 NumPy arrays, no projection, numba
-    and MKL there), else ``(None, 0)``. Sets MKL's threads for ``macs``-sized step products."""
-    if w_hr is not None or _kernels(xp, *arrays) is None:
-        return None, 0
-    ks = cpu_rnn_kernels.kernels()
-    if ks is None:
-        return None, 0
-    fptr = cpu_rnn_kernels.mkl_sgemm(macs)
-    return (ks, fptr) if fptr else (None, 0)
+def _fused_lstm(xp: Any, w_hr: Any, *arrays: Any) -> Any:
+    """The compiled LSTM time loops where the whole layer can run as one compiled call
+    (``backend/cpu_rnn_kernels``: float32 NumPy arrays, no projection, numba and MKL there),
+    else None."""
+    if w_hr is not None or _kernels(xp, *arrays) is None or not cpu_rnn_kernels.available():
+        return None
+    return cpu_rnn_kernels.kernels()
 
 
 def _mm(xp: Any, a: Any, b: Any) -> Any:
@@ -155,12 +151,16 @@ class LstmLayer(OpDef):
         out = xp.empty((n, P), dt)
         h_pre = xp.empty((n, H), dt) if w_hr is not None else None
         ws = xp.empty((h0.shape[0], g4), dt)   # one step's pre-activations
-        fused, fptr = _fused_lstm(xp, w_hr, h0.shape[0] * g4 * P, xproj, w_t, c)
-        if fused is not None:   # the whole time loop in one compiled call
-            with xp.errstate(over="ignore"):
+        fused = _fused_lstm(xp, w_hr, xproj, w_t, c)
+        if fused is not None:   # the whole time loop in compiled calls
+            starts = xp.asarray(off[:-1], xp.int64)
+            sizes = xp.asarray(batch_sizes, xp.int64)
+            rev = bool(reverse)
+
+            def rows(fptr: int, r0: int, r1: int) -> None:
                 fused.lstm_forward(fptr, xproj, w_t, h, c, act, tanh_c, c_prev, h_prev, out, ws,
-                                   xp.asarray(off[:-1], xp.int64),
-                                   xp.asarray(batch_sizes, xp.int64), bool(reverse))
+                                   starts, sizes, rev, r0, r1)
+            cpu_rnn_kernels.over_rows(h0.shape[0], h0.shape[0] * g4 * P, rows)
             ctx.cache = (act, tanh_c, c_prev, h_prev, h_pre)
             ctx.args = (tuple(batch_sizes), reverse)
             ctx.save(xproj, h0, c0, w_hh, w_hr)
@@ -222,14 +222,20 @@ class LstmLayer(OpDef):
         dh_out = xp.empty((n, P), dt) if wr is not None else None
         off = _offsets(batch_sizes)
         steps = range(len(batch_sizes)) if reverse else range(len(batch_sizes) - 1, -1, -1)
-        fused, fptr = _fused_lstm(xp, wr, B * g4 * H, act, w, dc, dh)
+        fused = _fused_lstm(xp, wr, act, w, dc, dh)
         if fused is not None and (go is None or go.dtype == dt):
             wc = xp.ascontiguousarray(w)
             dh = xp.ascontiguousarray(dh)   # MKL writes it as a (B, H) row-major matrix
             gc = xp.ascontiguousarray(go) if go is not None else dh
-            fused.lstm_backward(fptr, gc, go is not None, wc, act, tanh_c, c_prev, dh, dc,
-                                dgates, xp.empty((B, H), dt), xp.asarray(off[:-1], xp.int64),
-                                xp.asarray(batch_sizes, xp.int64), bool(reverse))
+            dhs = xp.empty((B, H), dt)
+            starts = xp.asarray(off[:-1], xp.int64)
+            sizes = xp.asarray(batch_sizes, xp.int64)
+            rev = bool(reverse)
+
+            def rows(fptr: int, r0: int, r1: int) -> None:
+                fused.lstm_backward(fptr, gc, go is not None, wc, act, tanh_c, c_prev, dh, dc,
+                                    dgates, dhs, starts, sizes, rev, r0, r1)
+            cpu_rnn_kernels.over_rows(B, B * g4 * H, rows)
         else:
             nb = _kernels(xp, act, w, dc)
             with _one_blas_thread(xp):
