@@ -139,7 +139,6 @@ class LstmLayer(OpDef):
         P = h0.shape[1]
         off = _offsets(batch_sizes)
         steps = range(len(batch_sizes) - 1, -1, -1) if reverse else range(len(batch_sizes))
-        w_t = xp.ascontiguousarray(w_hh.T)
         wr_t = xp.ascontiguousarray(w_hr.T) if w_hr is not None else None
         h = h0.copy()
         c = c0.copy()
@@ -151,20 +150,25 @@ class LstmLayer(OpDef):
         out = xp.empty((n, P), dt)
         h_pre = xp.empty((n, H), dt) if w_hr is not None else None
         ws = xp.empty((h0.shape[0], g4), dt)   # one step's pre-activations
-        fused = _fused_lstm(xp, w_hr, xproj, w_t, c)
+        fused = _fused_lstm(xp, w_hr, xproj, w_hh, c)
         if fused is not None:   # the whole time loop in compiled calls
             starts = xp.asarray(off[:-1], xp.int64)
             sizes = xp.asarray(batch_sizes, xp.int64)
             rev = bool(reverse)
 
+            # W_hh^T for the steps: packed by MKL (the pack is the transposed copy) or plain
+            cptr, wp = cpu_rnn_kernels.packed_b(xp.ascontiguousarray(w_hh), True, h0.shape[0])
+            wk = xp.ascontiguousarray(w_hh.T) if wp is None else wp
+
             def rows(fptr: int, r0: int, r1: int) -> None:
-                fused.lstm_forward(fptr, xproj, w_t, h, c, act, tanh_c, c_prev, h_prev, out, ws,
-                                   starts, sizes, rev, r0, r1)
+                fused.lstm_forward(fptr, cptr, xproj, wk, h, c, act, tanh_c, c_prev, h_prev,
+                                   out, ws, starts, sizes, rev, r0, r1)
             cpu_rnn_kernels.over_rows(h0.shape[0], h0.shape[0] * g4 * P, rows)
             ctx.cache = (act, tanh_c, c_prev, h_prev, h_pre)
             ctx.args = (tuple(batch_sizes), reverse)
             ctx.save(xproj, h0, c0, w_hh, w_hr)
             return out, h, c
+        w_t = xp.ascontiguousarray(w_hh.T)
         nb = _kernels(xp, xproj, w_t, c)
         hbuf = xp.empty((h0.shape[0], H), dt) if nb is not None else None
         with _one_blas_thread(xp):
