@@ -23,6 +23,8 @@ import threading
 import time
 from typing import Any
 
+from ember.backend import cpu_spin
+
 SMALL_MACS = 1 << 23  # ~8M multiply-adds: a few ms on one core
 MKL_THREADED_MACS = 1 << 18  # MKL's GEMMs from this size on may use the spare cores
 _SAMPLE_S = 0.1       # how often the load of other processes is re-read
@@ -30,7 +32,8 @@ _HZ = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 _CORES = os.cpu_count() or 1
 
 _state: dict = {"libs": None, "current": None, "default": None, "spare": None,
-                "next_sample": 0.0, "last": None, "spin": False, "mkl": None}
+                "next_sample": 0.0, "last": None, "spin": False, "mkl": None,
+                "threaded_at": -1.0}  # (when MKL last had the spare cores: cpu_team)
 
 
 def _libs() -> list:
@@ -162,9 +165,12 @@ def gemm_threads(xp: Any, macs: int) -> None:
     libs = _libs()
     want = _state["default"] or _CORES
     if want > 1 and macs >= MKL_THREADED_MACS:
-        spare = _spare_threads(time.monotonic())
+        now = time.monotonic()
+        spare = _spare_threads(now)
         if spare is not None:
             want = min(want, spare)
+        if want > 1:
+            _state["threaded_at"] = now   # (backend/cpu_team: MKL's team is awake)
     else:
         want = 1
     # MKL's count. Unlike OpenBLAS's spinning pthreads, MKL runs a product too small to
@@ -172,6 +178,10 @@ def gemm_threads(xp: Any, macs: int) -> None:
     # (cpu_mkl._BLOCKTIME_MS): with the spare cores it ran the MLP's 128x256x10 product in
     # 8.7 us against 10.2 on one thread, LeNet's 64x400x120 in 33 against 45 us
     _state["mkl"] = want
+    if want > 1:
+        # the spin pool's worker polls for its next piece for ~0.2 ms: let the GEMM's
+        # second thread have that core
+        cpu_spin.park()
     if libs:
         _set_blas_threads(want if macs >= SMALL_MACS else 1)
 
@@ -261,6 +271,12 @@ def parallel_rows(n: int, fn: Any, min_rows: int = 1) -> None:
     # the pieces' own BLAS calls (GEMVs, per-block products) run on one thread each: a
     # threaded BLAS called from several threads at once serializes them (and spins)
     _set_blas_threads(1)
+    if threads == 2:
+        spin = cpu_spin.pool()
+        if spin is not None:
+            half = n // 2
+            spin.run(fn, (0, half), (half, n))
+            return
     if _pool["workers"] < threads - 1:
         from concurrent.futures import ThreadPoolExecutor
         if _pool["executor"] is not None:

@@ -17,6 +17,8 @@ import threading
 from types import SimpleNamespace
 from typing import Any, Callable
 
+from ember.backend import cpu_team
+
 _AHEAD = 8  # rows the row kernels prefetch ahead
 _GELU_AHEAD = 1024  # elements GELU prefetches ahead
 # The calling thread's extra share of a split kernel: the pool thread starts its piece
@@ -545,6 +547,8 @@ def _build() -> SimpleNamespace:
     def gelu_f(flat: Any, y: Any, d: Any) -> None:
         """float32 GELU of the 1-D contiguous ``flat`` into ``y`` and, unless ``d`` is None,
         its derivative into ``d`` (float32 only: the fit is float32-accurate)."""
+        if flat.size >= _GELU_MIN and cpu_team.gelu(flat, y, d):
+            return   # (on MKL's awake OpenMP team: no thread wake-up)
         if d is None:
             def piece(lo: int, hi: int) -> None:
                 span(flat[lo:hi], y[lo:hi])

@@ -12,7 +12,7 @@ import numpy as _np
 
 from ember import dtypes as _dt
 from ember._state import _State
-from ember.backend import cpu_kernels, special
+from ember.backend import cpu_kernels, cpu_team, special
 from ember.errors import check, make
 from ember.ops import meta as M
 from ember.ops.registry import OPS, OpDef, register
@@ -291,6 +291,11 @@ class Add(OpDef):
             ctx.alpha = alpha
             return xp.add(input, other * alpha)
         ctx.alpha = 1
+        if xp is _np and getattr(input, "size", 0) >= cpu_team.MIN_SIZE:
+            # (a residual add: two cores of MKL's OpenMP team, see backend/cpu_team)
+            out = cpu_team.binary(cpu_team.ADD, input, other)
+            if out is not None:
+                return out
         return xp.add(input, other)
 
     def backward(ctx, grad):

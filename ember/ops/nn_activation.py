@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from ember._state import _State
-from ember.backend import cpu_kernels, special
+from ember.backend import cpu_kernels, cpu_team, special
 from ember.backend.cpu import parallel_rows, row_threads
 from ember.ops import meta as M
 from ember.ops.registry import OpDef, register
@@ -186,7 +186,9 @@ class Gelu(OpDef):
                 # training step, where these arrays come from memory); a second backward
                 # through a retained graph then takes the generic path from x
                 del ctx.dgelu
-                np.multiply(g, d, out=d)
+                if g.size < cpu_team.MIN_SIZE or \
+                        cpu_team.binary(cpu_team.MUL, g, d, d) is None:
+                    np.multiply(g, d, out=d)
                 return _make(d, grad._dtype, grad._device), None
             g = g * d
             return _make(g.astype(grad._data.dtype, copy=False), grad._dtype, grad._device), None

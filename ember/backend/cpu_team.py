@@ -1,0 +1,134 @@
+"""Elementwise passes on MKL's own OpenMP team (Intel OpenMP's ``GOMP_parallel``).
+
+In a training step MKL's GEMMs come every few hundred microseconds, and after each one its
+OpenMP worker busy-waits (``cpu_mkl._BLOCKTIME_MS``) on the spare core. A Python row thread
+(``cpu.parallel_rows``) that wants that core waits for the scheduler to preempt the spinning
+worker (25-80 us measured), so a 80 us pass could not be split; torch runs its elementwise
+loops on the same OpenMP team as its GEMMs, which starts at once. Here the pass is a numba
+``cfunc`` (no GIL: the team's threads are not Python threads) that ``GOMP_parallel`` runs on
+that team: the workers take 32 KB chunks off an atomic counter, so a late worker only takes
+fewer chunks. Used only where MKL runs on Intel OpenMP (``cpu_mkl``'s usual layer) and a
+core is spare; ``EMBER_TEAM=0`` switches it off.
+
+Why it pays: an add of two (16, 64, 128) float32 arrays into a fresh array writes memory
+that is not in the core's cache, and one core's misses (~6.5 GB/s of stores measured in the
+tiny-GPT step) bound it, not the arithmetic; two cores have twice the outstanding misses.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+import time
+from typing import Any
+
+import numpy as np
+
+_CHUNK = 8192   # float32 elements a chunk of an add (32 KB)
+_GELU_CHUNK = 16384  # GELU's (~8 us of work)
+_WARM_S = 0.0008   # how long after MKL's last threaded GEMM its worker still spins
+MIN_SIZE = 1 << 16   # below this one core is as fast (the fork and join cost ~5-10 us)
+ADD, MUL = 0, 1   # the passes ``binary`` runs
+
+_state: dict = {"tried": False, "fn": None}
+_lock = threading.Lock()
+
+
+def _build() -> Any:
+    from ember.backend import cpu_mkl
+    path = cpu_mkl._mkl.get("path")
+    if path is None or cpu_mkl._mkl.get("layer") != cpu_mkl._INTEL:
+        return None
+    iomp = ctypes.CDLL(os.path.join(os.path.dirname(path), "libiomp5.so"))
+    gomp = iomp.GOMP_parallel
+    gomp.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint]
+    gomp.restype = None
+    from ember.backend import cpu_team_kernels
+    k = cpu_team_kernels.kernels()
+    if k is None:
+        return None
+    ctl = np.zeros(8, np.int64)
+    addr = ctl.ctypes.data
+    bodies = [k.binary_body.address,
+              k.gelu_body.address if k.gelu_body is not None else None]
+    pack = k.pack
+
+    def go(body: int, op: int, a: np.ndarray, b: np.ndarray, out: np.ndarray,
+           chunk: int) -> None:
+        pack(ctl, op, a, b, out, chunk)
+        gomp(bodies[body], addr, 2, 0)   # (ctypes releases the GIL for the call)
+    go.has_gelu = bodies[1] is not None
+    return go
+
+
+def binary(op: int, a: Any, b: Any, out: Any = None) -> Any:
+    """``a + b`` (``op`` 0) or ``a * b`` (1) for two C-contiguous float32 NumPy arrays of one
+    shape, on two cores of MKL's team, into ``out`` (a new array when None; it may be ``a``
+    or ``b``, each element is read before it is written); None when that route is off or
+    does not apply."""
+    if type(a) is not np.ndarray or type(b) is not np.ndarray \
+            or a.dtype != np.float32 or b.dtype != np.float32 or a.shape != b.shape \
+            or a.size < MIN_SIZE or not (a.flags.c_contiguous and b.flags.c_contiguous):
+        return None
+    if out is not None and (out.dtype != np.float32 or out.shape != a.shape
+                            or not out.flags.c_contiguous):
+        return None
+    go = _team()
+    if go is None:
+        return None
+    if out is None:
+        out = np.empty(a.shape, np.float32)
+    go(0, op, a, b, out, _CHUNK)
+    return out
+
+
+def gelu(x: Any, y: Any, d: Any) -> bool:
+    """cpu_kernels' float32 GELU spans of the 1-D contiguous ``x`` into ``y`` (and its
+    derivative into ``d`` unless None) on MKL's team; False when that route is off."""
+    go = _team()
+    if go is None or not go.has_gelu:
+        return False
+    go(1, 0 if d is None else 1, x, y, y if d is None else d, _GELU_CHUNK)
+    return True
+
+
+def _team() -> Any:
+    """The launcher when the route may run now, else None."""
+    fn = _state["fn"]
+    if fn is None:
+        if _state["tried"]:
+            return None
+        from ember.backend import cpu_mkl
+        if not cpu_mkl._mkl.get("tried"):
+            return None   # (MKL not loaded yet: no GEMM has run, so no team is warm)
+        with _lock:
+            if not _state["tried"]:
+                try:
+                    _state["fn"] = _build()
+                except (OSError, AttributeError, ImportError):
+                    _state["fn"] = None
+                _state["tried"] = True
+        fn = _state["fn"]
+        if fn is None:
+            return None
+    if (_ENV.get(_KEY) if _ENV is not None else os.environ.get("EMBER_TEAM")) == _ZERO:
+        return None
+    from ember.backend import cpu
+    # the team's worker sleeps ~1 ms after MKL's last threaded region (its block time):
+    # waking it costs more than the pass saves (a (16, 64, 128) add after a 2 ms pause:
+    # 77 us against NumPy's 37), and a busy machine leaves no core
+    if time.monotonic() - cpu._state["threaded_at"] > _WARM_S or cpu.row_threads(2) < 2:
+        return None
+    return fn
+
+
+def _reset() -> None:  # a forked child: Intel OpenMP's team is the parent's
+    _state["tried"], _state["fn"] = True, None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset)
+
+_ENV: Any = getattr(os.environ, "_data", None)
+_KEY: Any = os.environ.encodekey("EMBER_TEAM") if _ENV is not None else None
+_ZERO: Any = os.environ.encodevalue("0") if _ENV is not None else "0"

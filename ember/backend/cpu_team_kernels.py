@@ -1,0 +1,129 @@
+"""numba code that ``cpu_team`` runs on MKL's OpenMP team: a C-callable body (``cfunc``)
+per pass, which every team thread enters with one pointer to a control block of int64s,
+and the jitted packer that fills the block (array addresses, size, chunk counter).
+
+Control block: [a, b, out, n, op, next chunk, chunk size, -]. The body takes chunks with an
+atomic fetch-and-add until none is left. Compiled with ``cache=True`` (no addresses of
+other libraries are baked into the code: ``cpu_team`` calls ``GOMP_parallel`` itself).
+"""
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+from ember.backend.cpu_kernels import LazyKernels
+
+
+def _build() -> SimpleNamespace:
+    import numba
+    from llvmlite import ir
+    from numba import types
+    from numba.extending import intrinsic
+
+    @intrinsic
+    def fetch_add(typingctx, ptr, val):  # pragma: no cover - compile-time
+        def cg(context, builder, sig, args):
+            return builder.atomic_rmw("add", args[0], args[1], "monotonic")
+        return types.int64(types.CPointer(types.int64), types.int64), cg
+
+    @intrinsic
+    def slot(typingctx, p, idx):  # pragma: no cover - compile-time
+        """The address of the control block's int64 number ``idx``."""
+        def cg(context, builder, sig, args):
+            base = builder.bitcast(args[0], ir.IntType(64).as_pointer())
+            return builder.gep(base, [args[1]])
+        return types.CPointer(types.int64)(types.voidptr, types.int64), cg
+
+    @intrinsic
+    def as_f32_ptr(typingctx, p):  # pragma: no cover - compile-time
+        def cg(context, builder, sig, args):
+            return builder.inttoptr(args[0], ir.FloatType().as_pointer())
+        return types.CPointer(types.float32)(types.int64), cg
+
+    @numba.njit(cache=True, nogil=True)
+    def pack(ctl, op, a, b, out, chunk):
+        ctl[0] = a.ctypes.data
+        ctl[1] = b.ctypes.data
+        ctl[2] = out.ctypes.data
+        ctl[3] = out.size
+        ctl[4] = op
+        ctl[5] = 0
+        ctl[6] = chunk
+
+    @numba.cfunc(types.void(types.voidptr), cache=True, error_model="numpy")
+    def binary_body(data):
+        ctl = numba.carray(slot(data, 0), 8)
+        n = ctl[3]
+        chunk = ctl[6]
+        x = numba.carray(as_f32_ptr(ctl[0]), n)
+        y = numba.carray(as_f32_ptr(ctl[1]), n)
+        o = numba.carray(as_f32_ptr(ctl[2]), n)
+        counter = slot(data, 5)
+        mul = ctl[4] == 1
+        # (out is b, or a: loops over two arrays, since LLVM's runtime overlap check sends
+        # an exactly aliased third operand to its scalar loop: 4 us -> 9 us a chunk)
+        into = 1 if ctl[2] == ctl[1] else (2 if ctl[2] == ctl[0] else 0)
+        while True:
+            lo = fetch_add(counter, 1) * chunk
+            if lo >= n:
+                break
+            # (unsigned indices: numba then emits no negative-index fix-up, and LLVM
+            # vectorizes the loops)
+            hi = numba.uint64(min(n, lo + chunk))
+            lo = numba.uint64(lo)
+            if into == 1:
+                if mul:
+                    for i in range(lo, hi):
+                        o[i] = x[i] * o[i]
+                else:
+                    for i in range(lo, hi):
+                        o[i] = x[i] + o[i]
+            elif into == 2:
+                if mul:
+                    for i in range(lo, hi):
+                        o[i] = o[i] * y[i]
+                else:
+                    for i in range(lo, hi):
+                        o[i] = o[i] + y[i]
+            elif mul:
+                for i in range(lo, hi):
+                    o[i] = x[i] * y[i]
+            else:
+                for i in range(lo, hi):
+                    o[i] = x[i] + y[i]
+
+    from ember.backend import cpu_kernels
+    if cpu_kernels.kernels() is None:
+        return SimpleNamespace(pack=pack, binary_body=binary_body, gelu_body=None)
+    global _GELU_SPAN, _GELU_SPAN_GRAD
+    _GELU_SPAN, _GELU_SPAN_GRAD = cpu_kernels._GELU_SPAN, cpu_kernels._GELU_SPAN_GRAD
+
+    @numba.cfunc(types.void(types.voidptr), cache=True, error_model="numpy")
+    def gelu_body(data):
+        # [x, y, d, n, with derivative, next chunk, chunk]: cpu_kernels' GELU spans
+        ctl = numba.carray(slot(data, 0), 8)
+        n = ctl[3]
+        chunk = ctl[6]
+        x = numba.carray(as_f32_ptr(ctl[0]), n)
+        y = numba.carray(as_f32_ptr(ctl[1]), n)
+        d = numba.carray(as_f32_ptr(ctl[2]), n)
+        counter = slot(data, 5)
+        grad = ctl[4] == 1
+        while True:
+            lo = fetch_add(counter, 1) * chunk
+            if lo >= n:
+                break
+            hi = min(n, lo + chunk)
+            if grad:
+                _GELU_SPAN_GRAD(x[lo:hi], y[lo:hi], d[lo:hi])
+            else:
+                _GELU_SPAN(x[lo:hi], y[lo:hi])
+    return SimpleNamespace(pack=pack, binary_body=binary_body, gelu_body=gelu_body)
+
+
+# cpu_kernels' GELU loops, bound before compiling (numba's cache takes module globals)
+_GELU_SPAN: Any = None
+_GELU_SPAN_GRAD: Any = None
+
+
+kernels = LazyKernels(_build)

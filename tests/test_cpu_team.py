@@ -1,0 +1,98 @@
+"""The passes ember runs on MKL's OpenMP team (backend/cpu_team): the residual add, the
+GELU forward and its backward product, against NumPy in float64.
+
+The route exists only where MKL runs on Intel OpenMP, which ember does not choose once
+torch (GNU OpenMP) is in the process, so the checks run in a child process that never
+imports torch, and report whether the route ran."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+_CHILD = r"""
+import json, math, os, time, numpy as np, ember
+from ember.backend import cpu_mkl, cpu_team, cpu
+if not cpu_mkl.available() or (os.cpu_count() or 1) < 2:
+    print(json.dumps({"skip": "no MKL or one core"})); raise SystemExit
+# (the route also waits for a core that other processes leave free; a test run beside
+# other work must still take it: it is only slower then)
+cpu.row_threads = lambda n, min_rows=1: 2
+rng = np.random.default_rng(0)
+w = ember.tensor(rng.standard_normal((384, 128)).astype(np.float32))
+x0 = ember.tensor(rng.standard_normal((1024, 128)).astype(np.float32))
+
+def gemm():   # a threaded MKL GEMM, which wakes the team (the route runs only then)
+    ember.nn.functional.linear(x0, w)
+    cpu._state["threaded_at"] = time.monotonic()
+
+def runs(fn):
+    calls = []
+    go = cpu_team._team
+    def spy():
+        r = go()
+        calls.append(r is not None)
+        return r
+    cpu_team._team = spy
+    try:
+        res = fn()
+    finally:
+        cpu_team._team = go
+    return res, any(calls)
+
+gemm()
+cpu_team.binary(cpu_team.ADD, np.ones(1 << 16, np.float32), np.ones(1 << 16, np.float32))
+errs, ran = {}, {}   # (the first call built the route: the calls below find it built)
+for shape in [(16, 64, 128), (3, 70001), (1 << 16,)]:
+    a = rng.standard_normal(shape).astype(np.float32)
+    b = rng.standard_normal(shape).astype(np.float32)
+    ta, tb = ember.tensor(a, requires_grad=True), ember.tensor(b)
+    gemm()
+    y, r = runs(lambda: ta + tb)
+    errs[f"add {shape}"] = float(np.abs(y.detach().numpy() - (a.astype(np.float64) + b)).max())
+    ran[f"add {shape}"] = r
+    for into in ("new", "a", "b"):
+        a2, b2 = a.copy(), b.copy()
+        dest = None if into == "new" else (a2 if into == "a" else b2)
+        gemm()
+        o, r = runs(lambda: cpu_team.binary(cpu_team.MUL, a2, b2, dest))
+        errs[f"mul into {into} {shape}"] = float(np.abs(o - a.astype(np.float64) * b).max())
+        ran[f"mul into {into} {shape}"] = r
+    h = (3 * rng.standard_normal(shape)).astype(np.float32)
+    th = ember.tensor(h, requires_grad=True)
+    g = rng.standard_normal(shape).astype(np.float32)
+    gemm()
+    y, r = runs(lambda: ember.nn.functional.gelu(th))
+    if h.size >= 1 << 17:   # (smaller GELUs stay on one core)
+        ran[f"gelu {shape}"] = r
+    gemm()
+    _, r2 = runs(lambda: y.backward(ember.tensor(g)))
+    ran[f"gelu backward {shape}"] = r2
+    hd = h.astype(np.float64)
+    phi = 0.5 * (1 + np.vectorize(math.erf)(hd / math.sqrt(2)))
+    pdf = np.exp(-0.5 * hd * hd) / math.sqrt(2 * math.pi)
+    errs[f"gelu {shape}"] = float(np.abs(y.detach().numpy() - hd * phi).max())
+    errs[f"gelu backward {shape}"] = float(np.abs(th.grad.numpy() - g * (phi + hd * pdf)).max())
+print(json.dumps({"errs": errs, "ran": ran}))
+"""
+
+
+def test_team_passes_match_float64() -> None:
+    pytest.importorskip("numba")
+    env = {k: v for k, v in os.environ.items() if k != "EMBER_TEAM"}
+    proc = subprocess.run([sys.executable, "-c", _CHILD], capture_output=True, text=True,
+                          env=env, timeout=600,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    if "skip" in res:
+        pytest.skip(res["skip"])
+    # the add and product are one float32 rounding from float64 (values up to ~25)
+    for name, err in res["errs"].items():
+        # (GELU: the erfc fit's 2.4e-7 error in Phi, times |x| up to ~15)
+        tol = 1e-5
+        assert err <= tol, (name, err)
+    assert all(res["ran"].values()), res["ran"]
