@@ -114,8 +114,18 @@ def _build() -> SimpleNamespace | None:
                 gr = gates[r]
                 xr = xproj[lo + r]
                 ar = act[lo + r]
-                for j in range(g4):
-                    ar[j] = _SIGMOID(gr[j] + xr[j])
+                # sigmoid on the i, f and o blocks, tanh on g (cpu_kernels.lstm_step takes
+                # the sigmoid of all four and redoes g: a sixth more transcendentals)
+                a2 = ar[:2 * H]
+                g2 = gr[:2 * H]
+                x2 = xr[:2 * H]
+                for j in range(2 * H):
+                    a2[j] = _SIGMOID(g2[j] + x2[j])
+                a3 = ar[3 * H:]
+                g3 = gr[3 * H:]
+                x3 = xr[3 * H:]
+                for j in range(H):
+                    a3[j] = _SIGMOID(g3[j] + x3[j])
                 ag = ar[2 * H:3 * H]
                 gg = gr[2 * H:3 * H]
                 xg = xr[2 * H:3 * H]
