@@ -1,5 +1,5 @@
 """The passes ember runs on MKL's OpenMP team (backend/cpu_team): the residual add, the
-GELU forward and its backward product, against NumPy in float64.
+GELU forward and its backward product, the layer-norm forward, against NumPy in float64.
 
 The route exists only where MKL runs on Intel OpenMP, which ember does not choose once
 torch (GNU OpenMP) is in the process, so the checks run in a child process that never
@@ -76,6 +76,17 @@ for shape in [(16, 64, 128), (3, 70001), (1 << 16,)]:
     pdf = np.exp(-0.5 * hd * hd) / math.sqrt(2 * math.pi)
     errs[f"gelu {shape}"] = float(np.abs(y.detach().numpy() - hd * phi).max())
     errs[f"gelu backward {shape}"] = float(np.abs(th.grad.numpy() - g * (phi + hd * pdf)).max())
+for shape in [(16, 64, 128), (700, 96), (3, 1000, 50)]:
+    x = (3 * rng.standard_normal(shape) + 1).astype(np.float32)
+    lw = rng.standard_normal(shape[-1]).astype(np.float32)
+    lb = rng.standard_normal(shape[-1]).astype(np.float32)
+    gemm()
+    y, r = runs(lambda: ember.nn.functional.layer_norm(
+        ember.tensor(x), (shape[-1],), ember.tensor(lw), ember.tensor(lb)))
+    xd = x.astype(np.float64)
+    ref = (xd - xd.mean(-1, keepdims=True)) / np.sqrt(xd.var(-1, keepdims=True) + 1e-5)
+    errs[f"layer_norm {shape}"] = float(np.abs(y.numpy() - (ref * lw + lb)).max())
+    ran[f"layer_norm {shape}"] = r
 print(json.dumps({"errs": errs, "ran": ran}))
 """
 

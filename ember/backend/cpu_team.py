@@ -26,6 +26,7 @@ import numpy as np
 
 _CHUNK = 8192   # float32 elements a chunk of an add (32 KB)
 _GELU_CHUNK = 16384  # GELU's (~8 us of work)
+_LN_CHUNK = 64  # layer-norm rows a chunk
 _WARM_S = 0.0008   # how long after MKL's last threaded GEMM its worker still spins
 MIN_SIZE = 1 << 16   # below this one core is as fast (the fork and join cost ~5-10 us)
 ADD, MUL = 0, 1   # the passes ``binary`` runs
@@ -47,7 +48,8 @@ def _build() -> Any:
     k = cpu_team_kernels.kernels()
     if k is None:
         return None
-    ctl = np.zeros(8, np.int64)
+    ctl = np.zeros(16, np.int64)
+    ctlf = ctl.view(np.float64)
     addr = ctl.ctypes.data
     bodies = [k.binary_body.address,
               k.gelu_body.address if k.gelu_body is not None else None]
@@ -58,6 +60,14 @@ def _build() -> Any:
         pack(ctl, op, a, b, out, chunk)
         gomp(bodies[body], addr, 2, 0)   # (ctypes releases the GIL for the call)
     go.has_gelu = bodies[1] is not None
+    ln_body = k.ln_body.address if k.ln_body is not None else None
+    pack_ln = k.pack_ln
+
+    def ln(x: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float, y: np.ndarray,
+           mean: np.ndarray, rstd: np.ndarray) -> None:
+        pack_ln(ctl, ctlf, x, w, b, eps, y, mean, rstd, _LN_CHUNK)
+        gomp(ln_body, addr, 2, 0)
+    go.ln = ln if ln_body is not None else None
     return go
 
 
@@ -89,6 +99,20 @@ def gelu(x: Any, y: Any, d: Any) -> bool:
     if go is None or not go.has_gelu:
         return False
     go(1, 0 if d is None else 1, x, y, y if d is None else d, _GELU_CHUNK)
+    return True
+
+
+def layer_norm(x: Any, w: Any, b: Any, eps: float, y: Any, mean: Any, rstd: Any) -> bool:
+    """cpu_kernels' float32 layer-norm rows of the C-contiguous (rows, n) ``x`` into ``y``,
+    ``mean`` and ``rstd`` (rows,), ``w``/``b`` (n,) contiguous, on MKL's team; False when
+    that route is off."""
+    if x.dtype != np.float32 or x.size < MIN_SIZE or w.dtype != np.float32 \
+            or b.dtype != np.float32:
+        return False
+    go = _team()
+    if go is None or go.ln is None:
+        return False
+    go.ln(x, w, b, float(eps), y, mean, rstd)
     return True
 
 

@@ -40,6 +40,12 @@ def _build() -> SimpleNamespace:
             return builder.inttoptr(args[0], ir.FloatType().as_pointer())
         return types.CPointer(types.float32)(types.int64), cg
 
+    @intrinsic
+    def as_f64_ptr(typingctx, p):  # pragma: no cover - compile-time
+        def cg(context, builder, sig, args):
+            return builder.bitcast(args[0], ir.DoubleType().as_pointer())
+        return types.CPointer(types.float64)(types.CPointer(types.int64)), cg
+
     @numba.njit(cache=True, nogil=True)
     def pack(ctl, op, a, b, out, chunk):
         ctl[0] = a.ctypes.data
@@ -94,7 +100,8 @@ def _build() -> SimpleNamespace:
 
     from ember.backend import cpu_kernels
     if cpu_kernels.kernels() is None:
-        return SimpleNamespace(pack=pack, binary_body=binary_body, gelu_body=None)
+        return SimpleNamespace(pack=pack, binary_body=binary_body, gelu_body=None,
+                               pack_ln=None, ln_body=None)
     global _GELU_SPAN, _GELU_SPAN_GRAD
     _GELU_SPAN, _GELU_SPAN_GRAD = cpu_kernels._GELU_SPAN, cpu_kernels._GELU_SPAN_GRAD
 
@@ -118,12 +125,53 @@ def _build() -> SimpleNamespace:
                 _GELU_SPAN_GRAD(x[lo:hi], y[lo:hi], d[lo:hi])
             else:
                 _GELU_SPAN(x[lo:hi], y[lo:hi])
-    return SimpleNamespace(pack=pack, binary_body=binary_body, gelu_body=gelu_body)
+    global _LN_ROWS
+    _LN_ROWS = cpu_kernels._LN_ROWS
+
+    @numba.njit(cache=True, nogil=True)
+    def pack_ln(ctl, ctlf, x, w, b, eps, y, mean, rstd, chunk):
+        ctl[0] = x.ctypes.data
+        ctl[1] = w.ctypes.data
+        ctl[2] = b.ctypes.data
+        ctl[3] = y.ctypes.data
+        ctl[4] = mean.ctypes.data
+        ctl[6] = rstd.ctypes.data
+        ctl[7] = x.shape[0]
+        ctl[8] = x.shape[1]
+        ctlf[9] = eps
+        ctl[5] = 0
+        ctl[10] = chunk
+
+    @numba.cfunc(types.void(types.voidptr), cache=True, error_model="numpy")
+    def ln_body(data):
+        # [x, w, b, y, mean, next chunk, rstd, rows, n, eps (float64), chunk rows]:
+        # cpu_kernels' float32 layer-norm rows
+        ctl = numba.carray(slot(data, 0), 16)
+        rows = ctl[7]
+        n = ctl[8]
+        eps = numba.carray(as_f64_ptr(slot(data, 9)), 1)[0]
+        chunk = ctl[10]
+        x = numba.carray(as_f32_ptr(ctl[0]), (rows, n))
+        w = numba.carray(as_f32_ptr(ctl[1]), n)
+        b = numba.carray(as_f32_ptr(ctl[2]), n)
+        y = numba.carray(as_f32_ptr(ctl[3]), (rows, n))
+        mean = numba.carray(as_f32_ptr(ctl[4]), rows)
+        rstd = numba.carray(as_f32_ptr(ctl[6]), rows)
+        counter = slot(data, 5)
+        while True:
+            lo = fetch_add(counter, 1) * chunk
+            if lo >= rows:
+                break
+            hi = min(rows, lo + chunk)
+            _LN_ROWS(x[lo:hi], w, b, eps, y[lo:hi], mean[lo:hi], rstd[lo:hi])
+    return SimpleNamespace(pack=pack, binary_body=binary_body, gelu_body=gelu_body,
+                           pack_ln=pack_ln, ln_body=ln_body)
 
 
 # cpu_kernels' GELU loops, bound before compiling (numba's cache takes module globals)
 _GELU_SPAN: Any = None
 _GELU_SPAN_GRAD: Any = None
+_LN_ROWS: Any = None
 
 
 kernels = LazyKernels(_build)
