@@ -51,7 +51,14 @@ _PF_WRITE: Any = None
 
 def enabled() -> bool:
     """Whether the numba kernels may be used (``EMBER_NUMBA=0`` turns them off at any time)."""
-    return os.environ.get("EMBER_NUMBA", "1") != "0"
+    # (os.environ's own bytes mapping, which its writes update: ~0.05 us a lookup against
+    # ~0.6 through os.environ.get, once per kernel call)
+    if _ENV is None:
+        return os.environ.get("EMBER_NUMBA", "1") != "0"
+    return _ENV.get(b"EMBER_NUMBA") != b"0"
+
+
+_ENV: Any = getattr(os.environ, "_data", None) if os.name == "posix" else None
 
 
 class LazyKernels:
