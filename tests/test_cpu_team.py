@@ -1,5 +1,6 @@
 """The passes ember runs on MKL's OpenMP team (backend/cpu_team): the residual add, the
-GELU forward and its backward product, the layer-norm forward, against NumPy in float64.
+GELU forward and its backward product, the layer-norm and attention forwards, against NumPy
+in float64.
 
 The route exists only where MKL runs on Intel OpenMP, which ember does not choose once
 torch (GNU OpenMP) is in the process, so the checks run in a child process that never
@@ -87,6 +88,23 @@ for shape in [(16, 64, 128), (700, 96), (3, 1000, 50)]:
     ref = (xd - xd.mean(-1, keepdims=True)) / np.sqrt(xd.var(-1, keepdims=True) + 1e-5)
     errs[f"layer_norm {shape}"] = float(np.abs(y.numpy() - (ref * lw + lb)).max())
     ran[f"layer_norm {shape}"] = r
+for B, H, T, E, causal in [(16, 4, 64, 32, True), (3, 5, 24, 16, False)]:
+    qkv = rng.standard_normal((B, T, 3 * H * E)).astype(np.float32)
+    def attn():
+        q, k, v = ember.tensor(qkv).split(H * E, dim=2)
+        q, k, v = [t.view(B, T, H, E).transpose(1, 2) for t in (q, k, v)]
+        return ember.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal)
+    gemm()
+    y, r = runs(attn)
+    qd = qkv.astype(np.float64).reshape(B, T, 3, H, E)
+    q, k, v = [qd[:, :, i].transpose(0, 2, 1, 3) for i in range(3)]
+    sc = q @ k.transpose(0, 1, 3, 2) / np.sqrt(E)
+    if causal:
+        sc = sc + np.triu(np.full((T, T), -np.inf), 1)
+    pm = np.exp(sc - sc.max(-1, keepdims=True))
+    pm /= pm.sum(-1, keepdims=True)
+    errs[f"sdpa {B, H, T, E}"] = float(np.abs(y.numpy() - pm @ v).max())
+    ran[f"sdpa {B, H, T, E}"] = r
 print(json.dumps({"errs": errs, "ran": ran}))
 """
 

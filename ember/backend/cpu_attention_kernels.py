@@ -761,6 +761,10 @@ class _Kernels:
         fwd = self._fwd
         direct = _direct()
 
+        from ember.backend import cpu_team
+        if cpu_team.attention_forward(q, k, v, out, p, st, s, causal, direct):
+            return p   # (on MKL's awake OpenMP team: the qkv GEMM just ran)
+
         def piece(lo: int, hi: int) -> None:
             fwd(q, k, v, out, p, *st, s, causal, direct, lo, hi)
         _spread(B * H, piece)

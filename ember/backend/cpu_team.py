@@ -27,6 +27,7 @@ import numpy as np
 _CHUNK = 8192   # float32 elements a chunk of an add (32 KB)
 _GELU_CHUNK = 16384  # GELU's (~8 us of work)
 _LN_CHUNK = 64  # layer-norm rows a chunk
+_ATTN_CHUNK = 4  # (batch, head) pairs a chunk (a 64 x 64 x 32 causal head: ~10 us)
 _WARM_S = 0.0008   # how long after MKL's last threaded GEMM its worker still spins
 MIN_SIZE = 1 << 16   # below this one core is as fast (the fork and join cost ~5-10 us)
 ADD, MUL = 0, 1   # the passes ``binary`` runs
@@ -48,7 +49,7 @@ def _build() -> Any:
     k = cpu_team_kernels.kernels()
     if k is None:
         return None
-    ctl = np.zeros(16, np.int64)
+    ctl = np.zeros(32, np.int64)
     ctlf = ctl.view(np.float64)
     addr = ctl.ctypes.data
     bodies = [k.binary_body.address,
@@ -68,6 +69,15 @@ def _build() -> Any:
         pack_ln(ctl, ctlf, x, w, b, eps, y, mean, rstd, _LN_CHUNK)
         gomp(ln_body, addr, 2, 0)
     go.ln = ln if ln_body is not None else None
+    attn_body = k.attn_fwd_body.address if k.attn_fwd_body is not None else None
+    pack_attn = getattr(k, "pack_attn", None)
+
+    def attn_fwd(q: np.ndarray, kk: np.ndarray, v: np.ndarray, out: np.ndarray,
+                 p: np.ndarray, st: tuple, scale: Any, causal: bool, direct: int) -> None:
+        pack_attn(ctl, ctlf, q, kk, v, out, p, st[0], st[1], st[2], st[3], float(scale),
+                  causal, direct, _ATTN_CHUNK)
+        gomp(attn_body, addr, 2, 0)
+    go.attn_fwd = attn_fwd if attn_body is not None else None
     return go
 
 
@@ -113,6 +123,19 @@ def layer_norm(x: Any, w: Any, b: Any, eps: float, y: Any, mean: Any, rstd: Any)
     if go is None or go.ln is None:
         return False
     go.ln(x, w, b, float(eps), y, mean, rstd)
+    return True
+
+
+def attention_forward(q: Any, k: Any, v: Any, out: Any, p: Any, st: tuple, scale: Any,
+                      causal: bool, direct: int) -> bool:
+    """cpu_attention_kernels' forward (its arguments) over the (batch, head) pairs on MKL's
+    team; False when that route is off."""
+    if q.shape[0] * q.shape[1] < 2 * _ATTN_CHUNK:
+        return False
+    go = _team()
+    if go is None or go.attn_fwd is None:
+        return False
+    go.attn_fwd(q, k, v, out, p, st, scale, causal, direct)
     return True
 
 

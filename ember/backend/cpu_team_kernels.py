@@ -16,6 +16,7 @@ from ember.backend.cpu_kernels import LazyKernels
 
 def _build() -> SimpleNamespace:
     import numba
+    import numpy as np
     from llvmlite import ir
     from numba import types
     from numba.extending import intrinsic
@@ -164,14 +165,78 @@ def _build() -> SimpleNamespace:
                 break
             hi = min(rows, lo + chunk)
             _LN_ROWS(x[lo:hi], w, b, eps, y[lo:hi], mean[lo:hi], rstd[lo:hi])
-    return SimpleNamespace(pack=pack, binary_body=binary_body, gelu_body=gelu_body,
-                           pack_ln=pack_ln, ln_body=ln_body)
+    ns = SimpleNamespace(pack=pack, binary_body=binary_body, gelu_body=gelu_body,
+                         pack_ln=pack_ln, ln_body=ln_body, attn_fwd_body=None)
+    from ember.backend import cpu_attention_kernels
+    ak = cpu_attention_kernels.kernels()
+    if ak is None:
+        return ns
+    global _ATTN_FWD
+    _ATTN_FWD = ak._fwd
+
+    @numba.njit(cache=True, nogil=True)
+    def pack_attn(ctl, ctlf, q, k, v, out, p, qst, kst, vst, ost, scale, causal, direct,
+                  chunk):
+        ctl[0] = q.ctypes.data
+        ctl[1] = k.ctypes.data
+        ctl[2] = v.ctypes.data
+        ctl[3] = out.ctypes.data
+        ctl[4] = p.ctypes.data
+        ctl[5] = 0
+        for i in range(4):
+            ctl[6 + i] = q.shape[i]
+            ctl[10 + i] = p.shape[i]
+        ctl[14] = k.shape[2]
+        ctl[15] = v.shape[3]
+        for i in range(3):
+            ctl[16 + i] = qst[i]
+            ctl[19 + i] = kst[i]
+            ctl[22 + i] = vst[i]
+            ctl[25 + i] = ost[i]
+        ctlf[28] = scale
+        ctl[29] = 1 if causal else 0
+        ctl[30] = direct
+        ctl[31] = chunk
+
+    @numba.cfunc(types.void(types.voidptr), cache=True, error_model="numpy")
+    def attn_fwd_body(data):
+        # cpu_attention_kernels' forward over chunks of (batch, head) pairs. q, k, v and out
+        # are strided views: the kernel reads them only by flat index and the element
+        # strides passed beside them, so C-ordered arrays of their shapes over the same
+        # first element stand in for them (p is C-contiguous itself)
+        ctl = numba.carray(slot(data, 0), 32)
+        B, H, L, E = ctl[6], ctl[7], ctl[8], ctl[9]
+        S, Ev = ctl[14], ctl[15]
+        q = numba.carray(as_f32_ptr(ctl[0]), (B, H, L, E))
+        k = numba.carray(as_f32_ptr(ctl[1]), (B, H, S, E))
+        v = numba.carray(as_f32_ptr(ctl[2]), (B, H, S, Ev))
+        out = numba.carray(as_f32_ptr(ctl[3]), (B, H, L, Ev))
+        p = numba.carray(as_f32_ptr(ctl[4]), (ctl[10], ctl[11], ctl[12], ctl[13]))
+        qst = (ctl[16], ctl[17], ctl[18])
+        kst = (ctl[19], ctl[20], ctl[21])
+        vst = (ctl[22], ctl[23], ctl[24])
+        ost = (ctl[25], ctl[26], ctl[27])
+        scale = np.float32(numba.carray(as_f64_ptr(slot(data, 28)), 1)[0])
+        causal = ctl[29] != 0
+        direct = ctl[30]
+        chunk = ctl[31]
+        n = B * H
+        counter = slot(data, 5)
+        while True:
+            lo = fetch_add(counter, 1) * chunk
+            if lo >= n:
+                break
+            _ATTN_FWD(q, k, v, out, p, qst, kst, vst, ost, scale, causal, direct, lo,
+                      min(n, lo + chunk))
+    ns.pack_attn, ns.attn_fwd_body = pack_attn, attn_fwd_body
+    return ns
 
 
 # cpu_kernels' GELU loops, bound before compiling (numba's cache takes module globals)
 _GELU_SPAN: Any = None
 _GELU_SPAN_GRAD: Any = None
 _LN_ROWS: Any = None
+_ATTN_FWD: Any = None
 
 
 kernels = LazyKernels(_build)
