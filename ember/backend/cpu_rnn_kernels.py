@@ -77,8 +77,12 @@ def _build() -> SimpleNamespace | None:
     _SIGMOID, _TANH = cpu_kernels._SIGMOID, cpu_kernels._TANH
     jit = numba.njit(fastmath=False, cache=True, nogil=True, error_model="numpy",
                      boundscheck=False)
+    # the forward's sigmoid and tanh polynomials as fused multiply-adds (one rounding fewer
+    # per step): its half-batch layer loop 996 -> 878 us on one thread
+    fma = numba.njit(fastmath={"contract"}, cache=True, nogil=True, error_model="numpy",
+                     boundscheck=False)
 
-    @jit
+    @fma
     def lstm_forward(fptr, cptr, xproj, w_t, h, c, act, tanh_c, c_prev, h_prev, out, gates,
                      off, sizes, reverse, r0, r1):  # pragma: no cover - compiled
         # one LSTM layer direction over packed rows; h (B, H) and c (B, H) hold the initial
