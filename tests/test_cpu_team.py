@@ -1,5 +1,5 @@
 """The passes ember runs on MKL's OpenMP team (backend/cpu_team): the residual add, the
-GELU forward and its backward product, the layer-norm and attention forwards, against NumPy
+GELU forward and its backward product, the layer-norm forward, attention forward and backward, against NumPy
 in float64.
 
 The route exists only where MKL runs on Intel OpenMP, which ember does not choose once
@@ -105,6 +105,21 @@ for B, H, T, E, causal in [(16, 4, 64, 32, True), (3, 5, 24, 16, False)]:
     pm /= pm.sum(-1, keepdims=True)
     errs[f"sdpa {B, H, T, E}"] = float(np.abs(y.numpy() - pm @ v).max())
     ran[f"sdpa {B, H, T, E}"] = r
+    # backward into the fused qkv gradient, vs the float64 formulas
+    tq = ember.tensor(qkv, requires_grad=True)
+    q1, k1, v1 = [t.view(B, T, H, E).transpose(1, 2) for t in tq.split(H * E, dim=2)]
+    y1 = ember.nn.functional.scaled_dot_product_attention(q1, k1, v1, is_causal=causal)
+    go_ = rng.standard_normal(y1.shape).astype(np.float32)
+    gemm()
+    _, r = runs(lambda: y1.backward(ember.tensor(go_)))
+    gd = go_.astype(np.float64)
+    dv = pm.transpose(0, 1, 3, 2) @ gd
+    dp = gd @ v.transpose(0, 1, 3, 2)
+    ds = pm * (dp - (dp * pm).sum(-1, keepdims=True)) / np.sqrt(E)
+    dq, dk = ds @ k, ds.transpose(0, 1, 3, 2) @ q
+    ref = np.concatenate([t.transpose(0, 2, 1, 3).reshape(B, T, H * E) for t in (dq, dk, dv)], 2)
+    errs[f"sdpa backward {B, H, T, E}"] = float(np.abs(tq.grad.numpy() - ref).max())
+    ran[f"sdpa backward {B, H, T, E}"] = r
 print(json.dumps({"errs": errs, "ran": ran}))
 """
 

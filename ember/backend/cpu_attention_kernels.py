@@ -782,6 +782,10 @@ class _Kernels:
         bwd = self._bwd
         direct = _direct()
 
+        from ember.backend import cpu_team
+        if cpu_team.attention_backward((q, k, v, g, p, dq, dk, dv), st, s, causal, direct):
+            return   # (on MKL's awake OpenMP team: the projection's GEMMs just ran)
+
         def piece(lo: int, hi: int) -> None:
             bwd(q, k, v, g, p, dq, dk, dv, *st, s, causal, direct, lo, hi)
         _spread(q.shape[0] * q.shape[1], piece)

@@ -49,7 +49,7 @@ def _build() -> Any:
     k = cpu_team_kernels.kernels()
     if k is None:
         return None
-    ctl = np.zeros(32, np.int64)
+    ctl = np.zeros(48, np.int64)
     ctlf = ctl.view(np.float64)
     addr = ctl.ctypes.data
     bodies = [k.binary_body.address,
@@ -78,6 +78,14 @@ def _build() -> Any:
                   causal, direct, _ATTN_CHUNK)
         gomp(attn_body, addr, 2, 0)
     go.attn_fwd = attn_fwd if attn_body is not None else None
+    bwd_body = k.attn_bwd_body.address if k.attn_bwd_body is not None else None
+    pack_bwd = getattr(k, "pack_attn_bwd", None)
+
+    def attn_bwd(arrays: tuple, st: tuple, scale: Any, causal: bool, direct: int) -> None:
+        flat = np.array([x for s3 in st for x in s3], np.int64)
+        pack_bwd(ctl, ctlf, *arrays, flat, float(scale), causal, direct, _ATTN_CHUNK)
+        gomp(bwd_body, addr, 2, 0)
+    go.attn_bwd = attn_bwd if bwd_body is not None else None
     return go
 
 
@@ -136,6 +144,20 @@ def attention_forward(q: Any, k: Any, v: Any, out: Any, p: Any, st: tuple, scale
     if go is None or go.attn_fwd is None:
         return False
     go.attn_fwd(q, k, v, out, p, st, scale, causal, direct)
+    return True
+
+
+def attention_backward(arrays: tuple, st: tuple, scale: Any, causal: bool,
+                       direct: int) -> bool:
+    """cpu_attention_kernels' backward (``arrays`` q, k, v, g, p, dq, dk, dv; ``st`` their
+    element strides but p's) over the (batch, head) pairs on MKL's team; False when off."""
+    q = arrays[0]
+    if q.shape[0] * q.shape[1] < 2 * _ATTN_CHUNK:
+        return False
+    go = _team()
+    if go is None or go.attn_bwd is None:
+        return False
+    go.attn_bwd(arrays, st, scale, causal, direct)
     return True
 
 

@@ -166,7 +166,8 @@ def _build() -> SimpleNamespace:
             hi = min(rows, lo + chunk)
             _LN_ROWS(x[lo:hi], w, b, eps, y[lo:hi], mean[lo:hi], rstd[lo:hi])
     ns = SimpleNamespace(pack=pack, binary_body=binary_body, gelu_body=gelu_body,
-                         pack_ln=pack_ln, ln_body=ln_body, attn_fwd_body=None)
+                         pack_ln=pack_ln, ln_body=ln_body, attn_fwd_body=None,
+                         attn_bwd_body=None)
     from ember.backend import cpu_attention_kernels
     ak = cpu_attention_kernels.kernels()
     if ak is None:
@@ -229,6 +230,70 @@ def _build() -> SimpleNamespace:
             _ATTN_FWD(q, k, v, out, p, qst, kst, vst, ost, scale, causal, direct, lo,
                       min(n, lo + chunk))
     ns.pack_attn, ns.attn_fwd_body = pack_attn, attn_fwd_body
+    global _ATTN_BWD
+    _ATTN_BWD = ak._bwd
+
+    @numba.njit(cache=True, nogil=True)
+    def pack_attn_bwd(ctl, ctlf, q, k, v, g, p, dq, dk, dv, st, scale, causal, direct,
+                      chunk):
+        # [q, k, v, g, p, next chunk, dq, dk, dv, -, B, H, L, E, S, Ev, p's 4 dims,
+        #  7 x 3 element strides, scale, causal, direct, chunk]
+        ctl[0] = q.ctypes.data
+        ctl[1] = k.ctypes.data
+        ctl[2] = v.ctypes.data
+        ctl[3] = g.ctypes.data
+        ctl[4] = p.ctypes.data
+        ctl[5] = 0
+        ctl[6] = dq.ctypes.data
+        ctl[7] = dk.ctypes.data
+        ctl[8] = dv.ctypes.data
+        for i in range(4):
+            ctl[10 + i] = q.shape[i]
+            ctl[16 + i] = p.shape[i]
+        ctl[14] = k.shape[2]
+        ctl[15] = v.shape[3]
+        for i in range(21):
+            ctl[20 + i] = st[i]
+        ctlf[41] = scale
+        ctl[42] = 1 if causal else 0
+        ctl[43] = direct
+        ctl[44] = chunk
+
+    @numba.cfunc(types.void(types.voidptr), cache=True, error_model="numpy")
+    def attn_bwd_body(data):
+        # the backward's heads, as attn_fwd_body (each head writes only its own rows of
+        # dq, dk, dv)
+        ctl = numba.carray(slot(data, 0), 48)
+        B, H, L, E = ctl[10], ctl[11], ctl[12], ctl[13]
+        S, Ev = ctl[14], ctl[15]
+        q = numba.carray(as_f32_ptr(ctl[0]), (B, H, L, E))
+        k = numba.carray(as_f32_ptr(ctl[1]), (B, H, S, E))
+        v = numba.carray(as_f32_ptr(ctl[2]), (B, H, S, Ev))
+        g = numba.carray(as_f32_ptr(ctl[3]), (B, H, L, Ev))
+        p = numba.carray(as_f32_ptr(ctl[4]), (ctl[16], ctl[17], ctl[18], ctl[19]))
+        dq = numba.carray(as_f32_ptr(ctl[6]), (B, H, L, E))
+        dk = numba.carray(as_f32_ptr(ctl[7]), (B, H, S, E))
+        dv = numba.carray(as_f32_ptr(ctl[8]), (B, H, S, Ev))
+        qst = (ctl[20], ctl[21], ctl[22])
+        kst = (ctl[23], ctl[24], ctl[25])
+        vst = (ctl[26], ctl[27], ctl[28])
+        gst = (ctl[29], ctl[30], ctl[31])
+        dqst = (ctl[32], ctl[33], ctl[34])
+        dkst = (ctl[35], ctl[36], ctl[37])
+        dvst = (ctl[38], ctl[39], ctl[40])
+        scale = np.float32(numba.carray(as_f64_ptr(slot(data, 41)), 1)[0])
+        causal = ctl[42] != 0
+        direct = ctl[43]
+        chunk = ctl[44]
+        n = B * H
+        counter = slot(data, 5)
+        while True:
+            lo = fetch_add(counter, 1) * chunk
+            if lo >= n:
+                break
+            _ATTN_BWD(q, k, v, g, p, dq, dk, dv, qst, kst, vst, gst, dqst, dkst, dvst, scale,
+                      causal, direct, lo, min(n, lo + chunk))
+    ns.pack_attn_bwd, ns.attn_bwd_body = pack_attn_bwd, attn_bwd_body
     return ns
 
 
@@ -237,6 +302,7 @@ _GELU_SPAN: Any = None
 _GELU_SPAN_GRAD: Any = None
 _LN_ROWS: Any = None
 _ATTN_FWD: Any = None
+_ATTN_BWD: Any = None
 
 
 kernels = LazyKernels(_build)
