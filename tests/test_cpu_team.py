@@ -1,5 +1,5 @@
 """The passes ember runs on MKL's OpenMP team (backend/cpu_team): the residual add, the
-GELU forward and its backward product, the layer-norm forward, attention forward and backward, against NumPy
+GELU forward and its backward product, the layer-norm forward and backward, attention forward and backward, against NumPy
 in float64.
 
 The route exists only where MKL runs on Intel OpenMP, which ember does not choose once
@@ -88,6 +88,22 @@ for shape in [(16, 64, 128), (700, 96), (3, 1000, 50)]:
     ref = (xd - xd.mean(-1, keepdims=True)) / np.sqrt(xd.var(-1, keepdims=True) + 1e-5)
     errs[f"layer_norm {shape}"] = float(np.abs(y.numpy() - (ref * lw + lb)).max())
     ran[f"layer_norm {shape}"] = r
+    # backward: dx = rstd (gh - mean(gh) - xhat mean(gh xhat)), gh = g w
+    tx, tw, tb = [ember.tensor(a, requires_grad=True) for a in (x, lw, lb)]
+    y = ember.nn.functional.layer_norm(tx, (shape[-1],), tw, tb)
+    g = rng.standard_normal(shape).astype(np.float32)
+    gemm()
+    _, r = runs(lambda: y.backward(ember.tensor(g)))
+    gd = g.astype(np.float64)
+    gh = gd * lw
+    rs = 1 / np.sqrt(xd.var(-1, keepdims=True) + 1e-5)
+    dx = rs * (gh - gh.mean(-1, keepdims=True) - ref * (gh * ref).mean(-1, keepdims=True))
+    red = tuple(range(len(shape) - 1))
+    errs[f"layer_norm backward {shape}"] = float(max(
+        np.abs(tx.grad.numpy() - dx).max(),
+        np.abs(tw.grad.numpy() - (gd * ref).sum(red)).max() / 100,
+        np.abs(tb.grad.numpy() - gd.sum(red)).max() / 100))
+    ran[f"layer_norm backward {shape}"] = r
 for B, H, T, E, causal in [(16, 4, 64, 32, True), (3, 5, 24, 16, False)]:
     qkv = rng.standard_normal((B, T, 3 * H * E)).astype(np.float32)
     def attn():

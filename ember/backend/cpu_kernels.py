@@ -671,6 +671,9 @@ def _build() -> SimpleNamespace:
         ``g`` (same shape and dtype), ``w`` (n,) of that dtype (ones when the norm has none)
         and the saved ``mean``, ``rstd`` (rows,): ``(gx or None, gw, gb)``, gw and gb summed
         over the rows in a fixed block order (the same result on any thread count)."""
+        res = cpu_team.layer_norm_backward(x, g, w, mean, rstd, want_gx)
+        if res is not None:
+            return res
         rows, n = x.shape
         blocks = _row_blocks(rows, n)
         gw = np.zeros((blocks, n))

@@ -27,6 +27,7 @@ import numpy as np
 _CHUNK = 8192   # float32 elements a chunk of an add (32 KB)
 _GELU_CHUNK = 16384  # GELU's (~8 us of work)
 _LN_CHUNK = 64  # layer-norm rows a chunk
+_LN_BACK_CHUNK = 128  # the backward's (its kernel's float32 runs are 128 rows)
 _ATTN_CHUNK = 4  # (batch, head) pairs a chunk (a 64 x 64 x 32 causal head: ~10 us)
 _WARM_S = 0.0008   # how long after MKL's last threaded GEMM its worker still spins
 MIN_SIZE = 1 << 16   # below this one core is as fast (the fork and join cost ~5-10 us)
@@ -86,6 +87,20 @@ def _build() -> Any:
         pack_bwd(ctl, ctlf, *arrays, flat, float(scale), causal, direct, _ATTN_CHUNK)
         gomp(bwd_body, addr, 2, 0)
     go.attn_bwd = attn_bwd if bwd_body is not None else None
+    lnb_body = k.ln_back_body.address if k.ln_back_body is not None else None
+    pack_lnb = getattr(k, "pack_ln_back", None)
+
+    def ln_back(x: np.ndarray, g: np.ndarray, w: np.ndarray, mean: np.ndarray,
+                rstd: np.ndarray, want_gx: bool) -> tuple:
+        rows, n = x.shape
+        nc = -(-rows // _LN_BACK_CHUNK)
+        gw = np.zeros((nc, n))
+        gb = np.zeros((nc, n))
+        gx = np.empty_like(x) if want_gx else x[:0]
+        pack_lnb(ctl, x, g, w, mean, rstd, gx, gw, gb, want_gx, _LN_BACK_CHUNK)
+        gomp(lnb_body, addr, 2, 0)
+        return (gx if want_gx else None), gw.sum(0), gb.sum(0)
+    go.ln_back = ln_back if lnb_body is not None else None
     return go
 
 
@@ -159,6 +174,19 @@ def attention_backward(arrays: tuple, st: tuple, scale: Any, causal: bool,
         return False
     go.attn_bwd(arrays, st, scale, causal, direct)
     return True
+
+
+def layer_norm_backward(x: Any, g: Any, w: Any, mean: Any, rstd: Any,
+                        want_gx: bool) -> tuple | None:
+    """cpu_kernels' float32 layer-norm backward (its arguments and result) in 128-row
+    chunks on MKL's team; None when that route is off."""
+    if x.dtype != np.float32 or x.size < MIN_SIZE or g.dtype != np.float32 \
+            or w.dtype != np.float32:
+        return None
+    go = _team()
+    if go is None or go.ln_back is None:
+        return None
+    return go.ln_back(x, g, w, mean, rstd, want_gx)
 
 
 def _team() -> Any:

@@ -47,6 +47,12 @@ def _build() -> SimpleNamespace:
             return builder.bitcast(args[0], ir.DoubleType().as_pointer())
         return types.CPointer(types.float64)(types.CPointer(types.int64)), cg
 
+    @intrinsic
+    def as_f64_ptr_i(typingctx, p):  # pragma: no cover - compile-time
+        def cg(context, builder, sig, args):
+            return builder.inttoptr(args[0], ir.DoubleType().as_pointer())
+        return types.CPointer(types.float64)(types.int64), cg
+
     @numba.njit(cache=True, nogil=True)
     def pack(ctl, op, a, b, out, chunk):
         ctl[0] = a.ctypes.data
@@ -102,7 +108,7 @@ def _build() -> SimpleNamespace:
     from ember.backend import cpu_kernels
     if cpu_kernels.kernels() is None:
         return SimpleNamespace(pack=pack, binary_body=binary_body, gelu_body=None,
-                               pack_ln=None, ln_body=None)
+                               pack_ln=None, ln_body=None, ln_back_body=None)
     global _GELU_SPAN, _GELU_SPAN_GRAD
     _GELU_SPAN, _GELU_SPAN_GRAD = cpu_kernels._GELU_SPAN, cpu_kernels._GELU_SPAN_GRAD
 
@@ -165,7 +171,55 @@ def _build() -> SimpleNamespace:
                 break
             hi = min(rows, lo + chunk)
             _LN_ROWS(x[lo:hi], w, b, eps, y[lo:hi], mean[lo:hi], rstd[lo:hi])
+    global _LN_BACK_ROWS
+    _LN_BACK_ROWS = cpu_kernels._LN_BACK_ROWS
+
+    @numba.njit(cache=True, nogil=True)
+    def pack_ln_back(ctl, x, g, w, mean, rstd, gx, gw, gb, want_gx, chunk):
+        ctl[0] = x.ctypes.data
+        ctl[1] = g.ctypes.data
+        ctl[2] = w.ctypes.data
+        ctl[3] = mean.ctypes.data
+        ctl[4] = rstd.ctypes.data
+        ctl[5] = 0
+        ctl[6] = gx.ctypes.data
+        ctl[7] = gw.ctypes.data
+        ctl[8] = gb.ctypes.data
+        ctl[9] = x.shape[0]
+        ctl[10] = x.shape[1]
+        ctl[11] = 1 if want_gx else 0
+        ctl[12] = chunk
+
+    @numba.cfunc(types.void(types.voidptr), cache=True, error_model="numpy")
+    def ln_back_body(data):
+        # [x, g, w, mean, rstd, next chunk, gx, gw, gb, rows, n, want gx, chunk rows]:
+        # cpu_kernels' layer-norm backward rows, each chunk into its own float64 row of
+        # gw and gb (summed by the caller in chunk order: the same on any thread count)
+        ctl = numba.carray(slot(data, 0), 16)
+        rows, n = ctl[9], ctl[10]
+        want = ctl[11] != 0
+        chunk = ctl[12]
+        nc = (rows + chunk - 1) // chunk
+        x = numba.carray(as_f32_ptr(ctl[0]), (rows, n))
+        g = numba.carray(as_f32_ptr(ctl[1]), (rows, n))
+        w = numba.carray(as_f32_ptr(ctl[2]), n)
+        mean = numba.carray(as_f32_ptr(ctl[3]), rows)
+        rstd = numba.carray(as_f32_ptr(ctl[4]), rows)
+        gx = numba.carray(as_f32_ptr(ctl[6]), (rows if want else 0, n))
+        gw = numba.carray(as_f64_ptr_i(ctl[7]), (nc, n))
+        gb = numba.carray(as_f64_ptr_i(ctl[8]), (nc, n))
+        counter = slot(data, 5)
+        while True:
+            c = fetch_add(counter, 1)
+            lo = c * chunk
+            if lo >= rows:
+                break
+            hi = min(rows, lo + chunk)
+            _LN_BACK_ROWS(x[lo:hi], g[lo:hi], w, mean[lo:hi], rstd[lo:hi],
+                          gx[lo:hi] if want else gx, gw[c], gb[c], want)
+
     ns = SimpleNamespace(pack=pack, binary_body=binary_body, gelu_body=gelu_body,
+                         pack_ln_back=pack_ln_back, ln_back_body=ln_back_body,
                          pack_ln=pack_ln, ln_body=ln_body, attn_fwd_body=None,
                          attn_bwd_body=None)
     from ember.backend import cpu_attention_kernels
@@ -301,6 +355,7 @@ def _build() -> SimpleNamespace:
 _GELU_SPAN: Any = None
 _GELU_SPAN_GRAD: Any = None
 _LN_ROWS: Any = None
+_LN_BACK_ROWS: Any = None
 _ATTN_FWD: Any = None
 _ATTN_BWD: Any = None
 
