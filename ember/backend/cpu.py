@@ -23,8 +23,6 @@ import threading
 import time
 from typing import Any
 
-from ember.backend import cpu_spin
-
 SMALL_MACS = 1 << 23  # ~8M multiply-adds: a few ms on one core
 MKL_THREADED_MACS = 1 << 18  # MKL's GEMMs from this size on may use the spare cores
 _SAMPLE_S = 0.1       # how often the load of other processes is re-read
@@ -178,10 +176,6 @@ def gemm_threads(xp: Any, macs: int) -> None:
     # (cpu_mkl._BLOCKTIME_MS): with the spare cores it ran the MLP's 128x256x10 product in
     # 8.7 us against 10.2 on one thread, LeNet's 64x400x120 in 33 against 45 us
     _state["mkl"] = want
-    if want > 1:
-        # the spin pool's worker polls for its next piece for ~0.2 ms: let the GEMM's
-        # second thread have that core
-        cpu_spin.park()
     if libs:
         _set_blas_threads(want if macs >= SMALL_MACS else 1)
 
@@ -271,12 +265,6 @@ def parallel_rows(n: int, fn: Any, min_rows: int = 1) -> None:
     # the pieces' own BLAS calls (GEMVs, per-block products) run on one thread each: a
     # threaded BLAS called from several threads at once serializes them (and spins)
     _set_blas_threads(1)
-    if threads == 2:
-        spin = cpu_spin.pool()
-        if spin is not None:
-            half = n // 2
-            spin.run(fn, (0, half), (half, n))
-            return
     if _pool["workers"] < threads - 1:
         from concurrent.futures import ThreadPoolExecutor
         if _pool["executor"] is not None:
