@@ -1,4 +1,6 @@
-"""Elementwise passes on MKL's own OpenMP team (Intel OpenMP's ``GOMP_parallel``).
+"""Row and elementwise passes on MKL's own OpenMP team (Intel OpenMP's ``GOMP_parallel``):
+float32 residual adds and in-place products, GELU (value and derivative), layer norm forward
+and backward, the fused attention forward and backward (``cpu_team_kernels``).
 
 In a training step MKL's GEMMs come every few hundred microseconds, and after each one its
 OpenMP worker busy-waits (``cpu_mkl._BLOCKTIME_MS``) on the spare core. A Python row thread
@@ -6,8 +8,10 @@ OpenMP worker busy-waits (``cpu_mkl._BLOCKTIME_MS``) on the spare core. A Python
 worker (25-80 us measured), so a 80 us pass could not be split; torch runs its elementwise
 loops on the same OpenMP team as its GEMMs, which starts at once. Here the pass is a numba
 ``cfunc`` (no GIL: the team's threads are not Python threads) that ``GOMP_parallel`` runs on
-that team: the workers take 32 KB chunks off an atomic counter, so a late worker only takes
-fewer chunks. Used only where MKL runs on Intel OpenMP (``cpu_mkl``'s usual layer) and a
+that team: the threads take chunks (32 KB of an add, 64 layer-norm rows, 4 attention heads)
+off an atomic counter, so a late worker only takes fewer chunks. Each route is used only
+within ``_WARM_S`` of a threaded MKL GEMM (``cpu.gemm_threads`` records it): after a 2 ms
+pause, waking the team cost more than the pass saved. Used only where MKL runs on Intel OpenMP (``cpu_mkl``'s usual layer) and a
 core is spare; ``EMBER_TEAM=0`` switches it off.
 
 Why it pays: an add of two (16, 64, 128) float32 arrays into a fresh array writes memory
@@ -35,6 +39,9 @@ ADD, MUL = 0, 1   # the passes ``binary`` runs
 
 _state: dict = {"tried": False, "fn": None}
 _lock = threading.Lock()
+# the one control block is filled then read by the team: a second Python thread arriving
+# meanwhile takes its usual path instead of waiting
+_busy = threading.Lock()
 
 
 def _build() -> Any:
@@ -119,9 +126,14 @@ def binary(op: int, a: Any, b: Any, out: Any = None) -> Any:
     go = _team()
     if go is None:
         return None
-    if out is None:
-        out = np.empty(a.shape, np.float32)
-    go(0, op, a, b, out, _CHUNK)
+    if not _busy.acquire(False):
+        return None
+    try:
+        if out is None:
+            out = np.empty(a.shape, np.float32)
+        go(0, op, a, b, out, _CHUNK)
+    finally:
+        _busy.release()
     return out
 
 
@@ -131,7 +143,12 @@ def gelu(x: Any, y: Any, d: Any) -> bool:
     go = _team()
     if go is None or not go.has_gelu:
         return False
-    go(1, 0 if d is None else 1, x, y, y if d is None else d, _GELU_CHUNK)
+    if not _busy.acquire(False):
+        return False
+    try:
+        go(1, 0 if d is None else 1, x, y, y if d is None else d, _GELU_CHUNK)
+    finally:
+        _busy.release()
     return True
 
 
@@ -145,7 +162,12 @@ def layer_norm(x: Any, w: Any, b: Any, eps: float, y: Any, mean: Any, rstd: Any)
     go = _team()
     if go is None or go.ln is None:
         return False
-    go.ln(x, w, b, float(eps), y, mean, rstd)
+    if not _busy.acquire(False):
+        return False
+    try:
+        go.ln(x, w, b, float(eps), y, mean, rstd)
+    finally:
+        _busy.release()
     return True
 
 
@@ -158,7 +180,12 @@ def attention_forward(q: Any, k: Any, v: Any, out: Any, p: Any, st: tuple, scale
     go = _team()
     if go is None or go.attn_fwd is None:
         return False
-    go.attn_fwd(q, k, v, out, p, st, scale, causal, direct)
+    if not _busy.acquire(False):
+        return False
+    try:
+        go.attn_fwd(q, k, v, out, p, st, scale, causal, direct)
+    finally:
+        _busy.release()
     return True
 
 
@@ -172,7 +199,12 @@ def attention_backward(arrays: tuple, st: tuple, scale: Any, causal: bool,
     go = _team()
     if go is None or go.attn_bwd is None:
         return False
-    go.attn_bwd(arrays, st, scale, causal, direct)
+    if not _busy.acquire(False):
+        return False
+    try:
+        go.attn_bwd(arrays, st, scale, causal, direct)
+    finally:
+        _busy.release()
     return True
 
 
@@ -186,7 +218,12 @@ def layer_norm_backward(x: Any, g: Any, w: Any, mean: Any, rstd: Any,
     go = _team()
     if go is None or go.ln_back is None:
         return None
-    return go.ln_back(x, g, w, mean, rstd, want_gx)
+    if not _busy.acquire(False):
+        return None
+    try:
+        return go.ln_back(x, g, w, mean, rstd, want_gx)
+    finally:
+        _busy.release()
 
 
 def _team() -> Any:
