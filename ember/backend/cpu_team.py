@@ -247,6 +247,9 @@ def _team() -> Any:
             return None
     if (_ENV.get(_KEY) if _ENV is not None else os.environ.get("EMBER_TEAM")) == _ZERO:
         return None
+    from ember.backend import cpu_kernels
+    if not cpu_kernels.enabled():   # (EMBER_NUMBA=0 at any time: no numba code runs)
+        return None
     from ember.backend import cpu
     # the team's worker sleeps ~1 ms after MKL's last threaded region (its block time):
     # waking it costs more than the pass saves (a (16, 64, 128) add after a 2 ms pause:
