@@ -53,6 +53,9 @@ def _build() -> SimpleNamespace:
             return builder.inttoptr(args[0], ir.DoubleType().as_pointer())
         return types.CPointer(types.float64)(types.int64), cg
 
+    global _FETCH_ADD, _SLOT, _F32P, _F64P, _F64PI
+    _FETCH_ADD, _SLOT, _F32P, _F64P, _F64PI = fetch_add, slot, as_f32_ptr, as_f64_ptr, as_f64_ptr_i
+
     @numba.njit(cache=True, nogil=True)
     def pack(ctl, op, a, b, out, chunk):
         ctl[0] = a.ctypes.data
@@ -65,19 +68,19 @@ def _build() -> SimpleNamespace:
 
     @numba.cfunc(types.void(types.voidptr), cache=True, error_model="numpy")
     def binary_body(data):
-        ctl = numba.carray(slot(data, 0), 8)
+        ctl = numba.carray(_SLOT(data, 0), 8)
         n = ctl[3]
         chunk = ctl[6]
-        x = numba.carray(as_f32_ptr(ctl[0]), n)
-        y = numba.carray(as_f32_ptr(ctl[1]), n)
-        o = numba.carray(as_f32_ptr(ctl[2]), n)
-        counter = slot(data, 5)
+        x = numba.carray(_F32P(ctl[0]), n)
+        y = numba.carray(_F32P(ctl[1]), n)
+        o = numba.carray(_F32P(ctl[2]), n)
+        counter = _SLOT(data, 5)
         mul = ctl[4] == 1
         # (out is b, or a: loops over two arrays, since LLVM's runtime overlap check sends
         # an exactly aliased third operand to its scalar loop: 4 us -> 9 us a chunk)
         into = 1 if ctl[2] == ctl[1] else (2 if ctl[2] == ctl[0] else 0)
         while True:
-            lo = fetch_add(counter, 1) * chunk
+            lo = _FETCH_ADD(counter, 1) * chunk
             if lo >= n:
                 break
             # (unsigned indices: numba then emits no negative-index fix-up, and LLVM
@@ -115,16 +118,16 @@ def _build() -> SimpleNamespace:
     @numba.cfunc(types.void(types.voidptr), cache=True, error_model="numpy")
     def gelu_body(data):
         # [x, y, d, n, with derivative, next chunk, chunk]: cpu_kernels' GELU spans
-        ctl = numba.carray(slot(data, 0), 8)
+        ctl = numba.carray(_SLOT(data, 0), 8)
         n = ctl[3]
         chunk = ctl[6]
-        x = numba.carray(as_f32_ptr(ctl[0]), n)
-        y = numba.carray(as_f32_ptr(ctl[1]), n)
-        d = numba.carray(as_f32_ptr(ctl[2]), n)
-        counter = slot(data, 5)
+        x = numba.carray(_F32P(ctl[0]), n)
+        y = numba.carray(_F32P(ctl[1]), n)
+        d = numba.carray(_F32P(ctl[2]), n)
+        counter = _SLOT(data, 5)
         grad = ctl[4] == 1
         while True:
-            lo = fetch_add(counter, 1) * chunk
+            lo = _FETCH_ADD(counter, 1) * chunk
             if lo >= n:
                 break
             hi = min(n, lo + chunk)
@@ -153,20 +156,20 @@ def _build() -> SimpleNamespace:
     def ln_body(data):
         # [x, w, b, y, mean, next chunk, rstd, rows, n, eps (float64), chunk rows]:
         # cpu_kernels' float32 layer-norm rows
-        ctl = numba.carray(slot(data, 0), 16)
+        ctl = numba.carray(_SLOT(data, 0), 16)
         rows = ctl[7]
         n = ctl[8]
-        eps = numba.carray(as_f64_ptr(slot(data, 9)), 1)[0]
+        eps = numba.carray(_F64P(_SLOT(data, 9)), 1)[0]
         chunk = ctl[10]
-        x = numba.carray(as_f32_ptr(ctl[0]), (rows, n))
-        w = numba.carray(as_f32_ptr(ctl[1]), n)
-        b = numba.carray(as_f32_ptr(ctl[2]), n)
-        y = numba.carray(as_f32_ptr(ctl[3]), (rows, n))
-        mean = numba.carray(as_f32_ptr(ctl[4]), rows)
-        rstd = numba.carray(as_f32_ptr(ctl[6]), rows)
-        counter = slot(data, 5)
+        x = numba.carray(_F32P(ctl[0]), (rows, n))
+        w = numba.carray(_F32P(ctl[1]), n)
+        b = numba.carray(_F32P(ctl[2]), n)
+        y = numba.carray(_F32P(ctl[3]), (rows, n))
+        mean = numba.carray(_F32P(ctl[4]), rows)
+        rstd = numba.carray(_F32P(ctl[6]), rows)
+        counter = _SLOT(data, 5)
         while True:
-            lo = fetch_add(counter, 1) * chunk
+            lo = _FETCH_ADD(counter, 1) * chunk
             if lo >= rows:
                 break
             hi = min(rows, lo + chunk)
@@ -195,22 +198,22 @@ def _build() -> SimpleNamespace:
         # [x, g, w, mean, rstd, next chunk, gx, gw, gb, rows, n, want gx, chunk rows]:
         # cpu_kernels' layer-norm backward rows, each chunk into its own float64 row of
         # gw and gb (summed by the caller in chunk order: the same on any thread count)
-        ctl = numba.carray(slot(data, 0), 16)
+        ctl = numba.carray(_SLOT(data, 0), 16)
         rows, n = ctl[9], ctl[10]
         want = ctl[11] != 0
         chunk = ctl[12]
         nc = (rows + chunk - 1) // chunk
-        x = numba.carray(as_f32_ptr(ctl[0]), (rows, n))
-        g = numba.carray(as_f32_ptr(ctl[1]), (rows, n))
-        w = numba.carray(as_f32_ptr(ctl[2]), n)
-        mean = numba.carray(as_f32_ptr(ctl[3]), rows)
-        rstd = numba.carray(as_f32_ptr(ctl[4]), rows)
-        gx = numba.carray(as_f32_ptr(ctl[6]), (rows if want else 0, n))
-        gw = numba.carray(as_f64_ptr_i(ctl[7]), (nc, n))
-        gb = numba.carray(as_f64_ptr_i(ctl[8]), (nc, n))
-        counter = slot(data, 5)
+        x = numba.carray(_F32P(ctl[0]), (rows, n))
+        g = numba.carray(_F32P(ctl[1]), (rows, n))
+        w = numba.carray(_F32P(ctl[2]), n)
+        mean = numba.carray(_F32P(ctl[3]), rows)
+        rstd = numba.carray(_F32P(ctl[4]), rows)
+        gx = numba.carray(_F32P(ctl[6]), (rows if want else 0, n))
+        gw = numba.carray(_F64PI(ctl[7]), (nc, n))
+        gb = numba.carray(_F64PI(ctl[8]), (nc, n))
+        counter = _SLOT(data, 5)
         while True:
-            c = fetch_add(counter, 1)
+            c = _FETCH_ADD(counter, 1)
             lo = c * chunk
             if lo >= rows:
                 break
@@ -259,26 +262,26 @@ def _build() -> SimpleNamespace:
         # are strided views: the kernel reads them only by flat index and the element
         # strides passed beside them, so C-ordered arrays of their shapes over the same
         # first element stand in for them (p is C-contiguous itself)
-        ctl = numba.carray(slot(data, 0), 32)
+        ctl = numba.carray(_SLOT(data, 0), 32)
         B, H, L, E = ctl[6], ctl[7], ctl[8], ctl[9]
         S, Ev = ctl[14], ctl[15]
-        q = numba.carray(as_f32_ptr(ctl[0]), (B, H, L, E))
-        k = numba.carray(as_f32_ptr(ctl[1]), (B, H, S, E))
-        v = numba.carray(as_f32_ptr(ctl[2]), (B, H, S, Ev))
-        out = numba.carray(as_f32_ptr(ctl[3]), (B, H, L, Ev))
-        p = numba.carray(as_f32_ptr(ctl[4]), (ctl[10], ctl[11], ctl[12], ctl[13]))
+        q = numba.carray(_F32P(ctl[0]), (B, H, L, E))
+        k = numba.carray(_F32P(ctl[1]), (B, H, S, E))
+        v = numba.carray(_F32P(ctl[2]), (B, H, S, Ev))
+        out = numba.carray(_F32P(ctl[3]), (B, H, L, Ev))
+        p = numba.carray(_F32P(ctl[4]), (ctl[10], ctl[11], ctl[12], ctl[13]))
         qst = (ctl[16], ctl[17], ctl[18])
         kst = (ctl[19], ctl[20], ctl[21])
         vst = (ctl[22], ctl[23], ctl[24])
         ost = (ctl[25], ctl[26], ctl[27])
-        scale = np.float32(numba.carray(as_f64_ptr(slot(data, 28)), 1)[0])
+        scale = np.float32(numba.carray(_F64P(_SLOT(data, 28)), 1)[0])
         causal = ctl[29] != 0
         direct = ctl[30]
         chunk = ctl[31]
         n = B * H
-        counter = slot(data, 5)
+        counter = _SLOT(data, 5)
         while True:
-            lo = fetch_add(counter, 1) * chunk
+            lo = _FETCH_ADD(counter, 1) * chunk
             if lo >= n:
                 break
             _ATTN_FWD(q, k, v, out, p, qst, kst, vst, ost, scale, causal, direct, lo,
@@ -317,17 +320,17 @@ def _build() -> SimpleNamespace:
     def attn_bwd_body(data):
         # the backward's heads, as attn_fwd_body (each head writes only its own rows of
         # dq, dk, dv)
-        ctl = numba.carray(slot(data, 0), 48)
+        ctl = numba.carray(_SLOT(data, 0), 48)
         B, H, L, E = ctl[10], ctl[11], ctl[12], ctl[13]
         S, Ev = ctl[14], ctl[15]
-        q = numba.carray(as_f32_ptr(ctl[0]), (B, H, L, E))
-        k = numba.carray(as_f32_ptr(ctl[1]), (B, H, S, E))
-        v = numba.carray(as_f32_ptr(ctl[2]), (B, H, S, Ev))
-        g = numba.carray(as_f32_ptr(ctl[3]), (B, H, L, Ev))
-        p = numba.carray(as_f32_ptr(ctl[4]), (ctl[16], ctl[17], ctl[18], ctl[19]))
-        dq = numba.carray(as_f32_ptr(ctl[6]), (B, H, L, E))
-        dk = numba.carray(as_f32_ptr(ctl[7]), (B, H, S, E))
-        dv = numba.carray(as_f32_ptr(ctl[8]), (B, H, S, Ev))
+        q = numba.carray(_F32P(ctl[0]), (B, H, L, E))
+        k = numba.carray(_F32P(ctl[1]), (B, H, S, E))
+        v = numba.carray(_F32P(ctl[2]), (B, H, S, Ev))
+        g = numba.carray(_F32P(ctl[3]), (B, H, L, Ev))
+        p = numba.carray(_F32P(ctl[4]), (ctl[16], ctl[17], ctl[18], ctl[19]))
+        dq = numba.carray(_F32P(ctl[6]), (B, H, L, E))
+        dk = numba.carray(_F32P(ctl[7]), (B, H, S, E))
+        dv = numba.carray(_F32P(ctl[8]), (B, H, S, Ev))
         qst = (ctl[20], ctl[21], ctl[22])
         kst = (ctl[23], ctl[24], ctl[25])
         vst = (ctl[26], ctl[27], ctl[28])
@@ -335,14 +338,14 @@ def _build() -> SimpleNamespace:
         dqst = (ctl[32], ctl[33], ctl[34])
         dkst = (ctl[35], ctl[36], ctl[37])
         dvst = (ctl[38], ctl[39], ctl[40])
-        scale = np.float32(numba.carray(as_f64_ptr(slot(data, 41)), 1)[0])
+        scale = np.float32(numba.carray(_F64P(_SLOT(data, 41)), 1)[0])
         causal = ctl[42] != 0
         direct = ctl[43]
         chunk = ctl[44]
         n = B * H
-        counter = slot(data, 5)
+        counter = _SLOT(data, 5)
         while True:
-            lo = fetch_add(counter, 1) * chunk
+            lo = _FETCH_ADD(counter, 1) * chunk
             if lo >= n:
                 break
             _ATTN_BWD(q, k, v, g, p, dq, dk, dv, qst, kst, vst, gst, dqst, dkst, dvst, scale,
@@ -351,7 +354,13 @@ def _build() -> SimpleNamespace:
     return ns
 
 
-# cpu_kernels' GELU loops, bound before compiling (numba's cache takes module globals)
+# intrinsics and cpu_kernels' loops, bound before compiling: numba's on-disk cache takes
+# module globals, not closure variables (with closures every process compiled anew, ~3 s)
+_FETCH_ADD: Any = None
+_SLOT: Any = None
+_F32P: Any = None
+_F64P: Any = None
+_F64PI: Any = None
 _GELU_SPAN: Any = None
 _GELU_SPAN_GRAD: Any = None
 _LN_ROWS: Any = None
