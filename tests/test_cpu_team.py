@@ -1,6 +1,6 @@
 """The passes ember runs on MKL's OpenMP team (backend/cpu_team): the residual add, the
-GELU forward and its backward product, the layer-norm forward and backward, attention forward and backward, against NumPy
-in float64.
+GELU forward and its backward product, the layer-norm forward and backward, the attention
+forward and backward, against NumPy in float64.
 
 The route exists only where MKL runs on Intel OpenMP, which ember does not choose once
 torch (GNU OpenMP) is in the process, so the checks run in a child process that never

@@ -11,8 +11,8 @@ loops on the same OpenMP team as its GEMMs, which starts at once. Here the pass 
 that team: the threads take chunks (32 KB of an add, 64 layer-norm rows, 4 attention heads)
 off an atomic counter, so a late worker only takes fewer chunks. Each route is used only
 within ``_WARM_S`` of a threaded MKL GEMM (``cpu.gemm_threads`` records it): after a 2 ms
-pause, waking the team cost more than the pass saved. Used only where MKL runs on Intel OpenMP (``cpu_mkl``'s usual layer) and a
-core is spare; ``EMBER_TEAM=0`` switches it off.
+pause, waking the team cost more than the pass saved. Used only where MKL runs on Intel
+OpenMP (``cpu_mkl``'s usual layer) and a core is spare; ``EMBER_TEAM=0`` switches it off.
 
 Why it pays: an add of two (16, 64, 128) float32 arrays into a fresh array writes memory
 that is not in the core's cache, and one core's misses (~6.5 GB/s of stores measured in the
