@@ -24,6 +24,7 @@ _GEMM_CALL: Any = None
 _COMPUTE_CALL: Any = None
 _SIGMOID: Any = None
 _TANH: Any = None
+_STEP_BACK: Any = None   # cpu_kernels' lstm_step_back (a module global: numba caches callers)
 
 _ROW, _NO, _TRANS, _PACKED = 101, 111, 112, 151   # cblas layout and operand flags
 _B_MATRIX = 162   # cblas_sgemm_pack's identifier of the B operand
@@ -68,13 +69,14 @@ def _build() -> SimpleNamespace | None:
 
     from ember.backend import cpu_kernels, cpu_mkl_jit
 
-    global _GEMM_CALL, _COMPUTE_CALL, _SIGMOID, _TANH
+    global _GEMM_CALL, _COMPUTE_CALL, _SIGMOID, _TANH, _STEP_BACK
     base = cpu_kernels.kernels()   # builds the float32 sigmoid and tanh the loops inline
     if base is None:
         return None
     _GEMM_CALL = cpu_mkl_jit._intrinsics()[0]
     _COMPUTE_CALL = _compute_intrinsic()
     _SIGMOID, _TANH = cpu_kernels._SIGMOID, cpu_kernels._TANH
+    _STEP_BACK = base.lstm_step_back
     jit = numba.njit(fastmath=False, cache=True, nogil=True, error_model="numpy",
                      boundscheck=False)
     # the forward's sigmoid and tanh polynomials as fused multiply-adds (one rounding fewer
@@ -182,31 +184,9 @@ def _build() -> SimpleNamespace | None:
                 else:
                     for j in range(H):
                         d[j] = dr[j]
-            for r in range(r0, b):
-                ar = act[lo + r]
-                dr = dgates[lo + r]
-                ai, af, ag, ao = ar[:H], ar[H:2 * H], ar[2 * H:3 * H], ar[3 * H:]
-                di, df, dg, do = dr[:H], dr[H:2 * H], dr[2 * H:3 * H], dr[3 * H:]
-                tr = tanh_c[lo + r]
-                hr = dhs[r]
-                cp = c_prev[lo + r]
-                dcr = dc[r]
-                for j in range(H):
-                    tc = tr[j]
-                    d = hr[j]
-                    o = ao[j]
-                    dcs = d * o * (one - tc * tc) + dcr[j]
-                    do[j] = (d * tc) * (o * (one - o))
-                    dcr[j] = dcs
-                for j in range(H):
-                    dcs = dcr[j]
-                    i = ai[j]
-                    f = af[j]
-                    g = ag[j]
-                    di[j] = (dcs * g) * (i * (one - i))
-                    df[j] = (dcs * cp[j]) * (f * (one - f))
-                    dg[j] = (dcs * i) * (one - g * g)
-                    dcr[j] = dcs * f
+            # the elementwise part: cpu_kernels' lstm_step_back on this step's rows
+            _STEP_BACK(dhs[r0:b], act[lo + r0:lo + b], tanh_c[lo + r0:lo + b],
+                       c_prev[lo + r0:lo + b], dc[r0:b], dgates[lo + r0:lo + b])
             pa = dgates.ctypes.data + (lo + r0) * g4 * dgates.itemsize
             pc = dh.ctypes.data + r0 * H * dh.itemsize
             _GEMM_CALL(fptr, _ROW, _NO, _NO, b - r0, H, g4, one, pa, g4, w.ctypes.data, H,
