@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from opdb import ErrorInput, OpEntry, Sample
-from opdb.nn_norm import _bn_call, _bn_ref, bn_buffers
+from opdb.nn_norm import _bn_call, _bn_ref, _bn_samples, bn_buffers
 
 
 def _bn_relu_call(m, x, rm=None, rv=None, w=None, b=None, training=False, eps=1e-5):
@@ -14,21 +14,6 @@ def _bn_relu_call(m, x, rm=None, rv=None, w=None, b=None, training=False, eps=1e
     from ember.nn.functional.normalization import _batch_norm
     return _batch_norm(x, *bn_buffers(m, x, rm, rv), w, b, training, 0.1, eps, None,
                        relu=True)
-
-
-def _bn_relu_samples(rng):
-    def a(*shape):
-        return rng.standard_normal(shape)
-    return [
-        Sample((a(4, 3), None, None, a(3), a(3)), {"training": True}, name="train-2d"),
-        Sample((a(2, 3, 4, 5), None, None, a(3), a(3)), {"training": True, "eps": 1e-3},
-               name="train-4d"),
-        Sample((a(2, 3, 5), list(a(3)), list(a(3)), a(3), None), {"training": False},
-               name="eval"),
-        Sample((a(2, 3, 4), None, None, None, None), {"training": True}, name="no-affine"),
-        Sample((a(4, 3, 2, 2), None, None, a(3), a(3)), {"training": True}, noncontig=True,
-               name="noncontig"),
-    ]
 
 
 def _add_relu_call(m, a, b):
@@ -43,7 +28,7 @@ def _add_relu_samples(rng):
 
 
 ENTRIES = [
-    OpEntry("_batch_norm_relu", _bn_relu_call, _bn_relu_samples,
+    OpEntry("_batch_norm_relu", _bn_relu_call, _bn_samples,
             ref=lambda *a, **k: np.maximum(_bn_ref(*a, **k), 0), atol=1e-9, rtol=1e-7,
             errors=[ErrorInput(Sample((np.ones((2, 3)), [0.0] * 4, [1.0] * 4)),
                                RuntimeError, r"running_mean should contain 3 elements")]),
