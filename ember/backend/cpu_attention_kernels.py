@@ -54,7 +54,8 @@ from types import SimpleNamespace
 from typing import Any
 
 from ember.backend import cpu_simd
-from ember.backend.cpu_kernels import LazyKernels, _exp_neg, _spread as spread_kernels
+from ember.backend.cpu_kernels import LazyKernels, _spread as spread_kernels
+from ember.backend.cpu_vec_ir import _exp_neg
 
 # set by _build, module globals rather than closure variables (numba's on-disk cache does
 # not take closure variables that are jitted functions)
@@ -100,7 +101,7 @@ def _spread(n: int, piece: Any) -> None:
 def _lanes() -> int:
     """Lanes of the products' and rows' explicit vectors: 16 floats (one zmm register)
     where the host has AVX-512, else 8."""
-    from ember.backend.cpu_kernels import _gelu_lanes
+    from ember.backend.cpu_vec_ir import _gelu_lanes
     return _gelu_lanes()
 
 
@@ -126,7 +127,7 @@ def _wide(lanes: int) -> SimpleNamespace:
     from numba.core import cgutils
     from numba.extending import intrinsic, models, register_model
 
-    from ember.backend.cpu_kernels import _ir_exp_neg, _vec_ir
+    from ember.backend.cpu_vec_ir import _ir_exp_neg, _vec_ir
 
     vt = ir.VectorType(ir.FloatType(), lanes)
     it = ir.VectorType(ir.IntType(32), lanes)
