@@ -1,6 +1,7 @@
 """Matrix products: matmul, mm, bmm, mv, dot, addmm, einsum (BLAS through ``xp.matmul``)."""
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 import numpy as _np
@@ -346,7 +347,7 @@ def _linear_backward_arrays(ctx: Any, grad: Tensor, x: Tensor | None,
     g = grad._data
     n_out = g.shape[-1]
     # (reshape(-1, 0) is ambiguous to NumPy: zero output features name the rows)
-    g2 = g.reshape(-1, n_out) if n_out else g.reshape(_prod(g.shape[:-1]), 0)
+    g2 = g.reshape(-1, n_out) if n_out else g.reshape(math.prod(g.shape[:-1]), 0)
     dev = grad._device
     dt = grad._dtype
     xp = _np if type(g) is _np.ndarray else get_xp(dev)
@@ -364,13 +365,6 @@ def _linear_backward_arrays(ctx: Any, grad: Tensor, x: Tensor | None,
     if bias and ctx.has_bias and edges[2] is not None:
         gb = _make(_bias_grad(xp, g2), dt, dev)
     return gx, gw, gb
-
-
-def _prod(shape: tuple) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
 
 
 _ONES: dict = {}
