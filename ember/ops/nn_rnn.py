@@ -22,9 +22,10 @@ from typing import Any, Sequence
 
 from ember import dtypes as _dt
 from ember._state import _State
-from ember.backend import cpu_kernels, cpu_mkl, cpu_rnn_kernels
+from ember.backend import cpu_kernels, cpu_rnn_kernels
 from ember.backend.cpu import gemm_threads
 from ember.errors import check
+from ember.ops.blas import _mm   # MKL where it takes the product (the weight gradient's)
 from ember.ops.registry import OpDef, TensorMeta, composite, register
 from ember.tensor import Tensor, _make
 
@@ -69,16 +70,6 @@ def _fused_lstm(xp: Any, w_hr: Any, *arrays: Any) -> Any:
     if w_hr is not None or _kernels(xp, *arrays) is None or not cpu_rnn_kernels.available():
         return None
     return cpu_rnn_kernels.kernels()
-
-
-def _mm(xp: Any, a: Any, b: Any) -> Any:
-    """``a @ b``: through MKL where ``backend/cpu_mkl`` takes it (the weight gradient's
-    (4H, N) @ (N, H) product), else ``xp.matmul``."""
-    if xp.__name__ == "numpy":
-        out = cpu_mkl.matmul(a, b)
-        if out is not None:
-            return out
-    return xp.matmul(a, b)
 
 
 def _offsets(batch_sizes: Sequence[int]) -> list:
