@@ -55,7 +55,7 @@ from typing import Any
 
 from ember.backend import cpu_simd
 from ember.backend.cpu_kernels import LazyKernels, _spread as spread_kernels
-from ember.backend.cpu_vec_ir import _exp_neg
+from ember.backend.cpu_vec_ir import _exp_neg, _prefetch
 
 # set by _build, module globals rather than closure variables (numba's on-disk cache does
 # not take closure variables that are jitted functions)
@@ -289,27 +289,9 @@ def _wide(lanes: int) -> SimpleNamespace:
             return context.get_dummy_value()
         return types.none(p, pbase, d, dbase, n, nvec, types.float32), cg
 
-    def prefetch(rw: int) -> Any:
-        # llvm.prefetch of the cache line holding arr[idx] into L2 (locality 2: the next
-        # head's rows, 24-48 KB, would crowd L1); ``rw`` 1 asks for the line to be written
-        @intrinsic
-        def pf(typingctx, arr, idx):  # pragma: no cover - compile-time
-            def cg(context, builder, sig, args):
-                a = context.make_array(sig.args[0])(context, builder, args[0])
-                i8p = ir.IntType(8).as_pointer()
-                fn = cgutils.get_or_insert_function(
-                    builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
-                    "llvm.prefetch.p0")
-                builder.call(fn, [builder.bitcast(builder.gep(a.data, [args[1]]), i8p),
-                                  ir.Constant(i32, rw), ir.Constant(i32, 2),
-                                  ir.Constant(i32, 1)])
-                return context.get_dummy_value()
-            return types.none(arr, idx), cg
-        return pf
-
     return SimpleNamespace(wload=wload, wstore=wstore, wbcast=wbcast, wfma=wfma, wzero=wzero,
                            softmax_vblock=softmax_vblock, ds_vrow=ds_vrow,
-                           prefetch_r=prefetch(0), prefetch_w=prefetch(1))
+                           prefetch_r=_prefetch(0), prefetch_w=_prefetch(1))
 
 
 def _build() -> Any:
