@@ -372,8 +372,9 @@ class Tensor:
             raise TypeError("only integer tensors of a single element can be converted to an index")
         return int(self.item())
 
-    def __hash__(self) -> int:
-        return id(self)
+    # identity hashing, in C: optimizer state, autocast's cast cache and hook tables look
+    # tensors up every step (a Python-level __hash__ cost a frame per lookup)
+    __hash__ = object.__hash__
 
     def __reduce_ex__(self, protocol: int) -> Any:
         return (_rebuild, (self._host().copy(), self._dtype.name, str(self._device),

@@ -103,19 +103,26 @@ def _bn_meta(op: Any, input: Any, weight: Any, bias: Any, running_mean: Any, run
              training: bool, eps: float) -> tuple:
     _float("batch_norm", input)
     xs = input._data.shape
-    check(len(xs) >= 2, "batch_norm", f"expected input with at least 2 dims (N, C, ...), got "
-                                      f"shape {tuple(xs)}")
+    if len(xs) < 2:   # (messages are built only on failure: this runs per BN call)
+        raise make(RuntimeError, "batch_norm",
+                   f"expected input with at least 2 dims (N, C, ...), got shape {tuple(xs)}")
     c = xs[1]
-    for argname, t in (("weight", weight), ("bias", bias), ("running_mean", running_mean),
-                       ("running_var", running_var)):
-        if t is not None and t._data.shape != (c,):
-            raise make(RuntimeError, "batch_norm",
-                       f"{argname} should contain {c} elements (input channels, input shape "
-                       f"{tuple(xs)}) not {t._data.size} (shape {tuple(t._data.shape)})")
-    if not training:
-        check(running_mean is not None and running_var is not None, "batch_norm",
-              "running_mean and running_var must be defined in evaluation mode")
-    return TensorMeta(xs), TensorMeta((c,)), TensorMeta((c,))
+    cs = (c,)
+    if (weight is not None and weight._data.shape != cs) or \
+            (bias is not None and bias._data.shape != cs) or \
+            (running_mean is not None and running_mean._data.shape != cs) or \
+            (running_var is not None and running_var._data.shape != cs):
+        for argname, t in (("weight", weight), ("bias", bias), ("running_mean", running_mean),
+                           ("running_var", running_var)):
+            if t is not None and t._data.shape != cs:
+                raise make(RuntimeError, "batch_norm",
+                           f"{argname} should contain {c} elements (input channels, input "
+                           f"shape {tuple(xs)}) not {t._data.size} (shape "
+                           f"{tuple(t._data.shape)})")
+    if not training and (running_mean is None or running_var is None):
+        raise make(RuntimeError, "batch_norm",
+                   "running_mean and running_var must be defined in evaluation mode")
+    return TensorMeta(xs), TensorMeta(cs), TensorMeta(cs)
 
 
 @register("_batch_norm", meta=_bn_meta, method=False, function=False, nondiff_outputs=(1, 2),

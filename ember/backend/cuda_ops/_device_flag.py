@@ -6,6 +6,12 @@ kernel that meets a bad value writes it to the device record and carries on. The
 the record to a pinned word behind the stream's work and looks at the copy once its event has
 completed; the IndexError comes from a later call, as torch's device-side assert is
 asynchronous too. Nothing traps: a trap would end the whole CUDA context.
+
+A record made with ``mirror=True`` also has a host-mapped word the kernels themselves write
+(cross_entropy's one-block reduction copies a bad value there with a plain store): the host
+reads it with no copy, event or CUDA call at all (four driver calls less per loss call).
+Pinned memory from ``cudaHostAlloc`` is mapped under unified addressing, its device address
+that of the host; should the driver not map it, the copy path above serves.
 """
 from __future__ import annotations
 
@@ -20,14 +26,31 @@ class DeviceFlag:
     """One device's record: ``dev`` (the int64 the kernels write), ``host`` (its pinned copy)
     and ``event`` (recorded after the copy in flight; None when no copy is pending)."""
 
-    __slots__ = ("dev", "host", "event", "_event")
+    __slots__ = ("dev", "host", "event", "_event", "mirror")
 
-    def __init__(self, xp: Any) -> None:
+    def __init__(self, xp: Any, mirror: bool = False) -> None:
         self.dev = xp.full((), NO_BAD, xp.int64)
-        self.host = np.frombuffer(xp.cuda.alloc_pinned_memory(8), np.int64, 1)
+        mem = xp.cuda.alloc_pinned_memory(8)
+        self.host = np.frombuffer(mem, np.int64, 1)
         self.host[0] = NO_BAD
         self._event = xp.cuda.Event(disable_timing=True)   # reused: one copy at a time counts
         self.event = None
+        # the host word's device address for kernels that store into it (None: copy path)
+        self.mirror: Any = None
+        if mirror:
+            try:
+                self.mirror = np.uint64(xp.cuda.runtime.hostGetDevicePointer(mem.ptr, 0))
+            except Exception:  # noqa: BLE001 - not mapped: the copy path
+                self.mirror = None
+
+    def take_mirror(self, xp: Any) -> int:
+        """The bad value a kernel stored in the host word (then both records reset, after
+        the device's queued work: no kernel in flight may store it again), else ``NO_BAD``."""
+        v = int(self.host[0])
+        if v != NO_BAD:
+            xp.cuda.Device().synchronize()   # the error path only
+            self.reset()
+        return v
 
     def start_copy(self, stream: Any) -> None:
         """Copy the record to the pinned word behind ``stream``'s work (re-recording the event

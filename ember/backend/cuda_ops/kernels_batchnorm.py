@@ -639,6 +639,44 @@ def arm_running(running_mean: Any, running_var: Any, momentum: float, n: int,
     clears the request with :func:`disarm_running` after the call either way."""
     if OPS["_batch_norm"].cuda_impl is not BatchNormImpl:
         return None
+    rm_a = running_mean._data if running_mean is not None else None
+    rv_a = running_var._data if running_var is not None else None
+    nbt_a = nbt._data if nbt is not None else None
+    r0 = running_mean if running_mean is not None else running_var
+    if r0 is None:
+        return None
+    # A layer passes the same buffer arrays every step: their checks are kept by identity
+    # (an array's dtype, shape and layout never change; a replaced buffer is a new array).
+    hit = _ARMED_OK.get((id(rm_a), id(rv_a), id(nbt_a)))
+    if hit is not None and hit[0] is rm_a and hit[1] is rv_a and hit[2] is nbt_a and \
+            hit[3] is r0._device and \
+            (nbt is None or nbt._device is hit[3]):
+        dt = hit[4]
+    else:
+        dt = _arm_check(running_mean, running_var, nbt)
+        if dt is None:
+            return None
+        if len(_ARMED_OK) > 4096:
+            _ARMED_OK.clear()
+        _ARMED_OK[(id(rm_a), id(rv_a), id(nbt_a))] = (
+            rm_a, rv_a, nbt_a, r0._device, dt)
+    key = (momentum, n)
+    consts = _ARM_CONSTS.get(key)
+    if consts is None:
+        if len(_ARM_CONSTS) > 4096:
+            _ARM_CONSTS.clear()
+        consts = _ARM_CONSTS[key] = (np.float32(momentum), np.float32(n / max(n - 1, 1)))
+    done = [False]
+    _RUNNING.pending = (rm_a, rv_a, consts[0], consts[1], nbt_a, dt, done)
+    return done
+
+
+_ARMED_OK: dict = {}    # ids of (running_mean, running_var, nbt) arrays -> accepted, with dtype
+_ARM_CONSTS: dict = {}  # (momentum, n) -> their float32 kernel arguments
+
+
+def _arm_check(running_mean: Any, running_var: Any, nbt: Any) -> Any:
+    """The running statistics' dtype when the finalize kernel can update them, else None."""
     runs = [t for t in (running_mean, running_var) if t is not None]
     if not runs:
         return None
@@ -652,12 +690,7 @@ def arm_running(running_mean: Any, running_var: Any, momentum: float, n: int,
     if nbt is not None and (nbt._device is not r0._device or nbt._data.dtype != np.int64
                             or nbt._data.size != 1 or not nbt._data.flags.c_contiguous):
         return None
-    done = [False]
-    _RUNNING.pending = (running_mean._data if running_mean is not None else None,
-                        running_var._data if running_var is not None else None,
-                        np.float32(momentum), np.float32(n / max(n - 1, 1)),
-                        nbt._data if nbt is not None else None, dt, done)
-    return done
+    return dt
 
 
 def disarm_running() -> None:

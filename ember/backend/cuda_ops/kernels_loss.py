@@ -104,7 +104,8 @@ __global__ void ce_fwd(const T* __restrict__ x, const long long* __restrict__ tg
 template <typename T>
 __global__ void ce_reduce(const float* __restrict__ loss, const float* __restrict__ wt,
                           const unsigned long long* __restrict__ bad, float* __restrict__ red,
-                          T* __restrict__ out, long long rows, int mode) {
+                          T* __restrict__ out, long long rows, int mode,
+                          unsigned long long* mirror) {
     __shared__ float sh[32];
     float a = 0.f, b = 0.f;
     for (long long i = threadIdx.x; i < rows; i += blockDim.x) { a += loss[i]; b += wt[i]; }
@@ -113,7 +114,9 @@ __global__ void ce_reduce(const float* __restrict__ loss, const float* __restric
     if (threadIdx.x == 0) {
         red[0] = a;
         red[1] = b;
-        red[2] = bad[0] != 0x8000000000000000ull ? 1.f : 0.f;
+        unsigned long long v = bad[0];
+        red[2] = v != 0x8000000000000000ull ? 1.f : 0.f;
+        if (mirror && v != 0x8000000000000000ull) *mirror = v;   // host-mapped word
         if (mode == 1) st(out, 0, a / b);
         else if (mode == 2) st(out, 0, a);
     }
@@ -160,7 +163,7 @@ __global__ void ce_fwd_small(const T* __restrict__ x, const long long* __restric
                              const float* __restrict__ w, int has_w,
                              float* __restrict__ buf, unsigned long long* __restrict__ bad,
                              T2* __restrict__ out, long long rows, int C, long long ignore,
-                             float eps, int vec, int mode) {
+                             float eps, int vec, int mode, unsigned long long* mirror) {
     __shared__ float sa[32], sb[32];
     float a = 0.f, b = 0.f;
     float* lse_out = buf;
@@ -190,7 +193,10 @@ __global__ void ce_fwd_small(const T* __restrict__ x, const long long* __restric
         float* red = buf + 3 * rows;
         red[0] = a;
         red[1] = b;
-        red[2] = bad[0] != 0x8000000000000000ull ? 1.f : 0.f;
+        // the warps' atomics on bad are visible after __syncthreads
+        unsigned long long v = bad[0];
+        red[2] = v != 0x8000000000000000ull ? 1.f : 0.f;
+        if (mirror && v != 0x8000000000000000ull) *mirror = v;   // host-mapped word
         if (mode == 1) st(out, 0, a / b);
         else st(out, 0, a);
     }
@@ -204,6 +210,7 @@ _MODES = {"none": 0, "mean": 1, "sum": 2}
 # microseconds on one SM) rather than a grid of rows and a reduction kernel
 _SMALL = 1 << 16
 _P = np.uint64   # a device address passed to a kernel as a raw pointer
+_NULLP = np.uint64(0)
 
 
 class _DeviceFloat:
@@ -236,13 +243,21 @@ def _flag(xp) -> DeviceFlag:
     d = xp.cuda.runtime.getDevice()
     f = _FLAGS.get(d)
     if f is None:
-        f = _FLAGS[d] = DeviceFlag(xp)
+        f = _FLAGS[d] = DeviceFlag(xp, mirror=True)
     return f
 
 
 def _poll(xp, f: DeviceFlag, start: bool) -> None:
-    """Raise for a finished copy that saw a bad target; with ``start``, copy the flag again
-    when no copy is in flight (never while a graph is being captured)."""
+    """Raise for a bad target the kernels stored in the host-mapped word (no CUDA call), or
+    without one, for a finished copy that saw one; with ``start``, copy the flag again when
+    no copy is in flight (never while a graph is being captured)."""
+    if f.mirror is not None:
+        if start:   # after this call's launch: its own bad target raises at a later call
+            return
+        value = f.take_mirror(xp)
+        if value != NO_BAD:
+            raise IndexError(f"Target {value} is out of bounds.")
+        return
     value = f.take()
     if value != NO_BAD:
         raise IndexError(f"Target {value} is out of bounds.")
@@ -320,6 +335,7 @@ class CrossEntropyImpl:
         flag = _flag(xp)
         _poll(xp, flag, False)   # an earlier call's bad target raises before this call runs
         bad = flag.dev
+        mirror = flag.mirror if flag.mirror is not None else _NULLP
         mode = _MODES[reduction]
         w_arg = w32 if w32 is not None else buf
         if mode and rows * n_classes <= _SMALL and n_classes <= 1024:
@@ -328,7 +344,7 @@ class CrossEntropyImpl:
                 (1, 1, 1), (32, 32, 1),
                 (input, tgt, w_arg, K.i32(w32 is not None), buf, bad, out, K.i64(rows),
                  K.i32(n_classes), K.i64(ignore_index), K.f32(eps), K.aligned(input),
-                 K.i32(mode)))
+                 K.i32(mode), mirror))
         else:
             base = buf.data.ptr
             lse, loss, wt, red = base, base + 4 * rows, base + 8 * rows, base + 12 * rows
@@ -341,7 +357,7 @@ class CrossEntropyImpl:
             K.function("loss", "ce_reduce", "float" if fp32_out else ct)(
                 (1, 1, 1), (1024, 1, 1),
                 (_P(loss), _P(wt), bad, _P(red), out if mode else _P(loss), K.i64(rows),
-                 K.i32(mode)))
+                 K.i32(mode), mirror))
         _poll(xp, flag, True)
         if not mode:
             loss = buf[rows:2 * rows]

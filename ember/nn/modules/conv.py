@@ -132,13 +132,15 @@ class _ConvNd(Module):
         """Rank and channel checks that name this layer (before the functional call)."""
         nd = self._nd
         chans = self.in_channels
-        if not isinstance(input, Tensor) or input.ndim not in (nd + 1, nd + 2):
+        # the array's shape (no ember.Size per access): this runs per conv call
+        shape = input._data.shape if isinstance(input, Tensor) else None
+        if shape is None or len(shape) not in (nd + 1, nd + 2):
             got = tuple(input.shape) if isinstance(input, Tensor) else type(input).__name__
             raise self._layer_error(
                 RuntimeError, f"expected input (N, C_in={chans}, {_SPATIAL[nd]}) or unbatched "
                               f"(C_in={chans}, {_SPATIAL[nd]}), got {got}",
                 hint=f"{type(self).__name__} takes {nd + 2}-d batched input")
-        c = input.shape[1] if input.ndim == nd + 2 else input.shape[0]
+        c = shape[1] if len(shape) == nd + 2 else shape[0]
         if c != chans:
             raise self._layer_error(
                 RuntimeError, f"expected input with {chans} channels (in_channels), got input of "
@@ -164,7 +166,12 @@ class _Conv(_ConvNd):
 
     def forward(self, input: Tensor) -> Tensor:
         self._check_input(input)
-        return self._conv_forward(input, self.weight, self.bias)
+        # parameters straight from their dict (each ``self.<name>`` goes through
+        # Module.__getattr__); a name missing there (parametrized) is read the usual way
+        params = self._parameters
+        weight = params["weight"] if "weight" in params else self.weight
+        bias = params["bias"] if "bias" in params else self.bias
+        return self._conv_forward(input, weight, bias)
 
 
 class Conv1d(_Conv):
