@@ -291,8 +291,10 @@ def _accumulate(leaf: Tensor, g: Tensor, create_graph: bool, stolen: set) -> Non
             # Steal the gradient only when nothing else can see or alias its memory, and it
             # has the leaf's layout or C order (torch's gradient layout contract: a dense
             # channels-last weight keeps a channels-last gradient).
+            # (CuPy arrays have no read-only flag: asking their flags object for one cost
+            # a failed attribute lookup per parameter and step)
             if (id(arr) in stolen or g._base is not None or not _owns(arr)
-                    or not getattr(arr.flags, "writeable", True)
+                    or (isinstance(arr, _np.ndarray) and not arr.flags.writeable)
                     or not _layout_ok(arr, leaf._data)):
                 arr = _copy_like(arr, leaf._data)
             stolen.add(id(arr))
