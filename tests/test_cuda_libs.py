@@ -367,6 +367,32 @@ def test_make_graphed_callables_grads_accumulate_and_stay_fresh():
         _close(_np(g), w, 1e-4, "a held gradient after later replays")
 
 
+def test_make_graphed_callables_reuses_only_a_free_gradient_block():
+    # The copy of the gradients goes into a block kept between calls while nothing holds
+    # its arrays: zero_grad() frees it (the same memory again), a held view keeps it (the
+    # next call takes another block and the view keeps its values). Compared with torch.
+    pytest.importorskip("nvmath")
+    graphed = _mlp(2)
+    torch_grads = _torch_mlp_grads(graphed)
+    ember.cuda.make_graphed_callables(graphed, (ember.randn(64, 784, device="cuda"),))
+    xs = [ember.randn(64, 784, device="cuda") for _ in range(3)]
+    ys = [ember.randint(0, 10, (64,), device="cuda") for _ in range(3)]
+    want = [torch_grads(x, y) for x, y in zip(xs, ys)]
+    first = next(graphed.parameters())
+    ptrs, held = [], None
+    for k in range(3):
+        graphed.zero_grad()
+        F.cross_entropy(graphed(xs[k]), ys[k]).backward()
+        for p, w in zip(graphed.parameters(), want[k]):
+            _close(_np(p.grad), w, 1e-4, f"graphed grads at call {k}")
+        ptrs.append(first.grad.data_ptr())
+        if k == 1:
+            held = first.grad.view(-1)
+    assert ptrs[0] == ptrs[1], "a freed gradient block was not reused"
+    assert ptrs[2] != ptrs[1], "a block a held view still reads was written again"
+    _close(_np(held).reshape(want[1][0].shape), want[1][0], 1e-4, "a held gradient view")
+
+
 def test_make_graphed_function_with_input_grad():
     pytest.importorskip("nvmath")
     w = ember.randn(32, 16, device="cuda", requires_grad=True)

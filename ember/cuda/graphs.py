@@ -12,6 +12,7 @@ the backward of a callable are each captured once and replayed on every call.
 from __future__ import annotations
 
 import gc
+from sys import getrefcount as _getrefcount
 from typing import Any, Callable
 
 from ember.tensor import _make
@@ -226,15 +227,49 @@ def _pack_grads(cp: Any, grads: list) -> tuple[list, list]:
     return packs, loose
 
 
-def _unpack_grads(cp: Any, packs: list, loose: list, n: int) -> tuple:
-    """Fresh copies of the static gradients: per pack one allocation and one device copy,
-    each gradient an array over its part of it (base-less, so the engine adopts it)."""
-    out: list = [None] * n
-    for flat, entries in packs:
+class _HandOut:
+    """A pack's output blocks: fresh memory for the gradients handed out at each call, reused.
+
+    The engine adopts a returned gradient as a leaf's ``.grad`` and the next replay rewrites
+    the pack, so each call hands out a copy. Up to two blocks (with their gradient arrays)
+    are kept: a block is copied into again only when nothing outside holds any of its
+    arrays, or a view of one (Python reference counts, compared with those taken when the
+    block was new). A training loop's ``zero_grad()`` frees the gradients of the last step:
+    one block serves every step (``set_to_none=False`` keeps the first block as the
+    ``.grad``s and alternates with the second); else a fresh block is allocated each call.
+    This saves an allocation and one array per gradient of each call."""
+
+    __slots__ = ("blocks",)
+
+    def __init__(self) -> None:
+        self.blocks: list = []   # [(memory, arrays, their reference counts when free)]
+
+    def take(self, cp: Any, flat: Any, entries: list) -> tuple:
+        for mem, arrays, free in self.blocks:
+            if _refcounts(arrays) == free:
+                mem.copy_from_device_async(flat.data, flat.nbytes)
+                return arrays
         mem = cp.cuda.alloc(flat.nbytes)
         mem.copy_from_device_async(flat.data, flat.nbytes)
-        for i, off, shape, np_dt, dt, dev in entries:
-            out[i] = _make(cp.ndarray(shape, np_dt, mem + off), dt, dev)
+        arrays = tuple(cp.ndarray(shape, np_dt, mem + off) for _, off, shape, np_dt, _, _
+                       in entries)
+        if len(self.blocks) < 2:
+            self.blocks.append((mem, arrays, _refcounts(arrays)))
+        return arrays
+
+
+def _refcounts(arrays: tuple) -> list:
+    return [_getrefcount(a) for a in arrays]
+
+
+def _unpack_grads(cp: Any, packs: list, hand: list, loose: list, n: int) -> tuple:
+    """Copies of the static gradients: per pack one device copy into a block of
+    :class:`_HandOut`, each gradient an array over its part of it (base-less, so the engine
+    adopts it)."""
+    out: list = [None] * n
+    for (flat, entries), h in zip(packs, hand):
+        for (i, _, _, _, dt, dev), arr in zip(entries, h.take(cp, flat, entries)):
+            out[i] = _make(arr, dt, dev)
     for i, g in loose:
         out[i] = g.clone()
     return tuple(out)
@@ -318,6 +353,7 @@ def _graph_one(cp: Any, fn: Callable, args: tuple, params: tuple, warmup: int,
     finally:
         force[0] = prev
     static_outputs = tuple(o.detach() for o in static_outputs)
+    hand = [_HandOut() for _ in packs]
     n_args = len(args)
     n_inputs = len(inputs)
 
@@ -336,10 +372,10 @@ def _graph_one(cp: Any, fn: Callable, args: tuple, params: tuple, warmup: int,
                 if static is not None and g is not None:
                     _copy_into(static, g)
             bwd_graph.replay()
-            # Fresh memory for the returned gradients: the engine adopts a returned gradient
-            # as a leaf's .grad, and the next replay would overwrite it (breaking gradient
-            # accumulation). One device copy per dtype instead of a clone per gradient.
-            return _unpack_grads(cp, packs, loose, n_inputs)
+            # Memory of their own for the returned gradients: the engine adopts a returned
+            # gradient as a leaf's .grad, and the next replay would overwrite it (breaking
+            # gradient accumulation). One device copy per dtype (_HandOut), not a clone each.
+            return _unpack_grads(cp, packs, hand, loose, n_inputs)
 
     def call(*user_args: Any) -> Any:
         if len(user_args) != n_args:

@@ -71,6 +71,8 @@ def _layout(a: Any) -> tuple:
 
 
 _LAYOUTS: dict = {}
+_SIGS: dict = {}      # CudnnConvolution.forward's call signature -> (s, p, d, op, out shape, ...)
+_PLAIN = (tuple, int)  # argument types a signature may hold (a Tensor's values could change)
 _CL_EMPTY: dict = {}   # logical shape -> (physical channels-last shape, axes back)
 
 
@@ -230,17 +232,34 @@ class CudnnConvolution:
 
     def forward(ctx, xp, input, weight, bias, stride, padding, dilation, transposed,
                 output_padding, groups):
-        if not _usable(input, weight):
-            return NotImplemented
-        nd = weight.ndim - 2
-        s, p, d = ntuple(stride, nd), ntuple(padding, nd), ntuple(dilation, nd)
-        op = ntuple(output_padding, nd)
-        if transposed:
-            shape = transposed_out_shape(input.shape, weight.shape, groups, s, p, d, op)
-            y = _run(xp, "dgrad", input, weight, shape, s, p, d)
-        else:
-            y = _run(xp, "fprop", input, weight, conv_out_shape(input.shape, weight.shape, s,
-                                                                p, d), s, p, d)
+        # a training loop repeats its calls: their normalised arguments and output shape are
+        # kept per signature (the checks and shape arithmetic cost ~10 us of Python a call)
+        key = hit = None
+        if type(stride) in _PLAIN and type(padding) in _PLAIN and type(dilation) in _PLAIN \
+                and type(output_padding) in _PLAIN:   # (F's calls pass tuples of ints)
+            key = (input.shape, weight.shape, input.dtype, weight.dtype, stride, padding,
+                   dilation, transposed, output_padding, groups)
+            try:
+                hit = _SIGS.get(key)
+            except TypeError:   # an unhashable item inside a tuple: the long way, uncached
+                key = None
+        if hit is None:
+            if not _usable(input, weight):
+                return NotImplemented
+            nd = weight.ndim - 2
+            s, p, d = ntuple(stride, nd), ntuple(padding, nd), ntuple(dilation, nd)
+            op = ntuple(output_padding, nd)
+            if transposed:
+                shape = transposed_out_shape(input.shape, weight.shape, groups, s, p, d, op)
+            else:
+                shape = conv_out_shape(input.shape, weight.shape, s, p, d)
+            hit = (s, p, d, op, shape, nd, "dgrad" if transposed else "fprop")
+            if key is not None:
+                if len(_SIGS) > 4096:
+                    _SIGS.clear()
+                _SIGS[key] = hit
+        s, p, d, op, shape, nd, kind = hit
+        y = _run(xp, kind, input, weight, shape, s, p, d)
         if y is None:
             return NotImplemented
         if bias is not None:

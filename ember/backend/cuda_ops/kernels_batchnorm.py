@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 import threading
+from operator import is_
 from typing import Any
 
 import numpy as np
@@ -497,7 +498,24 @@ def _cl_chunks(c: int, rows: int) -> tuple[int, int]:
 
 def _param_dtype(input: Any, *params: Any) -> Any:
     """The dtype of the parameters and statistics (all given ones must agree; the input's
-    when none is given), or None when they disagree or the kernels do not cover it."""
+    when none is given), or None when they disagree or the kernels do not cover it. A
+    layer passes the same arrays every step: the answer is kept by their identity."""
+    key = tuple(map(id, params))
+    hit = _PARAM_DT.get(key)
+    if hit is not None and all(map(is_, hit[0], params)):
+        return hit[1]
+    dt = _param_dtype_of(input, params)
+    if any(a is not None for a in params):   # (none at all: the input's dtype decides)
+        if len(_PARAM_DT) > 4096:
+            _PARAM_DT.clear()
+        _PARAM_DT[key] = (params, dt)
+    return dt
+
+
+_PARAM_DT: dict = {}   # ids of the parameter arrays -> (the arrays, their dtype or None)
+
+
+def _param_dtype_of(input: Any, params: tuple) -> Any:
     dts = {a.dtype for a in params if a is not None}
     if len(dts) > 1:
         return None
@@ -586,31 +604,6 @@ def _stats_plan(lay: str, c: int, m: int, nvec: int) -> tuple:
         geo = _cl_geom(c, m, nvec)
         return geo[1], geo
     return _cl_chunks(c, m)
-
-
-def _launch_stats(fn: Any, plan: tuple, lay: str, x: Any, g: Any, mean: Any, rstd: Any,
-                  p1: Any, p2: Any, n: int, c: int, hw: int, mode: int, ym: Any) -> None:
-    """Per-(channel, partial) sums into ``p1``/``p2`` (device pointers): mode 0, of ``x``
-    shifted by each channel's first element and their squares; mode 1, of the gradient
-    ``g`` and ``g * xhat`` (``ym``: the fused ReLU's output masking ``g``, or a null
-    pointer)."""
-    if lay == "c":
-        if mode == 0:
-            fn("bn_stats")((c, plan[0], 1), (_THREADS, 1, 1),
-                           (x, p1, p2, K.i32(n), K.i32(c), K.i32(hw)))
-        else:
-            fn("bn_bwd_stats")((c, plan[0], 1), (_THREADS, 1, 1),
-                               (g, x, mean, rstd, p1, p2, K.i32(n), K.i32(c), K.i32(hw), ym))
-    elif len(plan) == 2 and type(plan[1]) is tuple:
-        grid, _, m64, c32, chunk64, gb32, rb32, shared = plan[1]
-        fn("bncl_stats_v")(grid, (_THREADS, 1, 1),
-                           (x, g, mean, rstd, p1, p2, m64, c32, chunk64, K.i32(mode), gb32,
-                            rb32, ym), shared_mem=shared)
-    else:
-        p, chunk = plan
-        fn("bncl_stats")(((c + 31) // 32, p, 1), (32, 8, 1),
-                         (x, g, mean, rstd, p1, p2, K.i64(n * hw), K.i32(c), K.i64(chunk),
-                          K.i32(mode), ym))
 
 
 _NULL = np.uint64(0)
@@ -724,39 +717,98 @@ class BatchNormReluImpl:
         return _backward(ctx, g, saved, saved[4]._data)
 
 
-def _forward(ctx: Any, xp: Any, input: Any, weight: Any, bias: Any, running_mean: Any,
-             running_var: Any, training: bool, eps: float, relu: int) -> Any:
-    """The training forward (``relu``: 1 applies the ReLU in the kernels and saves the output
-    for the backward's mask), or NotImplemented for what the kernels do not cover."""
+def _fwd_plan(input: Any, wdt: Any, hasw: bool, hasb: bool, relu: int) -> Any:
+    """What the forward launches for one input geometry: ``(fn, lay, c, P, scratch floats,
+    stats launch, finalize launch, apply launch, reduction axes, broadcast shape,
+    (lay, targs, wdt), the int32 has-weight and has-bias flags)``, the launches as (kernel
+    name, grid, block, constant trailing arguments[, shared bytes]); False where the
+    kernels do not apply."""
     ct = K.ctype(input)
-    if not training or ct is None or input.ndim < 2 or input.size == 0:
-        return NotImplemented
-    wdt = _param_dtype(input, weight, bias, running_mean, running_var)
+    if ct is None or input.ndim < 2 or input.size == 0:
+        return False
     lay = _layout(input)
-    if wdt is None or lay is None:
-        return NotImplemented
+    if lay is None:
+        return False
     n, c = input.shape[0], input.shape[1]
     hw = input.size // (n * c)
     if n * hw < 2:
-        return NotImplemented  # F.batch_norm rejects it; the generic code decides
+        return False  # F.batch_norm rejects it; the generic code decides
     targs = f"{ct}, {K.dtype_ctype(wdt)}"
     fn = _kernels(targs).__getitem__
     m = n * hw
     nvec = _vec(c, input) if lay != "c" else 0   # y is a fresh, aligned allocation
     plan = _stats_plan(lay, c, m, nvec)
     p = plan[0]
+    if lay == "c":
+        stats = ("bn_stats", (c, p, 1), (_THREADS, 1, 1), (K.i32(n), K.i32(c), K.i32(hw)), 0)
+    elif nvec:
+        grid, _, m64, c32, chunk64, gb32, rb32, shared = plan[1]
+        stats = ("bncl_stats_v", grid, (_THREADS, 1, 1),
+                 (m64, c32, chunk64, K.i32(0), gb32, rb32, _NULL), shared)
+    else:
+        chunk = plan[1]
+        stats = ("bncl_stats", ((c + 31) // 32, p, 1), (32, 8, 1),
+                 (K.i64(n * hw), K.i32(c), K.i64(chunk), K.i32(0), _NULL), 0)
+    fin = ("bn_finalize", ((c + 3) // 4, 1, 1), (32, 4, 1),
+           (K.i32(p), K.i32(c), K.i64(hw if lay == "c" else 1), K.i64(m)))
+    hw_, hb_, rl = K.i32(hasw), K.i32(hasb), K.i32(relu)
+    if lay == "c":
+        grid, block = K.flat_grid(input.size, _THREADS, 4)
+        apply = ("bn_apply", grid, block, (K.i64(input.size), K.i32(c), K.i32(hw), hw_, hb_, rl))
+    elif nvec:
+        nv = input.size // nvec
+        grid, block = _cl_flat_grid(nv, c, nvec)
+        apply = ("bncl_apply_v", grid, block, (K.i64(nv), K.i32(c), rl))
+    else:
+        grid, block = K.flat_grid(input.size, _THREADS, 4)
+        apply = ("bncl_apply", grid, block, (K.i64(input.size), K.i32(c), hw_, hb_, rl))
+    return (fn, lay, c, p, 5 * c + 2 * c * p, stats, fin, apply,
+            (0,) + tuple(range(2, input.ndim)), (1, c) + (1,) * (input.ndim - 2),
+            (lay, targs, wdt), (hw_, hb_))
+
+
+_FWD_PLANS: dict = {}   # input geometry, parameters' dtype, ... -> _fwd_plan's result
+
+
+def _forward(ctx: Any, xp: Any, input: Any, weight: Any, bias: Any, running_mean: Any,
+             running_var: Any, training: bool, eps: float, relu: int) -> Any:
+    """The training forward (``relu``: 1 applies the ReLU in the kernels and saves the output
+    for the backward's mask), or NotImplemented for what the kernels do not cover.
+
+    The launch geometry of a repeated call (a training loop's) comes from ``_FWD_PLANS``;
+    only the allocations, the pointers and ``eps`` are per call."""
+    if not training:
+        return NotImplemented
+    wdt = _param_dtype(input, weight, bias, running_mean, running_var)
+    if wdt is None:
+        return NotImplemented
+    hasw, hasb = weight is not None, bias is not None
+    key = (input.shape, input.strides, input.dtype, wdt, hasw, hasb, relu,
+           input.data.ptr % 16 == 0, xp.cuda.runtime.getDevice())
+    plan = _FWD_PLANS.get(key)
+    if plan is None:
+        plan = _fwd_plan(input, wdt, hasw, hasb, relu)
+        if len(_FWD_PLANS) > 1024:
+            _FWD_PLANS.clear()
+        _FWD_PLANS[key] = plan
+    if plan is False:
+        return NotImplemented
+    fn, lay, c, p, nscratch, stats_l, fin_l, apply_l, axes, bshape, bn_layout, flags = plan
     # one float32 scratch allocation, addressed by pointer: mean, rstd, coef (3C: mean,
     # rstd * w, b), then the two (C, P) partial sums; it is saved whole for the backward
-    scratch = xp.empty(5 * c + 2 * c * p, xp.float32)
+    scratch = xp.empty(nscratch, xp.float32)
     base = scratch.data.ptr
     mean, rstd, coef = _U64(base), _U64(base + 4 * c), _U64(base + 8 * c)
     p1, p2 = _U64(base + 20 * c), _U64(base + 20 * c + 4 * c * p)
     stats = xp.empty((2, c), wdt)   # the returned statistics: one allocation
     mean_t, var_t = stats[0], stats[1]
-    wa = weight if weight is not None else mean_t
-    ba = bias if bias is not None else mean_t
-    hasw, hasb = K.i32(weight is not None), K.i32(bias is not None)
-    _launch_stats(fn, plan, lay, input, input, mean, rstd, p1, p2, n, c, hw, 0, _NULL)
+    wa = weight if hasw else mean_t
+    ba = bias if hasb else mean_t
+    name, grid, block, tail, shared = stats_l
+    if lay == "c":
+        fn(name)(grid, block, (input, p1, p2) + tail)
+    else:
+        fn(name)(grid, block, (input, input, mean, rstd, p1, p2) + tail, shared_mem=shared)
     y = xp.empty_like(input) if lay == "c" else L.empty_like(xp, input)
     pend = _RUNNING.pending
     if pend is not None and pend[0] is running_mean and pend[1] is running_var and \
@@ -768,25 +820,16 @@ def _forward(ctx: Any, xp: Any, input: Any, weight: Any, bias: Any, running_mean
         done[0] = True
     else:
         upd = _NO_UPDATE
-    fn("bn_finalize")(((c + 3) // 4, 1, 1), (32, 4, 1),
-                      (input, p1, p2, K.i32(p), K.i32(c), K.i64(hw if lay == "c" else 1),
-                       K.i64(m), K.f32(eps), mean, rstd, mean_t, var_t, wa, ba, hasw, hasb,
-                       coef) + upd)
-    if lay == "c":
-        grid, block = K.flat_grid(input.size, _THREADS, 4)
-        fn("bn_apply")(grid, block, (input, wa, ba, mean, rstd, y, K.i64(input.size),
-                                     K.i32(c), K.i32(hw), hasw, hasb, K.i32(relu)))
-    elif nvec:
-        nv = input.size // nvec
-        grid, block = _cl_flat_grid(nv, c, nvec)
-        fn("bncl_apply_v")(grid, block, (input, coef, y, K.i64(nv), K.i32(c), K.i32(relu)))
+    name, grid, block, tail = fin_l
+    fn(name)(grid, block, (input, p1, p2) + tail + (K.f32(eps), mean, rstd, mean_t, var_t,
+                                                    wa, ba) + flags + (coef,) + upd)
+    name, grid, block, tail = apply_l
+    if name == "bncl_apply_v":
+        fn(name)(grid, block, (input, coef, y) + tail)
     else:
-        grid, block = K.flat_grid(input.size, _THREADS, 4)
-        fn("bncl_apply")(grid, block, (input, wa, ba, mean, rstd, y, K.i64(input.size),
-                                       K.i32(c), hasw, hasb, K.i32(relu)))
-    bshape = (1, c) + (1,) * (input.ndim - 2)
-    ctx.p = (True, eps, (0,) + tuple(range(2, input.ndim)), bshape)
-    ctx.bn_layout = (lay, targs, wdt)
+        fn(name)(grid, block, (input, wa, ba, mean, rstd, y) + tail)
+    ctx.p = (True, eps, axes, bshape)
+    ctx.bn_layout = bn_layout
     # slots 2 and 3 hold the batch statistics in the generic op's layout; only this backward
     # reads them (the generic one runs under create_graph, and recomputes them from x)
     if relu:   # the output last (BatchNormRelu's layout)
@@ -796,18 +839,54 @@ def _forward(ctx: Any, xp: Any, input: Any, weight: Any, bias: Any, running_mean
     return y, mean_t, var_t
 
 
+def _bwd_plan(lay: str, targs: str, shape: tuple, c: int, nvec: int, hasw: bool) -> tuple:
+    """What the backward launches for one geometry: ``(fn, P, scratch floats, stats launch,
+    finalize launch, dx launch)``, the launches as (kernel name, grid, block, constant
+    trailing arguments[, shared bytes])."""
+    fn = _kernels(targs).__getitem__
+    n = shape[0]
+    size = math.prod(shape)
+    hw = size // (n * c)
+    plan = _stats_plan(lay, c, n * hw, nvec)
+    p = plan[0]
+    mode = K.i32(1)
+    if lay == "c":
+        stats = ("bn_bwd_stats", (c, p, 1), (_THREADS, 1, 1), (K.i32(n), K.i32(c), K.i32(hw)), 0)
+    elif nvec:
+        grid, _, m64, c32, chunk64, gb32, rb32, shared = plan[1]
+        stats = ("bncl_stats_v", grid, (_THREADS, 1, 1), (m64, c32, chunk64, mode, gb32, rb32),
+                 shared)
+    else:
+        stats = ("bncl_stats", ((c + 31) // 32, p, 1), (32, 8, 1),
+                 (K.i64(n * hw), K.i32(c), K.i64(plan[1]), mode), 0)
+    inv = K.f32(1.0 / (n * hw))
+    fin = ("bn_bwd_finalize", ((c + 3) // 4, 1, 1), (32, 4, 1), (K.i32(p), K.i32(c)),
+           (K.i32(hasw), inv))
+    if lay == "c":
+        grid, block = K.flat_grid(size, _THREADS, 4)
+        dx = ("bn_bwd_dx", grid, block, (K.i64(size), K.i32(c), K.i32(hw), inv, K.i32(hasw)))
+    elif nvec:
+        grid, block = _cl_flat_grid(size // nvec, c, nvec)
+        dx = ("bncl_bwd_dx_v", grid, block, (K.i64(size // nvec), K.i32(c)))
+    else:
+        grid, block = K.flat_grid(size, _THREADS, 4)
+        dx = ("bncl_bwd_dx", grid, block, (K.i64(size), K.i32(c), inv, K.i32(hasw)))
+    return fn, p, 6 * c + 2 * c * p, stats, fin, dx
+
+
+_BWD_PLANS: dict = {}   # geometry, layout, kernels, ... -> _bwd_plan's result
+
+
 def _backward(ctx: Any, g: Any, saved: tuple, ym: Any) -> tuple:
     """The batch norm's gradients from ``ctx.saved`` (``ym``: the fused ReLU's output,
-    masking ``g``)."""
+    masking ``g``). The launch geometry of a repeated call comes from ``_BWD_PLANS``."""
     if g is None:
         return (None,) * 7
     import cupy as xp  # noqa: PLC0415 - only reached on the GPU
     x, w = saved[0], saved[1]
     lay, targs, wdt = ctx.bn_layout
-    fn = _kernels(targs).__getitem__
     xa = x._data
-    n, c = xa.shape[0], xa.shape[1]
-    hw = xa.size // (n * c)
+    c = xa.shape[1]
     fbase = saved[2]._data.data.ptr          # the forward's scratch: mean, rstd first
     ma, ra = _U64(fbase), _U64(fbase + 4 * c)
     wa = w._data if w is not None else None
@@ -818,41 +897,41 @@ def _backward(ctx: Any, g: Any, saved: tuple, ym: Any) -> tuple:
     else:
         ga = L.as_layout(xp, g._data, xa, xa.dtype)
         nvec = _vec(c, ga, xa) if ym is None else _vec(c, ga, xa, ym)
-    plan = _stats_plan(lay, c, n * hw, nvec)
-    p = plan[0]
+    key = (xa.shape, lay, targs, nvec, wa is not None, xp.cuda.runtime.getDevice())
+    plan = _BWD_PLANS.get(key)
+    if plan is None:
+        plan = _bwd_plan(lay, targs, xa.shape, c, nvec, wa is not None)
+        if len(_BWD_PLANS) > 1024:
+            _BWD_PLANS.clear()
+        _BWD_PLANS[key] = plan
+    fn, p, nscratch, stats_l, fin_l, dx_l = plan
     # scratch: sums (2C), coef (4C: mean, A, B, D), then the two (C, P) partial sums
-    scratch = xp.empty(6 * c + 2 * c * p, xp.float32)
+    scratch = xp.empty(nscratch, xp.float32)
     base = scratch.data.ptr
     sums, coef = _U64(base), _U64(base + 8 * c)
     p1, p2 = _U64(base + 24 * c), _U64(base + 24 * c + 4 * c * p)
-    _launch_stats(fn, plan, lay, xa, ga, ma, ra, p1, p2, n, c, hw, 1, ymp)
+    name, grid, block, tail, shared = stats_l
+    if lay == "c":
+        fn(name)(grid, block, (ga, xa, ma, ra, p1, p2) + tail + (ymp,))
+    else:
+        fn(name)(grid, block, (xa, ga, ma, ra, p1, p2) + tail + (ymp,), shared_mem=shared)
     gb = xp.empty(c, wdt)
     gw = xp.empty(c, wdt)
-    inv = K.f32(1.0 / (n * hw))
-    fn("bn_bwd_finalize")(((c + 3) // 4, 1, 1), (32, 4, 1),
-                          (p1, p2, K.i32(p), K.i32(c), sums, gb, gw, ma, ra,
-                           wa if wa is not None else gw, K.i32(wa is not None), inv, coef))
+    name, grid, block, mid, tail = fin_l
+    fn(name)(grid, block, (p1, p2) + mid + (sums, gb, gw, ma, ra,
+                                            wa if wa is not None else gw) + tail + (coef,))
     need = ctx.needs_input_grad
     gx = None
     if need[0]:
         wp = wa if wa is not None else gw
+        dx = xp.empty_like(xa) if lay == "c" else L.empty_like(xp, xa)   # fresh: aligned
+        name, grid, block, tail = dx_l
         if lay == "c":
-            dx = xp.empty_like(xa)
-            grid, block = K.flat_grid(xa.size, _THREADS, 4)
-            fn("bn_bwd_dx")(grid, block, (ga, xa, wp, ma, ra, sums, dx, K.i64(xa.size),
-                                          K.i32(c), K.i32(hw), inv, K.i32(wa is not None),
-                                          ymp))
+            fn(name)(grid, block, (ga, xa, wp, ma, ra, sums, dx) + tail + (ymp,))
+        elif nvec:
+            fn(name)(grid, block, (ga, xa, coef, dx) + tail + (ymp,))
         else:
-            dx = L.empty_like(xp, xa)   # a fresh allocation: aligned as the vectors need
-            if nvec:
-                nv = xa.size // nvec
-                grid, block = _cl_flat_grid(nv, c, nvec)
-                fn("bncl_bwd_dx_v")(grid, block, (ga, xa, coef, dx, K.i64(nv), K.i32(c), ymp))
-            else:
-                grid, block = K.flat_grid(xa.size, _THREADS, 4)
-                fn("bncl_bwd_dx")(grid, block, (ga, xa, wp, ma, ra, sums, dx,
-                                                K.i64(xa.size), K.i32(c), inv,
-                                                K.i32(wa is not None), ymp))
+            fn(name)(grid, block, (ga, xa, wp, ma, ra, sums, dx) + tail + (ymp,))
         gx = K.wrap(dx, x.device)
     gw_t = K.wrap(gw, x.device) if w is not None and need[1] else None
     gb_t = K.wrap(gb, x.device) if need[2] else None
