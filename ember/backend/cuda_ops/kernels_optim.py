@@ -375,11 +375,29 @@ def adam(params: Sequence[Any], grads: Sequence[Any], exp_avgs: Sequence[Any],
     lr_host, lr_dev = _lr_args(lr, mt)
     if nchunks == 0:
         return
+    # the hyperparameters' kernel scalars, kept while they stay the same (~12 NumPy scalars
+    # a step otherwise); only the step's bias corrections change each step
+    ckey = (mt, nt, beta1, beta2, eps, weight_decay, decoupled_weight_decay, amsgrad, maximize,
+            step_kind)
+    plain = type(eps) in _NUM and type(weight_decay) in _NUM and type(beta1) in _NUM and \
+        type(beta2) in _NUM   # (a Tensor hyperparameter's value could change: not kept)
+    consts = _ADAM_CONSTS.get(ckey) if plain else None
+    if consts is None:
+        if len(_ADAM_CONSTS) > 256:
+            _ADAM_CONSTS.clear()
+        consts = (
+            (np.int32(nt), np.int32(CHUNK)),
+            (mt(beta1), mt(beta2), mt(eps), mt(weight_decay), np.int32(decoupled_weight_decay),
+             np.int32(amsgrad), np.int32(maximize), np.int32(step_kind)))
+        if plain:
+            _ADAM_CONSTS[ckey] = consts
     K.function("optim", "mt_adam", targs)(
         (nchunks, 1, 1), (THREADS, 1, 1),
-        (table, np.int32(nt), np.int32(CHUNK), lr_host, lr_dev, mt(beta1), mt(beta2), mt(eps),
-         mt(weight_decay), np.int32(decoupled_weight_decay), np.int32(amsgrad),
-         np.int32(maximize), np.int32(step_kind), mt(step_size), mt(bc2_sqrt)))
+        (table,) + consts[0] + (lr_host, lr_dev) + consts[1] + (mt(step_size), mt(bc2_sqrt)))
+
+
+_ADAM_CONSTS: dict = {}   # adam's hyperparameters -> their kernel scalars
+_NUM = (float, int, bool)
 
 
 def sgd(params: Sequence[Any], grads: Sequence[Any], bufs: Sequence[Any] | None, first: bool,
