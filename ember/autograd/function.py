@@ -8,7 +8,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from ember.autograd.grad_mode import _State, no_grad
+from ember.autograd.grad_mode import _State
 from ember.autograd.graph import Node, accumulate_node
 from ember.tensor import Tensor, _make
 
@@ -144,20 +144,27 @@ class Function(metaclass=_FunctionMeta):
         tin = [a for a in args if isinstance(a, Tensor)]
         ctx.needs_input_grad = tuple(isinstance(a, Tensor) and a._requires_grad for a in args)
         uses_setup = cls.setup_context is not Function.setup_context
-        with no_grad():
+        # no_grad() without its context-manager object (this runs once per call)
+        prev = _State.enabled, _State.inference
+        _State.enabled = False
+        try:
             if uses_setup:
                 output = cls.forward(*args, **kwargs)
             else:
                 output = cls.forward(ctx, *args, **kwargs)
+        finally:
+            _State.enabled, _State.inference = prev
         if uses_setup:
             cls.setup_context(ctx, args, output)
         is_tuple = isinstance(output, tuple)
         outs = list(output) if is_tuple else [output]
         need = _State.enabled and any(t._requires_grad for t in tin)
-        dirty = {id(t) for t in ctx._dirty}
+        dirty = {id(t) for t in ctx._dirty} if ctx._dirty else _EMPTY
         input_ids = {id(t) for t in tin}
         for k, o in enumerate(outs):
-            if isinstance(o, Tensor) and id(o) in input_ids and id(o) not in dirty:
+            if type(o) is not Tensor and not isinstance(o, Tensor):
+                continue
+            if id(o) in input_ids and id(o) not in dirty:
                 # Returning an input unchanged: hand back a new tensor sharing its data.
                 alias = _make(o._data, o._dtype, o._device)
                 alias._version = o._version
@@ -196,14 +203,19 @@ class Function(metaclass=_FunctionMeta):
 
 
 _NO_SETUP = object()
+_EMPTY: frozenset = frozenset()
 
 
 def once_differentiable(fn: Any) -> Any:
     """Decorate a ``backward`` that is not itself differentiable: it runs without recording."""
     @functools.wraps(fn)
     def wrapper(ctx: Any, *grads: Any) -> Any:
-        with no_grad():
+        prev = _State.enabled, _State.inference   # no_grad() without its object
+        _State.enabled = False
+        try:
             out = fn(ctx, *grads)
+        finally:
+            _State.enabled, _State.inference = prev
         if _State.enabled and any(isinstance(g, Tensor) and g._requires_grad for g in grads):
             outs = out if isinstance(out, tuple) else (out,)
             marked = []

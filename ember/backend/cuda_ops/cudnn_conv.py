@@ -326,15 +326,28 @@ def _generic(ctx: Any, grad: Any) -> tuple:
 
 
 def _cudnn_xp(t: Any) -> Any:
-    from ember.backend import get_xp
-    return get_xp(t.device)
+    if not _LAZY:
+        _load()
+    return _LAZY[0](t._device)
 
 
 def _wrap(arr: Any, like: Any) -> Any:
     if arr is None:
         return None
+    if not _LAZY:
+        _load()
+    return _LAZY[1](arr, like._dtype, like._device)
+
+
+# (ember.backend.get_xp, ember.tensor._make), bound on first use: an import statement per
+# call cost ~1 us, three a convolution's backward
+_LAZY: list = []
+
+
+def _load() -> None:
+    from ember.backend import get_xp
     from ember.tensor import _make
-    return _make(arr, like._dtype, like._device)
+    _LAZY[:] = [get_xp, _make]
 
 
 IMPLS = {"convolution": CudnnConvolution, "_conv_weight_grad": CudnnConvWeightGrad} \

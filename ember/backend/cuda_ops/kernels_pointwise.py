@@ -76,23 +76,50 @@ def cast(xp, arr, dtype):
     kernel: CuPy's ``astype`` into or out of ml_dtypes' bfloat16 costs ~28 us of host time
     a call (measured in a GPT-2 step: ~290 autocast casts), the kernel launch ~5 us.
     Anything else (other dtypes, strided views) is CuPy's ``astype``."""
+    key = (arr.shape, arr.strides, arr.dtype, dtype, xp.cuda.runtime.getDevice())
+    plan = _CASTS.get(key)
+    if plan is None:
+        plan = _cast_plan(xp, arr, dtype)
+        if len(_CASTS) > 4096:
+            _CASTS.clear()
+        _CASTS[key] = plan
+    if plan is False:
+        return arr.astype(dtype)
+    fn, shape, axes, dt, grid, block, n = plan
+    out = xp.empty(shape, dt)
+    if axes is not None:
+        out = out.transpose(axes)
+    fn(grid, block, (arr, out, n))
+    return out
+
+
+_CASTS: dict = {}   # (shape, strides, dtypes, device) -> _cast_plan's result
+
+
+def _cast_plan(xp, arr, dtype):
+    """How :func:`cast` makes one geometry's cast: ``(kernel, physical output shape, axes
+    back to the logical order or None, dtype, grid, block, element count)``, or False for
+    CuPy's ``astype``."""
     dtype = xp.dtype(dtype)
     src, dst = K.dtype_ctype(arr.dtype), K.dtype_ctype(dtype)
     if src is None or dst is None or src == dst or arr.size == 0:
-        return arr.astype(dtype)
-    if arr.flags.c_contiguous:
-        out = xp.empty(arr.shape, dtype=dtype)
-    else:
+        return False
+    shape, axes = arr.shape, None
+    if not arr.flags.c_contiguous:
         # dense in another memory order (channels-last conv weights and their gradients):
         # cast flat over memory into an output of the same layout, as astype's order='K'
         order = L.dense_order(arr)
         if order is None:
-            return arr.astype(dtype)
-        out = L.empty_like(xp, arr, dtype, order)
+            return False
+        if order != sorted(order):
+            inv = [0] * len(order)
+            for k, ax in enumerate(order):
+                inv[ax] = k
+            shape, axes = tuple(arr.shape[i] for i in order), tuple(inv)
     n = arr.size
     grid, block = K.flat_grid(n, 256, 4)
-    K.function("cast", "cast_flat", f"{src}, {dst}")(grid, block, (arr, out, K.i64(n)))
-    return out
+    return (K.function("cast", "cast_flat", f"{src}, {dst}"), shape, axes, dtype, grid, block,
+            K.i64(n))
 
 
 _ALIGN = 128   # elements: each bulk-cast copy starts 256-byte aligned (bf16/fp16), as a
