@@ -344,6 +344,41 @@ def test_sgd_momentum_route_vs_torch(spare_cores: None, monkeypatch: pytest.Monk
     assert taken == ([] if kw.get("nesterov") else [True] * 6)
 
 
+@pytest.mark.parametrize("dt", ["float32", "float64"])
+@pytest.mark.parametrize("kw", [dict(lr=0.05), dict(lr=0.2, maximize=True),
+                                dict(lr=0.05, weight_decay=0.01)])   # decay: NumPy's passes
+def test_sgd_plain_route_vs_torch(spare_cores: None, monkeypatch: pytest.MonkeyPatch,
+                                  dt: str, kw: dict) -> None:
+    # momentum-free SGD: large parameters take one MKL axpby pass each (without decay)
+    if cpu_mkl._load() is None or cpu_mkl._mkl["jit"] is None:
+        pytest.skip("numba not installed")
+    taken: list = []
+    route = cpu_mkl.sgd_plain
+
+    def counted(*args: object) -> bool:
+        done = route(*args)
+        taken.append(done)
+        return done
+    monkeypatch.setattr(cpu_mkl, "sgd_plain", counted)
+    rng = np.random.default_rng(13)
+    shapes = [(300, 200), (64,), (cpu_mkl.SGD_MIN,)]
+    w0 = [rng.standard_normal(s).astype(dt) for s in shapes]
+    grads = [[rng.standard_normal(s).astype(dt) for s in shapes] for _ in range(3)]
+    res = []
+    for m in (ember, torch):
+        ws = [m.tensor(w.copy(), requires_grad=True) for w in w0]
+        opt = m.optim.SGD(ws, **kw)
+        for gs in grads:
+            for w, g in zip(ws, gs):
+                w.grad = m.tensor(g)
+            opt.step()
+        res.append([w.detach().numpy() for w in ws])
+    tol = dict(rtol=1e-6, atol=1e-6) if dt == "float32" else dict(rtol=1e-12, atol=1e-12)
+    for e, t in zip(*res):
+        np.testing.assert_allclose(e, t, **tol)
+    assert taken == ([] if kw.get("weight_decay") else [True] * 6)
+
+
 def test_sgd_route_needs_a_spare_core(monkeypatch: pytest.MonkeyPatch) -> None:
     from ember.backend import cpu
     if cpu_mkl._load() is None or cpu_mkl._mkl["jit"] is None or not cpu._libs():

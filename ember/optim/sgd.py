@@ -133,6 +133,24 @@ def _sgd_cpu_group(opt: "SGD", group: dict, params: list, lr: float, momentum: f
     return rest
 
 
+def _sgd_cpu_plain(group: dict, params: list, lr: float) -> list:
+    """The momentum-free step of the group's large CPU float32/float64 parameters as one
+    MKL pass each (``cpu_mkl.sgd_plain``) when there is no weight decay (whose step torch
+    rounds as ``grad + wd * param`` first); returns the parameters it did not take."""
+    if group["differentiable"] or _to_scalar(group["weight_decay"]) != 0:
+        return params
+    g_scale = -1.0 if group["maximize"] else 1.0
+    rest = []
+    for p in params:
+        a, g = p._data, p._grad._data
+        if a.size < cpu_mkl.SGD_MIN or not _numba_arrays(a, g, g) or \
+                not cpu_mkl.sgd_plain(a.reshape(-1), g.reshape(-1), lr, g_scale):
+            rest.append(p)
+            continue
+        p._version[0] += 1
+    return rest
+
+
 def asgd_update(xp: Any, param: Any, grad: Any, ax: Any, eta: float, mu: float, *,
                 lambd: float, weight_decay: float, maximize: bool) -> None:
     """One averaged-SGD step on arrays (Polyak & Juditsky, "Acceleration of stochastic
@@ -205,8 +223,9 @@ class SGD(Optimizer):
                 continue
             lr = _to_scalar(group["lr"])
             momentum = group["momentum"]
-            if momentum != 0 and params and params[0]._device.type == "cpu":
-                params = _sgd_cpu_group(self, group, params, lr, momentum)
+            if params and params[0]._device.type == "cpu":
+                params = _sgd_cpu_group(self, group, params, lr, momentum) if momentum != 0 \
+                    else _sgd_cpu_plain(group, params, lr)
             for p in params:
                 buf_t = self.state[p].get("momentum_buffer") if momentum != 0 else None
                 if group["differentiable"]:
