@@ -230,6 +230,36 @@ def test_cross_entropy_weight_ignore_smoothing(smoothing, weighted, reduction):
         compare(fn, arrays, dtype, diff=[0], scale=4.0)
 
 
+def test_cross_entropy_seed_gradient_is_a_shared_one_and_stays_one():
+    # loss.backward() of the fused cross_entropy seeds it with a cached device 1 (its
+    # backward only reads the gradient); repeated backwards, with a hook on the logits that
+    # scales their gradient in place, must keep giving the float64 reference each time
+    from ember.autograd import engine
+    rng = np.random.default_rng(5)
+    x0 = rng.standard_normal((6, 9)).astype(np.float32)
+    t0 = rng.integers(0, 9, 6)
+    e = np.exp(x0.astype(np.float64) - x0.max(1, keepdims=True))
+    p = e / e.sum(1, keepdims=True)
+    want = p.copy()
+    want[np.arange(6), t0] -= 1
+    want /= 6
+    for k in range(3):
+        x = ember.tensor(x0, device="cuda", requires_grad=True)
+        x.register_hook(lambda g: g.mul_(2.0))
+        F.cross_entropy(x, ember.tensor(t0, device="cuda")).backward()
+        np.testing.assert_allclose(x.grad.cpu().numpy(), 2 * want, rtol=1e-5, atol=1e-6)
+    assert any(len(key) == 4 and key[3] == "const" for key in engine._ONE)
+    # retain_grad on the loss: the seed is a fresh array (the loss's .grad must be its own)
+    x = ember.tensor(x0, device="cuda", requires_grad=True)
+    loss = F.cross_entropy(x, ember.tensor(t0, device="cuda"))
+    loss.retain_grad()
+    loss.backward()
+    loss.grad.mul_(5.0)
+    x2 = ember.tensor(x0, device="cuda", requires_grad=True)
+    F.cross_entropy(x2, ember.tensor(t0, device="cuda")).backward()
+    np.testing.assert_allclose(x2.grad.cpu().numpy(), want, rtol=1e-5, atol=1e-6)
+
+
 def test_cross_entropy_errors_and_fallbacks():
     x = ember.randn(4, 5, device="cuda")
     # no host sync in the forward: the loss is NaN at once, and the next cross_entropy call

@@ -68,6 +68,18 @@ def _ones_like(arr: Any) -> Any:
 _ONE: dict = {}
 
 
+def _const_one(arr: Any) -> Any:
+    """A cached device 1 of ``arr``'s shape (one element) and dtype: handed only to backwards
+    that never write their gradient or pass it on (``reads_grad_only``)."""
+    key = (arr.dtype, arr.shape, arr.data.device_id, "const")
+    one = _ONE.get(key)
+    if one is None:
+        with arr.device:
+            one = _ONE[key] = type(arr)(arr.shape, arr.dtype)
+            one.fill(1)
+    return one
+
+
 def run_backward(tensors: Sequence[Tensor], grads: Sequence[Any], retain_graph: bool,
                  create_graph: bool, inputs: Sequence[Tensor] | None = None,
                  capture: bool = False, allow_unused: bool = False) -> list | None:
@@ -80,6 +92,14 @@ def run_backward(tensors: Sequence[Tensor], grads: Sequence[Any], retain_graph: 
     roots = []
     for i, (t, g) in enumerate(zip(tensors, grads)):
         node, nr = _root_node(t, i)
+        if g is None and not create_graph and t._data.size == 1 and \
+                getattr(getattr(node, "_impl", None), "reads_grad_only", False) and \
+                not (node._tensor_pre_hooks or node._retains or node._pre_hooks):
+            # A scalar loss whose CUDA backward only reads its gradient (cross_entropy's
+            # fused kernels) and that no hook can see: a cached device 1 instead of a new
+            # array and a copy each step
+            roots.append((node, nr, _make(_const_one(t._data), t._dtype, t._device)))
+            continue
         roots.append((node, nr, _make_root_grad(t, g, i)))
 
     # Targets: where gradients are captured (grad) or the only places accumulated (inputs=).

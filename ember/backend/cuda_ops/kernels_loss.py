@@ -307,6 +307,10 @@ def _autocast_cuda() -> bool:
 class CrossEntropyImpl:
     """``cross_entropy(input (N, C), target (N,) int64, ...)`` in two kernels each way."""
 
+    # the backward reads its incoming gradient (by pointer) and never writes or returns it:
+    # the engine may hand a scalar loss's seed gradient as a shared cached 1
+    reads_grad_only = True
+
     @staticmethod
     def fp32_from_low(args: tuple) -> bool:
         """Autocast's question for this float32-listed op: do the kernels take these
