@@ -304,29 +304,25 @@ def spare_cores(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(cpu._state, "default", 2)
 
 
-@pytest.mark.parametrize("dt", ["float32", "float64"])
-@pytest.mark.parametrize("kw", [
-    dict(lr=0.05, momentum=0.9),
-    dict(lr=0.05, momentum=0.9, weight_decay=0.01),
-    dict(lr=0.05, momentum=0.8, dampening=0.3, maximize=True, weight_decay=0.02),
-    dict(lr=0.05, momentum=0.9, nesterov=True),            # numba's one pass
-])
-def test_sgd_momentum_route_vs_torch(spare_cores: None, monkeypatch: pytest.MonkeyPatch,
-                                     dt: str, kw: dict) -> None:
+def _sgd_route_vs_torch(monkeypatch: pytest.MonkeyPatch, route_name: str, dt: str, kw: dict,
+                        steps: int) -> list:
+    """``steps`` SGD steps of ember and torch over a large, a small and a just-large
+    parameter, compared (with the momentum buffers when there are some); returns what each
+    call of ``cpu_mkl.<route_name>`` answered."""
     if cpu_mkl._load() is None or cpu_mkl._mkl["jit"] is None:
         pytest.skip("numba not installed")
     taken: list = []
-    route = cpu_mkl.sgd_momentum
+    route = getattr(cpu_mkl, route_name)
 
     def counted(*args: object) -> bool:
         done = route(*args)
         taken.append(done)
         return done
-    monkeypatch.setattr(cpu_mkl, "sgd_momentum", counted)
+    monkeypatch.setattr(cpu_mkl, route_name, counted)
     rng = np.random.default_rng(12)
     shapes = [(300, 200), (64,), (cpu_mkl.SGD_MIN,)]
     w0 = [rng.standard_normal(s).astype(dt) for s in shapes]
-    grads = [[rng.standard_normal(s).astype(dt) for s in shapes] for _ in range(4)]
+    grads = [[rng.standard_normal(s).astype(dt) for s in shapes] for _ in range(steps)]
     res = []
     for m in (ember, torch):
         ws = [m.tensor(w.copy(), requires_grad=True) for w in w0]
@@ -336,10 +332,24 @@ def test_sgd_momentum_route_vs_torch(spare_cores: None, monkeypatch: pytest.Monk
                 w.grad = m.tensor(g)
             opt.step()
         res.append([w.detach().numpy() for w in ws] +
-                   [opt.state[w]["momentum_buffer"].numpy() for w in ws])
+                   [opt.state[w]["momentum_buffer"].numpy() for w in ws
+                    if kw.get("momentum", 0) != 0])
     tol = dict(rtol=1e-6, atol=1e-6) if dt == "float32" else dict(rtol=1e-12, atol=1e-12)
     for e, t in zip(*res):
         np.testing.assert_allclose(e, t, **tol)
+    return taken
+
+
+@pytest.mark.parametrize("dt", ["float32", "float64"])
+@pytest.mark.parametrize("kw", [
+    dict(lr=0.05, momentum=0.9),
+    dict(lr=0.05, momentum=0.9, weight_decay=0.01),
+    dict(lr=0.05, momentum=0.8, dampening=0.3, maximize=True, weight_decay=0.02),
+    dict(lr=0.05, momentum=0.9, nesterov=True),            # numba's one pass
+])
+def test_sgd_momentum_route_vs_torch(spare_cores: None, monkeypatch: pytest.MonkeyPatch,
+                                     dt: str, kw: dict) -> None:
+    taken = _sgd_route_vs_torch(monkeypatch, "sgd_momentum", dt, kw, 4)
     # steps 2-4 of the two large parameters (the first step makes the buffers)
     assert taken == ([] if kw.get("nesterov") else [True] * 6)
 
@@ -350,32 +360,7 @@ def test_sgd_momentum_route_vs_torch(spare_cores: None, monkeypatch: pytest.Monk
 def test_sgd_plain_route_vs_torch(spare_cores: None, monkeypatch: pytest.MonkeyPatch,
                                   dt: str, kw: dict) -> None:
     # momentum-free SGD: large parameters take one MKL axpby pass each (without decay)
-    if cpu_mkl._load() is None or cpu_mkl._mkl["jit"] is None:
-        pytest.skip("numba not installed")
-    taken: list = []
-    route = cpu_mkl.sgd_plain
-
-    def counted(*args: object) -> bool:
-        done = route(*args)
-        taken.append(done)
-        return done
-    monkeypatch.setattr(cpu_mkl, "sgd_plain", counted)
-    rng = np.random.default_rng(13)
-    shapes = [(300, 200), (64,), (cpu_mkl.SGD_MIN,)]
-    w0 = [rng.standard_normal(s).astype(dt) for s in shapes]
-    grads = [[rng.standard_normal(s).astype(dt) for s in shapes] for _ in range(3)]
-    res = []
-    for m in (ember, torch):
-        ws = [m.tensor(w.copy(), requires_grad=True) for w in w0]
-        opt = m.optim.SGD(ws, **kw)
-        for gs in grads:
-            for w, g in zip(ws, gs):
-                w.grad = m.tensor(g)
-            opt.step()
-        res.append([w.detach().numpy() for w in ws])
-    tol = dict(rtol=1e-6, atol=1e-6) if dt == "float32" else dict(rtol=1e-12, atol=1e-12)
-    for e, t in zip(*res):
-        np.testing.assert_allclose(e, t, **tol)
+    taken = _sgd_route_vs_torch(monkeypatch, "sgd_plain", dt, kw, 3)
     assert taken == ([] if kw.get("weight_decay") else [True] * 6)
 
 
