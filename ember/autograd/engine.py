@@ -56,6 +56,9 @@ def _ones_like(arr: Any) -> Any:
         key = (arr.dtype, arr.data.device_id)
         one = _ONE.get(key)
         if one is None:
+            if _capturing():   # made in a capture, it would hold its 1 only after a replay
+                out.fill(1)
+                return out
             with arr.device:
                 one = _ONE[key] = type(arr)((), arr.dtype)
                 one.fill(1)
@@ -70,14 +73,23 @@ _ONE: dict = {}
 
 def _const_one(arr: Any) -> Any:
     """A cached device 1 of ``arr``'s shape (one element) and dtype: handed only to backwards
-    that never write their gradient or pass it on (``reads_grad_only``)."""
+    that never write their gradient or pass it on (``reads_grad_only``). None while a CUDA
+    graph is captured and none was made yet (made there, it would be 1 only after a replay)."""
     key = (arr.dtype, arr.shape, arr.data.device_id, "const")
     one = _ONE.get(key)
     if one is None:
+        if _capturing():
+            return None
         with arr.device:
             one = _ONE[key] = type(arr)(arr.shape, arr.dtype)
             one.fill(1)
     return one
+
+
+def _capturing() -> bool:
+    import cupy  # noqa: PLC0415 - only asked when a CUDA constant is first made
+    s = cupy.cuda.get_current_stream()
+    return s.ptr != 0 and s.is_capturing()
 
 
 def run_backward(tensors: Sequence[Tensor], grads: Sequence[Any], retain_graph: bool,
@@ -98,8 +110,10 @@ def run_backward(tensors: Sequence[Tensor], grads: Sequence[Any], retain_graph: 
             # A scalar loss whose CUDA backward only reads its gradient (cross_entropy's
             # fused kernels) and that no hook can see: a cached device 1 instead of a new
             # array and a copy each step
-            roots.append((node, nr, _make(_const_one(t._data), t._dtype, t._device)))
-            continue
+            one = _const_one(t._data)
+            if one is not None:
+                roots.append((node, nr, _make(one, t._dtype, t._device)))
+                continue
         roots.append((node, nr, _make_root_grad(t, g, i)))
 
     # Targets: where gradients are captured (grad) or the only places accumulated (inputs=).
