@@ -2,6 +2,7 @@
 
     python -m bench.gpu                 # every workload (needs an NVIDIA GPU, CuPy and torch)
     python -m bench.gpu gpt2 resnet     # the workloads whose names contain these substrings
+    python -m bench.gpu --procs 4 MLP   # 4 processes per framework: median, fastest, slowest
 
 Workloads (median over the timed steps, with device synchronisation; few warmup steps so the
 whole run fits in minutes):
@@ -351,24 +352,55 @@ def _fmt(r: dict | None, key: str) -> str:
     return f"{v:,.0f}" if v >= 100 else f"{v:.3g}"
 
 
+def _runs(fw: str, only: list) -> dict:
+    """One ``--one fw`` process: {workload: result}."""
+    p = subprocess.run([sys.executable, "-m", "bench.gpu", "--one", fw, *only],
+                       capture_output=True, text=True)
+    out: dict = {}
+    for line in p.stdout.splitlines():
+        if line.startswith("{"):
+            out.update(json.loads(line))
+    if p.returncode != 0:
+        print(f"[{fw}] exit {p.returncode}:\n{p.stderr[-3000:]}")
+    return out
+
+
+def procs(n: int, only: list) -> None:
+    """``--procs N``: each framework in N processes, taking turns (the device machine's host
+    speed differs from one process to the next by up to ~1.7x, and ember's eager steps
+    follow it): per workload the median, fastest and slowest process of each."""
+    ms: dict = {"ember": {}, "torch": {}}
+    for i in range(n):
+        for fw in (("ember", "torch") if i % 2 == 0 else ("torch", "ember")):
+            for name, r in _runs(fw, only).items():
+                if "ms" in r:
+                    ms[fw].setdefault(name, []).append(r["ms"])
+    print(json.dumps(ms))
+    print(f"| workload | ember ms: median (fastest-slowest of {n}) | torch ms: median "
+          f"(fastest-slowest) | ember/torch medians |")
+    print("|---|---|---|---|")
+    for name in WORKLOADS:
+        e, t = ms["ember"].get(name), ms["torch"].get(name)
+        if not e and not t:
+            continue
+        cells = [f"{statistics.median(v):.3g} ({min(v):.3g}-{max(v):.3g})" if v else "—"
+                 for v in (e, t)]
+        ratio = f"{statistics.median(e) / statistics.median(t):.2f}x" if e and t else "—"
+        print(f"| {name} | {cells[0]} | {cells[1]} | {ratio} |")
+
+
 def main() -> None:
     if len(sys.argv) > 2 and sys.argv[1] == "--one":
         run_one(sys.argv[2], sys.argv[3:])
+        return
+    if len(sys.argv) > 2 and sys.argv[1] == "--procs":
+        procs(int(sys.argv[2]), sys.argv[3:])
         return
     if len(sys.argv) > 1 and sys.argv[1] == "--profile":
         profile(sys.argv[2:])
         return
     only = sys.argv[1:]
-    res: dict = {}
-    for fw in ("ember", "torch"):
-        p = subprocess.run([sys.executable, "-m", "bench.gpu", "--one", fw, *only],
-                           capture_output=True, text=True)
-        res[fw] = {}
-        for line in p.stdout.splitlines():
-            if line.startswith("{"):
-                res[fw].update(json.loads(line))
-        if p.returncode != 0:
-            print(f"[{fw}] exit {p.returncode}:\n{p.stderr[-3000:]}")
+    res = {fw: _runs(fw, only) for fw in ("ember", "torch")}
     print(json.dumps(res))
     print("| workload | ember ms | torch ms | ember/torch | ember tok/s or img/s | "
           "torch tok/s or img/s | ember peak GiB | torch peak GiB |")
