@@ -29,6 +29,24 @@ _GEMM_CALL: Any = None
 _AXPBY_CALL: Any = None
 
 
+def lower_args(builder: Any, kinds: str, args: list) -> list:
+    """numba's values of a cblas call as its C arguments, by ``kinds``: 'i' a C int
+    (truncated from numba's 64-bit integers), 'p' a pointer given as an integer, 'r' a real
+    passed as it is (compile time, inside an intrinsic's code generator)."""
+    from llvmlite import ir
+    i32 = ir.IntType(32)
+    i8p = ir.IntType(8).as_pointer()
+    out = []
+    for kind, v in zip(kinds, args):
+        if kind == "i":
+            out.append(builder.trunc(v, i32) if v.type.width > 32 else v)
+        elif kind == "p":
+            out.append(builder.inttoptr(v, i8p))
+        else:
+            out.append(v)
+    return out
+
+
 def _intrinsics() -> tuple:
     """``gemm_call(fptr, layout, ta, tb, m, n, k, alpha, pa, lda, pb, ldb, beta, pc, ldc)``
     and ``axpby_call(fptr, n, a, px, incx, b, py, incy)``: indirect calls of a cblas function
@@ -43,19 +61,6 @@ def _intrinsics() -> tuple:
     def real(ty: Any) -> Any:
         return ir.DoubleType() if ty == types.float64 else ir.FloatType()
 
-    def lower(builder: Any, kinds: str, args: list) -> list:
-        # 'i': a C int (truncated from numba's 64-bit integers), 'p': a pointer given as an
-        # integer, 'r': a real passed as it is
-        out = []
-        for kind, v in zip(kinds, args):
-            if kind == "i":
-                out.append(builder.trunc(v, i32) if v.type.width > 32 else v)
-            elif kind == "p":
-                out.append(builder.inttoptr(v, i8p))
-            else:
-                out.append(v)
-        return out
-
     @intrinsic
     def gemm_call(typingctx, fptr, layout, ta, tb, m, n, k, alpha, pa, lda, pb, ldb, beta,
                   pc, ldc):  # pragma: no cover - compile-time
@@ -66,7 +71,7 @@ def _intrinsics() -> tuple:
             fnty = ir.FunctionType(ir.VoidType(), [i32] * 6 + [t, i8p, i32, i8p, i32, t, i8p,
                                                               i32])
             fn = builder.inttoptr(args[0], fnty.as_pointer())
-            builder.call(fn, lower(builder, "iiiiiirpipirpi", list(args[1:])))
+            builder.call(fn, lower_args(builder, "iiiiiirpipirpi", list(args[1:])))
             return context.get_dummy_value()
         return sig, cg
 
@@ -79,7 +84,7 @@ def _intrinsics() -> tuple:
             t = real(signature.args[2])
             fnty = ir.FunctionType(ir.VoidType(), [i32, t, i8p, i32, t, i8p, i32])
             fn = builder.inttoptr(args[0], fnty.as_pointer())
-            builder.call(fn, lower(builder, "irpirpi", list(args[1:])))
+            builder.call(fn, lower_args(builder, "irpirpi", list(args[1:])))
             return context.get_dummy_value()
         return sig, cg
 

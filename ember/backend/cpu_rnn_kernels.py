@@ -18,6 +18,7 @@ from types import SimpleNamespace
 from typing import Any, Callable
 
 from ember.backend.cpu_kernels import LazyKernels
+from ember.backend.cpu_mkl_jit import lower_args
 
 # module globals, since numba's on-disk cache does not take closure variables
 _GEMM_CALL: Any = None
@@ -49,15 +50,7 @@ def _compute_intrinsic() -> Any:
             fnty = ir.FunctionType(ir.VoidType(), [i32] * 6 + [i8p, i32, i8p, i32,
                                                               ir.FloatType(), i8p, i32])
             fn = builder.inttoptr(args[0], fnty.as_pointer())
-            out = []
-            for kind, v in zip("iiiiiipipirpi", args[1:]):
-                if kind == "i":
-                    out.append(builder.trunc(v, i32) if v.type.width > 32 else v)
-                elif kind == "p":
-                    out.append(builder.inttoptr(v, i8p))
-                else:
-                    out.append(v)
-            builder.call(fn, out)
+            builder.call(fn, lower_args(builder, "iiiiiipipirpi", list(args[1:])))
             return context.get_dummy_value()
         return sig, cg
     return compute_call
