@@ -352,15 +352,16 @@ def _fmt(r: dict | None, key: str) -> str:
     return f"{v:,.0f}" if v >= 100 else f"{v:.3g}"
 
 
-def _runs(fw: str, only: list) -> dict:
-    """One ``--one fw`` process: {workload: result}."""
-    p = subprocess.run([sys.executable, "-m", "bench.gpu", "--one", fw, *only],
+def _runs(fw: str, only: list, module: str = "bench.gpu") -> dict:
+    """One ``python -m <module> --one fw`` process: the JSON lines it printed, merged
+    ({workload: result}); its stderr is shown when it failed or printed none."""
+    p = subprocess.run([sys.executable, "-m", module, "--one", fw, *only],
                        capture_output=True, text=True)
     out: dict = {}
     for line in p.stdout.splitlines():
         if line.startswith("{"):
             out.update(json.loads(line))
-    if p.returncode != 0:
+    if p.returncode != 0 or not out:
         print(f"[{fw}] exit {p.returncode}:\n{p.stderr[-3000:]}")
     return out
 

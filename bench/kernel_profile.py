@@ -16,9 +16,10 @@ from __future__ import annotations
 import collections
 import json
 import re
-import subprocess
 import sys
 from typing import Any
+
+from bench.gpu import _runs
 
 PROFILED = 2
 FAMILIES = (  # first match wins; patterns on the lower-cased kernel name
@@ -90,18 +91,6 @@ def record(mod: Any, make: Any, steps: int) -> Any:
     return prof
 
 
-def _collect(fw: str, only: list) -> dict:
-    out = subprocess.run([sys.executable, "-m", "bench.kernel_profile", "--one", fw, *only],
-                         capture_output=True, text=True)
-    res: dict = {}
-    for line in out.stdout.splitlines():
-        if line.startswith("{"):
-            res.update(json.loads(line))
-    if not res:
-        print(f"[{fw}] failed:\n{out.stderr[-3000:]}")
-    return res
-
-
 def main() -> None:
     args = sys.argv[1:]
     if args[:1] == ["--one"]:
@@ -112,7 +101,7 @@ def main() -> None:
         i = args.index("--top")
         top = int(args[i + 1])
         del args[i:i + 2]
-    res = {fw: _collect(fw, args) for fw in ("ember", "torch")}
+    res = {fw: _runs(fw, args, "bench.kernel_profile") for fw in ("ember", "torch")}
     for name in res["ember"]:
         e = res["ember"][name]
         t = res["torch"].get(name, {"kernels": {}, "calls": {}})
