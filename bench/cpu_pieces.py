@@ -227,22 +227,14 @@ def main() -> None:
 
 
 def prof(which: str) -> None:
-    import cProfile
-    import pstats
-
     import ember
+    from bench.host_profile import profile_steps
     from bench.workloads import WORKLOADS
     name = [n for n in WORKLOADS if which.lower() in n.lower()][0]
     step = WORKLOADS[name](ember)[0]
     for _ in range(5):
         step()
-    pr = cProfile.Profile()
-    pr.enable()
-    for _ in range(100):
-        step()
-    pr.disable()
-    st = pstats.Stats(pr)
-    st.sort_stats("tottime").print_stats(40)
+    profile_steps(step, 100, lambda: None, 40)
 
 
 if __name__ == "__main__":

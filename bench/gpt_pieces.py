@@ -128,20 +128,13 @@ def cases(fw: Any) -> dict:
 
 
 def prof() -> None:
-    import cProfile
-    import pstats
-
     import ember
+    from bench.host_profile import profile_steps
     from bench.workloads import WORKLOADS
     step = WORKLOADS[STEP](ember)[0]
     for _ in range(5):
         step()
-    pr = cProfile.Profile()
-    pr.enable()
-    for _ in range(50):
-        step()
-    pr.disable()
-    pstats.Stats(pr).sort_stats("tottime").print_stats(35)
+    profile_steps(step, 50, lambda: None, 35)
 
 
 def ab(setting: str, select: Any, rounds: Any, measure: float = 0.3, settle: float = 0.4) -> None:

@@ -67,9 +67,8 @@ def run(fw: str) -> None:
 
 
 def profile() -> None:
-    import cProfile
-    import pstats
     import ember as m
+    from bench.host_profile import profile_steps
     model, opt, x, y, CE = _setup(m)
 
     def step() -> None:
@@ -79,14 +78,7 @@ def profile() -> None:
         m.cuda.synchronize()
     for _ in range(30):
         step()
-    pr = cProfile.Profile()
-    pr.enable()
-    for _ in range(300):
-        step()
-    pr.disable()
-    st = pstats.Stats(pr)
-    st.sort_stats("tottime").print_stats(40)
-    st.sort_stats("cumulative").print_stats(40)
+    profile_steps(step, 300, m.cuda.synchronize, 40, 40)
 
 
 def main() -> None:
