@@ -282,6 +282,32 @@ def test_cross_entropy_errors_and_fallbacks():
             expect_fused=False)
 
 
+def test_cross_entropy_bad_target_record_is_host_mapped(monkeypatch):
+    """The loss kernels store a bad target in a host-mapped word (no copy or event per call);
+    the copy path serves where the driver maps none. Both report the same error."""
+    import cupy
+    from ember.backend.cuda_ops import kernels_loss
+    from ember.backend.cuda_ops._device_flag import DeviceFlag
+    x = ember.randn(4, 5, device="cuda")
+    ok = ember.tensor([0, 1, 1, 2], device="cuda")
+    F.cross_entropy(x, ok)
+    dev = cupy.cuda.runtime.getDevice()
+    assert kernels_loss._FLAGS[dev].mirror is not None
+    for big in (False, True):   # the one-block kernel and the two-kernel path
+        xs = ember.randn(4, 5000, device="cuda") if big else x
+        for mirror in (True, False):
+            monkeypatch.setitem(kernels_loss._FLAGS, dev, DeviceFlag(cupy, mirror=mirror))
+            assert np.isnan(float(F.cross_entropy(xs, ember.tensor([0, 7000, 1, 2],
+                                                                   device="cuda"))))
+            cupy.cuda.Device().synchronize()
+            with pytest.raises(IndexError, match="Target 7000 is out of bounds"):
+                # the copy path reads a copy started by the failing call's successor
+                for _ in range(2):
+                    F.cross_entropy(xs, ok)
+                    cupy.cuda.Device().synchronize()
+            F.cross_entropy(xs, ok)   # reported once
+
+
 def test_cross_entropy_double_backward():
     x = _randn(6, 11)
     t = np.array([0, 3, -100, 10, 5, 5], np.int64)

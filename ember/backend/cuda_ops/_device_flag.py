@@ -10,8 +10,9 @@ asynchronous too. Nothing traps: a trap would end the whole CUDA context.
 A record made with ``mirror=True`` also has a host-mapped word the kernels themselves write
 (cross_entropy's one-block reduction copies a bad value there with a plain store): the host
 reads it with no copy, event or CUDA call at all (four driver calls less per loss call).
-Pinned memory from ``cudaHostAlloc`` is mapped under unified addressing, its device address
-that of the host; should the driver not map it, the copy path above serves.
+Pinned memory from ``cudaHostAlloc`` is mapped under unified addressing; its device address
+comes from ``cudaPointerGetAttributes`` (CuPy's runtime module has no
+``cudaHostGetDevicePointer``). Should the driver not map it, the copy path above serves.
 """
 from __future__ import annotations
 
@@ -38,10 +39,7 @@ class DeviceFlag:
         # the host word's device address for kernels that store into it (None: copy path)
         self.mirror: Any = None
         if mirror:
-            try:
-                self.mirror = np.uint64(xp.cuda.runtime.hostGetDevicePointer(mem.ptr, 0))
-            except Exception:  # noqa: BLE001 - not mapped: the copy path
-                self.mirror = None
+            self.mirror = _mapped_address(xp, mem.ptr)
 
     def take_mirror(self, xp: Any) -> int:
         """The bad value a kernel stored in the host word (then both records reset, after
@@ -80,3 +78,14 @@ class DeviceFlag:
         self.dev.fill(NO_BAD)
         self.host[0] = NO_BAD
         self.event = None
+
+
+def _mapped_address(xp: Any, host_ptr: int) -> Any:
+    """The device address of pinned host memory at ``host_ptr`` (a NumPy uint64 for kernel
+    arguments), or None when the driver reports it unmapped or the query fails."""
+    try:
+        attrs = xp.cuda.runtime.pointerGetAttributes(host_ptr)
+        dev_ptr = int(attrs.devicePointer)
+    except Exception:  # noqa: BLE001 - no attributes: the copy path
+        return None
+    return np.uint64(dev_ptr) if dev_ptr else None
