@@ -231,3 +231,32 @@ def test_tensor_lr_with_foreach_needs_capturable_like_torch():
         p = lib.zeros(3, requires_grad=True)
         with pytest.raises(ValueError, match="lr as a Tensor is not supported"):
             lib.optim.Adam([p], lr=lib.tensor(0.1), foreach=True)
+
+
+def _bump_reference(arrays):
+    """The per-array increment the fast path replaces."""
+    by_step = {}
+    for i, a in enumerate(arrays):
+        a += 1
+        by_step.setdefault(float(a), []).append(i)
+    return by_step
+
+
+@pytest.mark.parametrize("values, dtype, shared", [
+    ([3.0] * 6, np.float32, False),
+    ([2.0 ** 24] * 3, np.float32, False),     # float32 stops counting here: so must the path
+    ([2.0 ** 53 - 1] * 2, np.float64, False),
+    ([1.0, 5.0, 1.0], np.float32, False),     # loaded states at different steps
+    ([4.0, 4.0], np.float32, True),           # one array serving two parameters
+])
+def test_host_step_bump_matches_per_array_increment(values, dtype, shared):
+    def make():
+        arrays = [np.array(v, dtype) for v in values]
+        if shared:
+            arrays[1] = arrays[0]
+        return arrays
+    fast, ref = make(), make()
+    got, want = _multi_tensor._bump_host_steps(fast), _bump_reference(ref)
+    assert got == want
+    for a, b in zip(fast, ref):
+        assert a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()

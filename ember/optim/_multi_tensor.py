@@ -228,11 +228,7 @@ def adam(opt: Any, group: dict, params: list) -> bool:
                                static=static, **kw)
         else:
             # host steps: one launch per distinct step value (normally a single one)
-            by_step: dict = {}
-            for i, a in enumerate(step_arrays):
-                a += 1
-                by_step.setdefault(float(a), []).append(i)
-            for step, idx in by_step.items():
+            for step, idx in _bump_host_steps(step_arrays).items():
                 if len(idx) == len(ps):
                     kernels_optim.adam(arrays, gs, m, v, vmax, None, step, lr=p_lr,
                                        static=static, **kw)
@@ -247,6 +243,25 @@ def adam(opt: Any, group: dict, params: list) -> bool:
         for t in states:
             t._version[0] += 1
     return True
+
+
+def _bump_host_steps(arrays: list) -> dict:
+    """Add 1 to each host step array (NumPy 0-d, float32 or float64); return {new step:
+    [indices]}. The usual case, every step equal and no array shared, reads each value and
+    writes the incremented one (a 0-d in-place ufunc costs ~1 us a parameter; the float32
+    rounding of ``s + 1`` equals that of ``a += 1``)."""
+    vals = [a.item() for a in arrays]
+    s = vals[0]
+    if vals.count(s) == len(vals) and len(set(map(id, arrays))) == len(arrays):
+        new = s + 1
+        for a in arrays:
+            a[()] = new
+        return {arrays[0].item(): list(range(len(arrays)))}
+    by_step: dict = {}
+    for i, a in enumerate(arrays):
+        a += 1
+        by_step.setdefault(float(a), []).append(i)
+    return by_step
 
 
 def sgd(opt: Any, group: dict, params: list) -> bool:

@@ -1,0 +1,438 @@
+"""CUDA source of the fused batch-norm kernels (NVRTC; launched by kernels_batchnorm.py, whose
+docstring describes the algorithms). Kept apart from the launchers so that each file stays
+readable: this one is only the C++ text and its kernel names."""
+
+SOURCE = r"""
+// The fused ReLU (_batch_norm_relu): relu0 on the output (NaN stays NaN, as torch's relu);
+// in the backward, the incoming gradient where the saved output ym is > 0, else 0 (torch's
+// threshold_backward; ym null: no ReLU).
+__device__ __forceinline__ float relu0(float v) { return v < 0.f ? 0.f : v; }
+
+template <typename T>
+__device__ __forceinline__ float gmask(const T* __restrict__ g, const T* __restrict__ ym,
+                                       long long k) {
+    float gv = ld(g, k);
+    return (ym && !(ld(ym, k) > 0.f)) ? 0.f : gv;
+}
+
+template <int N, typename T>
+__device__ __forceinline__ void gmaskv(float (&u)[N], const T* __restrict__ ym) {
+    float m[N];
+    ldv(ym, m);
+#pragma unroll
+    for (int j = 0; j < N; ++j) if (!(m[j] > 0.f)) u[j] = 0.f;
+}
+
+// ---- NCHW. Within channel c, flat j in [0, N*HW) is (n, s) = divmod(j, HW).
+// Threads step j by `stride`; (n, s) advance by (sq, sr) = divmod(stride, HW), carrying.
+template <typename T, typename W>
+__global__ void bn_stats(const T* __restrict__ x, float* __restrict__ p1,
+                         float* __restrict__ p2, int N, int C, int HW) {
+    __shared__ float sh[32];
+    int c = blockIdx.x, P = gridDim.y;
+    long long total = (long long)N * HW;
+    long long j = (long long)blockIdx.y * blockDim.x + threadIdx.x;
+    long long stride = (long long)P * blockDim.x;
+    long long n = j / HW, s = j % HW, sq = stride / HW, sr = stride % HW;
+    float K = ld(x, (long long)c * HW);
+    float a1 = 0.f, a2 = 0.f;
+    for (; j < total; j += stride) {
+        float d = ld(x, (n * C + c) * HW + s) - K;
+        a1 += d;
+        a2 += d * d;
+        n += sq; s += sr;
+        if (s >= HW) { s -= HW; ++n; }
+    }
+    a1 = row_sum(a1, sh);
+    a2 = row_sum(a2, sh);
+    if (threadIdx.x == 0) { p1[c * P + blockIdx.y] = a1; p2[c * P + blockIdx.y] = a2; }
+}
+
+// kstride: distance between the first elements of neighbouring channels (HW for NCHW, 1 for
+// channels-last), where the shift K_c of the statistics kernels was read.
+// coef (3C floats): mean, rstd * weight, bias per channel (the vectorized apply's inputs)
+template <typename T, typename W>
+__global__ void bn_finalize(const T* __restrict__ x, const float* __restrict__ p1,
+                            const float* __restrict__ p2, int P, int C, long long kstride,
+                            long long count, float eps, float* __restrict__ mean,
+                            float* __restrict__ rstd, W* __restrict__ mean_t,
+                            W* __restrict__ var_t, const W* __restrict__ w,
+                            const W* __restrict__ b, int has_w, int has_b,
+                            float* __restrict__ coef, W* __restrict__ rm, W* __restrict__ rv,
+                            float momentum, float unbias, long long* __restrict__ nbt,
+                            int upd) {
+    // one warp per channel (blockDim (32, 4)): lanes stride over the P partials, fp64 sums
+    int c = blockIdx.x * blockDim.y + threadIdx.y;
+    if (c >= C) return;
+    double s1 = 0.0, s2 = 0.0;
+    for (int b = threadIdx.x; b < P; b += 32) {
+        s1 += p1[(long long)c * P + b];
+        s2 += p2[(long long)c * P + b];
+    }
+    for (int o = 16; o > 0; o >>= 1) {
+        s1 += __shfl_xor_sync(0xffffffffu, s1, o);
+        s2 += __shfl_xor_sync(0xffffffffu, s2, o);
+    }
+    if (threadIdx.x) return;
+    double m = s1 / count;
+    double var = s2 / count - m * m;
+    if (var < 0.0) var = 0.0;
+    float mu = ld(x, (long long)c * kstride) + (float)m;
+    float r = 1.f / sqrtf((float)var + eps);
+    mean[c] = mu;
+    rstd[c] = r;
+    st(mean_t, c, mu);
+    st(var_t, c, (float)var);
+    coef[c] = mu;
+    coef[C + c] = has_w ? r * ld(w, c) : r;
+    coef[2 * C + c] = has_b ? ld(b, c) : 0.f;
+    if (upd) {   // F.batch_norm's running update, bn_running's arithmetic on the stored stats
+        if (rm) st(rm, c, ld(rm, c) * (1.f - momentum) + ld(mean_t, c) * momentum);
+        if (rv) st(rv, c, ld(rv, c) * (1.f - momentum) + ld(var_t, c) * unbias * momentum);
+        if (nbt && c == 0) nbt[0] += 1;
+    }
+}
+
+template <typename T, typename W>
+__global__ void bn_apply(const T* __restrict__ x, const W* __restrict__ w,
+                         const W* __restrict__ b, const float* __restrict__ mean,
+                         const float* __restrict__ rstd, T* __restrict__ y, long long total,
+                         int C, int HW, int has_w, int has_b, int relu) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    long long stride = (long long)gridDim.x * blockDim.x;
+    long long plane = i / HW, s = i % HW;
+    long long sq = stride / HW, sr = stride % HW;
+    int c = (int)(plane % C), cq = (int)(sq % C);
+    for (; i < total; i += stride) {
+        float v = (ld(x, i) - mean[c]) * rstd[c];
+        if (has_w) v *= ld(w, c);
+        if (has_b) v += ld(b, c);
+        st(y, i, relu ? relu0(v) : v);
+        s += sr; c += cq;
+        if (s >= HW) { s -= HW; ++c; }
+        if (c >= C) c -= C;
+    }
+}
+
+template <typename T, typename W>
+__global__ void bn_bwd_stats(const T* __restrict__ g, const T* __restrict__ x,
+                             const float* __restrict__ mean, const float* __restrict__ rstd,
+                             float* __restrict__ p1, float* __restrict__ p2, int N, int C,
+                             int HW, const T* __restrict__ ym) {
+    __shared__ float sh[32];
+    int c = blockIdx.x, P = gridDim.y;
+    long long total = (long long)N * HW;
+    long long j = (long long)blockIdx.y * blockDim.x + threadIdx.x;
+    long long stride = (long long)P * blockDim.x;
+    long long n = j / HW, s = j % HW, sq = stride / HW, sr = stride % HW;
+    float mu = mean[c], r = rstd[c];
+    float a1 = 0.f, a2 = 0.f;
+    for (; j < total; j += stride) {
+        long long k = (n * C + c) * HW + s;
+        float gv = gmask(g, ym, k);
+        a1 += gv;
+        a2 += gv * (ld(x, k) - mu) * r;
+        n += sq; s += sr;
+        if (s >= HW) { s -= HW; ++n; }
+    }
+    a1 = row_sum(a1, sh);
+    a2 = row_sum(a2, sh);
+    if (threadIdx.x == 0) { p1[c * P + blockIdx.y] = a1; p2[c * P + blockIdx.y] = a2; }
+}
+
+// sums[c] = sum g, sums[C + c] = sum g * xhat; also dbias / dweight in the parameter type.
+// coef (4C floats) for dx = A g + B (x - mean) + D: mean, A = rstd * w,
+// B = -A * rstd * sum(g xhat) / n, D = -A * sum(g) / n
+template <typename T, typename W>
+__global__ void bn_bwd_finalize(const float* __restrict__ p1, const float* __restrict__ p2,
+                                int P, int C, float* __restrict__ sums, W* __restrict__ gb,
+                                W* __restrict__ gw, const float* __restrict__ mean,
+                                const float* __restrict__ rstd, const W* __restrict__ w,
+                                int has_w, float inv_count, float* __restrict__ coef) {
+    int c = blockIdx.x * blockDim.y + threadIdx.y;      // one warp per channel, as above
+    if (c >= C) return;
+    float s1 = 0.f, s2 = 0.f;
+    for (int b = threadIdx.x; b < P; b += 32) {
+        s1 += p1[(long long)c * P + b];
+        s2 += p2[(long long)c * P + b];
+    }
+    s1 = warp_sum(s1);
+    s2 = warp_sum(s2);
+    if (threadIdx.x) return;
+    sums[c] = s1;
+    sums[C + c] = s2;
+    st(gb, c, s1);
+    st(gw, c, s2);
+    float r = rstd[c];
+    float A = has_w ? r * ld(w, c) : r;
+    coef[c] = mean[c];
+    coef[C + c] = A;
+    coef[2 * C + c] = -A * r * s2 * inv_count;
+    coef[3 * C + c] = -A * s1 * inv_count;
+}
+
+template <typename T, typename W>
+__global__ void bn_bwd_dx(const T* __restrict__ g, const T* __restrict__ x,
+                          const W* __restrict__ w, const float* __restrict__ mean,
+                          const float* __restrict__ rstd, const float* __restrict__ sums,
+                          T* __restrict__ dx, long long total, int C, int HW, float inv_count,
+                          int has_w, const T* __restrict__ ym) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    long long stride = (long long)gridDim.x * blockDim.x;
+    long long plane = i / HW, s = i % HW;
+    long long sq = stride / HW, sr = stride % HW;
+    int c = (int)(plane % C), cq = (int)(sq % C);
+    for (; i < total; i += stride) {
+        float r = rstd[c];
+        float xh = (ld(x, i) - mean[c]) * r;
+        float v = gmask(g, ym, i) - sums[c] * inv_count - xh * sums[C + c] * inv_count;
+        st(dx, i, v * r * (has_w ? ld(w, c) : 1.f));
+        s += sr; c += cq;
+        if (s >= HW) { s -= HW; ++c; }
+        if (c >= C) c -= C;
+    }
+}
+
+// running = (1 - momentum) * running + momentum * stat (the variance unbiased by `unbias`)
+template <typename T, typename W>
+__global__ void bn_running(W* __restrict__ rm, W* __restrict__ rv, const W* __restrict__ mean,
+                           const W* __restrict__ var, int C, float momentum, float unbias,
+                           int has_m, int has_v, long long* __restrict__ nbt) {
+    int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (nbt && c == 0) nbt[0] += 1;   // BatchNorm's num_batches_tracked, when given
+    if (c >= C) return;
+    if (has_m) st(rm, c, ld(rm, c) * (1.f - momentum) + ld(mean, c) * momentum);
+    if (has_v) st(rv, c, ld(rv, c) * (1.f - momentum) + ld(var, c) * unbias * momentum);
+}
+
+// ---- channels-last: M rows of C channels. Block (32, 8): 32 channels, 8 rows at a time, over
+// rows [blockIdx.y * chunk, +chunk). mode 0: sums of x - K_c and its square (forward);
+// mode 1: sums of g and g * xhat (backward; g given).
+template <typename T, typename W>
+__global__ void bncl_stats(const T* __restrict__ x, const T* __restrict__ g,
+                           const float* __restrict__ mean, const float* __restrict__ rstd,
+                           float* __restrict__ p1, float* __restrict__ p2, long long M, int C,
+                           long long chunk, int mode, const T* __restrict__ ym) {
+    __shared__ float s1[8][33], s2[8][33];
+    int c = blockIdx.x * 32 + threadIdx.x, P = gridDim.y;
+    long long r0 = (long long)blockIdx.y * chunk;
+    long long r1 = r0 + chunk < M ? r0 + chunk : M;
+    float a1 = 0.f, a2 = 0.f;
+    if (c < C) {
+        if (mode == 0) {
+            float K = ld(x, c);
+            for (long long r = r0 + threadIdx.y; r < r1; r += 8) {
+                float d = ld(x, r * C + c) - K;
+                a1 += d;
+                a2 += d * d;
+            }
+        } else {
+            float mu = mean[c], rs = rstd[c];
+            for (long long r = r0 + threadIdx.y; r < r1; r += 8) {
+                long long k = r * C + c;
+                float gv = gmask(g, ym, k);
+                a1 += gv;
+                a2 += gv * (ld(x, k) - mu) * rs;
+            }
+        }
+    }
+    s1[threadIdx.y][threadIdx.x] = a1;
+    s2[threadIdx.y][threadIdx.x] = a2;
+    __syncthreads();
+    if (threadIdx.y == 0 && c < C) {
+        for (int k = 1; k < 8; ++k) { a1 += s1[k][threadIdx.x]; a2 += s2[k][threadIdx.x]; }
+        p1[(long long)c * P + blockIdx.y] = a1;
+        p2[(long long)c * P + blockIdx.y] = a2;
+    }
+}
+
+// Vectorized channels-last statistics (C % VW<T>::n == 0, 16-byte aligned rows): each thread
+// owns N = VW<T>::n neighbouring channels and reads them with one 16-byte load per row; a
+// block of 256 threads is GB channel groups x RB rows (GB * RB <= 256), over one chunk of
+// rows; the RB row partials meet in shared memory (RB * GB * N * 2 floats <= 16 KB).
+template <typename T, typename W>
+__global__ void bncl_stats_v(const T* __restrict__ x, const T* __restrict__ g,
+                             const float* __restrict__ mean, const float* __restrict__ rstd,
+                             float* __restrict__ p1, float* __restrict__ p2, long long M, int C,
+                             long long chunk, int mode, int GB, int RB,
+                             const T* __restrict__ ym) {
+    constexpr int N = VW<T>::n;
+    extern __shared__ float sh[];
+    int t = threadIdx.x, gi = t % GB, ri = t / GB, P = gridDim.y;
+    int cb = blockIdx.x * GB * N;            // first channel of the block
+    int c0 = cb + gi * N;
+    bool act = ri < RB && c0 < C;
+    long long r0 = (long long)blockIdx.y * chunk;
+    long long r1 = r0 + chunk < M ? r0 + chunk : M;
+    float a1[N], a2[N], k1[N], k2[N];
+#pragma unroll
+    for (int j = 0; j < N; ++j) { a1[j] = 0.f; a2[j] = 0.f; k1[j] = 0.f; k2[j] = 0.f; }
+    if (act) {
+        if (mode == 0) {
+            ldv(x + c0, k1);                 // shift: row 0
+            for (long long r = r0 + ri; r < r1; r += RB) {
+                float v[N];
+                ldv(x + r * C + c0, v);
+#pragma unroll
+                for (int j = 0; j < N; ++j) { float d = v[j] - k1[j]; a1[j] += d; a2[j] += d * d; }
+            }
+        } else {
+#pragma unroll
+            for (int j = 0; j < N; ++j) { k1[j] = mean[c0 + j]; k2[j] = rstd[c0 + j]; }
+            for (long long r = r0 + ri; r < r1; r += RB) {
+                float u[N], v[N];
+                ldv(g + r * C + c0, u);
+                ldv(x + r * C + c0, v);
+                if (ym) gmaskv<N>(u, ym + r * C + c0);
+#pragma unroll
+                for (int j = 0; j < N; ++j) {
+                    a1[j] += u[j];
+                    a2[j] += u[j] * (v[j] - k1[j]) * k2[j];
+                }
+            }
+        }
+    }
+    int W_ = GB * N;                         // channels per block
+    float* s1 = sh;
+    float* s2 = sh + RB * W_;
+    if (ri < RB) {
+#pragma unroll
+        for (int j = 0; j < N; ++j) { s1[ri * W_ + gi * N + j] = a1[j]; s2[ri * W_ + gi * N + j] = a2[j]; }
+    }
+    __syncthreads();
+    for (int cl = t; cl < W_; cl += blockDim.x) {
+        int c = cb + cl;
+        if (c >= C) continue;
+        float u = 0.f, q = 0.f;
+        for (int k = 0; k < RB; ++k) { u += s1[k * W_ + cl]; q += s2[k * W_ + cl]; }
+        p1[(long long)c * P + blockIdx.y] = u;
+        p2[(long long)c * P + blockIdx.y] = q;
+    }
+}
+
+// Per-channel coefficients of a thread's N channels: K rows of C floats from coef (16-byte
+// aligned: C and c are multiples of N, and N is a multiple of 4 floats).
+template <int N, int K>
+__device__ __forceinline__ void ld_coef(const float* __restrict__ coef, int C, int c,
+                                        float (&k)[K][N]) {
+#pragma unroll
+    for (int r = 0; r < K; ++r)
+#pragma unroll
+        for (int j = 0; j < N; j += 4) ldv(coef + r * C + c + j, &k[r][j]);
+}
+
+// y = (x - mean) * (rstd * w) + b over 16-byte vectors (coef from bn_finalize). The launcher
+// (_cl_flat_grid) makes the grid stride a multiple of C, so a thread's channels never change:
+// their coefficients stay in registers, and two vectors are in flight per iteration.
+template <typename T, typename W>
+__global__ void bncl_apply_v(const T* __restrict__ x, const float* __restrict__ coef,
+                             T* __restrict__ y, long long nv, int C, int relu) {
+    constexpr int N = VW<T>::n;
+    long long k = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    long long nt = (long long)gridDim.x * blockDim.x;
+    float q[3][N];
+    ld_coef<N, 3>(coef, C, (int)((k * N) % C), q);
+    for (; k + nt < nv; k += 2 * nt) {
+        float u[N], v[N];
+        ldv(x + k * N, u);
+        ldv(x + (k + nt) * N, v);
+#pragma unroll
+        for (int j = 0; j < N; ++j) {
+            u[j] = (u[j] - q[0][j]) * q[1][j] + q[2][j];
+            v[j] = (v[j] - q[0][j]) * q[1][j] + q[2][j];
+            if (relu) { u[j] = relu0(u[j]); v[j] = relu0(v[j]); }
+        }
+        stv(y + k * N, u);
+        stv(y + (k + nt) * N, v);
+    }
+    if (k < nv) {
+        float v[N];
+        ldv(x + k * N, v);
+#pragma unroll
+        for (int j = 0; j < N; ++j) {
+            v[j] = (v[j] - q[0][j]) * q[1][j] + q[2][j];
+            if (relu) v[j] = relu0(v[j]);
+        }
+        stv(y + k * N, v);
+    }
+}
+
+// dx = A g + B (x - mean) + D over 16-byte vectors (coef from bn_bwd_finalize: rows mean,
+// A, B, D); grid and registers as in bncl_apply_v.
+template <typename T, typename W>
+__global__ void bncl_bwd_dx_v(const T* __restrict__ g, const T* __restrict__ x,
+                              const float* __restrict__ coef, T* __restrict__ dx, long long nv,
+                              int C, const T* __restrict__ ym) {
+    constexpr int N = VW<T>::n;
+    long long k = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    long long nt = (long long)gridDim.x * blockDim.x;
+    float q[4][N];
+    ld_coef<N, 4>(coef, C, (int)((k * N) % C), q);
+    for (; k + nt < nv; k += 2 * nt) {
+        float u[N], v[N], a[N], b[N];
+        ldv(g + k * N, u);
+        ldv(x + k * N, v);
+        ldv(g + (k + nt) * N, a);
+        ldv(x + (k + nt) * N, b);
+        if (ym) { gmaskv<N>(u, ym + k * N); gmaskv<N>(a, ym + (k + nt) * N); }
+#pragma unroll
+        for (int j = 0; j < N; ++j) {
+            u[j] = q[1][j] * u[j] + q[2][j] * (v[j] - q[0][j]) + q[3][j];
+            a[j] = q[1][j] * a[j] + q[2][j] * (b[j] - q[0][j]) + q[3][j];
+        }
+        stv(dx + k * N, u);
+        stv(dx + (k + nt) * N, a);
+    }
+    if (k < nv) {
+        float u[N], v[N];
+        ldv(g + k * N, u);
+        ldv(x + k * N, v);
+        if (ym) gmaskv<N>(u, ym + k * N);
+#pragma unroll
+        for (int j = 0; j < N; ++j)
+            u[j] = q[1][j] * u[j] + q[2][j] * (v[j] - q[0][j]) + q[3][j];
+        stv(dx + k * N, u);
+    }
+}
+
+template <typename T, typename W>
+__global__ void bncl_apply(const T* __restrict__ x, const W* __restrict__ w,
+                           const W* __restrict__ b, const float* __restrict__ mean,
+                           const float* __restrict__ rstd, T* __restrict__ y, long long total,
+                           int C, int has_w, int has_b, int relu) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    long long stride = (long long)gridDim.x * blockDim.x;
+    int c = (int)(i % C), cq = (int)(stride % C);
+    for (; i < total; i += stride) {
+        float v = (ld(x, i) - mean[c]) * rstd[c];
+        if (has_w) v *= ld(w, c);
+        if (has_b) v += ld(b, c);
+        st(y, i, relu ? relu0(v) : v);
+        c += cq;
+        if (c >= C) c -= C;
+    }
+}
+
+template <typename T, typename W>
+__global__ void bncl_bwd_dx(const T* __restrict__ g, const T* __restrict__ x,
+                            const W* __restrict__ w, const float* __restrict__ mean,
+                            const float* __restrict__ rstd, const float* __restrict__ sums,
+                            T* __restrict__ dx, long long total, int C, float inv_count,
+                            int has_w, const T* __restrict__ ym) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    long long stride = (long long)gridDim.x * blockDim.x;
+    int c = (int)(i % C), cq = (int)(stride % C);
+    for (; i < total; i += stride) {
+        float r = rstd[c];
+        float xh = (ld(x, i) - mean[c]) * r;
+        float v = gmask(g, ym, i) - sums[c] * inv_count - xh * sums[C + c] * inv_count;
+        st(dx, i, v * r * (has_w ? ld(w, c) : 1.f));
+        c += cq;
+        if (c >= C) c -= C;
+    }
+}
+"""
+
+KERNELS = ("bn_stats", "bn_finalize", "bn_apply", "bn_bwd_stats", "bn_bwd_finalize",
+           "bn_bwd_dx", "bncl_stats", "bncl_apply", "bncl_bwd_dx", "bn_running",
+           "bncl_stats_v", "bncl_apply_v", "bncl_bwd_dx_v")
