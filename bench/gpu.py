@@ -373,7 +373,9 @@ def procs(n: int, only: list) -> None:
     ms: dict = {"ember": {}, "torch": {}}
     for i in range(n):
         for fw in (("ember", "torch") if i % 2 == 0 else ("torch", "ember")):
-            for name, r in _runs(fw, only).items():
+            res = _runs(fw, only)
+            print(json.dumps({"process": i, "framework": fw, "results": res}), flush=True)
+            for name, r in res.items():
                 if "ms" in r:
                     ms[fw].setdefault(name, []).append(r["ms"])
     print(json.dumps(ms))
