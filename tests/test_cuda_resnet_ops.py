@@ -397,3 +397,30 @@ def test_channels_last_leaf_gradients_are_stolen_only_when_unshared():
     c.grad.add_(1)
     np.testing.assert_array_equal(_host(a.grad), np.ones((5, 4)))
     np.testing.assert_array_equal(_host(c.grad), np.full((4, 5), 2.0))
+
+
+@pytest.mark.parametrize("shape, perm", [((4, 6, 5, 3), (0, 2, 3, 1)), ((2, 1, 7, 1), (0, 2, 3, 1)),
+                                         ((3, 4, 5), (0, 1, 2)), ((2, 3, 4, 5, 6), (0, 2, 3, 4, 1))])
+@pytest.mark.parametrize("dtype", [None, "float32"])
+def test_layout_empty_like_repeats_its_first_geometry(shape, perm, dtype):
+    """``empty_like`` keeps a geometry's strides after its first call and then allocates
+    one block with them: the kept path must give what the layout analysis gave."""
+    import cupy
+    from ember.backend.cuda_ops import _layout as L
+    from ember.backend.cuda_ops import cudnn_conv
+    phys = tuple(shape[i] for i in perm)
+    a = cupy.arange(int(np.prod(shape)), dtype=cupy.float16).reshape(phys).transpose(
+        tuple(perm.index(i) for i in range(len(shape))))
+    L._LIKE.clear()
+    first, again = L.empty_like(cupy, a, dtype), L.empty_like(cupy, a, dtype)
+    for out in (first, again):
+        assert out.shape == a.shape and out.dtype == (a.dtype if dtype is None else dtype)
+        assert out.base is None or out.data.ptr == out.base.data.ptr
+        assert L.dense_order(out) == L.dense_order(a)
+    assert again.strides == first.strides and again.data.ptr != first.data.ptr
+    again[...] = a   # writable and dense: every element lands and reads back
+    np.testing.assert_array_equal(cupy.asnumpy(again), cupy.asnumpy(a).astype(again.dtype))
+    if len(shape) >= 4:   # the convolution's channels-last outputs
+        c1 = cudnn_conv._empty(cupy, shape, "cl", cupy.dtype(cupy.float16))
+        c2 = cudnn_conv._empty(cupy, shape, "cl", cupy.dtype(cupy.float16))
+        assert c1.strides == c2.strides and L.is_channels_last(c2) == L.is_channels_last(c1)

@@ -73,21 +73,24 @@ def _layout(a: Any) -> tuple:
 _LAYOUTS: dict = {}
 _SIGS: dict = {}      # CudnnConvolution.forward's call signature -> (s, p, d, op, out shape, ...)
 _PLAIN = (tuple, int)  # argument types a signature may hold (a Tensor's values could change)
-_CL_EMPTY: dict = {}   # logical shape -> (physical channels-last shape, axes back)
+_CL_EMPTY: dict = {}   # (logical shape, dtype) -> a channels-last array's (strides, bytes)
 
 
 def _empty(cp: Any, shape: tuple, kind: str, dtype: Any) -> Any:
     """A new array of logical ``shape`` stored in layout ``kind``."""
     if kind == "c":
-        return cp.empty(shape, dtype=dtype)
-    plan = _CL_EMPTY.get(shape)
-    if plan is None:
+        return cp.ndarray(shape, dtype)
+    plan = _CL_EMPTY.get((shape, dtype))
+    if plan is not None:   # one pool allocation and one array over it (not empty + transpose)
+        return cp.ndarray(shape, dtype, cp.cuda.alloc(plan[1]), strides=plan[0])
+    order = _order("cl", len(shape))
+    out = cp.empty(tuple(shape[i] for i in order), dtype=dtype).transpose(
+        tuple(order.index(i) for i in range(len(shape))))
+    if out.nbytes:
         if len(_CL_EMPTY) > 4096:
             _CL_EMPTY.clear()
-        order = _order("cl", len(shape))
-        plan = _CL_EMPTY[shape] = (tuple(shape[i] for i in order),
-                                   tuple(order.index(i) for i in range(len(shape))))
-    return cp.empty(plan[0], dtype=dtype).transpose(plan[1])
+        _CL_EMPTY[(shape, dtype)] = (out.strides, out.nbytes)
+    return out
 
 
 def _is_layout(a: Any, kind: str) -> list | None:

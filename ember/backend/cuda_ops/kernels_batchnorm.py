@@ -364,12 +364,15 @@ def _forward(ctx: Any, xp: Any, input: Any, weight: Any, bias: Any, running_mean
     fn, lay, c, p, nscratch, stats_l, fin_l, apply_l, axes, bshape, bn_layout, flags = plan
     # one float32 scratch allocation, addressed by pointer: mean, rstd, coef (3C: mean,
     # rstd * w, b), then the two (C, P) partial sums; it is saved whole for the backward
-    scratch = xp.empty(nscratch, xp.float32)
+    scratch = xp.ndarray((nscratch,), xp.float32)
     base = scratch.data.ptr
     mean, rstd, coef = _U64(base), _U64(base + 4 * c), _U64(base + 8 * c)
     p1, p2 = _U64(base + 20 * c), _U64(base + 20 * c + 4 * c * p)
-    stats = xp.empty((2, c), wdt)   # the returned statistics: one allocation
-    mean_t, var_t = stats[0], stats[1]
+    # the returned statistics: one allocation, an array over each half (indexing a (2, C)
+    # array cost ~3.5 us a view)
+    mem = xp.cuda.alloc(2 * c * wdt.itemsize)
+    mean_t = xp.ndarray((c,), wdt, mem)
+    var_t = xp.ndarray((c,), wdt, mem + c * wdt.itemsize)
     wa = weight if hasw else mean_t
     ba = bias if hasb else mean_t
     name, grid, block, tail, shared = stats_l
@@ -474,7 +477,7 @@ def _backward(ctx: Any, g: Any, saved: tuple, ym: Any) -> tuple:
         _BWD_PLANS[key] = plan
     fn, p, nscratch, stats_l, fin_l, dx_l = plan
     # scratch: sums (2C), coef (4C: mean, A, B, D), then the two (C, P) partial sums
-    scratch = xp.empty(nscratch, xp.float32)
+    scratch = xp.ndarray((nscratch,), xp.float32)
     base = scratch.data.ptr
     sums, coef = _U64(base), _U64(base + 8 * c)
     p1, p2 = _U64(base + 24 * c), _U64(base + 24 * c + 4 * c * p)
