@@ -486,8 +486,8 @@ def _backward(ctx: Any, g: Any, saved: tuple, ym: Any) -> tuple:
         fn(name)(grid, block, (ga, xa, ma, ra, p1, p2) + tail + (ymp,))
     else:
         fn(name)(grid, block, (xa, ga, ma, ra, p1, p2) + tail + (ymp,), shared_mem=shared)
-    gb = xp.empty(c, wdt)
-    gw = xp.empty(c, wdt)
+    gb = xp.ndarray((c,), wdt)
+    gw = xp.ndarray((c,), wdt)
     name, grid, block, mid, tail = fin_l
     fn(name)(grid, block, (p1, p2) + mid + (sums, gb, gw, ma, ra,
                                             wa if wa is not None else gw) + tail + (coef,))

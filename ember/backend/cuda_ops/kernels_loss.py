@@ -335,7 +335,7 @@ class CrossEntropyImpl:
         # lse, per-row loss, per-row weight and the 3 reduced values: one allocation (each
         # CuPy allocation costs host time; the GPU work is one or two small kernels). The
         # kernels get its pointer and offsets: views of it are made only where read.
-        buf = xp.empty(3 * rows + 3, xp.float32)
+        buf = xp.ndarray((3 * rows + 3,), xp.float32)
         flag = _flag(xp)
         _poll(xp, flag, False)   # an earlier call's bad target raises before this call runs
         bad = flag.dev
@@ -343,7 +343,7 @@ class CrossEntropyImpl:
         mode = _MODES[reduction]
         w_arg = w32 if w32 is not None else buf
         if mode and rows * n_classes <= _SMALL and n_classes <= 1024:
-            out = xp.empty((), xp.float32 if fp32_out else input.dtype)
+            out = xp.ndarray((), xp.float32 if fp32_out else input.dtype)
             K.function("loss_small", "ce_fwd_small", f"{ct}, {'float' if fp32_out else ct}")(
                 (1, 1, 1), (32, 32, 1),
                 (input, tgt, w_arg, K.i32(w32 is not None), buf, bad, out, K.i64(rows),
@@ -357,7 +357,7 @@ class CrossEntropyImpl:
                 grid, block, (input, tgt, w_arg, K.i32(w32 is not None), _P(lse), _P(loss),
                               _P(wt), bad, K.i64(rows), K.i32(n_classes),
                               K.i64(ignore_index), K.f32(eps), K.aligned(input)))
-            out = xp.empty((), xp.float32 if fp32_out else input.dtype) if mode else None
+            out = xp.ndarray((), xp.float32 if fp32_out else input.dtype) if mode else None
             K.function("loss", "ce_reduce", "float" if fp32_out else ct)(
                 (1, 1, 1), (1024, 1, 1),
                 (_P(loss), _P(wt), bad, _P(red), out if mode else _P(loss), K.i64(rows),
@@ -398,7 +398,7 @@ class CrossEntropyImpl:
             # mean: the summed target weights, element 3 rows + 1 of that buffer
             denom = _P(buf.data.ptr + 4 * (3 * rows + 1)) if ctx.reduction == "mean" \
                 else None
-            dx = xp.empty_like(x)
+            dx = xp.ndarray(x.shape, x.dtype)   # x is C-contiguous (_fused)
             grid, block = K.row_config(rows, n_classes)
             K.function("loss", "ce_bwd", K.ctype(x))(
                 grid, block, (x, tgt, w32 if w32 is not None else lse, K.i32(w32 is not None),

@@ -106,12 +106,12 @@ class _Launch:
 
     def __call__(self, cp: Any, a: Any, b: Any, bias: Any, stream: Any) -> Any:
         h, desc, alpha, al, bl, beta, cl, dl, algo, ws, wss = self.args
-        out = cp.empty(self.shape, dtype=self.dtype, order=self.order)
+        out = cp.ndarray(self.shape, self.dtype, order=self.order)
         aux = None
         if bias is not None:
             self.mm.mm_desc_ifc.bias_pointer = bias.data.ptr
         elif self.aux is not None:
-            aux = cp.empty(self.aux[1], dtype=self.dtype)
+            aux = cp.ndarray(self.aux[1], self.dtype)
             self.mm.mm_desc_ifc.bias_pointer = aux.data.ptr
         _cublaslt.matmul(h, desc, alpha, a.data.ptr, al, b.data.ptr, bl, beta, 0, cl,
                          out.data.ptr, dl, algo, ws, wss, stream.ptr)
