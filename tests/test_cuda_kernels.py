@@ -500,3 +500,53 @@ def test_fused_matches_generic_cupy():
     assert OPS["softmax"].cuda_impl is not None
     for a, b in zip(fused, generic):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+_ECHO_SRC = r"""
+template <typename T>
+__global__ void echo(T* out, int a, long long b, float c, double d, unsigned long long p,
+                     signed char e, short f, bool g, const float* src, float h) {
+    out[0] = a; out[1] = (T)b; out[2] = c; out[3] = d; out[4] = (T)(p & 0xffff);
+    out[5] = e; out[6] = f; out[7] = g ? 1 : 0; out[8] = src[1]; out[9] = h;
+}
+"""
+
+
+def test_nvrtc_launcher_packed_parameters_match_cupys_call(monkeypatch):
+    """After its first launch (CuPy's call) a kernel launches from a kept parameter block
+    (one struct.pack_into, cuLaunchKernel): every argument type lands at its offset as
+    CuPy's conversion put it; another thread, or other argument types, take CuPy's call."""
+    import threading
+    import cupy
+    from ember.backend.cuda_ops import _nvrtc as K
+    monkeypatch.setitem(K._SOURCES, "test_echo", (_ECHO_SRC, ("echo",)))
+    fn = K.function("test_echo", "echo", "double")
+    src = cupy.arange(4, dtype=cupy.float32)
+
+    def run(i, types=(np.int32, np.int64)):
+        out = cupy.zeros(10, cupy.float64)
+        fn((1, 1, 1), (1, 1, 1), (out, types[0](3 + i), types[1](-(1 << 40) - i),
+                                  np.float32(0.5 + i), np.float64(1e300), np.uint64(7 + i),
+                                  np.int8(-5 - i), np.int16(300 + i), np.bool_(i % 2),
+                                  src[1:] if i % 2 else src, np.float32(-2.25)))
+        return cupy.asnumpy(out)
+
+    def want(i):
+        return [3 + i, float(-(1 << 40) - i), 0.5 + i, 1e300, 7 + i, -5 - i, 300 + i, i % 2,
+                2.0 if i % 2 else 1.0, -2.25]
+
+    np.testing.assert_array_equal(run(0), want(0))     # CuPy's call, then the block is made
+    assert isinstance(fn.fast, K._Packed)
+    for i in range(1, 4):
+        np.testing.assert_array_equal(run(i), want(i))
+    # other argument types (a pointer given as a number) take CuPy's call, kept layout unused
+    out = cupy.zeros(10, cupy.float64)
+    fn((1, 1, 1), (1, 1, 1), (out, np.int32(1), np.int64(2), np.float32(3), np.float64(4),
+                              np.uint64(5), np.int8(6), np.int16(7), np.bool_(True),
+                              np.uint64(src.data.ptr + 4), np.float32(8)))
+    np.testing.assert_array_equal(cupy.asnumpy(out), [1, 2, 3, 4, 5, 6, 7, 1, 2, 8])
+    res = []
+    t = threading.Thread(target=lambda: res.append(run(5)))
+    t.start()
+    t.join()
+    np.testing.assert_array_equal(res[0], want(5))
