@@ -28,6 +28,8 @@ import sys
 import time
 from typing import Any, Callable
 
+from bench import host_speed
+
 WARMUP, STEPS = 3, 10
 
 
@@ -233,15 +235,19 @@ def _measure(mod: Any, make: Callable, name: str) -> dict:
             step()
         cuda.synchronize()
     setup_s = time.perf_counter() - t_build
+    # the host's own speed just before and after the timed steps (a pure-Python loop: the
+    # device machine's host runs at about half speed for seconds at a time)
+    probe = [host_speed.work()]
     times = []
     for _ in range(STEPS):
         t0 = time.perf_counter()
         step()
         cuda.synchronize()
         times.append(time.perf_counter() - t0)
+    probe.append(host_speed.work())
     ms = statistics.median(times) * 1e3 / info.get("per_call", 1)
     res = {"ms": ms, "peak_gib": cuda.max_memory_allocated() / 2 ** 30,
-           "setup_s": setup_s}
+           "setup_s": setup_s, "host_probe_ms": [round(p * 1e3, 1) for p in probe]}
     if "tokens" in info:
         res["tokens_per_s"] = info["tokens"] / (ms / 1e3)
     if "images" in info:
@@ -371,6 +377,7 @@ def procs(n: int, only: list) -> None:
     speed differs from one process to the next by up to ~1.7x, and ember's eager steps
     follow it): per workload the median, fastest and slowest process of each."""
     ms: dict = {"ember": {}, "torch": {}}
+    probes: dict = {"ember": {}, "torch": {}}
     for i in range(n):
         for fw in (("ember", "torch") if i % 2 == 0 else ("torch", "ember")):
             res = _runs(fw, only)
@@ -378,7 +385,10 @@ def procs(n: int, only: list) -> None:
             for name, r in res.items():
                 if "ms" in r:
                     ms[fw].setdefault(name, []).append(r["ms"])
+                    probes[fw].setdefault(name, []).append(r.get("host_probe_ms"))
     print(json.dumps(ms))
+    print(f"host probe (bench.host_speed's loop, ms; ~25-35 at full speed): "
+          f"{json.dumps(probes)}")
     print(f"| workload | ember ms: median (fastest-slowest of {n}) | torch ms: median "
           f"(fastest-slowest) | ember/torch medians |")
     print("|---|---|---|---|")
