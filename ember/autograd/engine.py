@@ -14,6 +14,7 @@ import numpy as _np
 
 from ember.autograd.grad_mode import _State
 from ember.autograd.graph import AccumulateGrad, Node, accumulate_node
+from ember.backend.cuda import stream_capturing
 from ember.tensor import Tensor, _make
 
 
@@ -56,7 +57,7 @@ def _ones_like(arr: Any) -> Any:
         key = (arr.dtype, arr.data.device_id)
         one = _ONE.get(key)
         if one is None:
-            if _capturing():   # made in a capture, it would hold its 1 only after a replay
+            if stream_capturing():   # made in a capture, it would hold its 1 only after a replay
                 out.fill(1)
                 return out
             with arr.device:
@@ -78,7 +79,7 @@ def _const_one(arr: Any) -> Any:
     key = (arr.dtype, arr.shape, arr.data.device_id, "const")
     one = _ONE.get(key)
     if one is None:
-        if _capturing():
+        if stream_capturing():
             return None
         with arr.device:
             one = _ONE[key] = type(arr)(arr.shape, arr.dtype)
@@ -86,10 +87,6 @@ def _const_one(arr: Any) -> Any:
     return one
 
 
-def _capturing() -> bool:
-    import cupy  # noqa: PLC0415 - only asked when a CUDA constant is first made
-    s = cupy.cuda.get_current_stream()
-    return s.ptr != 0 and s.is_capturing()
 
 
 def run_backward(tensors: Sequence[Tensor], grads: Sequence[Any], retain_graph: bool,

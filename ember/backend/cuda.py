@@ -50,3 +50,10 @@ def xp() -> Any:
             "Torch not compiled with CUDA enabled: ember found no usable CuPy/GPU. "
             "Install the 'cuda' extra (pip install ember[cuda]) on a machine with an NVIDIA GPU.")
     return cp
+
+
+def stream_capturing() -> bool:
+    """Whether CuPy's current stream is being captured into a CUDA graph (the legacy null
+    stream never is, and is not asked: that query can fail while another stream captures)."""
+    s = xp().cuda.get_current_stream()
+    return s.ptr != 0 and s.is_capturing()

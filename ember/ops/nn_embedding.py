@@ -15,6 +15,7 @@ import numpy as np
 
 from ember import dtypes as _dt
 from ember.backend import cpu_kernels
+from ember.backend.cuda import stream_capturing
 from ember.errors import check, make
 from ember.ops.registry import OpDef, TensorMeta, composite, register
 from ember.tensor import Tensor, _make
@@ -35,9 +36,6 @@ def _check_indices(op: str, indices: Any, arg: str = "indices", pos: int = 1) ->
                    f"arguments for {op})")
 
 
-def _capturing(xp: Any) -> bool:
-    s = xp.cuda.get_current_stream()
-    return s.ptr != 0 and s.is_capturing()   # (the legacy null stream is never captured)
 
 
 def _check_range(op: str, xp: Any, indices: Any, num: int, kind: type = IndexError,
@@ -50,7 +48,7 @@ def _check_range(op: str, xp: Any, indices: Any, num: int, kind: type = IndexErr
     IndexError comes from the next embedding call or ``ember.cuda.synchronize()``."""
     if xp is not np:
         from ember.backend.cuda_ops import kernels_embedding as ke
-        if _capturing(xp):
+        if stream_capturing():
             if indices.size:
                 ke.check_range_on_device(xp, indices, num, out)
             return
@@ -135,7 +133,7 @@ class Embedding(OpDef):
             # that a device-side check can set the bad rows to NaN. Whether the GPU is busy is
             # asked before the gather is queued (an idle GPU: the host check costs no stall).
             stream = xp.cuda.get_current_stream()
-            busy = not (stream.ptr != 0 and stream.is_capturing()) and not stream.done
+            busy = not stream_capturing() and not stream.done
             out = xp.take(weight, indices, axis=0)
             _check_range("embedding", xp, indices, weight.shape[0], out=out, busy=busy)
         ctx.num = weight.shape[0]

@@ -16,6 +16,7 @@ from operator import attrgetter, is_
 from typing import Any
 
 import ember
+from ember.backend.cuda import stream_capturing
 from ember.optim.optimizer import _bump, _check_fused, _real, _step_tensor, _to_scalar
 
 _DATA = attrgetter("_data")
@@ -121,15 +122,6 @@ def _grads_of(ps: list, dtype: Any) -> list | None:
     return gs
 
 
-_STREAM: list = [None]   # cupy.cuda.get_current_stream, bound on first use
-
-
-def _capturing() -> bool:
-    get = _STREAM[0]
-    if get is None:
-        from ember.backend import cuda  # noqa: PLC0415
-        get = _STREAM[0] = cuda.xp().cuda.get_current_stream
-    return get().is_capturing()
 
 
 def _plans(opt: Any) -> dict:
@@ -191,7 +183,7 @@ def adam(opt: Any, group: dict, params: list) -> bool:
     when they do not apply; the caller then runs the per-parameter path."""
     if not _wanted(group, params):
         return False
-    if not group["capturable"] and _capturing():
+    if not group["capturable"] and stream_capturing():
         # torch's _cuda_graph_capture_health_check: host steps would be baked into the graph
         raise RuntimeError(f"Attempting CUDA graph capture of step() for an instance of "
                            f"{type(opt).__name__} but param_groups' capturable is False.")

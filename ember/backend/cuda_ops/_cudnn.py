@@ -60,12 +60,6 @@ def elem_strides(a: Any) -> tuple:
     return tuple(s // size for s in a.strides)
 
 
-def is_capturing(cp: Any) -> bool:
-    """Whether the current stream is being captured into a CUDA graph."""
-    s = cp.cuda.get_current_stream()
-    return s.ptr != 0 and s.is_capturing()
-
-
 # ---------------------------------------------------------------------- handles
 _HANDLES: dict = {}
 _BOUND: dict = {}   # id(handle) -> the stream pointer it was last bound to

@@ -98,14 +98,20 @@ def _empty_like(xp: Any, a: Any, dt: Any, order: list | None) -> tuple:
     if plan is None:
         if len(_EMPTY) > 4096:
             _EMPTY.clear()
-        inv = [0] * len(order)
-        for k, ax in enumerate(order):
-            inv[ax] = k
         plan = _EMPTY[key] = False if order == sorted(order) else \
-            (tuple(a.shape[i] for i in order), tuple(inv))
+            (tuple(a.shape[i] for i in order), inverse(order))
     if plan is False:
         return xp.empty(a.shape, dt), True
     return xp.empty(plan[0], dt).transpose(plan[1]), False
+
+
+def inverse(order: Any) -> tuple:
+    """The permutation that undoes ``order``: ``physical.transpose(inverse(order))`` is the
+    logical view of an array allocated with its axes in ``order``."""
+    inv = [0] * len(order)
+    for k, ax in enumerate(order):
+        inv[ax] = k
+    return tuple(inv)
 
 
 # (shape, strides, itemsize, new dtype) -> (the new array's strides, its bytes; None for a

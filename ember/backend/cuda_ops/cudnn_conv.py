@@ -24,6 +24,7 @@ import math
 from typing import Any
 
 from ember.backend.cuda_ops import _cudnn
+from ember.backend.cuda_ops import _layout as L
 from ember.backend.cuda_ops import _nvrtc
 from ember.ops.nn_conv import ntuple, out_size
 
@@ -84,8 +85,7 @@ def _empty(cp: Any, shape: tuple, kind: str, dtype: Any) -> Any:
     if plan is not None:   # one pool allocation and one array over it (not empty + transpose)
         return cp.ndarray(shape, dtype, cp.cuda.alloc(plan[1]), strides=plan[0])
     order = _order("cl", len(shape))
-    out = cp.empty(tuple(shape[i] for i in order), dtype=dtype).transpose(
-        tuple(order.index(i) for i in range(len(shape))))
+    out = cp.empty(tuple(shape[i] for i in order), dtype=dtype).transpose(L.inverse(order))
     if out.nbytes:
         if len(_CL_EMPTY) > 4096:
             _CL_EMPTY.clear()

@@ -112,10 +112,7 @@ def _cast_plan(xp, arr, dtype):
         if order is None:
             return False
         if order != sorted(order):
-            inv = [0] * len(order)
-            for k, ax in enumerate(order):
-                inv[ax] = k
-            shape, axes = tuple(arr.shape[i] for i in order), tuple(inv)
+            shape, axes = tuple(arr.shape[i] for i in order), L.inverse(order)
     n = arr.size
     grid, block = K.flat_grid(n, 256, 4)
     return (K.function("cast", "cast_flat", f"{src}, {dst}"), shape, axes, dtype, grid, block,
