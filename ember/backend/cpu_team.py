@@ -24,9 +24,12 @@ import ctypes
 import os
 import threading
 import time
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
+
+from ember.backend import cpu
 
 _CHUNK = 8192   # float32 elements a chunk of an add (32 KB)
 _GELU_CHUNK = 16384  # GELU's (~8 us of work)
@@ -60,41 +63,50 @@ def _build() -> Any:
     ctl = np.zeros(48, np.int64)
     ctlf = ctl.view(np.float64)
     addr = ctl.ctypes.data
-    bodies = [k.binary_body.address,
-              k.gelu_body.address if k.gelu_body is not None else None]
+
+    def address(body: Any) -> Any:
+        return None if body is None else body.address
+    binary_body = k.binary_body.address
     pack = k.pack
 
-    def go(body: int, op: int, a: np.ndarray, b: np.ndarray, out: np.ndarray,
-           chunk: int) -> None:
-        pack(ctl, op, a, b, out, chunk)
-        gomp(bodies[body], addr, 2, 0)   # (ctypes releases the GIL for the call)
-    go.has_gelu = bodies[1] is not None
-    ln_body = k.ln_body.address if k.ln_body is not None else None
+    def binary(op: int, a: np.ndarray, b: np.ndarray, out: Any) -> np.ndarray:
+        if out is None:
+            out = np.empty(a.shape, np.float32)
+        pack(ctl, op, a, b, out, _CHUNK)
+        gomp(binary_body, addr, 2, 0)   # (ctypes releases the GIL for the call)
+        return out
+    gelu_body = address(k.gelu_body)
+
+    def gelu(x: np.ndarray, y: np.ndarray, d: Any) -> bool:
+        pack(ctl, 0 if d is None else 1, x, y, y if d is None else d, _GELU_CHUNK)
+        gomp(gelu_body, addr, 2, 0)
+        return True
+    ln_body = address(k.ln_body)
     pack_ln = k.pack_ln
 
     def ln(x: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float, y: np.ndarray,
-           mean: np.ndarray, rstd: np.ndarray) -> None:
+           mean: np.ndarray, rstd: np.ndarray) -> bool:
         pack_ln(ctl, ctlf, x, w, b, eps, y, mean, rstd, _LN_CHUNK)
         gomp(ln_body, addr, 2, 0)
-    go.ln = ln if ln_body is not None else None
-    attn_body = k.attn_fwd_body.address if k.attn_fwd_body is not None else None
+        return True
+    attn_body = address(k.attn_fwd_body)
     pack_attn = getattr(k, "pack_attn", None)
 
     def attn_fwd(q: np.ndarray, kk: np.ndarray, v: np.ndarray, out: np.ndarray,
-                 p: np.ndarray, st: tuple, scale: Any, causal: bool, direct: int) -> None:
+                 p: np.ndarray, st: tuple, scale: Any, causal: bool, direct: int) -> bool:
         pack_attn(ctl, ctlf, q, kk, v, out, p, st[0], st[1], st[2], st[3], float(scale),
                   causal, direct, _ATTN_CHUNK)
         gomp(attn_body, addr, 2, 0)
-    go.attn_fwd = attn_fwd if attn_body is not None else None
-    bwd_body = k.attn_bwd_body.address if k.attn_bwd_body is not None else None
+        return True
+    bwd_body = address(k.attn_bwd_body)
     pack_bwd = getattr(k, "pack_attn_bwd", None)
 
-    def attn_bwd(arrays: tuple, st: tuple, scale: Any, causal: bool, direct: int) -> None:
+    def attn_bwd(arrays: tuple, st: tuple, scale: Any, causal: bool, direct: int) -> bool:
         flat = np.array([x for s3 in st for x in s3], np.int64)
         pack_bwd(ctl, ctlf, *arrays, flat, float(scale), causal, direct, _ATTN_CHUNK)
         gomp(bwd_body, addr, 2, 0)
-    go.attn_bwd = attn_bwd if bwd_body is not None else None
-    lnb_body = k.ln_back_body.address if k.ln_back_body is not None else None
+        return True
+    lnb_body = address(k.ln_back_body)
     pack_lnb = getattr(k, "pack_ln_back", None)
 
     def ln_back(x: np.ndarray, g: np.ndarray, w: np.ndarray, mean: np.ndarray,
@@ -107,8 +119,28 @@ def _build() -> Any:
         pack_lnb(ctl, x, g, w, mean, rstd, gx, gw, gb, want_gx, _LN_BACK_CHUNK)
         gomp(lnb_body, addr, 2, 0)
         return (gx if want_gx else None), gw.sum(0), gb.sum(0)
-    go.ln_back = ln_back if lnb_body is not None else None
-    return go
+    # each pass with its result (True where it has none); None where its kernel did not
+    # compile, which keeps that route off
+    from ember.backend import cpu_kernels   # (it imports this module)
+    return SimpleNamespace(
+        numba_on=cpu_kernels.enabled, binary=binary, gelu=gelu if gelu_body is not None else None,
+        ln=ln if ln_body is not None else None,
+        attn_fwd=attn_fwd if attn_body is not None else None,
+        attn_bwd=attn_bwd if bwd_body is not None else None,
+        ln_back=ln_back if lnb_body is not None else None)
+
+
+def _on_team(name: str, *args: Any) -> Any:
+    """The launcher's pass ``name`` (its result) on MKL's team; None when the route is off,
+    that pass did not compile, or another Python thread is filling the one control block."""
+    go = _team()
+    run = None if go is None else getattr(go, name)
+    if run is None or not _busy.acquire(False):
+        return None
+    try:
+        return run(*args)
+    finally:
+        _busy.release()
 
 
 def binary(op: int, a: Any, b: Any, out: Any = None) -> Any:
@@ -123,33 +155,13 @@ def binary(op: int, a: Any, b: Any, out: Any = None) -> Any:
     if out is not None and (out.dtype != np.float32 or out.shape != a.shape
                             or not out.flags.c_contiguous):
         return None
-    go = _team()
-    if go is None:
-        return None
-    if not _busy.acquire(False):
-        return None
-    try:
-        if out is None:
-            out = np.empty(a.shape, np.float32)
-        go(0, op, a, b, out, _CHUNK)
-    finally:
-        _busy.release()
-    return out
+    return _on_team("binary", op, a, b, out)
 
 
 def gelu(x: Any, y: Any, d: Any) -> bool:
     """cpu_kernels' float32 GELU spans of the 1-D contiguous ``x`` into ``y`` (and its
     derivative into ``d`` unless None) on MKL's team; False when that route is off."""
-    go = _team()
-    if go is None or not go.has_gelu:
-        return False
-    if not _busy.acquire(False):
-        return False
-    try:
-        go(1, 0 if d is None else 1, x, y, y if d is None else d, _GELU_CHUNK)
-    finally:
-        _busy.release()
-    return True
+    return _on_team("gelu", x, y, d) is not None
 
 
 def layer_norm(x: Any, w: Any, b: Any, eps: float, y: Any, mean: Any, rstd: Any) -> bool:
@@ -159,16 +171,7 @@ def layer_norm(x: Any, w: Any, b: Any, eps: float, y: Any, mean: Any, rstd: Any)
     if x.dtype != np.float32 or x.size < MIN_SIZE or w.dtype != np.float32 \
             or b.dtype != np.float32:
         return False
-    go = _team()
-    if go is None or go.ln is None:
-        return False
-    if not _busy.acquire(False):
-        return False
-    try:
-        go.ln(x, w, b, float(eps), y, mean, rstd)
-    finally:
-        _busy.release()
-    return True
+    return _on_team("ln", x, w, b, float(eps), y, mean, rstd) is not None
 
 
 def attention_forward(q: Any, k: Any, v: Any, out: Any, p: Any, st: tuple, scale: Any,
@@ -177,16 +180,7 @@ def attention_forward(q: Any, k: Any, v: Any, out: Any, p: Any, st: tuple, scale
     team; False when that route is off."""
     if q.shape[0] * q.shape[1] < 2 * _ATTN_CHUNK:
         return False
-    go = _team()
-    if go is None or go.attn_fwd is None:
-        return False
-    if not _busy.acquire(False):
-        return False
-    try:
-        go.attn_fwd(q, k, v, out, p, st, scale, causal, direct)
-    finally:
-        _busy.release()
-    return True
+    return _on_team("attn_fwd", q, k, v, out, p, st, scale, causal, direct) is not None
 
 
 def attention_backward(arrays: tuple, st: tuple, scale: Any, causal: bool,
@@ -196,16 +190,7 @@ def attention_backward(arrays: tuple, st: tuple, scale: Any, causal: bool,
     q = arrays[0]
     if q.shape[0] * q.shape[1] < 2 * _ATTN_CHUNK:
         return False
-    go = _team()
-    if go is None or go.attn_bwd is None:
-        return False
-    if not _busy.acquire(False):
-        return False
-    try:
-        go.attn_bwd(arrays, st, scale, causal, direct)
-    finally:
-        _busy.release()
-    return True
+    return _on_team("attn_bwd", arrays, st, scale, causal, direct) is not None
 
 
 def layer_norm_backward(x: Any, g: Any, w: Any, mean: Any, rstd: Any,
@@ -215,15 +200,7 @@ def layer_norm_backward(x: Any, g: Any, w: Any, mean: Any, rstd: Any,
     if x.dtype != np.float32 or x.size < MIN_SIZE or g.dtype != np.float32 \
             or w.dtype != np.float32:
         return None
-    go = _team()
-    if go is None or go.ln_back is None:
-        return None
-    if not _busy.acquire(False):
-        return None
-    try:
-        return go.ln_back(x, g, w, mean, rstd, want_gx)
-    finally:
-        _busy.release()
+    return _on_team("ln_back", x, g, w, mean, rstd, want_gx)
 
 
 def _team() -> Any:
@@ -247,10 +224,8 @@ def _team() -> Any:
             return None
     if (_ENV.get(_KEY) if _ENV is not None else os.environ.get("EMBER_TEAM")) == _ZERO:
         return None
-    from ember.backend import cpu_kernels
-    if not cpu_kernels.enabled():   # (EMBER_NUMBA=0 at any time: no numba code runs)
+    if not fn.numba_on():   # (EMBER_NUMBA=0 at any time: no numba code runs)
         return None
-    from ember.backend import cpu
     # the team's worker sleeps ~1 ms after MKL's last threaded region (its block time):
     # waking it costs more than the pass saves (a (16, 64, 128) add after a 2 ms pause:
     # 77 us against NumPy's 37), and a busy machine leaves no core

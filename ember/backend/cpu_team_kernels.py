@@ -229,8 +229,27 @@ def _build() -> SimpleNamespace:
     ak = cpu_attention_kernels.kernels()
     if ak is None:
         return ns
-    global _ATTN_FWD
+    global _ATTN_FWD, _QKV, _ST3
     _ATTN_FWD = ak._fwd
+
+    @numba.njit(inline="always")
+    def qkv(ctl, at, dims):
+        """Arrays of q's (B, H, L, E), k's (B, H, S, E) and v's (B, H, S, Ev) shapes at the
+        addresses in the block's numbers ``at`` to ``at + 2``; B, H, L, E at ``dims`` and S,
+        Ev at 14 and 15. The kernels' q, k, v (and out, g) are strided views: they read
+        them only by flat index and the element strides passed beside them, so C-ordered
+        arrays of their shapes over the same first element stand in for them."""
+        B, H, L, E = ctl[dims], ctl[dims + 1], ctl[dims + 2], ctl[dims + 3]
+        S, Ev = ctl[14], ctl[15]
+        return (numba.carray(_F32P(ctl[at]), (B, H, L, E)),
+                numba.carray(_F32P(ctl[at + 1]), (B, H, S, E)),
+                numba.carray(_F32P(ctl[at + 2]), (B, H, S, Ev)))
+
+    @numba.njit(inline="always")
+    def st3(ctl, i):
+        """The three element strides at the block's numbers ``i`` to ``i + 2``."""
+        return ctl[i], ctl[i + 1], ctl[i + 2]
+    _QKV, _ST3 = qkv, st3
 
     @numba.njit(cache=True, nogil=True)
     def pack_attn(ctl, ctlf, q, k, v, out, p, qst, kst, vst, ost, scale, causal, direct,
@@ -258,22 +277,14 @@ def _build() -> SimpleNamespace:
 
     @numba.cfunc(types.void(types.voidptr), cache=True, error_model="numpy")
     def attn_fwd_body(data):
-        # cpu_attention_kernels' forward over chunks of (batch, head) pairs. q, k, v and out
-        # are strided views: the kernel reads them only by flat index and the element
-        # strides passed beside them, so C-ordered arrays of their shapes over the same
-        # first element stand in for them (p is C-contiguous itself)
+        # cpu_attention_kernels' forward over chunks of (batch, head) pairs (qkv: why its
+        # strided arrays are C-ordered here)
         ctl = numba.carray(_SLOT(data, 0), 32)
-        B, H, L, E = ctl[6], ctl[7], ctl[8], ctl[9]
-        S, Ev = ctl[14], ctl[15]
-        q = numba.carray(_F32P(ctl[0]), (B, H, L, E))
-        k = numba.carray(_F32P(ctl[1]), (B, H, S, E))
-        v = numba.carray(_F32P(ctl[2]), (B, H, S, Ev))
+        B, H, L, Ev = ctl[6], ctl[7], ctl[8], ctl[15]
+        q, k, v = _QKV(ctl, 0, 6)
         out = numba.carray(_F32P(ctl[3]), (B, H, L, Ev))
-        p = numba.carray(_F32P(ctl[4]), (ctl[10], ctl[11], ctl[12], ctl[13]))
-        qst = (ctl[16], ctl[17], ctl[18])
-        kst = (ctl[19], ctl[20], ctl[21])
-        vst = (ctl[22], ctl[23], ctl[24])
-        ost = (ctl[25], ctl[26], ctl[27])
+        p = numba.carray(_F32P(ctl[4]), (ctl[10], ctl[11], ctl[12], ctl[13]))  # (C-contiguous)
+        qst, kst, vst, ost = _ST3(ctl, 16), _ST3(ctl, 19), _ST3(ctl, 22), _ST3(ctl, 25)
         scale = np.float32(numba.carray(_F64P(_SLOT(data, 28)), 1)[0])
         causal = ctl[29] != 0
         direct = ctl[30]
@@ -321,23 +332,13 @@ def _build() -> SimpleNamespace:
         # the backward's heads, as attn_fwd_body (each head writes only its own rows of
         # dq, dk, dv)
         ctl = numba.carray(_SLOT(data, 0), 48)
-        B, H, L, E = ctl[10], ctl[11], ctl[12], ctl[13]
-        S, Ev = ctl[14], ctl[15]
-        q = numba.carray(_F32P(ctl[0]), (B, H, L, E))
-        k = numba.carray(_F32P(ctl[1]), (B, H, S, E))
-        v = numba.carray(_F32P(ctl[2]), (B, H, S, Ev))
+        B, H, L, Ev = ctl[10], ctl[11], ctl[12], ctl[15]
+        q, k, v = _QKV(ctl, 0, 10)
         g = numba.carray(_F32P(ctl[3]), (B, H, L, Ev))
         p = numba.carray(_F32P(ctl[4]), (ctl[16], ctl[17], ctl[18], ctl[19]))
-        dq = numba.carray(_F32P(ctl[6]), (B, H, L, E))
-        dk = numba.carray(_F32P(ctl[7]), (B, H, S, E))
-        dv = numba.carray(_F32P(ctl[8]), (B, H, S, Ev))
-        qst = (ctl[20], ctl[21], ctl[22])
-        kst = (ctl[23], ctl[24], ctl[25])
-        vst = (ctl[26], ctl[27], ctl[28])
-        gst = (ctl[29], ctl[30], ctl[31])
-        dqst = (ctl[32], ctl[33], ctl[34])
-        dkst = (ctl[35], ctl[36], ctl[37])
-        dvst = (ctl[38], ctl[39], ctl[40])
+        dq, dk, dv = _QKV(ctl, 6, 10)
+        qst, kst, vst, gst = _ST3(ctl, 20), _ST3(ctl, 23), _ST3(ctl, 26), _ST3(ctl, 29)
+        dqst, dkst, dvst = _ST3(ctl, 32), _ST3(ctl, 35), _ST3(ctl, 38)
         scale = np.float32(numba.carray(_F64P(_SLOT(data, 41)), 1)[0])
         causal = ctl[42] != 0
         direct = ctl[43]
@@ -367,6 +368,8 @@ _LN_ROWS: Any = None
 _LN_BACK_ROWS: Any = None
 _ATTN_FWD: Any = None
 _ATTN_BWD: Any = None
+_QKV: Any = None
+_ST3: Any = None
 
 
 kernels = LazyKernels(_build)

@@ -178,7 +178,7 @@ def _gelu_vec(lanes: int) -> tuple:
     from ember.ops.nn_activation import _GELU_K, _GELU_R
 
     V = _vec_ir(lanes)
-    vt, c, ptr = V.vt, V.c, V.ptr
+    c, ptr = V.c, V.ptr
 
     def body(builder: Any, v: Any) -> tuple:
         def intr(name: str, n: int) -> Any:
@@ -248,7 +248,7 @@ def _row_vec(lanes: int) -> tuple:
     from numba.extending import intrinsic
 
     V = _vec_ir(lanes)
-    vt, it, c, intr, ptr, splat, hreduce = V.vt, V.it, V.c, V.intr, V.ptr, V.splat, V.hreduce
+    c, intr, ptr, splat, hreduce = V.c, V.intr, V.ptr, V.splat, V.hreduce
     bt = ir.VectorType(ir.IntType(1), lanes)
 
     def exp_neg(builder: Any, z: Any) -> Any:
