@@ -39,6 +39,7 @@ _GELU_VEC: Any = None
 _GELU_VEC_GRAD: Any = None
 _SIGMOID: Any = None
 _TANH: Any = None
+_LSTM_CELL: Any = None
 _LN_ROWS: Any = None
 _LN_BACK_ROWS: Any = None
 _SOFTMAX_STATS_ROWS: Any = None
@@ -178,6 +179,7 @@ def _build() -> SimpleNamespace:
     isp = 1.0 / math.sqrt(2.0 * math.pi)
 
     global _EXP_NEG, _GELU_PARTS, _GELU_SPAN, _GELU_SPAN_GRAD, _SIGMOID, _TANH
+    global _LSTM_CELL
     global _GELU_VEC, _GELU_VEC_GRAD
     global _LN_ROWS, _LN_BACK_ROWS, _SOFTMAX_STATS_ROWS, _ROW_MAX
     global _ROW_VMAX, _ROW_VEXP_SUM, _ROW_VSCALE, _PF_READ, _PF_WRITE
@@ -550,36 +552,51 @@ def _build() -> SimpleNamespace:
 
     _TANH = tanh
 
+    @numba.njit(inline="always", error_model="numpy")
+    def lstm_cell(gr, xr, ar, cr, tr):  # pragma: no cover - compiled
+        # one row of an LSTM step after the recurrent GEMM (gr = h W_hh^T): add the input
+        # projection xr, the four activations into ar (torch's gate order i, f, g, o:
+        # sigmoid on the i, f and o blocks, tanh on g), the new cell state (into cr) and
+        # tanh(c) into tr; the caller writes h = o tanh(c). Short loops over 1-D row
+        # views, each touching few arrays, so that LLVM vectorizes them (one fused loop
+        # over the four gates stayed scalar: 3x slower than NumPy). Inlined: each caller's
+        # fastmath flags apply (cpu_rnn_kernels' forward contracts to FMAs, lstm_step not)
+        H = cr.shape[0]
+        a2 = ar[:2 * H]
+        g2 = gr[:2 * H]
+        x2 = xr[:2 * H]
+        for j in range(2 * H):
+            a2[j] = _SIGMOID(g2[j] + x2[j])
+        a3 = ar[3 * H:]
+        g3 = gr[3 * H:]
+        x3 = xr[3 * H:]
+        for j in range(H):
+            a3[j] = _SIGMOID(g3[j] + x3[j])
+        ag = ar[2 * H:3 * H]
+        gg = gr[2 * H:3 * H]
+        xg = xr[2 * H:3 * H]
+        for j in range(H):
+            ag[j] = _TANH(gg[j] + xg[j])
+        ai = ar[:H]
+        af = ar[H:2 * H]
+        for j in range(H):
+            cn = af[j] * cr[j] + ai[j] * ag[j]
+            cr[j] = cn
+            tr[j] = _TANH(cn)
+
+    _LSTM_CELL = lstm_cell
+
     @serial
     def lstm_step(gates, xw, c, act, tanh_c, hn):  # pragma: no cover - compiled
-        # one LSTM step after the recurrent GEMM (gates = h W_hh^T): add the input
-        # projection, the four activations (torch's gate order i, f, g, o), the new cell
-        # state (into c), tanh(c) and h = o tanh(c). Short loops over 1-D row views, each
-        # touching few arrays, so that LLVM vectorizes them (one fused loop over the four
-        # gates stayed scalar: 3x slower than NumPy)
+        # one LSTM step after the recurrent GEMM (gates = h W_hh^T): lstm_cell on each
+        # row, then h = o tanh(c)
         rows, g4 = gates.shape
         H = g4 // 4
         for r in range(rows):
-            gr = gates[r]
-            xr = xw[r]
-            ar = act[r]
-            for j in range(g4):
-                ar[j] = _SIGMOID(gr[j] + xr[j])
-            ag = ar[2 * H:3 * H]
-            gg = gr[2 * H:3 * H]
-            xg = xr[2 * H:3 * H]
-            for j in range(H):
-                ag[j] = _TANH(gg[j] + xg[j])
-            ai = ar[:H]
-            af = ar[H:2 * H]
-            ao = ar[3 * H:]
-            cr = c[r]
             tr = tanh_c[r]
+            _LSTM_CELL(gates[r], xw[r], act[r], c[r], tr)
+            ao = act[r][3 * H:]
             hr = hn[r]
-            for j in range(H):
-                cn = af[j] * cr[j] + ai[j] * ag[j]
-                cr[j] = cn
-                tr[j] = _TANH(cn)
             for j in range(H):
                 hr[j] = ao[j] * tr[j]
 

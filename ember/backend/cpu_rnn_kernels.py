@@ -23,8 +23,7 @@ from ember.backend.cpu_mkl_jit import lower_args
 # module globals, since numba's on-disk cache does not take closure variables
 _GEMM_CALL: Any = None
 _COMPUTE_CALL: Any = None
-_SIGMOID: Any = None
-_TANH: Any = None
+_CELL: Any = None   # cpu_kernels' lstm_cell (inlined: this module's flags apply)
 _STEP_BACK: Any = None   # cpu_kernels' lstm_step_back (a module global: numba caches callers)
 
 _ROW, _NO, _TRANS, _PACKED = 101, 111, 112, 151   # cblas layout and operand flags
@@ -62,13 +61,13 @@ def _build() -> SimpleNamespace | None:
 
     from ember.backend import cpu_kernels, cpu_mkl_jit
 
-    global _GEMM_CALL, _COMPUTE_CALL, _SIGMOID, _TANH, _STEP_BACK
-    base = cpu_kernels.kernels()   # builds the float32 sigmoid and tanh the loops inline
+    global _GEMM_CALL, _COMPUTE_CALL, _CELL, _STEP_BACK
+    base = cpu_kernels.kernels()   # builds the LSTM cell row the forward inlines
     if base is None:
         return None
     _GEMM_CALL = cpu_mkl_jit._intrinsics()[0]
     _COMPUTE_CALL = _compute_intrinsic()
-    _SIGMOID, _TANH = cpu_kernels._SIGMOID, cpu_kernels._TANH
+    _CELL = cpu_kernels._LSTM_CELL
     _STEP_BACK = base.lstm_step_back
     jit = numba.njit(fastmath=False, cache=True, nogil=True, error_model="numpy",
                      boundscheck=False)
@@ -82,7 +81,7 @@ def _build() -> SimpleNamespace | None:
                      off, sizes, reverse, r0, r1):  # pragma: no cover - compiled
         # one LSTM layer direction over packed rows; h (B, H) and c (B, H) hold the initial
         # state and end with the final one. Per step: gates = h[:b] @ w_t (MKL), then the
-        # elementwise part as cpu_kernels.lstm_step does it (same operations, same order),
+        # elementwise part as cpu_kernels.lstm_step does it (its lstm_cell on each row),
         # writing h and out directly. w_t is (H, 4H) C-contiguous. Only the sequences (batch
         # rows) r0 <= r < r1 are run: each row's recurrence is its own, so two threads can
         # take one half each and never wait on each other. With cptr (the address of
@@ -110,35 +109,9 @@ def _build() -> SimpleNamespace | None:
                            h.ctypes.data + r0 * H * h.itemsize, H, w_t.ctypes.data, g4, zero,
                            gates.ctypes.data + r0 * g4 * gates.itemsize, g4)
             for r in range(r0, b):
-                gr = gates[r]
-                xr = xproj[lo + r]
-                ar = act[lo + r]
-                # sigmoid on the i, f and o blocks, tanh on g (cpu_kernels.lstm_step takes
-                # the sigmoid of all four and redoes g: a sixth more transcendentals)
-                a2 = ar[:2 * H]
-                g2 = gr[:2 * H]
-                x2 = xr[:2 * H]
-                for j in range(2 * H):
-                    a2[j] = _SIGMOID(g2[j] + x2[j])
-                a3 = ar[3 * H:]
-                g3 = gr[3 * H:]
-                x3 = xr[3 * H:]
-                for j in range(H):
-                    a3[j] = _SIGMOID(g3[j] + x3[j])
-                ag = ar[2 * H:3 * H]
-                gg = gr[2 * H:3 * H]
-                xg = xr[2 * H:3 * H]
-                for j in range(H):
-                    ag[j] = _TANH(gg[j] + xg[j])
-                ai = ar[:H]
-                af = ar[H:2 * H]
-                ao = ar[3 * H:]
-                cr = c[r]
                 tr = tanh_c[lo + r]
-                for j in range(H):
-                    cn = af[j] * cr[j] + ai[j] * ag[j]
-                    cr[j] = cn
-                    tr[j] = _TANH(cn)
+                _CELL(gates[r], xproj[lo + r], act[lo + r], c[r], tr)
+                ao = act[lo + r][3 * H:]
                 hr = h[r]
                 orow = out[lo + r]
                 for j in range(H):
@@ -232,7 +205,7 @@ def packed_b(w: Any, trans: bool, m: int) -> tuple:
     if not PACK:
         return 0, None
     if not _pack["bound"]:
-        lib = cpu_mkl._mkl["lib"]
+        lib = cpu_mkl._load()   # (None where MKL is missing: bound as missing below)
         try:
             size = lib.cblas_sgemm_pack_get_size
             pack = lib.cblas_sgemm_pack

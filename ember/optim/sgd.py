@@ -147,7 +147,7 @@ def _sgd_cpu_plain(group: dict, params: list, lr: float) -> list:
                 not cpu_mkl.sgd_plain(a.reshape(-1), g.reshape(-1), lr, g_scale):
             rest.append(p)
             continue
-        p._version[0] += 1
+        _bump(p)
     return rest
 
 
