@@ -140,6 +140,91 @@ def test_batch_norm_module_running_stats_and_counter_match_torch(momentum, relu)
                                rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("shape", [(8, 48, 7, 5), (16, 24, 33, 31), (32, 256, 14, 14),
+                                   (4, 2048, 7, 7)])
+def test_batch_norm_cooperative_launch_matches_three_launches(dtype, relu, shape, monkeypatch):
+    # the channels-last vectorised batch norm runs as one cooperative launch a direction;
+    # it must give what the three-launch kernels give, bit for bit (the same partial sums,
+    # added in the same order), and against float64; also with no dx wanted (do_dx 0)
+    from ember.backend.cuda_ops import _nvrtc, kernels_batchnorm as KB
+    from ember.nn.functional.normalization import _batch_norm
+    calls = []
+    real = _nvrtc._CoopLauncher.__call__
+
+    def spy(self, grid, block, args, shared_mem=0):
+        calls.append(self.fn)
+        return real(self, grid, block, args, shared_mem)
+    monkeypatch.setattr(_nvrtc._CoopLauncher, "__call__", spy)
+    rng = np.random.default_rng(5)
+    c = shape[1]
+    x = _rounded(rng.standard_normal(shape) * 2 + 3, dtype)
+    w = rng.standard_normal(c).astype(np.float32) + 1
+    b = rng.standard_normal(c).astype(np.float32)
+    g = _rounded(rng.standard_normal(shape), dtype)
+    runs = {}
+    for coop in (True, False):
+        monkeypatch.setattr(KB, "_COOP_ON", coop)
+        KB._FWD_PLANS.clear()
+        KB._BWD_PLANS.clear()
+        del calls[:]
+        out = []
+        for want_dx in (True, False):
+            xt = _cuda(x, dtype, True, grad=want_dx)
+            wt, bt = _cuda(w, "float32", False), _cuda(b, "float32", False)
+            rm = ember.zeros(c, device="cuda")
+            rv = ember.ones(c, device="cuda")
+            nbt = ember.zeros((), dtype=ember.int64, device="cuda")
+            y = _batch_norm(xt, rm, rv, wt, bt, True, 0.1, 1e-5, nbt, relu)
+            assert _fused(y) and _is_cl(y)
+            y.backward(ember.tensor(g, device="cuda").to(y.dtype))
+            assert (xt.grad is not None) == want_dx
+            out += [_host(t) for t in (y, wt.grad, bt.grad, rm, rv, nbt)]
+            if want_dx:
+                out.append(_host(xt.grad))
+        assert len(calls) == (4 if coop else 0)
+        runs[coop] = out
+    for a, b_ in zip(runs[True], runs[False]):
+        np.testing.assert_array_equal(a, b_)
+    ry, rdx, rdw, rdb, _, _ = _bn_ref(x, w, b, np.where(runs[True][0] > 0, g, 0) if relu else g)
+    tol = TOL[dtype]
+    np.testing.assert_allclose(runs[True][0], np.maximum(ry, 0) if relu else ry, rtol=tol,
+                               atol=tol * 4)
+    np.testing.assert_allclose(runs[True][6], rdx, rtol=tol, atol=tol * 4)
+    n = x.size // c
+    np.testing.assert_allclose(runs[True][1], rdw, rtol=tol, atol=tol * np.sqrt(n) * 2)
+    np.testing.assert_allclose(runs[True][2], rdb, rtol=tol, atol=tol * np.sqrt(n) * 2)
+    assert runs[True][5] == 1
+
+
+def test_batch_norm_captured_in_a_graph_takes_the_three_launches(monkeypatch):
+    # under stream capture the cooperative kernel is not used (a captured step replays the
+    # three kernels faster); the replayed output matches an eager call
+    from ember.backend.cuda_ops import _nvrtc
+    calls = []
+    real = _nvrtc._CoopLauncher.__call__
+    monkeypatch.setattr(_nvrtc._CoopLauncher, "__call__",
+                        lambda self, *a, **k: (calls.append(1), real(self, *a, **k))[1])
+    bn = ember.nn.BatchNorm2d(32).to("cuda")
+    x = _cuda(np.random.default_rng(6).standard_normal((8, 32, 9, 9)), "bfloat16", True,
+              grad=False)
+    eager = _host(bn(x))
+    assert calls
+    g = ember.cuda.CUDAGraph()
+    s = ember.cuda.Stream()
+    with ember.cuda.stream(s):
+        bn(x)   # warm up on the side stream (not captured: cooperative)
+    ember.cuda.synchronize()
+    del calls[:]
+    with ember.cuda.graph(g):
+        y = bn(x)
+    g.replay()
+    ember.cuda.synchronize()
+    assert not calls
+    np.testing.assert_array_equal(_host(y), eager)
+
+
 # ---------------------------------------------------------------------- relu / add / in-place
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("cl", [False, True])

@@ -24,6 +24,7 @@ _TARGS = {
     "norm": list(_HALF), "pointwise": list(_HALF), "pool": list(_HALF),
     "softmax": list(_HALF),
     "batchnorm": [f"{t}, float" for t in _HALF] + ["bf16_t, bf16_t", "half_t, half_t"],
+    "batchnorm_coop": [f"{t}, float" for t in _HALF] + ["bf16_t, bf16_t", "half_t, half_t"],
     "embedding": [f"{t}, {i}" for t in _HALF for i in ("long long", "int")],
     "embedding_check": [f"{i}, {t}" for t in _HALF for i in ("long long", "int")],
     "loss_small": [f"{t}, {o}" for t in _HALF for o in sorted({t, "float"})],

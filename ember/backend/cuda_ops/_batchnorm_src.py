@@ -51,29 +51,28 @@ __global__ void bn_stats(const T* __restrict__ x, float* __restrict__ p1,
 // kstride: distance between the first elements of neighbouring channels (HW for NCHW, 1 for
 // channels-last), where the shift K_c of the statistics kernels was read.
 // coef (3C floats): mean, rstd * weight, bias per channel (the vectorized apply's inputs)
-template <typename T, typename W>
-__global__ void bn_finalize(const T* __restrict__ x, const float* __restrict__ p1,
-                            const float* __restrict__ p2, int P, int C, long long kstride,
-                            long long count, float eps, float* __restrict__ mean,
-                            float* __restrict__ rstd, W* __restrict__ mean_t,
-                            W* __restrict__ var_t, const W* __restrict__ w,
-                            const W* __restrict__ b, int has_w, int has_b,
-                            float* __restrict__ coef, W* __restrict__ rm, W* __restrict__ rv,
-                            float momentum, float unbias, long long* __restrict__ nbt,
-                            int upd) {
-    // one warp per channel (blockDim (32, 4)): lanes stride over the P partials, fp64 sums
-    int c = blockIdx.x * blockDim.y + threadIdx.y;
-    if (c >= C) return;
+// One warp per channel (lane 0..31): lanes stride over the P partials, fp64 sums. CG: the
+// partials were written earlier in the same (cooperative) kernel, so they are read through
+// L2 (__ldcg), never the read-only path.
+template <typename T, typename W, bool CG>
+__device__ __forceinline__ void bn_finalize_ch(
+        int c, int lane, const T* __restrict__ x, const float* __restrict__ p1,
+        const float* __restrict__ p2, int P, int C, long long kstride, long long count,
+        float eps, float* __restrict__ mean, float* __restrict__ rstd, W* __restrict__ mean_t,
+        W* __restrict__ var_t, const W* __restrict__ w, const W* __restrict__ b, int has_w,
+        int has_b, float* __restrict__ coef, W* __restrict__ rm, W* __restrict__ rv,
+        float momentum, float unbias, long long* __restrict__ nbt, int upd) {
     double s1 = 0.0, s2 = 0.0;
-    for (int b = threadIdx.x; b < P; b += 32) {
-        s1 += p1[(long long)c * P + b];
-        s2 += p2[(long long)c * P + b];
+    for (int b = lane; b < P; b += 32) {
+        long long i = (long long)c * P + b;
+        s1 += CG ? __ldcg(p1 + i) : p1[i];
+        s2 += CG ? __ldcg(p2 + i) : p2[i];
     }
     for (int o = 16; o > 0; o >>= 1) {
         s1 += __shfl_xor_sync(0xffffffffu, s1, o);
         s2 += __shfl_xor_sync(0xffffffffu, s2, o);
     }
-    if (threadIdx.x) return;
+    if (lane) return;
     double m = s1 / count;
     double var = s2 / count - m * m;
     if (var < 0.0) var = 0.0;
@@ -91,6 +90,23 @@ __global__ void bn_finalize(const T* __restrict__ x, const float* __restrict__ p
         if (rv) st(rv, c, ld(rv, c) * (1.f - momentum) + ld(var_t, c) * unbias * momentum);
         if (nbt && c == 0) nbt[0] += 1;
     }
+}
+
+template <typename T, typename W>
+__global__ void bn_finalize(const T* __restrict__ x, const float* __restrict__ p1,
+                            const float* __restrict__ p2, int P, int C, long long kstride,
+                            long long count, float eps, float* __restrict__ mean,
+                            float* __restrict__ rstd, W* __restrict__ mean_t,
+                            W* __restrict__ var_t, const W* __restrict__ w,
+                            const W* __restrict__ b, int has_w, int has_b,
+                            float* __restrict__ coef, W* __restrict__ rm, W* __restrict__ rv,
+                            float momentum, float unbias, long long* __restrict__ nbt,
+                            int upd) {
+    int c = blockIdx.x * blockDim.y + threadIdx.y;      // blockDim (32, 4): a warp a channel
+    if (c >= C) return;
+    bn_finalize_ch<T, W, false>(c, threadIdx.x, x, p1, p2, P, C, kstride, count, eps, mean,
+                                rstd, mean_t, var_t, w, b, has_w, has_b, coef, rm, rv,
+                                momentum, unbias, nbt, upd);
 }
 
 template <typename T, typename W>
@@ -142,23 +158,22 @@ __global__ void bn_bwd_stats(const T* __restrict__ g, const T* __restrict__ x,
 
 // sums[c] = sum g, sums[C + c] = sum g * xhat; also dbias / dweight in the parameter type.
 // coef (4C floats) for dx = A g + B (x - mean) + D: mean, A = rstd * w,
-// B = -A * rstd * sum(g xhat) / n, D = -A * sum(g) / n
-template <typename T, typename W>
-__global__ void bn_bwd_finalize(const float* __restrict__ p1, const float* __restrict__ p2,
-                                int P, int C, float* __restrict__ sums, W* __restrict__ gb,
-                                W* __restrict__ gw, const float* __restrict__ mean,
-                                const float* __restrict__ rstd, const W* __restrict__ w,
-                                int has_w, float inv_count, float* __restrict__ coef) {
-    int c = blockIdx.x * blockDim.y + threadIdx.y;      // one warp per channel, as above
-    if (c >= C) return;
+// B = -A * rstd * sum(g xhat) / n, D = -A * sum(g) / n. One warp per channel, CG as above.
+template <typename T, typename W, bool CG>
+__device__ __forceinline__ void bn_bwd_finalize_ch(
+        int c, int lane, const float* __restrict__ p1, const float* __restrict__ p2, int P,
+        int C, float* __restrict__ sums, W* __restrict__ gb, W* __restrict__ gw,
+        const float* __restrict__ mean, const float* __restrict__ rstd,
+        const W* __restrict__ w, int has_w, float inv_count, float* __restrict__ coef) {
     float s1 = 0.f, s2 = 0.f;
-    for (int b = threadIdx.x; b < P; b += 32) {
-        s1 += p1[(long long)c * P + b];
-        s2 += p2[(long long)c * P + b];
+    for (int b = lane; b < P; b += 32) {
+        long long i = (long long)c * P + b;
+        s1 += CG ? __ldcg(p1 + i) : p1[i];
+        s2 += CG ? __ldcg(p2 + i) : p2[i];
     }
     s1 = warp_sum(s1);
     s2 = warp_sum(s2);
-    if (threadIdx.x) return;
+    if (lane) return;
     sums[c] = s1;
     sums[C + c] = s2;
     st(gb, c, s1);
@@ -169,6 +184,18 @@ __global__ void bn_bwd_finalize(const float* __restrict__ p1, const float* __res
     coef[C + c] = A;
     coef[2 * C + c] = -A * r * s2 * inv_count;
     coef[3 * C + c] = -A * s1 * inv_count;
+}
+
+template <typename T, typename W>
+__global__ void bn_bwd_finalize(const float* __restrict__ p1, const float* __restrict__ p2,
+                                int P, int C, float* __restrict__ sums, W* __restrict__ gb,
+                                W* __restrict__ gw, const float* __restrict__ mean,
+                                const float* __restrict__ rstd, const W* __restrict__ w,
+                                int has_w, float inv_count, float* __restrict__ coef) {
+    int c = blockIdx.x * blockDim.y + threadIdx.y;      // blockDim (32, 4): a warp a channel
+    if (c >= C) return;
+    bn_bwd_finalize_ch<T, W, false>(c, threadIdx.x, p1, p2, P, C, sums, gb, gw, mean, rstd, w,
+                                    has_w, inv_count, coef);
 }
 
 template <typename T, typename W>
@@ -250,19 +277,20 @@ __global__ void bncl_stats(const T* __restrict__ x, const T* __restrict__ g,
 // owns N = VW<T>::n neighbouring channels and reads them with one 16-byte load per row; a
 // block of 256 threads is GB channel groups x RB rows (GB * RB <= 256), over one chunk of
 // rows; the RB row partials meet in shared memory (RB * GB * N * 2 floats <= 16 KB).
-template <typename T, typename W>
-__global__ void bncl_stats_v(const T* __restrict__ x, const T* __restrict__ g,
-                             const float* __restrict__ mean, const float* __restrict__ rstd,
-                             float* __restrict__ p1, float* __restrict__ p2, long long M, int C,
-                             long long chunk, int mode, int GB, int RB,
-                             const T* __restrict__ ym) {
+// (bx, by): the block's channel group and chunk of rows, of P chunks (blockIdx and gridDim.y
+// in the kernel; a cooperative kernel's blocks loop over them).
+template <typename T>
+__device__ __forceinline__ void bncl_stats_v_body(
+        const T* __restrict__ x, const T* __restrict__ g, const float* __restrict__ mean,
+        const float* __restrict__ rstd, float* __restrict__ p1, float* __restrict__ p2,
+        long long M, int C, long long chunk, int mode, int GB, int RB, const T* __restrict__ ym,
+        int bx, int by, int P, float* sh) {
     constexpr int N = VW<T>::n;
-    extern __shared__ float sh[];
-    int t = threadIdx.x, gi = t % GB, ri = t / GB, P = gridDim.y;
-    int cb = blockIdx.x * GB * N;            // first channel of the block
+    int t = threadIdx.x, gi = t % GB, ri = t / GB;
+    int cb = bx * GB * N;                    // first channel of the block
     int c0 = cb + gi * N;
     bool act = ri < RB && c0 < C;
-    long long r0 = (long long)blockIdx.y * chunk;
+    long long r0 = (long long)by * chunk;
     long long r1 = r0 + chunk < M ? r0 + chunk : M;
     float a1[N], a2[N], k1[N], k2[N];
 #pragma unroll
@@ -305,33 +333,53 @@ __global__ void bncl_stats_v(const T* __restrict__ x, const T* __restrict__ g,
         if (c >= C) continue;
         float u = 0.f, q = 0.f;
         for (int k = 0; k < RB; ++k) { u += s1[k * W_ + cl]; q += s2[k * W_ + cl]; }
-        p1[(long long)c * P + blockIdx.y] = u;
-        p2[(long long)c * P + blockIdx.y] = q;
+        p1[(long long)c * P + by] = u;
+        p2[(long long)c * P + by] = q;
     }
+}
+
+template <typename T, typename W>
+__global__ void bncl_stats_v(const T* __restrict__ x, const T* __restrict__ g,
+                             const float* __restrict__ mean, const float* __restrict__ rstd,
+                             float* __restrict__ p1, float* __restrict__ p2, long long M, int C,
+                             long long chunk, int mode, int GB, int RB,
+                             const T* __restrict__ ym) {
+    extern __shared__ float sh[];
+    bncl_stats_v_body<T>(x, g, mean, rstd, p1, p2, M, C, chunk, mode, GB, RB, ym, blockIdx.x,
+                         blockIdx.y, gridDim.y, sh);
 }
 
 // Per-channel coefficients of a thread's N channels: K rows of C floats from coef (16-byte
 // aligned: C and c are multiples of N, and N is a multiple of 4 floats).
-template <int N, int K>
+// CG: coef was written earlier in the same (cooperative) kernel: read through L2 (__ldcg).
+template <int N, int K, bool CG>
 __device__ __forceinline__ void ld_coef(const float* __restrict__ coef, int C, int c,
                                         float (&k)[K][N]) {
 #pragma unroll
     for (int r = 0; r < K; ++r)
 #pragma unroll
-        for (int j = 0; j < N; j += 4) ldv(coef + r * C + c + j, &k[r][j]);
+        for (int j = 0; j < N; j += 4) {
+            if (CG) {
+                float4 v = __ldcg(reinterpret_cast<const float4*>(coef + r * C + c + j));
+                k[r][j] = v.x; k[r][j + 1] = v.y; k[r][j + 2] = v.z; k[r][j + 3] = v.w;
+            } else {
+                ldv(coef + r * C + c + j, &k[r][j]);
+            }
+        }
 }
 
 // y = (x - mean) * (rstd * w) + b over 16-byte vectors (coef from bn_finalize). The launcher
 // (_cl_flat_grid) makes the grid stride a multiple of C, so a thread's channels never change:
 // their coefficients stay in registers, and two vectors are in flight per iteration.
-template <typename T, typename W>
-__global__ void bncl_apply_v(const T* __restrict__ x, const float* __restrict__ coef,
-                             T* __restrict__ y, long long nv, int C, int relu) {
+// k: the thread's first vector, nt: threads in the grid (nt * N a multiple of C).
+template <typename T, bool CG>
+__device__ __forceinline__ void bncl_apply_v_body(const T* __restrict__ x,
+                                                  const float* __restrict__ coef,
+                                                  T* __restrict__ y, long long nv, int C,
+                                                  int relu, long long k, long long nt) {
     constexpr int N = VW<T>::n;
-    long long k = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    long long nt = (long long)gridDim.x * blockDim.x;
     float q[3][N];
-    ld_coef<N, 3>(coef, C, (int)((k * N) % C), q);
+    ld_coef<N, 3, CG>(coef, C, (int)((k * N) % C), q);
     for (; k + nt < nv; k += 2 * nt) {
         float u[N], v[N];
         ldv(x + k * N, u);
@@ -357,17 +405,26 @@ __global__ void bncl_apply_v(const T* __restrict__ x, const float* __restrict__ 
     }
 }
 
+template <typename T, typename W>
+__global__ void bncl_apply_v(const T* __restrict__ x, const float* __restrict__ coef,
+                             T* __restrict__ y, long long nv, int C, int relu) {
+    bncl_apply_v_body<T, false>(x, coef, y, nv, C, relu,
+                                (long long)blockIdx.x * blockDim.x + threadIdx.x,
+                                (long long)gridDim.x * blockDim.x);
+}
+
 // dx = A g + B (x - mean) + D over 16-byte vectors (coef from bn_bwd_finalize: rows mean,
 // A, B, D); grid and registers as in bncl_apply_v.
-template <typename T, typename W>
-__global__ void bncl_bwd_dx_v(const T* __restrict__ g, const T* __restrict__ x,
-                              const float* __restrict__ coef, T* __restrict__ dx, long long nv,
-                              int C, const T* __restrict__ ym) {
+template <typename T, bool CG>
+__device__ __forceinline__ void bncl_bwd_dx_v_body(const T* __restrict__ g,
+                                                   const T* __restrict__ x,
+                                                   const float* __restrict__ coef,
+                                                   T* __restrict__ dx, long long nv, int C,
+                                                   const T* __restrict__ ym, long long k,
+                                                   long long nt) {
     constexpr int N = VW<T>::n;
-    long long k = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    long long nt = (long long)gridDim.x * blockDim.x;
     float q[4][N];
-    ld_coef<N, 4>(coef, C, (int)((k * N) % C), q);
+    ld_coef<N, 4, CG>(coef, C, (int)((k * N) % C), q);
     for (; k + nt < nv; k += 2 * nt) {
         float u[N], v[N], a[N], b[N];
         ldv(g + k * N, u);
@@ -393,6 +450,15 @@ __global__ void bncl_bwd_dx_v(const T* __restrict__ g, const T* __restrict__ x,
             u[j] = q[1][j] * u[j] + q[2][j] * (v[j] - q[0][j]) + q[3][j];
         stv(dx + k * N, u);
     }
+}
+
+template <typename T, typename W>
+__global__ void bncl_bwd_dx_v(const T* __restrict__ g, const T* __restrict__ x,
+                              const float* __restrict__ coef, T* __restrict__ dx, long long nv,
+                              int C, const T* __restrict__ ym) {
+    bncl_bwd_dx_v_body<T, false>(g, x, coef, dx, nv, C, ym,
+                                 (long long)blockIdx.x * blockDim.x + threadIdx.x,
+                                 (long long)gridDim.x * blockDim.x);
 }
 
 template <typename T, typename W>
@@ -436,3 +502,75 @@ __global__ void bncl_bwd_dx(const T* __restrict__ g, const T* __restrict__ x,
 KERNELS = ("bn_stats", "bn_finalize", "bn_apply", "bn_bwd_stats", "bn_bwd_finalize",
            "bn_bwd_dx", "bncl_stats", "bncl_apply", "bncl_bwd_dx", "bn_running",
            "bncl_stats_v", "bncl_apply_v", "bncl_bwd_dx_v")
+
+# The cooperative kernels: one launch for what bncl_stats_v, bn_finalize and bncl_apply_v
+# (forward) or bncl_stats_v, bn_bwd_finalize and bncl_bwd_dx_v (backward) do in three, with a
+# grid-wide barrier between the phases (launched with cuLaunchCooperativeKernel, every block
+# resident). A family of its own: cooperative_groups.h may be missing from NVRTC's include
+# path, and then only these are unavailable.
+COOP_SOURCE = "#include <cooperative_groups.h>\n" + SOURCE + r"""
+namespace cg = cooperative_groups;
+
+// Forward. The statistics' GX x P blocks are looped over by the grid's blocks; then one warp
+// a channel finalizes; then the grid-stride apply (gridDim.x * blockDim.x * N a multiple of C).
+template <typename T, typename W>
+__global__ void bncl_fwd_coop(const T* __restrict__ x, float* __restrict__ p1,
+                              float* __restrict__ p2, long long M, int C, long long chunk,
+                              int GB, int RB, int GX, int P, float eps, float* __restrict__ mean,
+                              float* __restrict__ rstd, W* __restrict__ mean_t,
+                              W* __restrict__ var_t, const W* __restrict__ w,
+                              const W* __restrict__ b, int has_w, int has_b,
+                              float* __restrict__ coef, W* __restrict__ rm, W* __restrict__ rv,
+                              float momentum, float unbias, long long* __restrict__ nbt,
+                              int upd, T* __restrict__ y, long long nv, int relu) {
+    extern __shared__ float sh[];
+    cg::grid_group grid = cg::this_grid();
+    for (int vb = blockIdx.x; vb < GX * P; vb += gridDim.x) {
+        bncl_stats_v_body<T>(x, x, nullptr, nullptr, p1, p2, M, C, chunk, 0, GB, RB, nullptr,
+                             vb % GX, vb / GX, P, sh);
+        __syncthreads();   // the next virtual block reuses the shared partials
+    }
+    grid.sync();
+    int warps = blockDim.x >> 5;
+    for (int c = blockIdx.x * warps + (threadIdx.x >> 5); c < C; c += gridDim.x * warps)
+        bn_finalize_ch<T, W, true>(c, threadIdx.x & 31, x, p1, p2, P, C, 1LL, M, eps, mean,
+                                   rstd, mean_t, var_t, w, b, has_w, has_b, coef, rm, rv,
+                                   momentum, unbias, nbt, upd);
+    grid.sync();
+    bncl_apply_v_body<T, true>(x, coef, y, nv, C, relu,
+                               (long long)blockIdx.x * blockDim.x + threadIdx.x,
+                               (long long)gridDim.x * blockDim.x);
+}
+
+// Backward, the same phases: sums of g and g * xhat, the coefficients (and dweight, dbias),
+// then dx unless do_dx is 0.
+template <typename T, typename W>
+__global__ void bncl_bwd_coop(const T* __restrict__ x, const T* __restrict__ g,
+                              const float* __restrict__ mean, const float* __restrict__ rstd,
+                              float* __restrict__ p1, float* __restrict__ p2, long long M, int C,
+                              long long chunk, int GB, int RB, int GX, int P,
+                              const T* __restrict__ ym, float* __restrict__ sums,
+                              W* __restrict__ gb, W* __restrict__ gw, const W* __restrict__ w,
+                              int has_w, float inv_count, float* __restrict__ coef,
+                              T* __restrict__ dx, long long nv, int do_dx) {
+    extern __shared__ float sh[];
+    cg::grid_group grid = cg::this_grid();
+    for (int vb = blockIdx.x; vb < GX * P; vb += gridDim.x) {
+        bncl_stats_v_body<T>(x, g, mean, rstd, p1, p2, M, C, chunk, 1, GB, RB, ym, vb % GX,
+                             vb / GX, P, sh);
+        __syncthreads();
+    }
+    grid.sync();
+    int warps = blockDim.x >> 5;
+    for (int c = blockIdx.x * warps + (threadIdx.x >> 5); c < C; c += gridDim.x * warps)
+        bn_bwd_finalize_ch<T, W, true>(c, threadIdx.x & 31, p1, p2, P, C, sums, gb, gw, mean,
+                                       rstd, w, has_w, inv_count, coef);
+    if (!do_dx) return;   // (uniform over the grid: no barrier follows)
+    grid.sync();
+    bncl_bwd_dx_v_body<T, true>(g, x, coef, dx, nv, C, ym,
+                                (long long)blockIdx.x * blockDim.x + threadIdx.x,
+                                (long long)gridDim.x * blockDim.x);
+}
+"""
+
+COOP_KERNELS = ("bncl_fwd_coop", "bncl_bwd_coop")

@@ -280,8 +280,9 @@ def define(family: str, source: str, kernels: tuple[str, ...]) -> None:
     _SOURCES[family] = (source, kernels)
 
 
-def function(family: str, name: str, targs: str) -> Any:
-    """The compiled ``name<targs>`` of ``family`` (compiling the family on first use)."""
+def function(family: str, name: str, targs: str, coop: bool = False) -> Any:
+    """The compiled ``name<targs>`` of ``family`` (compiling the family on first use);
+    ``coop``: a kernel with grid-wide barriers, launched cooperatively (:class:`_CoopLauncher`)."""
     get_device = _GET_DEVICE[0]
     if get_device is None:
         import cupy  # noqa: PLC0415 - lazy: only once a CUDA op runs
@@ -300,7 +301,7 @@ def function(family: str, name: str, targs: str) -> Any:
         mod = cupy.RawModule(code=PRELUDE + source, options=("-std=c++17",),
                              name_expressions=exprs)
         _MODULES[mkey] = mod
-    fn = _Launcher(mod.get_function(f"{name}<{targs}>"))
+    fn = (_CoopLauncher if coop else _Launcher)(mod.get_function(f"{name}<{targs}>"))
     _FUNCS[key] = fn
     return fn
 
@@ -354,6 +355,56 @@ class _Launcher:
                                    for a in args), shared_mem=shared_mem)
         if fast is None:
             self.fast = _packed(self.fn, args, grid, block)
+
+
+class _CoopLauncher:
+    """A compiled kernel that synchronises its whole grid (cooperative groups' ``grid.sync``):
+    every launch goes through ``cuLaunchCooperativeKernel``, which needs all of the grid's
+    blocks resident at once (:meth:`max_blocks`). Arguments as in :class:`_Launcher`, always
+    through a kept parameter block."""
+
+    __slots__ = ("fn", "fast", "_occupancy")
+
+    def __init__(self, fn: Any) -> None:
+        self.fn = fn
+        self.fast: Any = None
+        self._occupancy: dict = {}
+
+    def max_blocks(self, threads: int, shared: int) -> int:
+        """Blocks of ``threads`` threads and ``shared`` dynamic shared bytes that fit on the
+        device at once (0: the kernel cannot be launched so)."""
+        key = (threads, shared)
+        n = self._occupancy.get(key)
+        if n is None:
+            import cupy  # noqa: PLC0415
+            from cupy_backends.cuda.api import driver  # noqa: PLC0415
+            per_sm = driver.occupancyMaxActiveBlocksPerMultiprocessor(
+                self.fn.kernel.ptr, threads, shared)
+            sms = cupy.cuda.Device().attributes["MultiProcessorCount"]
+            n = self._occupancy[key] = int(per_sm) * int(sms)
+        return n
+
+    def __call__(self, grid: tuple, block: tuple, args: tuple, shared_mem: int = 0) -> None:
+        fast = self.fast
+        if not fast or fast.types != tuple(map(type, args)) or fast.thread != _ident():
+            fast = _packed(self.fn, args, grid, block)
+            if not fast:
+                raise TypeError("cooperative launch: unsupported argument types "
+                                f"{[type(a).__name__ for a in args]}")
+            self.fast = fast
+            if _COOP[0] is None:
+                from cupy_backends.cuda.api import driver  # noqa: PLC0415
+                _COOP[0] = driver.launchCooperativeKernel
+        vals = list(args)
+        for i in fast.arrays:
+            vals[i] = vals[i].data.ptr
+        fast.pack(fast.block, 0, *vals)
+        gx, gy, gz = grid
+        bx, by, bz = block
+        _COOP[0](fast.fptr, gx, gy, gz, bx, by, bz, shared_mem, _STREAM_PTR[0](), fast.params)
+
+
+_COOP: list = [None]   # cupy_backends' driver.launchCooperativeKernel
 
 
 class _Packed:
