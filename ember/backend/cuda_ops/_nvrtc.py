@@ -332,10 +332,7 @@ class _Launcher:
         fast = self.fast
         if fast and fast.types == tuple(map(type, args)) and fast.thread == _ident() and \
                 len(grid) == 3 and len(block) == 3:
-            vals = list(args)
-            for i in fast.arrays:
-                vals[i] = vals[i].data.ptr
-            fast.pack(fast.block, 0, *vals)
+            fast.fill(args)
             gx, gy, gz = grid
             bx, by, bz = block
             _LAUNCH[0](fast.fptr, gx, gy, gz, bx, by, bz, shared_mem, _STREAM_PTR[0](),
@@ -395,10 +392,7 @@ class _CoopLauncher:
             if _COOP[0] is None:
                 from cupy_backends.cuda.api import driver  # noqa: PLC0415
                 _COOP[0] = driver.launchCooperativeKernel
-        vals = list(args)
-        for i in fast.arrays:
-            vals[i] = vals[i].data.ptr
-        fast.pack(fast.block, 0, *vals)
+        fast.fill(args)
         gx, gy, gz = grid
         bx, by, bz = block
         _COOP[0](fast.fptr, gx, gy, gz, bx, by, bz, shared_mem, _STREAM_PTR[0](), fast.params)
@@ -413,6 +407,13 @@ class _Packed:
     the arrays (passed as their pointers), the CUfunction and the owning thread."""
 
     __slots__ = ("types", "pack", "block", "params", "keep", "arrays", "fptr", "thread")
+
+    def fill(self, args: tuple) -> None:
+        """Write one launch's ``args`` into the block (arrays as their device pointers)."""
+        vals = list(args)
+        for i in self.arrays:
+            vals[i] = vals[i].data.ptr
+        self.pack(self.block, 0, *vals)
 
 
 # struct codes of the NumPy scalar argument types (each passed at its own size, as CuPy
