@@ -24,7 +24,8 @@ Channels-last (memory ``(N, *, C)``: rows of C channels):
 - the vectorised path runs as one cooperative launch per direction (statistics, finalize and
   normalization or ``dx``, with grid-wide barriers between them: ``bncl_fwd_coop``,
   ``bncl_bwd_coop``) instead of three launches, where the device takes a cooperative launch
-  of enough resident blocks (``EMBER_BN_COOP=0``: the three launches).
+  of enough resident blocks; not while a CUDA graph is captured, nor with
+  ``EMBER_BN_COOP=0`` (then the three launches).
 
 Evaluation mode and anything uncovered return ``NotImplemented`` (generic CuPy code). What
 ``ctx`` saves is the generic op's layout (ember/ops/nn_norm.py), so under ``create_graph``
