@@ -229,7 +229,7 @@ def _build() -> SimpleNamespace:
     ak = cpu_attention_kernels.kernels()
     if ak is None:
         return ns
-    global _ATTN_FWD, _QKV, _ST3
+    global _ATTN_FWD, _QKV, _ST3, _PUT_QKV
     _ATTN_FWD = ak._fwd
 
     @numba.njit(inline="always")
@@ -249,22 +249,29 @@ def _build() -> SimpleNamespace:
     def st3(ctl, i):
         """The three element strides at the block's numbers ``i`` to ``i + 2``."""
         return ctl[i], ctl[i + 1], ctl[i + 2]
-    _QKV, _ST3 = qkv, st3
+
+    @numba.njit(inline="always")
+    def put_qkv(ctl, q, k, v, p, dims, pdims):
+        """What ``qkv`` reads, written: q, k, v's addresses at 0 to 2, B, H, L, E at
+        ``dims``, S and Ev at 14 and 15; p's address at 4 and its shape at ``pdims``; the
+        chunk counter (5) reset."""
+        ctl[0] = q.ctypes.data
+        ctl[1] = k.ctypes.data
+        ctl[2] = v.ctypes.data
+        ctl[4] = p.ctypes.data
+        ctl[5] = 0
+        for i in range(4):
+            ctl[dims + i] = q.shape[i]
+            ctl[pdims + i] = p.shape[i]
+        ctl[14] = k.shape[2]
+        ctl[15] = v.shape[3]
+    _QKV, _ST3, _PUT_QKV = qkv, st3, put_qkv
 
     @numba.njit(cache=True, nogil=True)
     def pack_attn(ctl, ctlf, q, k, v, out, p, qst, kst, vst, ost, scale, causal, direct,
                   chunk):
-        ctl[0] = q.ctypes.data
-        ctl[1] = k.ctypes.data
-        ctl[2] = v.ctypes.data
+        _PUT_QKV(ctl, q, k, v, p, 6, 10)
         ctl[3] = out.ctypes.data
-        ctl[4] = p.ctypes.data
-        ctl[5] = 0
-        for i in range(4):
-            ctl[6 + i] = q.shape[i]
-            ctl[10 + i] = p.shape[i]
-        ctl[14] = k.shape[2]
-        ctl[15] = v.shape[3]
         for i in range(3):
             ctl[16 + i] = qst[i]
             ctl[19 + i] = kst[i]
@@ -306,20 +313,11 @@ def _build() -> SimpleNamespace:
                       chunk):
         # [q, k, v, g, p, next chunk, dq, dk, dv, -, B, H, L, E, S, Ev, p's 4 dims,
         #  7 x 3 element strides, scale, causal, direct, chunk]
-        ctl[0] = q.ctypes.data
-        ctl[1] = k.ctypes.data
-        ctl[2] = v.ctypes.data
+        _PUT_QKV(ctl, q, k, v, p, 10, 16)
         ctl[3] = g.ctypes.data
-        ctl[4] = p.ctypes.data
-        ctl[5] = 0
         ctl[6] = dq.ctypes.data
         ctl[7] = dk.ctypes.data
         ctl[8] = dv.ctypes.data
-        for i in range(4):
-            ctl[10 + i] = q.shape[i]
-            ctl[16 + i] = p.shape[i]
-        ctl[14] = k.shape[2]
-        ctl[15] = v.shape[3]
         for i in range(21):
             ctl[20 + i] = st[i]
         ctlf[41] = scale
@@ -370,6 +368,7 @@ _ATTN_FWD: Any = None
 _ATTN_BWD: Any = None
 _QKV: Any = None
 _ST3: Any = None
+_PUT_QKV: Any = None
 
 
 kernels = LazyKernels(_build)
