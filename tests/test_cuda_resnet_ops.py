@@ -187,7 +187,8 @@ def test_batch_norm_cooperative_launch_matches_three_launches(dtype, relu, shape
         runs[coop] = out
     for a, b_ in zip(runs[True], runs[False]):
         np.testing.assert_array_equal(a, b_)
-    ry, rdx, rdw, rdb, _, _ = _bn_ref(x, w, b, np.where(runs[True][0] > 0, g, 0) if relu else g)
+    ry, rdx, rdw, rdb, rmean, rvar = _bn_ref(x, w, b,
+                                             np.where(runs[True][0] > 0, g, 0) if relu else g)
     tol = TOL[dtype]
     np.testing.assert_allclose(runs[True][0], np.maximum(ry, 0) if relu else ry, rtol=tol,
                                atol=tol * 4)
@@ -195,7 +196,12 @@ def test_batch_norm_cooperative_launch_matches_three_launches(dtype, relu, shape
     n = x.size // c
     np.testing.assert_allclose(runs[True][1], rdw, rtol=tol, atol=tol * np.sqrt(n) * 2)
     np.testing.assert_allclose(runs[True][2], rdb, rtol=tol, atol=tol * np.sqrt(n) * 2)
-    assert runs[True][5] == 1
+    # the running update inside the cooperative finalize, both calls
+    for k in (3, 10):
+        np.testing.assert_allclose(runs[True][k], 0.1 * rmean, rtol=tol, atol=1e-3)
+        np.testing.assert_allclose(runs[True][k + 1], 0.9 + 0.1 * rvar * n / (n - 1),
+                                   rtol=tol, atol=1e-3)
+    assert runs[True][5] == 1 and runs[True][12] == 1
 
 
 def test_batch_norm_captured_in_a_graph_takes_the_three_launches(monkeypatch):
@@ -207,10 +213,12 @@ def test_batch_norm_captured_in_a_graph_takes_the_three_launches(monkeypatch):
     monkeypatch.setattr(_nvrtc._CoopLauncher, "__call__",
                         lambda self, *a, **k: (calls.append(1), real(self, *a, **k))[1])
     bn = ember.nn.BatchNorm2d(32).to("cuda")
-    x = _cuda(np.random.default_rng(6).standard_normal((8, 32, 9, 9)), "bfloat16", True,
-              grad=False)
+    a = _rounded(np.random.default_rng(6).standard_normal((8, 32, 9, 9)), "bfloat16")
+    x = _cuda(a, "bfloat16", True, grad=False)
     eager = _host(bn(x))
     assert calls
+    ry = _bn_ref(a, None, None, np.zeros_like(a))[0]
+    np.testing.assert_allclose(eager, ry, rtol=TOL["bfloat16"], atol=TOL["bfloat16"] * 4)
     g = ember.cuda.CUDAGraph()
     s = ember.cuda.Stream()
     with ember.cuda.stream(s):
