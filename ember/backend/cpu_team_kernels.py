@@ -229,7 +229,7 @@ def _build() -> SimpleNamespace:
     ak = cpu_attention_kernels.kernels()
     if ak is None:
         return ns
-    global _ATTN_FWD, _QKV, _ST3, _PUT_QKV
+    global _ATTN_FWD, _QKV, _ST3, _PUT_QKV, _PUT_OPTS, _OPTS
     _ATTN_FWD = ak._fwd
 
     @numba.njit(inline="always")
@@ -265,7 +265,22 @@ def _build() -> SimpleNamespace:
             ctl[pdims + i] = p.shape[i]
         ctl[14] = k.shape[2]
         ctl[15] = v.shape[3]
-    _QKV, _ST3, _PUT_QKV = qkv, st3, put_qkv
+
+    @numba.njit(inline="always")
+    def put_opts(ctl, ctlf, at, scale, causal, direct, chunk):
+        """The attention options at numbers ``at`` to ``at + 3``: scale (a float64), causal,
+        direct, chunk."""
+        ctlf[at] = scale
+        ctl[at + 1] = 1 if causal else 0
+        ctl[at + 2] = direct
+        ctl[at + 3] = chunk
+
+    @numba.njit(inline="always")
+    def opts(data, ctl, at):
+        """What ``put_opts`` wrote: (scale as float32, causal, direct, chunk)."""
+        scale = np.float32(numba.carray(_F64P(_SLOT(data, at)), 1)[0])
+        return scale, ctl[at + 1] != 0, ctl[at + 2], ctl[at + 3]
+    _QKV, _ST3, _PUT_QKV, _PUT_OPTS, _OPTS = qkv, st3, put_qkv, put_opts, opts
 
     @numba.njit(cache=True, nogil=True)
     def pack_attn(ctl, ctlf, q, k, v, out, p, qst, kst, vst, ost, scale, causal, direct,
@@ -277,10 +292,7 @@ def _build() -> SimpleNamespace:
             ctl[19 + i] = kst[i]
             ctl[22 + i] = vst[i]
             ctl[25 + i] = ost[i]
-        ctlf[28] = scale
-        ctl[29] = 1 if causal else 0
-        ctl[30] = direct
-        ctl[31] = chunk
+        _PUT_OPTS(ctl, ctlf, 28, scale, causal, direct, chunk)
 
     @numba.cfunc(types.void(types.voidptr), cache=True, error_model="numpy")
     def attn_fwd_body(data):
@@ -292,10 +304,7 @@ def _build() -> SimpleNamespace:
         out = numba.carray(_F32P(ctl[3]), (B, H, L, Ev))
         p = numba.carray(_F32P(ctl[4]), (ctl[10], ctl[11], ctl[12], ctl[13]))  # (C-contiguous)
         qst, kst, vst, ost = _ST3(ctl, 16), _ST3(ctl, 19), _ST3(ctl, 22), _ST3(ctl, 25)
-        scale = np.float32(numba.carray(_F64P(_SLOT(data, 28)), 1)[0])
-        causal = ctl[29] != 0
-        direct = ctl[30]
-        chunk = ctl[31]
+        scale, causal, direct, chunk = _OPTS(data, ctl, 28)
         n = B * H
         counter = _SLOT(data, 5)
         while True:
@@ -320,10 +329,7 @@ def _build() -> SimpleNamespace:
         ctl[8] = dv.ctypes.data
         for i in range(21):
             ctl[20 + i] = st[i]
-        ctlf[41] = scale
-        ctl[42] = 1 if causal else 0
-        ctl[43] = direct
-        ctl[44] = chunk
+        _PUT_OPTS(ctl, ctlf, 41, scale, causal, direct, chunk)
 
     @numba.cfunc(types.void(types.voidptr), cache=True, error_model="numpy")
     def attn_bwd_body(data):
@@ -337,10 +343,7 @@ def _build() -> SimpleNamespace:
         dq, dk, dv = _QKV(ctl, 6, 10)
         qst, kst, vst, gst = _ST3(ctl, 20), _ST3(ctl, 23), _ST3(ctl, 26), _ST3(ctl, 29)
         dqst, dkst, dvst = _ST3(ctl, 32), _ST3(ctl, 35), _ST3(ctl, 38)
-        scale = np.float32(numba.carray(_F64P(_SLOT(data, 41)), 1)[0])
-        causal = ctl[42] != 0
-        direct = ctl[43]
-        chunk = ctl[44]
+        scale, causal, direct, chunk = _OPTS(data, ctl, 41)
         n = B * H
         counter = _SLOT(data, 5)
         while True:
@@ -369,6 +372,8 @@ _ATTN_BWD: Any = None
 _QKV: Any = None
 _ST3: Any = None
 _PUT_QKV: Any = None
+_PUT_OPTS: Any = None
+_OPTS: Any = None
 
 
 kernels = LazyKernels(_build)
