@@ -6,17 +6,22 @@
 back: a full launch queue would make a launch call wait and take the blame. ``--lines``
 keys the self shares by source line instead of function.
 
-A thread samples the main thread's stack every ~0.5 ms while steps run back to back (the
-GPU trails; nothing synchronises inside a step). Unlike cProfile, whose per-call cost
-inflates small Python functions several times over, the shares are of real time. Prints
-the self share per source line's function and the inclusive share per function.
+A timer signal (``setitimer(ITIMER_REAL)``, every ~0.5 ms) interrupts the main thread while
+steps run, and its handler records the stack it interrupted. The handler runs at the main
+thread's next bytecode boundary, so a long C call (a launch, a library call) is charged to the
+Python function that made it. (A sampler thread, which this tool used before, is biased: it
+wins the GIL mostly when the main thread releases it, that is inside launches, and so charged
+them most samples.) Unlike cProfile, whose per-call cost inflates small Python functions
+several times over, the shares are of real time. Prints the self share per function (or
+line) and the inclusive share per function.
 """
 from __future__ import annotations
 
 import collections
+import signal
 import sys
-import threading
 import time
+from typing import Any
 
 from bench.gpu import WORKLOADS
 
@@ -43,46 +48,41 @@ def main() -> None:
     for _ in range(3):
         step()
     ember.cuda.synchronize()
-    main_id = threading.get_ident()
     self_c: collections.Counter = collections.Counter()
     incl: collections.Counter = collections.Counter()
     n = [0]
-    stop = threading.Event()
 
-    def sampler() -> None:
-        while not stop.is_set():
-            time.sleep(0.0005)
-            f = sys._current_frames().get(main_id)
-            if f is None:
-                continue
-            n[0] += 1
-            co = f.f_code
-            where = f.f_lineno if lines else co.co_name
-            self_c[f"{co.co_filename.split('/site-packages/')[-1].replace('/work/main/', '')}"
-                   f":{where}"] += 1
-            seen = set()
-            while f is not None:
-                co = f.f_code
-                key = f"{co.co_filename.split('/site-packages/')[-1].replace('/work/main/', '')}" \
-                      f":{co.co_name}"
-                if key not in seen:
-                    seen.add(key)
-                    incl[key] += 1
-                f = f.f_back
+    def src(co: Any) -> str:
+        return co.co_filename.split('/site-packages/')[-1].replace('/work/main/', '')
 
-    sys.setswitchinterval(0.0002)
-    th = threading.Thread(target=sampler, daemon=True)
+    def on_tick(signum: int, f: Any) -> None:
+        if f is None:
+            return
+        n[0] += 1
+        co = f.f_code
+        self_c[f"{src(co)}:{f.f_lineno if lines else co.co_name}"] += 1
+        seen = set()
+        while f is not None:
+            key = f"{src(f.f_code)}:{f.f_code.co_name}"
+            if key not in seen:
+                seen.add(key)
+                incl[key] += 1
+            f = f.f_back
+
+    old = signal.signal(signal.SIGALRM, on_tick)
+    signal.setitimer(signal.ITIMER_REAL, 0.0005, 0.0005)
     steps = 0
-    th.start()
     t0 = time.perf_counter()
-    while time.perf_counter() - t0 < secs:
-        step()
-        steps += 1
-        ember.cuda.synchronize()   # keep the queue short: host time only
-    stop.set()
-    th.join()
+    try:
+        while time.perf_counter() - t0 < secs:
+            step()
+            steps += 1
+            ember.cuda.synchronize()   # keep the queue short: host time only
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0, 0)
+        signal.signal(signal.SIGALRM, old)
     el = time.perf_counter() - t0
-    print(f"## {name}: {steps} steps, {el / steps * 1e3:.1f} ms/step (synchronised), "
+    print(f"## {name} (batch {batch or 'default'}): {steps} steps, {el / steps * 1e3:.1f} ms/step (synchronised), "
           f"{n[0]} samples")
     print("-- self (innermost Python frame; C calls count in their caller)")
     for k, v in self_c.most_common(80 if lines else 45):

@@ -515,7 +515,8 @@ __global__ void echo(T* out, int a, long long b, float c, double d, unsigned lon
 def test_nvrtc_launcher_packed_parameters_match_cupys_call(monkeypatch):
     """After its first launch (CuPy's call) a kernel launches from a kept parameter block
     (one struct.pack_into, cuLaunchKernel): every argument type lands at its offset as
-    CuPy's conversion put it; another thread, or other argument types, take CuPy's call."""
+    CuPy's conversion put it; other argument types get a block of their own after their
+    first (CuPy's) call, and another thread takes CuPy's call."""
     import threading
     import cupy
     from ember.backend.cuda_ops import _nvrtc as K
@@ -536,15 +537,21 @@ def test_nvrtc_launcher_packed_parameters_match_cupys_call(monkeypatch):
                 2.0 if i % 2 else 1.0, -2.25]
 
     np.testing.assert_array_equal(run(0), want(0))     # CuPy's call, then the block is made
-    assert isinstance(fn.fast, K._Packed)
+    assert [type(p) for p in fn.packs.values()] == [K._Packed]
     for i in range(1, 4):
         np.testing.assert_array_equal(run(i), want(i))
-    # other argument types (a pointer given as a number) take CuPy's call, kept layout unused
-    out = cupy.zeros(10, cupy.float64)
-    fn((1, 1, 1), (1, 1, 1), (out, np.int32(1), np.int64(2), np.float32(3), np.float64(4),
-                              np.uint64(5), np.int8(6), np.int16(7), np.bool_(True),
-                              np.uint64(src.data.ptr + 4), np.float32(8)))
-    np.testing.assert_array_equal(cupy.asnumpy(out), [1, 2, 3, 4, 5, 6, 7, 1, 2, 8])
+    # other argument types (a pointer given as a number): CuPy's call, then their own block;
+    # calls alternating between the two type tuples each use their own block
+    for k in range(3):
+        out = cupy.zeros(10, cupy.float64)
+        fn((1, 1, 1), (1, 1, 1), (out, np.int32(1 + k), np.int64(2), np.float32(3),
+                                  np.float64(4), np.uint64(5), np.int8(6), np.int16(7),
+                                  np.bool_(True), np.uint64(src.data.ptr + 4 * (1 + k % 2)),
+                                  np.float32(8)))
+        np.testing.assert_array_equal(cupy.asnumpy(out),
+                                      [1 + k, 2, 3, 4, 5, 6, 7, 1, 2 + k % 2, 8])
+        np.testing.assert_array_equal(run(6 + k), want(6 + k))
+    assert len(fn.packs) == 2 and all(isinstance(p, K._Packed) for p in fn.packs.values())
     res = []
     t = threading.Thread(target=lambda: res.append(run(5)))
     t.start()

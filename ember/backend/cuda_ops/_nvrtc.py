@@ -309,29 +309,32 @@ def function(family: str, name: str, targs: str, coop: bool = False) -> Any:
 class _Launcher:
     """A compiled kernel; ``launcher(grid, block, args)`` runs it on the current stream.
 
-    Arrays go to the kernel as their device pointers. The first launch goes through CuPy's
-    ``RawKernel`` call, which converts every argument anew (~0.4 us each: a 23-argument
-    launch cost ~15 us, 6 arguments ~8 us). From then on, a launch whose argument types are
-    those of the first (and from the thread that made it) writes the values into a kept
-    parameter block with one ``struct.pack_into`` and calls ``cuLaunchKernel`` through
-    CuPy's driver binding (~4.4 us at any argument count): argument sizes follow CuPy's
-    conversions (NumPy scalars their own, arrays a pointer). The driver copies the
-    parameters at the launch, so the block is reused at once; a launch from another thread,
-    or with other argument types, takes CuPy's call. Should CuPy refuse an array of a dtype it does not know (bfloat16 comes
-    from ml_dtypes), the raw pointers are passed to it instead.
+    Arrays go to the kernel as their device pointers. The first launch with a given tuple of
+    argument types goes through CuPy's ``RawKernel`` call, which converts every argument
+    anew (~0.4 us each: a 23-argument launch cost ~15 us, 6 arguments ~8 us). From then on,
+    a launch with those types (and from the thread that made the block) writes the values
+    into that types' kept parameter block with one ``struct.pack_into`` and calls
+    ``cuLaunchKernel`` through CuPy's driver binding (~4.4 us at any argument count):
+    argument sizes follow CuPy's conversions (NumPy scalars their own, arrays a pointer).
+    One kernel may keep a block for each of a few type tuples (:data:`_MAX_PACKS`): a batch
+    norm backward passes its ReLU mask as an array in one layer and as a null pointer in
+    the next, and with one block these alternating calls each took CuPy's call. The driver
+    copies the parameters at the launch, so a block is reused at once; a launch from another
+    thread takes CuPy's call. Should CuPy refuse an array of a dtype it does not know
+    (bfloat16 comes from ml_dtypes), the raw pointers are passed to it instead.
     """
 
-    __slots__ = ("fn", "raw", "fast")
+    __slots__ = ("fn", "raw", "packs")
 
     def __init__(self, fn: Any) -> None:
         self.fn = fn
         self.raw = False
-        self.fast: Any = None   # _Packed once the first launch succeeded; False: never
+        self.packs: dict = {}   # argument types -> _Packed (False: these types never pack)
 
     def __call__(self, grid: tuple, block: tuple, args: tuple, shared_mem: int = 0) -> None:
-        fast = self.fast
-        if fast and fast.types == tuple(map(type, args)) and fast.thread == _ident() and \
-                len(grid) == 3 and len(block) == 3:
+        types = tuple(map(type, args))
+        fast = self.packs.get(types)
+        if fast and fast.thread == _ident() and len(grid) == 3 and len(block) == 3:
             fast.fill(args)
             gx, gy, gz = grid
             bx, by, bz = block
@@ -345,26 +348,30 @@ class _Launcher:
                 self.raw = True
             else:
                 if fast is None:
-                    self.fast = _packed(self.fn, args, grid, block)
+                    self._keep(types, args, grid, block)
                 return
         import cupy  # noqa: PLC0415
         self.fn(grid, block, tuple(np.uint64(a.data.ptr) if isinstance(a, cupy.ndarray) else a
                                    for a in args), shared_mem=shared_mem)
         if fast is None:
-            self.fast = _packed(self.fn, args, grid, block)
+            self._keep(types, args, grid, block)
+
+    def _keep(self, types: tuple, args: tuple, grid: tuple, block: tuple) -> None:
+        if len(self.packs) < _MAX_PACKS:
+            self.packs[types] = _packed(self.fn, args, grid, block)
 
 
 class _CoopLauncher:
     """A compiled kernel that synchronises its whole grid (cooperative groups' ``grid.sync``):
     every launch goes through ``cuLaunchCooperativeKernel``, which needs all of the grid's
     blocks resident at once (:meth:`max_blocks`). Arguments as in :class:`_Launcher`, always
-    through a kept parameter block."""
+    through a kept parameter block (one for each tuple of argument types and thread)."""
 
-    __slots__ = ("fn", "fast", "_occupancy")
+    __slots__ = ("fn", "packs", "_occupancy")
 
     def __init__(self, fn: Any) -> None:
         self.fn = fn
-        self.fast: Any = None
+        self.packs: dict = {}   # (argument types, thread) -> _Packed
         self._occupancy: dict = {}
 
     def max_blocks(self, threads: int, shared: int) -> int:
@@ -382,13 +389,16 @@ class _CoopLauncher:
         return n
 
     def __call__(self, grid: tuple, block: tuple, args: tuple, shared_mem: int = 0) -> None:
-        fast = self.fast
-        if not fast or fast.types != tuple(map(type, args)) or fast.thread != _ident():
+        key = (tuple(map(type, args)), _ident())
+        fast = self.packs.get(key)
+        if not fast:
             fast = _packed(self.fn, args, grid, block)
             if not fast:
                 raise TypeError("cooperative launch: unsupported argument types "
                                 f"{[type(a).__name__ for a in args]}")
-            self.fast = fast
+            if len(self.packs) >= _MAX_PACKS:
+                self.packs.clear()
+            self.packs[key] = fast
             if _COOP[0] is None:
                 from cupy_backends.cuda.api import driver  # noqa: PLC0415
                 _COOP[0] = driver.launchCooperativeKernel
@@ -399,6 +409,7 @@ class _CoopLauncher:
 
 
 _COOP: list = [None]   # cupy_backends' driver.launchCooperativeKernel
+_MAX_PACKS = 8         # kept parameter blocks per kernel (argument type tuples)
 
 
 class _Packed:
