@@ -6,6 +6,7 @@ cast to its dtype, then handed on. The sweep runs with grad mode off unless
 """
 from __future__ import annotations
 
+import os as _os
 import sys as _sys
 
 from typing import Any, Sequence
@@ -165,6 +166,10 @@ def run_backward(tensors: Sequence[Tensor], grads: Sequence[Any], retain_graph: 
     stolen = set()   # user-given grads are never stolen
     for r in roots:
         stolen.add(id(r[2]._data))
+    # autocast's bulk weight casts: their gradients are cast back together after the sweep
+    # (only where no hook, capture, anomaly check or double backward could tell the difference)
+    deferred: list | None = [] if _DEFER_CASTS and not (create_graph or targets or
+                                                        _State.anomaly) else None
     prev = _State.enabled
     _State.enabled = bool(create_graph)
     try:
@@ -186,6 +191,10 @@ def run_backward(tensors: Sequence[Tensor], grads: Sequence[Any], retain_graph: 
                     continue
                 if buf[0] is not None:
                     _accumulate(node.variable, buf[0], create_graph, stolen)
+                continue
+            if node._defer and deferred is not None and _defer(node, buf, deferred):
+                if not retain_graph:
+                    node.release()
                 continue
             # The node's backward, then its gradients handed to the next nodes' buffers
             # (written here rather than in a helper: this runs once per node of every step).
@@ -232,6 +241,8 @@ def run_backward(tensors: Sequence[Tensor], grads: Sequence[Any], retain_graph: 
                 nbuf[nr] = g if old is None else _sum(old, g)
             if not retain_graph:
                 node.release()
+        if deferred:
+            _cast_deferred(deferred, stolen)
     finally:
         _State.enabled = prev
 
@@ -245,6 +256,47 @@ def run_backward(tensors: Sequence[Tensor], grads: Sequence[Any], retain_graph: 
                         "behavior.")
         return captured
     return None
+
+
+_DEFER_CASTS = _os.environ.get("EMBER_DEFER_CASTS", "1") != "0"   # 0: each cast's backward
+
+
+def _defer(node: Node, buf: list, deferred: list) -> bool:
+    """Whether the gradient of a bulk weight cast (``node``: the cast of a leaf parameter to
+    bf16/fp16 under autocast, made by :func:`ember.amp.autocast_mode._bulk_cast` on CUDA)
+    was set aside in ``deferred`` for :func:`_cast_deferred`, instead of running the cast's
+    backward now: one launch for all of a step's weights, where each had a cast kernel, an
+    allocation and a node's dispatch (~50 in a ResNet-50 or GPT-2 step). Only when nothing
+    can observe the leaf's gradient before the sweep ends: no hooks on the node, the leaf or
+    its sink, and a gradient of the leaf's shape."""
+    e = node.next_edges[0]
+    g = buf[0]
+    if e is None or g is None or node._post_hooks or len(buf) != 1:
+        return False
+    acc = e[0]
+    if type(acc) is not AccumulateGrad or acc._tensor_pre_hooks or acc._retains or \
+            acc._pre_hooks:
+        return False
+    leaf = acc.variable
+    if leaf._hooks or (leaf.__dict__ and leaf.__dict__.get("_post_acc_hooks")) or \
+            g._data.shape != e[2] or g._device is not leaf._device:
+        return False
+    deferred.append((leaf, g, e[3]))
+    return True
+
+
+def _cast_deferred(deferred: list, stolen: set) -> None:
+    """Cast the gradients :func:`_defer` set aside to their leaves' dtypes (one launch for
+    each pair of dtypes) and accumulate them."""
+    from ember.backend.cuda_ops.kernels_pointwise import cast_all  # noqa: PLC0415
+    import cupy  # noqa: PLC0415 - deferred gradients are CUDA arrays
+    groups: dict = {}
+    for leaf, g, dt in deferred:
+        groups.setdefault((g._data.dtype, dt), []).append((leaf, g))
+    for (_, dt), pairs in groups.items():
+        outs = cast_all(cupy, [g._data for _, g in pairs], dt.np)
+        for (leaf, g), arr in zip(pairs, outs):
+            _accumulate(leaf, _make(arr, dt, leaf._device), False, stolen)
 
 
 def _pre_hooks(node: Node, buf: list) -> list:

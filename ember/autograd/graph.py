@@ -45,6 +45,7 @@ class Node:
     _post_hooks: dict | None = None
     _retains: dict | None = None          # {output_nr: weakref(tensor)}
     _traceback: list | None = None
+    _defer = False   # an autocast bulk weight cast: the engine may defer its backward
     n_outputs = 1
     out_meta: Any = ()                    # [(shape, dtype, device)] per output
 

@@ -502,6 +502,7 @@ def _adopt_cast(op: OpDef, a: Tensor, dt: _dt.dtype, made: Any) -> Tensor:
         if impl is not None:
             impl.adopt(ctx, a._data, made)
             ctx._impl = impl   # its backward casts the gradient back directly
+            ctx._defer = True  # or the engine casts all such gradients at once (engine._defer)
         else:
             op.adopt(ctx, a._data, made)
         _record(op, ctx, args, (a._data, dt, None), (res,))

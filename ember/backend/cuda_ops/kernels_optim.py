@@ -295,9 +295,10 @@ def static_key(lists: Sequence[Sequence[Any] | None], steps: Sequence[Any] | Non
 
 
 def _table(cp: Any, lists: Sequence[Sequence[Any] | None], steps: Sequence[Any] | None,
-           static: tuple | None) -> tuple[Any, int]:
-    """The device table for these tensors (cached by pointers and sizes) and its chunk count.
-    ``lists``: params, grads, then up to three state lists (None: no such state)."""
+           static: tuple | None, keep: bool = True) -> tuple[Any, int]:
+    """The device table for these tensors (cached by pointers and sizes unless not ``keep``)
+    and its chunk count. ``lists``: params, grads, then up to three state lists (None: no
+    such state)."""
     nt = len(lists[0])
     if static is None:
         static = static_key(lists, steps)
@@ -306,7 +307,7 @@ def _table(cp: Any, lists: Sequence[Sequence[Any] | None], steps: Sequence[Any] 
     if hit is not None:
         _TABLES.move_to_end(key)
         return hit
-    tmpl = _TEMPLATES.get(static)
+    tmpl = _TEMPLATES.get(static) if keep else None
     if tmpl is None:
         others, sizes, step_ptrs = static
         chunks = [(n + CHUNK - 1) // CHUNK for n in sizes]
@@ -318,9 +319,11 @@ def _table(cp: Any, lists: Sequence[Sequence[Any] | None], steps: Sequence[Any] 
             cols.append((0,) * nt)
         cols += [sizes, step_ptrs]
         host = np.stack([np.asarray(c, dtype=np.int64) for c in cols] + [first], axis=1)
-        tmpl = _TEMPLATES[static] = (host, int(sum(chunks)))
-        while len(_TEMPLATES) > _MAX_TABLES:
-            del _TEMPLATES[next(iter(_TEMPLATES))]
+        tmpl = (host, int(sum(chunks)))
+        if keep:
+            _TEMPLATES[static] = tmpl
+            while len(_TEMPLATES) > _MAX_TABLES:
+                del _TEMPLATES[next(iter(_TEMPLATES))]
     host = tmpl[0].copy()
     host[:, 1] = key[1]   # the gradients: the only column that changes between steps
     # Pinned staging (never a pageable copy, which would wait for the stream to drain);
@@ -328,9 +331,11 @@ def _table(cp: Any, lists: Sequence[Sequence[Any] | None], steps: Sequence[Any] 
     capturing = cp.cuda.get_current_stream().is_capturing()
     dev = _upload.to_device(cp, host)
     entry = (dev, tmpl[1])
-    _TABLES[key] = entry
     if capturing:
         _KEEP.append(entry)
+    if not keep:
+        return entry
+    _TABLES[key] = entry
     while len(_TABLES) > _MAX_TABLES:
         _TABLES.popitem(last=False)   # a table still in flight keeps its block: the pool
         # reuses freed blocks only in stream order
@@ -421,13 +426,16 @@ def sgd(params: Sequence[Any], grads: Sequence[Any], bufs: Sequence[Any] | None,
          np.int32(first)))
 
 
-def multi_cast(srcs: Sequence[Any], dsts: Sequence[Any]) -> None:
-    """``dsts[i][...] = srcs[i]`` in one launch: float32 sources, float16/bfloat16
-    destinations, each pair dense in one layout (a flat index is the same element in both)."""
+def multi_cast(srcs: Sequence[Any], dsts: Sequence[Any], keep: bool = True) -> None:
+    """``dsts[i][...] = srcs[i]`` in one launch: sources of one float dtype, destinations of
+    another, each pair dense in one layout (a flat index is the same element in both).
+    ``keep``: cache the pointer table (False for arrays that are new at every call, such as
+    gradients, which would only push the optimizers' tables out of the cache)."""
     import cupy as cp  # noqa: PLC0415
-    table, nchunks = _table(cp, [list(srcs), list(dsts)], None, None)
+    table, nchunks = _table(cp, [list(srcs), list(dsts)], None, None, keep)
     if nchunks:
-        K.function("optim_cast", "mt_cast", f"float, {K.dtype_ctype(dsts[0].dtype)}")(
+        K.function("optim_cast", "mt_cast", f"{K.dtype_ctype(srcs[0].dtype)}, "
+                                            f"{K.dtype_ctype(dsts[0].dtype)}")(
             (nchunks, 1, 1), (THREADS, 1, 1), (table, np.int32(len(srcs)), np.int32(CHUNK)))
 
 

@@ -17,6 +17,8 @@ operand's gradient is cast to its dtype by the engine, as the cast's backward di
 """
 from __future__ import annotations
 
+from typing import Any
+
 from ember import dtypes as _dt
 from ember.backend import device_of_array
 from ember.backend.cuda_ops import _layout as L
@@ -159,6 +161,28 @@ def bulk_cast(xp, arrays, dtype) -> list:
     from ember.backend.cuda_ops.kernels_optim import multi_cast  # noqa: PLC0415
     multi_cast(srcs, dsts)
     return out
+
+
+def cast_all(xp: Any, arrays: list, dtype: Any) -> list:
+    """``[a.astype(dtype) for a in arrays]`` (arrays of one dtype), each result a fresh
+    allocation in its array's layout: the dense ones in one launch, any other on its own
+    (the engine's deferred weight-gradient casts back to float32)."""
+    outs: list = [None] * len(arrays)
+    srcs, dsts = [], []
+    floats = ("float", "double") + K.HALF_CTYPES
+    dst = K.dtype_ctype(xp.dtype(dtype)) in floats
+    for i, a in enumerate(arrays):
+        if dst and a.size and K.dtype_ctype(a.dtype) in floats and \
+                (a.flags.c_contiguous or L.dense_order(a) is not None):
+            d = outs[i] = L.empty_like(xp, a, dtype)
+            srcs.append(a)
+            dsts.append(d)
+        else:
+            outs[i] = cast(xp, a, dtype)
+    if srcs:
+        from ember.backend.cuda_ops.kernels_optim import multi_cast  # noqa: PLC0415
+        multi_cast(srcs, dsts, keep=False)
+    return outs
 
 
 class AddImpl:
