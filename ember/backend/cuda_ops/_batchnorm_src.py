@@ -25,27 +25,42 @@ __device__ __forceinline__ void gmaskv(float (&u)[N], const T* __restrict__ ym) 
 
 // ---- NCHW. Within channel c, flat j in [0, N*HW) is (n, s) = divmod(j, HW).
 // Threads step j by `stride`; (n, s) advance by (sq, sr) = divmod(stride, HW), carrying.
+// f(k) gets each visited element's index k into the (N, C, HW) array.
+template <typename F>
+__device__ __forceinline__ void nchw_channel_walk(int c, int N, int C, int HW, F f) {
+    long long total = (long long)N * HW;
+    long long j = (long long)blockIdx.y * blockDim.x + threadIdx.x;
+    long long stride = (long long)gridDim.y * blockDim.x;
+    long long n = j / HW, s = j % HW, sq = stride / HW, sr = stride % HW;
+    for (; j < total; j += stride) {
+        f((n * C + c) * HW + s);
+        n += sq; s += sr;
+        if (s >= HW) { s -= HW; ++n; }
+    }
+}
+
+// The block's two sums into the channel's partials (block (c, b) of a (C, P) grid).
+__device__ __forceinline__ void put_partials(float a1, float a2, float* __restrict__ p1,
+                                             float* __restrict__ p2, float* sh) {
+    a1 = row_sum(a1, sh);
+    a2 = row_sum(a2, sh);
+    int i = blockIdx.x * gridDim.y + blockIdx.y;
+    if (threadIdx.x == 0) { p1[i] = a1; p2[i] = a2; }
+}
+
 template <typename T, typename W>
 __global__ void bn_stats(const T* __restrict__ x, float* __restrict__ p1,
                          float* __restrict__ p2, int N, int C, int HW) {
     __shared__ float sh[32];
-    int c = blockIdx.x, P = gridDim.y;
-    long long total = (long long)N * HW;
-    long long j = (long long)blockIdx.y * blockDim.x + threadIdx.x;
-    long long stride = (long long)P * blockDim.x;
-    long long n = j / HW, s = j % HW, sq = stride / HW, sr = stride % HW;
+    int c = blockIdx.x;
     float K = ld(x, (long long)c * HW);
     float a1 = 0.f, a2 = 0.f;
-    for (; j < total; j += stride) {
-        float d = ld(x, (n * C + c) * HW + s) - K;
+    nchw_channel_walk(c, N, C, HW, [&](long long k) {
+        float d = ld(x, k) - K;
         a1 += d;
         a2 += d * d;
-        n += sq; s += sr;
-        if (s >= HW) { s -= HW; ++n; }
-    }
-    a1 = row_sum(a1, sh);
-    a2 = row_sum(a2, sh);
-    if (threadIdx.x == 0) { p1[c * P + blockIdx.y] = a1; p2[c * P + blockIdx.y] = a2; }
+    });
+    put_partials(a1, a2, p1, p2, sh);
 }
 
 // kstride: distance between the first elements of neighbouring channels (HW for NCHW, 1 for
@@ -109,25 +124,34 @@ __global__ void bn_finalize(const T* __restrict__ x, const float* __restrict__ p
                                 momentum, unbias, nbt, upd);
 }
 
-template <typename T, typename W>
-__global__ void bn_apply(const T* __restrict__ x, const W* __restrict__ w,
-                         const W* __restrict__ b, const float* __restrict__ mean,
-                         const float* __restrict__ rstd, T* __restrict__ y, long long total,
-                         int C, int HW, int has_w, int has_b, int relu) {
+// Grid-stride over all N*C*HW elements of an NCHW array; f(i, c) gets each element's flat
+// index and channel, the channel carried along as i advances (no division per element).
+template <typename F>
+__device__ __forceinline__ void nchw_flat_walk(long long total, int C, int HW, F f) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     long long stride = (long long)gridDim.x * blockDim.x;
     long long plane = i / HW, s = i % HW;
     long long sq = stride / HW, sr = stride % HW;
     int c = (int)(plane % C), cq = (int)(sq % C);
     for (; i < total; i += stride) {
-        float v = (ld(x, i) - mean[c]) * rstd[c];
-        if (has_w) v *= ld(w, c);
-        if (has_b) v += ld(b, c);
-        st(y, i, relu ? relu0(v) : v);
+        f(i, c);
         s += sr; c += cq;
         if (s >= HW) { s -= HW; ++c; }
         if (c >= C) c -= C;
     }
+}
+
+template <typename T, typename W>
+__global__ void bn_apply(const T* __restrict__ x, const W* __restrict__ w,
+                         const W* __restrict__ b, const float* __restrict__ mean,
+                         const float* __restrict__ rstd, T* __restrict__ y, long long total,
+                         int C, int HW, int has_w, int has_b, int relu) {
+    nchw_flat_walk(total, C, HW, [&](long long i, int c) {
+        float v = (ld(x, i) - mean[c]) * rstd[c];
+        if (has_w) v *= ld(w, c);
+        if (has_b) v += ld(b, c);
+        st(y, i, relu ? relu0(v) : v);
+    });
 }
 
 template <typename T, typename W>
@@ -136,24 +160,15 @@ __global__ void bn_bwd_stats(const T* __restrict__ g, const T* __restrict__ x,
                              float* __restrict__ p1, float* __restrict__ p2, int N, int C,
                              int HW, const T* __restrict__ ym) {
     __shared__ float sh[32];
-    int c = blockIdx.x, P = gridDim.y;
-    long long total = (long long)N * HW;
-    long long j = (long long)blockIdx.y * blockDim.x + threadIdx.x;
-    long long stride = (long long)P * blockDim.x;
-    long long n = j / HW, s = j % HW, sq = stride / HW, sr = stride % HW;
+    int c = blockIdx.x;
     float mu = mean[c], r = rstd[c];
     float a1 = 0.f, a2 = 0.f;
-    for (; j < total; j += stride) {
-        long long k = (n * C + c) * HW + s;
+    nchw_channel_walk(c, N, C, HW, [&](long long k) {
         float gv = gmask(g, ym, k);
         a1 += gv;
         a2 += gv * (ld(x, k) - mu) * r;
-        n += sq; s += sr;
-        if (s >= HW) { s -= HW; ++n; }
-    }
-    a1 = row_sum(a1, sh);
-    a2 = row_sum(a2, sh);
-    if (threadIdx.x == 0) { p1[c * P + blockIdx.y] = a1; p2[c * P + blockIdx.y] = a2; }
+    });
+    put_partials(a1, a2, p1, p2, sh);
 }
 
 // sums[c] = sum g, sums[C + c] = sum g * xhat; also dbias / dweight in the parameter type.
@@ -204,20 +219,12 @@ __global__ void bn_bwd_dx(const T* __restrict__ g, const T* __restrict__ x,
                           const float* __restrict__ rstd, const float* __restrict__ sums,
                           T* __restrict__ dx, long long total, int C, int HW, float inv_count,
                           int has_w, const T* __restrict__ ym) {
-    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    long long stride = (long long)gridDim.x * blockDim.x;
-    long long plane = i / HW, s = i % HW;
-    long long sq = stride / HW, sr = stride % HW;
-    int c = (int)(plane % C), cq = (int)(sq % C);
-    for (; i < total; i += stride) {
+    nchw_flat_walk(total, C, HW, [&](long long i, int c) {
         float r = rstd[c];
         float xh = (ld(x, i) - mean[c]) * r;
         float v = gmask(g, ym, i) - sums[c] * inv_count - xh * sums[C + c] * inv_count;
         st(dx, i, v * r * (has_w ? ld(w, c) : 1.f));
-        s += sr; c += cq;
-        if (s >= HW) { s -= HW; ++c; }
-        if (c >= C) c -= C;
-    }
+    });
 }
 
 // running = (1 - momentum) * running + momentum * stat (the variance unbiased by `unbias`)
@@ -511,6 +518,21 @@ KERNELS = ("bn_stats", "bn_finalize", "bn_apply", "bn_bwd_stats", "bn_bwd_finali
 COOP_SOURCE = "#include <cooperative_groups.h>\n" + SOURCE + r"""
 namespace cg = cooperative_groups;
 
+// The statistics phase (mode 0: forward, 1: backward, as bncl_stats_v): the GX x P blocks of
+// bncl_stats_v's grid, looped over by this grid's blocks.
+template <typename T>
+__device__ __forceinline__ void bncl_stats_grid(
+        const T* __restrict__ x, const T* __restrict__ g, const float* __restrict__ mean,
+        const float* __restrict__ rstd, float* __restrict__ p1, float* __restrict__ p2,
+        long long M, int C, long long chunk, int mode, int GB, int RB,
+        const T* __restrict__ ym, int GX, int P, float* sh) {
+    for (int vb = blockIdx.x; vb < GX * P; vb += gridDim.x) {
+        bncl_stats_v_body<T>(x, g, mean, rstd, p1, p2, M, C, chunk, mode, GB, RB, ym, vb % GX,
+                             vb / GX, P, sh);
+        __syncthreads();   // the next virtual block reuses the shared partials
+    }
+}
+
 // Forward. The statistics' GX x P blocks are looped over by the grid's blocks; then one warp
 // a channel finalizes; then the grid-stride apply (gridDim.x * blockDim.x * N a multiple of C).
 template <typename T, typename W>
@@ -525,11 +547,8 @@ __global__ void bncl_fwd_coop(const T* __restrict__ x, float* __restrict__ p1,
                               int upd, T* __restrict__ y, long long nv, int relu) {
     extern __shared__ float sh[];
     cg::grid_group grid = cg::this_grid();
-    for (int vb = blockIdx.x; vb < GX * P; vb += gridDim.x) {
-        bncl_stats_v_body<T>(x, x, nullptr, nullptr, p1, p2, M, C, chunk, 0, GB, RB, nullptr,
-                             vb % GX, vb / GX, P, sh);
-        __syncthreads();   // the next virtual block reuses the shared partials
-    }
+    bncl_stats_grid<T>(x, x, nullptr, nullptr, p1, p2, M, C, chunk, 0, GB, RB, nullptr, GX, P,
+                       sh);
     grid.sync();
     int warps = blockDim.x >> 5;
     for (int c = blockIdx.x * warps + (threadIdx.x >> 5); c < C; c += gridDim.x * warps)
@@ -555,11 +574,7 @@ __global__ void bncl_bwd_coop(const T* __restrict__ x, const T* __restrict__ g,
                               T* __restrict__ dx, long long nv, int do_dx) {
     extern __shared__ float sh[];
     cg::grid_group grid = cg::this_grid();
-    for (int vb = blockIdx.x; vb < GX * P; vb += gridDim.x) {
-        bncl_stats_v_body<T>(x, g, mean, rstd, p1, p2, M, C, chunk, 1, GB, RB, ym, vb % GX,
-                             vb / GX, P, sh);
-        __syncthreads();
-    }
+    bncl_stats_grid<T>(x, g, mean, rstd, p1, p2, M, C, chunk, 1, GB, RB, ym, GX, P, sh);
     grid.sync();
     int warps = blockDim.x >> 5;
     for (int c = blockIdx.x * warps + (threadIdx.x >> 5); c < C; c += gridDim.x * warps)
