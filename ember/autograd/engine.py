@@ -287,16 +287,17 @@ def _defer(node: Node, buf: list, deferred: list) -> bool:
 
 def _cast_deferred(deferred: list, stolen: set) -> None:
     """Cast the gradients :func:`_defer` set aside to their leaves' dtypes (one launch for
-    each pair of dtypes) and accumulate them."""
+    each device and pair of dtypes) and accumulate them."""
     from ember.backend.cuda_ops.kernels_pointwise import cast_all  # noqa: PLC0415
     import cupy  # noqa: PLC0415 - deferred gradients are CUDA arrays
     groups: dict = {}
     for leaf, g, dt in deferred:
-        groups.setdefault((g._data.dtype, dt), []).append((leaf, g))
-    for (_, dt), pairs in groups.items():
-        outs = cast_all(cupy, [g._data for _, g in pairs], dt.np)
+        groups.setdefault((leaf._device, g._data.dtype, dt), []).append((leaf, g))
+    for (dev, _, dt), pairs in groups.items():
+        with cupy.cuda.Device(dev.index or 0):   # one launch per device and pair of dtypes
+            outs = cast_all(cupy, [g._data for _, g in pairs], dt.np)
         for (leaf, g), arr in zip(pairs, outs):
-            _accumulate(leaf, _make(arr, dt, leaf._device), False, stolen)
+            _accumulate(leaf, _make(arr, dt, dev), False, stolen)
 
 
 def _pre_hooks(node: Node, buf: list) -> list:
