@@ -10,29 +10,9 @@ import pytest
 import ember
 from ember.nn.functional.normalization import _batch_norm
 from ember.nn.modules import fused
+from cuda_cases import TOL, bn_inputs, cuda, host, is_cl, rounded
 
 pytestmark = pytest.mark.cuda
-
-TOL = {"float32": 1e-4, "float16": 4e-3, "bfloat16": 3e-2}
-
-
-def _host(t) -> np.ndarray:
-    return t.detach().cpu().float().numpy().astype(np.float64)
-
-
-def _rounded(a: np.ndarray, dtype: str) -> np.ndarray:
-    return _host(ember.tensor(a.astype(np.float32)).to(getattr(ember, dtype)))
-
-
-def _cuda(a: np.ndarray, dtype: str, cl: bool = False, grad: bool = True):
-    t = ember.tensor(a, device="cuda").to(getattr(ember, dtype))
-    if cl:
-        t = t.to(memory_format=ember.channels_last)
-    return t.requires_grad_(grad)
-
-
-def _is_cl(t) -> bool:
-    return t.is_contiguous(memory_format=ember.channels_last) and not t.is_contiguous()
 
 
 def _bn_relu_ref(x, w, b, g, mask, eps=1e-5):
@@ -57,19 +37,16 @@ def test_batch_norm_relu_matches_numpy(dtype, cl, shape):
     # (3, 70, ...): channels not a multiple of the vector width (the scalar kernels)
     rng = np.random.default_rng(0)
     c = shape[1]
-    x = _rounded(rng.standard_normal(shape) * 2 + 3, dtype)
-    w = rng.standard_normal(c).astype(np.float32) + 1
-    b = rng.standard_normal(c).astype(np.float32)
-    g = _rounded(rng.standard_normal(shape), dtype)
-    xt = _cuda(x, dtype, cl)
-    wt, bt = _cuda(w, "float32"), _cuda(b, "float32")     # autocast: float32 parameters
+    x, w, b, g = bn_inputs(rng, shape, dtype)
+    xt = cuda(x, dtype, cl)
+    wt, bt = cuda(w, "float32"), cuda(b, "float32")     # autocast: float32 parameters
     rm, rv = ember.zeros(c, device="cuda"), ember.ones(c, device="cuda")
     y = _batch_norm(xt, rm, rv, wt, bt, True, 0.1, 1e-5, None, relu=True)
     assert type(y.grad_fn).__name__ == "BatchNormReluBackward0"
     assert y.grad_fn._impl is not None, "the CUDA kernels did not run"
-    assert y.dtype is xt.dtype and _is_cl(y) == cl
+    assert y.dtype is xt.dtype and is_cl(y) == cl
     y.backward(ember.tensor(g, device="cuda").to(y.dtype))
-    got = _host(y)
+    got = host(y)
     pre, ry, rdx, rdw, rdb, rmean, rvar = _bn_relu_ref(x, w, b, g, got > 0)
     tol = TOL[dtype]
     # the mask came from ember's rounded output: it must agree with the float64 sign
@@ -79,26 +56,26 @@ def test_batch_norm_relu_matches_numpy(dtype, cl, shape):
     assert (got == 0).mean() > 0.2                    # the ReLU clipped a good share
     n = x.size // c
     np.testing.assert_allclose(got, ry, rtol=tol, atol=tol * 4)
-    assert _is_cl(xt.grad) == cl
-    np.testing.assert_allclose(_host(xt.grad), rdx, rtol=tol, atol=tol * 4)
-    np.testing.assert_allclose(_host(wt.grad), rdw, rtol=tol, atol=tol * np.sqrt(n) * 2)
-    np.testing.assert_allclose(_host(bt.grad), rdb, rtol=tol, atol=tol * np.sqrt(n) * 2)
-    np.testing.assert_allclose(_host(rm), 0.1 * rmean, rtol=tol, atol=1e-3)
-    np.testing.assert_allclose(_host(rv), 0.9 + 0.1 * rvar * n / (n - 1), rtol=tol, atol=1e-3)
+    assert is_cl(xt.grad) == cl
+    np.testing.assert_allclose(host(xt.grad), rdx, rtol=tol, atol=tol * 4)
+    np.testing.assert_allclose(host(wt.grad), rdw, rtol=tol, atol=tol * np.sqrt(n) * 2)
+    np.testing.assert_allclose(host(bt.grad), rdb, rtol=tol, atol=tol * np.sqrt(n) * 2)
+    np.testing.assert_allclose(host(rm), 0.1 * rmean, rtol=tol, atol=1e-3)
+    np.testing.assert_allclose(host(rv), 0.9 + 0.1 * rvar * n / (n - 1), rtol=tol, atol=1e-3)
 
 
 def test_batch_norm_relu_nan_and_double_backward():
     x = np.random.default_rng(1).standard_normal((4, 8, 3, 3))
     x[0, 0, 0, 0] = np.nan                                # channel 0 becomes all NaN
-    xt = _cuda(x, "float32", True)
+    xt = cuda(x, "float32", True)
     y = _batch_norm(xt, None, None, None, None, True, 0.1, 1e-5, None, relu=True)
-    assert np.isnan(_host(y)[:, 0]).all()                 # NaN stays NaN, as torch's relu
+    assert np.isnan(host(y)[:, 0]).all()                 # NaN stays NaN, as torch's relu
     y.backward(ember.ones_like(y))
-    assert np.all(_host(xt.grad)[:, 1:] == _host(xt.grad)[:, 1:])   # other channels finite
+    assert np.all(host(xt.grad)[:, 1:] == host(xt.grad)[:, 1:])   # other channels finite
     # create_graph: the generic backward on the fused node's saved tensors, against torch
     torch = pytest.importorskip("torch")
     x = np.random.default_rng(2).standard_normal((4, 6, 5, 5))
-    xe = _cuda(x, "float32", True)
+    xe = cuda(x, "float32", True)
     (ge,) = ember.autograd.grad((_batch_norm(xe, None, None, None, None, True, 0.1, 1e-5,
                                              None, relu=True) ** 3).sum(), xe,
                                 create_graph=True)
@@ -107,32 +84,32 @@ def test_batch_norm_relu_nan_and_double_backward():
     (gt,) = torch.autograd.grad((torch.relu(torch.nn.functional.batch_norm(
         xt, None, None, training=True)) ** 3).sum(), xt, create_graph=True)
     (gt * gt).sum().backward()
-    np.testing.assert_allclose(_host(ge), gt.detach().numpy(), rtol=1e-3, atol=1e-4)
-    np.testing.assert_allclose(_host(xe.grad), xt.grad.numpy(), rtol=2e-3, atol=1e-3)
+    np.testing.assert_allclose(host(ge), gt.detach().numpy(), rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(host(xe.grad), xt.grad.numpy(), rtol=2e-3, atol=1e-3)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("cl", [False, True])
 def test_add_relu_matches_numpy(dtype, cl):
     rng = np.random.default_rng(3)
-    a = _rounded(rng.standard_normal((4, 16, 9, 7)), dtype)
-    b = _rounded(rng.standard_normal((4, 16, 9, 7)), dtype)
-    g = _rounded(rng.standard_normal(a.shape), dtype)
-    at, bt = _cuda(a, dtype, cl), _cuda(b, dtype, cl)
+    a = rounded(rng.standard_normal((4, 16, 9, 7)), dtype)
+    b = rounded(rng.standard_normal((4, 16, 9, 7)), dtype)
+    g = rounded(rng.standard_normal(a.shape), dtype)
+    at, bt = cuda(a, dtype, cl), cuda(b, dtype, cl)
     y = ember._add_relu(at, bt)
-    assert y.grad_fn._impl is not None and _is_cl(y) == cl and y.dtype is at.dtype
+    assert y.grad_fn._impl is not None and is_cl(y) == cl and y.dtype is at.dtype
     y.backward(ember.tensor(g, device="cuda").to(y.dtype))
     s = a + b
-    want = _rounded(np.maximum(s, 0), dtype)     # torch: the bf16 sum, then the ReLU
-    np.testing.assert_array_equal(_host(y), want)
+    want = rounded(np.maximum(s, 0), dtype)     # torch: the bf16 sum, then the ReLU
+    np.testing.assert_array_equal(host(y), want)
     gm = np.where(want > 0, g, 0)
-    np.testing.assert_array_equal(_host(at.grad), gm)
-    np.testing.assert_array_equal(_host(bt.grad), gm)
+    np.testing.assert_array_equal(host(at.grad), gm)
+    np.testing.assert_array_equal(host(bt.grad), gm)
     # operands of two layouts: the generic code, same values
     y2 = ember._add_relu(at.detach(), bt.detach().contiguous() if cl else
                          bt.detach().to(memory_format=ember.channels_last))
     assert y2.grad_fn is None
-    np.testing.assert_array_equal(_host(y2), want)
+    np.testing.assert_array_equal(host(y2), want)
 
 
 # ---------------------------------------------------------------------- ResNet blocks
@@ -170,7 +147,7 @@ def test_resnet_blocks_fuse_and_match_torch(kind):
     flags = ember.backends.cudnn
     tf32, flags.allow_tf32 = flags.allow_tf32, False
     try:
-        xe = _cuda(x, "float32", True)
+        xe = cuda(x, "float32", True)
         ye = blk(xe)
         g = np.random.default_rng(5).standard_normal(ye.shape)
         ye.backward(ember.tensor(g, device="cuda", dtype=ember.float32))
@@ -180,10 +157,10 @@ def test_resnet_blocks_fuse_and_match_torch(kind):
     xt = torch.tensor(x, requires_grad=True)
     yt, p = _torch_block(torch, blk, xt, kind)
     yt.backward(torch.tensor(g))
-    np.testing.assert_allclose(_host(ye), yt.detach().numpy(), rtol=1e-3, atol=1e-3)
-    np.testing.assert_allclose(_host(xe.grad), xt.grad.numpy(), rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(host(ye), yt.detach().numpy(), rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(host(xe.grad), xt.grad.numpy(), rtol=1e-3, atol=1e-3)
     for name, prm in blk.named_parameters():
-        np.testing.assert_allclose(_host(prm.grad), p[name].grad.numpy(), rtol=2e-3,
+        np.testing.assert_allclose(host(prm.grad), p[name].grad.numpy(), rtol=2e-3,
                                    atol=2e-3, err_msg=name)
     assert float(blk.bn1.num_batches_tracked.item()) == 1.0
 

@@ -8,29 +8,9 @@ import pytest
 
 import ember
 import ember.nn.functional as F
+from cuda_cases import TOL, bn_inputs, cuda, host, is_cl, rounded
 
 pytestmark = pytest.mark.cuda
-
-TOL = {"float32": 1e-4, "float16": 4e-3, "bfloat16": 3e-2}
-
-
-def _host(t) -> np.ndarray:
-    return t.detach().cpu().float().numpy().astype(np.float64)
-
-
-def _cuda(a: np.ndarray, dtype: str, cl: bool, grad: bool = True):
-    t = ember.tensor(a, device="cuda").to(getattr(ember, dtype))
-    if cl:
-        t = t.to(memory_format=ember.channels_last)
-    return t.requires_grad_(grad)
-
-
-def _rounded(a: np.ndarray, dtype: str) -> np.ndarray:
-    return _host(ember.tensor(a.astype(np.float32)).to(getattr(ember, dtype)))
-
-
-def _is_cl(t) -> bool:
-    return t.is_contiguous(memory_format=ember.channels_last) and not t.is_contiguous()
 
 
 def _fused(t) -> bool:
@@ -60,45 +40,45 @@ def _bn_ref(x, w, b, g, eps=1e-5):
 def test_batch_norm_layouts_and_param_dtypes(dtype, cl, pdt, shape):
     rng = np.random.default_rng(0)
     c = shape[1]
-    x = _rounded(rng.standard_normal(shape) * 2 + 3, dtype)
+    x = rounded(rng.standard_normal(shape) * 2 + 3, dtype)
     pd = dtype if pdt == "same" else "float32"
-    w = _rounded(rng.standard_normal(c) + 1, pd)
-    b = _rounded(rng.standard_normal(c), pd)
-    g = _rounded(rng.standard_normal(shape), dtype)
-    xt = _cuda(x, dtype, cl)
-    wt, bt = _cuda(w, pd, False), _cuda(b, pd, False)
+    w = rounded(rng.standard_normal(c) + 1, pd)
+    b = rounded(rng.standard_normal(c), pd)
+    g = rounded(rng.standard_normal(shape), dtype)
+    xt = cuda(x, dtype, cl)
+    wt, bt = cuda(w, pd, False), cuda(b, pd, False)
     rm = ember.zeros(c, device="cuda", dtype=getattr(ember, pd))
     rv = ember.ones(c, device="cuda", dtype=getattr(ember, pd))
     y = F.batch_norm(xt, rm, rv, wt, bt, training=True, momentum=0.1)
-    assert _fused(y) and y.dtype is xt.dtype and _is_cl(y) == cl
+    assert _fused(y) and y.dtype is xt.dtype and is_cl(y) == cl
     gt = ember.tensor(g, device="cuda").to(y.dtype)      # a C-ordered gradient
     y.backward(gt)
     ry, rdx, rdw, rdb, rmean, rvar = _bn_ref(x, w, b, g)
     tol = TOL[dtype]
     n = x.size // c
-    np.testing.assert_allclose(_host(y), ry, rtol=tol, atol=tol * 4)
-    assert _is_cl(xt.grad) == cl
-    np.testing.assert_allclose(_host(xt.grad), rdx, rtol=tol, atol=tol * 4)
-    np.testing.assert_allclose(_host(wt.grad), rdw, rtol=tol, atol=tol * np.sqrt(n) * 2)
-    np.testing.assert_allclose(_host(bt.grad), rdb, rtol=tol, atol=tol * np.sqrt(n) * 2)
+    np.testing.assert_allclose(host(y), ry, rtol=tol, atol=tol * 4)
+    assert is_cl(xt.grad) == cl
+    np.testing.assert_allclose(host(xt.grad), rdx, rtol=tol, atol=tol * 4)
+    np.testing.assert_allclose(host(wt.grad), rdw, rtol=tol, atol=tol * np.sqrt(n) * 2)
+    np.testing.assert_allclose(host(bt.grad), rdb, rtol=tol, atol=tol * np.sqrt(n) * 2)
     assert rm.dtype is getattr(ember, pd)
-    np.testing.assert_allclose(_host(rm), 0.1 * rmean, rtol=max(tol, TOL[pd]), atol=1e-3)
-    np.testing.assert_allclose(_host(rv), 0.9 + 0.1 * rvar * n / (n - 1),
+    np.testing.assert_allclose(host(rm), 0.1 * rmean, rtol=max(tol, TOL[pd]), atol=1e-3)
+    np.testing.assert_allclose(host(rv), 0.9 + 0.1 * rvar * n / (n - 1),
                                rtol=max(tol, TOL[pd]), atol=1e-3)
 
 
 def test_batch_norm_channels_last_no_affine_and_double_backward():
     rng = np.random.default_rng(1)
     x = rng.standard_normal((4, 6, 5, 5))
-    xt = _cuda(x, "float32", True)
+    xt = cuda(x, "float32", True)
     y = F.batch_norm(xt, None, None, training=True)
-    assert _fused(y) and _is_cl(y)
+    assert _fused(y) and is_cl(y)
     (y * y * y).sum().backward()
-    ry, rdx, *_ = _bn_ref(x, None, None, 3 * _host(y) ** 2)
-    np.testing.assert_allclose(_host(y), ry, rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(_host(xt.grad), rdx, rtol=1e-3, atol=1e-3)
+    ry, rdx, *_ = _bn_ref(x, None, None, 3 * host(y) ** 2)
+    np.testing.assert_allclose(host(y), ry, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(host(xt.grad), rdx, rtol=1e-3, atol=1e-3)
     # create_graph: the generic backward runs on the fused node's saved tensors
-    xt = _cuda(x, "float32", True)
+    xt = cuda(x, "float32", True)
     y = F.batch_norm(xt, None, None, training=True)
     (gx,) = ember.autograd.grad((y * y * y).sum(), xt, create_graph=True)
     gx.sum().backward()
@@ -106,8 +86,8 @@ def test_batch_norm_channels_last_no_affine_and_double_backward():
     yc = F.batch_norm(xc, None, None, training=True)
     (gxc,) = ember.autograd.grad((yc * yc * yc).sum(), xc, create_graph=True)
     gxc.sum().backward()
-    np.testing.assert_allclose(_host(gx), _host(gxc), rtol=1e-3, atol=1e-3)
-    np.testing.assert_allclose(_host(xt.grad), _host(xc.grad), rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(host(gx), host(gxc), rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(host(xt.grad), host(xc.grad), rtol=1e-3, atol=1e-3)
 
 
 @pytest.mark.parametrize("relu", [False, True])
@@ -125,18 +105,18 @@ def test_batch_norm_module_running_stats_and_counter_match_torch(momentum, relu)
     version = bn.num_batches_tracked._version[0]
     for _ in range(3):
         a = rng.standard_normal((4, 6, 5, 5)).astype(np.float32)
-        x = _cuda(a, "bfloat16", cl=True, grad=False)
+        x = cuda(a, "bfloat16", cl=True, grad=False)
         y = batch_norm_relu(bn, ember.nn.ReLU(), x) if relu else bn(x)
-        want = ref(torch.from_numpy(_rounded(a, "bfloat16")).float())
+        want = ref(torch.from_numpy(rounded(a, "bfloat16")).float())
         want = torch.relu(want) if relu else want
-        np.testing.assert_allclose(_host(y), want.detach().double().numpy(), rtol=3e-2,
+        np.testing.assert_allclose(host(y), want.detach().double().numpy(), rtol=3e-2,
                                    atol=3e-2)
     assert bn.num_batches_tracked.device.type == "cuda"
     assert int(bn.num_batches_tracked.item()) == int(ref.num_batches_tracked) == 3
     assert bn.num_batches_tracked._version[0] >= version + 3
-    np.testing.assert_allclose(_host(bn.running_mean), ref.running_mean.double().numpy(),
+    np.testing.assert_allclose(host(bn.running_mean), ref.running_mean.double().numpy(),
                                rtol=1e-4, atol=1e-6)
-    np.testing.assert_allclose(_host(bn.running_var), ref.running_var.double().numpy(),
+    np.testing.assert_allclose(host(bn.running_var), ref.running_var.double().numpy(),
                                rtol=1e-4, atol=1e-6)
 
 
@@ -159,10 +139,7 @@ def test_batch_norm_cooperative_launch_matches_three_launches(dtype, relu, shape
     monkeypatch.setattr(_nvrtc._CoopLauncher, "__call__", spy)
     rng = np.random.default_rng(5)
     c = shape[1]
-    x = _rounded(rng.standard_normal(shape) * 2 + 3, dtype)
-    w = rng.standard_normal(c).astype(np.float32) + 1
-    b = rng.standard_normal(c).astype(np.float32)
-    g = _rounded(rng.standard_normal(shape), dtype)
+    x, w, b, g = bn_inputs(rng, shape, dtype)
     runs = {}
     for coop in (True, False):
         monkeypatch.setattr(KB, "_COOP_ON", coop)
@@ -171,18 +148,18 @@ def test_batch_norm_cooperative_launch_matches_three_launches(dtype, relu, shape
         del calls[:]
         out = []
         for want_dx in (True, False):
-            xt = _cuda(x, dtype, True, grad=want_dx)
-            wt, bt = _cuda(w, "float32", False), _cuda(b, "float32", False)
+            xt = cuda(x, dtype, True, grad=want_dx)
+            wt, bt = cuda(w, "float32", False), cuda(b, "float32", False)
             rm = ember.zeros(c, device="cuda")
             rv = ember.ones(c, device="cuda")
             nbt = ember.zeros((), dtype=ember.int64, device="cuda")
             y = _batch_norm(xt, rm, rv, wt, bt, True, 0.1, 1e-5, nbt, relu)
-            assert _fused(y) and _is_cl(y)
+            assert _fused(y) and is_cl(y)
             y.backward(ember.tensor(g, device="cuda").to(y.dtype))
             assert (xt.grad is not None) == want_dx
-            out += [_host(t) for t in (y, wt.grad, bt.grad, rm, rv, nbt)]
+            out += [host(t) for t in (y, wt.grad, bt.grad, rm, rv, nbt)]
             if want_dx:
-                out.append(_host(xt.grad))
+                out.append(host(xt.grad))
         assert len(calls) == (4 if coop else 0)
         runs[coop] = out
     for a, b_ in zip(runs[True], runs[False]):
@@ -213,9 +190,9 @@ def test_batch_norm_captured_in_a_graph_takes_the_three_launches(monkeypatch):
     monkeypatch.setattr(_nvrtc._CoopLauncher, "__call__",
                         lambda self, *a, **k: (calls.append(1), real(self, *a, **k))[1])
     bn = ember.nn.BatchNorm2d(32).to("cuda")
-    a = _rounded(np.random.default_rng(6).standard_normal((8, 32, 9, 9)), "bfloat16")
-    x = _cuda(a, "bfloat16", True, grad=False)
-    eager = _host(bn(x))
+    a = rounded(np.random.default_rng(6).standard_normal((8, 32, 9, 9)), "bfloat16")
+    x = cuda(a, "bfloat16", True, grad=False)
+    eager = host(bn(x))
     assert calls
     ry = _bn_ref(a, None, None, np.zeros_like(a))[0]
     np.testing.assert_allclose(eager, ry, rtol=TOL["bfloat16"], atol=TOL["bfloat16"] * 4)
@@ -230,7 +207,7 @@ def test_batch_norm_captured_in_a_graph_takes_the_three_launches(monkeypatch):
     g.replay()
     ember.cuda.synchronize()
     assert not calls
-    np.testing.assert_array_equal(_host(y), eager)
+    np.testing.assert_array_equal(host(y), eager)
 
 
 # ---------------------------------------------------------------------- relu / add / in-place
@@ -238,60 +215,60 @@ def test_batch_norm_captured_in_a_graph_takes_the_three_launches(monkeypatch):
 @pytest.mark.parametrize("cl", [False, True])
 def test_relu_keeps_layout_nan_and_inplace(dtype, cl):
     rng = np.random.default_rng(2)
-    x = _rounded(rng.standard_normal((3, 8, 5, 6)), dtype)
+    x = rounded(rng.standard_normal((3, 8, 5, 6)), dtype)
     x[0, 0, 0, :3] = [np.nan, -0.0, np.inf]
-    g = _rounded(rng.standard_normal(x.shape), dtype)
+    g = rounded(rng.standard_normal(x.shape), dtype)
     g[0, 1, 0, 0] = np.inf                      # where relu clips, the gradient is 0 (not NaN)
     x[0, 1, 0, 0] = -1.0
-    xt = _cuda(x, dtype, cl)
+    xt = cuda(x, dtype, cl)
     y = F.relu(xt)
-    assert _fused(y) and _is_cl(y) == cl
+    assert _fused(y) and is_cl(y) == cl
     y.backward(ember.tensor(g, device="cuda").to(y.dtype))
-    np.testing.assert_array_equal(_host(y), np.where(np.isnan(x), x, np.maximum(x, 0)))
+    np.testing.assert_array_equal(host(y), np.where(np.isnan(x), x, np.maximum(x, 0)))
     # torch's threshold_backward: 0 where the output is <= 0; a NaN output passes the gradient
-    np.testing.assert_array_equal(_host(xt.grad), np.where(x <= 0, 0, g))
+    np.testing.assert_array_equal(host(xt.grad), np.where(x <= 0, 0, g))
     # in place, after a differentiable op (the saved output is aliased by the write)
-    xt = _cuda(x, dtype, cl)
+    xt = cuda(x, dtype, cl)
     h = xt + xt                                   # keeps the layout (same-layout add)
     out = F.relu(h, inplace=True)
-    assert out is h and _is_cl(h) == cl
+    assert out is h and is_cl(h) == cl
     (out * out).sum().backward()                  # NaN in the loss: the root gradient is 1
     ref = np.where(np.isnan(x), x, np.maximum(2 * x, 0))
-    np.testing.assert_allclose(_host(xt.grad), np.where(x <= 0, 0, 4 * ref), rtol=TOL[dtype])
+    np.testing.assert_allclose(host(xt.grad), np.where(x <= 0, 0, 4 * ref), rtol=TOL[dtype])
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_add_same_channels_last_layout_and_inplace(dtype):
     rng = np.random.default_rng(3)
-    a, b = (_rounded(rng.standard_normal((2, 16, 7, 9)), dtype) for _ in range(2))
-    at, bt = _cuda(a, dtype, True), _cuda(b, dtype, True)
+    a, b = (rounded(rng.standard_normal((2, 16, 7, 9)), dtype) for _ in range(2))
+    at, bt = cuda(a, dtype, True), cuda(b, dtype, True)
     s = at + bt
-    assert _fused(s) and _is_cl(s)
-    np.testing.assert_allclose(_host(s), _rounded(a + b, dtype), rtol=TOL[dtype])
+    assert _fused(s) and is_cl(s)
+    np.testing.assert_allclose(host(s), rounded(a + b, dtype), rtol=TOL[dtype])
     (s * ember.tensor(np.arange(s.numel(), dtype=np.float32).reshape(s.shape),
                       device="cuda").to(s.dtype)).sum().backward()
-    w = _rounded(np.arange(s.numel(), dtype=np.float64).reshape(s.shape), dtype)
-    np.testing.assert_allclose(_host(at.grad), w, rtol=TOL[dtype])
-    np.testing.assert_allclose(_host(bt.grad), w, rtol=TOL[dtype])
+    w = rounded(np.arange(s.numel(), dtype=np.float64).reshape(s.shape), dtype)
+    np.testing.assert_allclose(host(at.grad), w, rtol=TOL[dtype])
+    np.testing.assert_allclose(host(bt.grad), w, rtol=TOL[dtype])
     # in place: out += identity (ResNet's residual), layout and values kept
-    at, bt = _cuda(a, dtype, True), _cuda(b, dtype, True)
+    at, bt = cuda(a, dtype, True), cuda(b, dtype, True)
     h = at + at
     h += bt
-    assert _is_cl(h)
-    np.testing.assert_allclose(_host(h), _rounded(_rounded(2 * a, dtype) + b, dtype),
+    assert is_cl(h)
+    np.testing.assert_allclose(host(h), rounded(rounded(2 * a, dtype) + b, dtype),
                                rtol=TOL[dtype])
     h.sum().backward()
-    np.testing.assert_array_equal(_host(bt.grad), np.ones(b.shape))
-    np.testing.assert_array_equal(_host(at.grad), 2 * np.ones(b.shape))
+    np.testing.assert_array_equal(host(bt.grad), np.ones(b.shape))
+    np.testing.assert_array_equal(host(at.grad), 2 * np.ones(b.shape))
     # C-contiguous operands of a kernel dtype take the flat kernel too (odd size: the tail)
-    c1, c2 = _cuda(a[:, :, :, :7], dtype, False), _cuda(b[:, :, :, :7], dtype, False)
+    c1, c2 = cuda(a[:, :, :, :7], dtype, False), cuda(b[:, :, :, :7], dtype, False)
     cs = c1.contiguous() + c2.contiguous()
-    np.testing.assert_allclose(_host(cs), _rounded(a[:, :, :, :7] + b[:, :, :, :7], dtype),
+    np.testing.assert_allclose(host(cs), rounded(a[:, :, :, :7] + b[:, :, :, :7], dtype),
                                rtol=TOL[dtype])
     # mixed layouts and broadcasting still work (the generic path)
-    m = at + _cuda(b, dtype, False)
-    np.testing.assert_allclose(_host(m), _rounded(a + b, dtype), rtol=TOL[dtype])
-    np.testing.assert_allclose(_host(at + bt[:, :, :1, :1]), _rounded(a + b[:, :, :1, :1],
+    m = at + cuda(b, dtype, False)
+    np.testing.assert_allclose(host(m), rounded(a + b, dtype), rtol=TOL[dtype])
+    np.testing.assert_allclose(host(at + bt[:, :, :1, :1]), rounded(a + b[:, :, :1, :1],
                                                                      dtype), rtol=TOL[dtype])
 
 
@@ -310,21 +287,21 @@ def test_max_pool2d_against_torch(dtype, cl, case, c):
     torch = pytest.importorskip("torch")
     kw = CASES[case]
     rng = np.random.default_rng(4)
-    x = _rounded(rng.integers(-8, 8, (2, c, 9, 11)).astype(np.float64), dtype)  # ties
+    x = rounded(rng.integers(-8, 8, (2, c, 9, 11)).astype(np.float64), dtype)  # ties
     x[0, 0, 0, 0] = np.nan
     x[1, 2, 3, 3:5] = np.nan
-    xt = _cuda(x, dtype, cl)
+    xt = cuda(x, dtype, cl)
     y, idx = F.max_pool2d(xt, return_indices=True, **kw)
-    assert _fused(y) and _is_cl(y) == cl
+    assert _fused(y) and is_cl(y) == cl
     tx = torch.tensor(x, dtype=torch.float64, requires_grad=True)
     ty, tidx = torch.nn.functional.max_pool2d(tx, return_indices=True, **kw)
-    np.testing.assert_array_equal(_host(y), ty.detach().numpy())
+    np.testing.assert_array_equal(host(y), ty.detach().numpy())
     np.testing.assert_array_equal(idx.cpu().numpy(), tidx.numpy())
-    g = _rounded(rng.standard_normal(tuple(ty.shape)), dtype)
+    g = rounded(rng.standard_normal(tuple(ty.shape)), dtype)
     y.backward(ember.tensor(g, device="cuda").to(y.dtype))
     ty.backward(torch.tensor(g))
-    assert _is_cl(xt.grad) == cl
-    np.testing.assert_allclose(_host(xt.grad), tx.grad.numpy(), rtol=TOL[dtype],
+    assert is_cl(xt.grad) == cl
+    np.testing.assert_allclose(host(xt.grad), tx.grad.numpy(), rtol=TOL[dtype],
                                atol=TOL[dtype] * 4)
 
 
@@ -336,7 +313,7 @@ def test_max_pool2d_double_backward_uses_generic_formula():
         y = F.max_pool2d(t, 3, 2, 1)
         (gx,) = ember.autograd.grad((y * y).sum(), t, create_graph=True)
         (gx * gx).sum().backward()
-        res.append((_host(gx), _host(t.grad)))
+        res.append((host(gx), host(t.grad)))
     for a, b in zip(*res):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
@@ -360,7 +337,7 @@ def _block_grads(dev: str, x: np.ndarray, amp: bool) -> list:
     if dev == "cuda":
         wt = net[0].weight
         assert tuple(wt.grad.stride()) == tuple(wt.stride())   # the layout contract
-    return [_host(p.grad) for p in net.parameters()] + [_host(m.running_var) for m in
+    return [host(p.grad) for p in net.parameters()] + [host(m.running_var) for m in
                                                          (net[1], net[5])]
 
 
@@ -383,20 +360,20 @@ def test_cast_on_device_backward_casts_back_keeping_layout():
     rng = np.random.default_rng(8)
     w = rng.standard_normal((6, 4, 3, 3)).astype(np.float32)
     g = rng.standard_normal(w.shape)
-    wt = _cuda(w, "float32", True)
+    wt = cuda(w, "float32", True)
     h = wt.to(ember.bfloat16)
-    assert _fused(h) and _is_cl(h) and h.dtype is ember.bfloat16
+    assert _fused(h) and is_cl(h) and h.dtype is ember.bfloat16
     h.backward(ember.tensor(g, device="cuda").to(ember.bfloat16))
     assert wt.grad.dtype is ember.float32 and tuple(wt.grad.stride()) == tuple(wt.stride())
-    np.testing.assert_allclose(_host(wt.grad), _rounded(g, "bfloat16"), rtol=0)
-    np.testing.assert_allclose(_host(h), _rounded(w, "bfloat16"), rtol=0)
+    np.testing.assert_allclose(host(wt.grad), rounded(g, "bfloat16"), rtol=0)
+    np.testing.assert_allclose(host(h), rounded(w, "bfloat16"), rtol=0)
     # double backward: the generic cast backward on the same node
     x = ember.tensor(w, device="cuda", requires_grad=True)
     y = (x.to(ember.float16) ** 2).sum()
     (gx,) = ember.autograd.grad(y, x, create_graph=True)
     assert gx.dtype is ember.float32
     gx.sum().backward()
-    np.testing.assert_allclose(_host(x.grad), np.full(w.shape, 2.0), rtol=0)
+    np.testing.assert_allclose(host(x.grad), np.full(w.shape, 2.0), rtol=0)
     # device moves keep the generic op
     assert not _fused(ember.randn(3, device="cuda", requires_grad=True).to("cpu"))
 
@@ -409,7 +386,7 @@ def test_multi_tensor_sgd_takes_channels_last_weights():
     b0 = rng.standard_normal(8).astype(np.float32)
     grads = [(rng.standard_normal(w0.shape).astype(np.float32),
               rng.standard_normal(b0.shape).astype(np.float32)) for _ in range(3)]
-    w = _cuda(w0, "float32", True)
+    w = cuda(w0, "float32", True)
     b = ember.tensor(b0, device="cuda", requires_grad=True)
     opt = ember.optim.SGD([w, b], lr=0.1, momentum=0.9, weight_decay=1e-2, nesterov=True)
     ref = [w0.astype(np.float64), b0.astype(np.float64)]
@@ -423,9 +400,9 @@ def test_multi_tensor_sgd_takes_channels_last_weights():
             bufs[i] = d if bufs[i] is None else 0.9 * bufs[i] + d
             ref[i] = ref[i] - 0.1 * (d + 0.9 * bufs[i])
     assert opt.__dict__.get("_multi_tensor_plans")          # the kernel path ran
-    assert _is_cl(w) and _is_cl(opt.state[w]["momentum_buffer"])
-    np.testing.assert_allclose(_host(w), ref[0], rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(_host(b), ref[1], rtol=1e-5, atol=1e-5)
+    assert is_cl(w) and is_cl(opt.state[w]["momentum_buffer"])
+    np.testing.assert_allclose(host(w), ref[0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(host(b), ref[1], rtol=1e-5, atol=1e-5)
 
 
 def test_inplace_relu_and_add_write_into_self():
@@ -433,32 +410,32 @@ def test_inplace_relu_and_add_write_into_self():
     # autograd, version counters, views and overlapping operands keep torch's semantics
     rng = np.random.default_rng(10)
     x = rng.standard_normal((3, 8, 5, 6)).astype(np.float32)
-    xt = _cuda(x, "float32", True)
+    xt = cuda(x, "float32", True)
     h = xt + xt                                  # channels-last (the same-layout add)
     ptr = h.data_ptr()
-    assert F.relu(h, inplace=True) is h and h.data_ptr() == ptr and _is_cl(h)
-    np.testing.assert_array_equal(_host(h), np.maximum(2 * x, 0))
+    assert F.relu(h, inplace=True) is h and h.data_ptr() == ptr and is_cl(h)
+    np.testing.assert_array_equal(host(h), np.maximum(2 * x, 0))
     (h * h).sum().backward()
-    np.testing.assert_allclose(_host(xt.grad), np.where(x > 0, 8 * x, 0), rtol=1e-6)
+    np.testing.assert_allclose(host(xt.grad), np.where(x > 0, 8 * x, 0), rtol=1e-6)
     k = h.detach().clone(memory_format=ember.channels_last)
     ptr = k.data_ptr()
     k.add_(k)                                    # the same array on both sides
     assert k.data_ptr() == ptr
-    np.testing.assert_array_equal(_host(k), 2 * np.maximum(2 * x, 0))
+    np.testing.assert_array_equal(host(k), 2 * np.maximum(2 * x, 0))
     # relu_ saved its output (self): a later in-place change is caught at backward
-    xt = _cuda(x, "float32", False)
+    xt = cuda(x, "float32", False)
     y = (xt * 1).relu_()
     y.add_(1)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         y.sum().backward()
     # a dense view: the base's history scatters the view's gradient (CopySlices)
-    xt = _cuda(x, "float32", False)
+    xt = cuda(x, "float32", False)
     b = xt * 1
     b[1].relu_()
     (b * ember.tensor(x, device="cuda")).sum().backward()
     ref = x.copy()
     ref[1] = np.where(x[1] > 0, x[1], 0)
-    np.testing.assert_allclose(_host(xt.grad), ref, rtol=1e-6)
+    np.testing.assert_allclose(host(xt.grad), ref, rtol=1e-6)
     # partially overlapping operands read the old values (NumPy's and torch's result)
     v = np.arange(10, dtype=np.float32)
     t = ember.tensor(v, device="cuda")
@@ -474,22 +451,22 @@ def test_channels_last_leaf_gradients_are_stolen_only_when_unshared():
     rng = np.random.default_rng(11)
     w0 = rng.standard_normal((8, 4, 3, 3)).astype(np.float32)
     x = ember.tensor(rng.standard_normal((2, 4, 6, 6)).astype(np.float32), device="cuda")
-    w = _cuda(w0, "float32", True)
+    w = cuda(w0, "float32", True)
     for k in (1, 2):                           # the second backward accumulates
         with ember.autocast("cuda", dtype=ember.bfloat16):
             y = F.conv2d(x.to(memory_format=ember.channels_last), w, padding=1)
         y.float().sum().backward()
-        assert _is_cl(w.grad)
+        assert is_cl(w.grad)
         if k == 1:
-            first = _host(w.grad)
-    np.testing.assert_allclose(_host(w.grad), 2 * first, rtol=1e-6)
+            first = host(w.grad)
+    np.testing.assert_allclose(host(w.grad), 2 * first, rtol=1e-6)
     a = ember.tensor(rng.standard_normal((4, 5)).astype(np.float32), device="cuda").t()
     a = a.detach().requires_grad_()            # a transposed (column-major) leaf
     c = ember.zeros(4, 5, device="cuda", requires_grad=True)
     (a.t() + c).sum().backward()               # both gradients come from one array
     c.grad.add_(1)
-    np.testing.assert_array_equal(_host(a.grad), np.ones((5, 4)))
-    np.testing.assert_array_equal(_host(c.grad), np.full((4, 5), 2.0))
+    np.testing.assert_array_equal(host(a.grad), np.ones((5, 4)))
+    np.testing.assert_array_equal(host(c.grad), np.full((4, 5), 2.0))
 
 
 @pytest.mark.parametrize("shape, perm", [((4, 6, 5, 3), (0, 2, 3, 1)), ((2, 1, 7, 1), (0, 2, 3, 1)),
