@@ -1,8 +1,8 @@
 """Autocast's bulk weight casts on CUDA: the backward engine casts their gradients back to
 float32 together after the sweep (``engine._defer``) instead of one cast node at a time.
-The gradients are checked against NumPy float64, against the per-node path bit for bit, in
-the leaf's layout, accumulated over two backwards, and with hooks (which keep the per-node
-path). Marked ``cuda``."""
+The gradients are checked against NumPy float64 (the convolution's and the linear layer's),
+against the per-node path, in the leaf's layout, accumulated over two backwards, and with
+hooks (which keep the per-node path). Marked ``cuda``."""
 from __future__ import annotations
 
 import numpy as np
@@ -97,6 +97,14 @@ def test_deferred_casts_match_float64_and_the_per_node_path(monkeypatch):
     want_w2 = _bf16(rr.T @ h.astype(np.float64))
     np.testing.assert_allclose(got[1], want_w2, rtol=1e-2, atol=1e-2)
     np.testing.assert_allclose(got[2], _bf16(rr.sum(0)), rtol=1e-2, atol=1e-3)
+    # and for the convolution: dW1[o, i, a, b] = sum over n, y, z of dh[n, o, y, z] *
+    # xpad[n, i, y + a, z + b], dh the bf16 gradient at the conv output (ReLU-masked)
+    dh = _bf16(rr @ _bf16(w2.detach().cpu().numpy())).reshape(2, 8, 6, 6) * \
+        (h.reshape(2, 8, 6, 6) > 0)
+    xpad = np.pad(_bf16(x.cpu().numpy()), ((0, 0), (0, 0), (1, 1), (1, 1)))
+    win = np.lib.stride_tricks.sliding_window_view(xpad, (3, 3), axis=(2, 3))  # n i y z a b
+    want_w1 = _bf16(np.einsum("noyz,niyzab->oiab", dh, win))
+    np.testing.assert_allclose(got[0], want_w1, rtol=2e-2, atol=2e-2)
     # the per-node path casts each gradient on its own, to the same values
     ref, *_, calls = _run(monkeypatch, False)
     assert calls == []
