@@ -23,6 +23,7 @@ from typing import Any
 
 from ember import dtypes as _dt
 from ember._state import _State
+from ember.backend.cuda import stream_capturing
 
 # Ops that run in the autocast dtype (torch: "lower_precision_fp" list; bilinear is on its
 # "promote" list instead, which leaves one-dtype inputs as they are).
@@ -150,7 +151,7 @@ def _bulk_cast(refs: list, first: Any, dt: Any) -> None:
             params.append(p)
     if dev.type == "cuda":
         import cupy  # noqa: PLC0415 - only reached with CUDA parameters
-        if cupy.cuda.get_current_stream().is_capturing():
+        if stream_capturing():
             return
         from ember.backend.cuda_ops.kernels_pointwise import bulk_cast  # noqa: PLC0415
         arrays = bulk_cast(cupy, [p._data for p in params], dt.np)

@@ -88,8 +88,6 @@ def _const_one(arr: Any) -> Any:
     return one
 
 
-
-
 def run_backward(tensors: Sequence[Tensor], grads: Sequence[Any], retain_graph: bool,
                  create_graph: bool, inputs: Sequence[Tensor] | None = None,
                  capture: bool = False, allow_unused: bool = False) -> list | None:

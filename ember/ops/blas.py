@@ -11,6 +11,7 @@ from ember._state import _State
 from ember.backend import get_xp
 from ember.backend import cpu_linear_kernels, cpu_mkl
 from ember.backend.cpu import gemm_threads, parallel_rows
+from ember.backend.cuda import stream_capturing
 from ember.errors import check, make
 from ember.ops import meta as M
 from ember.ops.registry import OPS, OpDef, TensorMeta, apply, composite, register
@@ -379,7 +380,7 @@ def _ones(xp: Any, n: int, dtype: Any) -> Any:
     v = _ONES.get(key)
     if v is None:
         v = xp.ones(n, dtype)
-        if not xp.cuda.get_current_stream().is_capturing() and len(_ONES) < 64:
+        if not stream_capturing() and len(_ONES) < 64:
             _ONES[key] = v   # never keep memory from a graph's private pool
     return v
 
@@ -454,8 +455,8 @@ def _parse_einsum(eq: str, shapes: Sequence[tuple]) -> tuple[list[str], str]:
     eq = eq.replace(" ", "")
     lhs, arrow, rhs = eq.partition("->")
     ins = lhs.split(",")
-    check(len(ins) == len(shapes), "einsum", f"more operands were provided than specified in the "
-                                             f"equation" if len(shapes) > len(ins) else
+    check(len(ins) == len(shapes), "einsum", "more operands were provided than specified in the "
+                                             "equation" if len(shapes) > len(ins) else
           "fewer operands were provided than specified in the equation")
     used = set(c for c in eq if c.isalpha())
     free = [c for c in _LETTERS if c not in used]

@@ -36,8 +36,6 @@ def _check_indices(op: str, indices: Any, arg: str = "indices", pos: int = 1) ->
                    f"arguments for {op})")
 
 
-
-
 def _check_range(op: str, xp: Any, indices: Any, num: int, kind: type = IndexError,
                  out: Any = None, busy: bool = False) -> None:
     """Torch raises for an out-of-range index (IndexError from embedding, RuntimeError from

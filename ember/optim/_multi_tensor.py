@@ -122,8 +122,6 @@ def _grads_of(ps: list, dtype: Any) -> list | None:
     return gs
 
 
-
-
 def _plans(opt: Any) -> dict:
     plans = opt.__dict__.get("_multi_tensor_plans")
     if plans is None:

@@ -32,6 +32,7 @@ from __future__ import annotations
 import numpy as np
 
 from ember._state import _State
+from ember.backend.cuda import stream_capturing
 from ember.backend.cuda_ops import _nvrtc as K
 from ember.backend.cuda_ops._device_flag import NO_BAD, DeviceFlag
 
@@ -262,9 +263,8 @@ def _poll(xp, f: DeviceFlag, start: bool) -> None:
     if value != NO_BAD:
         raise IndexError(f"Target {value} is out of bounds.")
     if start and f.event is None:
-        stream = xp.cuda.get_current_stream()
-        if not stream.is_capturing():
-            f.start_copy(stream)
+        if not stream_capturing():
+            f.start_copy(xp.cuda.get_current_stream())
 
 
 class _TargetParts:

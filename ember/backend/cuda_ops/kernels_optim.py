@@ -25,6 +25,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ember.backend.cuda import stream_capturing
 from ember.backend.cuda_ops import _nvrtc as K
 from ember.backend.cuda_ops import _upload
 
@@ -328,7 +329,7 @@ def _table(cp: Any, lists: Sequence[Sequence[Any] | None], steps: Sequence[Any] 
     host[:, 1] = key[1]   # the gradients: the only column that changes between steps
     # Pinned staging (never a pageable copy, which would wait for the stream to drain);
     # inside a capture the copy becomes a graph node (CuPy's ndarray.set refuses that).
-    capturing = cp.cuda.get_current_stream().is_capturing()
+    capturing = stream_capturing()
     dev = _upload.to_device(cp, host)
     entry = (dev, tmpl[1])
     if capturing:
