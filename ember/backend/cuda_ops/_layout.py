@@ -69,39 +69,50 @@ def empty_like(xp: Any, a: Any, dtype: Any = None, order: list | None = None) ->
     """A new array of ``a``'s shape laid out like ``a`` (dense arrays; C order otherwise)."""
     dt = a.dtype if dtype is None else dtype
     if order is None:
-        cuda = getattr(xp, "cuda", None)   # CuPy: the geometry's strides, kept
-        if cuda is not None:
+        if getattr(xp, "cuda", None) is not None:   # CuPy: the geometry's strides, kept
             key = (a.shape, a.strides, a.itemsize, dt)
             plan = _LIKE.get(key)
             if plan is not None:
-                # one pool allocation and one array over it: empty + transpose and the
-                # layout analysis cost ~4 us more, on ~300 outputs a ResNet-50 step
-                if plan[1] is None:
-                    return xp.ndarray(a.shape, dt)
-                return xp.ndarray(a.shape, dt, cuda.alloc(plan[1]), strides=plan[0])
-            out, c_order = _empty_like(xp, a, dt, dense_order(a))
-            if out.nbytes:
-                if len(_LIKE) > 4096:
-                    _LIKE.clear()
-                _LIKE[key] = (out.strides, None if c_order else out.nbytes)
-            return out
+                return from_plan(xp, a.shape, dt, plan)
+            return planned_empty(xp, _LIKE, key, a.shape, dt, dense_order(a))
         order = dense_order(a)
-    return _empty_like(xp, a, dt, order)[0]
+    return _empty_in(xp, a.shape, dt, order)[0]
 
 
-def _empty_like(xp: Any, a: Any, dt: Any, order: list | None) -> tuple:
-    """(:func:`empty_like`'s array, whether it is a plain C-ordered allocation)."""
+def from_plan(cp: Any, shape: tuple, dt: Any, plan: tuple) -> Any:
+    """A CuPy array over one new pool allocation, as :func:`planned_empty` recorded it: one
+    allocation and one array, where empty + transpose and the layout analysis cost ~4 us
+    more (on ~300 outputs a ResNet-50 step)."""
+    if plan[1] is None:
+        return cp.ndarray(shape, dt)
+    return cp.ndarray(shape, dt, cp.cuda.alloc(plan[1]), strides=plan[0])
+
+
+def planned_empty(cp: Any, plans: dict, key: Any, shape: tuple, dt: Any,
+                  order: list | None) -> Any:
+    """A new CuPy array of logical ``shape`` stored in axis ``order`` (outermost first; None
+    is C order), recording its ``(strides, bytes)`` in ``plans[key]`` for :func:`from_plan`."""
+    out, c_order = _empty_in(cp, shape, dt, order)
+    if out.nbytes:
+        if len(plans) > 4096:
+            plans.clear()
+        plans[key] = (out.strides, None if c_order else out.nbytes)
+    return out
+
+
+def _empty_in(xp: Any, shape: tuple, dt: Any, order: list | None) -> tuple:
+    """(a new array of ``shape`` stored in axis ``order``, whether that is plain C order)."""
     if order is None:
-        return xp.empty(a.shape, dt), True
-    key = (a.shape, tuple(order))
+        return xp.empty(shape, dt), True
+    key = (shape, tuple(order))
     plan = _EMPTY.get(key)
     if plan is None:
         if len(_EMPTY) > 4096:
             _EMPTY.clear()
         plan = _EMPTY[key] = False if order == sorted(order) else \
-            (tuple(a.shape[i] for i in order), inverse(order))
+            (tuple(shape[i] for i in order), inverse(order))
     if plan is False:
-        return xp.empty(a.shape, dt), True
+        return xp.empty(shape, dt), True
     return xp.empty(plan[0], dt).transpose(plan[1]), False
 
 

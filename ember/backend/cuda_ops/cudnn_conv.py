@@ -82,15 +82,9 @@ def _empty(cp: Any, shape: tuple, kind: str, dtype: Any) -> Any:
     if kind == "c":
         return cp.ndarray(shape, dtype)
     plan = _CL_EMPTY.get((shape, dtype))
-    if plan is not None:   # one pool allocation and one array over it (not empty + transpose)
-        return cp.ndarray(shape, dtype, cp.cuda.alloc(plan[1]), strides=plan[0])
-    order = _order("cl", len(shape))
-    out = cp.empty(tuple(shape[i] for i in order), dtype=dtype).transpose(L.inverse(order))
-    if out.nbytes:
-        if len(_CL_EMPTY) > 4096:
-            _CL_EMPTY.clear()
-        _CL_EMPTY[(shape, dtype)] = (out.strides, out.nbytes)
-    return out
+    if plan is not None:
+        return L.from_plan(cp, shape, dtype, plan)
+    return L.planned_empty(cp, _CL_EMPTY, (shape, dtype), shape, dtype, _order("cl", len(shape)))
 
 
 def _is_layout(a: Any, kind: str) -> list | None:
