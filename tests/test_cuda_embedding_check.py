@@ -1,6 +1,6 @@
-"""Embedding's index check on CUDA: with the GPU idle the host checks at the call; with the
-GPU busy the check runs on the device (no host stall), the bad rows become NaN and the
-IndexError comes from the next embedding call or ``ember.cuda.synchronize()``. Marked
+"""Embedding's index check on CUDA runs on the device: with the GPU idle the call waits for
+its record and raises at once; with the GPU busy there is no host stall, the bad rows become
+NaN and the IndexError comes from the next embedding call or ``ember.cuda.synchronize()``. Marked
 ``cuda``; NumPy is the reference for the good rows."""
 from __future__ import annotations
 
@@ -62,6 +62,21 @@ def test_idle_gpu_raises_at_the_call():
     with pytest.raises(IndexError, match="index 10"):
         F.embedding(idx, wt)
     ember.cuda.synchronize()   # nothing left pending
+
+
+def test_idle_gpu_first_call_and_empty_indices():
+    # the first check on a device creates its record; an empty index tensor checks nothing
+    from ember.backend.cuda_ops import kernels_embedding as ke
+    w, wt = _setup()
+    ke._FLAGS.clear()
+    ember.cuda.synchronize()
+    with pytest.raises(IndexError, match="index -3"):
+        F.embedding(ember.tensor([1, -3], device="cuda"), wt)
+    ke._FLAGS.clear()
+    ember.cuda.synchronize()
+    assert F.embedding(ember.tensor([], dtype=ember.int64, device="cuda"), wt).shape == (0, 4)
+    got = F.embedding(ember.tensor([4, 0], device="cuda"), wt)
+    np.testing.assert_array_equal(got.cpu().numpy(), w[[4, 0]])
 
 
 def test_embedding_backward_after_a_busy_good_call_matches_numpy():

@@ -206,9 +206,9 @@ def test_embedding_bad_index_in_a_captured_graph_gives_nan_rows_then_raises() ->
     with pytest.raises(IndexError, match="index 12"):
         F.embedding(zero, w)
     F.embedding(zero, w)   # reported once, then clear
-    ember.cuda.synchronize()   # an idle GPU: the eager call checks on the host, at once
+    ember.cuda.synchronize()   # an idle GPU: the eager call raises at once
     with pytest.raises(IndexError, match="index out of range"):
-        F.embedding(ten, w)   # the eager check itself
+        F.embedding(ten, w)   # this call's own check
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64", "bfloat16"])

@@ -40,20 +40,28 @@ def _check_range(op: str, xp: Any, indices: Any, num: int, kind: type = IndexErr
                  out: Any = None, busy: bool = False) -> None:
     """Torch raises for an out-of-range index (IndexError from embedding, RuntimeError from
     embedding_bag); NumPy would wrap negatives silently. On CUDA, reading the indices on
-    the host waits for the GPU's whole queue: while a graph is captured (where it is not
-    allowed) and, for embedding, while the GPU was ``busy`` before the call, the check runs
-    on the device instead, setting the gathered rows ``out`` of bad indices to NaN, and the
-    IndexError comes from the next embedding call or ``ember.cuda.synchronize()``."""
+    the host waits for the GPU's whole queue. So embedding (``out`` given) and any op while a
+    graph is captured check on the device instead, setting the gathered rows ``out`` of bad
+    indices to NaN. If the GPU was ``busy`` before the call, the IndexError comes from the
+    next embedding call or ``ember.cuda.synchronize()``; if it was idle, from this call."""
     if xp is not np:
         from ember.backend.cuda_ops import kernels_embedding as ke
         if stream_capturing():
             if indices.size:
                 ke.check_range_on_device(xp, indices, num, out)
             return
-        ke.raise_recorded(xp, wait=not busy)   # an idle GPU: reading the record is free
-        if busy and out is not None:
-            ke.check_range_on_device(xp, indices, num, out)
+        if out is not None:
+            # embedding: always the device check (a host check costs three round trips, the
+            # min, the max and the record, ~0.1 ms each at a step's start); with the GPU idle
+            # its record is read back at once, one round trip, and the error raised here
+            if busy:
+                ke.raise_recorded(xp)
+                ke.check_range_on_device(xp, indices, num, out)
+            else:
+                ke.check_range_on_device(xp, indices, num, out)
+                ke.raise_checked(xp)
             return
+        ke.raise_recorded(xp, wait=True)
     if indices.size and (int(indices.min()) < 0 or int(indices.max()) >= num):
         bad = int(indices.min()) if int(indices.min()) < 0 else int(indices.max())
         raise make(kind, op, f"index out of range in self: index {bad} with "
@@ -129,7 +137,7 @@ class Embedding(OpDef):
         else:
             # CuPy's take wraps an out-of-range index (no fault); checked after the gather so
             # that a device-side check can set the bad rows to NaN. Whether the GPU is busy is
-            # asked before the gather is queued (an idle GPU: the host check costs no stall).
+            # asked before the gather is queued (an idle GPU: waiting for the check stalls nothing).
             stream = xp.cuda.get_current_stream()
             busy = not stream_capturing() and not stream.done
             out = xp.take(weight, indices, axis=0)

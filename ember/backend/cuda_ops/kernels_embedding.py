@@ -61,18 +61,23 @@ _ARMED = [False]    # whether any device check ran (else nothing to read back)
 
 
 def check_range_on_device(xp: Any, indices: Any, num: int, out: Any = None) -> None:
-    """Check ``0 <= indices < num`` without the host: while a CUDA graph is captured
-    (reading the indices back is not allowed there), and in eager calls made while the GPU
-    is busy (reading them would stall the host until the queue drains, and with it the
-    overlap of host and GPU). A bad index is recorded on the device and its row of ``out``
-    (the gathered rows, when given) becomes NaN; :func:`raise_recorded` raises the
-    IndexError at the next embedding call or ``ember.cuda.synchronize()``. Nothing stops the
-    GPU: a trap, torch's device-side assert, would end the whole CUDA context."""
+    """Check ``0 <= indices < num`` without reading the indices on the host (not allowed
+    while a CUDA graph is captured; with a busy GPU it would stall the host until the queue
+    drains, and with it the overlap of host and GPU). A bad index is recorded on the device
+    and its row of ``out`` (the gathered rows, when given) becomes NaN; :func:`raise_checked`
+    (an idle GPU) or :func:`raise_recorded` (at the next embedding call or
+    ``ember.cuda.synchronize()``) raises the IndexError. Nothing stops the GPU: a trap,
+    torch's device-side assert, would end the whole CUDA context."""
     it = K.INDEX_CTYPES.get(K.dtype_name(indices.dtype))
     n = indices.size
     if it is None or n == 0:
         return
-    flag = _FLAGS.get(xp.cuda.runtime.getDevice())
+    dev = xp.cuda.runtime.getDevice()
+    flag = _FLAGS.get(dev)
+    stream = xp.cuda.get_current_stream()
+    capturing = stream.ptr != 0 and stream.is_capturing()
+    if flag is None and not capturing:
+        flag = _FLAGS[dev] = DeviceFlag(xp)
     if flag is None:
         raise RuntimeError("[embedding] the first embedding call on a device happened during "
                            "CUDA graph capture; run the captured code once before capturing")
@@ -84,8 +89,7 @@ def check_range_on_device(xp: Any, indices: Any, num: int, out: Any = None) -> N
         ((n + 7) // 8, 1, 1), (32, 8, 1),
         (idx, K.i64(n), K.i64(num), flag.dev, out if ot is not None else np.uint64(0),
          K.i32(d)))
-    stream = xp.cuda.get_current_stream()
-    if stream.ptr == 0 or not stream.is_capturing():
+    if not capturing:
         flag.start_copy(stream)   # eager: the next call can read this check's result
 
 
@@ -114,6 +118,21 @@ def raise_recorded(xp: Any, wait: bool = False) -> None:
         if flag.event is None:   # a busy stream: start a copy, read it at a later call
             flag.start_copy(stream)
         v = flag.take(False)
+    _raise(v)
+
+
+def raise_checked(xp: Any) -> None:
+    """Raise the IndexError for a bad index the device check just queued recorded, waiting
+    for the record's copy that check started (the GPU was idle: a single round trip)."""
+    flag = _FLAGS.get(xp.cuda.runtime.getDevice())
+    if flag is None:   # no check ran (no indices) and none before
+        return
+    if flag.event is None:   # no indices: read what earlier checks recorded
+        flag.start_copy(xp.cuda.get_current_stream())
+    _raise(flag.take(True))
+
+
+def _raise(v: int) -> None:
     if v != NO_BAD:
         raise IndexError(f"[embedding] index out of range in self: index {v} (checked on the "
                          f"GPU: its output rows were set to NaN)")
