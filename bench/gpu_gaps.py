@@ -1,7 +1,8 @@
 """Where the GPU waits for the host in one eager training step (ember or torch, one card).
 
     python -m bench.gpu_gaps                  # GPT-2 B16 and ResNet-50 B128, ember and torch
-    python -m bench.gpu_gaps gpt2 --top 25    # workloads whose names contain a word
+    python -m bench.gpu_gaps GPT --top 25     # workloads whose names contain a word
+    python -m bench.gpu_gaps GPT --steps 5    # idle time of 5 steps; details of the median
     GAPS_DUMP=dir python -m bench.gpu_gaps    # also write every kernel (start, duration,
                                               # name) to dir/<framework>_<workload>.json
 
@@ -21,7 +22,7 @@ import subprocess
 import sys
 from typing import Any
 
-from bench.kernel_profile import record
+from bench.kernel_profile import record_each
 
 GAP_US = 2.0  # idle time below this between two kernels is launch latency, not host lag
 
@@ -32,7 +33,7 @@ def _workloads(m: Any) -> dict:
             "ResNet-50 B128 bf16 CL SGD": lambda: resnet50(m)[0]}
 
 
-def run_one(fw: str, only: list, top: int) -> None:
+def run_one(fw: str, only: list, top: int, steps: int = 1) -> None:
     mod: Any
     if fw == "torch":
         import torch as mod
@@ -41,12 +42,20 @@ def run_one(fw: str, only: list, top: int) -> None:
     for name, make in _workloads(mod).items():
         if only and not any(s.lower() in name.lower() for s in only):
             continue
-        prof = record(mod, make, 1)
-        ks = sorted((ev.time_range.start, ev.time_range.end, ev.name) for ev in prof.events()
-                    if "CUDA" in str(ev.device_type) and ev.device_time_total)
-        if not ks:
+        runs = []
+        for prof in record_each(mod, make, steps):
+            ks = sorted((ev.time_range.start, ev.time_range.end, ev.name) for ev in
+                        prof.events() if "CUDA" in str(ev.device_type) and ev.device_time_total)
+            if ks:
+                runs.append(ks)
+        if not runs:
             print(f"{fw}: no kernels recorded")
             continue
+        if steps > 1:   # each step's idle total; the median step is shown in detail
+            idles = [_idle(ks) for ks in runs]
+            print(f"\n{fw}: idle ms per step " + " ".join(f"{i / 1e3:.2f}" for i in idles))
+            runs.sort(key=_idle)
+        ks = runs[len(runs) // 2]
         span = ks[-1][1] - ks[0][0]
         busy = sum(e - s for s, e, _ in ks)
         gaps = []
@@ -76,19 +85,30 @@ def run_one(fw: str, only: list, top: int) -> None:
             print(f"{g:8.1f} {i:5d} {at / 1e3:7.2f}  {a[:60]} -> {b[:60]}")
 
 
+def _idle(ks: list) -> float:
+    """Idle microseconds between the sorted kernels ``ks`` (gaps over ``GAP_US``)."""
+    idle, end = 0.0, ks[0][1]
+    for s, e, _ in ks[1:]:
+        if s - end > GAP_US:
+            idle += s - end
+        end = max(end, e)
+    return idle
+
+
 def main() -> None:
     args = sys.argv[1:]
-    top = 20
-    if "--top" in args:
-        i = args.index("--top")
-        top = int(args[i + 1])
-        del args[i:i + 2]
+    opts = {"--top": 20, "--steps": 1}
+    for name in opts:
+        if name in args:
+            i = args.index(name)
+            opts[name] = int(args[i + 1])
+            del args[i:i + 2]
     if args[:1] == ["--one"]:
-        run_one(args[1], args[2:], top)
+        run_one(args[1], args[2:], opts["--top"], opts["--steps"])
         return
     for fw in ("ember", "torch"):
-        subprocess.run([sys.executable, "-m", "bench.gpu_gaps", "--one", fw, "--top", str(top),
-                        *args])
+        subprocess.run([sys.executable, "-m", "bench.gpu_gaps", "--one", fw, "--top",
+                        str(opts["--top"]), "--steps", str(opts["--steps"]), *args])
 
 
 if __name__ == "__main__":

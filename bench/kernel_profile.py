@@ -91,6 +91,26 @@ def record(mod: Any, make: Any, steps: int) -> Any:
     return prof
 
 
+def record_each(mod: Any, make: Any, steps: int) -> list:
+    """As :func:`record`, one profiler per synchronised step (so each step's kernels stand
+    apart): a list of ``steps`` profilers."""
+    mod.manual_seed(0)
+    step = make()
+    for _ in range(3):
+        step()
+    mod.cuda.synchronize()
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+    profs = []
+    for _ in range(steps):
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            step()
+            mod.cuda.synchronize()
+            torch.cuda.synchronize()
+        profs.append(prof)
+    return profs
+
+
 def main() -> None:
     args = sys.argv[1:]
     if args[:1] == ["--one"]:

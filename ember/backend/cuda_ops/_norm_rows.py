@@ -180,9 +180,6 @@ __global__ void lnr_colsum(const float* __restrict__ p, T* __restrict__ out, int
 
 K.define("norm_rows", _SRC, ("lnr_fwd", "lnr_bwd", "lnr_colsum"))
 
-_SMS: list = []
-
-
 def vectors(arr: Any, cols: int, *others: Any) -> int:
     """Vectors per lane when the register kernels cover rows of ``cols`` columns of
     ``arr``'s dtype (16-byte aligned arrays, whole vectors per row), else 0."""
@@ -222,15 +219,17 @@ def backward(xp: Any, nv: int, g: Any, x: Any, w: Any, mean: Any, rstd: Any, dx:
     """Runs the backward kernel; returns the (warps, cols) float32 partials of dweight and
     dbias (None, None without ``want_wb``); :func:`colsum` finishes them."""
     import numpy as np  # noqa: PLC0415
-    if not _SMS:
-        _SMS.append(xp.cuda.Device().attributes["MultiProcessorCount"])
-    blocks = max(1, min((rows + 3) // 4, _SMS[0] * 4))
+    fn = K.function("norm_rows", "lnr_bwd", f"{K.ctype(x)}, {nv}")
+    # One wave of resident blocks, each warp striding over rows: the kernel holds a row and
+    # its column partials in registers (144 a thread for float32 rows of 768), so 3 blocks
+    # fit an H100 SM, and a fixed 4 per SM left a second, one-third-full wave
+    blocks = max(1, min((rows + 3) // 4, fn.max_blocks(128, 0)))
     pw = pb = None
     if want_wb:
         pw = xp.empty((blocks * 4, cols), xp.float32)
         pb = xp.empty((blocks * 4, cols), xp.float32)
     null = np.uint64(0)
-    K.function("norm_rows", "lnr_bwd", f"{K.ctype(x)}, {nv}")(
+    fn(
         (blocks, 1, 1), (32, 4, 1),
         (g, x, w if w is not None else x, mean if center else rstd, rstd,
          dx if dx is not None else null, pw if pw is not None else null,

@@ -324,12 +324,13 @@ class _Launcher:
     (bfloat16 comes from ml_dtypes), the raw pointers are passed to it instead.
     """
 
-    __slots__ = ("fn", "raw", "packs")
+    __slots__ = ("fn", "raw", "packs", "_occupancy")
 
     def __init__(self, fn: Any) -> None:
         self.fn = fn
         self.raw = False
         self.packs: dict = {}   # argument types -> _Packed (False: these types never pack)
+        self._occupancy: dict = {}   # (threads, shared bytes) -> resident blocks
 
     def __call__(self, grid: tuple, block: tuple, args: tuple, shared_mem: int = 0) -> None:
         types = tuple(map(type, args))
@@ -360,6 +361,25 @@ class _Launcher:
         if len(self.packs) < _MAX_PACKS:
             self.packs[types] = _packed(self.fn, args, grid, block)
 
+    def max_blocks(self, threads: int, shared: int) -> int:
+        return _max_blocks(self, threads, shared)
+
+
+def _max_blocks(launcher: Any, threads: int, shared: int) -> int:
+    """Blocks of ``threads`` threads and ``shared`` dynamic shared bytes of the launcher's
+    kernel that are resident on the device at once (0: the kernel cannot be launched so): a
+    cooperative grid's limit, and the grid a grid-stride kernel fills in one wave."""
+    key = (threads, shared)
+    n = launcher._occupancy.get(key)
+    if n is None:
+        import cupy  # noqa: PLC0415
+        from cupy_backends.cuda.api import driver  # noqa: PLC0415
+        per_sm = driver.occupancyMaxActiveBlocksPerMultiprocessor(
+            launcher.fn.kernel.ptr, threads, shared)
+        sms = cupy.cuda.Device().attributes["MultiProcessorCount"]
+        n = launcher._occupancy[key] = int(per_sm) * int(sms)
+    return n
+
 
 class _CoopLauncher:
     """A compiled kernel that synchronises its whole grid (cooperative groups' ``grid.sync``):
@@ -375,18 +395,7 @@ class _CoopLauncher:
         self._occupancy: dict = {}
 
     def max_blocks(self, threads: int, shared: int) -> int:
-        """Blocks of ``threads`` threads and ``shared`` dynamic shared bytes that fit on the
-        device at once (0: the kernel cannot be launched so)."""
-        key = (threads, shared)
-        n = self._occupancy.get(key)
-        if n is None:
-            import cupy  # noqa: PLC0415
-            from cupy_backends.cuda.api import driver  # noqa: PLC0415
-            per_sm = driver.occupancyMaxActiveBlocksPerMultiprocessor(
-                self.fn.kernel.ptr, threads, shared)
-            sms = cupy.cuda.Device().attributes["MultiProcessorCount"]
-            n = self._occupancy[key] = int(per_sm) * int(sms)
-        return n
+        return _max_blocks(self, threads, shared)
 
     def __call__(self, grid: tuple, block: tuple, args: tuple, shared_mem: int = 0) -> None:
         key = (tuple(map(type, args)), _ident())
