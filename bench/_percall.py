@@ -32,4 +32,4 @@ def report(fw: str, cases: dict, *, clock: Callable[[], float], sync: Callable[[
                 fn()
             pr.disable()
             sync()
-            pstats.Stats(pr).sort_stats("tottime").print_stats(14)
+            pstats.Stats(pr).sort_stats("tottime").print_stats(22)

@@ -90,6 +90,11 @@ def cases(m: Any) -> dict[str, Callable[[], Any]]:
     def sdpa():
         return F.scaled_dot_product_attention(*qs, is_causal=True)
 
+    ys = m.randn(1, T, d, device=dev, dtype=m.bfloat16, requires_grad=True)
+
+    def residual_add():   # a float32 residual plus a bf16 sublayer output
+        return xs + ys
+
     def residual_mlp():
         h = xs + proj(xs)
         return F.gelu(fc(ln(h)), approximate="tanh")
@@ -112,6 +117,7 @@ def cases(m: Any) -> dict[str, Callable[[], Any]]:
            "GPT block: split + 3 view/transpose": split_views,
            "GPT block: sdpa bf16 (grad)": sdpa,
            "GPT block: layer_norm (grad)": amp(lambda: ln(xs)),
+           "GPT block: residual add fp32 + bf16 (grad)": amp(residual_add),
            "GPT block: x + proj(x), ln, fc, gelu": amp(residual_mlp)}
     return mlp | gpt | {"mul (one op)": mul, "mul + relu_": relu_, "cast fp32->bf16 (leaf)": cast,
             "conv2d autocast (cast + conv)": conv, "BatchNorm2d train": batchnorm,
