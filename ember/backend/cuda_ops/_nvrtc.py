@@ -243,6 +243,51 @@ __device__ __forceinline__ void ms_add(float& m, float& s, float v) {
     if (v > m) { s = s * expf(m - v) + 1.f; m = v; }
     else if (v != -INFINITY) { s += expf(v - m); }
 }
+// ms_add over one 16-byte vector's N values: the vector's max rescales s once, then N
+// independent exps (a dependent chain per vector, not per value). Where the running max is
+// still -inf or the vector holds an infinity or only NaN, value by value as ms_add.
+template <int N>
+__device__ __forceinline__ void ms_add_vec(float& m, float& s, const float* v) {
+    float mv = v[0];
+#pragma unroll
+    for (int j = 1; j < N; ++j) mv = fmaxf(mv, v[j]);
+    if (m == -INFINITY || !isfinite(mv)) {
+#pragma unroll
+        for (int j = 0; j < N; ++j) ms_add(m, s, v[j]);
+        return;
+    }
+    if (mv > m) { s *= expf(m - mv); m = mv; }
+    float t = 0.f;
+#pragma unroll
+    for (int j = 0; j < N; ++j) t += expf(v[j] - m);
+    s += t;
+}
+// A thread's online-softmax state (m, s) over its columns of a row: two 16-byte vectors in
+// flight per step (a 50k-class row is ~6 vectors a thread; one at a time left the loads
+// waiting on each vector's exps)
+template <typename T>
+__device__ __forceinline__ void row_ms_scan(const T* a, int cols, int vec, float& m, float& s) {
+    constexpr int N = VW<T>::n;
+    int head = row_head(a, cols, vec);
+    int end = head + (cols - head) / N * N;
+    int step = blockDim.x * N;
+    for (int c = threadIdx.x; c < head; c += blockDim.x) ms_add(m, s, ld(a, c));
+    int k = head + threadIdx.x * N;
+    for (; k + step < end; k += 2 * step) {
+        float u[N], v[N];
+        ldv(a + k, u);
+        ldv(a + k + step, v);
+        ms_add_vec<N>(m, s, u);
+        ms_add_vec<N>(m, s, v);
+    }
+    if (k < end) {
+        float u[N];
+        ldv(a + k, u);
+        ms_add_vec<N>(m, s, u);
+    }
+    for (int c = end + threadIdx.x; c < cols; c += blockDim.x) ms_add(m, s, ld(a, c));
+}
+
 __device__ __forceinline__ void ms_merge(float& m, float& s, float m2, float s2) {
     if (m2 > m) { s = s * expf(m - m2) + s2; m = m2; }
     else if (m2 != -INFINITY) { s += s2 * expf(m2 - m); }
