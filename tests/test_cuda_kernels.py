@@ -230,6 +230,40 @@ def test_cross_entropy_weight_ignore_smoothing(smoothing, weighted, reduction):
         compare(fn, arrays, dtype, diff=[0], scale=4.0)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_cross_entropy_non_finite_logits_match_torch(dtype):
+    # rows of 5000 classes (vector loads, a block per row) holding -inf (whole 16-byte
+    # vectors of it, also leading ones, and a fully masked row), +inf (at the target and
+    # elsewhere: torch gives NaN for the row) and NaN; loss and gradient against torch on the
+    # same rounded values
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(11)
+    n, c = 8, 5000
+    x = rng.standard_normal((n, c)).astype(np.float32) * 2
+    t = rng.integers(0, c, n)
+    x[0, :] = -np.inf
+    x[1, ::3] = -np.inf
+    x[1, :40] = -np.inf
+    t[1] = 41
+    x[2, 1234] = np.inf
+    x[3, 77] = np.inf
+    t[3] = 77
+    x[4, 2500] = np.nan
+    x[5, -3:] = 30.0
+    xr = _rounded(x, dtype)
+    xt = torch.tensor(xr, requires_grad=True)
+    want = torch.nn.functional.cross_entropy(xt, torch.tensor(t), reduction="none")
+    g = rng.uniform(0.5, 1.5, n).astype(np.float32)
+    want.backward(torch.tensor(g))
+    xe = ember.tensor(x, device="cuda").to(_dt(dtype)).requires_grad_()
+    got = F.cross_entropy(xe, ember.tensor(t, device="cuda"), reduction="none")
+    assert _fused(got)
+    got.backward(ember.tensor(g, device="cuda"))
+    np.testing.assert_allclose(_host(got), want.detach().numpy(), rtol=1e-5, atol=1e-6)
+    tol = 1e-5 if dtype == "float32" else 1e-2
+    np.testing.assert_allclose(_host(xe.grad), xt.grad.numpy(), rtol=tol, atol=tol * 1e-2)
+
+
 def test_cross_entropy_seed_gradient_is_a_shared_one_and_stays_one():
     # loss.backward() of the fused cross_entropy seeds it with a cached device 1 (its
     # backward only reads the gradient); repeated backwards, with a hook on the logits that

@@ -66,7 +66,9 @@ __device__ __forceinline__ void ce_row(const T* __restrict__ x,
         sx = row_sum(sx, sh);
         sw = row_sum(sw, sh);
     }
-    l = m + logf(s);
+    // a +inf logit makes the row NaN, as torch's log_softmax does (its inf - inf); the
+    // online sum alone would give an infinite log-sum-exp and an infinite loss
+    l = m == INFINITY ? __int_as_float(0x7fc00000) : m + logf(s);
     long long t = tgt[row];
     bool valid = t != ignore;
     bool oob = valid && (t < 0 || t >= C);
