@@ -58,13 +58,7 @@ def run_one(fw: str, only: list, top: int, steps: int = 1) -> None:
         ks = runs[len(runs) // 2]
         span = ks[-1][1] - ks[0][0]
         busy = sum(e - s for s, e, _ in ks)
-        gaps = []
-        end = ks[0][1]
-        for i in range(1, len(ks)):
-            s, e, n = ks[i]
-            if s - end > GAP_US:
-                gaps.append((s - end, i, ks[i - 1][2], n, s - ks[0][0]))
-            end = max(end, e)
+        gaps = _gaps(ks)
         idle = sum(g[0] for g in gaps)
         dump = os.environ.get("GAPS_DUMP")
         if dump:   # the whole sequence, for offline reading: [start us, duration us, name]
@@ -85,14 +79,22 @@ def run_one(fw: str, only: list, top: int, steps: int = 1) -> None:
             print(f"{g:8.1f} {i:5d} {at / 1e3:7.2f}  {a[:60]} -> {b[:60]}")
 
 
-def _idle(ks: list) -> float:
-    """Idle microseconds between the sorted kernels ``ks`` (gaps over ``GAP_US``)."""
-    idle, end = 0.0, ks[0][1]
-    for s, e, _ in ks[1:]:
+def _gaps(ks: list) -> list:
+    """The GPU's idle gaps over ``GAP_US`` between the sorted kernels ``ks`` (start, end,
+    name): (microseconds, kernel index, kernel before, kernel after, start in the step)."""
+    gaps = []
+    end = ks[0][1]
+    for i in range(1, len(ks)):
+        s, e, n = ks[i]
         if s - end > GAP_US:
-            idle += s - end
+            gaps.append((s - end, i, ks[i - 1][2], n, s - ks[0][0]))
         end = max(end, e)
-    return idle
+    return gaps
+
+
+def _idle(ks: list) -> float:
+    """Idle microseconds between the sorted kernels ``ks``."""
+    return sum(g[0] for g in _gaps(ks))
 
 
 def main() -> None:

@@ -73,14 +73,20 @@ def run_one(fw: str, only: list) -> None:
               flush=True)
 
 
-def record(mod: Any, make: Any, steps: int) -> Any:
-    """Build a step with ``make()`` (seeded), warm it up, and record ``steps`` synchronised
-    steps' CUDA kernels through CUPTI; returns the torch profiler (its ``events()``)."""
+def _warm(mod: Any, make: Any) -> Any:
+    """The step ``make()`` builds (seeded), run three times and synchronised."""
     mod.manual_seed(0)
     step = make()
     for _ in range(3):
         step()
     mod.cuda.synchronize()
+    return step
+
+
+def record(mod: Any, make: Any, steps: int) -> Any:
+    """Build a step with ``make()`` (seeded), warm it up, and record ``steps`` synchronised
+    steps' CUDA kernels through CUPTI; returns the torch profiler (its ``events()``)."""
+    step = _warm(mod, make)
     import torch  # the recorder; in the ember process only for CUPTI
     from torch.profiler import ProfilerActivity, profile
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
@@ -94,11 +100,7 @@ def record(mod: Any, make: Any, steps: int) -> Any:
 def record_each(mod: Any, make: Any, steps: int) -> list:
     """As :func:`record`, one profiler per synchronised step (so each step's kernels stand
     apart): a list of ``steps`` profilers."""
-    mod.manual_seed(0)
-    step = make()
-    for _ in range(3):
-        step()
-    mod.cuda.synchronize()
+    step = _warm(mod, make)
     import torch
     from torch.profiler import ProfilerActivity, profile
     profs = []
