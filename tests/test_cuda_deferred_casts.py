@@ -11,14 +11,13 @@ import pytest
 import ember
 import ember.nn.functional as F
 from ember.autograd import engine
+from cuda_cases import rounded
 
 pytestmark = pytest.mark.cuda
 
 
 def _bf16(a: np.ndarray) -> np.ndarray:
-    """``a`` rounded to bfloat16, as float64."""
-    return ember.tensor(a.astype(np.float32)).to(ember.bfloat16).float().numpy() \
-        .astype(np.float64)
+    return rounded(a, "bfloat16")
 
 
 def _params(rng, cl: bool = True) -> tuple:

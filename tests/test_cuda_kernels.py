@@ -15,6 +15,7 @@ import pytest
 
 import ember
 import ember.nn.functional as F
+from cuda_cases import host as _host
 
 pytestmark = pytest.mark.cuda
 
@@ -41,10 +42,6 @@ def _dt(name: str):
 def _rounded(a: np.ndarray, dtype: str) -> np.ndarray:
     """``a`` rounded to ``dtype`` and back to float32 (the values both devices see)."""
     return ember.tensor(a.astype(np.float32)).to(_dt(dtype)).float().numpy()
-
-
-def _host(t) -> np.ndarray:
-    return t.detach().cpu().float().numpy().astype(np.float64)
 
 
 def _fused(t) -> bool:

@@ -52,8 +52,9 @@ def xp() -> Any:
     return cp
 
 
-def stream_capturing() -> bool:
-    """Whether CuPy's current stream is being captured into a CUDA graph (the legacy null
-    stream never is, and is not asked: that query can fail while another stream captures)."""
-    s = xp().cuda.get_current_stream()
+def stream_capturing(stream: Any = None) -> bool:
+    """Whether ``stream`` (default: CuPy's current stream) is being captured into a CUDA
+    graph (the legacy null stream never is, and is not asked: that query can fail while
+    another stream captures)."""
+    s = xp().cuda.get_current_stream() if stream is None else stream
     return s.ptr != 0 and s.is_capturing()

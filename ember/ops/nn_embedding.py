@@ -56,9 +56,8 @@ def _check_range(op: str, xp: Any, indices: Any, num: int, kind: type = IndexErr
             # its record is read back at once, one round trip, and the error raised here
             if busy:
                 ke.raise_recorded(xp)
-                ke.check_range_on_device(xp, indices, num, out)
-            else:
-                ke.check_range_on_device(xp, indices, num, out)
+            ke.check_range_on_device(xp, indices, num, out)
+            if not busy:
                 ke.raise_checked(xp)
             return
         ke.raise_recorded(xp, wait=True)

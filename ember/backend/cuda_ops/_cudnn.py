@@ -25,6 +25,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ember.backend.cuda import stream_capturing
+
 try:  # optional: the 'cuda' extra installs it (pip install --no-deps nvidia-cudnn-frontend)
     import cudnn  # type: ignore[import-not-found]
 except Exception as _exc:  # ImportError, or libcudnn missing at dlopen time
@@ -82,7 +84,7 @@ def handle(cp: Any) -> Any:
         # (re-bound when a capture borrowed it meanwhile: work on the default stream must
         # never run on a capture stream, which may be gone by now)
         return _bind(h, stream.ptr)
-    if stream.ptr != 0 and stream.is_capturing():
+    if stream_capturing(stream):
         # cudnnCreate allocates and synchronises: borrow the device's first handle and point
         # it at the capture stream; its own stream gets it back on its next use.
         first = _HANDLES.get((dev, "first"))
@@ -107,7 +109,7 @@ def workspace(cp: Any, nbytes: int) -> tuple:
     if nbytes <= 0:
         return 0, None
     stream = cp.cuda.get_current_stream()
-    if stream.ptr != 0 and stream.is_capturing():
+    if stream_capturing(stream):
         buf = cp.empty(nbytes, dtype=cp.uint8)  # from the graph's private pool
         return buf.data.ptr, buf
     key = (cp.cuda.runtime.getDevice(), stream.ptr)

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from ember.backend.cuda import stream_capturing
+
 _IN_FLIGHT: deque = deque()   # (event, pinned block) per staged copy, oldest first
 _CAPTURED: list = []          # blocks a captured graph copies from at every replay
 
@@ -34,7 +36,7 @@ def to_device(cp: Any, host: np.ndarray, out: Any = None) -> Any:
     np.frombuffer(pinned, dtype=np.uint8, count=host.nbytes)[...] = host.view(np.uint8).ravel()
     rt = cp.cuda.runtime
     rt.memcpyAsync(out.data.ptr, pinned.ptr, host.nbytes, rt.memcpyHostToDevice, stream.ptr)
-    if stream.ptr != 0 and stream.is_capturing():
+    if stream_capturing(stream):
         _CAPTURED.append(pinned)   # the graph's copy node reads it again at each replay
         return out
     event = cp.cuda.Event(disable_timing=True)

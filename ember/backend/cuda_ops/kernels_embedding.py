@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from ember.backend.cuda import stream_capturing
 from ember.backend.cuda_ops import _nvrtc as K
 from ember.backend.cuda_ops._device_flag import NO_BAD, DeviceFlag
 
@@ -75,7 +76,7 @@ def check_range_on_device(xp: Any, indices: Any, num: int, out: Any = None) -> N
     dev = xp.cuda.runtime.getDevice()
     flag = _FLAGS.get(dev)
     stream = xp.cuda.get_current_stream()
-    capturing = stream.ptr != 0 and stream.is_capturing()
+    capturing = stream_capturing(stream)
     if flag is None and not capturing:
         flag = _FLAGS[dev] = DeviceFlag(xp)
     if flag is None:
@@ -106,7 +107,7 @@ def raise_recorded(xp: Any, wait: bool = False) -> None:
     if not _ARMED[0]:
         return
     stream = xp.cuda.get_current_stream()
-    if stream.ptr != 0 and stream.is_capturing():
+    if stream_capturing(stream):
         v = flag.take(False)   # a copy that finished before the capture; never start one
     elif wait or stream.done:
         # an idle stream: a fresh copy is all there is to wait for (microseconds). A copy
